@@ -1,0 +1,74 @@
+"""Domain errors of the engine.
+
+Every error carries what a user needs in one line: the process (pid), the resource
+(fd, mapping, file) and what to do.  The CLI maps each class to a documented exit code
+(see SPEC.md, "Exit codes"); nothing below cli/ prints or exits.
+"""
+
+from __future__ import annotations
+
+
+class CptError(Exception):
+    """Base class of every error cpt reports to a user."""
+
+    def __init__(self, msg: str, *, pid: int | None = None) -> None:
+        super().__init__(msg)
+        self.msg = msg
+        self.pid = pid
+
+    def __str__(self) -> str:
+        return self.msg
+
+
+class NoSuchProcess(CptError):
+    """The process vanished or never existed."""
+
+    def __init__(self, pid: int, msg: str | None = None) -> None:
+        super().__init__(msg or f"process {pid} does not exist", pid=pid)
+
+
+class ZombieProcess(NoSuchProcess):
+    """The process is a zombie: its /proc entries are mostly gone."""
+
+    def __init__(self, pid: int, msg: str | None = None) -> None:
+        super().__init__(pid, msg or f"process {pid} is a zombie")
+
+
+class AccessDenied(CptError):
+    """The kernel refused access (EPERM/EACCES) to a process resource."""
+
+
+class SystemError_(CptError):
+    """A system call failed in a way that is not the user's input (vzctl exit 3)."""
+
+
+class UsageError(CptError):
+    """Invalid syntax or combination of options (vzctl exit 20)."""
+
+
+class InvalidValue(CptError):
+    """An option value is invalid (vzctl exit 21)."""
+
+
+class DumpError(CptError):
+    """Checkpoint failed (vzctl exit 16); the workload has been left running."""
+
+
+class UnsupportedError(DumpError):
+    """The tree holds a resource cpt cannot checkpoint yet; refused before freezing."""
+
+
+class RestoreError(CptError):
+    """Restore failed (vzctl exit 17); nothing of the tree was left alive."""
+
+
+class LockedError(CptError):
+    """Another cpt command holds the lock (vzctl exit 9)."""
+
+
+class NotRunning(CptError):
+    """The VE or process tree is not running (vzctl exit 31)."""
+
+
+class AlreadyRunning(CptError):
+    """The VE or process tree is already running (vzctl exit 32)."""
