@@ -1,0 +1,711 @@
+"""The dump file container: header, sections, index, trailer.
+
+Grammar of a file (SPEC.md, "File layout"):
+
+    file     := preamble section* index trailer
+    preamble := MAGIC major:u16 minor:u16 hdr_len:u32 Header-record zero-pad   (hdr_len bytes)
+    section  := SECT_MAGIC type:u16 version:u16 hdr_len:u32 compression:u8 level:u8
+                checksum_algo:u8 flags:u8 count:u32 0:u32 payload_len:u64 raw_len:u64
+                checksum:u64 base:u64 zero-pad  (hdr_len bytes)  payload  pad-to-8
+    index    := a section of type INDEX holding one IndexEntry record per section
+    trailer  := index_offset:u64 file_size:u64 digest:u64 END_MAGIC              (32 bytes)
+
+The writer never seeks, so an image can be written to a pipe or a socket.  PAGES sections
+are padded (inside their header) so their payload starts on a page boundary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import struct
+from collections.abc import Iterable, Iterator
+from typing import Any, BinaryIO
+
+import construct as cs
+import xxhash
+import zstandard
+
+from .errors import ImageError, ImageVersionError
+from .fields import align8, decode_records, encode_records
+from .records import (
+    ChecksumAlgo,
+    Compression,
+    Header,
+    IndexEntry,
+    SectionType,
+)
+
+MAGIC = b"\x89CPT\r\n\x1a\n"
+SECT_MAGIC = b"CPTS"
+END_MAGIC = b"CPTEND\r\n"
+FORMAT_MAJOR = 1
+FORMAT_MINOR = 0
+
+# Version of each section's payload layout in format 1.0.
+SECTION_VERSIONS: dict[int, int] = {t: 1 for t in SectionType}
+
+Preamble = cs.Struct(
+    "magic" / cs.Const(MAGIC),
+    "major" / cs.Int16ul,
+    "minor" / cs.Int16ul,
+    "hdr_len" / cs.Int32ul,
+)
+PREAMBLE_SIZE = Preamble.sizeof()
+
+SectionHeader = cs.Struct(
+    "magic" / cs.Const(SECT_MAGIC),
+    "type" / cs.Int16ul,
+    "version" / cs.Int16ul,
+    "hdr_len" / cs.Int32ul,
+    "compression" / cs.Int8ul,
+    "level" / cs.Int8ul,
+    "checksum_algo" / cs.Int8ul,
+    "flags" / cs.Int8ul,
+    "count" / cs.Int32ul,
+    "reserved" / cs.Int32ul,
+    "payload_len" / cs.Int64ul,
+    "raw_len" / cs.Int64ul,
+    "checksum" / cs.Int64ul,
+    "base" / cs.Int64ul,
+)
+SECTION_HEADER_SIZE = SectionHeader.sizeof()
+_SECTION_HEADER_C = SectionHeader.compile()
+
+Trailer = cs.Struct(
+    "index_offset" / cs.Int64ul,
+    "file_size" / cs.Int64ul,
+    "digest" / cs.Int64ul,
+    "magic" / cs.Const(END_MAGIC),
+)
+TRAILER_SIZE = Trailer.sizeof()
+_DIGESTED_TRAILER = 16  # index_offset and file_size are covered by the digest
+
+DEFAULT_ZSTD_LEVEL = 3
+# a section payload larger than this is refused before allocating it
+MAX_SECTION = 1 << 40
+
+
+def checksum(data: bytes | memoryview) -> int:
+    return xxhash.xxh3_64_intdigest(data)
+
+
+@dataclasses.dataclass
+class SectionInfo:
+    """A section as the index (or a sequential walk) describes it."""
+
+    type: int
+    version: int
+    offset: int  # of the section header
+    hdr_len: int
+    compression: int
+    level: int
+    count: int
+    payload_len: int
+    raw_len: int
+    checksum: int
+    base: int = 0
+
+    @property
+    def payload_offset(self) -> int:
+        return self.offset + self.hdr_len
+
+    @property
+    def end(self) -> int:
+        return align8(self.payload_offset + self.payload_len)
+
+    @property
+    def name(self) -> str:
+        try:
+            return SectionType(self.type).name
+        except ValueError:
+            return f"0x{self.type:04x}"
+
+    def index_entry(self) -> IndexEntry:
+        return IndexEntry(
+            type=self.type,
+            version=self.version,
+            compression=self.compression,
+            count=self.count,
+            hdr_len=self.hdr_len,
+            offset=self.offset,
+            payload_len=self.payload_len,
+            raw_len=self.raw_len,
+            checksum=self.checksum,
+            base=self.base,
+        )
+
+
+def _compress(data: bytes | memoryview, level: int) -> bytes:
+    return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(data)
+
+
+def decompress(data: bytes, raw_len: int, where: str) -> bytes:
+    try:
+        out = zstandard.ZstdDecompressor().decompress(data, max_output_size=raw_len)
+    except zstandard.ZstdError as e:
+        raise ImageError(f"zstd: {e}", section=where) from None
+    if len(out) != raw_len:
+        raise ImageError(f"decompressed to {len(out)} bytes, header says {raw_len}", section=where)
+    return out
+
+
+def parse_section_header(raw: bytes, offset: int, *, plain: bool = False) -> SectionInfo:
+    if len(raw) < SECTION_HEADER_SIZE:
+        raise ImageError("section header truncated", offset=offset)
+    try:
+        h = (SectionHeader if plain else _SECTION_HEADER_C).parse(raw[:SECTION_HEADER_SIZE])
+    except cs.ConstError:
+        raise ImageError("no section magic: corrupted or misaligned", offset=offset) from None
+    except cs.ConstructError as e:
+        raise ImageError(f"section header: {e}", offset=offset) from None
+    if h.hdr_len < SECTION_HEADER_SIZE or h.hdr_len % 8:
+        raise ImageError(f"section header length {h.hdr_len} is invalid", offset=offset)
+    if h.payload_len > MAX_SECTION or h.raw_len > MAX_SECTION:
+        raise ImageError(f"section length {h.payload_len} is absurd", offset=offset)
+    if h.compression not in (Compression.NONE, Compression.ZSTD):
+        raise ImageError(f"unknown compression {h.compression}", offset=offset)
+    if h.checksum_algo != ChecksumAlgo.XXH3_64:
+        raise ImageError(f"unknown checksum algorithm {h.checksum_algo}", offset=offset)
+    if h.compression == Compression.NONE and h.raw_len != h.payload_len:
+        raise ImageError("uncompressed section with raw_len != payload_len", offset=offset)
+    return SectionInfo(
+        type=h.type,
+        version=h.version,
+        offset=offset,
+        hdr_len=h.hdr_len,
+        compression=h.compression,
+        level=h.level,
+        count=h.count,
+        payload_len=h.payload_len,
+        raw_len=h.raw_len,
+        checksum=h.checksum,
+        base=h.base,
+    )
+
+
+def build_preamble(header: Header) -> bytes:
+    rec = header.encode()
+    hdr_len = align8(PREAMBLE_SIZE + len(rec))
+    pre = Preamble.build(dict(major=FORMAT_MAJOR, minor=FORMAT_MINOR, hdr_len=hdr_len))
+    return pre + rec + b"\0" * (hdr_len - PREAMBLE_SIZE - len(rec))
+
+
+# --------------------------------------------------------------------------- writing
+
+
+class ImageWriter:
+    """Streams an image to a binary file object, never seeking.
+
+    Record sections are written with ``add_section``; page data with ``write_pages``,
+    which returns the byte offset of the data in the page data stream (the
+    concatenation of every PAGES payload, uncompressed).  ``close`` writes the index
+    and the trailer; the caller owns fsync and rename (see ``atomic.atomic_output``).
+    """
+
+    def __init__(
+        self,
+        out: BinaryIO,
+        header: Header,
+        *,
+        compress_records: bool = False,
+        compress_pages: bool = False,
+        level: int = DEFAULT_ZSTD_LEVEL,
+        block_size: int = 16 << 20,
+    ) -> None:
+        self.out = out
+        self.header = header
+        self.page_size = header.page_size
+        self.pos = 0
+        self.digest = xxhash.xxh3_64()
+        self.sections: list[SectionInfo] = []
+        self.compress_records = compress_records
+        self.compress_pages = compress_pages
+        self.level = level
+        self.block_size = block_size
+        self.page_data_len = 0  # logical length of the page data stream
+        self._pending = bytearray()  # small page writes coalesced into one block
+        self._pages_flushed = 0  # page data bytes already in PAGES sections
+        self._closed = False
+        self._emit(build_preamble(header))
+
+    # -- low level
+
+    def _emit(self, data: bytes | memoryview) -> None:
+        self.out.write(data)
+        self.digest.update(data)
+        self.pos += len(data)
+
+    def _section(
+        self,
+        stype: int,
+        payload: bytes | memoryview,
+        *,
+        count: int,
+        compress: bool,
+        base: int = 0,
+        page_align: bool = False,
+        version: int | None = None,
+    ) -> SectionInfo:
+        raw_len = len(payload)
+        comp = Compression.NONE
+        level = 0
+        if compress and raw_len:
+            payload = _compress(payload, self.level)
+            comp, level = Compression.ZSTD, self.level
+            page_align = False  # compressed data is never mapped in place
+        hdr_len = SECTION_HEADER_SIZE
+        if page_align:
+            hdr_len += (-(self.pos + SECTION_HEADER_SIZE)) % self.page_size
+        info = SectionInfo(
+            type=stype,
+            version=version if version is not None else SECTION_VERSIONS.get(stype, 1),
+            offset=self.pos,
+            hdr_len=hdr_len,
+            compression=comp,
+            level=level,
+            count=count,
+            payload_len=len(payload),
+            raw_len=raw_len,
+            checksum=checksum(payload),
+            base=base,
+        )
+        hdr = _SECTION_HEADER_C.build(
+            dict(
+                type=info.type,
+                version=info.version,
+                hdr_len=hdr_len,
+                compression=comp,
+                level=level,
+                checksum_algo=ChecksumAlgo.XXH3_64,
+                flags=0,
+                count=count,
+                reserved=0,
+                payload_len=info.payload_len,
+                raw_len=raw_len,
+                checksum=info.checksum,
+                base=base,
+            )
+        )
+        self._emit(hdr + b"\0" * (hdr_len - SECTION_HEADER_SIZE))
+        self._emit(payload)
+        pad = (-len(payload)) % 8
+        if pad:
+            self._emit(b"\0" * pad)
+        self.sections.append(info)
+        return info
+
+    # -- records
+
+    def add_section(
+        self, stype: int, records: Iterable[Any], *, compress: bool | None = None
+    ) -> None:
+        recs = list(records)
+        if not recs:
+            return
+        self._flush_pages()
+        payload = encode_records(recs)
+        self._section(
+            stype,
+            payload,
+            count=len(recs),
+            compress=self.compress_records if compress is None else compress,
+        )
+
+    def add_raw_section(
+        self,
+        stype: int,
+        version: int,
+        payload: bytes,
+        *,
+        count: int,
+        compression: int,
+        base: int = 0,
+    ) -> None:
+        """A section given as its uncompressed payload (unknown types kept by decode)."""
+        self._flush_pages()
+        self._section(
+            stype,
+            payload,
+            count=count,
+            compress=compression == Compression.ZSTD,
+            base=base,
+            version=version,
+            page_align=stype == SectionType.PAGES,
+        )
+
+    # -- pages
+
+    def write_pages(self, data: bytes | bytearray | memoryview) -> int:
+        """Append page data; returns its offset in the page data stream."""
+        off = self.page_data_len
+        n = len(data)
+        if n == 0:
+            return off
+        if n >= self.block_size:
+            self._flush_pages()
+            self._page_block(data)
+        else:
+            self._pending += data
+            if len(self._pending) >= self.block_size:
+                self._flush_pages()
+        self.page_data_len += n
+        return off
+
+    def _page_block(self, data: bytes | bytearray | memoryview) -> None:
+        self._section(
+            SectionType.PAGES,
+            data,
+            count=0,
+            compress=self.compress_pages,
+            base=self._pages_flushed,
+            page_align=True,
+        )
+        self._pages_flushed += len(data)
+
+    def _flush_pages(self) -> None:
+        if self._pending:
+            self._page_block(bytes(self._pending))
+            self._pending.clear()
+
+    # -- end
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._flush_pages()
+        self._closed = True
+        entries = [s.index_entry() for s in self.sections]
+        index_offset = self.pos
+        self._section(
+            SectionType.INDEX, encode_records(entries), count=len(entries), compress=False
+        )
+        file_size = self.pos + TRAILER_SIZE
+        head = struct.pack("<QQ", index_offset, file_size)
+        self.digest.update(head)
+        self.out.write(head + struct.pack("<Q", self.digest.intdigest()) + END_MAGIC)
+        self.pos = file_size
+        self.out.flush()
+
+    def __enter__(self) -> ImageWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, *rest: Any) -> None:
+        if exc_type is None:
+            self.close()
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def parse_preamble(raw: bytes, *, path: str | None = None) -> tuple[int, int, int]:
+    """(major, minor, hdr_len) of a file's first bytes; refuses a newer major version."""
+    if len(raw) < PREAMBLE_SIZE or raw[:8] != MAGIC:
+        raise ImageVersionError("not a cpt image (bad magic)", path=path, offset=0)
+    major, minor, hdr_len = struct.unpack_from("<HHI", raw, 8)
+    if major > FORMAT_MAJOR:
+        raise ImageVersionError(
+            f"image format {major}.{minor} is newer than this cpt reads "
+            f"({FORMAT_MAJOR}.{FORMAT_MINOR}): upgrade cpt",
+            path=path,
+        )
+    if major < 1:
+        raise ImageVersionError(f"image format {major}.{minor} is unknown", path=path)
+    if hdr_len < PREAMBLE_SIZE + 8 or hdr_len % 8 or hdr_len > 1 << 20:
+        raise ImageError(f"header length {hdr_len} is invalid", path=path, offset=12)
+    return major, minor, hdr_len
+
+
+def parse_header_record(raw: bytes, *, path: str | None = None, plain: bool = False) -> Header:
+    """The Header record at the start of ``raw`` (the preamble's bytes after its prefix)."""
+    if len(raw) < 8:
+        raise ImageError("header record truncated", path=path, offset=PREAMBLE_SIZE)
+    (size,) = struct.unpack_from("<I", raw)
+    if size < 8 or align8(size) > len(raw):
+        raise ImageError(
+            f"header record length {size} exceeds the header", path=path, offset=PREAMBLE_SIZE
+        )
+    try:
+        recs = decode_records(raw[: align8(size)], plain=plain, where="header")
+    except ImageError as e:
+        e.path = path
+        raise
+    if not recs or not isinstance(recs[0], Header):
+        raise ImageError("the preamble holds no Header record", path=path, offset=PREAMBLE_SIZE)
+    return recs[0]
+
+
+class ImageReader:
+    """Random access to an image through its index.
+
+    Opening reads the preamble, the trailer and the index; section payloads are read on
+    demand, their checksum checked on every read (cheap: xxh3 runs at memory speed).
+    """
+
+    def __init__(self, source: str | os.PathLike[str] | BinaryIO) -> None:
+        self.warnings: list[str] = []
+        if isinstance(source, (str, os.PathLike)):
+            self.path: str | None = os.fspath(source)
+            try:
+                self.f: BinaryIO = open(self.path, "rb")  # noqa: SIM115 - closed in close()
+            except OSError as e:
+                raise ImageError(f"cannot open: {e.strerror}", path=self.path) from None
+            self._own = True
+        else:
+            self.path = (
+                getattr(source, "name", None)
+                if isinstance(getattr(source, "name", None), str)
+                else None
+            )
+            self.f = source
+            self._own = False
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def _err(self, msg: str, **kw: Any) -> ImageError:
+        return ImageError(msg, path=self.path, **kw)
+
+    def _pread(self, offset: int, n: int) -> bytes:
+        self.f.seek(offset)
+        data = self.f.read(n)
+        if len(data) != n:
+            raise self._err(f"file ends after {len(data)} of {n} bytes: truncated", offset=offset)
+        return data
+
+    def _open(self) -> None:
+        try:
+            self.size = self.f.seek(0, io.SEEK_END)
+        except (OSError, io.UnsupportedOperation):
+            raise self._err(
+                "not seekable: use a file, or verify the stream with `cpt image verify`"
+            ) from None
+        head = self._pread(0, min(self.size, 1 << 16)) if self.size else b""
+        self.major, self.minor, self.hdr_len = parse_preamble(head, path=self.path)
+        if self.hdr_len > self.size:
+            raise self._err("file ends inside the header: truncated")
+        self.header = parse_header_record(
+            self._pread(PREAMBLE_SIZE, self.hdr_len - PREAMBLE_SIZE), path=self.path
+        )
+        if self.size < self.hdr_len + TRAILER_SIZE:
+            raise self._err("no trailer: the file is truncated")
+        t = self._pread(self.size - TRAILER_SIZE, TRAILER_SIZE)
+        if t[-8:] != END_MAGIC:
+            raise self._err("no trailer at the end: the file is truncated or has data appended")
+        index_offset, file_size, self.digest = struct.unpack_from("<QQQ", t)
+        if file_size != self.size:
+            raise self._err(f"trailer says {file_size} bytes, the file has {self.size}")
+        if not self.hdr_len <= index_offset < self.size - TRAILER_SIZE:
+            raise self._err(f"index offset {index_offset} is outside the file")
+        self.index_info = self._section_at(index_offset)
+        if self.index_info.type != SectionType.INDEX:
+            raise self._err("the trailer does not point at the index", offset=index_offset)
+        if self.index_info.end != self.size - TRAILER_SIZE:
+            raise self._err("data between the index and the trailer", offset=self.index_info.end)
+        entries = decode_records(self.payload(self.index_info), where="INDEX")
+        self.sections: list[SectionInfo] = []
+        for e in entries:
+            if not isinstance(e, IndexEntry):
+                raise self._err(
+                    "the index holds a record that is not an IndexEntry", section="INDEX"
+                )
+            info = SectionInfo(
+                type=e.type,
+                version=e.version,
+                offset=e.offset,
+                hdr_len=e.hdr_len,
+                compression=e.compression,
+                level=0,
+                count=e.count,
+                payload_len=e.payload_len,
+                raw_len=e.raw_len,
+                checksum=e.checksum,
+                base=e.base,
+            )
+            if info.offset < self.hdr_len or info.end > index_offset:
+                raise self._err(
+                    f"index entry for {info.name} points outside the file", offset=e.offset
+                )
+            if e.type not in SectionType._value2member_map_:
+                if self.minor > FORMAT_MINOR:
+                    self.warnings.append(
+                        f"skipping section type 0x{e.type:04x} of newer format {self.major}.{self.minor}"
+                    )
+                    continue
+                raise self._err(f"unknown section type 0x{e.type:04x}", offset=e.offset)
+            self.sections.append(info)
+        self._page_blocks = sorted(
+            (s for s in self.sections if s.type == SectionType.PAGES), key=lambda s: s.base
+        )
+        self.page_data_len = sum(s.raw_len for s in self._page_blocks)
+        self._cache: dict[int, bytes] = {}
+
+    def _section_at(self, offset: int) -> SectionInfo:
+        raw = self._pread(offset, SECTION_HEADER_SIZE)
+        try:
+            return parse_section_header(raw, offset)
+        except ImageError as e:
+            e.path = self.path
+            raise
+
+    def close(self) -> None:
+        if getattr(self, "_own", False):
+            self.f.close()
+
+    def __enter__(self) -> ImageReader:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- payloads
+
+    def payload(self, info: SectionInfo, *, check: bool = True) -> bytes:
+        """The uncompressed payload of a section, checksum verified."""
+        data = self._pread(info.payload_offset, info.payload_len)
+        if check and checksum(data) != info.checksum:
+            raise self._err("checksum mismatch", section=info.name, offset=info.offset)
+        if info.compression == Compression.ZSTD:
+            return decompress(data, info.raw_len, info.name)
+        return data
+
+    def sections_of(self, stype: int) -> list[SectionInfo]:
+        return [s for s in self.sections if s.type == stype]
+
+    def records(self, stype: int, *, plain: bool = False) -> list[Any]:
+        out: list[Any] = []
+        for s in self.sections_of(stype):
+            try:
+                out.extend(decode_records(self.payload(s), plain=plain, where=s.name))
+            except ImageError as e:
+                e.path = self.path
+                raise
+        return out
+
+    def all_records(self, *, plain: bool = False) -> dict[int, list[Any]]:
+        return {
+            t: self.records(t, plain=plain)
+            for t in SectionType
+            if t not in (SectionType.PAGES, SectionType.INDEX)
+        }
+
+    # -- pages
+
+    def page_blocks(self) -> list[SectionInfo]:
+        return list(self._page_blocks)
+
+    def read_pages(self, offset: int, length: int) -> bytes:
+        """Bytes [offset, offset+length) of the page data stream."""
+        out = bytearray()
+        end = offset + length
+        if offset < 0 or end > self.page_data_len:
+            raise self._err(
+                f"page data range {offset}+{length} is outside the page data ({self.page_data_len})"
+            )
+        for s in self._page_blocks:
+            if s.base + s.raw_len <= offset or s.base >= end:
+                continue
+            lo = max(offset, s.base) - s.base
+            hi = min(end, s.base + s.raw_len) - s.base
+            if s.compression == Compression.NONE:
+                out += self._pread(s.payload_offset + lo, hi - lo)
+            else:
+                block = self._cache.get(s.offset)
+                if block is None:
+                    block = self.payload(s)
+                    self._cache.clear()  # keep one decompressed block
+                    self._cache[s.offset] = block
+                out += block[lo:hi]
+        return bytes(out)
+
+    def page_file_ranges(self, offset: int, length: int) -> list[tuple[int, int]] | None:
+        """File (offset, length) pieces holding a page data range, or None if compressed.
+
+        Lets a restorer map or pread page data straight from the image file.
+        """
+        end = offset + length
+        out = []
+        for s in self._page_blocks:
+            if s.base + s.raw_len <= offset or s.base >= end:
+                continue
+            if s.compression != Compression.NONE:
+                return None
+            lo = max(offset, s.base) - s.base
+            hi = min(end, s.base + s.raw_len) - s.base
+            out.append((s.payload_offset + lo, hi - lo))
+        return out
+
+
+# --------------------------------------------------------------------------- sequential
+
+
+@dataclasses.dataclass
+class StreamedSection:
+    info: SectionInfo
+    stored: bytes  # payload as stored (compressed or not)
+
+
+def walk(f: BinaryIO, *, path: str | None = None) -> Iterator[tuple[str, Any]]:
+    """Walk an image front to back without seeking (works on pipes).
+
+    Yields ("preamble", (major, minor, header_raw)), ("section", StreamedSection) for each
+    section including the index, then ("trailer", (index_offset, file_size, digest,
+    computed_digest, extra_bytes)).  Raises ImageError at the first structural break.
+    """
+    digest = xxhash.xxh3_64()
+    pos = 0
+
+    def read(n: int, what: str) -> bytes:
+        nonlocal pos
+        chunks = []
+        left = n
+        while left:
+            b = f.read(min(left, 16 << 20))
+            if not b:
+                raise ImageError(f"file ends inside {what}: truncated", path=path, offset=pos)
+            chunks.append(b)
+            left -= len(b)
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        digest.update(data)
+        pos += n
+        return data
+
+    pre = read(PREAMBLE_SIZE, "the preamble")
+    major, minor, hdr_len = parse_preamble(pre, path=path)
+    rest = read(hdr_len - PREAMBLE_SIZE, "the header")
+    yield "preamble", (major, minor, rest)
+    while True:
+        off = pos
+        raw = read(SECTION_HEADER_SIZE, "a section header")
+        try:
+            info = parse_section_header(raw, off)
+        except ImageError as e:
+            e.path = path
+            raise
+        read(info.hdr_len - SECTION_HEADER_SIZE, "a section header")
+        stored = read(info.payload_len, f"section {info.name}")
+        pad = (-info.payload_len) % 8
+        if pad:
+            read(pad, f"section {info.name}")
+        yield "section", StreamedSection(info, stored)
+        if info.type == SectionType.INDEX:
+            break
+    head = read(_DIGESTED_TRAILER, "the trailer")
+    computed = digest.intdigest()
+    tail = f.read(TRAILER_SIZE - _DIGESTED_TRAILER)
+    if len(tail) != TRAILER_SIZE - _DIGESTED_TRAILER:
+        raise ImageError("file ends inside the trailer: truncated", path=path, offset=pos)
+    if tail[8:] != END_MAGIC:
+        raise ImageError("trailer magic missing", path=path, offset=pos + 8)
+    extra = 0
+    while True:
+        b = f.read(1 << 16)
+        if not b:
+            break
+        extra += len(b)
+    index_offset, file_size = struct.unpack("<QQ", head)
+    (stored_digest,) = struct.unpack_from("<Q", tail)
+    yield "trailer", (index_offset, file_size, stored_digest, computed, extra)
