@@ -72,3 +72,12 @@ class NotRunning(CptError):
 
 class AlreadyRunning(CptError):
     """The VE or process tree is already running (vzctl exit 32)."""
+
+
+class InjectionError(CptError):
+    """A syscall injected into a traced task hit a fatal signal (SIGSEGV, SIGBUS, SIGILL,
+    SIGFPE) or an unexpected stop; the task's registers and signal mask were restored."""
+
+    def __init__(self, msg: str, *, pid: int | None = None, signal: int | None = None) -> None:
+        super().__init__(msg, pid=pid)
+        self.signal = signal

@@ -1,0 +1,210 @@
+"""The restore stub: a 185-byte static ELF, generated here as bytes, that idles in pause().
+
+    ELF64 header | PT_LOAD (R+X, the whole file at STUB_BASE) | PT_GNU_STACK (RW, no exec)
+    code:  loop: mov eax, 34 (pause) ; syscall ; jmp loop
+
+No libc, so no glibc rseq registration, no TLS, no heap: after execve the task owns only
+the stub page, a stack and the vDSO trio, which restore unmaps or moves. The injector can
+use the stub's own `syscall` instruction (STUB_SYSCALL) before the vDSO is touched.
+
+`spawn_stub` creates one with an exact PID (clone3 + set_tid from this process) and stops
+it under ptrace; `clone_stub` makes a stub create a child process or a thread with an
+exact id by an injected clone3, auto-attached through TRACEFORK/TRACECLONE.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import struct
+import time
+from collections.abc import Sequence
+
+from cpt.errors import NoSuchProcess, RestoreError
+from cpt.sys import ptrace
+from cpt.sys.clone import (
+    CLONE_ARGS_SIZE,
+    CLONE_CHILD_CLEARTID,
+    CLONE_THREAD_FLAGS,
+    clone3_execve,
+    pack_clone_args,
+    pack_set_tid,
+)
+from cpt.sys.files import MFD_ALLOW_SEALING, MFD_CLOEXEC, MFD_EXEC, memfd_create
+from cpt.sys.syscalls import NR
+from cpt.tracer import DEFAULT_OPTIONS, Tracee
+
+# Low, page aligned, above the usual vm.mmap_min_addr (4096 here, 65536 on many distros) and
+# below where ld.so, PIE binaries, mmap and the stack go: nothing the kernel places at exec
+# lands here, and few dumped layouts use it.
+STUB_BASE = 0x10000
+
+_EHDR = struct.Struct("<16sHHIQQQIHHHHHH")  # 64 bytes
+_PHDR = struct.Struct("<IIQQQQQQ")  # 56 bytes
+_PT_LOAD = 1
+_PT_GNU_STACK = 0x6474E551
+_PF_X, _PF_W, _PF_R = 1, 2, 4
+_CODE = bytes.fromhex(
+    "b822000000"  # loop: mov eax, 34   ; pause
+    "0f05"  # syscall
+    "ebf7"  # jmp loop
+)
+_CODE_OFFSET = _EHDR.size + 2 * _PHDR.size  # 176
+STUB_SIZE = _CODE_OFFSET + len(_CODE)  # 185
+STUB_ENTRY = STUB_BASE + _CODE_OFFSET
+# The `syscall` instruction of the stub, and where a stub sleeping in pause() has its rip.
+STUB_SYSCALL = STUB_ENTRY + 5
+STUB_PAUSE_RIP = STUB_SYSCALL + 2
+
+# Options a restorer wants on every stub: children and threads created by injected clone3 are
+# auto-attached, the target's seccomp filters (installed late in restore) never block an
+# injected call, and if the restorer dies the half-built tree dies with it.
+STUB_OPTIONS = (
+    DEFAULT_OPTIONS
+    | ptrace.PTRACE_O_TRACEFORK
+    | ptrace.PTRACE_O_TRACECLONE
+    | ptrace.PTRACE_O_TRACEVFORK
+    | ptrace.PTRACE_O_EXITKILL
+)
+
+
+def build_stub(base: int = STUB_BASE) -> bytes:
+    """The stub ELF image, loaded at `base` (page aligned)."""
+    if base % 4096:
+        raise ValueError(f"stub base {base:#x} is not page aligned")
+    ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)  # ELFCLASS64, LSB, EV_CURRENT, SYSV
+    ehdr = _EHDR.pack(
+        ident, 2, 62, 1, base + _CODE_OFFSET, _EHDR.size, 0, 0, _EHDR.size, _PHDR.size, 2, 0, 0, 0
+    )  # ET_EXEC, EM_X86_64, 2 phdrs, no sections
+    load = _PHDR.pack(_PT_LOAD, _PF_R | _PF_X, 0, base, base, STUB_SIZE, STUB_SIZE, 0x1000)
+    # Without PT_GNU_STACK the stack would default to the arch's exec-stack policy.
+    stack = _PHDR.pack(_PT_GNU_STACK, _PF_R | _PF_W, 0, 0, 0, 0, 0, 16)
+    image = ehdr + load + stack + _CODE
+    assert len(image) == STUB_SIZE
+    return image
+
+
+_stub_fd: int | None = None
+_stub_owner: int | None = None
+
+
+def stub_exec_path() -> str:
+    """A path any process may execve to run the stub: a sealed memfd of THIS process,
+    /proc/<pid>/fd/<n>, valid while this process lives (created once per process)."""
+    global _stub_fd, _stub_owner
+    if _stub_fd is None or _stub_owner != os.getpid():
+        if _stub_fd is not None:
+            # Forked since: the inherited memfd is reachable only as /proc/<parent>/fd/N.
+            os.close(_stub_fd)
+        fd = memfd_create("cpt-stub", MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_EXEC)
+        os.write(fd, build_stub())
+        fcntl.fcntl(
+            fd,
+            fcntl.F_ADD_SEALS,
+            fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE,
+        )
+        _stub_fd, _stub_owner = fd, os.getpid()
+    return f"/proc/{_stub_owner}/fd/{_stub_fd}"
+
+
+def start_stub(set_tid: Sequence[int] | None = None, flags: int = 0) -> int:
+    """Start a stub as a child of this process (exit signal SIGCHLD), not traced; returns
+    its pid. `set_tid` asks for exact ids, innermost pid namespace first; `flags` are extra
+    CLONE_* flags (CLONE_NEWPID makes it the init of a new pid namespace: set_tid=[1, pid])."""
+    return clone3_execve(stub_exec_path(), ["cpt-stub"], [], set_tid=set_tid, flags=flags)
+
+
+def spawn_stub(
+    set_tid: Sequence[int] | None = None,
+    options: int = STUB_OPTIONS,
+    timeout: float = 5.0,
+    flags: int = 0,
+) -> Tracee:
+    """Start a stub, PTRACE_SEIZE it and stop it once it runs stub code (normally asleep in
+    pause()). The returned Tracee injects through STUB_SYSCALL. On failure the stub is
+    killed and reaped."""
+    pid = start_stub(set_tid, flags)
+    try:
+        t = Tracee(pid, pid=pid)
+        t.seize(options)
+        deadline = time.monotonic() + timeout
+        while True:
+            t.interrupt(timeout)
+            rip = t.get_regs().rip
+            if STUB_BASE <= rip < STUB_BASE + STUB_SIZE:
+                break
+            # Stopped before its execve (still in this process's clone3 trampoline): go on.
+            t.cont()
+            if time.monotonic() > deadline:
+                raise RestoreError(f"stub {pid} did not reach its code within {timeout} s", pid=pid)
+            time.sleep(0.0002)
+        t.syscall_addr = STUB_SYSCALL
+        return t
+    except NoSuchProcess as e:
+        raise RestoreError(
+            f"stub {pid} died before it could be stopped ({e}); execve of "
+            f"{stub_exec_path()} failed?",
+            pid=pid,
+        ) from e
+    except BaseException:
+        kill_and_reap(pid)
+        raise
+
+
+def kill_and_reap(pid: int) -> None:
+    """SIGKILL a child of this process and reap it (ignores one that is already gone)."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        os.waitpid(pid, ptrace.WALL)
+    except ChildProcessError:
+        pass
+
+
+def clone_stub(
+    parent: Tracee,
+    scratch: int,
+    set_tid: Sequence[int] | None = None,
+    thread: bool = False,
+    child_tid: int = 0,
+    timeout: float = 5.0,
+) -> Tracee:
+    """Make the stub `parent` clone3 a child process (or, with `thread`, a thread) with
+    the exact ids `set_tid`, by injection; returns the new task, stopped and attached.
+
+    `scratch` is writable memory in the parent (>= 88 + 4 * len(set_tid) bytes) for the
+    struct clone_args and the set_tid array. The parent must be traced with TRACEFORK (or
+    TRACECLONE for a thread). A thread gets no stack of its own: fine for stubs, which never
+    touch the stack. With `child_tid`, the thread gets CLONE_CHILD_CLEARTID at that address.
+    """
+    tids = list(set_tid or [])
+    need = ptrace.PTRACE_O_TRACECLONE if thread else ptrace.PTRACE_O_TRACEFORK
+    if not parent.options & need:
+        raise ValueError(
+            f"pid {parent.tid} is not traced with "
+            f"{'TRACECLONE' if thread else 'TRACEFORK'}: the child would escape"
+        )
+    flags = CLONE_THREAD_FLAGS if thread else 0
+    if child_tid:
+        flags |= CLONE_CHILD_CLEARTID
+    args = pack_clone_args(
+        flags=flags,
+        exit_signal=0 if thread else signal.SIGCHLD,
+        set_tid=scratch + CLONE_ARGS_SIZE if tids else 0,
+        set_tid_size=len(tids),
+        child_tid=child_tid,
+    )
+    parent.write_mem(scratch, args + pack_set_tid(tids))
+    ret = parent.syscall_checked(NR.clone3, scratch, CLONE_ARGS_SIZE)
+    new = parent.new_tids()
+    if not new:
+        raise RestoreError(
+            f"injected clone3 in pid {parent.tid} returned {ret} but reported no fork/clone event",
+            pid=parent.tid,
+        )
+    child = Tracee.adopt(new[0], options=parent.options, timeout=timeout)
+    child.syscall_addr = parent.syscall_addr
+    return child

@@ -1,0 +1,70 @@
+"""File-descriptor syscalls the os module lacks or cannot do in place: ioctl on a mutable
+buffer, tee(2), memfd_create with MFD_EXEC, close_range."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from cpt.sys._libc import PinnedBuffer, checked_syscall, errno_error, get_errno, raw_syscall
+from cpt.sys.syscalls import NR
+
+MFD_CLOEXEC = 0x1
+MFD_ALLOW_SEALING = 0x2
+MFD_HUGETLB = 0x4
+MFD_NOEXEC_SEAL = 0x8
+MFD_EXEC = 0x10
+
+F_ADD_SEALS = 1033
+F_GET_SEALS = 1034
+F_SEAL_SEAL = 0x1
+F_SEAL_SHRINK = 0x2
+F_SEAL_GROW = 0x4
+F_SEAL_WRITE = 0x8
+
+SPLICE_F_MOVE = 1
+SPLICE_F_NONBLOCK = 2
+
+CLOSE_RANGE_UNSHARE = 1 << 1
+CLOSE_RANGE_CLOEXEC = 1 << 2
+
+_NR_IOCTL = int(NR.ioctl)
+
+
+def ioctl(
+    fd: int, request: int, arg: int | bytearray | memoryview = 0, pid: int | None = None
+) -> int:
+    """ioctl(2). `arg` is an integer argument, or a mutable buffer the kernel reads and
+    writes IN PLACE (no 1024-byte copy limit as with fcntl.ioctl). Returns the result."""
+    if isinstance(arg, int):
+        ret = raw_syscall(_NR_IOCTL, fd, request, arg)
+    else:
+        with PinnedBuffer(arg, writable=True) as pb:
+            ret = raw_syscall(_NR_IOCTL, fd, request, pb.address)
+    if ret == -1:
+        raise errno_error(get_errno(), f"ioctl(fd {fd}, {request:#x})", pid)
+    return ret
+
+
+def tee(fd_in: int, fd_out: int, length: int, flags: int = 0) -> int:
+    """tee(2): duplicate up to `length` bytes of pipe `fd_in` into pipe `fd_out` without
+    consuming them (how pending pipe data is peeked at dump). 0 when the pipe is empty."""
+    return checked_syscall(
+        f"tee(fd {fd_in} -> fd {fd_out})", None, NR.tee, fd_in, fd_out, length, flags
+    )
+
+
+def memfd_create(name: str, flags: int = MFD_CLOEXEC) -> int:
+    """memfd_create(2). MFD_EXEC is dropped on kernels older than 6.3, which reject it."""
+    try:
+        return os.memfd_create(name, flags)
+    except OSError as e:
+        # Kernels before 6.3 know neither MFD_EXEC nor MFD_NOEXEC_SEAL (EINVAL).
+        if e.errno == errno.EINVAL and flags & MFD_EXEC:
+            return os.memfd_create(name, flags & ~MFD_EXEC)
+        raise OSError(e.errno, f"memfd_create({name!r}): {e.strerror}") from None
+
+
+def close_range(first: int, last: int, flags: int = 0) -> None:
+    """close_range(2) in this process (CLOSE_RANGE_CLOEXEC marks instead of closing)."""
+    checked_syscall(f"close_range({first}, {last})", None, NR.close_range, first, last, flags)

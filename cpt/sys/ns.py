@@ -1,0 +1,95 @@
+"""Namespaces and mounts of THIS process: setns, unshare, mount, umount2, pivot_root."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+from cpt.sys._libc import checked_syscall, errno_error, get_errno, libc
+from cpt.sys.syscalls import NR
+
+CLONE_NEWTIME = 0x00000080
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_MOVE = 0x2000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MS_SHARED = 1 << 20
+
+MNT_FORCE = 1
+MNT_DETACH = 2
+MNT_EXPIRE = 4
+UMOUNT_NOFOLLOW = 8
+
+
+# glibc's mount()/umount2() are plain (non-variadic) syscall wrappers.
+_mount = libc.mount
+_mount.argtypes = [
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_char_p,
+]
+_mount.restype = ctypes.c_int
+_umount2 = libc.umount2
+_umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_umount2.restype = ctypes.c_int
+
+
+def _cstr(s: str | bytes | None) -> bytes | None:
+    if s is None:
+        return None
+    return os.fsencode(s)
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    """setns(2): join the namespace (or, with a pidfd, several) that `fd` refers to."""
+    checked_syscall(f"setns(fd {fd}, {nstype:#x})", None, NR.setns, fd, nstype)
+
+
+def unshare(flags: int) -> None:
+    checked_syscall(f"unshare({flags:#x})", None, NR.unshare, flags)
+
+
+def mount(
+    source: str | bytes | None,
+    target: str | bytes,
+    fstype: str | bytes | None = None,
+    flags: int = 0,
+    data: str | bytes | None = None,
+) -> None:
+    """mount(2); `source`, `fstype`, `data` may be None (NULL)."""
+    if _mount(_cstr(source), _cstr(target), _cstr(fstype), flags, _cstr(data)) != 0:
+        raise errno_error(get_errno(), f"mount({source!r} -> {target!r}, flags {flags:#x})")
+
+
+def umount2(target: str | bytes, flags: int = 0) -> None:
+    if _umount2(_cstr(target), flags) != 0:
+        raise errno_error(get_errno(), f"umount2({target!r})")
+
+
+def pivot_root(new_root: str | bytes, put_old: str | bytes) -> None:
+    """pivot_root(2) (glibc has no wrapper)."""
+    new = ctypes.create_string_buffer(os.fsencode(new_root))
+    old = ctypes.create_string_buffer(os.fsencode(put_old))
+    checked_syscall(
+        f"pivot_root({new_root!r}, {put_old!r})",
+        None,
+        NR.pivot_root,
+        ctypes.addressof(new),
+        ctypes.addressof(old),
+    )
