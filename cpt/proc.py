@@ -1544,6 +1544,13 @@ class Proc:
     def timerslack_ns(self, pid: int) -> int:
         return int(self._read(pid, "timerslack_ns"))
 
+    def cgroup2(self, pid: int) -> str:
+        """The process's cgroup v2 path ("0::PATH" line), relative to the cgroup2 mount."""
+        for line in self._read(pid, "cgroup").decode().splitlines():
+            if line.startswith("0::"):
+                return line[3:] or "/"
+        return "/"
+
     # ---- links ----
 
     def exe(self, pid: int) -> str:
