@@ -17,10 +17,11 @@ are padded (inside their header) so their payload starts on a page boundary.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import os
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
 
 import construct as cs
@@ -83,11 +84,12 @@ TRAILER_SIZE = Trailer.sizeof()
 _DIGESTED_TRAILER = 16  # index_offset and file_size are covered by the digest
 
 DEFAULT_ZSTD_LEVEL = 3
+Buffer = bytes | bytearray | memoryview
 # a section payload larger than this is refused before allocating it
 MAX_SECTION = 1 << 40
 
 
-def checksum(data: bytes | memoryview) -> int:
+def checksum(data: Buffer) -> int:
     return xxhash.xxh3_64_intdigest(data)
 
 
@@ -115,7 +117,7 @@ class SectionInfo:
     def end(self) -> int:
         return align8(self.payload_offset + self.payload_len)
 
-    @property
+    @functools.cached_property
     def name(self) -> str:
         try:
             return SectionType(self.type).name
@@ -137,7 +139,7 @@ class SectionInfo:
         )
 
 
-def _compress(data: bytes | memoryview, level: int) -> bytes:
+def _compress(data: Buffer, level: int) -> bytes:
     return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(data)
 
 
@@ -185,10 +187,10 @@ def parse_section_header(raw: bytes, offset: int, *, plain: bool = False) -> Sec
     )
 
 
-def build_preamble(header: Header) -> bytes:
+def build_preamble(header: Header, minor: int = FORMAT_MINOR) -> bytes:
     rec = header.encode()
     hdr_len = align8(PREAMBLE_SIZE + len(rec))
-    pre = Preamble.build(dict(major=FORMAT_MAJOR, minor=FORMAT_MINOR, hdr_len=hdr_len))
+    pre = Preamble.build(dict(major=FORMAT_MAJOR, minor=minor, hdr_len=hdr_len))
     return pre + rec + b"\0" * (hdr_len - PREAMBLE_SIZE - len(rec))
 
 
@@ -202,6 +204,9 @@ class ImageWriter:
     which returns the byte offset of the data in the page data stream (the
     concatenation of every PAGES payload, uncompressed).  ``close`` writes the index
     and the trailer; the caller owns fsync and rename (see ``atomic.atomic_output``).
+
+    ``minor`` is for re-encoders only (``jsonio.encode`` reproducing a newer-minor file
+    it decoded); everything else writes the current version.
     """
 
     def __init__(
@@ -213,7 +218,10 @@ class ImageWriter:
         compress_pages: bool = False,
         level: int = DEFAULT_ZSTD_LEVEL,
         block_size: int = 16 << 20,
+        minor: int = FORMAT_MINOR,
     ) -> None:
+        if header.page_size < 512 or header.page_size & (header.page_size - 1):
+            raise ImageError(f"page size {header.page_size} is not a power of two >= 512")
         self.out = out
         self.header = header
         self.page_size = header.page_size
@@ -228,11 +236,11 @@ class ImageWriter:
         self._pending = bytearray()  # small page writes coalesced into one block
         self._pages_flushed = 0  # page data bytes already in PAGES sections
         self._closed = False
-        self._emit(build_preamble(header))
+        self._emit(build_preamble(header, minor))
 
     # -- low level
 
-    def _emit(self, data: bytes | memoryview) -> None:
+    def _emit(self, data: Buffer) -> None:
         self.out.write(data)
         self.digest.update(data)
         self.pos += len(data)
@@ -240,21 +248,24 @@ class ImageWriter:
     def _section(
         self,
         stype: int,
-        payload: bytes | memoryview,
+        payload: Buffer,
         *,
         count: int,
         compress: bool,
         base: int = 0,
         page_align: bool = False,
         version: int | None = None,
+        level: int | None = None,
     ) -> SectionInfo:
         raw_len = len(payload)
         comp = Compression.NONE
-        level = 0
         if compress and raw_len:
-            payload = _compress(payload, self.level)
-            comp, level = Compression.ZSTD, self.level
+            level = self.level if level is None else level
+            payload = _compress(payload, level)
+            comp = Compression.ZSTD
             page_align = False  # compressed data is never mapped in place
+        else:
+            level = 0
         hdr_len = SECTION_HEADER_SIZE
         if page_align:
             hdr_len += (-(self.pos + SECTION_HEADER_SIZE)) % self.page_size
@@ -321,9 +332,13 @@ class ImageWriter:
         *,
         count: int,
         compression: int,
+        level: int | None = None,
         base: int = 0,
     ) -> None:
-        """A section given as its uncompressed payload (unknown types kept by decode)."""
+        """A section given as its uncompressed payload (re-encoding a decoded image).
+
+        ``level`` is the zstd level to compress with (the writer's default if None).
+        """
         self._flush_pages()
         self._section(
             stype,
@@ -333,6 +348,7 @@ class ImageWriter:
             base=base,
             version=version,
             page_align=stype == SectionType.PAGES,
+            level=level,
         )
 
     # -- pages
@@ -402,7 +418,7 @@ class ImageWriter:
 def parse_preamble(raw: bytes, *, path: str | None = None) -> tuple[int, int, int]:
     """(major, minor, hdr_len) of a file's first bytes; refuses a newer major version."""
     if len(raw) < PREAMBLE_SIZE or raw[:8] != MAGIC:
-        raise ImageVersionError("not a cpt image (bad magic)", path=path, offset=0)
+        raise ImageError("not a cpt image (bad magic)", path=path, offset=0)
     major, minor, hdr_len = struct.unpack_from("<HHI", raw, 8)
     if major > FORMAT_MAJOR:
         raise ImageVersionError(
@@ -411,7 +427,7 @@ def parse_preamble(raw: bytes, *, path: str | None = None) -> tuple[int, int, in
             path=path,
         )
     if major < 1:
-        raise ImageVersionError(f"image format {major}.{minor} is unknown", path=path)
+        raise ImageError(f"image format {major}.{minor} is unknown", path=path, offset=8)
     if hdr_len < PREAMBLE_SIZE + 8 or hdr_len % 8 or hdr_len > 1 << 20:
         raise ImageError(f"header length {hdr_len} is invalid", path=path, offset=12)
     return major, minor, hdr_len
@@ -645,67 +661,155 @@ class ImageReader:
 @dataclasses.dataclass
 class StreamedSection:
     info: SectionInfo
-    stored: bytes  # payload as stored (compressed or not)
+    stored: bytes  # payload as stored (compressed or not); b"" when given to a page sink
+    computed_checksum: int  # xxh3-64 of the stored payload as it was read
 
 
-def walk(f: BinaryIO, *, path: str | None = None) -> Iterator[tuple[str, Any]]:
-    """Walk an image front to back without seeking (works on pipes).
+@dataclasses.dataclass
+class StreamedTrailer:
+    index_offset: int
+    file_size: int  # as the trailer says
+    digest: int  # as the trailer says
+    computed_digest: int  # of the bytes read
+    end: int  # where the trailer ended: the file's real size without appended data
+    extra: int  # bytes after the trailer
 
-    Yields ("preamble", (major, minor, header_raw)), ("section", StreamedSection) for each
-    section including the index, then ("trailer", (index_offset, file_size, digest,
-    computed_digest, extra_bytes)).  Raises ImageError at the first structural break.
-    """
-    digest = xxhash.xxh3_64()
-    pos = 0
 
-    def read(n: int, what: str) -> bytes:
-        nonlocal pos
+PageSink = Callable[[SectionInfo, memoryview], None]
+
+
+class _Stream:
+    """Sequential reads that keep the whole-file digest; large payloads reuse one buffer."""
+
+    def __init__(self, f: BinaryIO, path: str | None, chunk_size: int) -> None:
+        self.f = f
+        self.path = path
+        self.pos = 0
+        self.digest = xxhash.xxh3_64()
+        self.buf = memoryview(bytearray(chunk_size))
+        self._readinto = getattr(f, "readinto", None)
+
+    def _truncated(self, what: str) -> ImageError:
+        return ImageError(f"file ends inside {what}: truncated", path=self.path, offset=self.pos)
+
+    def read(self, n: int, what: str) -> bytes:
+        """Exactly n bytes, digested."""
         chunks = []
         left = n
         while left:
-            b = f.read(min(left, 16 << 20))
+            b = self.f.read(min(left, 16 << 20))
             if not b:
-                raise ImageError(f"file ends inside {what}: truncated", path=path, offset=pos)
+                raise self._truncated(what)
             chunks.append(b)
             left -= len(b)
+            self.pos += len(b)
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        digest.update(data)
-        pos += n
+        self.digest.update(data)
         return data
 
-    pre = read(PREAMBLE_SIZE, "the preamble")
+    def read_upto(self, n: int) -> bytes:
+        """Up to n bytes (fewer only at the end of the file), not digested."""
+        out = bytearray(n)
+        got = self._fill(memoryview(out))
+        self.pos += got
+        return bytes(out[:got])
+
+    def _fill(self, view: memoryview) -> int:
+        if self._readinto is not None:
+            got = self._readinto(view)  # a whole chunk at once from a file: the common case
+            if got == len(view) or not got:
+                return got or 0
+        else:
+            got = 0
+        while got < len(view):
+            if self._readinto is not None:
+                k = self._readinto(view[got:])
+            else:
+                b = self.f.read(len(view) - got)
+                k = len(b)
+                view[got : got + k] = b
+            if not k:
+                break
+            got += k
+        return got
+
+    def stream(self, info: SectionInfo, n: int, sink: PageSink, what: str) -> int:
+        """Feed n bytes to sink in chunks of the reused buffer; returns their xxh3-64."""
+        h = xxhash.xxh3_64()
+        update_digest, update_h = self.digest.update, h.update
+        full = self.buf
+        left = n
+        while left:
+            view = full if left >= len(full) else full[:left]
+            got = self._fill(view)
+            self.pos += got
+            if got < len(view):
+                raise self._truncated(what)
+            update_digest(view)
+            update_h(view)
+            sink(info, view)
+            left -= got
+        return h.intdigest()
+
+
+def walk(
+    f: BinaryIO,
+    *,
+    path: str | None = None,
+    page_sink: PageSink | None = None,
+    chunk_size: int = 1 << 20,
+) -> Iterator[tuple[str, Any]]:
+    """Walk an image front to back without seeking (works on pipes).
+
+    Yields ("preamble", (major, minor, header_raw)), ("section", StreamedSection) for each
+    section including the index, then ("trailer", StreamedTrailer).  Raises ImageError at
+    the first structural break.
+
+    With ``page_sink``, PAGES payloads are not kept: they are passed to the sink in
+    chunks of ``chunk_size`` bytes (a view of one reused buffer, valid during the call),
+    and the section is yielded afterwards with ``stored`` empty.  Section checksums are
+    computed, not compared: the caller decides what a mismatch means.
+    """
+    s = _Stream(f, path, chunk_size)
+    pre = s.read(PREAMBLE_SIZE, "the preamble")
     major, minor, hdr_len = parse_preamble(pre, path=path)
-    rest = read(hdr_len - PREAMBLE_SIZE, "the header")
+    rest = s.read(hdr_len - PREAMBLE_SIZE, "the header")
     yield "preamble", (major, minor, rest)
     while True:
-        off = pos
-        raw = read(SECTION_HEADER_SIZE, "a section header")
+        off = s.pos
+        raw = s.read(SECTION_HEADER_SIZE, "a section header")
         try:
             info = parse_section_header(raw, off)
         except ImageError as e:
             e.path = path
             raise
-        read(info.hdr_len - SECTION_HEADER_SIZE, "a section header")
-        stored = read(info.payload_len, f"section {info.name}")
+        s.read(info.hdr_len - SECTION_HEADER_SIZE, "a section header")
+        what = f"section {info.name}"
+        if page_sink is not None and info.type == SectionType.PAGES:
+            stored = b""
+            computed = s.stream(info, info.payload_len, page_sink, what)
+        else:
+            stored = s.read(info.payload_len, what)
+            computed = checksum(stored)
         pad = (-info.payload_len) % 8
         if pad:
-            read(pad, f"section {info.name}")
-        yield "section", StreamedSection(info, stored)
+            s.read(pad, what)
+        yield "section", StreamedSection(info, stored, computed)
         if info.type == SectionType.INDEX:
             break
-    head = read(_DIGESTED_TRAILER, "the trailer")
-    computed = digest.intdigest()
-    tail = f.read(TRAILER_SIZE - _DIGESTED_TRAILER)
+    head = s.read(_DIGESTED_TRAILER, "the trailer")
+    computed_digest = s.digest.intdigest()
+    tail = s.read_upto(TRAILER_SIZE - _DIGESTED_TRAILER)
     if len(tail) != TRAILER_SIZE - _DIGESTED_TRAILER:
-        raise ImageError("file ends inside the trailer: truncated", path=path, offset=pos)
+        raise ImageError("file ends inside the trailer: truncated", path=path, offset=s.pos)
     if tail[8:] != END_MAGIC:
-        raise ImageError("trailer magic missing", path=path, offset=pos + 8)
-    extra = 0
-    while True:
-        b = f.read(1 << 16)
-        if not b:
-            break
-        extra += len(b)
+        raise ImageError("trailer magic missing", path=path, offset=s.pos - 8)
+    end = s.pos
+    while s.read_upto(1 << 16):
+        pass
     index_offset, file_size = struct.unpack("<QQ", head)
     (stored_digest,) = struct.unpack_from("<Q", tail)
-    yield "trailer", (index_offset, file_size, stored_digest, computed, extra)
+    yield (
+        "trailer",
+        StreamedTrailer(index_offset, file_size, stored_digest, computed_digest, end, s.pos - end),
+    )

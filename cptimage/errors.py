@@ -44,4 +44,4 @@ class ImageError(Exception):
 
 
 class ImageVersionError(ImageError):
-    """The image was written by a newer major format version (or is not an image at all)."""
+    """The image was written by a newer major format version (exit 41, not 40)."""

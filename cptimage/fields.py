@@ -27,7 +27,8 @@ import enum
 import io
 import struct
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+from enum import IntEnum, IntFlag
+from typing import Any, ClassVar, TypeVar, dataclass_transform
 
 import construct as cs
 
@@ -51,8 +52,8 @@ class FixedSpec:
     con: cs.Construct
     size: int
     wire: str  # u8 u16 u32 u64 i32 i64 bytes[N]: the name SPEC.md uses
-    enum: type[enum.IntEnum] | None = None
-    flags: type[enum.IntFlag] | None = None
+    enum: type[IntEnum] | None = None
+    flags: type[IntFlag] | None = None
     is_bytes: bool = False
 
 
@@ -164,7 +165,7 @@ class FixedCodec:
 
     def build(self, values: dict[str, Any]) -> bytes:
         try:
-            return self.compiled.build(values)  # type: ignore[no-any-return]
+            return bytes(self.compiled.build(values))
         except (cs.ConstructError, struct.error, TypeError, ValueError) as e:
             raise ImageError(f"cannot encode {self.owner}: {e}", record=self.owner) from None
 
@@ -226,13 +227,19 @@ def _read_var(r: _Reader, name: str, spec: VarSpec) -> Any:
     if k == "items":
         assert spec.item is not None
         count, esize, _zero = _ITEMS.unpack(r.take(_ITEMS.size, name))
+        if count and not esize:
+            # every item has at least one field: a zero size would loop `count` times on nothing
+            raise ImageError(f"field {name}: {count} items of size 0", record=r.owner)
         raw = r.take(count * esize, name)
         icodec: FixedCodec = spec.item.__codec__  # type: ignore[attr-defined]
         item_cls = spec.item
         res = []
         for i in range(count):
-            vals, _ext = icodec.parse(raw[i * esize : (i + 1) * esize])
-            res.append(item_cls(*vals))
+            vals, ext = icodec.parse(raw[i * esize : (i + 1) * esize])
+            it = item_cls(*vals)
+            if ext:
+                it._ext = ext  # a newer minor version's item fields, kept for re-encoding
+            res.append(it)
         return res
     raise AssertionError(k)  # pragma: no cover
 
@@ -259,9 +266,13 @@ def _write_var(out: list[bytes], name: str, spec: VarSpec, value: Any, owner: st
         elif k == "items":
             assert spec.item is not None
             icodec: FixedCodec = spec.item.__codec__  # type: ignore[attr-defined]
-            out.append(_ITEMS.pack(len(value), icodec.size, 0))
-            for it in value:
-                out.append(icodec.build({n: getattr(it, n) for n in icodec.names}))
+            exts = [getattr(it, "_ext", b"") for it in value]
+            if len({len(e) for e in exts}) > 1:
+                raise ValueError("items carry extension bytes of different lengths")
+            esize = icodec.size + (len(exts[0]) if exts else 0)
+            out.append(_ITEMS.pack(len(value), esize, 0))
+            for it, ext in zip(value, exts, strict=True):
+                out += (icodec.build({n: getattr(it, n) for n in icodec.names}), ext)
         else:  # pragma: no cover
             raise AssertionError(k)
     except (struct.error, AttributeError, TypeError, ValueError) as e:
@@ -340,6 +351,7 @@ class Record:
         return self.__codec__.encode(self)
 
 
+@dataclass_transform()  # type checkers: a record class is a dataclass
 def record(tag: int) -> Callable[[type[T]], type[T]]:
     def wrap(cls: type[T]) -> type[T]:
         dc = dataclasses.dataclass(cls)
@@ -357,16 +369,17 @@ def record(tag: int) -> Callable[[type[T]], type[T]]:
     return wrap
 
 
+@dataclass_transform()
 def item(cls: type[T]) -> type[T]:
     """A fixed-layout element of an ``items`` list (no tag, fixed fields only)."""
-    dc = dataclasses.dataclass(cls)
+    dc: Any = dataclasses.dataclass(cls)
     fixed = []
     for f in dataclasses.fields(dc):
         spec = f.metadata.get(_META)
         if not isinstance(spec, FixedSpec):
             raise TypeError(f"{cls.__name__}.{f.name}: items hold fixed fields only")
         fixed.append((f.name, spec))
-    dc.__codec__ = FixedCodec(cls.__name__, fixed)  # type: ignore[attr-defined]
+    dc.__codec__ = FixedCodec(cls.__name__, fixed)
     return dc
 
 

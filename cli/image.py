@@ -1,0 +1,277 @@
+"""`cpt image`: show, decode, encode, diff and verify dump files (like crit)."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any, BinaryIO
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cpt.errors import InvalidValue, UsageError
+from cptimage import jsonio
+from cptimage import show as showmod
+from cptimage.atomic import STDOUT, atomic_output
+from cptimage.container import ImageReader
+from cptimage.diff import Difference
+from cptimage.diff import diff as diff_images
+from cptimage.errors import ImageError
+from cptimage.records import Header, HeaderFlags
+from cptimage.verify import Problem, verify_report
+
+app = typer.Typer(
+    help="Inspect, convert, compare and check dump files.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+# --host hook.  Checks of an image against THIS host (CPU features, xsave size, kernel,
+# page size) belong to the engine (cpt/); the lead wires them here, e.g.
+#     from cpt.host import check_image; image.HOST_CHECK = check_image
+# Until then `verify --host` fails with a usage error instead of pretending to check.
+HostCheck = Callable[[Header], list[Problem]]
+HOST_CHECK: HostCheck | None = None
+
+FileArg = Annotated[str, typer.Argument(metavar="FILE", help="a dump file", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
+
+
+def _console() -> Console:
+    return Console(highlight=False, soft_wrap=False)
+
+
+def _print_json(doc: Any) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    exp = min((n.bit_length() - 1) // 10, 3)
+    return f"{n / (1 << (10 * exp)):.1f} {('KiB', 'MiB', 'GiB')[exp - 1]}"
+
+
+# --------------------------------------------------------------------------- show
+
+
+def _flag_names(v: int) -> str:
+    names = [f.name for f in HeaderFlags if v & f and f.name]
+    return f"{v:#x} ({'|'.join(names)})" if names else f"{v:#x}"
+
+
+def _has_pid(reader: ImageReader, pid: int) -> None:
+    if not any(p["pid"] == pid for p in showmod.process_tree(reader)):
+        raise InvalidValue(f"process {pid} is not in the image {reader.path}")
+
+
+def _render_summary(s: dict[str, Any]) -> None:
+    con = _console()
+    h = s["header"]
+    con.print(f"[bold]{s['path']}[/]: cpt image {s['version']}, {_size(s['size'])}")
+    info = Table.grid(padding=(0, 2))
+    for key in (
+        "created_ns",
+        "source_kind",
+        "source_id",
+        "root_pid",
+        "flags",
+        "arch",
+        "kernel_release",
+        "page_size",
+        "xcr0",
+        "xstate_size",
+        "hostname",
+        "uuid",
+        "parent_uuid",
+        "tool_version",
+    ):
+        info.add_row(key, _flag_names(h[key]) if key == "flags" else str(h[key]))
+    info.add_row("cpu_flags", " ".join(h["cpu_flags"]))
+    con.print(info)
+    tree = Table(title="processes", title_justify="left")
+    for col in ("PID", "PPID", "PGID", "SID", "THR", "STATE"):
+        tree.add_column(col, justify="right")
+    tree.add_column("COMMAND")
+    for p in s["processes"]:
+        indent = "  " * p["depth"] + ("\\_ " if p["depth"] else "")
+        tree.add_row(
+            *(str(p[k]) for k in ("pid", "ppid", "pgid", "sid", "threads", "state")),
+            indent + p["comm"],
+        )
+    con.print(tree)
+    secs = Table(title="sections", title_justify="left")
+    for col in ("TYPE", "SECTIONS", "RECORDS", "STORED", "RAW"):
+        secs.add_column(col, justify="left" if col == "TYPE" else "right")
+    for r in s["sections"]:
+        secs.add_row(
+            r["type"], str(r["sections"]), str(r["records"]), _size(r["stored"]), _size(r["raw"])
+        )
+    con.print(secs)
+    for w in s["warnings"]:
+        print(f"cpt: warning: {w}", file=sys.stderr)
+
+
+@app.command()
+def show(
+    file: FileArg,
+    as_json: JsonOpt = False,
+    maps: Annotated[
+        int | None,
+        typer.Option("--maps", metavar="PID", help="the VMAs of PID, like /proc/PID/maps"),
+    ] = None,
+    fds: Annotated[
+        int | None,
+        typer.Option("--fds", metavar="PID", help="the fds of PID, like ls -l /proc/PID/fd"),
+    ] = None,
+) -> None:
+    """Header, process tree and sections of a dump file; or one process's maps or fds."""
+    with ImageReader(file) as reader:
+        for pid in (maps, fds):
+            if pid is not None:
+                _has_pid(reader, pid)
+        doc: dict[str, Any] = {}
+        if maps is not None:
+            doc["maps"] = showmod.maps(reader, maps)
+        if fds is not None:
+            doc["fds"] = showmod.fds(reader, fds)
+        if not doc or as_json:
+            doc = {**showmod.summary(reader), **doc} if as_json else showmod.summary(reader)
+    if as_json:
+        _print_json(doc)
+    elif "maps" in doc or "fds" in doc:
+        for row in doc.get("maps", []):
+            print(showmod.format_maps_line(row))
+        for row in doc.get("fds", []):
+            print(showmod.format_fd_line(row))
+    else:
+        _render_summary(doc)
+
+
+# --------------------------------------------------------------------------- decode, encode
+
+
+def _input(path: str) -> str | BinaryIO:
+    return sys.stdin.buffer if path == STDOUT else path
+
+
+@app.command()
+def decode(
+    file: Annotated[str, typer.Argument(metavar="FILE", help="a dump file, or - for stdin")],
+    output: Annotated[
+        str, typer.Option("-o", "--output", metavar="OUT", help="write the JSON here (atomically)")
+    ] = STDOUT,
+) -> None:
+    """The image as JSON (lossless: `encode` gives back the same bytes)."""
+    with atomic_output(output) as out:  # 0600: the JSON holds memory pages
+        text = io.TextIOWrapper(out, encoding="utf-8", newline="\n")
+        try:
+            jsonio.decode_to(_input(file), text)
+            text.flush()
+        finally:
+            text.detach()
+
+
+@app.command()
+def encode(
+    input_: Annotated[str, typer.Argument(metavar="IN", help="a JSON document, or - for stdin")],
+    output: Annotated[
+        str,
+        typer.Option(
+            "-o", "--output", metavar="FILE", help="the image to write (atomically, mode 0600)"
+        ),
+    ],
+) -> None:
+    """Write the image a JSON document (from `decode`) describes."""
+    if input_ == STDOUT:
+        doc = jsonio.load(sys.stdin)
+    else:
+        try:
+            f = open(input_, encoding="utf-8")  # noqa: SIM115 - closed below
+        except OSError as e:
+            raise ImageError(f"cannot open: {e.strerror}", path=input_) from None
+        with f:
+            doc = jsonio.load(f)
+    with atomic_output(output) as out:
+        jsonio.encode(doc, out)
+
+
+# --------------------------------------------------------------------------- diff
+
+
+def _short(v: Any) -> str:
+    s = v if isinstance(v, str) else json.dumps(v)
+    return s if len(s) <= 40 else f"{s[:32]}...({len(s)} chars)"
+
+
+def _diff_line(d: Difference) -> str:
+    if d.a is None:
+        return f"+ {d.path}: {_short(d.b)}"
+    if d.b is None:
+        return f"- {d.path}: {_short(d.a)}"
+    return f"~ {d.path}: {_short(d.a)} -> {_short(d.b)}"
+
+
+@app.command()
+def diff(
+    a: Annotated[str, typer.Argument(metavar="A", help="a dump file")],
+    b: Annotated[str, typer.Argument(metavar="B", help="another dump file")],
+    as_json: JsonOpt = False,
+) -> None:
+    """What differs between two images: processes, threads, VMAs, fds, files, pages.
+
+    Exit 0 when they are the same, 1 when they differ.
+    """
+    diffs = diff_images(a, b)
+    if as_json:
+        _print_json([d.to_json() for d in diffs])
+    else:
+        for d in diffs:
+            print(_diff_line(d))
+    if diffs:
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------- verify
+
+
+@app.command()
+def verify(
+    file: Annotated[str, typer.Argument(metavar="FILE", help="a dump file, or - for stdin")],
+    as_json: JsonOpt = False,
+    host: Annotated[
+        bool, typer.Option("--host", help="also check the image against this host")
+    ] = False,
+) -> None:
+    """Check checksums, digest, index and structure; one line per problem.
+
+    Exit 0 when the image is clean, 1 when problems were found.
+    """
+    if host and HOST_CHECK is None:
+        raise UsageError("image verify --host: host checks are not available in this cpt yet")
+    report = verify_report(_input(file))
+    problems = list(report.problems)
+    if host and HOST_CHECK is not None and report.header is not None:
+        problems += HOST_CHECK(report.header)
+    name = "-" if file == STDOUT else file
+    if as_json:
+        _print_json(
+            {
+                "file": name,
+                "ok": not problems,
+                "problems": [p.to_json() for p in problems],
+                "warnings": report.warnings,
+            }
+        )
+    else:
+        for w in report.warnings:
+            print(f"cpt: warning: {name}: {w}", file=sys.stderr)
+        for p in problems:
+            print(f"{name}: {p}")
+        if not problems:
+            print(f"{name}: ok")
+    if problems:
+        raise typer.Exit(1)

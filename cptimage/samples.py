@@ -1,0 +1,789 @@
+"""Deterministic sample images: the golden images, test inputs and benchmark inputs.
+
+Everything here is fixed (UUIDs, times, page contents from a seeded generator), so the
+same call always writes the same bytes.  ``python -m cptimage.samples DIR`` (re)writes the
+golden images of the current format version, ``NAME.img`` with ``NAME.json`` beside it;
+tests/test_image_golden.py checks that the writer still produces them byte for byte.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+from . import records as R
+from .container import ImageWriter
+from .fields import REGISTRY
+from .jsonio import decode_to
+
+PAGE = 4096
+CREATED_NS = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z
+UUID = bytes.fromhex("0123456789abcdef0123456789abcdef")
+XSTATE_SIZE = 576  # legacy area + xsave header: the smallest xsave layout
+
+
+def header(**kw: Any) -> R.Header:
+    """A fixed, plausible header; keyword arguments override fields."""
+    base: dict[str, Any] = dict(
+        created_ns=CREATED_NS,
+        page_size=PAGE,
+        flags=R.HeaderFlags.PIDNS,
+        xcr0=0x7,
+        xstate_size=XSTATE_SIZE,
+        source_kind=R.SourceKind.PID,
+        root_pid=100,
+        uuid=UUID,
+        vdso_digest=0x5EED_0DD5_0000_0001,
+        arch="x86_64",
+        kernel_release="6.18.0-cpt",
+        kernel_version="#1 SMP PREEMPT_DYNAMIC",
+        cpu_flags=["sse2", "avx", "avx2", "xsave"],
+        hostname="node1",
+        tool_version="cpt 0.1.0",
+        source_id="100",
+    )
+    base.update(kw)
+    return R.Header(**base)
+
+
+def pattern(seed: int, n: int) -> bytes:
+    """n pseudo-random bytes, the same for the same seed."""
+    return random.Random(seed).randbytes(n)
+
+
+def _regs(rip: int, rsp: int) -> bytes:
+    # struct user_regs_struct: 27 u64; rip is #16, rsp #19
+    words = [0] * 27
+    words[16], words[19] = rip, rsp
+    return b"".join(w.to_bytes(8, "little") for w in words)
+
+
+# --------------------------------------------------------------------------- the tree
+
+
+class _Tree:
+    """A 3-process tree: sh (100) -> worker (101, threads 101 and 102), logger (103)."""
+
+    def __init__(self, variant: int) -> None:
+        self.v = variant
+        self.procs = [
+            (100, 0, "sh"),
+            (101, 100, "worker"),
+            (103, 100, "logger" if not variant else "logger2"),
+        ]
+        self.threads = {100: [100], 101: [101, 102], 103: [103]}
+
+    def process(self) -> list[Any]:
+        out: list[Any] = []
+        for pid, ppid, comm in self.procs:
+            out.append(
+                R.Process(
+                    pid=pid,
+                    ppid=ppid,
+                    pgid=100,
+                    sid=100,
+                    state=R.ProcessState.ALIVE,
+                    nspid=[pid, pid - 99],
+                    nspgid=[100, 1],
+                    nssid=[100, 1],
+                    comm=comm,
+                )
+            )
+        for pid, tids in self.threads.items():
+            for tid in tids:
+                rip = 0x401000 + tid + (0x10 if self.v and tid == 102 else 0)
+                out.append(
+                    R.Thread(
+                        pid=pid,
+                        tid=tid,
+                        sigmask=0,
+                        rseq_ptr=0x7F0000001000 + tid * 32,
+                        rseq_len=32,
+                        rseq_sig=0x53053053,
+                        robust_head=0x7F0000002000,
+                        robust_len=24,
+                        clear_child_tid=0x7F0000003000 if tid != pid else 0,
+                        nstid=[tid, tid - 99],
+                        regs=_regs(rip, 0x7FFD0000F000),
+                        fpregs=pattern(tid, 512),
+                        xstate=pattern(tid + 1, XSTATE_SIZE),
+                        comm=dict((p, c) for p, _, c in self.procs)[pid],
+                    )
+                )
+        for pid, _, _ in self.procs:
+            out.append(
+                R.Creds(
+                    pid=pid,
+                    uid=1000,
+                    euid=1000,
+                    suid=1000,
+                    fsuid=1000,
+                    gid=1000,
+                    egid=1000,
+                    sgid=1000,
+                    fsgid=1000,
+                    cap_bnd=(1 << 41) - 1,
+                    groups=[1000, 27],
+                )
+            )
+            out.append(
+                R.Rlimits(
+                    pid=pid, limits=[R.Rlimit(7, 1024, 4096), R.Rlimit(3, 8 << 20, 2**64 - 1)]
+                )
+            )
+            out.append(
+                R.Sigactions(pid=pid, actions=[R.Sigaction(15, 0x401500, 0x4000000, 0x401600, 0)])
+            )
+            out.append(
+                R.TaskState(
+                    pid=pid, umask=0o22, cwd_id=1, root_id=2, timerslack_ns=50_000, dumpable=1
+                )
+            )
+        return out
+
+    def mm(self, extra: tuple[R.Vma, ...] = ()) -> list[Any]:
+        out: list[Any] = []
+        for pid, _, _ in self.procs:
+            out.append(
+                R.Mm(
+                    pid=pid,
+                    exe_id=3,
+                    start_code=0x400000,
+                    end_code=0x402000,
+                    start_data=0x403000,
+                    end_data=0x404000,
+                    start_brk=0x405000,
+                    brk=0x427000,
+                    start_stack=0x7FFD0000FF00,
+                    arg_start=0x7FFD0000FF10,
+                    arg_end=0x7FFD0000FF20,
+                    env_start=0x7FFD0000FF20,
+                    env_end=0x7FFD0000FFF0,
+                    auxv=[6, 4096, 0, 0],
+                )
+            )
+            vmas = [
+                R.Vma(
+                    pid=pid,
+                    kind=R.VmaKind.FILE_PRIVATE,
+                    prot=5,
+                    flags=2,
+                    start=0x400000,
+                    end=0x402000,
+                    file_id=3,
+                ),
+                R.Vma(
+                    pid=pid,
+                    kind=R.VmaKind.FILE_PRIVATE,
+                    prot=3,
+                    flags=2,
+                    start=0x403000,
+                    end=0x404000,
+                    pgoff=0x3000,
+                    file_id=3,
+                ),
+                R.Vma(
+                    pid=pid,
+                    kind=R.VmaKind.ANON,
+                    prot=3,
+                    flags=0x22,
+                    start=0x405000,
+                    end=0x427000,
+                    name="[heap]",
+                ),
+                R.Vma(
+                    pid=pid,
+                    kind=R.VmaKind.SHMEM,
+                    prot=3,
+                    flags=1,
+                    start=0x7F0000000000,
+                    end=0x7F0000004000,
+                    shmem_id=1,
+                    name="/dev/zero (deleted)",
+                ),
+                R.Vma(
+                    pid=pid,
+                    kind=R.VmaKind.ANON,
+                    prot=3,
+                    flags=0x122,
+                    start=0x7FFD0000E000,
+                    end=0x7FFD00010000,
+                    vmflags=R.VmFlags.GROWSDOWN,
+                    name="[stack]",
+                ),
+                R.Vma(
+                    pid=pid,
+                    kind=R.VmaKind.VVAR,
+                    prot=1,
+                    flags=2,
+                    start=0x7FFF00000000,
+                    end=0x7FFF00004000,
+                    name="[vvar]",
+                ),
+                R.Vma(
+                    pid=pid,
+                    kind=R.VmaKind.VDSO,
+                    prot=5,
+                    flags=2,
+                    start=0x7FFF00004000,
+                    end=0x7FFF00006000,
+                    name="[vdso]",
+                ),
+            ]
+            vmas += [v for v in extra if v.pid == pid]
+            out += sorted(vmas, key=lambda v: v.start)
+        out.append(
+            R.ShmemObject(
+                id=1,
+                kind=R.ShmemKind.SHARED_ANON,
+                size=4 * PAGE,
+                ino=5001,
+                name="/dev/zero (deleted)",
+            )
+        )
+        return out
+
+    def pages(self, w: ImageWriter) -> list[Any]:
+        runs: list[Any] = []
+        for pid, _, _ in self.procs:
+            data = pattern(pid, 2 * PAGE)
+            if self.v and pid == 101:
+                data = data[:PAGE] + pattern(999, PAGE)
+            off = w.write_pages(data)
+            runs.append(
+                R.PagemapRun(
+                    owner_kind=R.OwnerKind.PROCESS,
+                    flags=R.PageFlags.PRESENT,
+                    owner=pid,
+                    vaddr=0x405000,
+                    nr_pages=2,
+                    data_offset=off,
+                )
+            )
+            runs.append(
+                R.PagemapRun(
+                    owner_kind=R.OwnerKind.PROCESS,
+                    flags=R.PageFlags.ZERO,
+                    owner=pid,
+                    vaddr=0x407000,
+                    nr_pages=4,
+                )
+            )
+            off = w.write_pages(pattern(pid + 50, PAGE))
+            runs.append(
+                R.PagemapRun(
+                    owner_kind=R.OwnerKind.PROCESS,
+                    flags=R.PageFlags.PRESENT,
+                    owner=pid,
+                    vaddr=0x7FFD0000F000,
+                    nr_pages=1,
+                    data_offset=off,
+                )
+            )
+        off = w.write_pages(pattern(7, PAGE))
+        runs.append(
+            R.PagemapRun(
+                owner_kind=R.OwnerKind.SHMEM,
+                flags=R.PageFlags.PRESENT,
+                owner=1,
+                vaddr=0,
+                nr_pages=1,
+                data_offset=off,
+            )
+        )
+        return runs
+
+    def files(self) -> list[Any]:
+        out: list[Any] = [
+            R.PathObj(
+                id=1,
+                kind=R.PathKind.DIR,
+                mode=0o40755,
+                nlink=3,
+                mnt_id=21,
+                ino=2,
+                dev=0x801,
+                path="/home/user",
+            ),
+            R.PathObj(
+                id=2,
+                kind=R.PathKind.DIR,
+                mode=0o40755,
+                nlink=20,
+                mnt_id=21,
+                ino=2,
+                dev=0x801,
+                path="/",
+            ),
+            R.PathObj(
+                id=3,
+                kind=R.PathKind.REG,
+                mode=0o100755,
+                nlink=1,
+                mnt_id=21,
+                size=16384,
+                mtime_ns=CREATED_NS - 10**12,
+                ino=131075,
+                dev=0x801,
+                path="/usr/bin/worker",
+            ),
+            R.PathObj(
+                id=4,
+                kind=R.PathKind.REG,
+                mode=0o100644,
+                uid=1000,
+                gid=1000,
+                nlink=1,
+                mnt_id=21,
+                size=4096,
+                mtime_ns=CREATED_NS,
+                ino=262147,
+                dev=0x801,
+                path="/home/user/log.txt",
+            ),
+            R.PathObj(
+                id=5,
+                kind=R.PathKind.CHR,
+                mode=0o20620,
+                uid=1000,
+                gid=5,
+                nlink=1,
+                mnt_id=24,
+                ino=3,
+                dev=0x18,
+                rdev=0x8800,
+                path="/dev/pts/0",
+            ),
+            R.TtyInfo(
+                id=1, index=0, sid=100, pgrp=100, ws_row=24, ws_col=80, termios=pattern(44, 44)
+            ),
+            R.Tty(id=1, flags=0o2, kind=R.TtyKind.PTY_SLAVE, tty_id=1, path_id=5),
+            R.Pipe(id=2, flags=0o0, ino=9001),
+            R.Pipe(id=3, flags=0o1, ino=9001),
+            R.PipeData(capacity=65536, ino=9001, data=b"hello from sh\n"),
+            R.RegFile(id=4, path_id=4, flags=0o2001, pos=1234 if not self.v else 2048),
+            R.UnixSocket(
+                id=5,
+                flags=0o2,
+                type=1,
+                state=R.SockState.ESTABLISHED,
+                sndbuf=212992,
+                rcvbuf=212992,
+                ino=9100,
+                peer_ino=9101,
+                queue=[b"ping"],
+            ),
+            R.UnixSocket(
+                id=6,
+                flags=0o2,
+                type=1,
+                state=R.SockState.ESTABLISHED,
+                sndbuf=212992,
+                rcvbuf=212992,
+                ino=9101,
+                peer_ino=9100,
+            ),
+            R.EventFd(id=7, flags=0o2004002, count=3),
+        ]
+        if self.v:
+            out.append(R.EventFd(id=8, flags=0o2004002, count=1))
+        return out
+
+    def fds(self) -> list[Any]:
+        out: list[Any] = []
+        for pid, _, _ in self.procs:
+            out += [R.Fd(pid=pid, fd=n, file_id=1) for n in range(3)]
+        out += [
+            R.Fd(pid=100, fd=4, file_id=3, flags=1),
+            R.Fd(pid=101, fd=3, file_id=2),
+            R.Fd(pid=101, fd=5, file_id=5),
+            R.Fd(pid=101, fd=6, file_id=7, flags=1),
+            R.Fd(pid=103, fd=3, file_id=4),
+            R.Fd(pid=103, fd=4, file_id=6),
+        ]
+        if self.v:
+            out.append(R.Fd(pid=103, fd=5, file_id=8, flags=1))
+        return out
+
+    def write(self, w: ImageWriter) -> None:
+        w.add_section(R.SectionType.PROCESS, self.process())
+        w.add_section(R.SectionType.MM, self.mm())
+        w.add_section(R.SectionType.FILES, self.files())
+        w.add_section(R.SectionType.FDS, self.fds())
+        w.add_section(R.SectionType.PAGEMAP, self.pages(w))
+
+
+def tree_image(out: BinaryIO, *, variant: int = 0, compress: bool = False) -> None:
+    """The small realistic image; ``variant=1`` differs in a few places (for diff)."""
+    hdr = header(created_ns=CREATED_NS + variant * 10**9)
+    with ImageWriter(out, hdr, compress_records=compress, compress_pages=compress, level=9) as w:
+        _Tree(variant).write(w)
+
+
+# --------------------------------------------------------------------------- every record
+
+
+def _extras() -> dict[R.SectionType, list[Any]]:
+    """One of each record type the tree lacks."""
+    return {
+        R.SectionType.PROCESS: [
+            R.Itimers(pid=101, real_interval_us=1000, real_value_us=500),
+            R.PosixTimer(
+                pid=101,
+                timer_id=0,
+                clockid=1,
+                sigev_notify=0,
+                signo=14,
+                notify_tid=101,
+                interval_ns=10**9,
+                value_ns=5 * 10**8,
+            ),
+            R.SeccompFilter(pid=103, tid=103, index=0, program=pattern(8, 64)),
+            R.PendingSignal(pid=101, tid=102, signo=10, siginfo=pattern(10, 128)),
+        ],
+        R.SectionType.FILES: [
+            R.PathObj(
+                id=6,
+                kind=R.PathKind.FIFO,
+                mode=0o10600,
+                uid=1000,
+                gid=1000,
+                nlink=1,
+                mnt_id=21,
+                ino=262150,
+                dev=0x801,
+                path="/home/user/fifo",
+            ),
+            R.PathObj(
+                id=7,
+                kind=R.PathKind.REG,
+                flags=R.PathFlags.DELETED | R.PathFlags.GHOST,
+                mode=0o100600,
+                nlink=0,
+                mnt_id=21,
+                size=5,
+                ino=262151,
+                dev=0x801,
+                path="/tmp/scratch",
+                contents=b"ghost",
+            ),
+            R.Fifo(id=20, path_id=6, flags=0o0, ino=262150),
+            R.InetSocket(
+                id=21,
+                flags=0o2,
+                family=2,
+                type=1,
+                proto=6,
+                state=R.SockState.ESTABLISHED,
+                src_port=40000,
+                dst_port=80,
+                src_addr=bytes([127, 0, 0, 1]) + bytes(12),
+                dst_addr=bytes([127, 0, 0, 1]) + bytes(12),
+                opts=R.InetFlags.REPAIR | R.InetFlags.NODELAY,
+                snd_seq=1000,
+                rcv_seq=2000,
+                mss=65483,
+                snd_wscale=7,
+                rcv_wscale=7,
+                snd_wnd=65536,
+                rcv_wnd=65536,
+                ino=9200,
+                send_queue=b"GET / HTTP/1.0\r\n",
+                recv_queue=b"HTTP/1.0 200",
+            ),
+            R.SignalFd(id=22, flags=0o2004000, sigmask=1 << 16),
+            R.TimerFd(
+                id=23, flags=0o2004000, clockid=1, ticks=2, value_ns=10**6, interval_ns=10**6
+            ),
+            R.Epoll(id=24, flags=0o2000000),
+            R.EpollTarget(epoll_id=24, tfd=6, target_id=7, events=1, data=6),
+            R.Inotify(id=25, flags=0o2004000),
+            R.InotifyWatch(
+                inotify_id=25, wd=1, mask=0x2, ino=262147, dev=0x801, path="/home/user/log.txt"
+            ),
+            R.FileLock(pid=103, fd=3, file_id=4, kind=R.LockKind.POSIX, write=1, start=0, length=0),
+        ],
+        R.SectionType.FDS: [
+            R.Fd(pid=101, fd=7 + i, file_id=fid, flags=1)
+            for i, fid in enumerate((20, 21, 22, 23, 24, 25))
+        ],
+        R.SectionType.IPC: [
+            R.SysvShm(
+                key=0x1234,
+                shmid=32768,
+                mode=0o600,
+                uid=1000,
+                gid=1000,
+                cuid=1000,
+                cgid=1000,
+                cpid=101,
+                lpid=101,
+                shmem_id=2,
+                size=PAGE,
+            ),
+            R.SysvSem(
+                key=0x1235,
+                semid=0,
+                mode=0o600,
+                uid=1000,
+                gid=1000,
+                cuid=1000,
+                cgid=1000,
+                values=[1, 0, 5],
+            ),
+            R.SysvMsq(
+                key=0x1236,
+                msqid=0,
+                mode=0o600,
+                uid=1000,
+                gid=1000,
+                cuid=1000,
+                cgid=1000,
+                qbytes=16384,
+            ),
+            R.SysvMsg(msqid=0, mtype=1, data=b"queued"),
+            R.PosixMq(id=1, mode=0o600, uid=1000, gid=1000, maxmsg=10, msgsize=8192, name="/jobs"),
+            R.PosixMqMsg(mq_id=1, prio=3, data=b"job-1"),
+        ],
+        R.SectionType.NAMESPACES: [
+            R.Namespace(kind=R.NsKind.PID, pid=100, ino=4026532201),
+            R.Namespace(kind=R.NsKind.UTS, pid=100, ino=4026532202),
+            R.Namespace(kind=R.NsKind.NET, pid=100, ino=4026532203),
+            R.Uts(ns_ino=4026532202, hostname="ve100", domainname="(none)"),
+            R.NetLink(
+                ns_ino=4026532203,
+                ifindex=1,
+                mtu=65536,
+                flags=0x49,
+                kind="loopback",
+                name="lo",
+                address=bytes(6),
+            ),
+            R.NetAddr(
+                ns_ino=4026532203,
+                ifindex=1,
+                family=2,
+                prefixlen=8,
+                scope=254,
+                address=bytes([127, 0, 0, 1]),
+                label="lo",
+            ),
+            R.NetRoute(
+                ns_ino=4026532203,
+                family=2,
+                dst_len=8,
+                protocol=2,
+                scope=254,
+                type=2,
+                table=255,
+                oif=1,
+                dst=bytes([127, 0, 0, 0]),
+                prefsrc=bytes([127, 0, 0, 1]),
+            ),
+            R.Mount(
+                mnt_id=21,
+                parent_id=1,
+                dev=0x801,
+                root="/",
+                mountpoint="/",
+                fstype="ext4",
+                source="/dev/sda1",
+                options="rw,relatime",
+                super_options="rw",
+            ),
+            R.Mount(
+                mnt_id=25,
+                parent_id=21,
+                dev=0x2A,
+                root="/",
+                mountpoint="/tmp",
+                fstype="tmpfs",
+                source="tmpfs",
+                options="rw,nosuid",
+                super_options="rw",
+            ),
+            R.MountData(mnt_id=25, data=pattern(25, 1024)),
+        ],
+        R.SectionType.FSSNAP: [
+            R.FsSnapshot(
+                backend=R.FsBackend.BTRFS,
+                generation=42,
+                created_ns=CREATED_NS,
+                uuid=bytes(range(16)),
+                subvolume="/var/lib/cpt/ve/100",
+                snapshot_path="/var/lib/cpt/snap/100@1",
+                ve_id="100",
+                manifest_digest=bytes(8),
+            ),
+        ],
+    }
+
+
+def every_record_image(out: BinaryIO) -> None:
+    """The tree plus one record of every type the tree lacks (and a SysV shm object)."""
+    tree = _Tree(0)
+    extras = _extras()
+    with ImageWriter(
+        out,
+        header(
+            flags=R.HeaderFlags.PIDNS | R.HeaderFlags.VE,
+            source_kind=R.SourceKind.VE,
+            source_id="100",
+        ),
+    ) as w:
+        w.add_section(R.SectionType.PROCESS, tree.process() + extras[R.SectionType.PROCESS])
+        shm = R.Vma(
+            pid=101,
+            kind=R.VmaKind.SYSV_SHM,
+            prot=3,
+            flags=1,
+            start=0x7F1000000000,
+            end=0x7F1000001000,
+            shmem_id=2,
+            name="/SYSV00001234 (deleted)",
+        )
+        sysv = R.ShmemObject(id=2, kind=R.ShmemKind.SYSV, size=PAGE, ino=32768, name="SYSV00001234")
+        w.add_section(R.SectionType.MM, [*tree.mm((shm,)), sysv])
+        w.add_section(R.SectionType.FILES, tree.files() + extras[R.SectionType.FILES])
+        w.add_section(R.SectionType.FDS, tree.fds() + extras[R.SectionType.FDS])
+        for st in (R.SectionType.IPC, R.SectionType.NAMESPACES, R.SectionType.FSSNAP):
+            w.add_section(st, extras[st])
+        w.add_section(R.SectionType.PAGEMAP, tree.pages(w))
+
+
+# --------------------------------------------------------------------------- benchmarks
+
+
+def pages_image(out: BinaryIO, size: int, *, block: int = 16 << 20) -> None:
+    """One process with one anonymous VMA of ``size`` bytes, all of it PRESENT."""
+    start = 0x7F0000000000
+    chunk = pattern(1, min(block, size))
+    with ImageWriter(out, header(), block_size=block) as w:
+        w.add_section(
+            R.SectionType.PROCESS,
+            [R.Process(pid=100, state=R.ProcessState.ALIVE, pgid=100, sid=100, comm="big")],
+        )
+        w.add_section(
+            R.SectionType.MM,
+            [
+                R.Vma(
+                    pid=100, kind=R.VmaKind.ANON, prot=3, flags=0x22, start=start, end=start + size
+                )
+            ],
+        )
+        for pos in range(0, size, len(chunk)):
+            w.write_pages(chunk[: min(len(chunk), size - pos)])
+        w.add_section(
+            R.SectionType.PAGEMAP,
+            [
+                R.PagemapRun(
+                    owner_kind=R.OwnerKind.PROCESS,
+                    flags=R.PageFlags.PRESENT,
+                    owner=100,
+                    vaddr=start,
+                    nr_pages=size // PAGE,
+                    data_offset=0,
+                )
+            ],
+        )
+
+
+def many_image(out: BinaryIO, nvmas: int, nfds: int) -> None:
+    """One process with ``nvmas`` VMAs (each with one page) and ``nfds`` open files."""
+    base = 0x10000000
+    page = pattern(2, PAGE)
+    with ImageWriter(out, header()) as w:
+        w.add_section(
+            R.SectionType.PROCESS,
+            [
+                R.Process(pid=100, state=R.ProcessState.ALIVE, pgid=100, sid=100, comm="many"),
+                R.Thread(
+                    pid=100,
+                    tid=100,
+                    regs=_regs(0x401000, 0x7FFD0000F000),
+                    fpregs=bytes(512),
+                    comm="many",
+                ),
+            ],
+        )
+        w.add_section(
+            R.SectionType.MM,
+            [
+                R.Vma(
+                    pid=100,
+                    kind=R.VmaKind.FILE_PRIVATE if i % 2 else R.VmaKind.ANON,
+                    prot=3,
+                    flags=2,
+                    start=base + 2 * i * PAGE,
+                    end=base + (2 * i + 1) * PAGE,
+                    file_id=1 if i % 2 else 0,
+                )
+                for i in range(nvmas)
+            ],
+        )
+        files: list[Any] = [
+            R.PathObj(
+                id=1,
+                kind=R.PathKind.REG,
+                mode=0o100644,
+                size=1 << 20,
+                ino=77,
+                dev=0x801,
+                path="/var/lib/data.bin",
+            )
+        ]
+        files += [R.RegFile(id=i + 1, path_id=1, flags=0o2, pos=i) for i in range(nfds)]
+        w.add_section(R.SectionType.FILES, files)
+        w.add_section(R.SectionType.FDS, [R.Fd(pid=100, fd=i, file_id=i + 1) for i in range(nfds)])
+        runs = []
+        for i in range(nvmas):
+            off = w.write_pages(page)
+            runs.append(
+                R.PagemapRun(
+                    owner_kind=R.OwnerKind.PROCESS,
+                    flags=R.PageFlags.PRESENT,
+                    owner=100,
+                    vaddr=base + 2 * i * PAGE,
+                    nr_pages=1,
+                    data_offset=off,
+                )
+            )
+        w.add_section(R.SectionType.PAGEMAP, runs)
+
+
+# --------------------------------------------------------------------------- goldens
+
+
+GOLDENS: dict[str, Callable[[BinaryIO], None]] = {
+    "tree": tree_image,
+    "tree-zstd": lambda out: tree_image(out, variant=1, compress=True),
+    "every-record": every_record_image,
+}
+
+
+def write_goldens(directory: str) -> list[str]:
+    """(Re)write every golden image and its JSON form; returns the paths written."""
+    written = []
+    for name, build in GOLDENS.items():
+        img = os.path.join(directory, f"{name}.img")
+        with open(img, "wb") as f:
+            build(f)
+        with open(os.path.join(directory, f"{name}.json"), "w", encoding="utf-8") as j:
+            decode_to(img, j)
+        written += [img, img[:-4] + ".json"]
+    return written
+
+
+def missing_record_types(doc: dict[str, Any]) -> set[str]:
+    """Record types of the registry a decoded document lacks (the container's own aside)."""
+    have = {r["record"] for s in doc["sections"] for r in s.get("records", [])}
+    have |= {"Header", "IndexEntry"}
+    return {c.name for c in REGISTRY.values()} - have
+
+
+if __name__ == "__main__":
+    for p in write_goldens(sys.argv[1] if len(sys.argv) > 1 else "fixtures/images"):
+        print(p)

@@ -1,0 +1,66 @@
+"""Golden images of format 1.0 (fixtures/images/NAME.img with NAME.json beside it).
+
+The writer's output for them must never change (SPEC.md section 7); their JSON form
+must decode and encode exactly.  Regenerate (only with a format version change!) with
+`python -m cptimage.samples fixtures/images`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from cptimage import jsonio, samples
+from cptimage.verify import verify
+
+GOLDEN = Path(__file__).resolve().parent.parent / "fixtures" / "images"
+NAMES = sorted(samples.GOLDENS)
+
+
+def test_every_golden_is_committed() -> None:
+    on_disk = {p.stem for p in GOLDEN.glob("*.img")}
+    assert on_disk == set(NAMES)
+    assert {p.stem for p in GOLDEN.glob("*.json")} == set(NAMES)
+    assert not [p for p in GOLDEN.iterdir() if p.is_dir()]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_writer_output_is_unchanged(name: str) -> None:
+    buf = io.BytesIO()
+    samples.GOLDENS[name](buf)
+    assert buf.getvalue() == (GOLDEN / f"{name}.img").read_bytes()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_decode_gives_the_committed_json(name: str) -> None:
+    committed = json.loads((GOLDEN / f"{name}.json").read_text())
+    assert jsonio.decode(GOLDEN / f"{name}.img") == committed
+    text = io.StringIO()
+    jsonio.decode_to(GOLDEN / f"{name}.img", text)
+    assert text.getvalue() == (GOLDEN / f"{name}.json").read_text()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_encode_of_the_json_gives_the_image(name: str) -> None:
+    doc = json.loads((GOLDEN / f"{name}.json").read_text())
+    out = io.BytesIO()
+    jsonio.encode(doc, out)
+    assert out.getvalue() == (GOLDEN / f"{name}.img").read_bytes()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_goldens_verify_clean(name: str) -> None:
+    assert verify(GOLDEN / f"{name}.img") == []
+
+
+def test_goldens_cover_the_format() -> None:
+    every = json.loads((GOLDEN / "every-record.json").read_text())
+    assert samples.missing_record_types(every) == set()
+    zstd = json.loads((GOLDEN / "tree-zstd.json").read_text())
+    assert {s["compression"] for s in zstd["sections"]} == {"zstd"}
+    tree = json.loads((GOLDEN / "tree.json").read_text())
+    procs = [r for s in tree["sections"] for r in s.get("records", []) if r["record"] == "Process"]
+    assert len(procs) == 3
