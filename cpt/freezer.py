@@ -57,7 +57,9 @@ class Freezer:
                 if e.errno == errno.ESRCH:
                     gone.append(pid)
                     continue
-                raise SystemError_(f"cannot move process {pid} into {self.path}: {e.strerror}", pid=pid) from e
+                raise SystemError_(
+                    f"cannot move process {pid} into {self.path}: {e.strerror}", pid=pid
+                ) from e
         return gone
 
     def procs(self) -> list[int]:
@@ -68,7 +70,14 @@ class Freezer:
             return []
 
     def freeze(self, timeout: float = 5.0) -> None:
+        self.freeze_request()
+        self.wait_frozen(timeout)
+
+    def freeze_request(self) -> None:
+        """Ask for the freeze without waiting (tasks in ptrace stops freeze once detached)."""
         self._write("cgroup.freeze", "1")
+
+    def wait_frozen(self, timeout: float = 5.0) -> None:
         self._wait_frozen(True, timeout)
 
     def thaw(self, timeout: float = 5.0) -> None:
@@ -111,7 +120,9 @@ class Freezer:
                 return
             except OSError as e:
                 if e.errno != errno.EBUSY or time.monotonic() > deadline:
-                    raise SystemError_(f"cannot remove freezer cgroup {self.path}: {e.strerror}") from e
+                    raise SystemError_(
+                        f"cannot remove freezer cgroup {self.path}: {e.strerror}"
+                    ) from e
                 time.sleep(0.01)
 
     # -- internals

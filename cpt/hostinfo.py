@@ -18,19 +18,70 @@ from .proc import Proc
 # glibc and compilers pick implementations by them at start-up (ifuncs), and the saved
 # register file holds state of the vector extensions.
 ISA_FLAGS = frozenset(
-    """
-    sse sse2 pni ssse3 sse4_1 sse4_2 sse4a popcnt abm lzcnt movbe cx16 cx8 fxsr
-    avx avx2 fma fma4 f16c bmi1 bmi2 adx aes pclmulqdq sha_ni rdrand rdseed
-    xsave xsaveopt xsavec xsaves erms fsrm clflushopt clwb
-    avx512f avx512dq avx512cd avx512bw avx512vl avx512ifma avx512vbmi avx512_vbmi2
-    avx512_vnni avx512_bitalg avx512_vpopcntdq avx512_bf16 avx512_fp16 avx_vnni
-    vaes vpclmulqdq gfni amx_tile amx_int8 amx_bf16 pku ospke
-    """.split()
+    [
+        "sse",
+        "sse2",
+        "pni",
+        "ssse3",
+        "sse4_1",
+        "sse4_2",
+        "sse4a",
+        "popcnt",
+        "abm",
+        "lzcnt",
+        "movbe",
+        "cx16",
+        "cx8",
+        "fxsr",
+        "avx",
+        "avx2",
+        "fma",
+        "fma4",
+        "f16c",
+        "bmi1",
+        "bmi2",
+        "adx",
+        "aes",
+        "pclmulqdq",
+        "sha_ni",
+        "rdrand",
+        "rdseed",
+        "xsave",
+        "xsaveopt",
+        "xsavec",
+        "xsaves",
+        "erms",
+        "fsrm",
+        "clflushopt",
+        "clwb",
+        "avx512f",
+        "avx512dq",
+        "avx512cd",
+        "avx512bw",
+        "avx512vl",
+        "avx512ifma",
+        "avx512vbmi",
+        "avx512_vbmi2",
+        "avx512_vnni",
+        "avx512_bitalg",
+        "avx512_vpopcntdq",
+        "avx512_bf16",
+        "avx512_fp16",
+        "avx_vnni",
+        "vaes",
+        "vpclmulqdq",
+        "gfni",
+        "amx_tile",
+        "amx_int8",
+        "amx_bf16",
+        "pku",
+        "ospke",
+    ]
 )
 
-# offset of xfeatures in the software-reserved bytes of the fxsave area (struct
-# _fpx_sw_bytes at byte 464: magic1 u32, extended_size u32, xfeatures u64, ...)
-_XFEATURES_OFF = 464 + 8
+# In an NT_X86_XSTATE regset the kernel stores XCR0 in the first u64 of the fxsave area's
+# software-reserved bytes (USER_XSTATE_XCR0_WORD; signal frames use another layout there).
+_XFEATURES_OFF = 464
 
 
 @functools.cache

@@ -615,3 +615,16 @@ def detach_all(tracees: Iterable[Tracee]) -> None:
             first = first or e
     if first is not None:
         raise first
+
+
+def reap_traced(tracees: Iterable[Tracee], timeout: float = 5.0) -> None:
+    """Collect the exit of killed traced threads, so their real parents can reap them."""
+    for t in tracees:
+        deadline = time.monotonic() + timeout
+        while not t.dead:
+            try:
+                t.wait(max(0.0, deadline - time.monotonic()))
+            except NoSuchProcess:
+                break
+            except TimeoutError:
+                break

@@ -1,0 +1,283 @@
+"""Checkpoint of a process tree, staged like vzctl chkpnt.
+
+    suspend   move the tree into a cgroup v2 freezer of its own and freeze it
+    dump      seize every thread (frozen tasks enter the ptrace stop at once), thaw the
+              cgroup (the ptrace stops hold the tasks), write the image, then either
+              refreeze and detach (staged), kill, or detach and release (leave running)
+    kill      SIGKILL the frozen tree and wait until its PIDs are gone
+    resume    thaw and move every process back to its original cgroup
+
+Each stage may be its own command: the frozen state outlives the command in the freezer
+cgroup, and a state file under the run directory remembers the tree (its processes'
+original cgroups).  A per-tree lock serialises stages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+from cptimage.atomic import atomic_output
+
+from .dump.check import precheck
+from .dump.dumper import Dumper, DumpOptions, DumpStats
+from .dump.tree import TaskInfo, collect_tree
+from .errors import (
+    CptError,
+    DumpError,
+    LockedError,
+    NoSuchProcess,
+    NotRunning,
+    SystemError_,
+)
+from .freezer import Freezer
+from .proc import Proc
+from .tracer import DEFAULT_OPTIONS, detach_all, freeze_process, reap_traced
+
+KILL_TIMEOUT = 10.0
+
+
+def run_dir() -> str:
+    """Where cpt keeps state between commands (CPT_RUN_DIR overrides /run/cpt)."""
+    d = os.environ.get("CPT_RUN_DIR", "/run/cpt")
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    return d
+
+
+def default_dumpfile(pid: int) -> str:
+    return f"/var/tmp/Dump.pid-{pid}"
+
+
+@dataclasses.dataclass
+class TreeState:
+    root: int
+    state: str  # "suspended" (by chkpnt --suspend) or "undumped" (by restore --undump)
+    origins: dict[int, str]  # pid -> original cgroup v2 path
+
+    def to_json(self) -> str:
+        return json.dumps({"root": self.root, "state": self.state, "origins": self.origins})
+
+    @classmethod
+    def from_json(cls, text: str) -> TreeState:
+        d = json.loads(text)
+        return cls(
+            root=d["root"], state=d["state"], origins={int(k): v for k, v in d["origins"].items()}
+        )
+
+
+class Tree:
+    """A process tree as the stage commands see it: its freezer, state file and lock."""
+
+    def __init__(self, root: int, proc: Proc | None = None) -> None:
+        self.root = root
+        self.proc = proc or Proc()
+        self.name = f"pid-{root}"
+        self.freezer = Freezer(self.name)
+        self.state_path = os.path.join(run_dir(), self.name + ".json")
+
+    # -- state and lock
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[Tree]:
+        path = os.path.join(run_dir(), self.name + ".lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise LockedError(
+                        f"tree {self.root} is locked by another cpt command; retry when it ends",
+                        pid=self.root,
+                    ) from None
+                raise
+            yield self
+        finally:
+            os.close(fd)
+
+    def load_state(self) -> TreeState | None:
+        try:
+            with open(self.state_path) as f:
+                return TreeState.from_json(f.read())
+        except FileNotFoundError:
+            return None
+
+    def save_state(self, st: TreeState) -> None:
+        with atomic_output(self.state_path) as f:
+            f.write(st.to_json().encode())
+
+    def drop_state(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.state_path)
+
+    def suspended(self) -> TreeState | None:
+        st = self.load_state()
+        if st is None or not self.freezer.exists():
+            return None
+        return st
+
+    # -- stages
+
+    def suspend(self) -> TreeState:
+        """Freeze the live tree in its own cgroup (refusing unsupported resources first)."""
+        if self.suspended():
+            raise DumpError(f"tree {self.root} is already suspended", pid=self.root)
+        tree = self._live_tree()
+        precheck(tree, self.root, self.proc)
+        origins: dict[int, str] = {}
+        self.freezer.create()
+        try:
+            for _ in range(1000):
+                new = [p for p, i in tree.items() if not i.zombie and p not in origins]
+                if not new:
+                    break
+                for pid in new:
+                    with contextlib.suppress(NoSuchProcess):
+                        origins[pid] = self.proc.cgroup2(pid)
+                self.freezer.add(new)
+                tree = collect_tree(self.root, self.proc)
+            else:  # pragma: no cover - a fork bomb
+                raise DumpError(f"tree {self.root} keeps forking; cannot freeze it", pid=self.root)
+            self.freezer.freeze()
+            st = TreeState(self.root, "suspended", origins)
+            self.save_state(st)
+            return st
+        except BaseException:
+            self._release(origins)
+            raise
+
+    def dump(self, dumpfile: str, opts: DumpOptions, *, after: str = "freeze") -> DumpStats:
+        """Dump the suspended tree.  `after`: "freeze" (stay suspended), "kill", "resume".
+
+        On failure the tree stays suspended (staged) or is resumed (a full chkpnt asks for
+        "kill" or "resume" and rolls back to running), and no dump file is left.
+        """
+        st = self.suspended()
+        if st is None:
+            raise DumpError(
+                f"tree {self.root} is not suspended: run `cpt chkpnt --pid {self.root} "
+                f"--suspend` first",
+                pid=self.root,
+            )
+        tree = collect_tree(self.root, self.proc)
+        live = [i for i in tree.values() if not i.zombie]
+        for info in live:
+            info.tracees = freeze_process(info.pid, DEFAULT_OPTIONS)
+        tracees = [t for i in live for t in i.tracees]
+        ok = False
+        try:
+            # ptrace stops hold the tasks; the cgroup must be thawed for injection to run
+            self.freezer.thaw()
+            with atomic_output(dumpfile) as out:
+                stats = Dumper(tree, self.root, opts, self.proc).run(out)
+            ok = True
+        except CptError:
+            raise
+        except OSError as e:
+            raise DumpError(f"dump of tree {self.root} failed: {e}", pid=self.root) from e
+        finally:
+            if ok and after == "kill":
+                self._kill_traced(live)
+                self._finish_kill(st)
+            elif ok and after == "resume":
+                detach_all(tracees)
+                self._release(st.origins)
+                self.drop_state()
+            else:
+                # staged, or any failure: back to suspended (a full chkpnt resumes after)
+                self.freezer.freeze_request()
+                detach_all(tracees)
+                self.freezer.wait_frozen()
+        return stats
+
+    def kill(self) -> None:
+        st = self.suspended()
+        if st is None:
+            raise NotRunning(f"tree {self.root} is not suspended; nothing to kill", pid=self.root)
+        for pid in self.freezer.procs():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self._finish_kill(st)
+
+    def resume(self) -> None:
+        st = self.suspended()
+        if st is None:
+            raise NotRunning(f"tree {self.root} is not suspended; nothing to resume", pid=self.root)
+        self.freezer.thaw()
+        self._release(st.origins)
+        self.drop_state()
+
+    def checkpoint(self, dumpfile: str, opts: DumpOptions) -> DumpStats:
+        """Full chkpnt: suspend, dump, then kill (or resume with leave_running).
+
+        If the dump fails the tree is resumed and no dump file is left behind.
+        """
+        self.suspend()
+        try:
+            return self.dump(dumpfile, opts, after="resume" if opts.leave_running else "kill")
+        except BaseException:
+            if self.suspended():
+                self.resume()
+            raise
+
+    # -- helpers
+
+    def _live_tree(self) -> dict[int, TaskInfo]:
+        try:
+            return collect_tree(self.root, self.proc)
+        except NoSuchProcess:
+            raise NotRunning(f"process {self.root} does not exist", pid=self.root) from None
+
+    def _release(self, origins: dict[int, str]) -> None:
+        if self.freezer.exists():
+            if self.freezer.freeze_requested():
+                self.freezer.thaw()
+            self.freezer.release(origins)
+
+    def _kill_traced(self, live: list[TaskInfo]) -> None:
+        """SIGKILL the tree while its threads sit in ptrace stops (they never run again),
+        then collect the exit of every traced thread: until the tracer has, the real parent
+        cannot reap the process and its PID stays in use."""
+        for info in live:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(info.pid, signal.SIGKILL)
+        reap_traced([t for info in live for t in info.tracees])
+
+    def _finish_kill(self, st: TreeState) -> None:
+        """Wait until every PID of the tree is gone (zombies reaped), then clean up."""
+        pids = set(st.origins)
+        deadline = time.monotonic() + KILL_TIMEOUT
+        while True:
+            left = [p for p in pids if _pid_used(p)]
+            if not left:
+                break
+            if time.monotonic() > deadline:
+                held = ", ".join(f"{p} ({_holder(p)})" for p in left[:5])
+                raise SystemError_(
+                    f"tree {self.root} was killed but PIDs are still in use: {held}",
+                    pid=self.root,
+                )
+            time.sleep(0.01)
+        self.freezer.remove()
+        self.drop_state()
+
+
+def _pid_used(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}")
+
+
+def _holder(pid: int) -> str:
+    try:
+        st = Proc().stat(pid)
+    except CptError:
+        return "gone"
+    if st.state == "Z":
+        return f"a zombie not yet reaped by its parent {st.ppid}"
+    return f"state {st.state}"

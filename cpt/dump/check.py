@@ -1,0 +1,53 @@
+"""What cpt cannot checkpoint yet, found before anything is frozen.
+
+The same per-resource predicates run again during the dump (the tree may have changed
+between this check and the freeze); a refusal then rolls the freeze back.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import NoSuchProcess, UnsupportedError
+from ..proc import Proc
+from .files import unsupported_fd
+from .mm import unsupported_vma
+from .tree import TaskInfo, check_sessions
+
+
+def unsupported_process(pid: int, proc: Proc) -> list[str]:
+    out = []
+    status = proc.status(pid)
+    if status.tracer_pid and status.tracer_pid != os.getpid():
+        out.append(f"process {pid} is traced by process {status.tracer_pid} (a debugger?)")
+    if status.seccomp == 1:
+        out.append(f"process {pid} runs in strict seccomp mode, which cannot be restored")
+    if proc.timers(pid):
+        out.append(f"process {pid} has POSIX timers; not supported yet")
+    for fd, ft in proc.fd_targets(pid).items():
+        why = unsupported_fd(pid, fd, ft)
+        if why:
+            out.append(why)
+    for v in proc.maps(pid):
+        why = unsupported_vma(pid, v)
+        if why:
+            out.append(why)
+    return out
+
+
+def precheck(tree: dict[int, TaskInfo], root: int, proc: Proc) -> None:
+    """Raise UnsupportedError naming every problem (the first few) of the live tree."""
+    if os.getpid() in tree:
+        raise UnsupportedError(f"the tree of process {root} contains cpt itself")
+    check_sessions(tree, root)
+    problems: list[str] = []
+    for info in tree.values():
+        if info.zombie:
+            continue
+        try:
+            problems += unsupported_process(info.pid, proc)
+        except NoSuchProcess:
+            continue
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise UnsupportedError("; ".join(problems[:3]) + more, pid=root)

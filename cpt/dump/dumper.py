@@ -1,0 +1,141 @@
+"""The dump of a stopped tree into one image: per-process state first, then the pages,
+then the record sections.  Every thread of the tree is in a ptrace-stop while this runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import time
+import uuid
+from collections import defaultdict
+from typing import Any, BinaryIO
+
+from cptimage.container import ImageWriter
+from cptimage.records import Header, HeaderFlags, SectionType, SourceKind, Vma
+
+from .. import hostinfo
+from ..proc import Proc
+from .creds import dump_creds
+from .files import FileTable
+from .mm import dump_mm, dump_vmas
+from .pages import PageDumper
+from .paths import PathTable
+from .probe import probe
+from .seccomp import dump_seccomp
+from .signals import dump_pending, dump_sigactions
+from .task import dump_itimers, dump_rlimits, dump_task_state
+from .threads import dump_thread
+from .tree import TaskInfo, process_record
+
+TOOL_VERSION = "cpt 0.1.0"
+
+
+@dataclasses.dataclass
+class DumpOptions:
+    leave_running: bool = False
+    compress: bool = False
+
+
+@dataclasses.dataclass
+class DumpStats:
+    processes: int = 0
+    threads: int = 0
+    pages_bytes: int = 0
+    image_bytes: int = 0
+    state_s: float = 0.0  # per-process state (probe, threads, fds, ...)
+    pages_s: float = 0.0  # page scan and copy
+
+
+class Dumper:
+    def __init__(self, tree: dict[int, TaskInfo], root: int, opts: DumpOptions, proc: Proc) -> None:
+        self.tree = tree
+        self.root = root
+        self.opts = opts
+        self.proc = proc
+        self.recs: dict[int, list[Any]] = defaultdict(list)
+        self.paths = PathTable()
+        self.files = FileTable(self.paths)
+        self.vmas: dict[int, list[Vma]] = {}
+        self.stats = DumpStats()
+
+    def run(self, out: BinaryIO) -> DumpStats:
+        t0 = time.perf_counter()
+        for info in self.tree.values():
+            self.recs[SectionType.PROCESS].append(process_record(info))
+            if not info.zombie:
+                self._process(info)
+        t1 = time.perf_counter()
+        writer = ImageWriter(out, self._header(), compress_pages=self.opts.compress)
+        for pid, vmas in self.vmas.items():
+            pd = PageDumper(pid, writer)
+            self.recs[SectionType.PAGEMAP] += pd.dump(vmas)
+            self.stats.pages_bytes += pd.bytes
+        t2 = time.perf_counter()
+        self.recs[SectionType.FILES] = (
+            self.paths.records + self.files.records + list(self.files.pipe_data.values())
+        )
+        for stype in (
+            SectionType.PROCESS,
+            SectionType.MM,
+            SectionType.PAGEMAP,
+            SectionType.FILES,
+            SectionType.FDS,
+        ):
+            writer.add_section(stype, self.recs.get(stype, []))
+        writer.close()
+        self.stats.processes = len(self.tree)
+        self.stats.image_bytes = writer.pos
+        self.stats.state_s = t1 - t0
+        self.stats.pages_s = t2 - t1
+        return self.stats
+
+    def _process(self, info: TaskInfo) -> None:
+        pid, proc = info.pid, self.proc
+        status = proc.status(pid)
+        maps = proc.maps(pid)
+        vmas = dump_vmas(pid, maps, proc.smaps_vmflags(pid), self.paths)
+        pr = probe(info.tracees, [(v.start, v.end) for v in maps])
+        rec = self.recs[SectionType.PROCESS]
+        threads = [dump_thread(pid, t, pr, proc) for t in info.tracees]
+        self.stats.threads += len(threads)
+        rec += threads
+        rec.append(dump_creds(pid, status, pr))
+        rec.append(dump_rlimits(pid, proc))
+        rec.append(dump_sigactions(pid, pr))
+        rec.append(dump_task_state(pid, status, pr, proc, self.paths))
+        rec.append(dump_itimers(pid, pr))
+        rec += dump_seccomp(pid, info.tracees, status.seccomp)
+        rec += dump_pending(pid, info.tracees)
+        self.recs[SectionType.MM].append(
+            dump_mm(pid, proc.stat(pid), proc.auxv(pid), pr, self.paths)
+        )
+        self.recs[SectionType.MM] += vmas
+        self.vmas[pid] = vmas
+        infos = proc.fdinfos(pid)
+        for fd, ft in sorted(proc.fd_targets(pid).items()):
+            self.recs[SectionType.FDS].append(self.files.dump_fd(pid, fd, ft, infos[fd]))
+
+    def _header(self) -> Header:
+        first = next(r for r in self.recs[SectionType.PROCESS] if type(r).__name__ == "Thread")
+        arch, release, version = hostinfo.kernel()
+        flags = HeaderFlags.LEAVE_RUNNING if self.opts.leave_running else 0
+        return Header(
+            created_ns=time.time_ns(),
+            page_size=os.sysconf("SC_PAGE_SIZE"),
+            flags=flags,
+            xcr0=hostinfo.xfeatures_of(first.xstate),
+            xstate_size=len(first.xstate),
+            source_kind=SourceKind.PID,
+            root_pid=self.root,
+            uuid=uuid.uuid4().bytes,
+            vdso_digest=hostinfo.vdso_digest(),
+            arch=arch,
+            kernel_release=release,
+            kernel_version=version,
+            cpu_flags=hostinfo.isa_flags(),
+            hostname=socket.gethostname(),
+            tool_version=TOOL_VERSION,
+            source_id=str(self.root),
+        )

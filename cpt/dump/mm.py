@@ -1,0 +1,133 @@
+"""Address space layout: mm fields (code/data/brk/stack/args/env, auxv, exe) and VMAs."""
+
+from __future__ import annotations
+
+from cptimage.records import Mm, MmFlags, Vma, VmaKind, VmFlags
+
+from .. import proc as P
+from ..errors import UnsupportedError
+from ..sys.mem import MAP_ANONYMOUS, MAP_GROWSDOWN, MAP_NORESERVE, MAP_PRIVATE, MAP_SHARED
+from .paths import PathTable
+from .probe import Probe
+
+# smaps VmFlags two-letter codes -> our VmFlags bits
+_VMFLAGS = {
+    "dc": VmFlags.DONTFORK,
+    "dd": VmFlags.DONTDUMP,
+    "hg": VmFlags.HUGEPAGE,
+    "nh": VmFlags.NOHUGEPAGE,
+    "wf": VmFlags.WIPEONFORK,
+    "mg": VmFlags.MERGEABLE,
+    "sr": VmFlags.SEQ_READ,
+    "rr": VmFlags.RAND_READ,
+    "lo": VmFlags.LOCKED,
+    "gd": VmFlags.GROWSDOWN,
+    "nr": VmFlags.NORESERVE,
+    "io": VmFlags.IO,
+}
+
+_SPECIAL = {
+    P.VmaKind.VDSO: VmaKind.VDSO,
+    P.VmaKind.VVAR: VmaKind.VVAR,
+    P.VmaKind.VVAR_VCLOCK: VmaKind.VVAR_VCLOCK,
+    P.VmaKind.VSYSCALL: VmaKind.VSYSCALL,
+}
+_ANON = (P.VmaKind.ANON, P.VmaKind.ANON_NAMED, P.VmaKind.HEAP, P.VmaKind.STACK)
+
+
+def unsupported_vma(pid: int, v: P.Vma) -> str | None:
+    """Why this mapping cannot be dumped yet, or None.  Also run before freezing."""
+    where = f"process {pid} mapping {v.start:x}-{v.end:x}"
+    k = v.kind
+    if k in (P.VmaKind.SHMEM, P.VmaKind.SYSV, P.VmaKind.MEMFD):
+        return f"{where}: shared memory ({v.path or k.value}) is not supported yet"
+    if k is P.VmaKind.SPECIAL:
+        return f"{where}: special mapping {v.path} is not supported"
+    if k is P.VmaKind.FILE:
+        if v.deleted:
+            return f"{where}: {v.path} is a deleted file; not supported yet"
+        if v.path.startswith("/dev/"):
+            return f"{where}: device mapping {v.path} is not supported"
+    return None
+
+
+def vma_kind(v: P.Vma) -> int:
+    if v.kind in _SPECIAL:
+        return _SPECIAL[v.kind]
+    if v.kind in _ANON:
+        return VmaKind.ANON
+    return VmaKind.FILE_SHARED if v.shared else VmaKind.FILE_PRIVATE
+
+
+def dump_vmas(
+    pid: int,
+    maps: list[P.Vma],
+    vmflags: dict[tuple[int, int], frozenset[str]],
+    paths: PathTable,
+) -> list[Vma]:
+    out = []
+    file_ids: dict[tuple[str, int, int, int], int] = {}
+    for v in maps:
+        why = unsupported_vma(pid, v)
+        if why:
+            raise UnsupportedError(why, pid=pid)
+        kind = vma_kind(v)
+        codes = vmflags.get((v.start, v.end), frozenset())
+        vf = 0
+        for code in codes:
+            vf |= _VMFLAGS.get(code, 0)
+        prot = (1 if v.read else 0) | (2 if v.write else 0) | (4 if v.exec else 0)
+        flags = MAP_SHARED if v.shared else MAP_PRIVATE
+        file_id = 0
+        if kind == VmaKind.ANON:
+            flags |= MAP_ANONYMOUS
+        elif kind in (VmaKind.FILE_PRIVATE, VmaKind.FILE_SHARED):
+            key = (v.path, v.major, v.minor, v.inode)
+            file_id = file_ids.get(key, 0)
+            if not file_id:
+                file_id = file_ids[key] = paths.add_link(pid, f"map_files/{v.start:x}-{v.end:x}")
+        if vf & VmFlags.GROWSDOWN:
+            flags |= MAP_GROWSDOWN
+        if vf & VmFlags.NORESERVE:
+            flags |= MAP_NORESERVE
+        out.append(
+            Vma(
+                pid=pid,
+                kind=kind,
+                prot=prot,
+                flags=flags,
+                start=v.start,
+                end=v.end,
+                pgoff=v.pgoff,
+                vmflags=vf,
+                file_id=file_id,
+                name=v.path if v.path.startswith("[") else "",
+            )
+        )
+    return out
+
+
+def dump_mm(
+    pid: int, st: P.ProcStat, auxv: list[P.AuxvEntry], probe: Probe, paths: PathTable
+) -> Mm:
+    flat: list[int] = []
+    for atype, value in auxv:
+        flat += (atype, value)
+    flat += (0, 0)  # AT_NULL: the kernel's saved_auxv keeps it
+    return Mm(
+        pid=pid,
+        exe_id=paths.add_link(pid, "exe"),
+        flags=MmFlags.THP_DISABLE if probe.thp_disable else 0,
+        start_code=st.start_code,
+        end_code=st.end_code,
+        start_data=st.start_data,
+        end_data=st.end_data,
+        start_brk=st.start_brk,
+        brk=probe.brk,
+        start_stack=st.start_stack,
+        arg_start=st.arg_start,
+        arg_end=st.arg_end,
+        env_start=st.env_start,
+        env_end=st.env_end,
+        auxv=flat,
+    )

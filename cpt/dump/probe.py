@@ -1,0 +1,107 @@
+"""State only the process itself can tell: read by injected syscalls, in one session.
+
+Sigactions, the current brk, itimers, securebits and a few prctl values per process;
+clear_child_tid and the signal alternate stack per thread.  About 70 syscalls per process,
+their result buffers in a scratch mapping that is unmapped before the pages are read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import struct
+from collections.abc import Iterable
+
+from cptimage.records import Sigaction
+
+from ..remote import Scratch
+from ..sys.syscalls import NR
+from ..sys.task import (
+    PR_GET_CHILD_SUBREAPER,
+    PR_GET_DUMPABLE,
+    PR_GET_PDEATHSIG,
+    PR_GET_SECUREBITS,
+    PR_GET_THP_DISABLE,
+    PR_GET_TID_ADDRESS,
+)
+from ..tracer import Tracee
+
+# every signal whose disposition can be read and set (SIGKILL and SIGSTOP cannot)
+SIGNALS = [s for s in range(1, 65) if s not in (signal.SIGKILL, signal.SIGSTOP)]
+_SIGACTION = struct.Struct("<4Q")  # kernel struct sigaction: handler, flags, restorer, mask
+_ITIMERVAL = struct.Struct("<4q")  # interval (sec, usec), value (sec, usec)
+_STACK_T = struct.Struct("<QiiQ")  # ss_sp, ss_flags, pad, ss_size
+
+
+@dataclasses.dataclass
+class ThreadProbe:
+    clear_child_tid: int
+    sas_sp: int
+    sas_flags: int
+    sas_size: int
+
+
+@dataclasses.dataclass
+class Probe:
+    sigactions: list[Sigaction]
+    brk: int
+    itimers: list[tuple[int, int]]  # (interval_us, value_us) for REAL, VIRTUAL, PROF
+    securebits: int
+    pdeath_sig: int
+    child_subreaper: int
+    dumpable: int
+    thp_disable: int
+    threads: dict[int, ThreadProbe]
+
+
+def _usec(sec: int, usec: int) -> int:
+    return sec * 1_000_000 + usec
+
+
+def probe(tracees: list[Tracee], occupied: Iterable[tuple[int, int]]) -> Probe:
+    """Run the probe in a stopped process; `tracees` are its threads, the leader first."""
+    leader = tracees[0]
+    with leader.session():
+        scratch = Scratch.map(leader, occupied)
+        try:
+            call = leader.syscall_checked
+            buf = scratch.addr
+            actions = []
+            for sig in SIGNALS:
+                call(NR.rt_sigaction, sig, 0, buf, 8)
+                h, fl, rest, mask = _SIGACTION.unpack(scratch.get(0, _SIGACTION.size))
+                actions.append(Sigaction(signo=sig, handler=h, flags=fl, restorer=rest, mask=mask))
+            brk = call(NR.brk, 0)
+            timers = []
+            for which in (0, 1, 2):
+                call(NR.getitimer, which, buf)
+                isec, iusec, vsec, vusec = _ITIMERVAL.unpack(scratch.get(0, _ITIMERVAL.size))
+                timers.append((_usec(isec, iusec), _usec(vsec, vusec)))
+            securebits = call(NR.prctl, PR_GET_SECUREBITS)
+            call(NR.prctl, PR_GET_PDEATHSIG, buf)
+            pdeath = scratch.i32()
+            call(NR.prctl, PR_GET_CHILD_SUBREAPER, buf)
+            subreaper = scratch.i32()
+            dumpable = call(NR.prctl, PR_GET_DUMPABLE)
+            thp = call(NR.prctl, PR_GET_THP_DISABLE)
+            threads = {}
+            for t in tracees:
+                with t.session():
+                    t.syscall_checked(NR.prctl, PR_GET_TID_ADDRESS, buf)
+                    ctid = scratch.u64()
+                    t.syscall_checked(NR.sigaltstack, 0, buf + 64)
+                    sp, flags, _pad, size = _STACK_T.unpack(scratch.get(64, _STACK_T.size))
+                    threads[t.tid] = ThreadProbe(ctid, sp, flags, size)
+        finally:
+            scratch.unmap()
+    return Probe(
+        sigactions=actions,
+        brk=brk,
+        itimers=timers,
+        securebits=securebits,
+        pdeath_sig=pdeath,
+        child_subreaper=subreaper,
+        dumpable=dumpable,
+        thp_disable=thp,
+        threads=threads,
+    )

@@ -1,0 +1,49 @@
+"""Per-process state that is neither memory nor files: rlimits, itimers, cwd/root, umask,
+personality, oom_score_adj, timer slack and a few prctl values."""
+
+from __future__ import annotations
+
+from cptimage.records import Itimers, Rlimit, Rlimits, TaskState
+
+from ..proc import Proc, ProcStatus
+from .paths import PathTable
+from .probe import Probe
+
+
+def dump_rlimits(pid: int, proc: Proc) -> Rlimits:
+    # /proc/PID/limits, not prlimit(): prlimit on a process of another uid needs
+    # CAP_SYS_RESOURCE, which root lacks on these machines (CRIU 4.2 fails there).
+    return Rlimits(
+        pid=pid,
+        limits=[Rlimit(resource=r.resource, cur=r.soft, max=r.hard) for r in proc.limits(pid)],
+    )
+
+
+def dump_itimers(pid: int, probe: Probe) -> Itimers:
+    (ri, rv), (vi, vv), (pi, pv) = probe.itimers
+    return Itimers(
+        pid=pid,
+        real_interval_us=ri,
+        real_value_us=rv,
+        virt_interval_us=vi,
+        virt_value_us=vv,
+        prof_interval_us=pi,
+        prof_value_us=pv,
+    )
+
+
+def dump_task_state(
+    pid: int, status: ProcStatus, probe: Probe, proc: Proc, paths: PathTable
+) -> TaskState:
+    return TaskState(
+        pid=pid,
+        umask=status.umask or 0,
+        personality=proc.personality(pid),
+        cwd_id=paths.add_link(pid, "cwd"),
+        root_id=paths.add_link(pid, "root"),
+        oom_score_adj=proc.oom_score_adj(pid),
+        timerslack_ns=proc.timerslack_ns(pid),
+        pdeath_sig=probe.pdeath_sig,
+        dumpable=probe.dumpable,
+        child_subreaper=probe.child_subreaper,
+    )
