@@ -13,7 +13,7 @@ import sys
 
 import typer
 
-from . import exitcodes
+from . import cr, exitcodes
 from .image import app as image_app
 
 try:  # typer >= 0.16 vendors click
@@ -29,6 +29,8 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(image_app, name="image")
+app.command("chkpnt")(cr.chkpnt)
+app.command("restore")(cr.restore)
 
 
 def _say(message: str) -> None:

@@ -1,4 +1,4 @@
-"""Checkpoint of a process tree, staged like vzctl chkpnt.
+"""Checkpoint and restore of a process tree, staged like vzctl chkpnt and restore.
 
     suspend   move the tree into a cgroup v2 freezer of its own and freeze it
     dump      seize every thread (frozen tasks enter the ptrace stop at once), thaw the
@@ -6,6 +6,8 @@
               refreeze and detach (staged), kill, or detach and release (leave running)
     kill      SIGKILL the frozen tree and wait until its PIDs are gone
     resume    thaw and move every process back to its original cgroup
+    undump    restore from an image into a freezer cgroup, left frozen (restore --undump);
+              resume and kill then work as above
 
 Each stage may be its own command: the frozen state outlives the command in the freezer
 cgroup, and a state file under the run directory remembers the tree (its processes'
@@ -18,30 +20,63 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import functools
 import json
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from cptimage.atomic import atomic_output
+from cptimage.container import ImageReader
+from cptimage.errors import ImageError
+from cptimage.verify import verify
 
 from .dump.check import precheck
 from .dump.dumper import Dumper, DumpOptions, DumpStats
 from .dump.tree import TaskInfo, collect_tree
 from .errors import (
+    AlreadyRunning,
     CptError,
     DumpError,
     LockedError,
     NoSuchProcess,
     NotRunning,
+    RestoreError,
     SystemError_,
+    UsageError,
 )
 from .freezer import Freezer
 from .proc import Proc
+from .restore.restorer import Restorer, RestoreStats
 from .tracer import DEFAULT_OPTIONS, detach_all, freeze_process, reap_traced
+from .verify_host import check_host
 
-KILL_TIMEOUT = 10.0
+F = TypeVar("F", bound=Callable[..., Any])
+KILL_TIMEOUT = 30.0
+_PASS_THROUGH = (DumpError, RestoreError, LockedError, NotRunning, AlreadyRunning, UsageError)
+
+
+def _fails_as(cls: type[CptError], what: str) -> Callable[[F], F]:
+    """Report any unexpected failure of a stage as `cls` (exit 16 or 17), naming the tree."""
+
+    def deco(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(self: Tree, *a: Any, **kw: Any) -> Any:
+            try:
+                return fn(self, *a, **kw)
+            except _PASS_THROUGH:
+                raise
+            except Exception as e:
+                if os.environ.get("CPT_DEBUG") and not isinstance(e, CptError):
+                    raise
+                msg = str(e) if isinstance(e, (CptError, OSError)) else f"{type(e).__name__}: {e}"
+                raise cls(f"{what} of tree {self.root} failed: {msg}", pid=self.root) from e
+
+        return wrapper  # type: ignore[return-value]
+
+    return deco
 
 
 def run_dir() -> str:
@@ -125,6 +160,7 @@ class Tree:
 
     # -- stages
 
+    @_fails_as(DumpError, "suspend")
     def suspend(self) -> TreeState:
         """Freeze the live tree in its own cgroup (refusing unsupported resources first)."""
         if self.suspended():
@@ -153,6 +189,7 @@ class Tree:
             self._release(origins)
             raise
 
+    @_fails_as(DumpError, "dump")
     def dump(self, dumpfile: str, opts: DumpOptions, *, after: str = "freeze") -> DumpStats:
         """Dump the suspended tree.  `after`: "freeze" (stay suspended), "kill", "resume".
 
@@ -178,10 +215,6 @@ class Tree:
             with atomic_output(dumpfile) as out:
                 stats = Dumper(tree, self.root, opts, self.proc).run(out)
             ok = True
-        except CptError:
-            raise
-        except OSError as e:
-            raise DumpError(f"dump of tree {self.root} failed: {e}", pid=self.root) from e
         finally:
             if ok and after == "kill":
                 self._kill_traced(live)
@@ -214,6 +247,7 @@ class Tree:
         self._release(st.origins)
         self.drop_state()
 
+    @_fails_as(DumpError, "checkpoint")
     def checkpoint(self, dumpfile: str, opts: DumpOptions) -> DumpStats:
         """Full chkpnt: suspend, dump, then kill (or resume with leave_running).
 
@@ -226,6 +260,33 @@ class Tree:
             if self.suspended():
                 self.resume()
             raise
+
+    @_fails_as(RestoreError, "restore")
+    def restore(self, reader: ImageReader, *, undump: bool = False) -> RestoreStats:
+        """Restore the tree the image holds; with `undump` leave it frozen."""
+        if self.suspended():
+            raise RestoreError(
+                f"tree {self.root} is already restored or suspended: resume or kill it first",
+                pid=self.root,
+            )
+        here = self.proc.cgroup2(os.getpid())
+        self.freezer.create()
+        try:
+            stats = Restorer(reader, self.proc).run(
+                on_spawn=lambda pid: self.freezer.add([pid]),
+                freeze=self.freezer.freeze_request if undump else None,
+            )
+        except BaseException:
+            with contextlib.suppress(CptError):
+                self.freezer.remove()
+            raise
+        origins = dict.fromkeys(self.freezer.procs(), here)
+        if undump:
+            self.freezer.wait_frozen()
+            self.save_state(TreeState(self.root, "undumped", origins))
+        else:
+            self._release(origins)
+        return stats
 
     # -- helpers
 
@@ -281,3 +342,34 @@ def _holder(pid: int) -> str:
     if st.state == "Z":
         return f"a zombie not yet reaped by its parent {st.ppid}"
     return f"state {st.state}"
+
+
+def open_for_restore(dumpfile: str) -> ImageReader:
+    """The image, after verify-before-restore: its checksums and structure, then this host.
+
+    Refuses with the first problems, precisely, before any process is created.
+    """
+    problems = verify(dumpfile)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise RestoreError(f"{dumpfile}: {problems[0]}{more}; refusing to restore")
+    try:
+        reader = ImageReader(dumpfile)
+    except ImageError as e:
+        raise RestoreError(f"{e}; refusing to restore") from None
+    host = check_host(reader)
+    if host:
+        reader.close()
+        msgs = "; ".join(p.message for p in host[:3])
+        more = f" (and {len(host) - 3} more)" if len(host) > 3 else ""
+        raise RestoreError(f"{dumpfile}: {msgs}{more}; refusing to restore")
+    return reader
+
+
+def tree_of(dumpfile: str) -> Tree:
+    """The tree a dump file concerns (its root PID, from the header)."""
+    try:
+        with ImageReader(dumpfile) as r:
+            return Tree(r.header.root_pid)
+    except ImageError as e:
+        raise RestoreError(str(e)) from None

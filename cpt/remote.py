@@ -54,10 +54,15 @@ def free_gap(occupied: Iterable[tuple[int, int]], size: int, guard: int = 16 * P
 class Scratch:
     """A private anonymous rwx mapping in the target, addressed through /proc/PID/mem."""
 
+    # the first page holds the syscall instruction and small result buffers; push()
+    # hands out the rest for arguments, from the bottom up, until reset()
+    ARGS = PAGE_SIZE
+
     def __init__(self, tracee: Tracee, addr: int, size: int) -> None:
         self.tracee = tracee
         self.addr = addr
         self.size = size
+        self._top = self.ARGS
 
     @classmethod
     def map(
@@ -90,6 +95,19 @@ class Scratch:
         self.tracee.write_mem(self.addr + offset, data)
         return self.addr + offset
 
+    def push(self, data: bytes) -> int:
+        """Copy `data` into the argument area; returns its address in the target."""
+        addr = self.put(data, self._top)
+        self._top = (self._top + len(data) + 15) & ~15
+        return addr
+
+    def push_str(self, s: str | bytes) -> int:
+        b = s.encode("utf-8", "surrogateescape") if isinstance(s, str) else s
+        return self.push(b + b"\0")
+
+    def reset(self) -> None:
+        self._top = self.ARGS
+
     def get(self, offset: int, n: int) -> bytes:
         return self.tracee.read_mem(self.addr + offset, n)
 
@@ -98,7 +116,3 @@ class Scratch:
 
     def i32(self, offset: int = 0) -> int:
         return int(struct.unpack("<i", self.get(offset, 4))[0])
-
-    def cstr(self, s: str | bytes, offset: int = 0) -> int:
-        b = s.encode("utf-8", "surrogateescape") if isinstance(s, str) else s
-        return self.put(b + b"\0", offset)

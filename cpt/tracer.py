@@ -618,8 +618,12 @@ def detach_all(tracees: Iterable[Tracee]) -> None:
 
 
 def reap_traced(tracees: Iterable[Tracee], timeout: float = 5.0) -> None:
-    """Collect the exit of killed traced threads, so their real parents can reap them."""
-    for t in tracees:
+    """Collect the exit of killed traced threads, so their real parents can reap them.
+
+    Non-leader threads first: the kernel reports a thread-group leader's exit only once
+    every other thread of the group has been reaped.
+    """
+    for t in sorted(tracees, key=lambda t: t.tid == t.pid):
         deadline = time.monotonic() + timeout
         while not t.dead:
             try:

@@ -1,0 +1,119 @@
+"""`cpt chkpnt` and `cpt restore`: the staged commands of vzctl, for process trees."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+from cpt.checkpoint import Tree, default_dumpfile, open_for_restore, tree_of
+from cpt.dump.dumper import DumpOptions
+from cpt.errors import UsageError
+
+DumpfileOpt = Annotated[
+    str | None, typer.Option("--dumpfile", help="the dump file (default /var/tmp/Dump.pid-PID)")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print the statistics as JSON")]
+
+
+def _one_stage(**stages: bool) -> str | None:
+    chosen = [name for name, on in stages.items() if on]
+    if len(chosen) > 1:
+        raise UsageError(
+            "at most one stage option: " + ", ".join("--" + c.replace("_", "-") for c in chosen)
+        )
+    return chosen[0] if chosen else None
+
+
+def _report(what: str, stats: object, as_json: bool) -> None:
+    d = dataclasses.asdict(stats)  # type: ignore[call-overload]
+    if as_json:
+        print(json.dumps({"action": what, **d}))
+        return
+    for w in d.pop("warnings", []):
+        print(f"cpt: warning: {w}", file=sys.stderr)
+    parts = []
+    for k, v in d.items():
+        if isinstance(v, float):
+            parts.append(f"{k}={v * 1000:.1f}ms")
+        else:
+            parts.append(f"{k}={v}")
+    print(f"{what}: " + " ".join(parts))
+
+
+def chkpnt(
+    pid: Annotated[int | None, typer.Option("--pid", help="root of the process tree")] = None,
+    dumpfile: DumpfileOpt = None,
+    suspend: Annotated[bool, typer.Option("--suspend", help="stage: freeze the tree")] = False,
+    dump: Annotated[bool, typer.Option("--dump", help="stage: dump the suspended tree")] = False,
+    kill: Annotated[bool, typer.Option("--kill", help="stage: kill the suspended tree")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="stage: resume the tree")] = False,
+    leave_running: Annotated[
+        bool, typer.Option("--leave-running", help="suspend, dump, resume: a snapshot")
+    ] = False,
+    compress: Annotated[bool, typer.Option("--compress", help="zstd-compress the pages")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Checkpoint a process tree: suspend, dump, kill (or one stage of it)."""
+    stage = _one_stage(suspend=suspend, dump=dump, kill=kill, resume=resume)
+    if pid is None:
+        raise UsageError("chkpnt needs --pid PID")
+    if leave_running and stage is not None:
+        raise UsageError("--leave-running is a full checkpoint; it takes no stage option")
+    if stage == "dump" and dumpfile is None:
+        raise UsageError("chkpnt --dump needs --dumpfile F")
+    opts = DumpOptions(leave_running=leave_running, compress=compress)
+    tree = Tree(pid)
+    with tree.locked():
+        if stage == "suspend":
+            tree.suspend()
+            print(f"tree {pid} suspended")
+        elif stage == "dump":
+            assert dumpfile is not None
+            _report(f"dumped tree {pid} to {dumpfile}", tree.dump(dumpfile, opts), as_json)
+        elif stage == "kill":
+            tree.kill()
+            print(f"tree {pid} killed")
+        elif stage == "resume":
+            tree.resume()
+            print(f"tree {pid} resumed")
+        else:
+            path = dumpfile or default_dumpfile(pid)
+            _report(f"checkpointed tree {pid} to {path}", tree.checkpoint(path, opts), as_json)
+
+
+def restore(
+    dumpfile: Annotated[str, typer.Option("--dumpfile", help="the dump file")],
+    undump: Annotated[bool, typer.Option("--undump", help="stage: restore, left frozen")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="stage: resume")] = False,
+    kill: Annotated[bool, typer.Option("--kill", help="stage: kill the frozen tree")] = False,
+    pidfile: Annotated[
+        str | None, typer.Option("--pidfile", help="write the restored root PID here")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Restore a process tree from a dump file: undump, resume (or one stage of it)."""
+    stage = _one_stage(undump=undump, resume=resume, kill=kill)
+    if stage in ("resume", "kill"):
+        tree = tree_of(dumpfile)
+        with tree.locked():
+            if stage == "resume":
+                tree.resume()
+                print(f"tree {tree.root} resumed")
+            else:
+                tree.kill()
+                print(f"tree {tree.root} killed")
+        return
+    reader = open_for_restore(dumpfile)
+    with reader:
+        tree = Tree(reader.header.root_pid)
+        with tree.locked():
+            stats = tree.restore(reader, undump=stage == "undump")
+    if pidfile:
+        with open(pidfile, "w") as f:
+            f.write(f"{stats.root_pid}\n")
+    what = "undumped" if stage == "undump" else "restored"
+    _report(f"{what} tree {stats.root_pid} from {dumpfile}", stats, as_json)

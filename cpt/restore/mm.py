@@ -1,0 +1,256 @@
+"""Rebuild an address space inside a stub.
+
+Order (ENGINE-NOTES, restore 2-7): a scratch mapping free in both layouts takes over as
+the syscall trampoline; every stub mapping but the vDSO trio goes; the trio moves to its
+dumped place; the dumped VMAs are mapped (PROT_WRITE added where pages will be written);
+pages are written with process_vm_writev straight from the image; protections and
+madvise flags are put back; one PR_SET_MM_MAP sets the mm fields, auxv and exe.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+
+from cptimage import pagestore
+from cptimage.container import ImageReader
+from cptimage.records import PageFlags, PathObj, Vma, VmaKind, VmFlags
+
+from .. import proc as P
+from ..errors import RestoreError
+from ..proc import Proc
+from ..remote import Scratch, free_gap
+from ..sys.arch import SYSCALL_INSN
+from ..sys.mem import (
+    MADV_DONTDUMP,
+    MADV_DONTFORK,
+    MADV_HUGEPAGE,
+    MADV_MERGEABLE,
+    MADV_NOHUGEPAGE,
+    MADV_RANDOM,
+    MADV_SEQUENTIAL,
+    MADV_WIPEONFORK,
+    MAP_FIXED,
+    MREMAP_FIXED,
+    MREMAP_MAYMOVE,
+    PROT_WRITE,
+    process_vm_writev,
+)
+from ..sys.syscalls import NR
+from ..sys.task import PR_SET_MM, PR_SET_MM_MAP, pack_prctl_mm_map
+from .model import ImageModel, ProcImage
+from .tree import Task
+
+AT_FDCWD = -100
+O_RDONLY, O_RDWR, O_CLOEXEC = 0, 2, 0o2000000
+_TRIO = {"[vvar]": VmaKind.VVAR, "[vvar_vclock]": VmaKind.VVAR_VCLOCK, "[vdso]": VmaKind.VDSO}
+_KEEP = {*_TRIO, "[vsyscall]"}
+_SPECIAL = (VmaKind.VDSO, VmaKind.VVAR, VmaKind.VVAR_VCLOCK, VmaKind.VSYSCALL)
+_MADVISE = [
+    (VmFlags.DONTFORK, MADV_DONTFORK),
+    (VmFlags.DONTDUMP, MADV_DONTDUMP),
+    (VmFlags.HUGEPAGE, MADV_HUGEPAGE),
+    (VmFlags.NOHUGEPAGE, MADV_NOHUGEPAGE),
+    (VmFlags.WIPEONFORK, MADV_WIPEONFORK),
+    (VmFlags.MERGEABLE, MADV_MERGEABLE),
+    (VmFlags.SEQ_READ, MADV_SEQUENTIAL),
+    (VmFlags.RAND_READ, MADV_RANDOM),
+]
+
+
+def open_in_target(task: Task, path: PathObj, flags: int) -> int:
+    """openat() the path inside the task (its fd, to be closed by the caller)."""
+    sc = task.scratch
+    assert sc is not None
+    addr = sc.push_str(path.path)
+    fd = task.leader.syscall(NR.openat, AT_FDCWD, addr, flags | O_CLOEXEC, 0)
+    if fd < 0:
+        raise RestoreError(
+            f"process {task.pid}: cannot open {path.path} (errno {-fd}); was it changed "
+            f"since the checkpoint?",
+            pid=task.pid,
+        )
+    return fd
+
+
+def take_over(task: Task, proc: Proc) -> None:
+    """Map the scratch trampoline and clear the stub's own mappings (but the vDSO trio)."""
+    t = task.leader
+    stub_maps = proc.maps(task.pid)
+    occupied = [(m.start, m.end) for m in stub_maps] + [(v.start, v.end) for v in task.img.vmas]
+    sc = Scratch.map(t, occupied, exec_=True)
+    sc.put(SYSCALL_INSN)
+    t.syscall_addr = sc.addr
+    task.scratch = sc
+    for m in stub_maps:
+        if m.path not in _KEEP:
+            t.syscall_checked(NR.munmap, m.start, m.end - m.start)
+    _move_vdso(task, [m for m in stub_maps if m.path in _TRIO], occupied)
+
+
+def _move_vdso(task: Task, stub_trio: list[P.Vma], occupied: list[tuple[int, int]]) -> None:
+    t = task.leader
+    dumped = [
+        v for v in task.img.vmas if v.kind in (VmaKind.VVAR, VmaKind.VVAR_VCLOCK, VmaKind.VDSO)
+    ]
+    have = sorted((m.start, m.end, _TRIO[m.path]) for m in stub_trio)
+    want = sorted((v.start, v.end, v.kind) for v in dumped)
+    if not want:
+        for s, e, _ in have:
+            t.syscall_checked(NR.munmap, s, e - s)
+        return
+    shape_have = [(s - have[0][0], e - s, k) for s, e, k in have]
+    shape_want = [(s - want[0][0], e - s, k) for s, e, k in want]
+    if shape_have != shape_want:
+        raise RestoreError(
+            f"process {task.pid}: the vDSO layout of this kernel differs from the image's "
+            f"(same kernel needed)",
+            pid=task.pid,
+        )
+    if have[0][0] == want[0][0]:
+        return
+    size = have[-1][1] - have[0][0]
+    sc = task.scratch
+    assert sc is not None
+    # through a temporary spot, so that overlapping old and new places never collide
+    tmp = free_gap([*occupied, (sc.addr, sc.addr + sc.size)], size)
+    flags = MREMAP_MAYMOVE | MREMAP_FIXED
+    for s, e, _ in have:
+        t.syscall_checked(NR.mremap, s, e - s, e - s, flags, tmp + (s - have[0][0]))
+    for off, length, _ in shape_have:
+        t.syscall_checked(NR.mremap, tmp + off, length, length, flags, want[0][0] + off)
+
+
+def _written(vmas: list[Vma], runs: list) -> set[int]:
+    """Indexes of the VMAs that PRESENT runs write into."""
+    out = set()
+    i = 0
+    for r in runs:
+        if not r.flags & PageFlags.PRESENT:
+            continue
+        while i < len(vmas) and vmas[i].end <= r.vaddr:
+            i += 1
+        if i < len(vmas) and vmas[i].start <= r.vaddr:
+            out.add(i)
+    return out
+
+
+def map_vmas(task: Task, model: ImageModel) -> set[int]:
+    """mmap every dumped VMA; returns the indexes given PROT_WRITE for page writing."""
+    t = task.leader
+    pi = task.img
+    written = _written(pi.vmas, pi.runs)
+    fds: dict[tuple[int, int], int] = {}
+    try:
+        for i, v in enumerate(pi.vmas):
+            if v.kind in _SPECIAL:
+                continue
+            prot = v.prot | (PROT_WRITE if i in written else 0)
+            fd, off = -1, 0
+            if v.kind in (VmaKind.FILE_PRIVATE, VmaKind.FILE_SHARED):
+                mode = O_RDWR if v.kind == VmaKind.FILE_SHARED and v.prot & PROT_WRITE else O_RDONLY
+                key = (v.file_id, mode)
+                if key not in fds:
+                    fds[key] = open_in_target(task, model.path(v.file_id), mode)
+                fd, off = fds[key], v.pgoff
+            got = t.syscall(NR.mmap, v.start, v.end - v.start, prot, v.flags | MAP_FIXED, fd, off)
+            if got != v.start:
+                raise RestoreError(
+                    f"process {task.pid}: mmap of {v.start:x}-{v.end:x} failed "
+                    f"(errno {-got if got < 0 else 0})",
+                    pid=task.pid,
+                )
+            if task.scratch is not None:
+                task.scratch.reset()
+    finally:
+        for fd in fds.values():
+            t.syscall(NR.close, fd)
+    return written
+
+
+def write_pages(task: Task, reader: ImageReader, image_map: mmap.mmap | None) -> int:
+    """Copy the task's PRESENT pages from the image into it; returns the bytes written."""
+    runs = [r for r in task.img.runs if r.flags & PageFlags.PRESENT]
+    if not runs:
+        return 0
+    pieces = pagestore.file_pieces(reader, runs) if image_map is not None else None
+    total = 0
+    if pieces is None:
+        for _run, addr, data in pagestore.iter_run_data(reader, runs):
+            process_vm_writev(task.pid, data, [(addr, len(data))])
+            total += len(data)
+        return total
+    assert image_map is not None
+    view = memoryview(image_map)
+    # pieces contiguous in the file go out in one call, whatever their addresses
+    i = 0
+    while i < len(pieces):
+        start = pieces[i][2]
+        end = start
+        remote = []
+        while i < len(pieces) and pieces[i][2] == end:
+            addr, n, off = pieces[i]
+            remote.append((addr, n))
+            end = off + n
+            i += 1
+        process_vm_writev(task.pid, view[start:end], remote)
+        total += end - start
+    view.release()
+    return total
+
+
+def finish_vmas(task: Task, written: set[int]) -> None:
+    """Put back the protections PROT_WRITE was added to; apply madvise and mlock."""
+    t = task.leader
+    for i, v in enumerate(task.img.vmas):
+        if v.kind in _SPECIAL:
+            continue
+        length = v.end - v.start
+        if i in written and not v.prot & PROT_WRITE:
+            t.syscall_checked(NR.mprotect, v.start, length, v.prot)
+        for flag, advice in _MADVISE:
+            if v.vmflags & flag:
+                t.syscall_checked(NR.madvise, v.start, length, advice)
+        if v.vmflags & VmFlags.LOCKED:
+            t.syscall_checked(NR.mlock, v.start, length)
+
+
+def set_mm(task: Task, model: ImageModel) -> None:
+    pi: ProcImage = task.img
+    mm = pi.mm
+    if mm is None:
+        return
+    t = task.leader
+    sc = task.scratch
+    assert sc is not None
+    exe_fd = open_in_target(task, model.path(mm.exe_id), O_RDONLY) if mm.exe_id else -1
+    try:
+        auxv = struct.pack(f"<{len(mm.auxv)}Q", *mm.auxv)
+        auxv_addr = sc.push(auxv)
+        arg = pack_prctl_mm_map(
+            mm.start_code,
+            mm.end_code,
+            mm.start_data,
+            mm.end_data,
+            mm.start_brk,
+            mm.brk,
+            mm.start_stack,
+            mm.arg_start,
+            mm.arg_end,
+            mm.env_start,
+            mm.env_end,
+            auxv_addr,
+            len(auxv),
+            exe_fd,
+        )
+        ret = t.syscall(NR.prctl, PR_SET_MM, PR_SET_MM_MAP, sc.push(arg), len(arg), 0)
+        if ret < 0:
+            raise RestoreError(
+                f"process {task.pid}: PR_SET_MM_MAP failed (errno {-ret}): the mm fields "
+                f"do not fit the restored layout",
+                pid=task.pid,
+            )
+    finally:
+        if exe_fd >= 0:
+            t.syscall(NR.close, exe_fd)
+        sc.reset()

@@ -1,0 +1,136 @@
+"""The image as the restorer needs it: records indexed by process, file and path id."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from cptimage.container import ImageReader
+from cptimage.records import (
+    Creds,
+    Fd,
+    Header,
+    Itimers,
+    Mm,
+    PagemapRun,
+    PathObj,
+    PendingSignal,
+    PipeData,
+    Process,
+    ProcessState,
+    Rlimits,
+    SeccompFilter,
+    SectionType,
+    Sigactions,
+    TaskState,
+    Thread,
+    Vma,
+)
+
+
+@dataclasses.dataclass
+class ProcImage:
+    """Everything the image holds about one process."""
+
+    proc: Process
+    threads: list[Thread] = dataclasses.field(default_factory=list)
+    creds: Creds | None = None
+    rlimits: Rlimits | None = None
+    sigactions: Sigactions | None = None
+    task: TaskState | None = None
+    itimers: Itimers | None = None
+    seccomp: list[SeccompFilter] = dataclasses.field(default_factory=list)
+    pending: list[PendingSignal] = dataclasses.field(default_factory=list)
+    mm: Mm | None = None
+    vmas: list[Vma] = dataclasses.field(default_factory=list)
+    runs: list[PagemapRun] = dataclasses.field(default_factory=list)
+    fds: list[Fd] = dataclasses.field(default_factory=list)
+    children: list[int] = dataclasses.field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def zombie(self) -> bool:
+        return self.proc.state == ProcessState.ZOMBIE
+
+
+_PER_PROCESS = {
+    Creds: "creds",
+    Rlimits: "rlimits",
+    Sigactions: "sigactions",
+    TaskState: "task",
+    Itimers: "itimers",
+    Mm: "mm",
+}
+_LISTS = {
+    Thread: "threads",
+    SeccompFilter: "seccomp",
+    PendingSignal: "pending",
+    Vma: "vmas",
+    Fd: "fds",
+}
+
+
+class ImageModel:
+    def __init__(self, reader: ImageReader) -> None:
+        self.reader = reader
+        self.header: Header = reader.header
+        self.procs: dict[int, ProcImage] = {}
+        self.paths: dict[int, PathObj] = {}
+        self.files: dict[int, Any] = {}  # open-file descriptions by id
+        self.pipe_data: dict[int, PipeData] = {}
+        self.order: list[int] = []  # pids, parents before children
+        self._load()
+
+    def _load(self) -> None:
+        r = self.reader
+        for rec in r.records(SectionType.PROCESS):
+            if isinstance(rec, Process):
+                self.procs[rec.pid] = ProcImage(rec)
+                self.order.append(rec.pid)
+        for stype in (SectionType.PROCESS, SectionType.MM, SectionType.FDS):
+            for rec in r.records(stype):
+                pi = self.procs.get(getattr(rec, "pid", -1))
+                if pi is None:
+                    continue
+                attr = _PER_PROCESS.get(type(rec))
+                if attr:
+                    setattr(pi, attr, rec)
+                    continue
+                lst = _LISTS.get(type(rec))
+                if lst:
+                    getattr(pi, lst).append(rec)
+        for rec in r.records(SectionType.PAGEMAP):
+            if isinstance(rec, PagemapRun) and rec.owner in self.procs:
+                self.procs[rec.owner].runs.append(rec)
+        for rec in r.records(SectionType.FILES):
+            if isinstance(rec, PathObj):
+                self.paths[rec.id] = rec
+            elif isinstance(rec, PipeData):
+                self.pipe_data[rec.ino] = rec
+            elif hasattr(rec, "id"):
+                self.files[rec.id] = rec
+        for pi in self.procs.values():
+            pi.vmas.sort(key=lambda v: v.start)
+            pi.runs.sort(key=lambda x: x.vaddr)
+            pi.fds.sort(key=lambda f: f.fd)
+            parent = self.procs.get(pi.proc.ppid)
+            if parent is not None and pi.pid != self.root:
+                parent.children.append(pi.pid)
+
+    @property
+    def root(self) -> int:
+        return self.order[0]
+
+    def all_ids(self) -> list[int]:
+        """Every pid and tid the restore will claim."""
+        ids = []
+        for pi in self.procs.values():
+            ids.append(pi.pid)
+            ids += [t.tid for t in pi.threads if t.tid != pi.pid]
+        return ids
+
+    def path(self, ident: int) -> PathObj:
+        return self.paths[ident]

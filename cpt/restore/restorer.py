@@ -1,0 +1,210 @@
+"""Restore a tree from an image: all of it, or nothing left alive.
+
+1. open every file description the tree holds (in this process), so a missing file
+   fails before any process exists;
+2. build the tree as stubs with the dumped PIDs, sessions, groups and zombies;
+3. per process: address space, pages, mm fields, fds, task state, signal dispositions,
+   rlimits, threads, per-thread state and credentials, pending signals;
+4. registers of every thread, then detach (or freeze in the cgroup, then detach).
+
+Any failure kills every task created so far (they are traced with PTRACE_O_EXITKILL too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import mmap
+import os
+import resource
+import signal
+import time
+from collections.abc import Callable, Iterator
+
+from cptimage.container import ImageReader
+from cptimage.records import Compression
+
+from ..errors import CptError, NoSuchProcess, RestoreError
+from ..proc import Proc
+from ..sys.syscalls import NR
+from ..sys.task import PR_SET_DUMPABLE, pidfd_open
+from ..tracer import reap_traced
+from .files import FileRestorer, max_fd
+from .mm import finish_vmas, map_vmas, set_mm, take_over, write_pages
+from .model import ImageModel
+from .signals import restore_pending, restore_sigactions
+from .task import restore_outside, restore_task_state
+from .threads import create_threads, set_registers, setup_thread
+from .tree import Task, TreeBuilder
+
+
+@dataclasses.dataclass
+class RestoreStats:
+    processes: int = 0
+    threads: int = 0
+    pages_bytes: int = 0
+    tasks_s: float = 0.0  # stubs, sessions, groups, zombies
+    memory_s: float = 0.0  # address spaces and pages
+    total_s: float = 0.0
+    root_pid: int = 0
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+
+class Restorer:
+    def __init__(self, reader: ImageReader, proc: Proc | None = None) -> None:
+        self.reader = reader
+        self.proc = proc or Proc()
+        self.model = ImageModel(reader)
+        self.tasks: dict[int, Task] = {}
+        self.stats = RestoreStats(root_pid=self.model.root)
+
+    def run(
+        self,
+        on_spawn: Callable[[int], None] | None = None,
+        freeze: Callable[[], None] | None = None,
+    ) -> RestoreStats:
+        """Restore; `on_spawn(pid)` sees the root stub first (to put it in a cgroup),
+        `freeze()` is called before detaching to leave the tree frozen (undump)."""
+        t0 = time.perf_counter()
+        files = FileRestorer(self.model)
+        image_map = None
+        try:
+            files.open_all()
+            slot = max(max_fd(self.model) + 1, 3)
+            with _inherited_pidfd(slot):
+                builder = TreeBuilder(self.model, on_spawn=on_spawn)
+                self.tasks = builder.tasks
+                builder.build()
+            if builder.external_session:
+                self.stats.warnings.append(
+                    f"the root's process group {self.model.procs[self.model.root].proc.pgid} "
+                    f"was outside the tree: the restored tree joined this command's group"
+                )
+            t1 = time.perf_counter()
+            image_map = self._map_image()
+            live = [self.tasks[p] for p in self.model.order if not self.tasks[p].img.zombie]
+            for task in live:
+                self._process(task, files, slot, image_map)
+            t2 = time.perf_counter()
+            for task in live:
+                for th in task.img.threads:
+                    set_registers(th, task.threads[th.tid])
+            if freeze is not None:
+                freeze()
+            for task in live:
+                for tr in task.tracees():
+                    tr.detach()
+                    tr.close()
+        except BaseException as e:
+            self._kill_all()
+            if isinstance(e, CptError) or not isinstance(e, OSError):
+                raise
+            raise RestoreError(f"restore failed: {e}") from e
+        finally:
+            files.close()
+            if image_map is not None:
+                image_map.close()
+        st = self.stats
+        st.processes = len(self.model.procs)
+        st.threads = sum(len(p.threads) for p in self.model.procs.values())
+        st.tasks_s, st.memory_s, st.total_s = t1 - t0, t2 - t1, time.perf_counter() - t0
+        return st
+
+    def _map_image(self) -> mmap.mmap | None:
+        """The whole image, mapped and populated, when its pages are stored uncompressed."""
+        if any(s.compression != Compression.NONE for s in self.reader.page_blocks()):
+            return None
+        if not self.reader.page_blocks():
+            return None
+        return mmap.mmap(
+            self.reader.f.fileno(),
+            0,
+            flags=mmap.MAP_SHARED | mmap.MAP_POPULATE,
+            prot=mmap.PROT_READ,
+        )
+
+    def _process(
+        self, task: Task, files: FileRestorer, slot: int, image_map: mmap.mmap | None
+    ) -> None:
+        t = task.leader
+        with t.session(restore=False):
+            take_over(task, self.proc)
+            written = map_vmas(task, self.model)
+            self.stats.pages_bytes += write_pages(task, self.reader, image_map)
+            finish_vmas(task, written)
+            set_mm(task, self.model)
+            files.install(task, slot)
+            restore_task_state(task, self.model)
+            restore_sigactions(task)
+            restore_outside(task)
+            create_threads(task)
+            for th in task.img.threads:
+                setup_thread(task, th, task.threads[th.tid])
+            restore_pending(task)
+            if task.img.task is not None:
+                t.syscall_checked(NR.prctl, PR_SET_DUMPABLE, task.img.task.dumpable, 0, 0, 0)
+            sc = task.scratch
+            assert sc is not None
+            # the last injection unmaps the page it runs from: the step stops at syscall exit
+            t.syscall_checked(NR.munmap, sc.addr, sc.size)
+            task.scratch = None
+
+    def _kill_all(self) -> None:
+        tracees = [tr for task in self.tasks.values() for tr in task.threads.values()]
+        for task in self.tasks.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(task.pid, signal.SIGKILL)
+        reap_traced(tracees, timeout=2.0)
+        root = self.tasks.get(self.model.root)
+        if root is not None:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(root.pid, 0)  # the root stub is this process's child
+
+
+@contextlib.contextmanager
+def _inherited_pidfd(slot: int) -> Iterator[None]:
+    """A pidfd of this process at fd `slot`, inheritable: every stub gets it at birth."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if slot >= soft:
+        if slot >= hard:
+            raise RestoreError(
+                f"the image uses fd {slot - 1}, above this restorer's RLIMIT_NOFILE hard limit "
+                f"{hard}"
+            )
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    pfd = pidfd_open(os.getpid())
+    try:
+        os.dup2(pfd, slot, inheritable=True)
+    finally:
+        os.close(pfd)
+    try:
+        yield
+    finally:
+        os.close(slot)
+
+
+def pids_in_use(model: ImageModel, wait: float = 2.0) -> list[tuple[int, str]]:
+    """PIDs and TIDs of the image that exist on this host, after waiting briefly for zombies
+    (PID 1 reaps orphans about 1.5 s late here)."""
+    deadline = time.monotonic() + wait
+    proc = Proc()
+    while True:
+        busy = [p for p in model.all_ids() if os.path.exists(f"/proc/{p}")]
+        if not busy:
+            return []
+        zombies = []
+        for p in busy:
+            try:
+                st = proc.stat(p)
+            except (NoSuchProcess, CptError):
+                continue
+            zombies.append((p, st))
+        if time.monotonic() > deadline or any(st.state != "Z" for _, st in zombies):
+            out = []
+            for p, st in zombies:
+                what = (
+                    f"a zombie of process {st.ppid}" if st.state == "Z" else f"used by {st.comm!r}"
+                )
+                out.append((p, what))
+            return out
+        time.sleep(0.05)

@@ -1,0 +1,146 @@
+"""Recreate the process tree as stubs with the dumped PIDs, sessions and groups.
+
+The root stub is cloned by the restorer with clone3(set_tid); every other process is
+cloned by its parent's stub through an injected clone3(set_tid), so parentage is native.
+Sessions come from setsid() in their leader and inheritance at fork: a child that kept its
+parent's old session is forked before the parent's setsid().  Groups are joined with
+setpgid() once every process exists, leaders first.  Zombies then exit with their status.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import struct
+
+from ..errors import NoSuchProcess, RestoreError
+from ..proc import Proc
+from ..remote import Scratch
+from ..stub import STUB_OPTIONS, clone_stub, spawn_stub
+from ..sys.syscalls import NR
+from ..sys.task import PR_SET_NAME
+from ..tracer import Tracee
+from .model import ImageModel, ProcImage
+
+SIG_DFL = 0
+RLIMIT_CORE = 4
+_SIGACTION = struct.Struct("<4Q")
+
+
+@dataclasses.dataclass
+class Task:
+    img: ProcImage
+    leader: Tracee
+    threads: dict[int, Tracee] = dataclasses.field(default_factory=dict)
+    scratch: Scratch | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.img.pid
+
+    def tracees(self) -> list[Tracee]:
+        return [self.leader, *(t for tid, t in self.threads.items() if tid != self.pid)]
+
+
+class TreeBuilder:
+    def __init__(self, model: ImageModel, on_spawn: object = None) -> None:
+        self.model = model
+        self.tasks: dict[int, Task] = {}
+        self.on_spawn = on_spawn
+        self._cscratch: int = 0  # creation scratch, inherited by every forked stub
+        self.external_session = False
+
+    def build(self) -> dict[int, Task]:
+        root = self.model.procs[self.model.root]
+        leader = spawn_stub([root.pid], options=STUB_OPTIONS)
+        if callable(self.on_spawn):
+            self.on_spawn(leader.pid)
+        task = Task(root, leader, {root.pid: leader})
+        self.tasks[root.pid] = task
+        with leader.session():
+            occupied = [(v.start, v.end) for v in Proc().maps(leader.pid)]
+            sc = Scratch.map(leader, occupied, size=1 << 16)
+            self._cscratch = sc.addr
+        self._populate(task)
+        self._groups()
+        self._zombies()
+        return self.tasks
+
+    def _populate(self, task: Task) -> None:
+        """Fork the children of `task` (recursively), placing its setsid() right."""
+        pi = task.img
+        procs = self.model.procs
+        kids = sorted(pi.children)
+        leader = pi.proc.sid == pi.pid
+        early = [c for c in kids if leader and procs[c].proc.sid not in (pi.pid, c)]
+        for c in early:
+            self._fork(task, c)
+        if leader:
+            task.leader.syscall_checked(NR.setsid)
+        for c in kids:
+            if c not in early:
+                self._fork(task, c)
+
+    def _fork(self, parent: Task, pid: int) -> None:
+        child = clone_stub(parent.leader, self._cscratch, set_tid=[pid])
+        task = Task(self.model.procs[pid], child, {pid: child})
+        self.tasks[pid] = task
+        self._populate(task)
+
+    def _groups(self) -> None:
+        root = self.model.root
+        # group leaders first, so the groups others join exist
+        order = sorted(self.tasks.values(), key=lambda t: t.img.proc.pgid != t.pid)
+        for task in order:
+            want = task.img.proc.pgid
+            if want == task.img.proc.sid and task.img.proc.sid == task.pid:
+                continue  # a session leader leads its group already
+            if task.pid == root and want not in self.tasks:
+                # the root's group is outside the tree (a shell job): keep the restorer's
+                self.external_session = True
+                continue
+            ret = task.leader.syscall(NR.setpgid, 0, want)
+            if ret < 0:
+                raise RestoreError(
+                    f"process {task.pid}: setpgid to group {want} failed (errno {-ret})",
+                    pid=task.pid,
+                )
+
+    def _zombies(self) -> None:
+        for task in list(self.tasks.values()):
+            if not task.img.zombie:
+                continue
+            t = task.leader
+            status = task.img.proc.exit_status
+            sig = status & 0x7F
+            with t.session():
+                comm = task.img.proc.comm.encode("utf-8", "surrogateescape")[:15] + b"\0"
+                t.write_mem(self._cscratch, comm)
+                t.syscall_checked(NR.prctl, PR_SET_NAME, self._cscratch)
+                if not sig:
+                    t.syscall(NR.exit_group, (status >> 8) & 0xFF)
+                else:
+                    # die of the same signal, without a core file
+                    t.write_mem(self._cscratch, _SIGACTION.pack(SIG_DFL, 0, 0, 0) + bytes(16))
+                    t.syscall_checked(NR.rt_sigaction, sig, self._cscratch, 0, 8)
+                    t.syscall_checked(NR.prlimit64, 0, RLIMIT_CORE, self._cscratch + 32, 0)
+            if sig:
+                # a signal passed by a ptrace restart is requeued if blocked: unblock all
+                t.set_sigmask(0)
+                t.cont(sig)
+            _wait_dead(t, task.pid)
+
+
+def _wait_dead(t: Tracee, pid: int) -> None:
+    """Collect the stub's exit as its tracer: the zombie then belongs to its parent."""
+    for _ in range(100):
+        try:
+            status = t.wait(5.0)
+        except NoSuchProcess:
+            return
+        except TimeoutError:
+            break
+        # a signal-delivery stop of the fatal signal, or an exit event: let it go on
+        sig = (status >> 8) & 0xFF
+        t.cont(sig if sig not in (signal.SIGTRAP, signal.SIGSTOP) else 0)
+    raise RestoreError(f"zombie stub {pid} did not exit", pid=pid)

@@ -1,0 +1,104 @@
+"""Verify before restore: can THIS host restore this image without failing half-way or
+corrupting the workload?
+
+Checked, each problem named precisely: the kernel (release and build) and its vDSO, the
+CPU features the saved state depends on (cpuid flags and the XSAVE feature mask), the
+PIDs and TIDs the tree needs, and every file the image references (exe, mapped files,
+open files, cwd, root): it must exist and be the same file (inode, size, mtime).
+The image's own checksums are cptimage.verify's job; restore runs both.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import stat
+
+from cptimage.container import ImageReader
+from cptimage.records import PathKind, PathObj
+from cptimage.verify import Problem
+
+from . import hostinfo
+from .restore.model import ImageModel
+from .restore.restorer import pids_in_use
+
+
+def _problem(kind: str, message: str) -> Problem:
+    return Problem(section="host", record=kind, offset=None, message=message)
+
+
+@functools.cache
+def host_xcr0() -> int:
+    """The XSAVE feature mask user state may use here, read from a throwaway stub."""
+    from .stub import kill_and_reap, spawn_stub
+
+    t = spawn_stub()
+    try:
+        return hostinfo.xfeatures_of(t.get_xstate())
+    finally:
+        kill_and_reap(t.pid)
+
+
+def check_host(reader: ImageReader, *, pids: bool = True) -> list[Problem]:
+    h = reader.header
+    out: list[Problem] = []
+    arch, release, version = hostinfo.kernel()
+    if h.arch != arch:
+        out.append(_problem("kernel", f"the image is for {h.arch}, this host is {arch}"))
+    if (h.kernel_release, h.kernel_version) != (release, version):
+        out.append(
+            _problem(
+                "kernel",
+                f"the image was dumped on kernel {h.kernel_release} ({h.kernel_version}); this "
+                f"host runs {release} ({version}): the same kernel is needed (vDSO, layout)",
+            )
+        )
+    elif h.vdso_digest and h.vdso_digest != hostinfo.vdso_digest():
+        out.append(_problem("kernel", "this kernel's vDSO differs from the image's"))
+    missing = sorted(set(h.cpu_flags) - hostinfo.cpu_flags())
+    if missing:
+        out.append(_problem("cpu", f"this CPU lacks {', '.join(missing)}, which the image uses"))
+    if h.xcr0 and h.xcr0 & ~host_xcr0():
+        out.append(
+            _problem(
+                "cpu",
+                f"the image's XSAVE features {h.xcr0:#x} are not all enabled here "
+                f"({host_xcr0():#x})",
+            )
+        )
+    model = ImageModel(reader)
+    if pids:
+        for pid, what in pids_in_use(model):
+            out.append(
+                _problem(
+                    "pid",
+                    f"PID {pid} is in use ({what}); free it, or restore with --pidns",
+                )
+            )
+    for p in model.paths.values():
+        why = changed(p)
+        if why:
+            out.append(_problem("file", f"{p.path}: {why}"))
+    return out
+
+
+def changed(p: PathObj) -> str | None:
+    """Why the file at p.path is not the one the image references, or None."""
+    try:
+        st = os.stat(p.path)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as e:
+        return f"cannot stat: {e.strerror}"
+    if p.kind and stat.S_IFMT(st.st_mode) != stat.S_IFMT(p.mode):
+        return "is a different kind of file now"
+    if st.st_ino != p.ino:
+        return f"was replaced (inode {p.ino} -> {st.st_ino})"
+    if p.kind == PathKind.REG:
+        if st.st_size != p.size:
+            return f"changed since the checkpoint (size {p.size} -> {st.st_size})"
+        if st.st_mtime_ns != p.mtime_ns:
+            return "changed since the checkpoint (modification time differs)"
+    if p.kind == PathKind.CHR and st.st_rdev != p.rdev:
+        return "is another device now"
+    return None
