@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from cptimage.atomic import atomic_output
+from cptimage.atomic import AtomicFile, atomic_output
 from cptimage.container import ImageReader
 from cptimage.errors import ImageError
 from cptimage.verify import verify
@@ -50,7 +50,7 @@ from .errors import (
 from .freezer import Freezer
 from .proc import Proc
 from .restore.restorer import Restorer, RestoreStats
-from .tracer import DEFAULT_OPTIONS, detach_all, freeze_process, reap_traced
+from .tracer import DEFAULT_OPTIONS, Tracee, detach_all, freeze_process, reap_traced
 from .verify_host import check_host
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -116,25 +116,41 @@ class Tree:
         self.name = f"pid-{root}"
         self.freezer = Freezer(self.name)
         self.state_path = os.path.join(run_dir(), self.name + ".json")
+        self._frozen_at = 0.0  # when this command froze the tree (full checkpoints)
 
     # -- state and lock
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[Tree]:
+        """Hold the tree's lock (fails with LockedError, exit 9, if another cpt holds it).
+
+        The lock file is removed on release; an opener that raced with the removal finds
+        its inode no longer at the path and tries again.
+        """
         path = os.path.join(run_dir(), self.name + ".lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
+                os.close(fd)
                 if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                     raise LockedError(
                         f"tree {self.root} is locked by another cpt command; retry when it ends",
                         pid=self.root,
                     ) from None
                 raise
+            try:
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        try:
             yield self
         finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
             os.close(fd)
 
     def load_state(self) -> TreeState | None:
@@ -181,6 +197,7 @@ class Tree:
                 tree = collect_tree(self.root, self.proc)
             else:  # pragma: no cover - a fork bomb
                 raise DumpError(f"tree {self.root} keeps forking; cannot freeze it", pid=self.root)
+            self._frozen_at = time.perf_counter()
             self.freezer.freeze()
             st = TreeState(self.root, "suspended", origins)
             self.save_state(st)
@@ -193,8 +210,9 @@ class Tree:
     def dump(self, dumpfile: str, opts: DumpOptions, *, after: str = "freeze") -> DumpStats:
         """Dump the suspended tree.  `after`: "freeze" (stay suspended), "kill", "resume".
 
-        On failure the tree stays suspended (staged) or is resumed (a full chkpnt asks for
-        "kill" or "resume" and rolls back to running), and no dump file is left.
+        On failure the tree stays suspended (a full chkpnt then resumes it) and no dump
+        file is left.  The file is made durable before a kill, and after a resume or a
+        refreeze, so the final fsync stays out of the frozen window when it can.
         """
         st = self.suspended()
         if st is None:
@@ -205,29 +223,42 @@ class Tree:
             )
         tree = collect_tree(self.root, self.proc)
         live = [i for i in tree.values() if not i.zombie]
-        for info in live:
-            info.tracees = freeze_process(info.pid, DEFAULT_OPTIONS)
-        tracees = [t for i in live for t in i.tracees]
+        tracees: list[Tracee] = []
+        out = AtomicFile(dumpfile)
         ok = False
         try:
-            # ptrace stops hold the tasks; the cgroup must be thawed for injection to run
-            self.freezer.thaw()
-            with atomic_output(dumpfile) as out:
-                stats = Dumper(tree, self.root, opts, self.proc).run(out)
-            ok = True
-        finally:
-            if ok and after == "kill":
-                self._kill_traced(live)
-                self._finish_kill(st)
-            elif ok and after == "resume":
-                detach_all(tracees)
-                self._release(st.origins)
-                self.drop_state()
-            else:
-                # staged, or any failure: back to suspended (a full chkpnt resumes after)
-                self.freezer.freeze_request()
-                detach_all(tracees)
-                self.freezer.wait_frozen()
+            try:
+                for info in live:
+                    info.tracees = freeze_process(info.pid, DEFAULT_OPTIONS)
+                    tracees += info.tracees
+                # ptrace stops hold the tasks; the cgroup must be thawed for injection to run
+                self.freezer.thaw()
+                stats = Dumper(tree, self.root, opts, self.proc).run(out.file)
+                if after == "kill":
+                    out.commit()  # durable before the workload dies
+                ok = True
+            finally:
+                if ok and after == "kill":
+                    self._kill_traced(live)
+                elif ok and after == "resume":
+                    detach_all(tracees)
+                else:
+                    # staged, or any failure: back to suspended
+                    self.freezer.freeze_request()
+                    detach_all(tracees)
+                    self.freezer.wait_frozen()
+            if self._frozen_at:
+                stats.frozen_s = time.perf_counter() - self._frozen_at
+            if after != "kill":
+                out.commit()
+        except BaseException:
+            out.abort()
+            raise
+        if after == "kill":
+            self._finish_kill(st)
+        elif after == "resume":
+            self._release(st.origins)
+            self.drop_state()
         return stats
 
     def kill(self) -> None:

@@ -41,30 +41,57 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+class AtomicFile:
+    """A file written under a temporary name and published by ``commit()``.
+
+    Split from ``atomic_output`` for writers that must do something between writing and
+    the (slow) fsync: a checkpoint resumes the workload first.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], mode: int = 0o600) -> None:
+        self.target = os.fspath(path)
+        self.mode = mode
+        self.directory = os.path.dirname(os.path.abspath(self.target))
+        self.tmp, fd = _create_temp(self.directory, os.path.basename(self.target), 0o600)
+        self.file: BinaryIO = os.fdopen(fd, "wb")
+
+    def commit(self) -> None:
+        """flush, fsync, rename over the target, fsync the directory."""
+        try:
+            self.file.flush()
+            if self.mode != 0o600:
+                os.fchmod(self.file.fileno(), self.mode)
+            os.fsync(self.file.fileno())
+            self.file.close()
+            os.rename(self.tmp, self.target)
+        except BaseException:
+            self.abort()
+            raise
+        _fsync_dir(self.directory)
+
+    def abort(self) -> None:
+        """Drop the temporary file; the target is left untouched."""
+        with contextlib.suppress(OSError):
+            self.file.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.tmp)
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike[str], mode: int = 0o600) -> Iterator[BinaryIO]:
     """A binary file that appears at ``path`` only once it is complete and durable."""
-    target = os.fspath(path)
-    if target == STDOUT:
+    if os.fspath(path) == STDOUT:
         out = sys.stdout.buffer
         yield out
         out.flush()
         return
-    directory = os.path.dirname(os.path.abspath(target))
-    tmp, fd = _create_temp(directory, os.path.basename(target), 0o600)
+    af = AtomicFile(path, mode)
     try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            if mode != 0o600:
-                os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.rename(tmp, target)
+        yield af.file
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        af.abort()
         raise
-    _fsync_dir(directory)
+    af.commit()
 
 
-__all__ = ["STDOUT", "atomic_output"]
+__all__ = ["STDOUT", "AtomicFile", "atomic_output"]

@@ -46,6 +46,7 @@ class DumpStats:
     image_bytes: int = 0
     state_s: float = 0.0  # per-process state (probe, threads, fds, ...)
     pages_s: float = 0.0  # page scan and copy
+    frozen_s: float = 0.0  # freeze to resume or kill (full checkpoints)
 
 
 class Dumper:
