@@ -70,7 +70,7 @@ class Restorer:
         image_map = None
         try:
             files.open_all()
-            slot = max(max_fd(self.model) + 1, 3)
+            slot = _free_slot(max_fd(self.model) + 1)
             with _inherited_pidfd(slot):
                 builder = TreeBuilder(self.model, on_spawn=on_spawn)
                 self.tasks = builder.tasks
@@ -97,7 +97,7 @@ class Restorer:
                     tr.close()
         except BaseException as e:
             self._kill_all()
-            if isinstance(e, CptError) or not isinstance(e, OSError):
+            if isinstance(e, CptError) or not isinstance(e, OSError) or os.environ.get("CPT_DEBUG"):
                 raise
             raise RestoreError(f"restore failed: {e}") from e
         finally:
@@ -161,6 +161,17 @@ class Restorer:
                 os.waitpid(root.pid, 0)  # the root stub is this process's child
 
 
+def _free_slot(lowest: int) -> int:
+    """The first fd number >= lowest that this process does not use either."""
+    slot = max(lowest, 3)
+    while True:
+        try:
+            os.fstat(slot)
+        except OSError:
+            return slot
+        slot += 1
+
+
 @contextlib.contextmanager
 def _inherited_pidfd(slot: int) -> Iterator[None]:
     """A pidfd of this process at fd `slot`, inheritable: every stub gets it at birth."""
@@ -173,10 +184,13 @@ def _inherited_pidfd(slot: int) -> Iterator[None]:
             )
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     pfd = pidfd_open(os.getpid())
-    try:
-        os.dup2(pfd, slot, inheritable=True)
-    finally:
-        os.close(pfd)
+    if pfd == slot:  # the slot was the lowest free fd: pidfd_open took it
+        os.set_inheritable(slot, True)
+    else:
+        try:
+            os.dup2(pfd, slot, inheritable=True)
+        finally:
+            os.close(pfd)
     try:
         yield
     finally:

@@ -53,6 +53,10 @@ def restore_task_state(task: Task, model: ImageModel) -> None:
                 (it.prof_interval_us, it.prof_value_us),
             ]
         ):
+            if interval and not value:
+                # it expired while frozen: ITIMER_REAL re-arms only when its SIGALRM is
+                # dequeued, and setitimer with a zero value would disarm it: due at once
+                value = 1
             if interval or value:
                 arg = _ITIMERVAL.pack(*divmod(interval, 1_000_000), *divmod(value, 1_000_000))
                 call(NR.setitimer, which, sc.push(arg), 0)

@@ -134,6 +134,8 @@ class TreeBuilder:
 def _wait_dead(t: Tracee, pid: int) -> None:
     """Collect the stub's exit as its tracer: the zombie then belongs to its parent."""
     for _ in range(100):
+        if t.dead:  # the injector already collected the exit
+            return
         try:
             status = t.wait(5.0)
         except NoSuchProcess:
