@@ -1,0 +1,385 @@
+"""End to end: real workloads checkpointed, killed and restored through the `cpt` command.
+
+Every workload checks itself after restore (PASS/FAIL with the reason); the tests also
+check what a user sees: exit codes, the dump file (mode 0600, verify clean), PIDs gone
+after a kill, and that refusals leave the workload running or nothing created.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from workloads import ALL_WORKLOADS, Workload, reaping, workloads_fixture  # noqa: F401
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(
+        os.geteuid() != 0, reason="checkpoint/restore needs root (ptrace, clone3 set_tid)"
+    ),
+]
+
+CPT = [sys.executable, "-m", "cli.main"]
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def cpt(tmp_path: Path) -> Iterator[object]:
+    """Run `cpt ARGS` as a separate process; returns (exit code, stdout, stderr)."""
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, CPT_RUN_DIR=str(run_dir))
+
+    def run(*args: object, timeout: float = 120) -> tuple[int, str, str]:
+        p = subprocess.run(
+            [*CPT, *map(str, args)],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+        return p.returncode, p.stdout, p.stderr
+
+    run.run_dir = run_dir  # type: ignore[attr-defined]
+    yield run
+
+
+def pid_exists(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}")
+
+
+def traced_by(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("TracerPid:"):
+            return int(line.split()[1])
+    return 0
+
+
+def checkpoint(cpt, wl: Workload, img: Path, *extra: object) -> str:  # type: ignore[no-untyped-def]
+    with reaping(wl):
+        rc, out, err = cpt("chkpnt", "--pid", wl.pid, "--dumpfile", img, *extra)
+    assert rc == 0, err
+    return out
+
+
+def restore(cpt, wl: Workload, img: Path, *extra: object) -> str:  # type: ignore[no-untyped-def]
+    rc, out, err = cpt("restore", "--dumpfile", img, *extra)
+    assert rc == 0, err
+    wl.refresh()
+    return out
+
+
+# --------------------------------------------------------------------------- every workload
+
+
+@pytest.mark.parametrize("name", ALL_WORKLOADS)
+def test_checkpoint_kill_restore(workloads, cpt, tmp_path: Path, name: str) -> None:
+    wl = workloads.start(name)
+    wl.wait_counter(by=2)
+    pids = set(wl.tree())
+    img = tmp_path / "dump.img"
+    checkpoint(cpt, wl, img)
+    dumped = wl.counter()
+    assert not any(pid_exists(p) for p in pids), "a kill must leave no PID of the tree"
+    assert stat.S_IMODE(img.stat().st_mode) == 0o600
+    rc, out, err = cpt("image", "verify", img)
+    assert rc == 0, out + err
+    rc, out, _ = cpt("image", "show", img)
+    assert rc == 0 and str(wl.pid) in out
+
+    restore(cpt, wl, img)
+    assert set(wl.tree()) == pids, "the same PIDs come back"
+    assert wl.wait_counter(above=dumped, by=2) > dumped
+    with reaping(wl):
+        assert wl.finish() == "PASS"
+
+
+# --------------------------------------------------------------------------- modes and stages
+
+
+def test_leave_running_twice_then_restore(workloads, cpt, tmp_path: Path) -> None:
+    wl = workloads.start("files")
+    wl.wait_counter()
+    for i in (1, 2):
+        out = checkpoint(cpt, wl, tmp_path / f"snap{i}.img", "--leave-running")
+        assert "frozen_s=" in out
+        assert traced_by(wl.pid) == 0
+        c = wl.counter()
+        assert wl.wait_counter(above=c) > c, "the tree keeps running after --leave-running"
+        assert cpt("image", "verify", tmp_path / f"snap{i}.img")[0] == 0
+    rc, _, err = cpt("image", "diff", tmp_path / "snap1.img", tmp_path / "snap2.img")
+    assert rc == 1, "two snapshots of a running counter differ"
+    with reaping(wl):
+        assert wl.finish() == "PASS"
+
+
+def test_dump_restore_dump_restore(workloads, cpt, tmp_path: Path) -> None:
+    wl = workloads.start("tree")
+    wl.wait_counter()
+    for i in (1, 2):
+        img = tmp_path / f"round{i}.img"
+        checkpoint(cpt, wl, img)
+        c = wl.counter()
+        restore(cpt, wl, img)
+        assert wl.wait_counter(above=c) > c
+    with reaping(wl):
+        assert wl.finish() == "PASS"
+
+
+def test_staged_commands(workloads, cpt, tmp_path: Path) -> None:
+    wl = workloads.start("threads")
+    wl.wait_counter()
+    pid = wl.pid
+    img = tmp_path / "staged.img"
+
+    rc, _, err = cpt("chkpnt", "--pid", pid, "--suspend")
+    assert rc == 0, err
+    c = wl.counter()
+    time.sleep(0.3)
+    assert wl.counter() == c, "a suspended tree does not run"
+    assert traced_by(pid) == 0, "the frozen state outlives the command, without ptrace"
+
+    rc, out, err = cpt("chkpnt", "--pid", pid, "--dump", "--dumpfile", img)
+    assert rc == 0, err
+    time.sleep(0.2)
+    assert wl.counter() == c, "still suspended after --dump"
+
+    with reaping(wl):
+        rc, _, err = cpt("chkpnt", "--pid", pid, "--kill")
+    assert rc == 0, err
+    assert not pid_exists(pid)
+
+    rc, _, err = cpt("restore", "--dumpfile", img, "--undump")
+    assert rc == 0, err
+    wl.refresh()
+    assert pid_exists(pid)
+    time.sleep(0.3)
+    assert wl.counter() == c, "undumped: restored but frozen"
+
+    rc, _, err = cpt("restore", "--dumpfile", img, "--resume")
+    assert rc == 0, err
+    assert wl.wait_counter(above=c) > c
+    with reaping(wl):
+        assert wl.finish() == "PASS"
+    assert img.exists(), "restore never deletes a dump file named with --dumpfile"
+
+
+def test_suspend_resume_and_restore_kill(workloads, cpt, tmp_path: Path) -> None:
+    wl = workloads.start("counter")
+    wl.wait_counter()
+    assert cpt("chkpnt", "--pid", wl.pid, "--suspend")[0] == 0
+    assert cpt("chkpnt", "--pid", wl.pid, "--resume")[0] == 0
+    c = wl.counter()
+    assert wl.wait_counter(above=c) > c
+
+    img = tmp_path / "k.img"
+    checkpoint(cpt, wl, img)
+    assert cpt("restore", "--dumpfile", img, "--undump")[0] == 0
+    wl.refresh()
+    with reaping(wl):
+        rc, _, err = cpt("restore", "--dumpfile", img, "--kill")
+    assert rc == 0, err
+    assert not pid_exists(wl.pid)
+
+
+def test_pidfile(workloads, cpt, tmp_path: Path) -> None:
+    wl = workloads.start("counter")
+    wl.wait_counter()
+    img = tmp_path / "p.img"
+    checkpoint(cpt, wl, img)
+    restore(cpt, wl, img, "--pidfile", tmp_path / "pid")
+    assert (tmp_path / "pid").read_text().strip() == str(wl.pid)
+    with reaping(wl):
+        assert wl.finish() == "PASS"
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+@pytest.fixture
+def socket_holder(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A process holding a TCP socket (not supported yet), killed by PID afterwards."""
+    p = subprocess.Popen(
+        [sys.executable, "-c", "import socket, time; s = socket.socket(); time.sleep(600)"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            fds = os.listdir(f"/proc/{p.pid}/fd")
+            if any(os.readlink(f"/proc/{p.pid}/fd/{fd}").startswith("socket:") for fd in fds):
+                break
+            time.sleep(0.02)
+        yield p
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_unsupported_fd_is_refused_and_tree_untouched(cpt, socket_holder, tmp_path: Path) -> None:
+    img = tmp_path / "no.img"
+    rc, _, err = cpt("chkpnt", "--pid", socket_holder.pid, "--dumpfile", img)
+    assert rc == 16
+    assert f"process {socket_holder.pid} fd" in err and "socket" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not img.exists()
+    assert socket_holder.poll() is None
+    assert traced_by(socket_holder.pid) == 0
+    state = Path(f"/proc/{socket_holder.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    assert state == "S"
+    assert not list(Path("/sys/fs/cgroup").rglob(f"cpt/pid-{socket_holder.pid}"))
+
+
+def test_failed_dump_resumes_and_leaves_no_file(workloads, cpt, tmp_path: Path) -> None:
+    wl = workloads.start("counter")
+    wl.wait_counter()
+    img = tmp_path / "missing-dir" / "x.img"
+    rc, _, err = cpt("chkpnt", "--pid", wl.pid, "--dumpfile", img)
+    assert rc == 16, err
+    assert not img.exists()
+    c = wl.counter()
+    assert wl.wait_counter(above=c) > c, "the workload was resumed"
+    assert traced_by(wl.pid) == 0
+    assert not list(tmp_path.glob("**/.x.img.*"))
+    with reaping(wl):
+        assert wl.finish() == "PASS"
+
+
+def test_dump_of_running_tree_is_refused(workloads, cpt, tmp_path: Path) -> None:
+    wl = workloads.start("counter")
+    wl.wait_counter()
+    rc, _, err = cpt("chkpnt", "--pid", wl.pid, "--dump", "--dumpfile", tmp_path / "d.img")
+    assert rc == 16 and "not suspended" in err
+    c = wl.counter()
+    assert wl.wait_counter(above=c) > c
+
+
+def test_restore_refuses_pid_in_use(workloads, cpt, tmp_path: Path) -> None:
+    wl = workloads.start("counter")
+    wl.wait_counter()
+    img = tmp_path / "live.img"
+    checkpoint(cpt, wl, img, "--leave-running")
+    before = set(os.listdir("/proc"))
+    rc, _, err = cpt("restore", "--dumpfile", img)
+    assert rc == 17
+    assert f"PID {wl.pid} is in use" in err and "--pidns" in err
+    after = {p for p in os.listdir("/proc") if p.isdigit()} - {p for p in before if p.isdigit()}
+    assert not [
+        p
+        for p in after
+        if Path(f"/proc/{p}/cmdline").exists()
+        and b"stub" in Path(f"/proc/{p}/cmdline").read_bytes()
+    ]
+    with reaping(wl):
+        assert wl.finish() == "PASS"
+
+
+def test_restore_refuses_changed_file(workloads, cpt, tmp_path: Path) -> None:
+    wl = workloads.start("counter")
+    wl.wait_counter()
+    img = tmp_path / "c.img"
+    checkpoint(cpt, wl, img)
+    with open(wl.dir / "log", "a") as f:
+        f.write("changed behind the checkpoint's back\n")
+    rc, _, err = cpt("restore", "--dumpfile", img)
+    assert rc == 17
+    assert str(wl.dir / "log") in err and "changed" in err
+    assert not pid_exists(wl.pid), "nothing was created"
+
+
+def test_restore_refuses_corrupted_image(workloads, cpt, tmp_path: Path) -> None:
+    wl = workloads.start("counter", "4")
+    wl.wait_counter()
+    img = tmp_path / "bad.img"
+    checkpoint(cpt, wl, img)
+    data = bytearray(img.read_bytes())
+    data[len(data) // 2] ^= 0x40  # inside the page data
+    img.write_bytes(bytes(data))
+    rc, _, err = cpt("restore", "--dumpfile", img)
+    assert rc == 17
+    assert "checksum" in err and "refusing to restore" in err
+    assert not pid_exists(wl.pid)
+
+
+def test_usage_errors(cpt) -> None:
+    rc, _, err = cpt("chkpnt", "--pid", "1", "--suspend", "--kill")
+    assert rc == 20 and "at most one stage" in err
+    rc, _, err = cpt("chkpnt", "--pid", "1", "--dump")
+    assert rc == 20 and "--dumpfile" in err
+    rc, _, err = cpt("restore", "--dumpfile", "x", "--undump", "--kill")
+    assert rc == 20
+
+
+def test_chkpnt_of_missing_process(cpt) -> None:
+    pid = 4_000_000 - 7  # above any pid_max default: never a live process
+    rc, _, err = cpt("chkpnt", "--pid", pid)
+    assert rc == 31 and str(pid) in err
+
+
+def test_second_command_on_a_locked_tree(workloads, cpt) -> None:
+    import fcntl
+
+    wl = workloads.start("counter")
+    wl.wait_counter()
+    cpt.run_dir.mkdir(parents=True, exist_ok=True)
+    lock = cpt.run_dir / f"pid-{wl.pid}.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        rc, _, err = cpt("chkpnt", "--pid", wl.pid, "--suspend")
+        assert rc == 9 and "locked" in err
+    finally:
+        os.close(fd)
+    c = wl.counter()
+    assert wl.wait_counter(above=c) > c
+
+
+def test_kill_leaves_no_zombie_pids(workloads, cpt, tmp_path: Path) -> None:
+    """The tree workload holds two unreaped zombies; a kill reports done only when every
+    PID of the tree is gone."""
+    wl = workloads.start("tree")
+    wl.wait_counter()
+    pids = set(wl.tree())
+    checkpoint(cpt, wl, tmp_path / "t.img")
+    assert not [p for p in pids if pid_exists(p)]
+
+
+def test_sigkill_of_cpt_restore_leaves_nothing(workloads, cpt, tmp_path: Path) -> None:
+    """Stubs are traced with PTRACE_O_EXITKILL: a restorer that dies takes them along."""
+    wl = workloads.start("counter", "64")
+    wl.wait_counter()
+    img = tmp_path / "s.img"
+    checkpoint(cpt, wl, img)
+    env = dict(os.environ, CPT_RUN_DIR=str(cpt.run_dir))
+    p = subprocess.Popen(
+        [*CPT, "restore", "--dumpfile", str(img)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while not pid_exists(wl.pid) and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    wl.refresh()
+    deadline = time.monotonic() + 5
+    while pid_exists(wl.pid) and time.monotonic() < deadline:
+        wl.reap()
+        time.sleep(0.01)
+    if pid_exists(wl.pid):
+        # the restore won the race and finished: then it must be whole and working
+        with reaping(wl):
+            assert wl.finish() == "PASS"
