@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import sys
-from collections.abc import Callable
 from typing import Annotated, Any, BinaryIO
 
 import typer
@@ -13,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cpt.errors import InvalidValue, UsageError
+from cpt.verify_host import check_host
 from cptimage import jsonio
 from cptimage import show as showmod
 from cptimage.atomic import STDOUT, atomic_output
@@ -20,21 +20,14 @@ from cptimage.container import ImageReader
 from cptimage.diff import Difference
 from cptimage.diff import diff as diff_images
 from cptimage.errors import ImageError
-from cptimage.records import Header, HeaderFlags
-from cptimage.verify import Problem, verify_report
+from cptimage.records import HeaderFlags
+from cptimage.verify import verify_report
 
 app = typer.Typer(
     help="Inspect, convert, compare and check dump files.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
-
-# --host hook.  Checks of an image against THIS host (CPU features, xsave size, kernel,
-# page size) belong to the engine (cpt/); the lead wires them here, e.g.
-#     from cpt.host import check_image; image.HOST_CHECK = check_image
-# Until then `verify --host` fails with a usage error instead of pretending to check.
-HostCheck = Callable[[Header], list[Problem]]
-HOST_CHECK: HostCheck | None = None
 
 FileArg = Annotated[str, typer.Argument(metavar="FILE", help="a dump file", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
@@ -250,12 +243,14 @@ def verify(
 
     Exit 0 when the image is clean, 1 when problems were found.
     """
-    if host and HOST_CHECK is None:
-        raise UsageError("image verify --host: host checks are not available in this cpt yet")
+    if host and file == STDOUT:
+        raise UsageError("image verify --host needs a file, not standard input")
     report = verify_report(_input(file))
     problems = list(report.problems)
-    if host and HOST_CHECK is not None and report.header is not None:
-        problems += HOST_CHECK(report.header)
+    if host and not problems:
+        # the engine's verify-before-restore: kernel, CPU, PIDs, referenced files
+        with ImageReader(file) as reader:
+            problems += check_host(reader)
     name = "-" if file == STDOUT else file
     if as_json:
         _print_json(

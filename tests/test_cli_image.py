@@ -138,7 +138,7 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
         (["image", "show", __file__], 40, "not a cpt image (bad magic)"),
         (["image", "show", TREE, "--maps", "4242"], 21, "cpt: process 4242 is not in the image"),
         (["image", "encode", "/nonexistent.json", "-o", "/tmp/x"], 40, "cannot open"),
-        (["image", "verify", TREE, "--host"], 20, "host checks are not available"),
+        (["image", "verify", "-", "--host"], 20, "--host needs a file"),
     ],
 )
 def test_errors_are_one_line_with_the_documented_code(
@@ -148,6 +148,14 @@ def test_errors_are_one_line_with_the_documented_code(
     assert got == code
     assert err.startswith("cpt: ") and message in err and err.count("\n") == 1, err
     assert "Traceback" not in out + err
+
+
+def test_verify_host_names_what_this_host_lacks(capsys: pytest.CaptureFixture[str]) -> None:
+    """The golden images come from a made-up host: another kernel, files that are not here."""
+    code, out, _ = _run(capsys, "image", "verify", TREE, "--host")
+    assert code == 1
+    assert "host kernel: the image was dumped on kernel" in out
+    assert "host file:" in out and "missing" in out
 
 
 def test_no_arguments_shows_help_and_exits_20(capsys: pytest.CaptureFixture[str]) -> None:

@@ -115,7 +115,7 @@ def test_leave_running_twice_then_restore(workloads, cpt, tmp_path: Path) -> Non
         c = wl.counter()
         assert wl.wait_counter(above=c) > c, "the tree keeps running after --leave-running"
         assert cpt("image", "verify", tmp_path / f"snap{i}.img")[0] == 0
-    rc, _, err = cpt("image", "diff", tmp_path / "snap1.img", tmp_path / "snap2.img")
+    rc, _, _ = cpt("image", "diff", tmp_path / "snap1.img", tmp_path / "snap2.img")
     assert rc == 1, "two snapshots of a running counter differ"
     with reaping(wl):
         assert wl.finish() == "PASS"
@@ -147,7 +147,7 @@ def test_staged_commands(workloads, cpt, tmp_path: Path) -> None:
     assert wl.counter() == c, "a suspended tree does not run"
     assert traced_by(pid) == 0, "the frozen state outlives the command, without ptrace"
 
-    rc, out, err = cpt("chkpnt", "--pid", pid, "--dump", "--dumpfile", img)
+    rc, _, err = cpt("chkpnt", "--pid", pid, "--dump", "--dumpfile", img)
     assert rc == 0, err
     time.sleep(0.2)
     assert wl.counter() == c, "still suspended after --dump"
