@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from typing import Annotated
 
@@ -93,6 +94,9 @@ def restore(
     pidfile: Annotated[
         str | None, typer.Option("--pidfile", help="write the restored root PID here")
     ] = None,
+    pidns: Annotated[
+        bool, typer.Option("--pidns", help="restore into a new PID namespace (PIDs in use here)")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Restore a process tree from a dump file: undump, resume (or one stage of it)."""
@@ -107,13 +111,19 @@ def restore(
                 tree.kill()
                 print(f"tree {tree.root} killed")
         return
-    reader = open_for_restore(dumpfile)
+    if pidns and stage in ("resume", "kill"):
+        raise UsageError("--pidns belongs to a full restore or --undump")
+    reader = open_for_restore(dumpfile, pidns=pidns)
     with reader:
-        tree = Tree(reader.header.root_pid)
+        root = reader.header.root_pid
+        # a full restore into a new PID namespace may run beside the original tree: its
+        # freezer (used only while restoring) must not be the original's
+        private = pidns and stage != "undump"
+        tree = Tree(root, name=f"pid-{root}-ns{os.getpid()}" if private else None)
         with tree.locked():
-            stats = tree.restore(reader, undump=stage == "undump")
-    if pidfile:
+            stats = tree.restore(reader, undump=stage == "undump", pidns=pidns)
+    if pidfile:  # the PID this host knows the root by (another one inside a --pidns)
         with open(pidfile, "w") as f:
-            f.write(f"{stats.root_pid}\n")
+            f.write(f"{stats.host_pid}\n")
     what = "undumped" if stage == "undump" else "restored"
     _report(f"{what} tree {stats.root_pid} from {dumpfile}", stats, as_json)

@@ -110,10 +110,10 @@ class TreeState:
 class Tree:
     """A process tree as the stage commands see it: its freezer, state file and lock."""
 
-    def __init__(self, root: int, proc: Proc | None = None) -> None:
+    def __init__(self, root: int, proc: Proc | None = None, *, name: str | None = None) -> None:
         self.root = root
         self.proc = proc or Proc()
-        self.name = f"pid-{root}"
+        self.name = name or f"pid-{root}"
         self.freezer = Freezer(self.name)
         self.state_path = os.path.join(run_dir(), self.name + ".json")
         self._frozen_at = 0.0  # when this command froze the tree (full checkpoints)
@@ -293,8 +293,11 @@ class Tree:
             raise
 
     @_fails_as(RestoreError, "restore")
-    def restore(self, reader: ImageReader, *, undump: bool = False) -> RestoreStats:
-        """Restore the tree the image holds; with `undump` leave it frozen."""
+    def restore(
+        self, reader: ImageReader, *, undump: bool = False, pidns: bool = False
+    ) -> RestoreStats:
+        """Restore the tree the image holds; with `undump` leave it frozen, with `pidns`
+        in a new PID namespace."""
         if self.suspended():
             raise RestoreError(
                 f"tree {self.root} is already restored or suspended: resume or kill it first",
@@ -306,6 +309,7 @@ class Tree:
             stats = Restorer(reader, self.proc).run(
                 on_spawn=lambda pid: self.freezer.add([pid]),
                 freeze=self.freezer.freeze_request if undump else None,
+                pidns=pidns,
             )
         except BaseException:
             with contextlib.suppress(CptError):
@@ -375,7 +379,7 @@ def _holder(pid: int) -> str:
     return f"state {st.state}"
 
 
-def open_for_restore(dumpfile: str) -> ImageReader:
+def open_for_restore(dumpfile: str, *, pidns: bool = False) -> ImageReader:
     """The image, after verify-before-restore: its checksums and structure, then this host.
 
     Refuses with the first problems, precisely, before any process is created.
@@ -388,7 +392,7 @@ def open_for_restore(dumpfile: str) -> ImageReader:
         reader = ImageReader(dumpfile)
     except ImageError as e:
         raise RestoreError(f"{e}; refusing to restore") from None
-    host = check_host(reader)
+    host = check_host(reader, pids=not pidns)
     if host:
         reader.close()
         msgs = "; ".join(p.message for p in host[:3])

@@ -19,13 +19,14 @@ import os
 import signal
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from cpt.errors import NoSuchProcess, RestoreError
 from cpt.sys import ptrace
 from cpt.sys.clone import (
     CLONE_ARGS_SIZE,
     CLONE_CHILD_CLEARTID,
+    CLONE_NEWPID,
     CLONE_THREAD_FLAGS,
     clone3_execve,
     pack_clone_args,
@@ -69,43 +70,118 @@ STUB_OPTIONS = (
 )
 
 
-def build_stub(base: int = STUB_BASE) -> bytes:
-    """The stub ELF image, loaded at `base` (page aligned)."""
+def _elf(code: bytes, base: int) -> bytes:
+    """A static ELF whose single PT_LOAD (R+X) maps the file at `base`, entry at the code."""
     if base % 4096:
-        raise ValueError(f"stub base {base:#x} is not page aligned")
+        raise ValueError(f"ELF base {base:#x} is not page aligned")
+    size = _CODE_OFFSET + len(code)
     ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)  # ELFCLASS64, LSB, EV_CURRENT, SYSV
     ehdr = _EHDR.pack(
         ident, 2, 62, 1, base + _CODE_OFFSET, _EHDR.size, 0, 0, _EHDR.size, _PHDR.size, 2, 0, 0, 0
     )  # ET_EXEC, EM_X86_64, 2 phdrs, no sections
-    load = _PHDR.pack(_PT_LOAD, _PF_R | _PF_X, 0, base, base, STUB_SIZE, STUB_SIZE, 0x1000)
+    load = _PHDR.pack(_PT_LOAD, _PF_R | _PF_X, 0, base, base, size, size, 0x1000)
     # Without PT_GNU_STACK the stack would default to the arch's exec-stack policy.
     stack = _PHDR.pack(_PT_GNU_STACK, _PF_R | _PF_W, 0, 0, 0, 0, 0, 16)
-    image = ehdr + load + stack + _CODE
+    return ehdr + load + stack + code
+
+
+def build_stub(base: int = STUB_BASE) -> bytes:
+    """The stub ELF image, loaded at `base` (page aligned)."""
+    image = _elf(_CODE, base)
     assert len(image) == STUB_SIZE
     return image
 
 
-_stub_fd: int | None = None
-_stub_owner: int | None = None
+def _init_code() -> bytes:
+    """Machine code of the init of a restore's new PID namespace.
+
+           close_range(0, ~0, 0)                        # hold none of our fds (pipes!)
+    wait:  kill(-1, 0) == -ESRCH ? sleep, goto wait     # until the tree appears
+    reap:  wait4(-1, 0, __WALL, 0) != -ECHILD ? goto reap
+           kill(-1, 0) == -ESRCH ? exit_group(0)        # the namespace is empty
+           sleep; goto reap                             # others live: poll
+    sleep: nanosleep(20 ms)
+    """
+    kill_all = bytes.fromhex("b83e00000048c7c7ffffffff31f60f054883f8fd")
+    wait4 = bytes.fromhex("b83d00000048c7c7ffffffff31f6ba000000404531d20f05")
+    exit0 = bytes.fromhex("b8e700000031ff0f05")
+    sleep = bytes.fromhex("b823000000488d3d0500000031f60f05c3")
+    ts = struct.pack("<qq", 0, 20_000_000)
+
+    def rel8(frm: int, to: int) -> int:
+        return (to - frm) & 0xFF
+
+    # offsets, laid out below; jumps are 2 bytes, call is 5
+    w = 0
+    w_jne = w + len(kill_all)
+    w_call = w_jne + 2
+    w_jmp = w_call + 5
+    r = w_jmp + 2
+    r_cmp = r + len(wait4)
+    r_jne = r_cmp + 4
+    r_kill = r_jne + 2
+    r_je = r_kill + len(kill_all)
+    r_call = r_je + 2
+    r_jmp = r_call + 5
+    done = r_jmp + 2
+    slp = done + len(exit0)
+    code = (
+        kill_all
+        + bytes([0x75, rel8(w_jne + 2, r)])
+        + b"\xe8" + struct.pack("<i", slp - (w_call + 5))
+        + bytes([0xEB, rel8(w_jmp + 2, w)])
+        + wait4
+        + bytes.fromhex("4883f8f6")  # cmp rax, -ECHILD
+        + bytes([0x75, rel8(r_jne + 2, r)])
+        + kill_all
+        + bytes([0x74, rel8(r_je + 2, done)])
+        + b"\xe8" + struct.pack("<i", slp - (r_call + 5))
+        + bytes([0xEB, rel8(r_jmp + 2, r)])
+        + exit0
+        + sleep
+        + ts
+    )  # fmt: skip
+    assert code.index(sleep) == slp
+    close_all = bytes.fromhex("b8b401000031ffbeffffffff31d20f05")  # jumps are relative
+    return close_all + code
 
 
-def stub_exec_path() -> str:
-    """A path any process may execve to run the stub: a sealed memfd of THIS process,
-    /proc/<pid>/fd/<n>, valid while this process lives (created once per process)."""
-    global _stub_fd, _stub_owner
-    if _stub_fd is None or _stub_owner != os.getpid():
-        if _stub_fd is not None:
+def build_init(base: int = STUB_BASE) -> bytes:
+    """The init ELF of a new PID namespace (see _init_code)."""
+    return _elf(_init_code(), base)
+
+
+_memfds: dict[str, tuple[int, int]] = {}  # name -> (fd, owner pid)
+
+
+def _exec_path(name: str, build: Callable[[], bytes]) -> str:
+    """A path any process may execve: a sealed memfd of THIS process, /proc/<pid>/fd/<n>,
+    valid while this process lives (created once per process)."""
+    fd, owner = _memfds.get(name, (-1, -1))
+    if owner != os.getpid():
+        if fd >= 0:
             # Forked since: the inherited memfd is reachable only as /proc/<parent>/fd/N.
-            os.close(_stub_fd)
-        fd = memfd_create("cpt-stub", MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_EXEC)
-        os.write(fd, build_stub())
+            os.close(fd)
+        fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_EXEC)
+        os.write(fd, build())
         fcntl.fcntl(
             fd,
             fcntl.F_ADD_SEALS,
             fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE,
         )
-        _stub_fd, _stub_owner = fd, os.getpid()
-    return f"/proc/{_stub_owner}/fd/{_stub_fd}"
+        owner = os.getpid()
+        _memfds[name] = (fd, owner)
+    return f"/proc/{owner}/fd/{fd}"
+
+
+def stub_exec_path() -> str:
+    return _exec_path("cpt-stub", build_stub)
+
+
+def start_init() -> int:
+    """Start the init of a new PID namespace as a child of this process; returns its pid
+    (in this process's namespace; it is pid 1 in its own)."""
+    return clone3_execve(_exec_path("cpt-init", build_init), ["cpt-init"], [], flags=CLONE_NEWPID)
 
 
 def start_stub(set_tid: Sequence[int] | None = None, flags: int = 0) -> int:

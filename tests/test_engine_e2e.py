@@ -383,3 +383,33 @@ def test_sigkill_of_cpt_restore_leaves_nothing(workloads, cpt, tmp_path: Path) -
         # the restore won the race and finished: then it must be whole and working
         with reaping(wl):
             assert wl.finish() == "PASS"
+
+
+def test_pidns_restores_while_pids_are_in_use(workloads, cpt, tmp_path: Path) -> None:
+    """The original stays (suspended, its PIDs in use); the copy gets the same PIDs inside
+    a new PID namespace."""
+    wl = workloads.start("tree")
+    wl.wait_counter()
+    img = tmp_path / "ns.img"
+    assert cpt("chkpnt", "--pid", wl.pid, "--suspend")[0] == 0
+    assert cpt("chkpnt", "--pid", wl.pid, "--dump", "--dumpfile", img)[0] == 0
+    rc, _, err = cpt("restore", "--dumpfile", img)
+    assert rc == 17 and f"PID {wl.pid} is in use" in err
+    rc, _, err = cpt("restore", "--dumpfile", img, "--pidns", "--pidfile", tmp_path / "pid")
+    assert rc == 0, err
+    host_pid = int((tmp_path / "pid").read_text())
+    try:
+        assert host_pid != wl.pid
+        nspid = next(
+            line.split()[1:]
+            for line in Path(f"/proc/{host_pid}/status").read_text().splitlines()
+            if line.startswith("NSpid:")
+        )
+        assert nspid == [str(host_pid), str(wl.pid)], "inside, the root has its old PID"
+        children = Path(f"/proc/{host_pid}/task/{host_pid}/children").read_text().split()
+        assert len(children) == 4, "its two children and two zombies came back too"
+    finally:
+        os.kill(host_pid, signal.SIGKILL)
+    assert cpt("chkpnt", "--pid", wl.pid, "--resume")[0] == 0
+    with reaping(wl):
+        assert wl.finish() == "PASS"

@@ -76,7 +76,7 @@ def open_in_target(task: Task, path: PathObj, flags: int) -> int:
 def take_over(task: Task, proc: Proc) -> None:
     """Map the scratch trampoline and clear the stub's own mappings (but the vDSO trio)."""
     t = task.leader
-    stub_maps = proc.maps(task.pid)
+    stub_maps = proc.maps(task.host_pid)
     occupied = [(m.start, m.end) for m in stub_maps] + [(v.start, v.end) for v in task.img.vmas]
     sc = Scratch.map(t, occupied, exec_=True)
     sc.put(SYSCALL_INSN)
@@ -177,7 +177,7 @@ def write_pages(task: Task, reader: ImageReader, image_map: mmap.mmap | None) ->
     total = 0
     if pieces is None:
         for _run, addr, data in pagestore.iter_run_data(reader, runs):
-            process_vm_writev(task.pid, data, [(addr, len(data))])
+            process_vm_writev(task.host_pid, data, [(addr, len(data))])
             total += len(data)
         return total
     assert image_map is not None
@@ -193,7 +193,7 @@ def write_pages(task: Task, reader: ImageReader, image_map: mmap.mmap | None) ->
             remote.append((addr, n))
             end = off + n
             i += 1
-        process_vm_writev(task.pid, view[start:end], remote)
+        process_vm_writev(task.host_pid, view[start:end], remote)
         total += end - start
     view.release()
     return total

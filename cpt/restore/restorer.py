@@ -32,6 +32,7 @@ from ..tracer import reap_traced
 from .files import FileRestorer, max_fd
 from .mm import finish_vmas, map_vmas, set_mm, take_over, write_pages
 from .model import ImageModel
+from .pidns import PidNamespace
 from .signals import restore_pending, restore_sigactions
 from .task import restore_outside, restore_task_state
 from .threads import create_threads, set_registers, setup_thread
@@ -46,7 +47,9 @@ class RestoreStats:
     tasks_s: float = 0.0  # stubs, sessions, groups, zombies
     memory_s: float = 0.0  # address spaces and pages
     total_s: float = 0.0
-    root_pid: int = 0
+    root_pid: int = 0  # as the image (and the tree itself) knows it
+    host_pid: int = 0  # as this host knows it: differs under --pidns
+    pidns_init: int = 0  # --pidns: the namespace's init, as this host sees it
     warnings: list[str] = dataclasses.field(default_factory=list)
 
 
@@ -62,16 +65,23 @@ class Restorer:
         self,
         on_spawn: Callable[[int], None] | None = None,
         freeze: Callable[[], None] | None = None,
+        pidns: bool = False,
     ) -> RestoreStats:
         """Restore; `on_spawn(pid)` sees the root stub first (to put it in a cgroup),
-        `freeze()` is called before detaching to leave the tree frozen (undump)."""
+        `freeze()` is called before detaching to leave the tree frozen (undump); `pidns`
+        restores into a new PID namespace."""
         t0 = time.perf_counter()
         files = FileRestorer(self.model)
         image_map = None
+        ns: PidNamespace | None = None
         try:
             files.open_all()
             slot = _free_slot(max_fd(self.model) + 1)
-            with _inherited_pidfd(slot):
+            if pidns:
+                ns = PidNamespace()
+                self.stats.pidns_init = ns.init_pid
+            inside = ns.children_inside() if ns else contextlib.nullcontext()
+            with _inherited_pidfd(slot), inside:
                 builder = TreeBuilder(self.model, on_spawn=on_spawn)
                 self.tasks = builder.tasks
                 builder.build()
@@ -80,6 +90,7 @@ class Restorer:
                     f"the root's process group {self.model.procs[self.model.root].proc.pgid} "
                     f"was outside the tree: the restored tree joined this command's group"
                 )
+            self.stats.host_pid = self.tasks[self.model.root].host_pid
             t1 = time.perf_counter()
             image_map = self._map_image()
             live = [self.tasks[p] for p in self.model.order if not self.tasks[p].img.zombie]
@@ -97,6 +108,8 @@ class Restorer:
                     tr.close()
         except BaseException as e:
             self._kill_all()
+            if ns is not None:
+                ns.destroy()
             if isinstance(e, CptError) or not isinstance(e, OSError) or os.environ.get("CPT_DEBUG"):
                 raise
             raise RestoreError(f"restore failed: {e}") from e
@@ -153,12 +166,12 @@ class Restorer:
         tracees = [tr for task in self.tasks.values() for tr in task.threads.values()]
         for task in self.tasks.values():
             with contextlib.suppress(ProcessLookupError):
-                os.kill(task.pid, signal.SIGKILL)
+                os.kill(task.host_pid, signal.SIGKILL)
         reap_traced(tracees, timeout=2.0)
         root = self.tasks.get(self.model.root)
         if root is not None:
             with contextlib.suppress(ChildProcessError):
-                os.waitpid(root.pid, 0)  # the root stub is this process's child
+                os.waitpid(root.host_pid, 0)  # the root stub is this process's child
 
 
 def _free_slot(lowest: int) -> int:

@@ -65,7 +65,7 @@ def restore_task_state(task: Task, model: ImageModel) -> None:
 
 def restore_outside(task: Task) -> None:
     """What the restorer sets through /proc and prlimit, before credentials change."""
-    pid = task.pid
+    pid = task.host_pid
     rl = task.img.rlimits
     if rl is not None:
         for lim in rl.limits:

@@ -36,7 +36,13 @@ class Task:
 
     @property
     def pid(self) -> int:
+        """The PID the image gives it (what the process sees, in its namespace)."""
         return self.img.pid
+
+    @property
+    def host_pid(self) -> int:
+        """Its PID where the restorer runs (differs under --pidns): for /proc, prlimit, ..."""
+        return self.leader.pid
 
     def tracees(self) -> list[Tracee]:
         return [self.leader, *(t for tid, t in self.threads.items() if tid != self.pid)]
