@@ -147,8 +147,15 @@ class FixedCodec:
         self.names = [n for n, _ in fields]
         self.struct = cs.Struct(*[n / spec.con for n, spec in fields])
         self.size = sum(spec.size for _, spec in fields)
-        self.compiled = self.struct.compile()
+        self._compiled: cs.Construct | None = None
         self.zeros = b"\0" * self.size
+
+    @property
+    def compiled(self) -> cs.Construct:
+        """The compiled struct, built on first use (compiling ~50 types costs ~50 ms)."""
+        if self._compiled is None:
+            self._compiled = self.struct.compile()
+        return self._compiled
 
     def parse(self, data: bytes, *, plain: bool = False) -> tuple[list[Any], bytes]:
         """Values in declaration order, plus the stored bytes this version does not know."""
