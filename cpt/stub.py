@@ -26,7 +26,6 @@ from cpt.sys import ptrace
 from cpt.sys.clone import (
     CLONE_ARGS_SIZE,
     CLONE_CHILD_CLEARTID,
-    CLONE_NEWPID,
     CLONE_THREAD_FLAGS,
     clone3_execve,
     pack_clone_args,
@@ -95,55 +94,24 @@ def build_stub(base: int = STUB_BASE) -> bytes:
 def _init_code() -> bytes:
     """Machine code of the init of a restore's new PID namespace.
 
-           close_range(0, ~0, 0)                        # hold none of our fds (pipes!)
-    wait:  kill(-1, 0) == -ESRCH ? sleep, goto wait     # until the tree appears
-    reap:  wait4(-1, 0, __WALL, 0) != -ECHILD ? goto reap
-           kill(-1, 0) == -ESRCH ? exit_group(0)        # the namespace is empty
-           sleep; goto reap                             # others live: poll
-    sleep: nanosleep(20 ms)
+    It starts as a stub (the same pause loop at the same offset, so the restorer drives it
+    like any stub: it clones the tree's root from it), then the restorer points it at
+    INIT_REAPER:
+
+        reap:  close_range(0, ~0, 0)                          # hold none of our fds
+        loop:  wait4(-1, NULL, __WALL, NULL) != -ECHILD ? goto loop
+               exit_group(0)                                  # last child gone: the end
     """
-    kill_all = bytes.fromhex("b83e00000048c7c7ffffffff31f60f054883f8fd")
+    close_all = bytes.fromhex("b8b401000031ffbeffffffff31d20f05")
     wait4 = bytes.fromhex("b83d00000048c7c7ffffffff31f6ba000000404531d20f05")
+    cmp_echild = bytes.fromhex("4883f8f6")  # cmp rax, -ECHILD
+    back = -(len(wait4) + len(cmp_echild) + 2)
     exit0 = bytes.fromhex("b8e700000031ff0f05")
-    sleep = bytes.fromhex("b823000000488d3d0500000031f60f05c3")
-    ts = struct.pack("<qq", 0, 20_000_000)
+    return _CODE + close_all + wait4 + cmp_echild + bytes([0x75, back & 0xFF]) + exit0
 
-    def rel8(frm: int, to: int) -> int:
-        return (to - frm) & 0xFF
 
-    # offsets, laid out below; jumps are 2 bytes, call is 5
-    w = 0
-    w_jne = w + len(kill_all)
-    w_call = w_jne + 2
-    w_jmp = w_call + 5
-    r = w_jmp + 2
-    r_cmp = r + len(wait4)
-    r_jne = r_cmp + 4
-    r_kill = r_jne + 2
-    r_je = r_kill + len(kill_all)
-    r_call = r_je + 2
-    r_jmp = r_call + 5
-    done = r_jmp + 2
-    slp = done + len(exit0)
-    code = (
-        kill_all
-        + bytes([0x75, rel8(w_jne + 2, r)])
-        + b"\xe8" + struct.pack("<i", slp - (w_call + 5))
-        + bytes([0xEB, rel8(w_jmp + 2, w)])
-        + wait4
-        + bytes.fromhex("4883f8f6")  # cmp rax, -ECHILD
-        + bytes([0x75, rel8(r_jne + 2, r)])
-        + kill_all
-        + bytes([0x74, rel8(r_je + 2, done)])
-        + b"\xe8" + struct.pack("<i", slp - (r_call + 5))
-        + bytes([0xEB, rel8(r_jmp + 2, r)])
-        + exit0
-        + sleep
-        + ts
-    )  # fmt: skip
-    assert code.index(sleep) == slp
-    close_all = bytes.fromhex("b8b401000031ffbeffffffff31d20f05")  # jumps are relative
-    return close_all + code
+# where the init's reaper starts (the pause loop comes first, as in the stub)
+INIT_REAPER = STUB_ENTRY + len(_CODE)
 
 
 def build_init(base: int = STUB_BASE) -> bytes:
@@ -178,17 +146,18 @@ def stub_exec_path() -> str:
     return _exec_path("cpt-stub", build_stub)
 
 
-def start_init() -> int:
-    """Start the init of a new PID namespace as a child of this process; returns its pid
-    (in this process's namespace; it is pid 1 in its own)."""
-    return clone3_execve(_exec_path("cpt-init", build_init), ["cpt-init"], [], flags=CLONE_NEWPID)
+def init_exec_path() -> str:
+    return _exec_path("cpt-init", build_init)
 
 
-def start_stub(set_tid: Sequence[int] | None = None, flags: int = 0) -> int:
+def start_stub(
+    set_tid: Sequence[int] | None = None, flags: int = 0, path: str | None = None
+) -> int:
     """Start a stub as a child of this process (exit signal SIGCHLD), not traced; returns
     its pid. `set_tid` asks for exact ids, innermost pid namespace first; `flags` are extra
-    CLONE_* flags (CLONE_NEWPID makes it the init of a new pid namespace: set_tid=[1, pid])."""
-    return clone3_execve(stub_exec_path(), ["cpt-stub"], [], set_tid=set_tid, flags=flags)
+    CLONE_* flags (CLONE_NEWPID makes it the init of a new pid namespace: set_tid=[1, pid]);
+    `path` runs another stub-shaped program (the namespace init)."""
+    return clone3_execve(path or stub_exec_path(), ["cpt-stub"], [], set_tid=set_tid, flags=flags)
 
 
 def spawn_stub(
@@ -196,11 +165,12 @@ def spawn_stub(
     options: int = STUB_OPTIONS,
     timeout: float = 5.0,
     flags: int = 0,
+    path: str | None = None,
 ) -> Tracee:
     """Start a stub, PTRACE_SEIZE it and stop it once it runs stub code (normally asleep in
     pause()). The returned Tracee injects through STUB_SYSCALL. On failure the stub is
     killed and reaped."""
-    pid = start_stub(set_tid, flags)
+    pid = start_stub(set_tid, flags, path)
     try:
         t = Tracee(pid, pid=pid)
         t.seize(options)

@@ -36,11 +36,11 @@ def cpt(tmp_path: Path) -> Iterator[object]:
     run_dir = tmp_path / "run"
     env = dict(os.environ, CPT_RUN_DIR=str(run_dir))
 
-    def run(*args: object, timeout: float = 120) -> tuple[int, str, str]:
+    def run(*args: object, timeout: float = 120, fault: str | None = None) -> tuple[int, str, str]:
         p = subprocess.run(
             [*CPT, *map(str, args)],
             cwd=REPO,
-            env=env,
+            env=dict(env, CPT_FAULT=fault) if fault else env,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -49,6 +49,7 @@ def cpt(tmp_path: Path) -> Iterator[object]:
         return p.returncode, p.stdout, p.stderr
 
     run.run_dir = run_dir  # type: ignore[attr-defined]
+    run.env = env  # type: ignore[attr-defined]
     yield run
 
 
@@ -355,34 +356,67 @@ def test_kill_leaves_no_zombie_pids(workloads, cpt, tmp_path: Path) -> None:
     assert not [p for p in pids if pid_exists(p)]
 
 
-def test_sigkill_of_cpt_restore_leaves_nothing(workloads, cpt, tmp_path: Path) -> None:
-    """Stubs are traced with PTRACE_O_EXITKILL: a restorer that dies takes them along."""
-    wl = workloads.start("counter", "64")
+def no_freezer_left(name: str) -> bool:
+    return not list(Path("/sys/fs/cgroup").rglob(f"cpt/{name}"))
+
+
+def test_failed_dump_in_a_full_checkpoint_resumes_the_tree(workloads, cpt, tmp_path) -> None:
+    wl = workloads.start("threads")
     wl.wait_counter()
+    img = tmp_path / "f.img"
+    rc, _, err = cpt("chkpnt", "--pid", wl.pid, "--dumpfile", img, fault="dump:pages")
+    assert rc == 16 and "fault injected at dump:pages" in err
+    assert not img.exists() and not list(tmp_path.glob(".f.img.*"))
+    c = wl.counter()
+    assert wl.wait_counter(above=c) > c, "the tree runs again"
+    assert traced_by(wl.pid) == 0
+    assert no_freezer_left(f"pid-{wl.pid}")
+    with reaping(wl):
+        assert wl.finish() == "PASS"
+
+
+def test_failed_restore_leaves_nothing_alive(workloads, cpt, tmp_path: Path) -> None:
+    wl = workloads.start("tree")
+    wl.wait_counter()
+    pids = set(wl.tree())
+    img = tmp_path / "r.img"
+    checkpoint(cpt, wl, img)
+    with reaping(wl):
+        rc, _, err = cpt("restore", "--dumpfile", img, fault="restore:memory")
+    assert rc == 17 and "fault injected at restore:memory" in err
+    assert not [p for p in pids if pid_exists(p)]
+    assert no_freezer_left(f"pid-{wl.pid}")
+    restore(cpt, wl, img)  # and the image still restores
+    with reaping(wl):
+        assert wl.finish() == "PASS"
+
+
+def test_sigkill_of_cpt_restore_leaves_nothing(workloads, cpt, tmp_path: Path) -> None:
+    """Stubs are traced with PTRACE_O_EXITKILL: a restorer killed with the whole tree built
+    but not yet released takes every process along."""
+    wl = workloads.start("tree")
+    wl.wait_counter()
+    pids = set(wl.tree())
     img = tmp_path / "s.img"
     checkpoint(cpt, wl, img)
-    env = dict(os.environ, CPT_RUN_DIR=str(cpt.run_dir))
+    env = dict(cpt.env, CPT_FAULT="restore:detach:stall")
     p = subprocess.Popen(
         [*CPT, "restore", "--dumpfile", str(img)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while not pid_exists(wl.pid) and p.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.001)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    wl.refresh()
-    deadline = time.monotonic() + 5
-    while pid_exists(wl.pid) and time.monotonic() < deadline:
-        wl.reap()
-        time.sleep(0.01)
-    if pid_exists(wl.pid):
-        # the restore won the race and finished: then it must be whole and working
-        with reaping(wl):
-            assert wl.finish() == "PASS"
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert p.stderr is not None
+        line = p.stderr.readline()
+        assert "stalled at restore:detach" in line
+        assert all(pid_exists(pid) for pid in pids), "the whole tree exists, still traced"
+    finally:
+        p.kill()
+        p.wait()
+    with reaping(wl):
+        deadline = time.monotonic() + 10
+        while [q for q in pids if pid_exists(q)] and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert not [q for q in pids if pid_exists(q)]
 
 
 def test_pidns_restores_while_pids_are_in_use(workloads, cpt, tmp_path: Path) -> None:
@@ -408,8 +442,20 @@ def test_pidns_restores_while_pids_are_in_use(workloads, cpt, tmp_path: Path) ->
         assert nspid == [str(host_pid), str(wl.pid)], "inside, the root has its old PID"
         children = Path(f"/proc/{host_pid}/task/{host_pid}/children").read_text().split()
         assert len(children) == 4, "its two children and two zombies came back too"
+        init = int(Path(f"/proc/{host_pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        init_nspid = next(
+            line.split()[1:]
+            for line in Path(f"/proc/{init}/status").read_text().splitlines()
+            if line.startswith("NSpid:")
+        )
+        assert init_nspid[-1] == "1", "the root's parent is the namespace's init"
     finally:
         os.kill(host_pid, signal.SIGKILL)
     assert cpt("chkpnt", "--pid", wl.pid, "--resume")[0] == 0
     with reaping(wl):
         assert wl.finish() == "PASS"
+    # the init reaps the copy, exits once it has no child left, and comes to us: reap it
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and os.waitpid(init, os.WNOHANG)[0] == 0:
+        time.sleep(0.02)
+    assert not pid_exists(init)

@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 from cptimage.container import ImageWriter
 from cptimage.records import Header, HeaderFlags, SectionType, SourceKind, Vma
 
-from .. import hostinfo
+from .. import fault, hostinfo
 from ..proc import Proc
 from .creds import dump_creds
 from .files import FileTable
@@ -68,6 +68,7 @@ class Dumper:
             if not info.zombie:
                 self._process(info)
         t1 = time.perf_counter()
+        fault.point("dump:pages")
         writer = ImageWriter(out, self._header(), compress_pages=self.opts.compress)
         for pid, vmas in self.vmas.items():
             pd = PageDumper(pid, writer)

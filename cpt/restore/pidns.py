@@ -1,9 +1,10 @@
 """A new PID namespace for a restore (`--pidns`): the tree keeps its PIDs inside it.
 
-Its init is a tiny static program (cpt.stub.build_init) that reaps orphans and exits once
-the namespace is empty.  The restorer enters the namespace for its children with
-setns(CLONE_NEWPID) only while it creates the root stub; every other process is cloned
-from inside by its parent's stub.
+Its init is a stub-shaped static program (cpt.stub.build_init), created with CLONE_NEWPID
+and traced like any stub: the restorer clones the tree's root from it, so the root's
+parent is the namespace's init, as in a container.  Once the tree is built the init is
+pointed at its reaper loop, which reaps every child and exits when the last one is gone
+(ending the namespace).
 """
 
 from __future__ import annotations
@@ -11,35 +12,37 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Iterator
 
-from ..stub import start_init
+from ..proc import Proc
+from ..remote import Scratch
+from ..stub import INIT_REAPER, init_exec_path, spawn_stub
 from ..sys.clone import CLONE_NEWPID
-from ..sys.ns import setns
+from ..tracer import Tracee
 
 
 class PidNamespace:
     def __init__(self) -> None:
-        self.init_pid = start_init()
+        self.init: Tracee = spawn_stub(flags=CLONE_NEWPID, path=init_exec_path())
+        with self.init.session():
+            occupied = [(v.start, v.end) for v in Proc().maps(self.init.pid)]
+            self.scratch = Scratch.map(self.init, occupied, size=1 << 16)
 
-    @contextlib.contextmanager
-    def children_inside(self) -> Iterator[None]:
-        """This process's next children are created in the namespace."""
-        here = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-        ns = os.open(f"/proc/{self.init_pid}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            setns(ns, CLONE_NEWPID)
-            try:
-                yield
-            finally:
-                setns(here, CLONE_NEWPID)
-        finally:
-            os.close(ns)
-            os.close(here)
+    @property
+    def init_pid(self) -> int:
+        return self.init.pid
+
+    def start_reaping(self) -> None:
+        """Send the init to its reaper loop and let it go."""
+        regs = self.init.get_regs()
+        regs.rip = INIT_REAPER
+        regs.orig_rax = -1  # no syscall restart: it was asleep in pause()
+        self.init.set_regs(regs)
+        self.init.detach()
+        self.init.close()
 
     def destroy(self) -> None:
         """Kill the init (and with it every process of the namespace) and reap it."""
         with contextlib.suppress(ProcessLookupError):
-            os.kill(self.init_pid, signal.SIGKILL)
+            os.kill(self.init.pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.init_pid, 0)
+            os.waitpid(self.init.pid, 0)

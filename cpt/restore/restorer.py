@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from cptimage.container import ImageReader
 from cptimage.records import Compression
 
+from .. import fault
 from ..errors import CptError, NoSuchProcess, RestoreError
 from ..proc import Proc
 from ..sys.syscalls import NR
@@ -77,12 +78,12 @@ class Restorer:
         try:
             files.open_all()
             slot = _free_slot(max_fd(self.model) + 1)
-            if pidns:
-                ns = PidNamespace()
-                self.stats.pidns_init = ns.init_pid
-            inside = ns.children_inside() if ns else contextlib.nullcontext()
-            with _inherited_pidfd(slot), inside:
-                builder = TreeBuilder(self.model, on_spawn=on_spawn)
+            with _inherited_pidfd(slot):
+                if pidns:
+                    ns = PidNamespace()
+                    self.stats.pidns_init = ns.init_pid
+                parent = (ns.init, ns.scratch.addr) if ns else None
+                builder = TreeBuilder(self.model, on_spawn=on_spawn, parent=parent)
                 self.tasks = builder.tasks
                 builder.build()
             if builder.external_session:
@@ -97,15 +98,19 @@ class Restorer:
             for task in live:
                 self._process(task, files, slot, image_map)
             t2 = time.perf_counter()
+            fault.point("restore:memory")
             for task in live:
                 for th in task.img.threads:
                     set_registers(th, task.threads[th.tid])
+            fault.point("restore:detach")
             if freeze is not None:
                 freeze()
             for task in live:
                 for tr in task.tracees():
                     tr.detach()
                     tr.close()
+            if ns is not None:
+                ns.start_reaping()
         except BaseException as e:
             self._kill_all()
             if ns is not None:

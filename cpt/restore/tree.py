@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import signal
 import struct
+from collections.abc import Callable
 
 from ..errors import NoSuchProcess, RestoreError
 from ..proc import Proc
@@ -49,17 +50,28 @@ class Task:
 
 
 class TreeBuilder:
-    def __init__(self, model: ImageModel, on_spawn: object = None) -> None:
+    def __init__(
+        self,
+        model: ImageModel,
+        on_spawn: Callable[[int], None] | None = None,
+        parent: tuple[Tracee, int] | None = None,
+    ) -> None:
+        """`parent`: (a traced stub, a scratch address in it) to clone the root from, in
+        its PID namespace; by default the restorer creates the root itself."""
         self.model = model
         self.tasks: dict[int, Task] = {}
         self.on_spawn = on_spawn
+        self.parent = parent
         self._cscratch: int = 0  # creation scratch, inherited by every forked stub
         self.external_session = False
 
     def build(self) -> dict[int, Task]:
         root = self.model.procs[self.model.root]
-        leader = spawn_stub([root.pid], options=STUB_OPTIONS)
-        if callable(self.on_spawn):
+        if self.parent is not None:
+            leader = clone_stub(self.parent[0], self.parent[1], set_tid=[root.pid])
+        else:
+            leader = spawn_stub([root.pid], options=STUB_OPTIONS)
+        if self.on_spawn is not None:
             self.on_spawn(leader.pid)
         task = Task(root, leader, {root.pid: leader})
         self.tasks[root.pid] = task

@@ -1,0 +1,35 @@
+"""Fault injection for tests, like CRIU's CRIU_FAULT: CPT_FAULT=<point>[:stall][,...].
+
+At a named point the engine raises (a failure half-way, whose rollback tests then check)
+or, with `:stall`, announces itself on stderr and sleeps until killed (so a test can kill
+cpt at an exact moment).  Points: dump:pages (state dumped, pages not yet), restore:memory
+(every address space rebuilt), restore:detach (the whole tree restored, still traced).
+Unset in normal use: one environment lookup per point.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+POINTS = ("dump:pages", "restore:memory", "restore:detach")
+
+
+class InjectedFault(Exception):
+    """Raised at a fault point named in CPT_FAULT."""
+
+
+def point(name: str) -> None:
+    spec = os.environ.get("CPT_FAULT")
+    if not spec:
+        return
+    for item in spec.split(","):
+        where, _, action = item.rpartition(":") if item.endswith(":stall") else (item, "", "")
+        if where != name:
+            continue
+        if action == "stall":
+            print(f"cpt: fault injection: stalled at {name}", file=sys.stderr, flush=True)
+            while True:
+                time.sleep(3600)
+        raise InjectedFault(f"fault injected at {name} (CPT_FAULT)")
