@@ -81,11 +81,23 @@ def restore(cpt, wl: Workload, img: Path, *extra: object) -> str:  # type: ignor
 # --------------------------------------------------------------------------- every workload
 
 
+def _identity(pid: int) -> tuple[str, bytes, str, tuple[int, ...]]:
+    """What /proc shows of a process: exe, cmdline, comm, thread ids (zombies: comm only)."""
+    proc = Path(f"/proc/{pid}")
+    try:
+        exe = os.readlink(proc / "exe")
+    except OSError:
+        exe = ""
+    tids = tuple(sorted(int(t) for t in os.listdir(proc / "task")))
+    return exe, (proc / "cmdline").read_bytes(), (proc / "comm").read_text(), tids
+
+
 @pytest.mark.parametrize("name", ALL_WORKLOADS)
 def test_checkpoint_kill_restore(workloads, cpt, tmp_path: Path, name: str) -> None:
     wl = workloads.start(name)
     wl.wait_counter(by=2)
     pids = set(wl.tree())
+    identity = {p: _identity(p) for p in pids}
     img = tmp_path / "dump.img"
     checkpoint(cpt, wl, img)
     dumped = wl.counter()
@@ -98,6 +110,7 @@ def test_checkpoint_kill_restore(workloads, cpt, tmp_path: Path, name: str) -> N
 
     restore(cpt, wl, img)
     assert set(wl.tree()) == pids, "the same PIDs come back"
+    assert {p: _identity(p) for p in pids} == identity, "exe, cmdline, comm and tids"
     assert wl.wait_counter(above=dumped, by=2) > dumped
     with reaping(wl):
         assert wl.finish() == "PASS"
@@ -240,6 +253,39 @@ def test_unsupported_fd_is_refused_and_tree_untouched(cpt, socket_holder, tmp_pa
     state = Path(f"/proc/{socket_holder.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     assert state == "S"
     assert not list(Path("/sys/fs/cgroup").rglob(f"cpt/pid-{socket_holder.pid}"))
+
+
+@pytest.mark.parametrize(
+    ("code", "expect"),
+    [
+        (
+            "import mmap, time; m = mmap.mmap(-1, 1 << 16); m[0] = 1; time.sleep(600)",
+            "shared memory",
+        ),
+        (
+            "import os, time; f = open('/tmp/cpt-e2e-gone-%d' % os.getpid(), 'w'); "
+            "os.unlink(f.name); time.sleep(600)",
+            "deleted file",
+        ),
+        ("import os, time; r, w = os.pipe(); e = os.eventfd(3); time.sleep(600)", "eventfd"),
+    ],
+    ids=["shared-anon", "deleted-file", "eventfd"],
+)
+def test_more_unsupported_resources_are_refused(
+    cpt, tmp_path: Path, code: str, expect: str
+) -> None:
+    p = subprocess.Popen([sys.executable, "-c", code], start_new_session=True,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)  # fmt: skip
+    try:
+        time.sleep(0.5)
+        assert p.poll() is None
+        rc, _, err = cpt("chkpnt", "--pid", p.pid, "--dumpfile", tmp_path / "x.img")
+        assert rc == 16 and expect in err and f"process {p.pid}" in err, err
+        assert p.poll() is None and traced_by(p.pid) == 0
+        assert not (tmp_path / "x.img").exists()
+    finally:
+        p.kill()
+        p.wait()
 
 
 def test_failed_dump_resumes_and_leaves_no_file(workloads, cpt, tmp_path: Path) -> None:
