@@ -34,7 +34,8 @@ from cptimage.errors import ImageError
 from cptimage.verify import verify
 
 from .dump.check import precheck
-from .dump.dumper import Dumper, DumpOptions, DumpStats
+from .dump.dumper import Dumper, DumpStats
+from .dump.options import DumpOptions
 from .dump.tree import TaskInfo, collect_tree
 from .errors import (
     AlreadyRunning,
@@ -177,12 +178,13 @@ class Tree:
     # -- stages
 
     @_fails_as(DumpError, "suspend")
-    def suspend(self) -> TreeState:
-        """Freeze the live tree in its own cgroup (refusing unsupported resources first)."""
+    def suspend(self, opts: DumpOptions | None = None) -> TreeState:
+        """Freeze the live tree in its own cgroup (refusing unsupported resources first:
+        what is supported depends on the dump options, e.g. --tcp-established)."""
         if self.suspended():
             raise DumpError(f"tree {self.root} is already suspended", pid=self.root)
         tree = self._live_tree()
-        precheck(tree, self.root, self.proc)
+        precheck(tree, self.root, self.proc, opts or DumpOptions())
         origins: dict[int, str] = {}
         self.freezer.create()
         try:
@@ -284,7 +286,7 @@ class Tree:
 
         If the dump fails the tree is resumed and no dump file is left behind.
         """
-        self.suspend()
+        self.suspend(opts)
         try:
             return self.dump(dumpfile, opts, after="resume" if opts.leave_running else "kill")
         except BaseException:

@@ -10,12 +10,13 @@ import os
 
 from ..errors import NoSuchProcess, UnsupportedError
 from ..proc import Proc
-from .files import unsupported_fd
+from .fds import unsupported_fd
 from .mm import unsupported_vma
+from .options import DumpOptions
 from .tree import TaskInfo, check_sessions
 
 
-def unsupported_process(pid: int, proc: Proc) -> list[str]:
+def unsupported_process(pid: int, proc: Proc, opts: DumpOptions) -> list[str]:
     out = []
     status = proc.status(pid)
     if status.tracer_pid and status.tracer_pid != os.getpid():
@@ -25,7 +26,7 @@ def unsupported_process(pid: int, proc: Proc) -> list[str]:
     if proc.timers(pid):
         out.append(f"process {pid} has POSIX timers; not supported yet")
     for fd, ft in proc.fd_targets(pid).items():
-        why = unsupported_fd(pid, fd, ft)
+        why = unsupported_fd(pid, fd, ft, opts)
         if why:
             out.append(why)
     for v in proc.maps(pid):
@@ -35,7 +36,7 @@ def unsupported_process(pid: int, proc: Proc) -> list[str]:
     return out
 
 
-def precheck(tree: dict[int, TaskInfo], root: int, proc: Proc) -> None:
+def precheck(tree: dict[int, TaskInfo], root: int, proc: Proc, opts: DumpOptions) -> None:
     """Raise UnsupportedError naming every problem (the first few) of the live tree."""
     if os.getpid() in tree:
         raise UnsupportedError(f"the tree of process {root} contains cpt itself")
@@ -45,7 +46,7 @@ def precheck(tree: dict[int, TaskInfo], root: int, proc: Proc) -> None:
         if info.zombie:
             continue
         try:
-            problems += unsupported_process(info.pid, proc)
+            problems += unsupported_process(info.pid, proc, opts)
         except NoSuchProcess:
             continue
     if problems:

@@ -18,8 +18,9 @@ from cptimage.records import Header, HeaderFlags, SectionType, SourceKind, Vma
 from .. import fault, hostinfo
 from ..proc import Proc
 from .creds import dump_creds
-from .files import FileTable
+from .fds import FdTable
 from .mm import dump_mm, dump_vmas
+from .options import DumpOptions
 from .pages import PageDumper
 from .paths import PathTable
 from .probe import probe
@@ -30,12 +31,6 @@ from .threads import dump_thread
 from .tree import TaskInfo, process_record
 
 TOOL_VERSION = "cpt 0.1.0"
-
-
-@dataclasses.dataclass
-class DumpOptions:
-    leave_running: bool = False
-    compress: bool = False
 
 
 @dataclasses.dataclass
@@ -57,7 +52,7 @@ class Dumper:
         self.proc = proc
         self.recs: dict[int, list[Any]] = defaultdict(list)
         self.paths = PathTable()
-        self.files = FileTable(self.paths)
+        self.files = FdTable(self.paths, opts)
         self.vmas: dict[int, list[Vma]] = {}
         self.stats = DumpStats()
 
@@ -75,9 +70,7 @@ class Dumper:
             self.recs[SectionType.PAGEMAP] += pd.dump(vmas)
             self.stats.pages_bytes += pd.bytes
         t2 = time.perf_counter()
-        self.recs[SectionType.FILES] = (
-            self.paths.records + self.files.records + list(self.files.pipe_data.values())
-        )
+        self.recs[SectionType.FILES] = self.paths.records + self.files.records
         for stype in (
             SectionType.PROCESS,
             SectionType.MM,

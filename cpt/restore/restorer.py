@@ -30,7 +30,7 @@ from ..proc import Proc
 from ..sys.syscalls import NR
 from ..sys.task import PR_SET_DUMPABLE, pidfd_open
 from ..tracer import reap_traced
-from .files import FileRestorer, max_fd
+from .fds import FileRestorer, max_fd
 from .mm import finish_vmas, map_vmas, set_mm, take_over, write_pages
 from .model import ImageModel
 from .pidns import PidNamespace

@@ -1,0 +1,75 @@
+"""Open-file descriptions and fd tables.
+
+Every description is created ONCE, in the restorer, by the opener of its record type
+(OPENERS); each process then pulls the ones it holds with an injected pidfd_getfd()
+through a pidfd of the restorer that every stub inherited at fd `pidfd_slot`: the same
+struct file, so descriptions shared across fork stay shared (one offset, one set of
+flags).  Openers finish per-process state by injection once the fds are in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from ..errors import RestoreError
+from ..sys.syscalls import NR
+from . import files, pipes
+from .fdbase import Opener
+from .model import ImageModel
+from .tree import Task
+
+F_SETFD = 2
+FD_CLOEXEC = 1
+OPENERS: tuple[type, ...] = (files.Files, pipes.Pipes)
+
+
+class FileRestorer:
+    def __init__(self, model: ImageModel) -> None:
+        self.model = model
+        self.local: dict[int, int] = {}  # description id -> fd in this process
+        self.openers: list[Opener] = [cls() for cls in OPENERS]
+        self._by_type = {rt: op for op in self.openers for rt in op.records}
+
+    def open_all(self) -> None:
+        used = {fd.file_id for pi in self.model.procs.values() for fd in pi.fds}
+        for ident in sorted(used):
+            desc = self.model.files.get(ident)
+            if desc is None:
+                raise RestoreError(f"the image has no open-file description {ident}")
+            op = self._by_type.get(type(desc))
+            if op is None:
+                raise RestoreError(f"cannot restore a {type(desc).__name__} yet")
+            self.local[ident] = op.open(self.model, desc)
+
+    def install(self, task: Task, pidfd_slot: int) -> None:
+        """Give the task exactly its dumped fd table; closes the inherited pidfd last."""
+        t = task.leader
+        call = t.syscall_checked
+        if pidfd_slot > 0:
+            call(NR.close_range, 0, pidfd_slot - 1, 0)
+        call(NR.close_range, pidfd_slot + 1, 0xFFFFFFFF, 0)
+        for fd in task.img.fds:
+            src = self.local[fd.file_id]
+            got = call(NR.pidfd_getfd, pidfd_slot, src, 0)
+            cloexec = fd.flags & FD_CLOEXEC
+            if got != fd.fd:
+                call(NR.dup3, got, fd.fd, os.O_CLOEXEC if cloexec else 0)
+                call(NR.close, got)
+            elif not cloexec:
+                call(NR.fcntl, got, F_SETFD, 0)  # pidfd_getfd always sets FD_CLOEXEC
+        call(NR.close, pidfd_slot)
+        for op in self.openers:
+            op.after_install(self.model, task, self.local)
+
+    def close(self) -> None:
+        for fd in set(self.local.values()):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.local.clear()
+        for op in self.openers:
+            op.close()
+
+
+def max_fd(model: ImageModel) -> int:
+    return max((fd.fd for pi in model.procs.values() for fd in pi.fds), default=2)
