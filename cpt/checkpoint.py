@@ -25,7 +25,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from cptimage.atomic import AtomicFile, atomic_output
@@ -183,6 +183,7 @@ class Tree:
         what is supported depends on the dump options, e.g. --tcp-established)."""
         if self.suspended():
             raise DumpError(f"tree {self.root} is already suspended", pid=self.root)
+        self._clear_stale()
         tree = self._live_tree()
         precheck(tree, self.root, self.proc, opts or DumpOptions())
         origins: dict[int, str] = {}
@@ -209,13 +210,8 @@ class Tree:
             raise
 
     @_fails_as(DumpError, "dump")
-    def dump(self, dumpfile: str, opts: DumpOptions, *, after: str = "freeze") -> DumpStats:
-        """Dump the suspended tree.  `after`: "freeze" (stay suspended), "kill", "resume".
-
-        On failure the tree stays suspended (a full chkpnt then resumes it) and no dump
-        file is left.  The file is made durable before a kill, and after a resume or a
-        refreeze, so the final fsync stays out of the frozen window when it can.
-        """
+    def dump(self, dumpfile: str, opts: DumpOptions) -> DumpStats:
+        """Dump the suspended tree; it stays suspended (`--dump`), also when this fails."""
         st = self.suspended()
         if st is None:
             raise DumpError(
@@ -224,17 +220,79 @@ class Tree:
                 pid=self.root,
             )
         tree = collect_tree(self.root, self.proc)
-        live = [i for i in tree.values() if not i.zombie]
         tracees: list[Tracee] = []
+        try:
+            for info in tree.values():
+                if not info.zombie:
+                    info.tracees = freeze_process(info.pid, DEFAULT_OPTIONS)
+                    tracees += info.tracees
+        except BaseException:
+            detach_all(tracees)
+            raise
+        # frozen tasks entered their ptrace stops at once; the stops hold them now, and
+        # the cgroup must be thawed for injected syscalls to run
+        self.freezer.thaw()
+        return self._dump_seized(tree, dumpfile, opts, after="freeze")
+
+    @_fails_as(DumpError, "checkpoint")
+    def checkpoint(self, dumpfile: str, opts: DumpOptions) -> DumpStats:
+        """Full chkpnt: suspend, dump, then kill (or resume with leave_running).
+
+        One command needs no freezer cgroup: ptrace stops hold the tree (seized until no
+        new process appears), which spares the cgroup moves (10-40 ms each here).  If the
+        dump fails the tree is resumed and no dump file is left behind.
+        """
+        if self.suspended():
+            raise DumpError(
+                f"tree {self.root} is suspended: dump it with --dump, or --resume it",
+                pid=self.root,
+            )
+        precheck(self._live_tree(), self.root, self.proc, opts)
+        self._frozen_at = time.perf_counter()
+        tree = self._seize_tree()
+        after = "resume" if opts.leave_running else "kill"
+        return self._dump_seized(tree, dumpfile, opts, after=after)
+
+    def _seize_tree(self) -> dict[int, TaskInfo]:
+        """Stop every thread of the tree with ptrace, re-reading the tree until no process
+        appears that is not stopped yet (a stopped process cannot fork)."""
+        seized: dict[int, TaskInfo] = {}
+        try:
+            for _ in range(1000):
+                tree = self._live_tree()
+                new = [i for p, i in tree.items() if not i.zombie and p not in seized]
+                if not new:
+                    for p, info in tree.items():
+                        if p in seized:
+                            info.tracees = seized[p].tracees
+                    return tree
+                for info in new:
+                    try:
+                        info.tracees = freeze_process(info.pid, DEFAULT_OPTIONS)
+                    except NoSuchProcess:
+                        continue  # exited meanwhile: the next reading decides
+                    seized[info.pid] = info
+            raise DumpError(f"tree {self.root} keeps forking; cannot freeze it", pid=self.root)
+        except BaseException:
+            detach_all([t for i in seized.values() for t in i.tracees])
+            raise
+
+    def _dump_seized(
+        self, tree: dict[int, TaskInfo], dumpfile: str, opts: DumpOptions, *, after: str
+    ) -> DumpStats:
+        """Write the image of a tree whose threads are all in ptrace stops, then `after`:
+        "kill", "resume" (detach) or "freeze" (refreeze the cgroup and detach).
+
+        On failure the tree is resumed ("kill", "resume") or stays suspended ("freeze"),
+        and no dump file is left.  The file is made durable before a kill, and after the
+        tree is released otherwise, so the final fsync stays out of the frozen window.
+        """
+        live = [i for i in tree.values() if not i.zombie]
+        tracees = [t for i in live for t in i.tracees]
         out = AtomicFile(dumpfile)
         ok = False
         try:
             try:
-                for info in live:
-                    info.tracees = freeze_process(info.pid, DEFAULT_OPTIONS)
-                    tracees += info.tracees
-                # ptrace stops hold the tasks; the cgroup must be thawed for injection to run
-                self.freezer.thaw()
                 stats = Dumper(tree, self.root, opts, self.proc).run(out.file)
                 if after == "kill":
                     out.commit()  # durable before the workload dies
@@ -242,13 +300,12 @@ class Tree:
             finally:
                 if ok and after == "kill":
                     self._kill_traced(live)
-                elif ok and after == "resume":
-                    detach_all(tracees)
-                else:
-                    # staged, or any failure: back to suspended
+                elif after == "freeze":
                     self.freezer.freeze_request()
                     detach_all(tracees)
                     self.freezer.wait_frozen()
+                else:  # resume, or a failed full checkpoint: the tree runs on
+                    detach_all(tracees)
             if self._frozen_at:
                 stats.frozen_s = time.perf_counter() - self._frozen_at
             if after != "kill":
@@ -257,20 +314,20 @@ class Tree:
             out.abort()
             raise
         if after == "kill":
-            self._finish_kill(st)
-        elif after == "resume":
-            self._release(st.origins)
-            self.drop_state()
+            self._wait_gone(tree)
         return stats
 
     def kill(self) -> None:
+        """Kill the suspended (or undumped) tree and wait until its PIDs are gone."""
         st = self.suspended()
         if st is None:
             raise NotRunning(f"tree {self.root} is not suspended; nothing to kill", pid=self.root)
         for pid in self.freezer.procs():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        self._finish_kill(st)
+        self._wait_gone(st.origins)
+        self.freezer.remove()
+        self.drop_state()
 
     def resume(self) -> None:
         st = self.suspended()
@@ -280,49 +337,35 @@ class Tree:
         self._release(st.origins)
         self.drop_state()
 
-    @_fails_as(DumpError, "checkpoint")
-    def checkpoint(self, dumpfile: str, opts: DumpOptions) -> DumpStats:
-        """Full chkpnt: suspend, dump, then kill (or resume with leave_running).
-
-        If the dump fails the tree is resumed and no dump file is left behind.
-        """
-        self.suspend(opts)
-        try:
-            return self.dump(dumpfile, opts, after="resume" if opts.leave_running else "kill")
-        except BaseException:
-            if self.suspended():
-                self.resume()
-            raise
-
     @_fails_as(RestoreError, "restore")
     def restore(
         self, reader: ImageReader, *, undump: bool = False, pidns: bool = False
     ) -> RestoreStats:
-        """Restore the tree the image holds; with `undump` leave it frozen, with `pidns`
-        in a new PID namespace."""
+        """Restore the tree the image holds; with `undump` leave it frozen (in a freezer
+        cgroup, for the stages after), with `pidns` in a new PID namespace.  A full
+        restore needs no cgroup: the tree is traced until the moment it is released."""
         if self.suspended():
             raise RestoreError(
                 f"tree {self.root} is already restored or suspended: resume or kill it first",
                 pid=self.root,
             )
+        if not undump:
+            return Restorer(reader, self.proc).run(pidns=pidns)
         here = self.proc.cgroup2(os.getpid())
+        self._clear_stale()
         self.freezer.create()
         try:
             stats = Restorer(reader, self.proc).run(
                 on_spawn=lambda pid: self.freezer.add([pid]),
-                freeze=self.freezer.freeze_request if undump else None,
+                freeze=self.freezer.freeze_request,
                 pidns=pidns,
             )
         except BaseException:
             with contextlib.suppress(CptError):
                 self.freezer.remove()
             raise
-        origins = dict.fromkeys(self.freezer.procs(), here)
-        if undump:
-            self.freezer.wait_frozen()
-            self.save_state(TreeState(self.root, "undumped", origins))
-        else:
-            self._release(origins)
+        self.freezer.wait_frozen()
+        self.save_state(TreeState(self.root, "undumped", dict.fromkeys(self.freezer.procs(), here)))
         return stats
 
     # -- helpers
@@ -348,23 +391,31 @@ class Tree:
                 os.kill(info.pid, signal.SIGKILL)
         reap_traced([t for info in live for t in info.tracees])
 
-    def _finish_kill(self, st: TreeState) -> None:
-        """Wait until every PID of the tree is gone (zombies reaped), then clean up."""
-        pids = set(st.origins)
+    def _wait_gone(self, pids: Iterable[int]) -> None:
+        """Wait until every PID of the tree is gone (zombies reaped by their parents):
+        a kill is not done while a restore of the same PIDs would fail."""
+        pids = set(pids)
         deadline = time.monotonic() + KILL_TIMEOUT
+        delay = 0.0005
         while True:
             left = [p for p in pids if _pid_used(p)]
             if not left:
-                break
+                return
             if time.monotonic() > deadline:
                 held = ", ".join(f"{p} ({_holder(p)})" for p in left[:5])
                 raise SystemError_(
                     f"tree {self.root} was killed but PIDs are still in use: {held}",
                     pid=self.root,
                 )
-            time.sleep(0.01)
-        self.freezer.remove()
-        self.drop_state()
+            time.sleep(delay)
+            delay = min(delay * 2, 0.01)
+
+    def _clear_stale(self) -> None:
+        """Remove this tree's freezer left behind by a cpt that was killed: no state file
+        names it and no process is in it."""
+        if self.freezer.exists() and self.load_state() is None and not self.freezer.procs():
+            with contextlib.suppress(CptError):
+                self.freezer.remove(timeout=0.5)
 
 
 def _pid_used(pid: int) -> bool:

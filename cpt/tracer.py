@@ -194,7 +194,7 @@ class Tracee:
                         f"(uninterruptible sleep or a cgroup v1 freezer?)"
                     )
                 time.sleep(delay)
-                delay = min(delay * 2, 0.01)
+                delay = min(delay * 2, 0.002)
         if ptrace.is_dead(status):
             self._mark_dead(status)
             raise NoSuchProcess(

@@ -10,7 +10,9 @@ madvise flags are put back; one PR_SET_MM_MAP sets the mm fields, auxv and exe.
 from __future__ import annotations
 
 import mmap
+import os
 import struct
+import threading
 
 from cptimage import pagestore
 from cptimage.container import ImageReader
@@ -20,7 +22,7 @@ from .. import proc as P
 from ..errors import RestoreError
 from ..proc import Proc
 from ..remote import Scratch, free_gap
-from ..sys.arch import SYSCALL_INSN
+from ..sys.arch import PAGE_SIZE, SYSCALL_INSN
 from ..sys.mem import (
     MADV_DONTDUMP,
     MADV_DONTFORK,
@@ -168,35 +170,99 @@ def map_vmas(task: Task, model: ImageModel) -> set[int]:
     return written
 
 
+PARALLEL_MIN = 64 << 20  # below this, a second thread costs more than it saves
+
+
 def write_pages(task: Task, reader: ImageReader, image_map: mmap.mmap | None) -> int:
-    """Copy the task's PRESENT pages from the image into it; returns the bytes written."""
+    """Copy the task's PRESENT pages from the image into it; returns the bytes written.
+
+    The cost is the target's page faults (allocating and zeroing fresh pages), which
+    scale across CPUs: large address spaces are written by two threads at once.
+    """
     runs = [r for r in task.img.runs if r.flags & PageFlags.PRESENT]
     if not runs:
         return 0
+    pid = task.host_pid
     pieces = pagestore.file_pieces(reader, runs) if image_map is not None else None
-    total = 0
     if pieces is None:
+        total = 0
         for _run, addr, data in pagestore.iter_run_data(reader, runs):
-            process_vm_writev(task.host_pid, data, [(addr, len(data))])
+            process_vm_writev(pid, data, [(addr, len(data))])
             total += len(data)
         return total
     assert image_map is not None
-    view = memoryview(image_map)
     # pieces contiguous in the file go out in one call, whatever their addresses
+    jobs: list[tuple[int, int, list[tuple[int, int]]]] = []
     i = 0
     while i < len(pieces):
-        start = pieces[i][2]
-        end = start
+        start = end = pieces[i][2]
         remote = []
         while i < len(pieces) and pieces[i][2] == end:
             addr, n, off = pieces[i]
             remote.append((addr, n))
             end = off + n
             i += 1
-        process_vm_writev(task.host_pid, view[start:end], remote)
-        total += end - start
-    view.release()
+        jobs.append((start, end, remote))
+    total = sum(e - s for s, e, _ in jobs)
+    view = memoryview(image_map)
+    try:
+        if total < PARALLEL_MIN or (os.cpu_count() or 1) < 2:
+            _write_jobs(pid, view, jobs)
+        else:
+            _write_parallel(pid, view, jobs, total)
+    finally:
+        view.release()
     return total
+
+
+def _write_jobs(
+    pid: int, view: memoryview, jobs: list[tuple[int, int, list[tuple[int, int]]]]
+) -> None:
+    for start, end, remote in jobs:
+        process_vm_writev(pid, view[start:end], remote)
+
+
+def _write_parallel(
+    pid: int, view: memoryview, jobs: list[tuple[int, int, list[tuple[int, int]]]], total: int
+) -> None:
+    """Split the jobs (at range boundaries) in two halves by bytes; write both at once."""
+    halves: list[list[tuple[int, int, list[tuple[int, int]]]]] = [[], []]
+    half = total // 2
+    done = 0
+    for start, end, remote in jobs:
+        if done >= half or not remote:
+            halves[1].append((start, end, remote))
+            done += end - start
+            continue
+        # cut this job where the first half ends
+        off = start
+        first: list[tuple[int, int]] = []
+        rest = list(remote)
+        while rest and done < half:
+            addr, n = rest.pop(0)
+            take = min(n, (half - done + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1))
+            first.append((addr, take))
+            if take < n:  # cut a long range at a page boundary
+                rest.insert(0, (addr + take, n - take))
+            off += take
+            done += take
+        halves[0].append((start, off, first))
+        if rest:
+            halves[1].append((off, end, rest))
+    errors: list[BaseException] = []
+
+    def run(part: list[tuple[int, int, list[tuple[int, int]]]]) -> None:
+        try:
+            _write_jobs(pid, view, part)
+        except BaseException as e:  # re-raised in the caller's thread
+            errors.append(e)
+
+    helper = threading.Thread(target=run, args=(halves[1],), name="cpt-pages")
+    helper.start()
+    run(halves[0])
+    helper.join()
+    if errors:
+        raise errors[0]
 
 
 def finish_vmas(task: Task, written: set[int]) -> None:
