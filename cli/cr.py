@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from cpt.checkpoint import Tree, default_dumpfile, open_for_restore, tree_of
-from cpt.dump.dumper import DumpOptions
+from cpt.dump.options import DumpOptions
 from cpt.errors import UsageError
 
 DumpfileOpt = Annotated[
@@ -70,7 +70,7 @@ def chkpnt(
     tree = Tree(pid)
     with tree.locked():
         if stage == "suspend":
-            tree.suspend()
+            tree.suspend(opts)
             print(f"tree {pid} suspended")
         elif stage == "dump":
             assert dumpfile is not None

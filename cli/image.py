@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import sys
@@ -61,6 +62,17 @@ def _has_pid(reader: ImageReader, pid: int) -> None:
         raise InvalidValue(f"process {pid} is not in the image {reader.path}")
 
 
+def _header_value(key: str, v: Any) -> str:
+    if key == "flags":
+        return _flag_names(v)
+    if key == "xcr0":
+        return f"{v:#x}"
+    if key == "created_ns":
+        stamp = datetime.datetime.fromtimestamp(v / 1e9, datetime.UTC)
+        return f"{v} ({stamp:%Y-%m-%d %H:%M:%S} UTC)"
+    return str(v)
+
+
 def _render_summary(s: dict[str, Any]) -> None:
     con = _console()
     h = s["header"]
@@ -82,7 +94,7 @@ def _render_summary(s: dict[str, Any]) -> None:
         "parent_uuid",
         "tool_version",
     ):
-        info.add_row(key, _flag_names(h[key]) if key == "flags" else str(h[key]))
+        info.add_row(key, _header_value(key, h[key]))
     info.add_row("cpu_flags", " ".join(h["cpu_flags"]))
     con.print(info)
     tree = Table(title="processes", title_justify="left")

@@ -356,7 +356,7 @@ class Tree:
         self.freezer.create()
         try:
             stats = Restorer(reader, self.proc).run(
-                on_spawn=lambda pid: self.freezer.add([pid]),
+                on_spawn=self._freeze_later,
                 freeze=self.freezer.freeze_request,
                 pidns=pidns,
             )
@@ -409,6 +409,10 @@ class Tree:
                 )
             time.sleep(delay)
             delay = min(delay * 2, 0.01)
+
+    def _freeze_later(self, pid: int) -> None:
+        """Put a restored tree's root stub in the freezer; its children follow it there."""
+        self.freezer.add([pid])
 
     def _clear_stale(self) -> None:
         """Remove this tree's freezer left behind by a cpt that was killed: no state file

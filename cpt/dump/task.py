@@ -13,9 +13,15 @@ from .probe import Probe
 def dump_rlimits(pid: int, proc: Proc) -> Rlimits:
     # /proc/PID/limits, not prlimit(): prlimit on a process of another uid needs
     # CAP_SYS_RESOURCE, which root lacks on these machines (CRIU 4.2 fails there).
+    # A limit this kernel names but we do not know (newer kernel) cannot be restored by
+    # number: it is left at the restorer's value.
     return Rlimits(
         pid=pid,
-        limits=[Rlimit(resource=r.resource, cur=r.soft, max=r.hard) for r in proc.limits(pid)],
+        limits=[
+            Rlimit(resource=r.resource, cur=r.soft, max=r.hard)
+            for r in proc.limits(pid)
+            if r.resource is not None
+        ],
     )
 
 
