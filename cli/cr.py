@@ -12,12 +12,29 @@ import typer
 
 from cpt.checkpoint import Tree, default_dumpfile, open_for_restore, tree_of
 from cpt.dump.options import DumpOptions
-from cpt.errors import UsageError
+from cpt.errors import InvalidValue, UsageError
+from cpt.restore.options import RestoreOptions
 
 DumpfileOpt = Annotated[
     str | None, typer.Option("--dumpfile", help="the dump file (default /var/tmp/Dump.pid-PID)")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the statistics as JSON")]
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def parse_size(text: str, option: str) -> int:
+    """ "1M", "512K", "4096" -> bytes (binary units, as CRIU's --ghost-limit)."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1:] if t[-1:] in _UNITS else ""
+    try:
+        value = int(t[: len(t) - len(unit)])
+    except ValueError:
+        raise InvalidValue(f"{option} {text!r}: not a size (use e.g. 1M, 512K, 4096)") from None
+    if value < 0:
+        raise InvalidValue(f"{option} {text!r}: a size cannot be negative")
+    return value * _UNITS[unit]
 
 
 def _one_stage(**stages: bool) -> str | None:
@@ -56,6 +73,21 @@ def chkpnt(
         bool, typer.Option("--leave-running", help="suspend, dump, resume: a snapshot")
     ] = False,
     compress: Annotated[bool, typer.Option("--compress", help="zstd-compress the pages")] = False,
+    ext_unix_sk: Annotated[
+        bool, typer.Option("--ext-unix-sk", help="allow unix sockets with a peer outside")
+    ] = False,
+    tcp_established: Annotated[
+        bool, typer.Option("--tcp-established", help="checkpoint established TCP connections")
+    ] = False,
+    shell_job: Annotated[
+        bool, typer.Option("--shell-job", help="the tree was started from this shell")
+    ] = False,
+    file_locks: Annotated[
+        bool, typer.Option("--file-locks", help="checkpoint flock, POSIX and OFD locks")
+    ] = False,
+    ghost_limit: Annotated[
+        str, typer.Option("--ghost-limit", help="largest deleted file kept (e.g. 1M)")
+    ] = "1M",
     as_json: JsonOpt = False,
 ) -> None:
     """Checkpoint a process tree: suspend, dump, kill (or one stage of it)."""
@@ -66,7 +98,15 @@ def chkpnt(
         raise UsageError("--leave-running is a full checkpoint; it takes no stage option")
     if stage == "dump" and dumpfile is None:
         raise UsageError("chkpnt --dump needs --dumpfile F")
-    opts = DumpOptions(leave_running=leave_running, compress=compress)
+    opts = DumpOptions(
+        leave_running=leave_running,
+        compress=compress,
+        ext_unix_sk=ext_unix_sk,
+        tcp_established=tcp_established,
+        shell_job=shell_job,
+        file_locks=file_locks,
+        ghost_limit=parse_size(ghost_limit, "--ghost-limit"),
+    )
     tree = Tree(pid)
     with tree.locked():
         if stage == "suspend":
@@ -97,6 +137,12 @@ def restore(
     pidns: Annotated[
         bool, typer.Option("--pidns", help="restore into a new PID namespace (PIDs in use here)")
     ] = False,
+    ipcns: Annotated[
+        bool, typer.Option("--ipcns", help="restore SysV/POSIX IPC into a new IPC namespace")
+    ] = False,
+    shell_job: Annotated[
+        bool, typer.Option("--shell-job", help="attach the tree to this shell's terminal")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Restore a process tree from a dump file: undump, resume (or one stage of it)."""
@@ -111,9 +157,10 @@ def restore(
                 tree.kill()
                 print(f"tree {tree.root} killed")
         return
-    if pidns and stage in ("resume", "kill"):
-        raise UsageError("--pidns belongs to a full restore or --undump")
-    reader = open_for_restore(dumpfile, pidns=pidns)
+    if (pidns or ipcns or shell_job) and stage in ("resume", "kill"):
+        raise UsageError("--pidns, --ipcns and --shell-job belong to a full restore or --undump")
+    opts = RestoreOptions(pidns=pidns, ipcns=ipcns, shell_job=shell_job)
+    reader = open_for_restore(dumpfile, opts)
     with reader:
         root = reader.header.root_pid
         # a full restore into a new PID namespace may run beside the original tree: its
@@ -121,7 +168,7 @@ def restore(
         private = pidns and stage != "undump"
         tree = Tree(root, name=f"pid-{root}-ns{os.getpid()}" if private else None)
         with tree.locked():
-            stats = tree.restore(reader, undump=stage == "undump", pidns=pidns)
+            stats = tree.restore(reader, opts, undump=stage == "undump")
     if pidfile:  # the PID this host knows the root by (another one inside a --pidns)
         with open(pidfile, "w") as f:
             f.write(f"{stats.host_pid}\n")

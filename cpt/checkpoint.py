@@ -50,6 +50,7 @@ from .errors import (
 )
 from .freezer import Freezer
 from .proc import Proc
+from .restore.options import RestoreOptions
 from .restore.restorer import Restorer, RestoreStats
 from .tracer import DEFAULT_OPTIONS, Tracee, detach_all, freeze_process, reap_traced
 from .verify_host import check_host
@@ -339,7 +340,7 @@ class Tree:
 
     @_fails_as(RestoreError, "restore")
     def restore(
-        self, reader: ImageReader, *, undump: bool = False, pidns: bool = False
+        self, reader: ImageReader, opts: RestoreOptions | None = None, *, undump: bool = False
     ) -> RestoreStats:
         """Restore the tree the image holds; with `undump` leave it frozen (in a freezer
         cgroup, for the stages after), with `pidns` in a new PID namespace.  A full
@@ -349,16 +350,15 @@ class Tree:
                 f"tree {self.root} is already restored or suspended: resume or kill it first",
                 pid=self.root,
             )
+        opts = opts or RestoreOptions()
         if not undump:
-            return Restorer(reader, self.proc).run(pidns=pidns)
+            return Restorer(reader, opts, self.proc).run()
         here = self.proc.cgroup2(os.getpid())
         self._clear_stale()
         self.freezer.create()
         try:
-            stats = Restorer(reader, self.proc).run(
-                on_spawn=self._freeze_later,
-                freeze=self.freezer.freeze_request,
-                pidns=pidns,
+            stats = Restorer(reader, opts, self.proc).run(
+                on_spawn=self._freeze_later, freeze=self.freezer.freeze_request
             )
         except BaseException:
             with contextlib.suppress(CptError):
@@ -436,7 +436,7 @@ def _holder(pid: int) -> str:
     return f"state {st.state}"
 
 
-def open_for_restore(dumpfile: str, *, pidns: bool = False) -> ImageReader:
+def open_for_restore(dumpfile: str, opts: RestoreOptions | None = None) -> ImageReader:
     """The image, after verify-before-restore: its checksums and structure, then this host.
 
     Refuses with the first problems, precisely, before any process is created.
@@ -449,7 +449,7 @@ def open_for_restore(dumpfile: str, *, pidns: bool = False) -> ImageReader:
         reader = ImageReader(dumpfile)
     except ImageError as e:
         raise RestoreError(f"{e}; refusing to restore") from None
-    host = check_host(reader, pids=not pidns)
+    host = check_host(reader, pids=not (opts and opts.pidns))
     if host:
         reader.close()
         msgs = "; ".join(p.message for p in host[:3])

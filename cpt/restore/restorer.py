@@ -33,6 +33,7 @@ from ..tracer import reap_traced
 from .fds import FileRestorer, max_fd
 from .mm import finish_vmas, map_vmas, set_mm, take_over, write_pages
 from .model import ImageModel
+from .options import RestoreOptions
 from .pidns import PidNamespace
 from .signals import restore_pending, restore_sigactions
 from .task import restore_outside, restore_task_state
@@ -55,8 +56,11 @@ class RestoreStats:
 
 
 class Restorer:
-    def __init__(self, reader: ImageReader, proc: Proc | None = None) -> None:
+    def __init__(
+        self, reader: ImageReader, opts: RestoreOptions | None = None, proc: Proc | None = None
+    ) -> None:
         self.reader = reader
+        self.opts = opts or RestoreOptions()
         self.proc = proc or Proc()
         self.model = ImageModel(reader)
         self.tasks: dict[int, Task] = {}
@@ -66,11 +70,9 @@ class Restorer:
         self,
         on_spawn: Callable[[int], None] | None = None,
         freeze: Callable[[], None] | None = None,
-        pidns: bool = False,
     ) -> RestoreStats:
         """Restore; `on_spawn(pid)` sees the root stub first (to put it in a cgroup),
-        `freeze()` is called before detaching to leave the tree frozen (undump); `pidns`
-        restores into a new PID namespace."""
+        `freeze()` is called before detaching to leave the tree frozen (undump)."""
         t0 = time.perf_counter()
         files = FileRestorer(self.model)
         image_map = None
@@ -79,7 +81,7 @@ class Restorer:
             files.open_all()
             slot = _free_slot(max_fd(self.model) + 1)
             with _inherited_pidfd(slot):
-                if pidns:
+                if self.opts.pidns:
                     ns = PidNamespace()
                     self.stats.pidns_init = ns.init_pid
                 parent = (ns.init, ns.scratch.addr) if ns else None

@@ -1,0 +1,12 @@
+"""What a user can ask of a restore (the restore command's options)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass
+class RestoreOptions:
+    pidns: bool = False  # a new PID namespace: the tree keeps its PIDs inside it
+    ipcns: bool = False  # a new IPC namespace: SysV/POSIX IPC objects keep their ids
+    shell_job: bool = False  # attach the tree to the invoking shell's terminal
