@@ -628,6 +628,16 @@ class TtyInfo(Record):
     termios: bytes = blob()  # struct termios2 (TCGETS2)
 
 
+@record(0x0512)
+class MemfdFile(Record):
+    """An open-file description of a memfd: its object is a ShmemObject of kind MEMFD."""
+
+    id: int = u32()
+    shmem_id: int = u32()
+    flags: int = u32()
+    pos: int = u64()
+
+
 # --------------------------------------------------------------------------- FDS
 
 

@@ -505,10 +505,11 @@ def _extras() -> dict[R.SectionType, list[Any]]:
                 inotify_id=25, wd=1, mask=0x2, ino=262147, dev=0x801, path="/home/user/log.txt"
             ),
             R.FileLock(pid=103, fd=3, file_id=4, kind=R.LockKind.POSIX, write=1, start=0, length=0),
+            R.MemfdFile(id=26, shmem_id=3, flags=0o100002, pos=100),
         ],
         R.SectionType.FDS: [
             R.Fd(pid=101, fd=7 + i, file_id=fid, flags=1)
-            for i, fid in enumerate((20, 21, 22, 23, 24, 25))
+            for i, fid in enumerate((20, 21, 22, 23, 24, 25, 26))
         ],
         R.SectionType.IPC: [
             R.SysvShm(
@@ -646,7 +647,8 @@ def every_record_image(out: BinaryIO) -> None:
             name="/SYSV00001234 (deleted)",
         )
         sysv = R.ShmemObject(id=2, kind=R.ShmemKind.SYSV, size=PAGE, ino=32768, name="SYSV00001234")
-        w.add_section(R.SectionType.MM, [*tree.mm((shm,)), sysv])
+        memfd = R.ShmemObject(id=3, kind=R.ShmemKind.MEMFD, seals=2, size=10000, ino=32769, name="buf")
+        w.add_section(R.SectionType.MM, [*tree.mm((shm,)), sysv, memfd])
         w.add_section(R.SectionType.FILES, tree.files() + extras[R.SectionType.FILES])
         w.add_section(R.SectionType.FDS, tree.fds() + extras[R.SectionType.FDS])
         for st in (R.SectionType.IPC, R.SectionType.NAMESPACES, R.SectionType.FSSNAP):

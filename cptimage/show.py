@@ -20,6 +20,7 @@ from .records import (
     Fifo,
     InetSocket,
     Inotify,
+    MemfdFile,
     PathFlags,
     PathObj,
     Pipe,
@@ -184,7 +185,9 @@ def _anon(name: str) -> tuple[str, str]:
     return "anon_inode", name
 
 
-def _describe(desc: Any, paths: dict[int, PathObj], ttys: dict[int, TtyInfo]) -> tuple[str, str]:
+def _describe(
+    desc: Any, paths: dict[int, PathObj], ttys: dict[int, TtyInfo], shmem: dict[int, str]
+) -> tuple[str, str]:
     """(kind, target) of an open-file description, as ls -l /proc/PID/fd would show it."""
     if isinstance(desc, RegFile):
         return "file", _path_text(paths.get(desc.path_id)) or f"<path {desc.path_id}>"
@@ -192,6 +195,8 @@ def _describe(desc: Any, paths: dict[int, PathObj], ttys: dict[int, TtyInfo]) ->
         return "fifo", _path_text(paths.get(desc.path_id)) or f"<path {desc.path_id}>"
     if isinstance(desc, Pipe):
         return "pipe", f"[{desc.ino}]"
+    if isinstance(desc, MemfdFile):
+        return "memfd", f"/memfd:{shmem.get(desc.shmem_id, '?')} (deleted)"
     if isinstance(desc, (UnixSocket, InetSocket)):
         return "socket", f"[{desc.ino}]"
     if isinstance(desc, Tty):
@@ -218,10 +223,13 @@ def fds(reader: ImageReader, pid: int) -> list[dict[str, Any]]:
     paths = {r.id: r for r in files if isinstance(r, PathObj)}
     ttys = {r.id: r for r in files if isinstance(r, TtyInfo)}
     descs = {r.id: r for r in files if hasattr(r, "id") and not isinstance(r, (PathObj, TtyInfo))}
+    shmem = {
+        r.id: r.name for r in reader.records(SectionType.MM) if isinstance(r, ShmemObject)
+    }
     rows = []
     for fd in table:
         desc = descs.get(fd.file_id)
-        kind, target = _describe(desc, paths, ttys) if desc else ("missing", f"<{fd.file_id}>")
+        kind, target = _describe(desc, paths, ttys, shmem) if desc else ("missing", f"<{fd.file_id}>")
         rows.append(
             dict(
                 fd=fd.fd,

@@ -415,6 +415,7 @@ DESCRIPTIONS = (
     "Epoll",
     "Inotify",
     "Tty",
+    "MemfdFile",
 )
 # (record, field, id space, 0 allowed)
 REFERENCES: list[tuple[str, str, str, bool]] = [
@@ -453,6 +454,8 @@ REFERENCES: list[tuple[str, str, str, bool]] = [
     ("EpollTarget", "target_id", "file", False),
     ("InotifyWatch", "inotify_id", "inotify", False),
     ("SysvShm", "shmem_id", "shmem", True),
+    ("MemfdFile", "shmem_id", "shmem", False),
+    ("Vma", "shmem_id", "shmem", True),
     ("SysvMsg", "msqid", "msq", False),
     ("PosixMqMsg", "mq_id", "mq", False),
     ("MountData", "mnt_id", "mount", False),

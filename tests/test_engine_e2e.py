@@ -259,8 +259,10 @@ def test_unsupported_fd_is_refused_and_tree_untouched(cpt, socket_holder, tmp_pa
     ("code", "expect"),
     [
         (
-            "import mmap, time; m = mmap.mmap(-1, 1 << 16); m[0] = 1; time.sleep(600)",
-            "shared memory",
+            "import ctypes, time; c = ctypes.CDLL(None); c.shmat.restype = ctypes.c_void_p; "
+            "i = c.shmget(0, 65536, 0o1600); a = c.shmat(i, None, 0); c.shmctl(i, 0, None); "
+            "time.sleep(600)",
+            "SysV shared memory",
         ),
         (
             "import os, time; f = open('/tmp/cpt-e2e-gone-%d' % os.getpid(), 'w'); "
@@ -269,7 +271,7 @@ def test_unsupported_fd_is_refused_and_tree_untouched(cpt, socket_holder, tmp_pa
         ),
         ("import os, time; r, w = os.pipe(); e = os.eventfd(3); time.sleep(600)", "eventfd"),
     ],
-    ids=["shared-anon", "deleted-file", "eventfd"],
+    ids=["sysv-shm", "deleted-file", "eventfd"],
 )
 def test_more_unsupported_resources_are_refused(
     cpt, tmp_path: Path, code: str, expect: str

@@ -145,6 +145,8 @@ SABOTAGE = [
     ("pyscript", "generator", "did not resume at F(60)"),
     ("pyscript", "file", "position 124"),
     ("pyscript", "thread", "SHA-256"),
+    ("shmem.py", "pattern", "shared anonymous area differs"),
+    ("shmem.py", "memfd", "memfd fd offset 0"),
 ]
 
 

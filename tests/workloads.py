@@ -48,7 +48,7 @@ PYTHON = sys.executable
 PYTHON_FLAGS = ("-E", "-s", "-B")  # no PYTHON* env, no user site, no .pyc in the repo
 
 C_WORKLOADS = ("counter", "tree", "threads", "memory", "files", "procstate", "restart")
-PY_WORKLOADS = ("counter.py", "pyscript")
+PY_WORKLOADS = ("counter.py", "pyscript", "shmem.py")
 ALL_WORKLOADS = C_WORKLOADS + PY_WORKLOADS
 NEEDS_ROOT = frozenset({"procstate"})  # changes its credentials
 

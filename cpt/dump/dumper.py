@@ -25,6 +25,7 @@ from .pages import PageDumper
 from .paths import PathTable
 from .probe import probe
 from .seccomp import dump_seccomp
+from .shmem import ShmemTable
 from .signals import dump_pending, dump_sigactions
 from .task import dump_itimers, dump_rlimits, dump_task_state
 from .threads import dump_thread
@@ -53,6 +54,8 @@ class Dumper:
         self.recs: dict[int, list[Any]] = defaultdict(list)
         self.paths = PathTable()
         self.files = FdTable(self.paths, opts)
+        self.shmem = ShmemTable()
+        self.files.ctx.cache["shmem"] = self.shmem
         self.vmas: dict[int, list[Vma]] = {}
         self.stats = DumpStats()
 
@@ -69,6 +72,8 @@ class Dumper:
             pd = PageDumper(pid, writer)
             self.recs[SectionType.PAGEMAP] += pd.dump(vmas)
             self.stats.pages_bytes += pd.bytes
+        self.recs[SectionType.PAGEMAP] += self.shmem.dump_pages(writer)
+        self.recs[SectionType.MM] += self.shmem.records
         t2 = time.perf_counter()
         self.recs[SectionType.FILES] = self.paths.records + self.files.records
         for stype in (
@@ -90,7 +95,7 @@ class Dumper:
         pid, proc = info.pid, self.proc
         status = proc.status(pid)
         maps = proc.maps(pid)
-        vmas = dump_vmas(pid, maps, proc.smaps_vmflags(pid), self.paths)
+        vmas = dump_vmas(pid, maps, proc.smaps_vmflags(pid), self.paths, self.shmem)
         pr = probe(info.tracees, [(v.start, v.end) for v in maps])
         rec = self.recs[SectionType.PROCESS]
         threads = [dump_thread(pid, t, pr, proc) for t in info.tracees]

@@ -15,7 +15,7 @@ from cptimage.records import Fd
 from ..errors import UnsupportedError
 from ..proc import FdInfo, FdKind, FdTarget
 from ..sys.task import KCMP_FILE, kcmp
-from . import files, pipes
+from . import files, pipes, shmem
 from .fdbase import O_CLOEXEC, FdContext, Handler
 from .options import DumpOptions
 from .paths import PathTable
@@ -23,7 +23,7 @@ from .paths import PathTable
 FD_CLOEXEC = 1
 
 HANDLERS: dict[FdKind, Handler] = {}
-for _h in (files.HANDLER, pipes.HANDLER):
+for _h in (files.HANDLER, pipes.HANDLER, shmem.HANDLER):
     for _k in _h.kinds:
         HANDLERS[_k] = _h
 

@@ -9,6 +9,7 @@ from ..errors import UnsupportedError
 from ..sys.mem import MAP_ANONYMOUS, MAP_GROWSDOWN, MAP_NORESERVE, MAP_PRIVATE, MAP_SHARED
 from .paths import PathTable
 from .probe import Probe
+from .shmem import ShmemTable
 
 # smaps VmFlags two-letter codes -> our VmFlags bits
 _VMFLAGS = {
@@ -39,8 +40,8 @@ def unsupported_vma(pid: int, v: P.Vma) -> str | None:
     """Why this mapping cannot be dumped yet, or None.  Also run before freezing."""
     where = f"process {pid} mapping {v.start:x}-{v.end:x}"
     k = v.kind
-    if k in (P.VmaKind.SHMEM, P.VmaKind.SYSV, P.VmaKind.MEMFD):
-        return f"{where}: shared memory ({v.path or k.value}) is not supported yet"
+    if k is P.VmaKind.SYSV:
+        return f"{where}: SysV shared memory ({v.path}) is not supported yet"
     if k is P.VmaKind.SPECIAL:
         return f"{where}: special mapping {v.path} is not supported"
     if k is P.VmaKind.FILE:
@@ -56,6 +57,8 @@ def vma_kind(v: P.Vma) -> int:
         return _SPECIAL[v.kind]
     if v.kind in _ANON:
         return VmaKind.ANON
+    if v.kind in (P.VmaKind.SHMEM, P.VmaKind.MEMFD):
+        return VmaKind.SHMEM
     return VmaKind.FILE_SHARED if v.shared else VmaKind.FILE_PRIVATE
 
 
@@ -64,6 +67,7 @@ def dump_vmas(
     maps: list[P.Vma],
     vmflags: dict[tuple[int, int], frozenset[str]],
     paths: PathTable,
+    shmem: ShmemTable,
 ) -> list[Vma]:
     out = []
     file_ids: dict[tuple[str, int, int, int], int] = {}
@@ -78,9 +82,11 @@ def dump_vmas(
             vf |= _VMFLAGS.get(code, 0)
         prot = (1 if v.read else 0) | (2 if v.write else 0) | (4 if v.exec else 0)
         flags = MAP_SHARED if v.shared else MAP_PRIVATE
-        file_id = 0
+        file_id = shmem_id = 0
         if kind == VmaKind.ANON:
             flags |= MAP_ANONYMOUS
+        elif kind == VmaKind.SHMEM:
+            shmem_id = shmem.from_vma(pid, v)
         elif kind in (VmaKind.FILE_PRIVATE, VmaKind.FILE_SHARED):
             key = (v.path, v.major, v.minor, v.inode)
             file_id = file_ids.get(key, 0)
@@ -101,6 +107,7 @@ def dump_vmas(
                 pgoff=v.pgoff,
                 vmflags=vf,
                 file_id=file_id,
+                shmem_id=shmem_id,
                 name=v.path if v.path.startswith("[") else "",
             )
         )

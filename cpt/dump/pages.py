@@ -19,6 +19,7 @@ from cptimage.records import OwnerKind, PageFlags, PagemapRun, Vma, VmaKind, VmF
 
 from ..sys.arch import PAGE_SIZE
 from ..sys.mem import (
+    MAP_SHARED,
     PAGE_IS_FILE,
     PAGE_IS_PFNZERO,
     PAGE_IS_PRESENT,
@@ -35,7 +36,8 @@ _WANT = PAGE_IS_PRESENT | PAGE_IS_SWAPPED
 _buf: mmap.mmap | None = None
 
 
-def _buffer() -> mmap.mmap:
+def page_buffer() -> mmap.mmap:
+    """The reused, pre-faulted buffer pages are read into (BUF_SIZE bytes)."""
     global _buf
     if _buf is None:
         _buf = mmap.mmap(
@@ -45,8 +47,13 @@ def _buffer() -> mmap.mmap:
 
 
 def dumpable(v: Vma) -> bool:
-    """VMAs whose pages live only in memory (not in a file or a shared object)."""
-    return v.kind in (VmaKind.ANON, VmaKind.FILE_PRIVATE) and not v.vmflags & VmFlags.IO
+    """VMAs whose pages live only in this process's memory: anonymous memory and the COW'd
+    pages of private mappings (of files or of shared memory objects)."""
+    if v.vmflags & VmFlags.IO:
+        return False
+    if v.kind == VmaKind.SHMEM:
+        return not v.flags & MAP_SHARED  # MAP_PRIVATE of a memfd: its COW'd pages
+    return v.kind in (VmaKind.ANON, VmaKind.FILE_PRIVATE)
 
 
 def page_ranges(pid: int, vmas: list[Vma]) -> list[tuple[int, int, int]]:
@@ -89,7 +96,7 @@ class PageDumper:
     def __init__(self, pid: int, writer: ImageWriter) -> None:
         self.pid = pid
         self.writer = writer
-        self.buf = _buffer()
+        self.buf = page_buffer()
         self.view = memoryview(self.buf)
         self.runs: list[PagemapRun] = []
         self.bytes = 0

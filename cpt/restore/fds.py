@@ -14,14 +14,14 @@ import os
 
 from ..errors import RestoreError
 from ..sys.syscalls import NR
-from . import files, pipes
+from . import files, pipes, shmem
 from .fdbase import Opener
 from .model import ImageModel
 from .tree import Task
 
 F_SETFD = 2
 FD_CLOEXEC = 1
-OPENERS: tuple[type, ...] = (files.Files, pipes.Pipes)
+OPENERS: tuple[type, ...] = (files.Files, pipes.Pipes, shmem.Memfds)
 
 
 class FileRestorer:

@@ -137,8 +137,11 @@ def _written(vmas: list[Vma], runs: list) -> set[int]:
     return out
 
 
-def map_vmas(task: Task, model: ImageModel) -> set[int]:
-    """mmap every dumped VMA; returns the indexes given PROT_WRITE for page writing."""
+def map_vmas(task: Task, model: ImageModel, pidfd_slot: int) -> set[int]:
+    """mmap every dumped VMA; returns the indexes given PROT_WRITE for page writing.
+
+    Shared memory objects exist in the restorer (shmem.py); their fd is pulled through
+    the stub's inherited pidfd (`pidfd_slot`), mapped, and closed."""
     t = task.leader
     pi = task.img
     written = _written(pi.vmas, pi.runs)
@@ -149,7 +152,13 @@ def map_vmas(task: Task, model: ImageModel) -> set[int]:
                 continue
             prot = v.prot | (PROT_WRITE if i in written else 0)
             fd, off = -1, 0
-            if v.kind in (VmaKind.FILE_PRIVATE, VmaKind.FILE_SHARED):
+            if v.kind == VmaKind.SHMEM:
+                key = (-v.shmem_id, 0)
+                if key not in fds:
+                    local = model.shmem_fds[v.shmem_id]
+                    fds[key] = t.syscall_checked(NR.pidfd_getfd, pidfd_slot, local, 0)
+                fd, off = fds[key], v.pgoff
+            elif v.kind in (VmaKind.FILE_PRIVATE, VmaKind.FILE_SHARED):
                 mode = O_RDWR if v.kind == VmaKind.FILE_SHARED and v.prot & PROT_WRITE else O_RDONLY
                 key = (v.file_id, mode)
                 if key not in fds:

@@ -12,6 +12,7 @@ from cptimage.records import (
     Header,
     Itimers,
     Mm,
+    OwnerKind,
     PagemapRun,
     PathObj,
     PendingSignal,
@@ -21,6 +22,7 @@ from cptimage.records import (
     Rlimits,
     SeccompFilter,
     SectionType,
+    ShmemObject,
     Sigactions,
     TaskState,
     Thread,
@@ -81,6 +83,9 @@ class ImageModel:
         self.paths: dict[int, PathObj] = {}
         self.files: dict[int, Any] = {}  # open-file descriptions by id
         self.pipe_data: dict[int, PipeData] = {}
+        self.shmem: dict[int, ShmemObject] = {}
+        self.shmem_runs: dict[int, list[PagemapRun]] = {}
+        self.shmem_fds: dict[int, int] = {}  # object id -> its fd in the restorer (filled there)
         self.order: list[int] = []  # pids, parents before children
         self._load()
 
@@ -92,6 +97,9 @@ class ImageModel:
                 self.order.append(rec.pid)
         for stype in (SectionType.PROCESS, SectionType.MM, SectionType.FDS):
             for rec in r.records(stype):
+                if isinstance(rec, ShmemObject):
+                    self.shmem[rec.id] = rec
+                    continue
                 pi = self.procs.get(getattr(rec, "pid", -1))
                 if pi is None:
                     continue
@@ -103,7 +111,11 @@ class ImageModel:
                 if lst:
                     getattr(pi, lst).append(rec)
         for rec in r.records(SectionType.PAGEMAP):
-            if isinstance(rec, PagemapRun) and rec.owner in self.procs:
+            if not isinstance(rec, PagemapRun):
+                continue
+            if rec.owner_kind == OwnerKind.SHMEM:
+                self.shmem_runs.setdefault(rec.owner, []).append(rec)
+            elif rec.owner in self.procs:
                 self.procs[rec.owner].runs.append(rec)
         for rec in r.records(SectionType.FILES):
             if isinstance(rec, PathObj):

@@ -35,6 +35,7 @@ from .mm import finish_vmas, map_vmas, set_mm, take_over, write_pages
 from .model import ImageModel
 from .options import RestoreOptions
 from .pidns import PidNamespace
+from .shmem import close_objects, create_objects
 from .signals import restore_pending, restore_sigactions
 from .task import restore_outside, restore_task_state
 from .threads import create_threads, set_registers, setup_thread
@@ -78,6 +79,8 @@ class Restorer:
         image_map = None
         ns: PidNamespace | None = None
         try:
+            image_map = self._map_image()
+            create_objects(self.model, self.reader, image_map)
             files.open_all()
             slot = _free_slot(max_fd(self.model) + 1)
             with _inherited_pidfd(slot):
@@ -95,7 +98,6 @@ class Restorer:
                 )
             self.stats.host_pid = self.tasks[self.model.root].host_pid
             t1 = time.perf_counter()
-            image_map = self._map_image()
             live = [self.tasks[p] for p in self.model.order if not self.tasks[p].img.zombie]
             for task in live:
                 self._process(task, files, slot, image_map)
@@ -122,6 +124,7 @@ class Restorer:
             raise RestoreError(f"restore failed: {e}") from e
         finally:
             files.close()
+            close_objects(self.model)
             if image_map is not None:
                 image_map.close()
         st = self.stats
@@ -149,7 +152,7 @@ class Restorer:
         t = task.leader
         with t.session(restore=False):
             take_over(task, self.proc)
-            written = map_vmas(task, self.model)
+            written = map_vmas(task, self.model, slot)
             self.stats.pages_bytes += write_pages(task, self.reader, image_map)
             finish_vmas(task, written)
             set_mm(task, self.model)

@@ -68,3 +68,21 @@ def memfd_create(name: str, flags: int = MFD_CLOEXEC) -> int:
 def close_range(first: int, last: int, flags: int = 0) -> None:
     """close_range(2) in this process (CLOSE_RANGE_CLOEXEC marks instead of closing)."""
     checked_syscall(f"close_range({first}, {last})", None, NR.close_range, first, last, flags)
+
+
+def shared_anon_file(size: int) -> int:
+    """A new shared anonymous memory object (what mmap(MAP_SHARED|MAP_ANONYMOUS) creates,
+    named "/dev/zero (deleted)" in /proc/PID/maps), as an O_RDWR fd of this process.
+
+    The kernel creates such objects only through mmap: map one, open it through
+    /proc/self/map_files (needs CAP_SYS_ADMIN), unmap it; the fd keeps it alive.
+    """
+    prot = 0x1 | 0x2  # PROT_READ | PROT_WRITE
+    flags = 0x01 | 0x20  # MAP_SHARED | MAP_ANONYMOUS
+    addr = raw_syscall(int(NR.mmap), 0, size, prot, flags, -1 & 0xFFFFFFFFFFFFFFFF, 0)
+    if addr == -1:
+        raise errno_error(get_errno(), f"mmap of a {size}-byte shared anonymous object")
+    try:
+        return os.open(f"/proc/self/map_files/{addr:x}-{addr + size:x}", os.O_RDWR | os.O_CLOEXEC)
+    finally:
+        raw_syscall(int(NR.munmap), addr, size)
