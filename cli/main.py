@@ -13,7 +13,7 @@ import sys
 
 import typer
 
-from . import cr, exitcodes
+from . import check, cr, exitcodes
 from .image import app as image_app
 
 try:  # typer >= 0.16 vendors click
@@ -31,6 +31,7 @@ app = typer.Typer(
 app.add_typer(image_app, name="image")
 app.command("chkpnt")(cr.chkpnt)
 app.command("restore")(cr.restore)
+app.command("check")(check.check)
 
 
 def _say(message: str) -> None:

@@ -275,3 +275,20 @@ def pagemap_scan(
 def open_pagemap(pid: int) -> int:
     """An O_RDONLY fd on /proc/PID/pagemap (close it with os.close)."""
     return os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+
+
+def soft_dirty_works() -> bool:
+    """Does clear_refs(4) + a write set bit 55 of the page's pagemap entry?  (Needs
+    CONFIG_MEM_SOFT_DIRTY; not set on this project's kernels.)"""
+    page = 1 << PAGE_SHIFT
+    buf = ctypes.create_string_buffer(2 * page)
+    addr = (ctypes.addressof(buf) + page - 1) & ~(page - 1)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("4")
+    ctypes.memset(addr, 1, 1)
+    fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        entry = int.from_bytes(os.pread(fd, 8, (addr >> PAGE_SHIFT) * 8), "little")
+    finally:
+        os.close(fd)
+    return bool(entry >> 55 & 1)

@@ -177,3 +177,19 @@ def tgkill(tgid: int, tid: int, sig: int) -> None:
 
 def gettid() -> int:
     return checked_syscall("gettid", None, NR.gettid)
+
+
+def prctl_mm_map_size() -> int:
+    """PR_SET_MM_MAP_SIZE: the size of struct prctl_mm_map this kernel expects."""
+    size = ctypes.c_uint(0)
+    checked_syscall(
+        "prctl(PR_SET_MM, PR_SET_MM_MAP_SIZE)",
+        None,
+        NR.prctl,
+        PR_SET_MM,
+        PR_SET_MM_MAP_SIZE,
+        ctypes.addressof(size),
+        0,
+        0,
+    )
+    return size.value
