@@ -91,23 +91,27 @@ def build_stub(base: int = STUB_BASE) -> bytes:
     return image
 
 
+# The reaper: hold no fd, reap every child, exit when the last one is gone.
+#     close_range(0, ~0, 0)
+#     loop: wait4(-1, NULL, __WALL, NULL) != -ECHILD ? goto loop
+#     exit_group(0)
+_CLOSE_ALL = bytes.fromhex("b8b401000031ffbeffffffff31d20f05")  # close_range(0,~0,0)
+_WAIT4 = bytes.fromhex("b83d00000048c7c7ffffffff31f6ba000000404531d20f05")
+_CMP_ECHILD = bytes.fromhex("4883f8f6")  # cmp rax, -ECHILD
+_REAPER = (
+    _CLOSE_ALL
+    + _WAIT4
+    + _CMP_ECHILD
+    + bytes([0x75, -(len(_WAIT4) + len(_CMP_ECHILD) + 2) & 0xFF])  # jne: wait4 again
+    + bytes.fromhex("b8e700000031ff0f05")  # exit_group(0)
+)
+
+
 def _init_code() -> bytes:
-    """Machine code of the init of a restore's new PID namespace.
-
-    It starts as a stub (the same pause loop at the same offset, so the restorer drives it
-    like any stub: it clones the tree's root from it), then the restorer points it at
-    INIT_REAPER:
-
-        reap:  close_range(0, ~0, 0)                          # hold none of our fds
-        loop:  wait4(-1, NULL, __WALL, NULL) != -ECHILD ? goto loop
-               exit_group(0)                                  # last child gone: the end
-    """
-    close_all = bytes.fromhex("b8b401000031ffbeffffffff31d20f05")
-    wait4 = bytes.fromhex("b83d00000048c7c7ffffffff31f6ba000000404531d20f05")
-    cmp_echild = bytes.fromhex("4883f8f6")  # cmp rax, -ECHILD
-    back = -(len(wait4) + len(cmp_echild) + 2)
-    exit0 = bytes.fromhex("b8e700000031ff0f05")
-    return _CODE + close_all + wait4 + cmp_echild + bytes([0x75, back & 0xFF]) + exit0
+    """The init of a restore's new PID namespace: first a stub (the same pause loop at the
+    same offset, so the restorer drives it like any stub and clones the tree's root from
+    it), then sent to INIT_REAPER by the restorer."""
+    return _CODE + _REAPER
 
 
 # where the init's reaper starts (the pause loop comes first, as in the stub)
@@ -115,8 +119,13 @@ INIT_REAPER = STUB_ENTRY + len(_CODE)
 
 
 def build_init(base: int = STUB_BASE) -> bytes:
-    """The init ELF of a new PID namespace (see _init_code)."""
+    """The init ELF of a restore's new PID namespace (see _init_code)."""
     return _elf(_init_code(), base)
+
+
+def build_reaper(base: int = STUB_BASE) -> bytes:
+    """A VE's init: a static program that only reaps (entered at the reaper itself)."""
+    return _elf(_REAPER, base)
 
 
 _memfds: dict[str, tuple[int, int]] = {}  # name -> (fd, owner pid)
