@@ -20,6 +20,13 @@ and, in the same run, the physical limits the targets compare with:
   memset          first touch of the same size (fresh MAP_PRIVATE|MAP_ANONYMOUS memory,
                   memset, timed inside a small C helper compiled here)
 
+and a server workload (--server on|off|only): a TCP echo server (poll loop, 64 MiB of
+heap) with 100 established connections whose clients run in a thread of this process,
+outside the dumped tree, each sending a 16-byte request every 20 ms: checkpoint with
+--tcp-established (dump + kill) and restore times, and the longest time a client waited
+for an echo (the pause it saw) across checkpoint, kill and restore; every echo must come
+back intact, without a reset.
+
 Targets (PASS/MISS): image <= RSS + 1%; frozen <= 1.2 x (readv + write); restore of
 1024 MiB <= 1.2 x memset; dump and restore of a small process <= 30 ms each.
 
@@ -58,6 +65,8 @@ import platform
 import pstats
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -170,13 +179,16 @@ int main(int argc, char **argv)
 class Workload:
     """counter DIR MiB, child of a PARENT process (not of us) until it is restored."""
 
-    def __init__(self, binary: Path, directory: Path, mib: int) -> None:
+    def __init__(
+        self, binary: Path, directory: Path, mib: int, argv: list[str] | None = None
+    ) -> None:
         self.dir = directory
         directory.mkdir(parents=True)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
+        argv = argv or [str(binary), str(directory), str(mib)]
         with open(directory / "log", "wb") as log:
             self.parent = subprocess.Popen(
-                [sys.executable, "-I", "-c", PARENT, str(binary), str(directory), str(mib)],
+                [sys.executable, "-I", "-c", PARENT, *argv],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -596,6 +608,180 @@ def one_round(
     return r
 
 
+# --------------------------------------------------------------------------- server
+
+# The server workload: an echo server on 127.0.0.1 with MiB of touched heap, one poll()
+# loop (no epoll fd), writing DIR/port then DIR/ready.
+ECHO_SERVER = """\
+import os, select, socket, sys
+d, mib = sys.argv[1], int(sys.argv[2])
+heap = bytearray(os.urandom(1 << 20)) * mib
+lsn = socket.socket()
+lsn.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+lsn.bind(("127.0.0.1", 0))
+lsn.listen(256)
+conns = {}
+p = select.poll()
+p.register(lsn, select.POLLIN)
+with open(os.path.join(d, "port"), "w") as f:
+    f.write(str(lsn.getsockname()[1]))
+with open(os.path.join(d, ".ready"), "w") as f:
+    f.write(str(os.getpid()))
+os.rename(os.path.join(d, ".ready"), os.path.join(d, "ready"))
+while True:
+    for fd, ev in p.poll():
+        if fd == lsn.fileno():
+            c, _ = lsn.accept()
+            conns[c.fileno()] = c
+            p.register(c, select.POLLIN)
+            continue
+        c = conns[fd]
+        data = c.recv(65536)
+        if data:
+            c.sendall(data)
+        else:
+            p.unregister(fd)
+            conns.pop(fd).close()
+"""
+REQ = 16  # bytes per echo request: client number, sequence number
+
+
+@dataclass
+class Clients:
+    """N echo clients in a thread of this process (outside the dumped tree): each sends
+    one request every `period` s and measures the time until its echo comes back."""
+
+    port: int
+    n: int
+    period: float = 0.02
+    max_latency: float = 0.0
+    requests: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        import threading
+
+        self.socks = [socket.create_connection(("127.0.0.1", self.port)) for _ in range(self.n)]
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.pending: dict[int, tuple[float, bytes]] = {}  # client -> (sent at, request)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        import select
+
+        poll = select.poll()
+        by_fd = {s.fileno(): i for i, s in enumerate(self.socks)}
+        for s in self.socks:
+            poll.register(s, select.POLLIN)
+        seq = [0] * self.n
+        due = [time.monotonic() + i * self.period / self.n for i in range(self.n)]
+        while not self.stop.is_set() or self.pending:
+            now = time.monotonic()
+            for i in range(self.n):
+                if i not in self.pending and due[i] <= now and not self.stop.is_set():
+                    req = struct.pack("<QQ", i, seq[i])
+                    seq[i] += 1
+                    try:
+                        self.socks[i].sendall(req)
+                    except OSError as e:
+                        self.errors.append(f"client {i}: {e}")
+                        return
+                    self.pending[i] = (now, req)
+                    due[i] = now + self.period
+            for fd, _ in poll.poll(5):
+                i = by_fd[fd]
+                try:
+                    data = self.socks[i].recv(REQ)
+                except OSError as e:
+                    self.errors.append(f"client {i}: {e}")
+                    return
+                if len(data) < REQ:
+                    data += self.socks[i].recv(REQ - len(data), socket.MSG_WAITALL)
+                sent, req = self.pending.pop(i, (0.0, b""))
+                if data != req:
+                    self.errors.append(f"client {i}: echo {data!r} for {req!r}")
+                    return
+                self.requests += 1
+                self.max_latency = max(self.max_latency, time.monotonic() - sent)
+            if self.stop.is_set() and time.monotonic() > self._deadline:
+                self.errors.append(f"{len(self.pending)} requests never answered")
+                return
+
+    def finish(self, timeout: float = 30.0) -> None:
+        self._deadline = time.monotonic() + timeout
+        self.stop.set()
+        self.thread.join(timeout + 5)
+        for s in self.socks:
+            s.close()
+
+
+def server_round(tmp: str, conns: int, mib: int) -> dict[str, Any]:
+    """Checkpoint (--tcp-established) and restore an echo server while its clients run."""
+    d = Path(tmp) / "server"
+    wl = Workload(
+        Path(sys.executable), d, mib, [sys.executable, "-I", "-c", ECHO_SERVER, str(d), str(mib)]
+    )
+    clients = None
+    try:
+        port = int(_read(d / "port"))
+        clients = Clients(port, conns)
+        clients.start()
+        time.sleep(1.0)
+        warm_max = clients.max_latency
+        img = os.path.join(tmp, "server.img")
+        t0 = time.perf_counter()
+        st = checkpoint(wl.pid, img, DumpOptions(tcp_established=True))
+        dump_s = time.perf_counter() - t0
+        wl.killed()
+        t1 = time.perf_counter()
+        with open_for_restore(img) as reader:
+            tree = Tree(reader.header.root_pid)
+            with tree.locked():
+                rst = tree.restore(reader)
+        restore_s = time.perf_counter() - t1
+        wl.restored = True
+        os.unlink(img)
+        time.sleep(3.0)  # the clients run on against the restored server
+        clients.finish()
+        if clients.errors:
+            raise RuntimeError("server bench: " + "; ".join(clients.errors[:3]))
+        return {
+            "connections": conns,
+            "heap_mib": mib,
+            "image_mib": st.image_bytes / MiB,
+            "checkpoint_s": dump_s,
+            "frozen_s": st.frozen_s,
+            "restore_s": restore_s,
+            "restore_engine_s": rst.total_s,
+            "max_pause_s": clients.max_latency,
+            "max_latency_before_s": warm_max,
+            "requests": clients.requests,
+        }
+    finally:
+        if clients is not None and clients.thread.is_alive():
+            clients.finish(timeout=1)
+        wl.kill_restored()
+        wl.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def server_lines(r: dict[str, Any]) -> list[str]:
+    return [
+        f"server: TCP echo server, {r['connections']} established connections "
+        f"(clients outside the tree), {r['heap_mib']} MiB heap, image {r['image_mib']:.1f} MiB",
+        f"  checkpoint --tcp-established (dump + kill)  {ms(r['checkpoint_s'])}"
+        f"   (frozen {ms(r['frozen_s'])})",
+        f"  restore (verify + restore)                  {ms(r['restore_s'])}"
+        f"   (engine {ms(r['restore_engine_s'])})",
+        f"  longest pause a client saw                  {ms(r['max_pause_s'])}"
+        f"   (before the checkpoint: {ms(r['max_latency_before_s'])}; "
+        f"{r['requests']} echoes, none lost, no reset)",
+    ]
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -851,6 +1037,14 @@ def main() -> int:
         "--cold", action="store_true", help="no warm-up of memory before the timed steps"
     )
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    ap.add_argument(
+        "--server",
+        choices=("on", "off", "only"),
+        default="on",
+        help="the TCP echo server workload (only: skip the sized runs)",
+    )
+    ap.add_argument("--server-conns", type=int, default=100, help="server: client connections")
+    ap.add_argument("--server-mib", type=int, default=64, help="server: MiB of heap")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     if os.geteuid() != 0:
@@ -861,7 +1055,19 @@ def main() -> int:
     os.environ["CPT_RUN_DIR"] = os.path.join(tmp, "run")
     prof = Profiles(enabled=args.profile)
     results: dict[int, list[Round]] = {}
+    server: dict[str, Any] | None = None
     try:
+        if args.server != "off" and not args.profile:
+            server = server_round(tmp, args.server_conns, args.server_mib)
+        if args.server == "only":
+            print("\n".join(server_lines(server or {})))
+            if args.json:
+                text = json.dumps({"machine": machine(), "server": server}, indent=2)
+                if args.json == "-":
+                    print(text)
+                else:
+                    Path(args.json).write_text(text + "\n")
+            return 0
         if args.profile:
             # the first engine call of a process pays one-time costs (lazy struct
             # compilation, buffers) that every `cpt` command pays too: profiled apart
@@ -915,11 +1121,13 @@ def main() -> int:
         if not args.cold
         else "  --cold: no warm-up (first touches may hit host-cold memory)"
     )
+    if server is not None:
+        print("\n".join(server_lines(server)))
     print("targets")
     for t in checks:
         print(target_line(t))
     if args.json:
-        doc = {"machine": machine(), "sizes": summary, "targets": checks}
+        doc = {"machine": machine(), "sizes": summary, "targets": checks, "server": server}
         text = json.dumps(doc, indent=2, default=str)
         if args.json == "-":
             print(text)

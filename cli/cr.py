@@ -14,6 +14,7 @@ from cpt.checkpoint import Tree, default_dumpfile, open_for_restore, tree_of
 from cpt.dump.options import DumpOptions
 from cpt.errors import InvalidValue, UsageError
 from cpt.restore.options import RestoreOptions
+from cpt.restore.tty import wait_shell_job
 
 DumpfileOpt = Annotated[
     str | None, typer.Option("--dumpfile", help="the dump file (default /var/tmp/Dump.pid-PID)")
@@ -141,7 +142,11 @@ def restore(
         bool, typer.Option("--ipcns", help="restore SysV/POSIX IPC into a new IPC namespace")
     ] = False,
     shell_job: Annotated[
-        bool, typer.Option("--shell-job", help="attach the tree to this shell's terminal")
+        bool,
+        typer.Option(
+            "--shell-job",
+            help="attach the tree to this shell's terminal; wait until the tree's root exits",
+        ),
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -174,3 +179,6 @@ def restore(
             f.write(f"{stats.host_pid}\n")
     what = "undumped" if stage == "undump" else "restored"
     _report(f"{what} tree {stats.root_pid} from {dumpfile}", stats, as_json)
+    if shell_job and stage is None:
+        sys.stdout.flush()
+        wait_shell_job(stats.pidns_init or stats.host_pid)

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
-import fcntl
 import functools
 import json
 import os
@@ -28,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
-from cptimage.atomic import AtomicFile, atomic_output
+from cptimage.atomic import AtomicFile, atomic_output, check_target
 from cptimage.container import ImageReader
 from cptimage.errors import ImageError
 from cptimage.verify import verify
@@ -49,6 +47,7 @@ from .errors import (
     UsageError,
 )
 from .freezer import Freezer
+from .lock import locked, run_dir
 from .proc import Proc
 from .restore.options import RestoreOptions
 from .restore.restorer import Restorer, RestoreStats
@@ -79,13 +78,6 @@ def _fails_as(cls: type[CptError], what: str) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return deco
-
-
-def run_dir() -> str:
-    """Where cpt keeps state between commands (CPT_RUN_DIR overrides /run/cpt)."""
-    d = os.environ.get("CPT_RUN_DIR", "/run/cpt")
-    os.makedirs(d, mode=0o700, exist_ok=True)
-    return d
 
 
 def default_dumpfile(pid: int) -> str:
@@ -124,36 +116,9 @@ class Tree:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[Tree]:
-        """Hold the tree's lock (fails with LockedError, exit 9, if another cpt holds it).
-
-        The lock file is removed on release; an opener that raced with the removal finds
-        its inode no longer at the path and tries again.
-        """
-        path = os.path.join(run_dir(), self.name + ".lock")
-        while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                os.close(fd)
-                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise LockedError(
-                        f"tree {self.root} is locked by another cpt command; retry when it ends",
-                        pid=self.root,
-                    ) from None
-                raise
-            try:
-                if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                    break
-            except FileNotFoundError:
-                pass
-            os.close(fd)
-        try:
+        """Hold the tree's lock (LockedError, exit 9, if another cpt command holds it)."""
+        with locked(self.name, f"tree {self.root}"):
             yield self
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-            os.close(fd)
 
     def load_state(self) -> TreeState | None:
         try:
@@ -186,7 +151,9 @@ class Tree:
             raise DumpError(f"tree {self.root} is already suspended", pid=self.root)
         self._clear_stale()
         tree = self._live_tree()
-        precheck(tree, self.root, self.proc, opts or DumpOptions())
+        precheck(
+            tree, self.root, self.proc, dataclasses.replace(opts or DumpOptions(), staged=True)
+        )
         origins: dict[int, str] = {}
         self.freezer.create()
         try:
@@ -220,6 +187,7 @@ class Tree:
                 f"--suspend` first",
                 pid=self.root,
             )
+        check_target(dumpfile)
         tree = collect_tree(self.root, self.proc)
         tracees: list[Tracee] = []
         try:
@@ -233,6 +201,7 @@ class Tree:
         # frozen tasks entered their ptrace stops at once; the stops hold them now, and
         # the cgroup must be thawed for injected syscalls to run
         self.freezer.thaw()
+        opts = dataclasses.replace(opts, staged=True)
         return self._dump_seized(tree, dumpfile, opts, after="freeze")
 
     @_fails_as(DumpError, "checkpoint")
@@ -248,6 +217,7 @@ class Tree:
                 f"tree {self.root} is suspended: dump it with --dump, or --resume it",
                 pid=self.root,
             )
+        check_target(dumpfile)  # before anything is frozen
         precheck(self._live_tree(), self.root, self.proc, opts)
         self._frozen_at = time.perf_counter()
         tree = self._seize_tree()
@@ -292,21 +262,31 @@ class Tree:
         tracees = [t for i in live for t in i.tracees]
         out = AtomicFile(dumpfile)
         ok = False
+        dumper = Dumper(tree, self.root, opts, self.proc)
         try:
             try:
-                stats = Dumper(tree, self.root, opts, self.proc).run(out.file)
+                stats = dumper.run(out.file)
                 if after == "kill":
                     out.commit()  # durable before the workload dies
                 ok = True
             finally:
                 if ok and after == "kill":
-                    self._kill_traced(live)
+                    try:
+                        self._kill_traced(live)
+                    finally:
+                        dumper.release(killed=True)  # TCP sockets died in repair mode
                 elif after == "freeze":
                     self.freezer.freeze_request()
-                    detach_all(tracees)
+                    try:
+                        dumper.release(killed=False)
+                    finally:
+                        detach_all(tracees)
                     self.freezer.wait_frozen()
                 else:  # resume, or a failed full checkpoint: the tree runs on
-                    detach_all(tracees)
+                    try:
+                        dumper.release(killed=False)  # before the tree runs
+                    finally:
+                        detach_all(tracees)
             if self._frozen_at:
                 stats.frozen_s = time.perf_counter() - self._frozen_at
             if after != "kill":
@@ -449,7 +429,8 @@ def open_for_restore(dumpfile: str, opts: RestoreOptions | None = None) -> Image
         reader = ImageReader(dumpfile)
     except ImageError as e:
         raise RestoreError(f"{e}; refusing to restore") from None
-    host = check_host(reader, pids=not (opts and opts.pidns))
+    opts = opts or RestoreOptions()
+    host = check_host(reader, pids=not opts.pidns, ipcns=opts.ipcns)
     if host:
         reader.close()
         msgs = "; ".join(p.message for p in host[:3])

@@ -666,6 +666,7 @@ class FdKind(enum.Enum):
     MEMFD = "memfd"  # /memfd:NAME (deleted)
     PTS = "pts"  # /dev/pts/N
     PTMX = "ptmx"  # /dev/ptmx, /dev/pts/ptmx: a pty master
+    MQUEUE = "mqueue"  # a POSIX message queue: its link looks like a path ("/name")
     UNKNOWN = "unknown"
 
 

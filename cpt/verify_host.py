@@ -4,7 +4,8 @@ corrupting the workload?
 Checked, each problem named precisely: the kernel (release and build) and its vDSO, the
 CPU features the saved state depends on (cpuid flags and the XSAVE feature mask), the
 PIDs and TIDs the tree needs, and every file the image references (exe, mapped files,
-open files, cwd, root): it must exist and be the same file (inode, size, mtime).
+open files, cwd, root): it must exist and be the same file (inode, size, mtime); a file
+deleted at the dump is in the image (a ghost) and needs nothing on disk.
 The image's own checksums are cptimage.verify's job; restore runs both.
 """
 
@@ -15,10 +16,11 @@ import os
 import stat
 
 from cptimage.container import ImageReader
-from cptimage.records import PathKind, PathObj
+from cptimage.records import PathFlags, PathKind, PathObj
 from cptimage.verify import Problem
 
 from . import hostinfo
+from .restore.ipc import IpcObjects
 from .restore.model import ImageModel
 from .restore.restorer import pids_in_use
 
@@ -39,7 +41,9 @@ def host_xcr0() -> int:
         kill_and_reap(t.pid)
 
 
-def check_host(reader: ImageReader, *, pids: bool = True) -> list[Problem]:
+def check_host(reader: ImageReader, *, pids: bool = True, ipcns: bool = False) -> list[Problem]:
+    """Problems of restoring the image here: `pids=False` for a new PID namespace,
+    `ipcns=True` for a new IPC namespace (where no id can be taken)."""
     h = reader.header
     out: list[Problem] = []
     arch, release, version = hostinfo.kernel()
@@ -75,6 +79,9 @@ def check_host(reader: ImageReader, *, pids: bool = True) -> list[Problem]:
                     f"PID {pid} is in use ({what}); free it, or restore with --pidns",
                 )
             )
+    if not (ipcns or model.ipc_own):
+        for conflict in IpcObjects(model, reader, None).conflicts():
+            out.append(_problem("ipc", conflict))
     for p in model.paths.values():
         why = changed(p)
         if why:
@@ -84,6 +91,8 @@ def check_host(reader: ImageReader, *, pids: bool = True) -> list[Problem]:
 
 def changed(p: PathObj) -> str | None:
     """Why the file at p.path is not the one the image references, or None."""
+    if p.flags & PathFlags.GHOST:
+        return None  # deleted at the dump: its contents are in the image
     try:
         st = os.stat(p.path)
     except FileNotFoundError:

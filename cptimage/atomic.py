@@ -14,8 +14,10 @@ consumer of a pipe sees whatever was written before a failure).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
+import stat
 import sys
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -41,6 +43,19 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+def check_target(target: str) -> None:
+    """Refuse a path an atomic write must not replace: a rename would replace whatever it
+    names (a device, a FIFO, a directory)."""
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(st.st_mode):
+        raise FileExistsError(
+            errno.EEXIST, "exists and is not a regular file; refusing to replace it", target
+        )
+
+
 class AtomicFile:
     """A file written under a temporary name and published by ``commit()``.
 
@@ -50,6 +65,7 @@ class AtomicFile:
 
     def __init__(self, path: str | os.PathLike[str], mode: int = 0o600) -> None:
         self.target = os.fspath(path)
+        check_target(self.target)
         self.mode = mode
         self.directory = os.path.dirname(os.path.abspath(self.target))
         self.tmp, fd = _create_temp(self.directory, os.path.basename(self.target), 0o600)
@@ -94,4 +110,4 @@ def atomic_output(path: str | os.PathLike[str], mode: int = 0o600) -> Iterator[B
     af.commit()
 
 
-__all__ = ["STDOUT", "AtomicFile", "atomic_output"]
+__all__ = ["STDOUT", "AtomicFile", "atomic_output", "check_target"]

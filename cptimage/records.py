@@ -231,11 +231,11 @@ class PosixTimer(Record):
     clockid: int = i32()
     sigev_notify: int = i32()
     signo: int = i32()
-    notify_tid: int = u32()
-    overrun: int = i32()
+    notify_tid: int = u32()  # SIGEV_THREAD_ID: the thread, in the process's pid namespace
+    overrun: int = i32()  # timer_getoverrun() at the dump (informative: cannot be set)
     sigev_value: int = u64()
     interval_ns: int = u64()
-    value_ns: int = u64()
+    value_ns: int = u64()  # time left at the dump; 0 = disarmed
 
 
 @record(0x0109)
@@ -471,6 +471,12 @@ class UnixSocket(Record):
     peer_ino: int = u64()
     name: bytes = blob()  # sun_path; abstract names begin with NUL
     queue: list[bytes] = blobs()  # messages waiting in this socket's receive queue
+    fmode: int = u32()  # a path name's socket file: mode, owner, group
+    fuid: int = u32()
+    fgid: int = u32()
+    senders: list[bytes] = blobs()  # dgram/seqpacket: each queued message's source name
+    icons: list[int] = u64s()  # listeners: the clients waiting in the accept queue, in order
+    peer_name: bytes = blob()  # a peer outside the tree (--ext-unix-sk): its bound name
 
 
 class InetFlags(enum.IntFlag):
@@ -479,6 +485,7 @@ class InetFlags(enum.IntFlag):
     NODELAY = 1 << 2
     KEEPALIVE = 1 << 3
     REPAIR = 1 << 4  # the repair fields below are valid
+    V6ONLY = 1 << 5  # IPV6_V6ONLY
 
 
 @record(0x0507)
@@ -536,9 +543,9 @@ class TimerFd(Record):
     id: int = u32()
     flags: int = u32()
     clockid: int = i32()
-    settime_flags: int = u32()
-    ticks: int = u64()
-    value_ns: int = u64()
+    settime_flags: int = u32()  # TFD_TIMER_ABSTIME 1, TFD_TIMER_CANCEL_ON_SET 2
+    ticks: int = u64()  # expirations not read yet
+    value_ns: int = u64()  # time left at the dump (also for ABSTIME); 0 = disarmed
     interval_ns: int = u64()
 
 
@@ -569,9 +576,9 @@ class InotifyWatch(Record):
     wd: int = i32()
     mask: int = u32()
     ignored_mask: int = u32()
-    ino: int = u64()
+    ino: int = u64()  # the watched inode, as stat() shows it
     dev: int = u64()
-    path: str = text()
+    path: str = text()  # its path at the dump (the watch is on that inode)
 
 
 class TtyKind(enum.IntEnum):
@@ -610,6 +617,10 @@ class FileLock(Record):
     length: int = u64()  # 0: to the end of the file
 
 
+class TtyFlags(enum.IntFlag):
+    EXTERNAL = 1 << 0  # the terminal of a session outside the tree (a shell job's)
+
+
 @record(0x0511)
 class TtyInfo(Record):
     """A terminal device: shared by every description of it."""
@@ -626,6 +637,8 @@ class TtyInfo(Record):
     ws_xpixel: int = u16()
     ws_ypixel: int = u16()
     termios: bytes = blob()  # struct termios2 (TCGETS2)
+    flags: int = u32(flags=TtyFlags)
+    data: bytes = blob()  # written by the slave, not yet read from the master
 
 
 @record(0x0512)
@@ -700,6 +713,9 @@ class SysvMsg(Record):
 
 @record(0x0705)
 class PosixMq(Record):
+    """An open-file description of a POSIX message queue; descriptions of one queue share
+    its ino, and the first of them carries the queue's messages (PosixMqMsg.mq_id)."""
+
     id: int = u32()
     mode: int = u32()
     uid: int = u32()
@@ -707,7 +723,9 @@ class PosixMq(Record):
     flags: int = u32()
     maxmsg: int = u64()
     msgsize: int = u64()
-    name: str = text()
+    name: str = text()  # without the leading '/'
+    ino: int = u64()
+    deleted: int = u8()  # mq_unlink'ed while open
 
 
 @record(0x0706)

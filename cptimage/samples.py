@@ -509,7 +509,7 @@ def _extras() -> dict[R.SectionType, list[Any]]:
         ],
         R.SectionType.FDS: [
             R.Fd(pid=101, fd=7 + i, file_id=fid, flags=1)
-            for i, fid in enumerate((20, 21, 22, 23, 24, 25, 26))
+            for i, fid in enumerate((20, 21, 22, 23, 24, 25, 26, 27))
         ],
         R.SectionType.IPC: [
             R.SysvShm(
@@ -546,8 +546,11 @@ def _extras() -> dict[R.SectionType, list[Any]]:
                 qbytes=16384,
             ),
             R.SysvMsg(msqid=0, mtype=1, data=b"queued"),
-            R.PosixMq(id=1, mode=0o600, uid=1000, gid=1000, maxmsg=10, msgsize=8192, name="/jobs"),
-            R.PosixMqMsg(mq_id=1, prio=3, data=b"job-1"),
+            R.PosixMq(
+                id=27, mode=0o600, uid=1000, gid=1000, flags=0o2, maxmsg=10, msgsize=8192,
+                name="jobs", ino=4242,
+            ),
+            R.PosixMqMsg(mq_id=27, prio=3, data=b"job-1"),
         ],
         R.SectionType.NAMESPACES: [
             R.Namespace(kind=R.NsKind.PID, pid=100, ino=4026532201),

@@ -24,6 +24,7 @@ from .records import (
     PathFlags,
     PathObj,
     Pipe,
+    PosixMq,
     Process,
     ProcessState,
     RegFile,
@@ -195,6 +196,8 @@ def _describe(
         return "fifo", _path_text(paths.get(desc.path_id)) or f"<path {desc.path_id}>"
     if isinstance(desc, Pipe):
         return "pipe", f"[{desc.ino}]"
+    if isinstance(desc, PosixMq):
+        return "mqueue", f"/{desc.name}" + (" (deleted)" if desc.deleted else "")
     if isinstance(desc, MemfdFile):
         return "memfd", f"/memfd:{shmem.get(desc.shmem_id, '?')} (deleted)"
     if isinstance(desc, (UnixSocket, InetSocket)):
@@ -223,6 +226,7 @@ def fds(reader: ImageReader, pid: int) -> list[dict[str, Any]]:
     paths = {r.id: r for r in files if isinstance(r, PathObj)}
     ttys = {r.id: r for r in files if isinstance(r, TtyInfo)}
     descs = {r.id: r for r in files if hasattr(r, "id") and not isinstance(r, (PathObj, TtyInfo))}
+    descs.update((r.id, r) for r in reader.records(SectionType.IPC) if isinstance(r, PosixMq))
     shmem = {
         r.id: r.name for r in reader.records(SectionType.MM) if isinstance(r, ShmemObject)
     }

@@ -416,6 +416,7 @@ DESCRIPTIONS = (
     "Inotify",
     "Tty",
     "MemfdFile",
+    "PosixMq",
 )
 # (record, field, id space, 0 allowed)
 REFERENCES: list[tuple[str, str, str, bool]] = [

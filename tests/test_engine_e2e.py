@@ -220,9 +220,10 @@ def test_pidfile(workloads, cpt, tmp_path: Path) -> None:
 
 @pytest.fixture
 def socket_holder(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A process holding a TCP socket (not supported yet), killed by PID afterwards."""
+    """A process holding a netlink socket (not supported), killed by PID afterwards."""
+    code = "import socket, time; s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW); time.sleep(600)"
     p = subprocess.Popen(
-        [sys.executable, "-c", "import socket, time; s = socket.socket(); time.sleep(600)"],
+        [sys.executable, "-c", code],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -258,20 +259,13 @@ def test_unsupported_fd_is_refused_and_tree_untouched(cpt, socket_holder, tmp_pa
 @pytest.mark.parametrize(
     ("code", "expect"),
     [
+        ("import os, time; p = os.pidfd_open(os.getpid()); time.sleep(600)", "pidfd"),
         (
-            "import ctypes, time; c = ctypes.CDLL(None); c.shmat.restype = ctypes.c_void_p; "
-            "i = c.shmget(0, 65536, 0o1600); a = c.shmat(i, None, 0); c.shmctl(i, 0, None); "
-            "time.sleep(600)",
-            "SysV shared memory",
+            "import ctypes, time; u = ctypes.CDLL(None).syscall(323, 0); time.sleep(600)",
+            "userfaultfd",
         ),
-        (
-            "import os, time; f = open('/tmp/cpt-e2e-gone-%d' % os.getpid(), 'w'); "
-            "os.unlink(f.name); time.sleep(600)",
-            "deleted file",
-        ),
-        ("import os, time; r, w = os.pipe(); e = os.eventfd(3); time.sleep(600)", "eventfd"),
     ],
-    ids=["sysv-shm", "deleted-file", "eventfd"],
+    ids=["pidfd", "userfaultfd"],
 )
 def test_more_unsupported_resources_are_refused(
     cpt, tmp_path: Path, code: str, expect: str

@@ -145,8 +145,22 @@ SABOTAGE = [
     ("pyscript", "generator", "did not resume at F(60)"),
     ("pyscript", "file", "position 124"),
     ("pyscript", "thread", "SHA-256"),
+    ("unixzoo", "queue", "dgram pair: fewer messages queued than sent"),
+    ("unixzoo", "pending", "no connection waits in the listener's accept queue"),
+    ("unixzoo", "passcred", "SO_PASSCRED is off"),
     ("shmem.py", "pattern", "shared anonymous area differs"),
+    ("sysvipc", "shm", "segment A differs"),
+    ("sysvipc", "mq", "curmsgs 2"),
     ("shmem.py", "memfd", "memfd fd offset 0"),
+    ("eventfds", "signalfd", "sfd_usr: fdinfo 'sigmask:' is '8000004000000000'"),
+    ("eventfds", "ticks", "tfd_ticks: read gave 0 expirations, expected 12345"),
+    ("eventfds", "timer", "tfd_once: disarmed without having fired"),
+    ("eventfds", "nonblock", "ev_big: O_NONBLOCK is set"),
+    ("epoll", "target", "item fd 8 data 0x2222 is missing"),
+    ("epoll", "ready", "epoll_wait reported items 0xa0, expected 0xe2"),
+    ("inotify", "mask", "in1: watch 1 is inode"),
+    ("ptimers", "disarm", "timer 0 (every 25 ms) did not fire"),
+    ("ptimers", "thread", "timer 3's signal ran on thread"),
 ]
 
 

@@ -47,8 +47,10 @@ CFLAGS = ("-O1", "-g", "-pthread", "-Wall", "-Wextra")
 PYTHON = sys.executable
 PYTHON_FLAGS = ("-E", "-s", "-B")  # no PYTHON* env, no user site, no .pyc in the repo
 
-C_WORKLOADS = ("counter", "tree", "threads", "memory", "files", "procstate", "restart")
-PY_WORKLOADS = ("counter.py", "pyscript", "shmem.py")
+C_WORKLOADS = ("counter", "tree", "threads", "memory", "files", "procstate", "restart", "sysvipc")
+C_WORKLOADS += ("eventfds", "epoll", "inotify", "ptimers")
+C_WORKLOADS += ("pty", "ghost")  # locks (--file-locks) and ttyjob (a shell): tests of their own
+PY_WORKLOADS = ("counter.py", "pyscript", "shmem.py", "unixzoo")
 ALL_WORKLOADS = C_WORKLOADS + PY_WORKLOADS
 NEEDS_ROOT = frozenset({"procstate"})  # changes its credentials
 

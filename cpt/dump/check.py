@@ -11,9 +11,13 @@ import os
 from ..errors import NoSuchProcess, UnsupportedError
 from ..proc import Proc
 from .fds import unsupported_fd
+from .locks import unsupported_locks
 from .mm import unsupported_vma
 from .options import DumpOptions
+from .sockets import unsupported_sockets
+from .timers import unsupported_timers
 from .tree import TaskInfo, check_sessions
+from .tty import tty_problems
 
 
 def unsupported_process(pid: int, proc: Proc, opts: DumpOptions) -> list[str]:
@@ -23,14 +27,14 @@ def unsupported_process(pid: int, proc: Proc, opts: DumpOptions) -> list[str]:
         out.append(f"process {pid} is traced by process {status.tracer_pid} (a debugger?)")
     if status.seccomp == 1:
         out.append(f"process {pid} runs in strict seccomp mode, which cannot be restored")
-    if proc.timers(pid):
-        out.append(f"process {pid} has POSIX timers; not supported yet")
+    out += unsupported_timers(pid, proc)
+    out += unsupported_locks(pid, proc, opts)
     for fd, ft in proc.fd_targets(pid).items():
         why = unsupported_fd(pid, fd, ft, opts)
         if why:
             out.append(why)
     for v in proc.maps(pid):
-        why = unsupported_vma(pid, v)
+        why = unsupported_vma(pid, v, opts.ghost_limit)
         if why:
             out.append(why)
     return out
@@ -49,6 +53,8 @@ def precheck(tree: dict[int, TaskInfo], root: int, proc: Proc, opts: DumpOptions
             problems += unsupported_process(info.pid, proc, opts)
         except NoSuchProcess:
             continue
+    problems += unsupported_sockets(tree, proc, opts)
+    problems += tty_problems(tree, root, proc, opts)
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise UnsupportedError("; ".join(problems[:3]) + more, pid=root)

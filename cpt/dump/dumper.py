@@ -13,12 +13,21 @@ from collections import defaultdict
 from typing import Any, BinaryIO
 
 from cptimage.container import ImageWriter
-from cptimage.records import Header, HeaderFlags, SectionType, SourceKind, Vma
+from cptimage.records import (
+    Header,
+    HeaderFlags,
+    SectionType,
+    SourceKind,
+    Vma,
+    VmaKind,
+    section_of_tag,
+)
 
 from .. import fault, hostinfo
 from ..proc import Proc
 from .creds import dump_creds
 from .fds import FdTable
+from .ipc import IpcDumper
 from .mm import dump_mm, dump_vmas
 from .options import DumpOptions
 from .pages import PageDumper
@@ -29,7 +38,9 @@ from .shmem import ShmemTable
 from .signals import dump_pending, dump_sigactions
 from .task import dump_itimers, dump_rlimits, dump_task_state
 from .threads import dump_thread
+from .timers import dump_timers
 from .tree import TaskInfo, process_record
+from .tty import dump_ttys
 
 TOOL_VERSION = "cpt 0.1.0"
 
@@ -52,10 +63,12 @@ class Dumper:
         self.opts = opts
         self.proc = proc
         self.recs: dict[int, list[Any]] = defaultdict(list)
-        self.paths = PathTable()
+        self.paths = PathTable(ghost_limit=opts.ghost_limit)
         self.files = FdTable(self.paths, opts)
         self.shmem = ShmemTable()
         self.files.ctx.cache["shmem"] = self.shmem
+        dump_ttys(self.files.ctx, tree, root, proc)
+        self.ipc = IpcDumper(root, proc, self.shmem)
         self.vmas: dict[int, list[Vma]] = {}
         self.stats = DumpStats()
 
@@ -65,25 +78,28 @@ class Dumper:
             self.recs[SectionType.PROCESS].append(process_record(info))
             if not info.zombie:
                 self._process(info)
+        attached = {
+            v.shmem_id for vs in self.vmas.values() for v in vs if v.kind == VmaKind.SYSV_SHM
+        }
+        self.ipc.dump({self.shmem.sysv_id(i) for i in attached})
         t1 = time.perf_counter()
         fault.point("dump:pages")
-        writer = ImageWriter(out, self._header(), compress_pages=self.opts.compress)
-        for pid, vmas in self.vmas.items():
-            pd = PageDumper(pid, writer)
-            self.recs[SectionType.PAGEMAP] += pd.dump(vmas)
-            self.stats.pages_bytes += pd.bytes
-        self.recs[SectionType.PAGEMAP] += self.shmem.dump_pages(writer)
-        self.recs[SectionType.MM] += self.shmem.records
+        try:
+            writer = ImageWriter(out, self._header(), compress_pages=self.opts.compress)
+            for pid, vmas in self.vmas.items():
+                pd = PageDumper(pid, writer)
+                self.recs[SectionType.PAGEMAP] += pd.dump(vmas)
+                self.stats.pages_bytes += pd.bytes
+            self.recs[SectionType.PAGEMAP] += self.shmem.dump_pages(writer)
+        finally:
+            self.ipc.close()
         t2 = time.perf_counter()
-        self.recs[SectionType.FILES] = self.paths.records + self.files.records
-        for stype in (
-            SectionType.PROCESS,
-            SectionType.MM,
-            SectionType.PAGEMAP,
-            SectionType.FILES,
-            SectionType.FDS,
-        ):
-            writer.add_section(stype, self.recs.get(stype, []))
+        # every other record goes to the section its tag names
+        for rec in self.shmem.records + self.ipc.records + self.paths.records + self.files.records:
+            self.recs[section_of_tag(rec.TAG)].append(rec)
+        for stype in SectionType:
+            if stype not in (SectionType.PAGES, SectionType.INDEX):
+                writer.add_section(stype, self.recs.get(stype, []))
         writer.close()
         self.stats.processes = len(self.tree)
         self.stats.image_bytes = writer.pos
@@ -91,11 +107,18 @@ class Dumper:
         self.stats.pages_s = t2 - t1
         return self.stats
 
+    def release(self, killed: bool) -> None:
+        """After the dump: the tree was killed (True) or runs on (False)."""
+        for fn in self.files.ctx.release:
+            fn(killed)
+
     def _process(self, info: TaskInfo) -> None:
         pid, proc = info.pid, self.proc
         status = proc.status(pid)
         maps = proc.maps(pid)
-        vmas = dump_vmas(pid, maps, proc.smaps_vmflags(pid), self.paths, self.shmem)
+        vmas = dump_vmas(
+            pid, maps, proc.smaps_vmflags(pid), self.paths, self.shmem, self.ipc.ns_ino
+        )
         pr = probe(info.tracees, [(v.start, v.end) for v in maps])
         rec = self.recs[SectionType.PROCESS]
         threads = [dump_thread(pid, t, pr, proc) for t in info.tracees]
@@ -108,6 +131,7 @@ class Dumper:
         rec.append(dump_itimers(pid, pr))
         rec += dump_seccomp(pid, info.tracees, status.seccomp)
         rec += dump_pending(pid, info.tracees)
+        rec += dump_timers(pid, info.tracees, proc, [(v.start, v.end) for v in maps])
         self.recs[SectionType.MM].append(
             dump_mm(pid, proc.stat(pid), proc.auxv(pid), pr, self.paths)
         )

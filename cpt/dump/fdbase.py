@@ -10,6 +10,7 @@ description (candidates the table compares with kcmp), and what the description 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..proc import FdInfo, FdKind, FdTarget
@@ -27,6 +28,11 @@ class FdContext:
     paths: PathTable
     extra: list[Any] = dataclasses.field(default_factory=list)  # records beside descriptions
     cache: dict[str, Any] = dataclasses.field(default_factory=dict)  # per-handler state
+    ids: dict[tuple[int, int], int] = dataclasses.field(default_factory=dict)  # (pid, fd) -> id
+    # work that needs every fd of the tree dumped (an epoll's targets): run once, at the end
+    finish: list[Callable[[], None]] = dataclasses.field(default_factory=list)
+    # after the dump, once the tree is killed (True) or runs on (False): sockets in repair
+    release: list[Callable[[bool], None]] = dataclasses.field(default_factory=list)
 
     def where(self, pid: int, fd: int) -> str:
         return f"process {pid} fd {fd}"

@@ -8,28 +8,58 @@ Each kind of open file has its handler module, listed in HANDLERS.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from cptimage.records import Fd
 
 from ..errors import UnsupportedError
 from ..proc import FdInfo, FdKind, FdTarget
+from ..sys.files import MQUEUE_MAGIC, fs_magic
 from ..sys.task import KCMP_FILE, kcmp
-from . import files, pipes, shmem
+from . import epoll, eventfds, files, inotify, mqueue, pipes, shmem, sockets, tty
 from .fdbase import O_CLOEXEC, FdContext, Handler
+from .locks import dump_locks
 from .options import DumpOptions
 from .paths import PathTable
 
 FD_CLOEXEC = 1
 
 HANDLERS: dict[FdKind, Handler] = {}
-for _h in (files.HANDLER, pipes.HANDLER, shmem.HANDLER):
+for _h in (
+    files.HANDLER,
+    pipes.HANDLER,
+    shmem.HANDLER,
+    mqueue.HANDLER,
+    eventfds.EVENTFD,
+    eventfds.SIGNALFD,
+    eventfds.TIMERFD,
+    epoll.HANDLER,
+    inotify.HANDLER,
+    sockets.HANDLER,
+    tty.HANDLER,
+):
     for _k in _h.kinds:
         HANDLERS[_k] = _h
 
 
+def classify(pid: int, fd: int, ft: FdTarget) -> FdTarget:
+    """The link text cannot tell a POSIX message queue ("/name") from a file: statfs can."""
+    if ft.kind is FdKind.FILE:
+        try:
+            if fs_magic(f"/proc/{pid}/fd/{fd}") == MQUEUE_MAGIC:
+                return dataclasses.replace(ft, kind=FdKind.MQUEUE)
+        except OSError:
+            pass  # the fd vanished: the handler will say so
+    return ft
+
+
 def unsupported_fd(pid: int, fd: int, ft: FdTarget, opts: DumpOptions) -> str | None:
     """Why this fd cannot be dumped, or None.  Also run before freezing."""
+    return _unsupported(pid, fd, classify(pid, fd, ft), opts)
+
+
+def _unsupported(pid: int, fd: int, ft: FdTarget, opts: DumpOptions) -> str | None:
     h = HANDLERS.get(ft.kind)
     if h is None:
         return f"process {pid} fd {fd}: {ft.kind.value} ({ft.target}) is not supported yet"
@@ -46,10 +76,13 @@ class FdTable:
     @property
     def records(self) -> list[Any]:
         """Every description and the records they need beside them."""
+        while self.ctx.finish:
+            self.ctx.finish.pop(0)()
         return self.descriptions + self.ctx.extra
 
     def dump_fd(self, pid: int, fd: int, ft: FdTarget, fi: FdInfo) -> Fd:
-        why = unsupported_fd(pid, fd, ft, self.ctx.opts)
+        ft = classify(pid, fd, ft)
+        why = _unsupported(pid, fd, ft, self.ctx.opts)
         if why:
             raise UnsupportedError(why, pid=pid)
         h = HANDLERS[ft.kind]
@@ -60,6 +93,8 @@ class FdTable:
             self._next += 1
             self._groups.setdefault(key, []).append((pid, fd, ident))
             self.descriptions.append(h.dump(self.ctx, ident, pid, fd, ft, fi))
+        self.ctx.ids[(pid, fd)] = ident
+        dump_locks(self.ctx, pid, fd, ident, fi)
         return Fd(pid=pid, fd=fd, file_id=ident, flags=FD_CLOEXEC if fi.flags & O_CLOEXEC else 0)
 
     def _shared(self, key: tuple[Any, ...], pid: int, fd: int) -> int | None:

@@ -1,5 +1,7 @@
 """Files opened by path: regular files, directories, FIFOs (see pipes.py) and the
-character devices whose open files carry no state beyond flags and offset."""
+character devices whose open files carry no state beyond flags and offset.  A deleted
+file is carried in the image (ghost.py); one opened through a hard link since removed is
+recorded under another of its names."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from typing import Any
 from cptimage.records import RegFile
 
 from ..proc import FdInfo, FdKind, FdTarget
+from . import ghost
 from .fdbase import FdContext, file_flags
 from .options import DumpOptions
 from .pipes import dump_fifo
@@ -28,10 +31,14 @@ class Files:
 
     def unsupported(self, pid: int, fd: int, ft: FdTarget, opts: DumpOptions) -> str | None:
         where = f"process {pid} fd {fd}"
+        link = f"/proc/{pid}/fd/{fd}"
         if ft.deleted:
-            return f"{where}: {ft.path} is a deleted file; not supported yet"
+            assert ft.path is not None
+            why = ghost.problem(where, link, ft.path, opts.ghost_limit, pid)
+            if why:
+                return why
         try:
-            st = os.stat(f"/proc/{pid}/fd/{fd}")
+            st = os.stat(link)
         except OSError as e:
             return f"{where}: cannot stat {ft.target}: {e.strerror}"
         if stat.S_ISSOCK(st.st_mode) or stat.S_ISBLK(st.st_mode):
@@ -55,7 +62,14 @@ class Files:
         if stat.S_ISFIFO(st.st_mode):
             return dump_fifo(ctx, ident, pid, fd, ft, fi, st)
         assert ft.path is not None
-        path_id = ctx.paths.add(ft.path, st, mnt_id=fi.mnt_id, what=ctx.where(pid, fd))
+        path_id = ctx.paths.add(
+            ft.path,
+            st,
+            mnt_id=fi.mnt_id,
+            what=ctx.where(pid, fd),
+            link=f"/proc/{pid}/fd/{fd}",
+            pid=pid,
+        )
         return RegFile(id=ident, path_id=path_id, flags=file_flags(fi), pos=fi.pos)
 
 

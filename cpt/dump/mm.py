@@ -7,6 +7,7 @@ from cptimage.records import Mm, MmFlags, Vma, VmaKind, VmFlags
 from .. import proc as P
 from ..errors import UnsupportedError
 from ..sys.mem import MAP_ANONYMOUS, MAP_GROWSDOWN, MAP_NORESERVE, MAP_PRIVATE, MAP_SHARED
+from . import ghost
 from .paths import PathTable
 from .probe import Probe
 from .shmem import ShmemTable
@@ -36,17 +37,17 @@ _SPECIAL = {
 _ANON = (P.VmaKind.ANON, P.VmaKind.ANON_NAMED, P.VmaKind.HEAP, P.VmaKind.STACK)
 
 
-def unsupported_vma(pid: int, v: P.Vma) -> str | None:
-    """Why this mapping cannot be dumped yet, or None.  Also run before freezing."""
+def unsupported_vma(pid: int, v: P.Vma, ghost_limit: int | None = None) -> str | None:
+    """Why this mapping cannot be dumped yet, or None.  Also run before freezing, with the
+    --ghost-limit for deleted files (the dump's PathTable checks them itself)."""
     where = f"process {pid} mapping {v.start:x}-{v.end:x}"
     k = v.kind
-    if k is P.VmaKind.SYSV:
-        return f"{where}: SysV shared memory ({v.path}) is not supported yet"
     if k is P.VmaKind.SPECIAL:
         return f"{where}: special mapping {v.path} is not supported"
     if k is P.VmaKind.FILE:
-        if v.deleted:
-            return f"{where}: {v.path} is a deleted file; not supported yet"
+        if v.deleted and ghost_limit is not None:
+            link = f"/proc/{pid}/map_files/{v.start:x}-{v.end:x}"
+            return ghost.problem(where, link, v.path, ghost_limit, pid)
         if v.path.startswith("/dev/"):
             return f"{where}: device mapping {v.path} is not supported"
     return None
@@ -59,6 +60,8 @@ def vma_kind(v: P.Vma) -> int:
         return VmaKind.ANON
     if v.kind in (P.VmaKind.SHMEM, P.VmaKind.MEMFD):
         return VmaKind.SHMEM
+    if v.kind is P.VmaKind.SYSV:
+        return VmaKind.SYSV_SHM
     return VmaKind.FILE_SHARED if v.shared else VmaKind.FILE_PRIVATE
 
 
@@ -68,6 +71,7 @@ def dump_vmas(
     vmflags: dict[tuple[int, int], frozenset[str]],
     paths: PathTable,
     shmem: ShmemTable,
+    ipc_ns: int,
 ) -> list[Vma]:
     out = []
     file_ids: dict[tuple[str, int, int, int], int] = {}
@@ -85,8 +89,8 @@ def dump_vmas(
         file_id = shmem_id = 0
         if kind == VmaKind.ANON:
             flags |= MAP_ANONYMOUS
-        elif kind == VmaKind.SHMEM:
-            shmem_id = shmem.from_vma(pid, v)
+        elif kind in (VmaKind.SHMEM, VmaKind.SYSV_SHM):
+            shmem_id = shmem.from_vma(pid, v, ipc_ns)
         elif kind in (VmaKind.FILE_PRIVATE, VmaKind.FILE_SHARED):
             key = (v.path, v.major, v.minor, v.inode)
             file_id = file_ids.get(key, 0)

@@ -14,3 +14,4 @@ class DumpOptions:
     shell_job: bool = False  # the tree's session/terminal belong to the invoking shell
     file_locks: bool = False  # flock, POSIX and OFD locks
     ghost_limit: int = 1 << 20  # largest deleted-but-open file carried in the image
+    staged: bool = False  # the tree stays frozen after the dump; a later command kills it

@@ -62,11 +62,19 @@ class ShmemTable:
         self._source[ident] = source
         return ident
 
-    def from_vma(self, pid: int, v: P.Vma) -> int:
+    def from_vma(self, pid: int, v: P.Vma, ipc_ns: int) -> int:
+        """The object a VMA maps (a SysV segment is known by its id in `ipc_ns`)."""
+        source = f"/proc/{pid}/map_files/{v.start:x}-{v.end:x}"
+        if v.kind is P.VmaKind.SYSV:
+            # the segment's inode number is its shmid (ipc/shm.c)
+            return self.add((-ipc_ns, v.inode), source, ShmemKind.SYSV, "")
         kind = ShmemKind.MEMFD if v.kind is P.VmaKind.MEMFD else ShmemKind.SHARED_ANON
         name = memfd_name(v.path) if kind == ShmemKind.MEMFD else ""
-        key = (os.makedev(v.major, v.minor), v.inode)
-        return self.add(key, f"/proc/{pid}/map_files/{v.start:x}-{v.end:x}", kind, name)
+        return self.add((os.makedev(v.major, v.minor), v.inode), source, kind, name)
+
+    def sysv_id(self, shmem_id: int) -> int:
+        """The shmid of a SysV segment's object (its key holds it)."""
+        return next(k[1] for k, v in self._by_inode.items() if v == shmem_id)
 
     def dump_pages(self, writer: ImageWriter) -> list[PagemapRun]:
         """Every object's allocated pages into the page store (the tree still stopped)."""

@@ -14,14 +14,26 @@ import os
 
 from ..errors import RestoreError
 from ..sys.syscalls import NR
-from . import files, pipes, shmem
+from . import epoll, eventfds, files, inet, inotify, ipc, locks, pipes, shmem, sockets, tty
 from .fdbase import Opener
 from .model import ImageModel
 from .tree import Task
 
 F_SETFD = 2
 FD_CLOEXEC = 1
-OPENERS: tuple[type, ...] = (files.Files, pipes.Pipes, shmem.Memfds)
+OPENERS: tuple[type, ...] = (
+    files.Files,
+    pipes.Pipes,
+    shmem.Memfds,
+    ipc.MessageQueues,
+    eventfds.EventFds,
+    inotify.Inotifies,
+    epoll.Epolls,
+    sockets.UnixSockets,
+    inet.InetSockets,
+    tty.Ttys,
+    locks.Locks,  # last: see locks.py
+)
 
 
 class FileRestorer:
@@ -61,6 +73,14 @@ class FileRestorer:
         call(NR.close, pidfd_slot)
         for op in self.openers:
             op.after_install(self.model, task, self.local)
+
+    def finish(self) -> None:
+        """The whole tree is restored and about to run: openers with a `finish` (TCP
+        connections leaving repair mode) complete their work."""
+        for op in self.openers:
+            fin = getattr(op, "finish", None)
+            if fin is not None:
+                fin()
 
     def close(self) -> None:
         for fd in set(self.local.values()):

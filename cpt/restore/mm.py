@@ -152,6 +152,9 @@ def map_vmas(task: Task, model: ImageModel, pidfd_slot: int) -> set[int]:
                 continue
             prot = v.prot | (PROT_WRITE if i in written else 0)
             fd, off = -1, 0
+            if v.kind == VmaKind.SYSV_SHM:
+                _attach_sysv(task, model, v, i)
+                continue
             if v.kind == VmaKind.SHMEM:
                 key = (-v.shmem_id, 0)
                 if key not in fds:
@@ -180,6 +183,37 @@ def map_vmas(task: Task, model: ImageModel, pidfd_slot: int) -> set[int]:
 
 
 PARALLEL_MIN = 64 << 20  # below this, a second thread costs more than it saves
+
+
+SHM_RDONLY, SHM_EXEC = 0o10000, 0o100000
+
+
+def _attach_sysv(task: Task, model: ImageModel, v: Vma, index: int) -> None:
+    """shmat the segment a VMA maps, where it was; keep only what the process had mapped
+    of it (an attachment covers the whole segment) with each part's protection."""
+    seg = model.sysv_shm[v.shmem_id]
+    base = v.start - v.pgoff
+    mine = [w for w in task.img.vmas if w.kind == VmaKind.SYSV_SHM and w.shmem_id == v.shmem_id]
+    if mine[0] is not v:
+        return  # attached with the first of its VMAs
+    t = task.leader
+    flags = (0 if v.prot & PROT_WRITE else SHM_RDONLY) | (SHM_EXEC if v.prot & 4 else 0)
+    got = t.syscall(NR.shmat, seg.shmid, base, flags)
+    if got != base:
+        raise RestoreError(
+            f"process {task.pid}: shmat of SysV segment {seg.shmid} at {base:x} failed "
+            f"(errno {-got if got < 0 else 0})",
+            pid=task.pid,
+        )
+    end = base + ((seg.size + 4095) & ~4095)
+    covered = sorted((w.start, w.end) for w in mine)
+    pos = base
+    for s, e in [*covered, (end, end)]:
+        if s > pos:
+            t.syscall_checked(NR.munmap, pos, s - pos)
+        pos = max(pos, e)
+    for w in mine:
+        t.syscall_checked(NR.mprotect, w.start, w.end - w.start, w.prot)
 
 
 def write_pages(task: Task, reader: ImageReader, image_map: mmap.mmap | None) -> int:

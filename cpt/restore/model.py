@@ -8,15 +8,23 @@ from typing import Any
 from cptimage.container import ImageReader
 from cptimage.records import (
     Creds,
+    EpollTarget,
     Fd,
+    FileLock,
     Header,
+    InotifyWatch,
     Itimers,
     Mm,
+    Namespace,
+    NsKind,
     OwnerKind,
     PagemapRun,
     PathObj,
     PendingSignal,
     PipeData,
+    PosixMq,
+    PosixMqMsg,
+    PosixTimer,
     Process,
     ProcessState,
     Rlimits,
@@ -24,8 +32,13 @@ from cptimage.records import (
     SectionType,
     ShmemObject,
     Sigactions,
+    SysvMsg,
+    SysvMsq,
+    SysvSem,
+    SysvShm,
     TaskState,
     Thread,
+    TtyInfo,
     Vma,
 )
 
@@ -43,6 +56,7 @@ class ProcImage:
     itimers: Itimers | None = None
     seccomp: list[SeccompFilter] = dataclasses.field(default_factory=list)
     pending: list[PendingSignal] = dataclasses.field(default_factory=list)
+    timers: list[PosixTimer] = dataclasses.field(default_factory=list)
     mm: Mm | None = None
     vmas: list[Vma] = dataclasses.field(default_factory=list)
     runs: list[PagemapRun] = dataclasses.field(default_factory=list)
@@ -70,6 +84,7 @@ _LISTS = {
     Thread: "threads",
     SeccompFilter: "seccomp",
     PendingSignal: "pending",
+    PosixTimer: "timers",
     Vma: "vmas",
     Fd: "fds",
 }
@@ -83,9 +98,19 @@ class ImageModel:
         self.paths: dict[int, PathObj] = {}
         self.files: dict[int, Any] = {}  # open-file descriptions by id
         self.pipe_data: dict[int, PipeData] = {}
+        self.ttys: dict[int, TtyInfo] = {}  # terminals, by TtyInfo id (their own id space)
+        self.locks: list[FileLock] = []
+        self.epoll_targets: dict[int, list[EpollTarget]] = {}  # by epoll id
+        self.inotify_watches: dict[int, list[InotifyWatch]] = {}  # by inotify id
         self.shmem: dict[int, ShmemObject] = {}
         self.shmem_runs: dict[int, list[PagemapRun]] = {}
         self.shmem_fds: dict[int, int] = {}  # object id -> its fd in the restorer (filled there)
+        self.sysv_shm: dict[int, SysvShm] = {}  # by shmem_id (its contents' object)
+        self.sysv_sem: list[SysvSem] = []
+        self.sysv_msq: list[SysvMsq] = []
+        self.sysv_msg: list[SysvMsg] = []
+        self.mq_msgs: dict[int, list[PosixMqMsg]] = {}
+        self.ipc_own = False  # the tree had an IPC namespace of its own
         self.order: list[int] = []  # pids, parents before children
         self._load()
 
@@ -117,11 +142,35 @@ class ImageModel:
                 self.shmem_runs.setdefault(rec.owner, []).append(rec)
             elif rec.owner in self.procs:
                 self.procs[rec.owner].runs.append(rec)
+        for rec in r.records(SectionType.IPC):
+            if isinstance(rec, SysvShm):
+                self.sysv_shm[rec.shmem_id] = rec
+            elif isinstance(rec, SysvSem):
+                self.sysv_sem.append(rec)
+            elif isinstance(rec, SysvMsq):
+                self.sysv_msq.append(rec)
+            elif isinstance(rec, SysvMsg):
+                self.sysv_msg.append(rec)
+            elif isinstance(rec, PosixMqMsg):
+                self.mq_msgs.setdefault(rec.mq_id, []).append(rec)
+            elif isinstance(rec, PosixMq):
+                self.files[rec.id] = rec
+        for rec in r.records(SectionType.NAMESPACES):
+            if isinstance(rec, Namespace) and rec.kind == NsKind.IPC:
+                self.ipc_own = bool(rec.flags & 1)
         for rec in r.records(SectionType.FILES):
             if isinstance(rec, PathObj):
                 self.paths[rec.id] = rec
             elif isinstance(rec, PipeData):
                 self.pipe_data[rec.ino] = rec
+            elif isinstance(rec, TtyInfo):
+                self.ttys[rec.id] = rec
+            elif isinstance(rec, FileLock):
+                self.locks.append(rec)
+            elif isinstance(rec, EpollTarget):
+                self.epoll_targets.setdefault(rec.epoll_id, []).append(rec)
+            elif isinstance(rec, InotifyWatch):
+                self.inotify_watches.setdefault(rec.inotify_id, []).append(rec)
             elif hasattr(rec, "id"):
                 self.files[rec.id] = rec
         for pi in self.procs.values():
@@ -146,3 +195,11 @@ class ImageModel:
 
     def path(self, ident: int) -> PathObj:
         return self.paths[ident]
+
+    def mqueues(self) -> list[PosixMq]:
+        """One description per POSIX queue (the one carrying its messages)."""
+        seen: dict[int, PosixMq] = {}
+        for rec in self.files.values():
+            if isinstance(rec, PosixMq) and rec.ino not in seen:
+                seen[rec.ino] = rec
+        return list(seen.values())

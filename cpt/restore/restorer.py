@@ -31,6 +31,8 @@ from ..sys.syscalls import NR
 from ..sys.task import PR_SET_DUMPABLE, pidfd_open
 from ..tracer import reap_traced
 from .fds import FileRestorer, max_fd
+from .ghost import Ghosts
+from .ipc import IpcObjects, new_namespace
 from .mm import finish_vmas, map_vmas, set_mm, take_over, write_pages
 from .model import ImageModel
 from .options import RestoreOptions
@@ -39,7 +41,9 @@ from .shmem import close_objects, create_objects
 from .signals import restore_pending, restore_sigactions
 from .task import restore_outside, restore_task_state
 from .threads import create_threads, set_registers, setup_thread
+from .timers import restore_timers
 from .tree import Task, TreeBuilder
+from .tty import prepare as prepare_ttys
 
 
 @dataclasses.dataclass
@@ -64,6 +68,8 @@ class Restorer:
         self.opts = opts or RestoreOptions()
         self.proc = proc or Proc()
         self.model = ImageModel(reader)
+        # a tree that had its own IPC namespace gets a new one, as any with --ipcns
+        self.new_ipc_ns = self.opts.ipcns or self.model.ipc_own
         self.tasks: dict[int, Task] = {}
         self.stats = RestoreStats(root_pid=self.model.root)
 
@@ -76,21 +82,30 @@ class Restorer:
         `freeze()` is called before detaching to leave the tree frozen (undump)."""
         t0 = time.perf_counter()
         files = FileRestorer(self.model)
+        ghosts = Ghosts(self.model)
         image_map = None
         ns: PidNamespace | None = None
         try:
+            ghosts.create()
+            on_session = prepare_ttys(self.model, self.opts, files.openers)
             image_map = self._map_image()
             create_objects(self.model, self.reader, image_map)
-            files.open_all()
-            slot = _free_slot(max_fd(self.model) + 1)
-            with _inherited_pidfd(slot):
-                if self.opts.pidns:
-                    ns = PidNamespace()
-                    self.stats.pidns_init = ns.init_pid
-                parent = (ns.init, ns.scratch.addr) if ns else None
-                builder = TreeBuilder(self.model, on_spawn=on_spawn, parent=parent)
-                self.tasks = builder.tasks
-                builder.build()
+            ipc = IpcObjects(self.model, self.reader, image_map)
+            # IPC objects, the queues' descriptions and the stubs, in the tree's namespace
+            with new_namespace() if self.new_ipc_ns else contextlib.nullcontext():
+                ipc.create()
+                files.open_all()
+                slot = _free_slot(max_fd(self.model) + 1)
+                with _inherited_pidfd(slot):
+                    if self.opts.pidns:
+                        ns = PidNamespace()
+                        self.stats.pidns_init = ns.init_pid
+                    parent = (ns.init, ns.scratch.addr) if ns else None
+                    builder = TreeBuilder(
+                        self.model, on_spawn=on_spawn, parent=parent, on_session=on_session
+                    )
+                    self.tasks = builder.tasks
+                    builder.build()
             if builder.external_session:
                 self.stats.warnings.append(
                     f"the root's process group {self.model.procs[self.model.root].proc.pgid} "
@@ -101,6 +116,7 @@ class Restorer:
             live = [self.tasks[p] for p in self.model.order if not self.tasks[p].img.zombie]
             for task in live:
                 self._process(task, files, slot, image_map)
+            ipc.release()
             t2 = time.perf_counter()
             fault.point("restore:memory")
             for task in live:
@@ -109,6 +125,7 @@ class Restorer:
             fault.point("restore:detach")
             if freeze is not None:
                 freeze()
+            files.finish()  # before the tree runs: TCP connections leave repair mode
             for task in live:
                 for tr in task.tracees():
                     tr.detach()
@@ -124,6 +141,7 @@ class Restorer:
             raise RestoreError(f"restore failed: {e}") from e
         finally:
             files.close()
+            ghosts.close()
             close_objects(self.model)
             if image_map is not None:
                 image_map.close()
@@ -161,6 +179,7 @@ class Restorer:
             restore_sigactions(task)
             restore_outside(task)
             create_threads(task)
+            restore_timers(task)  # SIGEV_THREAD_ID names a thread; before creds drop
             for th in task.img.threads:
                 setup_thread(task, th, task.threads[th.tid])
             restore_pending(task)

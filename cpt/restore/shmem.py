@@ -28,6 +28,8 @@ from .tree import Task
 def create_objects(model: ImageModel, reader: ImageReader, image_map: mmap.mmap | None) -> None:
     """Create every shared memory object of the image in this process (model.shmem_fds)."""
     for obj in model.shmem.values():
+        if obj.kind == ShmemKind.SYSV:
+            continue  # SysV segments are made by ipc.py, with their ids
         if obj.kind == ShmemKind.SHARED_ANON:
             fd = shared_anon_file(max(obj.size, 1))
         elif obj.kind == ShmemKind.MEMFD:

@@ -100,7 +100,8 @@ def _py(v: int) -> int:
 
 
 def _lim(v: int) -> str:
-    return "unlimited" if v >= resource.RLIM_INFINITY or v == 2**64 - 1 else str(v)
+    # the image has 2**64 - 1, Python's resource module -1 (RLIM_INFINITY)
+    return "unlimited" if v == resource.RLIM_INFINITY or v >= 2**63 else str(v)
 
 
 def _write_proc(pid: int, name: str, value: int) -> None:

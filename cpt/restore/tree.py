@@ -55,12 +55,16 @@ class TreeBuilder:
         model: ImageModel,
         on_spawn: Callable[[int], None] | None = None,
         parent: tuple[Tracee, int] | None = None,
+        on_session: Callable[[Task, int], None] | None = None,
     ) -> None:
         """`parent`: (a traced stub, a scratch address in it) to clone the root from, in
-        its PID namespace; by default the restorer creates the root itself."""
+        its PID namespace; by default the restorer creates the root itself.
+        `on_session(task, scratch)`: called when a process's session is settled (a leader
+        after setsid(), the root otherwise) and before it forks: controlling terminals."""
         self.model = model
         self.tasks: dict[int, Task] = {}
         self.on_spawn = on_spawn
+        self.on_session = on_session
         self.parent = parent
         self._cscratch: int = 0  # creation scratch, inherited by every forked stub
         self.external_session = False
@@ -95,6 +99,8 @@ class TreeBuilder:
             self._fork(task, c)
         if leader:
             task.leader.syscall_checked(NR.setsid)
+        if self.on_session is not None and (leader or pi.pid == self.model.root):
+            self.on_session(task, self._cscratch)
         for c in kids:
             if c not in early:
                 self._fork(task, c)

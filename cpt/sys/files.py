@@ -3,6 +3,7 @@ buffer, tee(2), memfd_create with MFD_EXEC, close_range."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 
@@ -86,3 +87,16 @@ def shared_anon_file(size: int) -> int:
         return os.open(f"/proc/self/map_files/{addr:x}-{addr + size:x}", os.O_RDWR | os.O_CLOEXEC)
     finally:
         raw_syscall(int(NR.munmap), addr, size)
+
+
+MQUEUE_MAGIC = 0x19800202
+
+
+def fs_magic(path: str) -> int:
+    """statfs(path).f_type: which filesystem a path (or a /proc/PID/fd/N link) is on."""
+    buf = ctypes.create_string_buffer(120)  # struct statfs; f_type is its first long
+    cpath = ctypes.create_string_buffer(os.fsencode(path))
+    checked_syscall(
+        f"statfs({path})", None, NR.statfs, ctypes.addressof(cpath), ctypes.addressof(buf)
+    )
+    return int.from_bytes(buf.raw[:8], "little")

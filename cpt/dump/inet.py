@@ -1,0 +1,199 @@
+"""TCP and UDP sockets (IPv4 and IPv6), read from a duplicate of each (see sockets.py).
+
+Listening, unconnected and UDP sockets are described by their addresses and options.
+An established TCP connection (--tcp-established, full chkpnt only) is read in repair
+mode, after a drop rule stops its peer's packets (netfilter.py), in `finalize`:
+sequence numbers (TCP_QUEUE_SEQ), both queues (TCP_REPAIR_QUEUE + MSG_PEEK; the send
+queue holds sent-not-acked then unsent bytes, SIOCOUTQNSD tells how many are unsent),
+MSS, window scales, SACK and timestamps (TCP_INFO, TCP_TIMESTAMP), the window
+(TCP_REPAIR_WINDOW).  The duplicates are held until `release`: after a kill the sockets
+die in repair mode (no RST: tcp_disconnect in repair mode sends nothing); when the tree
+runs on, repair mode is left and the rules are removed first.
+
+Kernel quirks: TCP_REPAIR on sets sk_reuse to SK_FORCE_REUSE and off sets SK_NO_REUSE,
+so SO_REUSEADDR is read before and written back after.  Queued UDP datagrams are not
+carried: UDP may lose them, and their senders' addresses could not be reproduced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from typing import Any
+
+from cptimage.records import InetFlags, InetSocket, SockState
+
+from .. import netfilter
+from ..errors import UnsupportedError
+from ..proc import TCP_STATES, FdInfo
+from ..sys import net
+from .fdbase import FdContext, file_flags
+from .options import DumpOptions
+
+IPPROTO_UDP = 17
+IPPROTO_TCP = 6
+
+
+def conn_of(s: socket.socket) -> netfilter.Conn:
+    local, remote = s.getsockname(), s.getpeername()
+    return netfilter.Conn(local[0], local[1], remote[0], remote[1])
+
+
+def unsupported(where: str, s: socket.socket, opts: DumpOptions) -> str | None:
+    if s.type == socket.SOCK_DGRAM and s.proto == IPPROTO_UDP:
+        return None
+    if s.type != socket.SOCK_STREAM or s.proto != IPPROTO_TCP:
+        return f"{where}: inet socket of type {int(s.type)} protocol {s.proto} is not supported"
+    info = net.tcp_info(s)
+    if info.state == SockState.LISTEN:
+        if info.unacked:
+            return (
+                f"{where}: {info.unacked} TCP connection(s) wait in the accept queue of "
+                f"listener {_local(s)}; not supported yet (accept them or retry)"
+            )
+        return None
+    if info.state == SockState.CLOSE:
+        return None
+    state = TCP_STATES.get(info.state, str(info.state))
+    if info.state != SockState.ESTABLISHED:
+        return f"{where}: TCP connection {conn_of(s)} in state {state} is not supported"
+    if not opts.tcp_established:
+        return (
+            f"{where}: established TCP connection {conn_of(s)}; use --tcp-established to "
+            f"checkpoint it"
+        )
+    if opts.staged:
+        return (
+            f"{where}: established TCP connection {conn_of(s)} can only be checkpointed by a "
+            f"one-command chkpnt (the connection is held in repair mode from the dump to the "
+            f"kill)"
+        )
+    if s.getsockopt(socket.SOL_SOCKET, net.SO_PEEK_OFF) != -1:
+        return f"{where}: TCP socket uses SO_PEEK_OFF; not supported"
+    return None
+
+
+def _local(s: socket.socket) -> str:
+    a = s.getsockname()
+    return f"{a[0]}:{a[1]}"
+
+
+def _addr(family: int, a: str) -> bytes:
+    return socket.inet_pton(family, a).ljust(16, b"\0")
+
+
+def _opts(s: socket.socket) -> int:
+    g = s.getsockopt
+    o = 0
+    if g(socket.SOL_SOCKET, socket.SO_REUSEADDR):
+        o |= InetFlags.REUSEADDR
+    if g(socket.SOL_SOCKET, socket.SO_REUSEPORT):
+        o |= InetFlags.REUSEPORT
+    if g(socket.SOL_SOCKET, socket.SO_KEEPALIVE):
+        o |= InetFlags.KEEPALIVE
+    if s.type == socket.SOCK_STREAM and g(socket.IPPROTO_TCP, socket.TCP_NODELAY):
+        o |= InetFlags.NODELAY
+    if s.family == socket.AF_INET6 and g(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY):
+        o |= InetFlags.V6ONLY
+    return o
+
+
+def dump(ctx: FdContext, ident: int, pid: int, fd: int, s: socket.socket, fi: FdInfo) -> Any:
+    tcp = s.type == socket.SOCK_STREAM
+    state = net.tcp_info(s).state if tcp else SockState.CLOSE
+    local = s.getsockname()
+    remote: tuple[Any, ...] = ("::" if s.family == socket.AF_INET6 else "0.0.0.0", 0)
+    with contextlib.suppress(OSError):  # ENOTCONN
+        remote = s.getpeername()
+        if not tcp:
+            state = SockState.ESTABLISHED  # a connected UDP socket
+    rec = InetSocket(
+        id=ident,
+        flags=file_flags(fi),
+        family=s.family,
+        type=s.type,
+        proto=s.proto,
+        state=SockState(state),
+        backlog=net.tcp_info(s).sacked if state == SockState.LISTEN else 0,
+        src_port=local[1],
+        dst_port=remote[1],
+        src_addr=_addr(s.family, local[0]),
+        dst_addr=_addr(s.family, remote[0]),
+        opts=_opts(s),
+        sndbuf=s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+        rcvbuf=s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+        ino=os.fstat(s.fileno()).st_ino,
+    )
+    if tcp and state == SockState.ESTABLISHED:
+        # held open until release(): the socket must die in repair mode
+        dup = socket.socket(fileno=os.dup(s.fileno()))  # socket.dup() would clear O_NONBLOCK
+        ctx.cache.setdefault("tcp", []).append((rec, dup, conn_of(s)))
+    return rec
+
+
+def finalize(ctx: FdContext) -> None:
+    """Drop the peers' packets, then read every established connection in repair mode."""
+    conns = ctx.cache.get("tcp", [])
+    if not conns:
+        return
+    netfilter.drop([c for _, _, c in conns])
+    ctx.cache["tcp_rules"] = [c for _, _, c in conns]
+    repaired = ctx.cache.setdefault("tcp_repaired", [])
+    for rec, s, conn in conns:
+        try:
+            net.tcp_repair(s, True)
+        except OSError as e:
+            raise UnsupportedError(f"TCP connection {conn}: TCP_REPAIR: {e.strerror}") from None
+        repaired.append(s)
+        _read_repair(rec, s)
+
+
+def _peek_all(s: socket.socket, n: int) -> bytes:
+    chunks = []
+    while n > 0:
+        b = s.recv(n, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        if not b:
+            break
+        chunks.append(b)
+        n -= len(b)
+        if n > 0:
+            raise UnsupportedError(f"TCP queue: peeked {len(b)} bytes, {n} more expected")
+    return b"".join(chunks)
+
+
+def _read_repair(rec: InetSocket, s: socket.socket) -> None:
+    net.tcp_repair_queue(s, net.TCP_RECV_QUEUE)
+    rec.rcv_seq = net.tcp_queue_seq(s)
+    rec.recv_queue = _peek_all(s, net.ioctl_int(s, net.SIOCINQ))
+    net.tcp_repair_queue(s, net.TCP_SEND_QUEUE)
+    rec.snd_seq = net.tcp_queue_seq(s)
+    rec.send_queue = _peek_all(s, net.ioctl_int(s, net.SIOCOUTQ))
+    rec.unsent_len = net.ioctl_int(s, net.SIOCOUTQNSD)
+    net.tcp_repair_queue(s, net.TCP_NO_QUEUE)
+    info = net.tcp_info(s)
+    rec.tcp_opts = info.options
+    rec.snd_wscale, rec.rcv_wscale = info.snd_wscale, info.rcv_wscale
+    rec.mss = s.getsockopt(socket.IPPROTO_TCP, net.TCP_MAXSEG)  # mss_clamp in repair mode
+    rec.timestamp = s.getsockopt(socket.IPPROTO_TCP, net.TCP_TIMESTAMP) & 0xFFFFFFFF
+    (rec.snd_wl1, rec.snd_wnd, rec.max_window, rec.rcv_wnd, rec.rcv_wup) = net.tcp_repair_window(s)
+    rec.opts |= InetFlags.REPAIR
+
+
+def release(ctx: FdContext, killed: bool) -> None:
+    """After a kill: close the duplicates (the sockets die in repair mode; the rules stay
+    for the restore).  Otherwise leave repair mode, remove the rules, close."""
+    conns = ctx.cache.pop("tcp", [])
+    repaired = ctx.cache.pop("tcp_repaired", [])
+    rules = ctx.cache.pop("tcp_rules", [])
+    try:
+        if not killed:
+            for rec, s, _ in conns:
+                if s in repaired:
+                    net.tcp_repair(s, False)
+                    reuse = 1 if rec.opts & InetFlags.REUSEADDR else 0
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, reuse)
+            netfilter.undrop(rules)
+    finally:
+        for _, s, _ in conns:
+            s.close()

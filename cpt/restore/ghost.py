@@ -1,0 +1,87 @@
+"""Deleted-but-open files carried in the image (PathObj GHOST), recreated before anything
+is opened or mapped.
+
+Each ghost becomes a new unlinked file with the dumped contents, mode, owner and mtime:
+created under its old name when that is free and unlinked at once (so /proc/PID/fd and
+/proc/PID/maps show "<old name> (deleted)" as before), else as an O_TMPFILE in the same
+directory, else under a temporary name there (or in the temporary directory when its own
+is gone or refuses), unlinked right after opening.  The restorer keeps it open read-only
+(a writer would make PR_SET_MM_MAP refuse it as an executable: ETXTBSY) for as long as it
+runs, and THIS is the one place a ghost path resolves: the model's PathObj then names
+/proc/<restorer>/fd/N, which every opener (Files.open, mm.open_in_target) opens by path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import os
+import stat
+import tempfile
+
+from cptimage.records import PathFlags, PathObj
+
+from ..errors import RestoreError
+from .model import ImageModel
+
+O_NEW = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+
+
+class Ghosts:
+    def __init__(self, model: ImageModel) -> None:
+        self.model = model
+        self.fds: list[int] = []
+
+    def create(self) -> None:
+        for p in list(self.model.paths.values()):
+            if p.flags & PathFlags.GHOST:
+                fd = recreate(p)
+                self.fds.append(fd)
+                self.model.paths[p.id] = dataclasses.replace(p, path=f"/proc/{os.getpid()}/fd/{fd}")
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
+
+
+def recreate(p: PathObj) -> int:
+    """The ghost `p` as a new unlinked file; returns a read-only fd of it."""
+    try:
+        fd = _unlinked(p.path)
+    except OSError as e:
+        raise RestoreError(f"cannot recreate the deleted file {p.path}: {e.strerror}") from None
+    try:
+        view = memoryview(p.contents)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fchown(fd, p.uid, p.gid)
+        os.fchmod(fd, stat.S_IMODE(p.mode))  # after chown, which clears set-id bits
+        os.utime(fd, ns=(p.mtime_ns, p.mtime_ns))
+        return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(fd)
+
+
+def _unlinked(path: str) -> int:
+    """A new empty file, already unlinked, near `path`."""
+    d, name = os.path.split(path)
+    if os.path.isdir(d):
+        try:
+            fd = os.open(path, O_NEW, 0o600)
+        except OSError:
+            pass  # taken by a new file, or not writable: another way
+        else:
+            os.unlink(path)
+            return fd
+    for where in (d, tempfile.gettempdir()):
+        if not os.path.isdir(where):
+            continue
+        with contextlib.suppress(OSError):
+            return os.open(where, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        with contextlib.suppress(OSError):
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=where)
+            os.unlink(tmp)
+            return fd
+    raise OSError(errno.ENOENT, "no directory to recreate it in")

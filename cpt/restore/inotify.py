@@ -1,0 +1,102 @@
+"""inotify: recreated in the restorer with every watch at its dumped watch descriptor.
+
+The kernel hands out wds cyclically (idr_alloc_cyclic): each new watch gets the lowest
+free wd above the last one given, never one below until the numbers wrap.  So the watches
+are added in wd order, and before each one the allocator is stepped to its wd by adding
+and removing a placeholder watch (on a private memfd) once per missing number.  Each
+removal queues an IN_IGNORED event: the queue is drained before the fd is handed over,
+and it is left empty, as it was at the dump.  The watches count against the restorer's
+user (root), not the process's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import stat
+from typing import Any
+
+from cptimage.records import Inotify, InotifyWatch
+
+from ..errors import RestoreError
+from ..sys.fsnotify import (
+    IN_CLOEXEC,
+    IN_DONT_FOLLOW,
+    IN_NONBLOCK,
+    inotify_add_watch,
+    inotify_init1,
+    inotify_rm_watch,
+)
+from .fdbase import SETFL_MASK
+from .model import ImageModel
+from .tree import Task
+
+IN_MODIFY = 0x2
+_DRAIN_EVERY = 1024  # placeholder steps between drains: the queue holds 16384 events
+
+
+class Inotifies:
+    records = (Inotify,)
+
+    def __init__(self) -> None:
+        self._placeholder: int | None = None  # a memfd, watched through /proc/self/fd
+
+    def open(self, model: ImageModel, desc: Any) -> int:
+        fd = inotify_init1(IN_CLOEXEC | IN_NONBLOCK)
+        try:
+            next_wd = 1  # what a new instance gives first
+            for w in sorted(model.inotify_watches.get(desc.id, []), key=lambda w: w.wd):
+                self._skip(fd, w.wd - next_wd)
+                self._add(fd, desc.id, w)
+                next_wd = w.wd + 1
+            _drain(fd)
+            fcntl.fcntl(fd, fcntl.F_SETFL, desc.flags & SETFL_MASK)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _skip(self, fd: int, count: int) -> None:
+        """Let the kernel give out (and take back) the next `count` watch descriptors."""
+        if self._placeholder is None:
+            self._placeholder = os.memfd_create("cpt-inotify-placeholder", os.MFD_CLOEXEC)
+        path = f"/proc/self/fd/{self._placeholder}"
+        for i in range(1, count + 1):
+            inotify_rm_watch(fd, inotify_add_watch(fd, path, IN_MODIFY))
+            if i % _DRAIN_EVERY == 0:
+                _drain(fd)
+
+    def _add(self, fd: int, ident: int, w: InotifyWatch) -> None:
+        where = f"inotify {ident} watch {w.wd} ({w.path})"
+        try:
+            st = os.lstat(w.path)
+        except OSError as e:
+            raise RestoreError(f"{where}: {e.strerror}") from None
+        if st.st_ino != w.ino:
+            raise RestoreError(
+                f"{where}: the path names another file now (inode {st.st_ino}, was {w.ino})"
+            )
+        # the watched inode itself is a symlink: it was added with IN_DONT_FOLLOW
+        mask = w.mask | (IN_DONT_FOLLOW if stat.S_ISLNK(st.st_mode) else 0)
+        try:
+            got = inotify_add_watch(fd, w.path, mask)
+        except OSError as e:
+            raise RestoreError(f"{where}: {e.strerror}") from None
+        if got != w.wd:
+            raise RestoreError(f"{where}: the kernel gave watch descriptor {got}")
+
+    def after_install(self, model: ImageModel, task: Task, local: dict[int, int]) -> None:
+        pass
+
+    def close(self) -> None:
+        if self._placeholder is not None:
+            os.close(self._placeholder)
+            self._placeholder = None
+
+
+def _drain(fd: int) -> None:
+    """Read away the queued events (IN_IGNORED of the placeholders); fd is non-blocking."""
+    with contextlib.suppress(BlockingIOError):
+        while os.read(fd, 1 << 16):
+            pass

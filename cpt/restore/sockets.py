@@ -1,0 +1,202 @@
+"""Unix sockets: every one of the image is rebuilt at once, at the first open().
+
+Order (each step needs the previous ones):
+  1. create: connected pairs with socketpair(); a socket whose peer was closed with a
+     socketpair() whose other end stands in for the dead peer; the rest with socket();
+  2. bind each name (after removing a stale socket file nobody is bound to), restore the
+     file's mode and owner; an accepted socket's name is inherited from its listener and
+     is not bound again (it stays unnamed);
+  3. listen with the dumped backlog; connect one-sided dgram sockets to their peer's name
+     (an outside peer: --ext-unix-sk); connect the clients waiting in an accept queue to
+     their listener, in queue order, which recreates the queue;
+  4. buffer sizes, then refill every receive queue in order, sent by the socket's peer
+     (or, for an unconnected named socket, from the message's source name or an unnamed
+     stand-in), so each message lands in the right queue with its boundaries;
+  5. close the stand-ins, apply shutdowns, then SO_PASSCRED (an unnamed socket with it
+     would autobind on send) and the file flags.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import stat
+from typing import Any
+
+from cptimage.records import SockState, UnixSocket
+
+from ..errors import RestoreError
+from ..proc import decode_kdev
+from ..sys.net import SO_PASSCRED, SO_RCVBUFFORCE, SO_SNDBUFFORCE, set_int, unix_diag
+from .fdbase import SETFL_MASK
+from .model import ImageModel
+from .tree import Task
+
+_SHUT = {1: socket.SHUT_RD, 2: socket.SHUT_WR, 3: socket.SHUT_RDWR}
+
+
+def _show(name: bytes) -> str:
+    return "@" + name[1:].decode(errors="replace") if name[:1] == b"\0" else name.decode()
+
+
+def free_path(path: bytes) -> None:
+    """Make room for binding `path`: remove a stale socket file that no socket is bound to;
+    refuse anything else in the way."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    where = f"cannot bind a unix socket to {path.decode()}"
+    if not stat.S_ISSOCK(st.st_mode):
+        raise RestoreError(f"{where}: a file that is not a socket is in the way")
+    for d in unix_diag().values():
+        if d.vfs and d.vfs[0] == st.st_ino and os.makedev(*decode_kdev(d.vfs[1])) == st.st_dev:
+            raise RestoreError(f"{where}: a live socket (inode {d.ino}) is bound to it")
+    os.unlink(path)
+
+
+class UnixSockets:
+    records = (UnixSocket,)
+
+    def __init__(self) -> None:
+        self._built = False
+        self._socks: dict[int, socket.socket] = {}  # ino -> socket
+        self._fds: dict[int, int] = {}  # description id -> fd
+        self._standins: list[socket.socket] = []
+
+    def open(self, model: ImageModel, desc: Any) -> int:
+        if not self._built:
+            self._built = True
+            self._build([r for r in model.files.values() if isinstance(r, UnixSocket)])
+        return self._fds.pop(desc.id)
+
+    def _build(self, recs: list[UnixSocket]) -> None:
+        by_ino = {r.ino: r for r in recs}
+        waiting = {c: r for r in recs if r.state == SockState.LISTEN for c in r.icons}
+        peer_of: dict[int, socket.socket] = {}  # ino -> the socket that refills its queue
+        for r in recs:
+            if r.ino in self._socks:
+                continue
+            p = by_ino.get(r.peer_ino)
+            if p is not None and p.peer_ino == r.ino:
+                a, b = socket.socketpair(socket.AF_UNIX, r.type)
+                self._socks[r.ino], self._socks[p.ino] = a, b
+                peer_of[r.ino], peer_of[p.ino] = b, a
+            elif r.state == SockState.ESTABLISHED and r.peer_ino == 0 and r.ino not in waiting:
+                a, b = socket.socketpair(socket.AF_UNIX, r.type)  # b stands in for a closed peer
+                self._socks[r.ino] = a
+                peer_of[r.ino] = b
+                self._standins.append(b)
+            else:
+                self._socks[r.ino] = socket.socket(socket.AF_UNIX, r.type)
+        listeners = {r.name for r in recs if r.state == SockState.LISTEN}
+        for r in recs:
+            if r.name and (r.state == SockState.LISTEN or r.name not in listeners):
+                self._bind(r)
+        for r in recs:
+            s = self._socks[r.ino]
+            if r.state == SockState.LISTEN:
+                s.listen(r.backlog)
+            elif r.ino in peer_of or r.ino in waiting:
+                continue
+            elif r.peer_ino in by_ino:
+                p = by_ino[r.peer_ino]
+                self._connect(s, p.name, f"its peer {_show(p.name)}")
+            elif r.peer_name:
+                self._connect(s, r.peer_name, f"the outside peer {_show(r.peer_name)}")
+        for r in recs:
+            for c in r.icons if r.state == SockState.LISTEN else ():
+                self._connect(self._socks[c], r.name, f"the listener {_show(r.name)}")
+        for r in recs:
+            s = self._socks[r.ino]
+            set_int(s, socket.SOL_SOCKET, SO_SNDBUFFORCE, r.sndbuf // 2)
+            set_int(s, socket.SOL_SOCKET, SO_RCVBUFFORCE, r.rcvbuf // 2)
+        for r in recs:
+            self._refill(r, by_ino, peer_of)
+        for b in self._standins:
+            b.close()
+        self._standins.clear()
+        for r in recs:
+            s = self._socks[r.ino]
+            if r.shutdown in _SHUT and r.state != SockState.LISTEN:
+                with contextlib.suppress(OSError):  # ENOTCONN: a dgram socket, no peer
+                    s.shutdown(_SHUT[r.shutdown])
+            if r.opts & 1:
+                s.setsockopt(socket.SOL_SOCKET, SO_PASSCRED, 1)
+            fd = s.detach()
+            fcntl.fcntl(fd, fcntl.F_SETFL, r.flags & SETFL_MASK)
+            self._fds[r.id] = fd
+        self._socks.clear()
+
+    def _bind(self, r: UnixSocket) -> None:
+        if r.name[0] != 0:
+            free_path(r.name)
+        try:
+            self._socks[r.ino].bind(r.name)
+        except OSError as e:
+            raise RestoreError(
+                f"cannot bind a unix socket to {_show(r.name)}: {e.strerror}"
+            ) from None
+        if r.name[0] != 0:
+            os.chown(r.name, r.fuid, r.fgid)
+            os.chmod(r.name, r.fmode)
+
+    def _connect(self, s: socket.socket, name: bytes, what: str) -> None:
+        try:
+            s.connect(name)
+        except OSError as e:
+            raise RestoreError(f"cannot reconnect a unix socket to {what}: {e.strerror}") from None
+
+    def _refill(
+        self, r: UnixSocket, by_ino: dict[int, UnixSocket], peer_of: dict[int, socket.socket]
+    ) -> None:
+        if not r.queue:
+            return
+        where = f"unix socket {r.ino}"
+        sender = peer_of.get(r.ino)
+        if sender is None and r.peer_ino in by_ino:
+            sender = self._socks[r.peer_ino]
+        named = {x.name: self._socks[x.ino] for x in by_ino.values() if x.name and x.type == 2}
+        for i, msg in enumerate(r.queue):
+            src = r.senders[i] if i < len(r.senders) else b""
+            try:
+                if sender is not None and r.type == socket.SOCK_STREAM:
+                    _send_all(sender, msg)
+                elif sender is not None and (r.peer_ino in by_ino or r.ino in peer_of):
+                    _send_one(sender, msg, None if r.ino in peer_of else r.name)
+                elif src and src in named:
+                    _send_one(named[src], msg, r.name)
+                else:
+                    with socket.socket(socket.AF_UNIX, r.type) as tmp:
+                        _send_one(tmp, msg, r.name)
+            except OSError as e:
+                raise RestoreError(
+                    f"{where}: cannot refill queued message {i + 1} of {len(r.queue)}: {e.strerror}"
+                ) from None
+
+    def after_install(self, model: ImageModel, task: Task, local: dict[int, int]) -> None:
+        pass
+
+    def close(self) -> None:
+        for s in [*self._socks.values(), *self._standins]:
+            s.close()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._socks.clear()
+        self._standins.clear()
+        self._fds.clear()
+
+
+def _send_all(s: socket.socket, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = s.send(view, socket.MSG_DONTWAIT)
+        view = view[n:]
+
+
+def _send_one(s: socket.socket, msg: bytes, to: bytes | None) -> None:
+    n = s.send(msg, socket.MSG_DONTWAIT) if to is None else s.sendto(msg, socket.MSG_DONTWAIT, to)
+    if n != len(msg):
+        raise OSError(0, f"short send ({n} of {len(msg)} bytes)")
