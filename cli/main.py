@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Annotated
 
 import typer
 
-from . import check, cr, exitcodes
+from . import check, cr, exitcodes, ve
 from .image import app as image_app
 
 try:  # typer >= 0.16 vendors click
@@ -32,6 +33,19 @@ app.add_typer(image_app, name="image")
 app.command("chkpnt")(cr.chkpnt)
 app.command("restore")(cr.restore)
 app.command("check")(check.check)
+app.add_typer(ve.app, name="ve")
+
+
+@app.callback()
+def _global(
+    root: Annotated[
+        str | None,
+        typer.Option("--root", help="the node's state directory (default /var/lib/cpt; CPT_ROOT)"),
+    ] = None,
+) -> None:
+    """Checkpoint/restore of Linux process trees and containers."""
+    if root:
+        os.environ["CPT_ROOT"] = os.path.abspath(root)
 
 
 def _say(message: str) -> None:

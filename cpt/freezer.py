@@ -94,6 +94,15 @@ class Freezer:
         except FileNotFoundError:
             return False
 
+    def kill_all(self, timeout: float = 10.0) -> None:
+        """SIGKILL every process in the cgroup (cgroup.kill) and wait until it is empty."""
+        self._write("cgroup.kill", "1")
+        deadline = time.monotonic() + timeout
+        while self._events().get("populated") == "1":
+            if time.monotonic() > deadline:
+                raise SystemError_(f"processes of {self.path} survived SIGKILL for {timeout:.0f} s")
+            time.sleep(0.005)
+
     def release(self, origins: dict[int, str]) -> None:
         """Move every process back to its original cgroup, then remove the freezer."""
         for pid in self.procs():

@@ -1,0 +1,105 @@
+"""`cpt ve ...`: VE lifecycle commands (the library is snapshot.ve)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cpt.errors import UsageError
+from snapshot.ve.manager import VEManager
+
+app = typer.Typer(
+    help="VEs: containers with their own processes, namespaces, address and private area.",
+    no_args_is_help=True,
+)
+VeidArg = Annotated[str, typer.Argument(metavar="VEID", help="the VE's id")]
+CmdArg = Annotated[list[str] | None, typer.Argument(metavar="-- CMD...", help="the command")]
+
+
+@app.command()
+def create(
+    veid: VeidArg,
+    command: CmdArg = None,
+    hostname: Annotated[str, typer.Option("--hostname", help="default ve<VEID>")] = "",
+    ip: Annotated[str, typer.Option("--ip", help="ADDR/PREFIX inside the VE")] = "",
+    template: Annotated[str, typer.Option("--template", help="host or busybox")] = "host",
+) -> None:
+    """Create a VE: a private area with a minimal root, and its configuration."""
+    cfg = VEManager().create(veid, hostname=hostname, ip=ip, template=template, command=command)
+    print(f"VE {veid} created: {cfg.private}")
+
+
+@app.command("set")
+def set_(
+    veid: VeidArg,
+    command: CmdArg = None,
+    hostname: Annotated[str | None, typer.Option("--hostname")] = None,
+    ip: Annotated[str | None, typer.Option("--ip")] = None,
+    template: Annotated[str | None, typer.Option("--template")] = None,
+) -> None:
+    """Change a VE's configuration (applied at its next start)."""
+    VEManager().set(veid, hostname=hostname, ip=ip, template=template, command=command or None)
+    print(f"VE {veid} configured")
+
+
+@app.command()
+def start(veid: VeidArg) -> None:
+    """Start a VE (or restore it, when a dump file of it waits)."""
+    rt = VEManager().start(veid)
+    print(f"VE {veid} started (init {rt.init_pid}, {rt.host_if})")
+
+
+@app.command()
+def stop(
+    veid: VeidArg,
+    timeout: Annotated[float, typer.Option("--timeout", help="seconds before SIGKILL")] = 10.0,
+) -> None:
+    """Stop a VE: SIGTERM its processes, SIGKILL what is left after --timeout."""
+    VEManager().stop(veid, timeout=timeout)
+    print(f"VE {veid} stopped")
+
+
+@app.command()
+def status(veid: VeidArg) -> None:
+    """running, suspended or stopped (as vzctl status says)."""
+    print(f"VE {veid} {VEManager().status(veid)}")
+
+
+@app.command("list")
+def list_(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Every VE of this node."""
+    rows = VEManager().list_ves()
+    if as_json:
+        print(json.dumps(rows))
+        return
+    t = Table()
+    for col in ("VEID", "STATUS", "IP", "HOSTNAME", "TEMPLATE", "INIT"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(
+            r["veid"], r["status"], r["ip"], r["hostname"], r["template"], str(r["init_pid"] or "-")
+        )
+    Console(highlight=False).print(t)
+
+
+@app.command()
+def destroy(veid: VeidArg) -> None:
+    """Remove a stopped VE: its private area, configuration and dump file."""
+    VEManager().destroy(veid)
+    print(f"VE {veid} destroyed")
+
+
+@app.command("exec", context_settings={"allow_interspersed_args": False})
+def exec_(
+    veid: VeidArg, command: Annotated[list[str], typer.Argument(metavar="-- CMD...")]
+) -> None:
+    """Run a command inside a running VE; its exit code is cpt's."""
+    if command[:1] == ["--"]:  # options end here; click hands the marker on
+        command = command[1:]
+    if not command:
+        raise UsageError("ve exec needs a command: cpt ve exec VEID -- CMD...")
+    raise typer.Exit(VEManager().exec(veid, command))

@@ -1,0 +1,1 @@
+"""VEs: containers with their own process tree, namespaces, address and private area."""

@@ -1,0 +1,343 @@
+"""VE lifecycle: create, set, start, exec, stop, status, list, destroy.
+
+Every command takes the VE's lock (a second concurrent one fails with exit 9).  A running
+VE is an init process (PID 1 of its namespaces), its freezer cgroup `cpt/ve-<VEID>` and a
+host veth; runtime facts live in the run directory (`ve-<VEID>.runtime.json`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import select
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from cpt.errors import (
+    AlreadyRunning,
+    CptError,
+    InvalidValue,
+    NoSuchProcess,
+    NotRunning,
+    SystemError_,
+)
+from cpt.freezer import Freezer
+from cpt.lock import locked, run_dir
+from cpt.proc import Proc
+from cpt.sys.clone import CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS
+from cpt.sys.ns import setns, unshare
+from cptimage.atomic import atomic_output
+
+from . import net, rootfs
+from .boot import ENV, boot
+from .config import VEConfig, check_veid
+from .node import Node
+
+VE_NAMESPACES = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWPID
+BOOT_TIMEOUT = 30.0
+
+
+@dataclasses.dataclass
+class Runtime:
+    init_pid: int
+    host_if: str
+    starttime: int  # of the init, to tell it from a later process with its PID
+
+
+class VEManager:
+    def __init__(self, node: Node | None = None) -> None:
+        self.node = node or Node()
+
+    # -- configuration
+
+    def config(self, veid: str) -> VEConfig:
+        path = self.node.config_path(check_veid(veid))
+        if not os.path.exists(path):
+            raise InvalidValue(f"VE {veid} does not exist (no {path}); create it first")
+        return VEConfig.load(path)
+
+    @contextlib.contextmanager
+    def locked(self, veid: str) -> Iterator[None]:
+        with locked(f"ve-{check_veid(veid)}", f"VE {veid}"):
+            yield
+
+    def create(
+        self,
+        veid: str,
+        *,
+        hostname: str = "",
+        ip: str = "",
+        template: str = "host",
+        command: list[str] | None = None,
+    ) -> VEConfig:
+        check_veid(veid)
+        with self.locked(veid):
+            path = self.node.config_path(veid)
+            if os.path.exists(path):
+                raise InvalidValue(f"VE {veid} already exists ({path})")
+            private = os.path.join(self.node.private_dir(), veid)
+            cfg = VEConfig(
+                veid=veid, private=private, hostname=hostname, ip=ip, template=template,
+                command=list(command or []),
+            )  # fmt: skip
+            from snapshot.fs import backend_for
+
+            backend = backend_for(os.path.dirname(private))
+            backend.create_area(private)
+            try:
+                rootfs.populate(private, cfg.template, cfg.hostname, cfg.address)
+                os.makedirs(self.node.ve_dir, exist_ok=True)
+                cfg.save(path)
+            except BaseException:
+                backend.delete_area(private)
+                raise
+            net.blackhole(cfg.ip)  # stopped: its address is held on this host
+            return cfg
+
+    def set(self, veid: str, **changes: Any) -> VEConfig:
+        with self.locked(veid):
+            cfg = self.config(veid)
+            if self.status(veid) != "stopped" and set(changes) & {"ip", "template"}:
+                raise AlreadyRunning(f"VE {veid} is running: stop it to change its ip or template")
+            old_ip = cfg.ip
+            new = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
+            new.save(self.node.config_path(veid))
+            if new.ip != old_ip:
+                net.release(veid, old_ip)
+                net.blackhole(new.ip)
+            return new
+
+    # -- state
+
+    def runtime_path(self, veid: str) -> str:
+        return os.path.join(run_dir(), f"ve-{veid}.runtime.json")
+
+    def runtime(self, veid: str) -> Runtime | None:
+        try:
+            with open(self.runtime_path(veid)) as f:
+                rt = Runtime(**json.load(f))
+        except FileNotFoundError:
+            return None
+        return rt if _alive(rt.init_pid, rt.starttime) else None
+
+    def freezer(self, veid: str) -> Freezer:
+        return Freezer(f"ve-{veid}")
+
+    def status(self, veid: str) -> str:
+        """running, suspended (frozen, or a dump file waits: as vzctl says) or stopped."""
+        self.config(veid)
+        rt = self.runtime(veid)
+        if rt is not None:
+            fz = self.freezer(veid)
+            return "suspended" if fz.exists() and fz.freeze_requested() else "running"
+        return "suspended" if os.path.exists(self.node.default_dumpfile(veid)) else "stopped"
+
+    def list_ves(self) -> list[dict[str, Any]]:
+        out = []
+        for veid in self.node.veids():
+            cfg = self.config(veid)
+            rt = self.runtime(veid)
+            out.append(
+                dict(
+                    veid=veid, status=self.status(veid), ip=cfg.ip, hostname=cfg.hostname,
+                    template=cfg.template, init_pid=rt.init_pid if rt else None,
+                )
+            )  # fmt: skip
+        return out
+
+    # -- start and stop
+
+    def start(self, veid: str) -> Runtime:
+        with self.locked(veid):
+            cfg = self.config(veid)
+            if self.runtime(veid) is not None:
+                raise AlreadyRunning(f"VE {veid} is already running")
+            return self._boot(cfg)
+
+    def _boot(self, cfg: VEConfig) -> Runtime:
+        go_r, go_w = os.pipe()
+        st_r, st_w = os.pipe2(os.O_CLOEXEC)
+        pid_r, pid_w = os.pipe()
+        mid = os.fork()
+        if mid == 0:  # in the middle: new namespaces, then their PID 1
+            try:
+                os.close(go_w)
+                os.close(st_r)
+                os.close(pid_r)
+                unshare(VE_NAMESPACES)
+                g = os.fork()
+                if g == 0:
+                    boot(cfg, go_r, st_w)
+                os.write(pid_w, str(g).encode())
+            finally:
+                os._exit(0)
+        for fd in (go_r, st_w, pid_w):
+            os.close(fd)
+        os.waitpid(mid, 0)
+        got = os.read(pid_r, 32)
+        os.close(pid_r)
+        if not got:
+            os.close(go_w)
+            os.close(st_r)
+            raise SystemError_(f"VE {cfg.veid}: could not create its namespaces")
+        init = int(got)
+        fz = self.freezer(cfg.veid)
+        try:
+            fz.create()
+            fz.add([init])
+            host_if = net.setup_host(cfg.veid, cfg.ip, init)
+            os.write(go_w, b"go")
+            os.close(go_w)
+            status = _read_all(st_r, BOOT_TIMEOUT)
+            if status != b"ok":
+                raise SystemError_(
+                    f"VE {cfg.veid} failed to start: {status.decode(errors='replace') or 'no answer'}"
+                )
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(go_w)
+            self._kill(cfg.veid, fz)
+            net.blackhole(cfg.ip)
+            raise
+        finally:
+            os.close(st_r)
+        rt = Runtime(init_pid=init, host_if=host_if, starttime=_starttime(init))
+        with atomic_output(self.runtime_path(cfg.veid), mode=0o644) as f:
+            f.write(json.dumps(dataclasses.asdict(rt)).encode())
+        return rt
+
+    def stop(self, veid: str, timeout: float = 10.0) -> None:
+        """SIGTERM every process but the init (which exits once they are gone), then
+        SIGKILL what is left after `timeout` seconds."""
+        with self.locked(veid):
+            cfg = self.config(veid)
+            rt = self.runtime(veid)
+            if rt is None:
+                raise NotRunning(f"VE {veid} is not running")
+            fz = self.freezer(veid)
+            if fz.freeze_requested():
+                fz.thaw()
+            for pid in fz.procs():
+                if pid != rt.init_pid:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while fz.procs() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            self._kill(veid, fz)
+            net.blackhole(cfg.ip)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.runtime_path(veid))
+
+    def _kill(self, veid: str, fz: Freezer) -> None:
+        """SIGKILL everything in the VE's cgroup, wait for it to empty, remove it."""
+        if not fz.exists():
+            return
+        fz.kill_all()
+        fz.remove(timeout=10.0)
+
+    def destroy(self, veid: str) -> None:
+        with self.locked(veid):
+            cfg = self.config(veid)
+            if self.runtime(veid) is not None:
+                raise AlreadyRunning(f"VE {veid} is running: stop it before destroying it")
+            from snapshot.fs import backend_for
+
+            if os.path.exists(cfg.private):
+                backend_for(cfg.private).delete_area(cfg.private)
+            net.release(veid, cfg.ip)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.node.default_dumpfile(veid))
+            os.unlink(self.node.config_path(veid))
+
+    # -- exec
+
+    def exec(self, veid: str, argv: list[str]) -> int:
+        """Run a command inside the VE (all its namespaces, its root); stdio passes through;
+        returns its exit code."""
+        rt = self.runtime(veid)
+        if rt is None:
+            raise NotRunning(f"VE {veid} is not running")
+        if self.freezer(veid).freeze_requested():
+            raise NotRunning(f"VE {veid} is suspended")
+        go_r, go_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(go_w)
+                _enter(rt.init_pid)
+                child = os.fork()  # a PID namespace applies to children
+                if child == 0:
+                    os.read(go_r, 1)
+                    os.execvpe(argv[0], argv, _ve_env())
+                os.close(go_r)
+                _, status = os.waitpid(child, 0)
+                os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+            except FileNotFoundError:
+                os._exit(127)
+            except BaseException:
+                os._exit(126)
+        os.close(go_r)
+        with contextlib.suppress(CptError):
+            self.freezer(veid).add([pid])
+        os.write(go_w, b"g")
+        os.close(go_w)
+        _, status = os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(status)
+
+
+def _enter(init: int) -> None:
+    """Join the namespaces of the VE's init (the mount namespace last: it changes root)."""
+    for ns, flag in (
+        ("ipc", CLONE_NEWIPC),
+        ("uts", CLONE_NEWUTS),
+        ("net", CLONE_NEWNET),
+        ("pid", CLONE_NEWPID),
+        ("mnt", CLONE_NEWNS),
+    ):
+        fd = os.open(f"/proc/{init}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            setns(fd, flag)
+        finally:
+            os.close(fd)
+    os.chdir("/")
+
+
+def _ve_env() -> dict[str, str]:
+    env = dict(ENV)
+    if "TERM" in os.environ:
+        env["TERM"] = os.environ["TERM"]
+    return env
+
+
+def _read_all(fd: int, timeout: float) -> bytes:
+    out = b""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return out
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            return out
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return out
+        out += chunk
+
+
+def _starttime(pid: int) -> int:
+    return Proc().stat(pid).starttime
+
+
+def _alive(pid: int, starttime: int) -> bool:
+    """Is `pid` still the process that started at `starttime` (not a zombie, not reused)?"""
+    try:
+        st = Proc().stat(pid)
+    except NoSuchProcess:
+        return False
+    return st.starttime == starttime and st.state not in ("Z", "X")

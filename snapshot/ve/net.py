@@ -1,0 +1,135 @@
+"""A VE's network: a veth pair (host side `cpt<VEID>`, VE side eth0) set up with pyroute2.
+
+The host side carries a gateway address (/32) and a /32 route to the VE's address; the VE
+side carries the VE's address and a route to the gateway only: no default route, so a VE
+reaches this host (and what the host routes to it), never the outside by itself.
+
+While the VE is suspended, dumped or stopped, a blackhole route holds its address: once
+its veth is gone the host would otherwise route the address out of the machine through
+its default route (ENGINE-NOTES).  Routes are replaced, never added twice: the /32 route
+is either through the veth or a blackhole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from cpt.errors import SystemError_
+
+VE_IFNAME = "eth0"
+LINK_LOCAL_GATEWAY = "169.254.0.1"
+
+
+def host_ifname(veid: str) -> str:
+    name = f"cpt{veid}"
+    if len(name) <= 15:  # IFNAMSIZ - 1
+        return name
+    return "cpt" + hashlib.sha256(veid.encode()).hexdigest()[:12]
+
+
+def gateway(ip: str) -> str:
+    """The host side's address: the first host of the VE's network (the second if that is
+    the VE's own), or a link-local address for a /31 or /32."""
+    iface = ipaddress.ip_interface(ip)
+    if iface.network.prefixlen >= 31:
+        return LINK_LOCAL_GATEWAY
+    hosts = iface.network.hosts()
+    first = next(hosts)
+    return str(next(hosts) if first == iface.ip else first)
+
+
+def _err(what: str, e: NetlinkError) -> SystemError_:
+    return SystemError_(f"{what}: {e.args[1] if len(e.args) > 1 else e}")
+
+
+def setup_host(veid: str, ip: str, init_pid: int) -> str:
+    """Create the pair with its VE end in the network namespace of `init_pid`; set up the
+    host end; returns the host interface's name."""
+    name = host_ifname(veid)
+    with IPRoute() as ipr:
+        try:
+            if ipr.link_lookup(ifname=name):
+                ipr.link("del", ifname=name)  # a leftover of a VE that died
+            ipr.link(
+                "add", ifname=name, kind="veth", peer={"ifname": VE_IFNAME, "net_ns_pid": init_pid}
+            )
+            idx = ipr.link_lookup(ifname=name)[0]
+            if ip:
+                gw = gateway(ip)
+                ipr.addr("add", index=idx, address=gw, prefixlen=32)
+            ipr.link("set", index=idx, state="up")
+            if ip:
+                addr = ip.split("/")[0]
+                ipr.route("replace", dst=f"{addr}/32", oif=idx, prefsrc=gw)
+        except NetlinkError as e:
+            raise _err(f"network of VE {veid} ({name})", e) from e
+    return name
+
+
+def setup_inside(ip: str) -> None:
+    """In the VE's network namespace: loopback and eth0 up, the address, the gateway route."""
+    with IPRoute() as ipr:
+        lo = ipr.link_lookup(ifname="lo")[0]
+        ipr.link("set", index=lo, state="up")
+        if not ip:
+            return
+        addr, prefix = ip.split("/")
+        idx = ipr.link_lookup(ifname=VE_IFNAME)[0]
+        ipr.addr("add", index=idx, address=addr, prefixlen=int(prefix))
+        ipr.link("set", index=idx, state="up")
+        gw = gateway(ip)
+        if ipaddress.ip_address(gw) not in ipaddress.ip_interface(ip).network:
+            ipr.route("add", dst=f"{gw}/32", oif=idx, scope="link")
+
+
+def set_host_link(veid: str, up: bool) -> None:
+    """Suspend takes the VE's link down (packets dropped, never answered with a reset)."""
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=host_ifname(veid))
+        if found:
+            ipr.link("set", index=found[0], state="up" if up else "down")
+
+
+def route_to_ve(veid: str, ip: str) -> None:
+    """The VE's address reaches it again (replacing the blackhole)."""
+    if not ip:
+        return
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=host_ifname(veid))
+        if not found:
+            raise SystemError_(f"VE {veid} has no host interface {host_ifname(veid)}")
+        addr = ip.split("/")[0]
+        ipr.route("replace", dst=f"{addr}/32", oif=found[0], prefsrc=gateway(ip))
+
+
+def blackhole(ip: str) -> None:
+    """Hold the VE's address while it cannot answer (suspended, dumped, stopped)."""
+    if not ip:
+        return
+    with IPRoute() as ipr:
+        ipr.route("replace", dst=f"{ip.split('/')[0]}/32", type="blackhole")
+
+
+def release(veid: str, ip: str) -> None:
+    """Remove everything of the VE's network from the host (destroy)."""
+    with IPRoute() as ipr:
+        for idx in ipr.link_lookup(ifname=host_ifname(veid)):
+            ipr.link("del", index=idx)
+        if ip:
+            try:
+                ipr.route("del", dst=f"{ip.split('/')[0]}/32")
+            except NetlinkError:
+                pass  # no route left
+
+
+def has_blackhole(ip: str) -> bool:
+    addr = ip.split("/")[0]
+    with IPRoute() as ipr:
+        for r in ipr.get_routes(family=2):
+            if r.get_attr("RTA_DST") == addr and r["dst_len"] == 32 and r["type"] == 6:
+                return True
+    return False

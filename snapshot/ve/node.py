@@ -1,0 +1,44 @@
+"""A node: the state directory holding VE configs, private areas and dump files.
+
+    <root>/ve/<VEID>.toml     configs
+    <root>/pool/private/<VEID> private areas (subvolumes of the node's btrfs)
+    <root>/dump/Dump.<VEID>   dump files (the default root uses /var/tmp/Dump.<VEID>,
+                              as the OpenVZ documentation gives it)
+The root is /var/lib/cpt, or --root / CPT_ROOT.
+"""
+
+from __future__ import annotations
+
+import os
+
+DEFAULT_ROOT = "/var/lib/cpt"
+
+
+class Node:
+    def __init__(self, root: str | None = None) -> None:
+        self.root = os.path.abspath(root or os.environ.get("CPT_ROOT") or DEFAULT_ROOT)
+
+    @property
+    def ve_dir(self) -> str:
+        return os.path.join(self.root, "ve")
+
+    def config_path(self, veid: str) -> str:
+        return os.path.join(self.ve_dir, f"{veid}.toml")
+
+    def veids(self) -> list[str]:
+        try:
+            names = os.listdir(self.ve_dir)
+        except FileNotFoundError:
+            return []
+        return sorted(n[: -len(".toml")] for n in names if n.endswith(".toml"))
+
+    def default_dumpfile(self, veid: str) -> str:
+        if self.root == DEFAULT_ROOT:
+            return f"/var/tmp/Dump.{veid}"
+        return os.path.join(self.root, "dump", f"Dump.{veid}")
+
+    def private_dir(self) -> str:
+        """Where private areas live: the node's btrfs (the embedded pool if need be)."""
+        from snapshot import pool
+
+        return os.path.join(pool.ensure(self.root), "private")
