@@ -72,15 +72,20 @@ def test_ids_in_use_are_refused_unless_ipcns(workloads, cpt, tmp_path: Path) -> 
     assert cpt("chkpnt", "--pid", wl.pid, "--dump", "--dumpfile", img)[0] == 0
     rc, _, err = cpt("restore", "--dumpfile", img, "--pidns")
     assert rc == 17 and "SysV shared memory id" in err and "--ipcns" in err, err
-    rc, _, err = cpt("restore", "--dumpfile", img, "--pidns", "--ipcns", "--pidfile", tmp_path / "p")
+    rc, _, err = cpt(
+        "restore", "--dumpfile", img, "--pidns", "--ipcns", "--pidfile", tmp_path / "p"
+    )
     assert rc == 0, err
     copy = int((tmp_path / "p").read_text())
+    # the copy's PID namespace: its init (the copy's parent) takes every process of it along
+    with open(f"/proc/{copy}/stat") as f:
+        init = int(f.read().rsplit(")", 1)[1].split()[1])
     try:
         assert ipc_ns(copy) != ipc_ns(wl.pid)
         with open(f"/proc/{copy}/maps") as f:
             assert "/SYSV00000000 (deleted)" in f.read()
     finally:
-        os.kill(copy, signal.SIGKILL)
+        os.kill(init, signal.SIGKILL)
     assert cpt("chkpnt", "--pid", wl.pid, "--resume")[0] == 0
     with reaping(wl):
         assert wl.finish() == "PASS"
