@@ -13,6 +13,7 @@ This module never imports ctypes; the kernel interface is cpt.sys.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -620,15 +621,32 @@ def detach_all(tracees: Iterable[Tracee]) -> None:
 def reap_traced(tracees: Iterable[Tracee], timeout: float = 5.0) -> None:
     """Collect the exit of killed traced threads, so their real parents can reap them.
 
-    Non-leader threads first: the kernel reports a thread-group leader's exit only once
-    every other thread of the group has been reaped.
+    All of them are polled together, not one after another: the kernel reports a
+    thread-group leader's exit only once every other thread of the group has been reaped,
+    and the init of a PID namespace exits only once every process of its namespace is
+    gone, each of which waits for us first.
     """
-    for t in sorted(tracees, key=lambda t: t.tid == t.pid):
-        deadline = time.monotonic() + timeout
-        while not t.dead:
+    pending = [t for t in tracees if not t.dead]
+    deadline = time.monotonic() + timeout
+    delay = 0.0002
+    while pending:
+        progressed = False
+        for t in list(pending):
             try:
-                t.wait(max(0.0, deadline - time.monotonic()))
+                t.wait(0)
             except NoSuchProcess:
-                break
+                pending.remove(t)
+                progressed = True
+                continue
             except TimeoutError:
-                break
+                continue
+            progressed = True  # a stop on the way out (an exit event): let it go on
+            with contextlib.suppress(OSError, NoSuchProcess):
+                t.cont()
+        if not pending or time.monotonic() > deadline:
+            return
+        if not progressed:
+            time.sleep(delay)
+            delay = min(delay * 2, 0.002)
+        else:
+            delay = 0.0002
