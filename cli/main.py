@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from . import check, cr, exitcodes, ve
+from . import pool as pool_cli
 from .image import app as image_app
 
 try:  # typer >= 0.16 vendors click
@@ -34,6 +35,7 @@ app.command("chkpnt")(cr.chkpnt)
 app.command("restore")(cr.restore)
 app.command("check")(check.check)
 app.add_typer(ve.app, name="ve")
+app.add_typer(pool_cli.app, name="pool")
 
 
 @app.callback()

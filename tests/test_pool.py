@@ -132,3 +132,24 @@ def test_a_state_directory_on_btrfs_is_used_directly(state: Path) -> None:
     status = pool.status(inner)
     assert (status["mode"], status["image"], status["device"]) == ("direct", None, None)
     assert status["size"] > 0
+
+
+@root_only
+def test_pool_commands(state: Path) -> None:
+    """`cpt --root STATE pool init --size 300M` then `pool status --json`; a bad size is
+    refused in one line (exit 21)."""
+    import sys
+
+    def cpt(*args: str) -> subprocess.CompletedProcess[str]:
+        repo = Path(__file__).resolve().parent.parent
+        return subprocess.run([sys.executable, "-m", "cli.main", "--root", str(state), *args],
+                              cwd=repo, capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    bad = cpt("pool", "init", "--size", "12 parsecs")
+    assert bad.returncode == 21 and bad.stderr.count("\n") == 1, bad.stderr
+    assert json.loads(cpt("pool", "status", "--json").stdout)["mode"] == "none"
+    done = cpt("pool", "init", "--size", "300M")
+    assert done.returncode == 0, done.stderr
+    st = json.loads(cpt("pool", "status", "--json").stdout)
+    assert st["mounted"] and st["mode"] == "loop" and st["size"] == 300 << 20
+    assert mount_of(Path(st["path"])).fstype == "btrfs"

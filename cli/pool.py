@@ -1,0 +1,46 @@
+"""`cpt pool ...`: the node's embedded storage (the library is snapshot.pool)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from cpt.errors import InvalidValue
+from snapshot import pool
+from snapshot.ve.node import Node
+
+app = typer.Typer(
+    help="The node's storage: a loop-file btrfs in the state directory when it is not on "
+    "btrfs (made on first use).",
+    no_args_is_help=True,
+)
+
+
+@app.command()
+def init(
+    size: Annotated[str, typer.Option("--size", help="size of a new pool image")] = "4G",
+) -> None:
+    """Create and mount the pool (idempotent: an existing pool keeps its size)."""
+    try:
+        nbytes = pool.parse_size(size)
+    except ValueError as e:
+        raise InvalidValue(f"--size: {e}") from None
+    if nbytes < 256 << 20:
+        raise InvalidValue(f"--size {size}: a btrfs pool needs at least 256M")
+    path = pool.init(Node().root, nbytes)
+    print(f"pool ready: {path}")
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="print it as JSON")] = False,
+) -> None:
+    """Where the pool is, how it is set up, its size and use."""
+    st = pool.status(Node().root)
+    if as_json:
+        print(json.dumps(st))
+        return
+    for key, value in st.items():
+        print(f"{key:8} {value if value is not None else '-'}")
