@@ -12,6 +12,13 @@
 Each stage may be its own command: the frozen state outlives the command in the freezer
 cgroup, and a state file under the run directory remembers the tree (its processes'
 original cgroups).  A per-tree lock serialises stages.
+
+A VE (`ve_id`) is a tree whose root is the init of its own namespaces and whose cgroup
+is the VE's: suspend freezes that cgroup in place (no process moves) and cuts the VE's
+link to the host (`link.down()`: packets are dropped, never answered), resume thaws it
+and brings the link back; the image records the VE's namespaces, and restore recreates
+them (restore/ve.py).  Processes in the VE's cgroup that are not in the init's tree (a
+`cpt ve exec` still running) are refused: they would be lost.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from cptimage.atomic import AtomicFile, atomic_output, check_target
 from cptimage.container import ImageReader
@@ -33,6 +40,7 @@ from cptimage.verify import verify
 
 from .dump.check import precheck
 from .dump.dumper import Dumper, DumpStats
+from .dump.inet import silence
 from .dump.options import DumpOptions
 from .dump.tree import TaskInfo, collect_tree
 from .errors import (
@@ -51,6 +59,7 @@ from .lock import locked, run_dir
 from .proc import Proc
 from .restore.options import RestoreOptions
 from .restore.restorer import Restorer, RestoreStats
+from .sys.ns import entered
 from .tracer import DEFAULT_OPTIONS, Tracee, detach_all, freeze_process, reap_traced
 from .verify_host import check_host
 
@@ -73,7 +82,7 @@ def _fails_as(cls: type[CptError], what: str) -> Callable[[F], F]:
                 if os.environ.get("CPT_DEBUG") and not isinstance(e, CptError):
                     raise
                 msg = str(e) if isinstance(e, (CptError, OSError)) else f"{type(e).__name__}: {e}"
-                raise cls(f"{what} of tree {self.root} failed: {msg}", pid=self.root) from e
+                raise cls(f"{what} of {self.label} failed: {msg}", pid=self.root) from e
 
         return wrapper  # type: ignore[return-value]
 
@@ -101,13 +110,32 @@ class TreeState:
         )
 
 
+class Link(Protocol):
+    """What connects a VE to the host: cut while the VE is frozen, back when it runs."""
+
+    def down(self) -> None: ...
+
+    def up(self) -> None: ...
+
+
 class Tree:
     """A process tree as the stage commands see it: its freezer, state file and lock."""
 
-    def __init__(self, root: int, proc: Proc | None = None, *, name: str | None = None) -> None:
+    def __init__(
+        self,
+        root: int,
+        proc: Proc | None = None,
+        *,
+        name: str | None = None,
+        ve_id: str = "",
+        link: Link | None = None,
+    ) -> None:
         self.root = root
         self.proc = proc or Proc()
-        self.name = name or f"pid-{root}"
+        self.ve_id = ve_id
+        self.link = link
+        self.name = name or (f"ve-{ve_id}" if ve_id else f"pid-{root}")
+        self.label = f"VE {ve_id}" if ve_id else f"tree {root}"
         self.freezer = Freezer(self.name)
         self.state_path = os.path.join(run_dir(), self.name + ".json")
         self._frozen_at = 0.0  # when this command froze the tree (full checkpoints)
@@ -143,17 +171,25 @@ class Tree:
 
     # -- stages
 
+    def _dump_opts(self, opts: DumpOptions | None, **changes: Any) -> DumpOptions:
+        """The dump options of this tree: a VE's image holds its namespaces, and its
+        network is cut off while it is frozen."""
+        opts = opts or DumpOptions()
+        if self.ve_id:
+            changes.update(ve_id=self.ve_id, net_isolated=True, root=f"/proc/{self.root}/root")
+        return dataclasses.replace(opts, **changes)
+
     @_fails_as(DumpError, "suspend")
     def suspend(self, opts: DumpOptions | None = None) -> TreeState:
         """Freeze the live tree in its own cgroup (refusing unsupported resources first:
         what is supported depends on the dump options, e.g. --tcp-established)."""
         if self.suspended():
-            raise DumpError(f"tree {self.root} is already suspended", pid=self.root)
+            raise DumpError(f"{self.label} is already suspended", pid=self.root)
+        if self.ve_id:
+            return self._suspend_ve(self._dump_opts(opts, staged=True))
         self._clear_stale()
         tree = self._live_tree()
-        precheck(
-            tree, self.root, self.proc, dataclasses.replace(opts or DumpOptions(), staged=True)
-        )
+        precheck(tree, self.root, self.proc, self._dump_opts(opts, staged=True))
         origins: dict[int, str] = {}
         self.freezer.create()
         try:
@@ -177,17 +213,55 @@ class Tree:
             self._release(origins)
             raise
 
+    def _suspend_ve(self, opts: DumpOptions) -> TreeState:
+        """A VE's processes are in its cgroup already: freeze it in place, then cut the
+        link (frozen first: nothing inside notices the link go down)."""
+        if not self.freezer.exists():
+            raise NotRunning(f"{self.label} has no cgroup {self.freezer.path}", pid=self.root)
+        self._strangers(self._live_tree())
+        with self._inside():
+            precheck(self._live_tree(), self.root, self.proc, opts)
+        self._frozen_at = time.perf_counter()
+        self.freezer.freeze()
+        try:
+            self._strangers(collect_tree(self.root, self.proc))  # stable now
+            if self.link is not None:
+                self.link.down()
+            st = TreeState(self.root, "suspended", {})
+            self.save_state(st)
+            return st
+        except BaseException:
+            self._release({})
+            if self.link is not None:
+                self.link.up()
+            raise
+
+    def _strangers(self, tree: dict[int, TaskInfo]) -> None:
+        """Refuse processes in a VE's cgroup that are not in its init's tree."""
+        extra = sorted(set(self.freezer.procs()) - set(tree))
+        if extra:
+            who = ", ".join(f"{p} ({_comm(p)})" for p in extra[:3])
+            raise DumpError(
+                f"{self.label}: process(es) {who} are in the VE but not descendants of its init "
+                f"(a `cpt ve exec` still running?): let them finish, then checkpoint",
+                pid=self.root,
+            )
+
     @_fails_as(DumpError, "dump")
     def dump(self, dumpfile: str, opts: DumpOptions) -> DumpStats:
         """Dump the suspended tree; it stays suspended (`--dump`), also when this fails."""
-        st = self.suspended()
-        if st is None:
+        if self.suspended() is None:
+            flag = f"{self.ve_id}" if self.ve_id else f"--pid {self.root}"
             raise DumpError(
-                f"tree {self.root} is not suspended: run `cpt chkpnt --pid {self.root} "
-                f"--suspend` first",
+                f"{self.label} is not suspended: run `cpt chkpnt {flag} --suspend` first",
                 pid=self.root,
             )
         check_target(dumpfile)
+        return self._dump_frozen(dumpfile, self._dump_opts(opts, staged=True), after="freeze")
+
+    def _dump_frozen(self, dumpfile: str, opts: DumpOptions, *, after: str) -> DumpStats:
+        """Seize the frozen tree (frozen tasks enter their ptrace stops at once; the stops
+        hold them then, and the cgroup is thawed for injected syscalls to run), dump it."""
         tree = collect_tree(self.root, self.proc)
         tracees: list[Tracee] = []
         try:
@@ -198,11 +272,8 @@ class Tree:
         except BaseException:
             detach_all(tracees)
             raise
-        # frozen tasks entered their ptrace stops at once; the stops hold them now, and
-        # the cgroup must be thawed for injected syscalls to run
         self.freezer.thaw()
-        opts = dataclasses.replace(opts, staged=True)
-        return self._dump_seized(tree, dumpfile, opts, after="freeze")
+        return self._dump_seized(tree, dumpfile, opts, after=after)
 
     @_fails_as(DumpError, "checkpoint")
     def checkpoint(self, dumpfile: str, opts: DumpOptions) -> DumpStats:
@@ -210,18 +281,32 @@ class Tree:
 
         One command needs no freezer cgroup: ptrace stops hold the tree (seized until no
         new process appears), which spares the cgroup moves (10-40 ms each here).  If the
-        dump fails the tree is resumed and no dump file is left behind.
+        dump fails the tree is resumed and no dump file is left behind.  A VE is frozen
+        in its cgroup and cut off first, as by `--suspend`.
         """
         if self.suspended():
             raise DumpError(
-                f"tree {self.root} is suspended: dump it with --dump, or --resume it",
+                f"{self.label} is suspended: dump it with --dump, or --resume it",
                 pid=self.root,
             )
         check_target(dumpfile)  # before anything is frozen
+        after = "resume" if opts.leave_running else "kill"
+        if self.ve_id:
+            self.suspend(opts)
+            try:
+                stats = self._dump_frozen(dumpfile, self._dump_opts(opts), after=after)
+            except BaseException:
+                with contextlib.suppress(CptError):
+                    self.resume()  # the dump failed: the VE runs on
+                raise
+            if after == "kill":
+                self._forget_ve()
+            else:
+                self.resume()
+            return stats
         precheck(self._live_tree(), self.root, self.proc, opts)
         self._frozen_at = time.perf_counter()
         tree = self._seize_tree()
-        after = "resume" if opts.leave_running else "kill"
         return self._dump_seized(tree, dumpfile, opts, after=after)
 
     def _seize_tree(self) -> dict[int, TaskInfo]:
@@ -262,10 +347,17 @@ class Tree:
         tracees = [t for i in live for t in i.tracees]
         out = AtomicFile(dumpfile)
         ok = False
-        dumper = Dumper(tree, self.root, opts, self.proc)
+        try:
+            with self._inside():
+                dumper = Dumper(tree, self.root, opts, self.proc)
+        except BaseException:
+            out.abort()
+            detach_all(tracees)
+            raise
         try:
             try:
-                stats = dumper.run(out.file)
+                with self._inside():
+                    stats = dumper.run(out.file)
                 if after == "kill":
                     out.commit()  # durable before the workload dies
                 ok = True
@@ -294,15 +386,26 @@ class Tree:
         except BaseException:
             out.abort()
             raise
-        if after == "kill":
+        if after == "kill" and not self.ve_id:  # a VE's PIDs were its own namespace's
             self._wait_gone(tree)
         return stats
 
     def kill(self) -> None:
-        """Kill the suspended (or undumped) tree and wait until its PIDs are gone."""
+        """Kill the suspended (or undumped) tree and wait until its PIDs are gone (a VE:
+        until its cgroup is empty; its PIDs were its own namespace's)."""
         st = self.suspended()
         if st is None:
-            raise NotRunning(f"tree {self.root} is not suspended; nothing to kill", pid=self.root)
+            raise NotRunning(f"{self.label} is not suspended; nothing to kill", pid=self.root)
+        if self.ve_id:
+            # its connections die silently (their peers wait for the restore), then it
+            held = silence(self.freezer.procs(), self.proc)
+            try:
+                self.freezer.kill_all()
+            finally:
+                for s in held:
+                    s.close()
+            self._forget_ve()
+            return
         for pid in self.freezer.procs():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -313,9 +416,17 @@ class Tree:
     def resume(self) -> None:
         st = self.suspended()
         if st is None:
-            raise NotRunning(f"tree {self.root} is not suspended; nothing to resume", pid=self.root)
+            raise NotRunning(f"{self.label} is not suspended; nothing to resume", pid=self.root)
         self.freezer.thaw()
         self._release(st.origins)
+        if self.link is not None:
+            self.link.up()
+        self.drop_state()
+
+    def _forget_ve(self) -> None:
+        """A killed VE: its cgroup (empty once its init is gone) and its state go."""
+        self.freezer.kill_all()  # what the kill left (nothing, normally): gone before rmdir
+        self.freezer.remove(timeout=10.0)
         self.drop_state()
 
     @_fails_as(RestoreError, "restore")
@@ -324,31 +435,42 @@ class Tree:
     ) -> RestoreStats:
         """Restore the tree the image holds; with `undump` leave it frozen (in a freezer
         cgroup, for the stages after), with `pidns` in a new PID namespace.  A full
-        restore needs no cgroup: the tree is traced until the moment it is released."""
+        restore needs no cgroup: the tree is traced until the moment it is released.
+        A VE always gets its cgroup, and its link comes up when it runs."""
         if self.suspended():
             raise RestoreError(
-                f"tree {self.root} is already restored or suspended: resume or kill it first",
+                f"{self.label} is already restored or suspended: resume or kill it first",
                 pid=self.root,
             )
         opts = opts or RestoreOptions()
-        if not undump:
+        if not undump and not self.ve_id:
             return Restorer(reader, opts, self.proc).run()
         here = self.proc.cgroup2(os.getpid())
         self._clear_stale()
         self.freezer.create()
         try:
             stats = Restorer(reader, opts, self.proc).run(
-                on_spawn=self._freeze_later, freeze=self.freezer.freeze_request
+                on_spawn=self._freeze_later, freeze=self.freezer.freeze_request if undump else None
             )
         except BaseException:
             with contextlib.suppress(CptError):
                 self.freezer.remove()
             raise
+        if not undump:  # a VE, running
+            if self.link is not None:
+                self.link.up()
+            return stats
         self.freezer.wait_frozen()
-        self.save_state(TreeState(self.root, "undumped", dict.fromkeys(self.freezer.procs(), here)))
+        origins = {} if self.ve_id else dict.fromkeys(self.freezer.procs(), here)
+        self.save_state(TreeState(self.root, "undumped", origins))
         return stats
 
     # -- helpers
+
+    def _inside(self) -> contextlib.AbstractContextManager[None]:
+        """A VE's sockets are read with this thread in its network namespace (sock_diag
+        answers for its own namespace only); the host side (links, nft) stays outside."""
+        return entered(self.root, ("net",)) if self.ve_id else contextlib.nullcontext()
 
     def _live_tree(self) -> dict[int, TaskInfo]:
         try:
@@ -360,7 +482,8 @@ class Tree:
         if self.freezer.exists():
             if self.freezer.freeze_requested():
                 self.freezer.thaw()
-            self.freezer.release(origins)
+            if not self.ve_id:  # a VE's cgroup is its own: it stays
+                self.freezer.release(origins)
 
     def _kill_traced(self, live: list[TaskInfo]) -> None:
         """SIGKILL the tree while its threads sit in ptrace stops (they never run again),
@@ -400,6 +523,13 @@ class Tree:
         if self.freezer.exists() and self.load_state() is None and not self.freezer.procs():
             with contextlib.suppress(CptError):
                 self.freezer.remove(timeout=0.5)
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Proc().stat(pid).comm
+    except CptError:
+        return "gone"
 
 
 def _pid_used(pid: int) -> bool:

@@ -5,7 +5,11 @@ Checked, each problem named precisely: the kernel (release and build) and its vD
 CPU features the saved state depends on (cpuid flags and the XSAVE feature mask), the
 PIDs and TIDs the tree needs, and every file the image references (exe, mapped files,
 open files, cwd, root): it must exist and be the same file (inode, size, mtime); a file
-deleted at the dump is in the image (a ghost) and needs nothing on disk.
+deleted at the dump is in the image (a ghost) and needs nothing on disk.  A VE's paths are
+its own: each is looked up through the VE's mount table (its private area, the host
+directories bound into it, each of which must still be there on the same device); a file
+on a filesystem the restore recreates (tmpfs, proc, devpts) comes from the image or the
+kernel.  A VE gets new PID and IPC namespaces: no PID or IPC id can be in use.
 The image's own checksums are cptimage.verify's job; restore runs both.
 """
 
@@ -20,6 +24,7 @@ from cptimage.records import PathFlags, PathKind, PathObj
 from cptimage.verify import Problem
 
 from . import hostinfo
+from .restore import mounts
 from .restore.ipc import IpcObjects
 from .restore.model import ImageModel
 from .restore.restorer import pids_in_use
@@ -71,6 +76,8 @@ def check_host(reader: ImageReader, *, pids: bool = True, ipcns: bool = False) -
             )
         )
     model = ImageModel(reader)
+    if model.ve:
+        return out + _ve_problems(model)
     if pids:
         for pid, what in pids_in_use(model):
             out.append(
@@ -89,12 +96,25 @@ def check_host(reader: ImageReader, *, pids: bool = True, ipcns: bool = False) -
     return out
 
 
-def changed(p: PathObj) -> str | None:
-    """Why the file at p.path is not the one the image references, or None."""
+def _ve_problems(model: ImageModel) -> list[Problem]:
+    out = [_problem("mount", why) for why in mounts.problems(model.mounts)]
+    for p in model.paths.values():
+        where = mounts.host_path(model.mounts, p.path)
+        if where is None:
+            continue  # on a filesystem the restore recreates
+        why = changed(p, where)
+        if why:
+            out.append(_problem("file", f"{p.path}: {why}"))
+    return out
+
+
+def changed(p: PathObj, where: str | None = None) -> str | None:
+    """Why the file at p.path (found at `where` on this host, by default p.path) is not
+    the one the image references, or None."""
     if p.flags & PathFlags.GHOST:
         return None  # deleted at the dump: its contents are in the image
     try:
-        st = os.stat(p.path)
+        st = os.stat(where or p.path)
     except FileNotFoundError:
         return "missing"
     except OSError as e:

@@ -547,8 +547,15 @@ def _extras() -> dict[R.SectionType, list[Any]]:
             ),
             R.SysvMsg(msqid=0, mtype=1, data=b"queued"),
             R.PosixMq(
-                id=27, mode=0o600, uid=1000, gid=1000, flags=0o2, maxmsg=10, msgsize=8192,
-                name="jobs", ino=4242,
+                id=27,
+                mode=0o600,
+                uid=1000,
+                gid=1000,
+                flags=0o2,
+                maxmsg=10,
+                msgsize=8192,
+                name="jobs",
+                ino=4242,
             ),
             R.PosixMqMsg(mq_id=27, prio=3, data=b"job-1"),
         ],
@@ -650,7 +657,9 @@ def every_record_image(out: BinaryIO) -> None:
             name="/SYSV00001234 (deleted)",
         )
         sysv = R.ShmemObject(id=2, kind=R.ShmemKind.SYSV, size=PAGE, ino=32768, name="SYSV00001234")
-        memfd = R.ShmemObject(id=3, kind=R.ShmemKind.MEMFD, seals=2, size=10000, ino=32769, name="buf")
+        memfd = R.ShmemObject(
+            id=3, kind=R.ShmemKind.MEMFD, seals=2, size=10000, ino=32769, name="buf"
+        )
         w.add_section(R.SectionType.MM, [*tree.mm((shm,)), sysv, memfd])
         w.add_section(R.SectionType.FILES, tree.files() + extras[R.SectionType.FILES])
         w.add_section(R.SectionType.FDS, tree.fds() + extras[R.SectionType.FDS])

@@ -153,12 +153,12 @@ def test_watch_path_from_fdinfo(tmp_path, fds) -> None:
     (w,) = Proc().fdinfo(ME, ino).inotify
     assert w.wd == wd
     mounts = Proc().mountinfo(ME)
-    path, st = watch_path(w, mounts)
+    path, st = watch_path(w, mounts, "")
     assert path == str(tmp_path / "d") and st.st_ino == w.ino
     (tmp_path / "d").rename(tmp_path / "e")
-    assert watch_path(w, mounts)[0] == str(tmp_path / "e"), "the path it has now"
+    assert watch_path(w, mounts, "")[0] == str(tmp_path / "e"), "the path it has now"
     with pytest.raises(Unresolvable):
-        watch_path(type(w)(w.wd, w.ino, w.sdev, w.mask, 0, None, None), mounts)
+        watch_path(type(w)(w.wd, w.ino, w.sdev, w.mask, 0, None, None), mounts, "")
 
 
 def test_inotify_opener_reproduces_watch_descriptors(tmp_path, fds) -> None:
@@ -170,7 +170,9 @@ def test_inotify_opener_reproduces_watch_descriptors(tmp_path, fds) -> None:
         return InotifyWatch(inotify_id=1, wd=wd, mask=0x300, ino=p.stat().st_ino,
                             dev=p.stat().st_dev, path=str(p))  # fmt: skip
 
-    model = SimpleNamespace(inotify_watches={1: [watch(9, "c"), watch(2, "a"), watch(3, "b")]})
+    model = SimpleNamespace(
+        inotify_watches={1: [watch(9, "c"), watch(2, "a"), watch(3, "b")]}, root_prefix=""
+    )
     op = Inotifies()
     try:
         fd = op.open(model, Inotify(id=1, flags=0))

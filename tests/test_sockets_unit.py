@@ -105,7 +105,7 @@ def test_rebuild_pairs_listener_and_queues(tmp_path: Path) -> None:
         rec(4, type=1, state=SockState.ESTABLISHED, flags=os.O_RDWR | os.O_NONBLOCK),
         rec(5, type=2, state=SockState.ESTABLISHED, queue=[b"orphan"]),  # its peer was closed
     ]
-    model = SimpleNamespace(files={r.id: r for r in recs})
+    model = SimpleNamespace(files={r.id: r for r in recs}, root_prefix="")
     op = UnixSockets()
     try:
         socks = {r.id: socket.socket(fileno=op.open(model, r)) for r in recs}  # type: ignore[arg-type]

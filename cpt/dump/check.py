@@ -18,6 +18,7 @@ from .sockets import unsupported_sockets
 from .timers import unsupported_timers
 from .tree import TaskInfo, check_sessions
 from .tty import tty_problems
+from .ve import namespace_problems, ve_problems
 
 
 def unsupported_process(pid: int, proc: Proc, opts: DumpOptions) -> list[str]:
@@ -34,7 +35,7 @@ def unsupported_process(pid: int, proc: Proc, opts: DumpOptions) -> list[str]:
         if why:
             out.append(why)
     for v in proc.maps(pid):
-        why = unsupported_vma(pid, v, opts.ghost_limit)
+        why = unsupported_vma(pid, v, opts.ghost_limit, opts.root)
         if why:
             out.append(why)
     return out
@@ -55,6 +56,9 @@ def precheck(tree: dict[int, TaskInfo], root: int, proc: Proc, opts: DumpOptions
             continue
     problems += unsupported_sockets(tree, proc, opts)
     problems += tty_problems(tree, root, proc, opts)
+    problems += namespace_problems(tree, root, proc)
+    if opts.ve_id:
+        problems += ve_problems(root)
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise UnsupportedError("; ".join(problems[:3]) + more, pid=root)

@@ -41,6 +41,7 @@ from .threads import dump_thread
 from .timers import dump_timers
 from .tree import TaskInfo, process_record
 from .tty import dump_ttys
+from .ve import dump_namespaces
 
 TOOL_VERSION = "cpt 0.1.0"
 
@@ -63,7 +64,7 @@ class Dumper:
         self.opts = opts
         self.proc = proc
         self.recs: dict[int, list[Any]] = defaultdict(list)
-        self.paths = PathTable(ghost_limit=opts.ghost_limit)
+        self.paths = PathTable(ghost_limit=opts.ghost_limit, root=opts.root)
         self.files = FdTable(self.paths, opts)
         self.shmem = ShmemTable()
         self.files.ctx.cache["shmem"] = self.shmem
@@ -82,6 +83,8 @@ class Dumper:
             v.shmem_id for vs in self.vmas.values() for v in vs if v.kind == VmaKind.SYSV_SHM
         }
         self.ipc.dump({self.shmem.sysv_id(i) for i in attached})
+        if self.opts.ve_id:
+            self.recs[SectionType.NAMESPACES] += dump_namespaces(self.root, self.proc)
         t1 = time.perf_counter()
         fault.point("dump:pages")
         try:
@@ -145,13 +148,15 @@ class Dumper:
         first = next(r for r in self.recs[SectionType.PROCESS] if type(r).__name__ == "Thread")
         arch, release, version = hostinfo.kernel()
         flags = HeaderFlags.LEAVE_RUNNING if self.opts.leave_running else 0
+        if self.opts.ve_id:
+            flags |= HeaderFlags.VE | HeaderFlags.PIDNS
         return Header(
             created_ns=time.time_ns(),
             page_size=os.sysconf("SC_PAGE_SIZE"),
             flags=flags,
             xcr0=hostinfo.xfeatures_of(first.xstate),
             xstate_size=len(first.xstate),
-            source_kind=SourceKind.PID,
+            source_kind=SourceKind.VE if self.opts.ve_id else SourceKind.PID,
             root_pid=self.root,
             uuid=uuid.uuid4().bytes,
             vdso_digest=hostinfo.vdso_digest(),
@@ -161,5 +166,5 @@ class Dumper:
             cpu_flags=hostinfo.isa_flags(),
             hostname=socket.gethostname(),
             tool_version=TOOL_VERSION,
-            source_id=str(self.root),
+            source_id=self.opts.ve_id or str(self.root),
         )

@@ -34,7 +34,7 @@ class Files:
         link = f"/proc/{pid}/fd/{fd}"
         if ft.deleted:
             assert ft.path is not None
-            why = ghost.problem(where, link, ft.path, opts.ghost_limit, pid)
+            why = ghost.problem(where, link, ft.path, opts.ghost_limit, pid, opts.root)
             if why:
                 return why
         try:

@@ -15,14 +15,15 @@ import stat
 from ..proc import split_deleted
 
 
-def problem(what: str, link: str, path: str, limit: int, pid: int) -> str | None:
-    """Why the object behind /proc `link`, whose name `path` is gone, cannot be dumped."""
+def problem(what: str, link: str, path: str, limit: int, pid: int, root: str = "") -> str | None:
+    """Why the object behind /proc `link`, whose name `path` is gone, cannot be dumped
+    (`root`: how this process reaches the tree's paths, DumpOptions.root)."""
     try:
         st = os.stat(link)
     except OSError as e:
         return f"{what}: cannot stat {path}: {e.strerror}"
     if st.st_nlink:
-        return None if other_name(pid, path, st) else unfound_link(what, path, st.st_nlink)
+        return None if other_name(pid, path, st, root) else unfound_link(what, path, st.st_nlink)
     if not stat.S_ISREG(st.st_mode):
         return f"{what}: {path} is a deleted non-regular file; not supported"
     if st.st_size > limit:
@@ -40,7 +41,7 @@ def unfound_link(what: str, path: str, nlink: int) -> str:
     )
 
 
-def other_name(pid: int, path: str, st: os.stat_result) -> str | None:
+def other_name(pid: int, path: str, st: os.stat_result, root: str = "") -> str | None:
     """A live name of st's inode: another fd of `pid` opened through one, or an entry of the
     directory `path` was in."""
     same = (st.st_dev, st.st_ino)
@@ -51,13 +52,13 @@ def other_name(pid: int, path: str, st: os.stat_result) -> str | None:
     candidates = [p for p, gone in map(split_deleted, links) if not gone and p.startswith("/")]
     d = os.path.dirname(path)
     try:
-        with os.scandir(d) as it:
-            candidates += [e.path for e in it if e.inode() == st.st_ino]
+        with os.scandir(root + d) as it:
+            candidates += [os.path.join(d, e.name) for e in it if e.inode() == st.st_ino]
     except OSError:
         pass
     for c in candidates:
         try:
-            now = os.stat(c)
+            now = os.stat(root + c)
         except OSError:
             continue
         if (now.st_dev, now.st_ino) == same:

@@ -25,9 +25,10 @@ from typing import Any
 from cptimage.records import InetFlags, InetSocket, SockState
 
 from .. import netfilter
-from ..errors import UnsupportedError
-from ..proc import TCP_STATES, FdInfo
+from ..errors import CptError, NoSuchProcess, UnsupportedError, ZombieProcess
+from ..proc import TCP_STATES, FdInfo, FdKind, Proc
 from ..sys import net
+from .eventfds import duplicate_fd
 from .fdbase import FdContext, file_flags
 from .options import DumpOptions
 
@@ -63,7 +64,7 @@ def unsupported(where: str, s: socket.socket, opts: DumpOptions) -> str | None:
             f"{where}: established TCP connection {conn_of(s)}; use --tcp-established to "
             f"checkpoint it"
         )
-    if opts.staged:
+    if opts.staged and not opts.net_isolated:
         return (
             f"{where}: established TCP connection {conn_of(s)} can only be checkpointed by a "
             f"one-command chkpnt (the connection is held in repair mode from the dump to the "
@@ -137,8 +138,9 @@ def finalize(ctx: FdContext) -> None:
     conns = ctx.cache.get("tcp", [])
     if not conns:
         return
-    netfilter.drop([c for _, _, c in conns])
-    ctx.cache["tcp_rules"] = [c for _, _, c in conns]
+    if not ctx.opts.net_isolated:  # a suspended VE's link is down: nothing reaches it
+        netfilter.drop([c for _, _, c in conns])
+        ctx.cache["tcp_rules"] = [c for _, _, c in conns]
     repaired = ctx.cache.setdefault("tcp_repaired", [])
     for rec, s, conn in conns:
         try:
@@ -197,3 +199,34 @@ def release(ctx: FdContext, killed: bool) -> None:
     finally:
         for _, s, _ in conns:
             s.close()
+
+
+def silence(pids: list[int], proc: Proc) -> list[socket.socket]:
+    """Put every established TCP connection of these (frozen) processes in repair mode and
+    return the duplicates that hold them so: killed then, the connections die without a
+    FIN or RST (tcp_disconnect in repair mode sends nothing), and no orphan socket lingers
+    retransmitting.  Close the duplicates once the processes are gone."""
+    held: list[socket.socket] = []
+    for pid in pids:
+        try:
+            targets = proc.fd_targets(pid)
+        except (NoSuchProcess, ZombieProcess):
+            continue
+        for fd, ft in targets.items():
+            if ft.kind is not FdKind.SOCKET:
+                continue
+            try:
+                s = socket.socket(fileno=duplicate_fd(pid, fd))
+            except (OSError, CptError):
+                continue  # closed or exited meanwhile
+            if (
+                s.family in (socket.AF_INET, socket.AF_INET6)
+                and s.type == socket.SOCK_STREAM
+                and net.tcp_info(s).state == SockState.ESTABLISHED
+            ):
+                with contextlib.suppress(OSError):
+                    net.tcp_repair(s, True)
+                    held.append(s)
+                    continue
+            s.close()
+    return held

@@ -32,9 +32,10 @@ class Unresolvable(Exception):
     """Why a watch has no path."""
 
 
-def watch_path(w: WatchInfo, mounts: list[MountInfo]) -> tuple[str, os.stat_result]:
-    """The path of a watched inode as this process sees it (`mounts`: its mountinfo), and
-    its lstat."""
+def watch_path(w: WatchInfo, mounts: list[MountInfo], root: str) -> tuple[str, os.stat_result]:
+    """The path of a watched inode as the watching process sees it (`mounts`: its
+    mountinfo; `root`: how this process reaches its paths, DumpOptions.root), and its
+    lstat."""
     dev = decode_kdev(w.sdev)
     if w.f_handle is None or w.fhandle_type is None:
         raise Unresolvable(f"its filesystem ({dev[0]}:{dev[1]}) gives no file handles")
@@ -42,7 +43,7 @@ def watch_path(w: WatchInfo, mounts: list[MountInfo]) -> tuple[str, os.stat_resu
     mounts = sorted((m for m in mounts if (m.major, m.minor) == dev), key=lambda m: m.root != "/")
     if not mounts:
         raise Unresolvable(f"no mount of its filesystem ({dev[0]}:{dev[1]}) is visible")
-    mfd = os.open(mounts[0].mount_point, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    mfd = os.open(root + mounts[0].mount_point, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fd = open_by_handle_at(mfd, w.fhandle_type, w.f_handle, os.O_PATH | os.O_CLOEXEC)
     except OSError as e:
@@ -54,7 +55,7 @@ def watch_path(w: WatchInfo, mounts: list[MountInfo]) -> tuple[str, os.stat_resu
     finally:
         os.close(fd)
     try:
-        st = os.lstat(path)
+        st = os.lstat(root + path)
     except OSError:
         st = None
     # a dentry that left the cache comes back disconnected: its "path" leads elsewhere
@@ -79,7 +80,8 @@ class Inotifies:
 
     def unsupported(self, pid: int, fd: int, ft: FdTarget, opts: DumpOptions) -> str | None:
         where = f"process {pid} fd {fd} (inotify)"
-        mounts = Proc().mountinfo(os.getpid())
+        root = opts.root
+        mounts = Proc().mountinfo(pid if root else os.getpid())
         for w in Proc().fdinfo(pid, fd).inotify:
             if w.wd > MAX_WD:
                 return (
@@ -87,7 +89,7 @@ class Inotifies:
                     f"take {w.wd} placeholder watches"
                 )
             try:
-                watch_path(w, mounts)
+                watch_path(w, mounts, root)
             except Unresolvable as e:
                 return f"{where}: the path of watch {w.wd} (inode {w.ino}) is unknown: {e}"
         n = unread_bytes(pid, fd)
@@ -102,9 +104,10 @@ class Inotifies:
         return ("inotify",)
 
     def dump(self, ctx: FdContext, ident: int, pid: int, fd: int, ft: FdTarget, fi: FdInfo) -> Any:
-        mounts = Proc().mountinfo(os.getpid())
+        root = ctx.opts.root
+        mounts = Proc().mountinfo(pid if root else os.getpid())
         for w in fi.inotify:
-            path, st = watch_path(w, mounts)
+            path, st = watch_path(w, mounts, root)
             ctx.extra.append(
                 InotifyWatch(
                     inotify_id=ident,

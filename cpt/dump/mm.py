@@ -37,7 +37,9 @@ _SPECIAL = {
 _ANON = (P.VmaKind.ANON, P.VmaKind.ANON_NAMED, P.VmaKind.HEAP, P.VmaKind.STACK)
 
 
-def unsupported_vma(pid: int, v: P.Vma, ghost_limit: int | None = None) -> str | None:
+def unsupported_vma(
+    pid: int, v: P.Vma, ghost_limit: int | None = None, root: str = ""
+) -> str | None:
     """Why this mapping cannot be dumped yet, or None.  Also run before freezing, with the
     --ghost-limit for deleted files (the dump's PathTable checks them itself)."""
     where = f"process {pid} mapping {v.start:x}-{v.end:x}"
@@ -47,7 +49,7 @@ def unsupported_vma(pid: int, v: P.Vma, ghost_limit: int | None = None) -> str |
     if k is P.VmaKind.FILE:
         if v.deleted and ghost_limit is not None:
             link = f"/proc/{pid}/map_files/{v.start:x}-{v.end:x}"
-            return ghost.problem(where, link, v.path, ghost_limit, pid)
+            return ghost.problem(where, link, v.path, ghost_limit, pid, root)
         if v.path.startswith("/dev/"):
             return f"{where}: device mapping {v.path} is not supported"
     return None

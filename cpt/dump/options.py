@@ -15,3 +15,12 @@ class DumpOptions:
     file_locks: bool = False  # flock, POSIX and OFD locks
     ghost_limit: int = 1 << 20  # largest deleted-but-open file carried in the image
     staged: bool = False  # the tree stays frozen after the dump; a later command kills it
+    ve_id: str = ""  # the tree is this VE: its namespaces go into the image
+    # how this process reaches the paths the tree sees: "" (the same root), or a VE's root
+    # (/proc/<init>/root: a VE's mount tree is its own, and /proc shows its processes'
+    # paths relative to it)
+    root: str = ""
+    # the tree's network namespace is cut off from its peers (a suspended VE's link is
+    # down): no drop rules are needed for its TCP connections, and a staged dump of them
+    # stays consistent until the kill
+    net_isolated: bool = False

@@ -35,9 +35,11 @@ def path_kind(mode: int) -> int:
 
 
 class PathTable:
-    def __init__(self, ghost_limit: int = 1 << 20) -> None:
+    def __init__(self, ghost_limit: int = 1 << 20, root: str = "") -> None:
+        """`root`: how this process reaches the tree's paths (DumpOptions.root)."""
         self.records: list[PathObj] = []
         self.ghost_limit = ghost_limit
+        self.root = root
         self._by_key: dict[tuple[str, int, int], int] = {}
         self._ghosts: dict[tuple[int, int], int] = {}  # (dev, ino) -> PathObj id
 
@@ -57,7 +59,7 @@ class PathTable:
         pid_ = self._by_key.get(key)
         if pid_ is not None:
             return pid_
-        if not _names(path, st):
+        if not _names(self.root + path, st):
             return self._unnamed(path, st, mnt_id=mnt_id, what=what, link=link, pid=pid)
         ident = self._record(path, st, mnt_id, 0)
         self._by_key[key] = ident
@@ -97,12 +99,12 @@ class PathTable:
             raise UnsupportedError(f"{what}: {path} was deleted or replaced while open")
         if st.st_nlink:
             known = [p.path for p in self.records if (p.dev, p.ino) == (st.st_dev, st.st_ino)]
-            name = next((n for n in known if _names(n, st)), None)
-            name = name or ghost.other_name(pid, path, st)
+            name = next((n for n in known if _names(self.root + n, st)), None)
+            name = name or ghost.other_name(pid, path, st, self.root)
             if name is None:
                 raise UnsupportedError(ghost.unfound_link(what, path, st.st_nlink))
-            return self.add(name, st, mnt_id=mnt_id, what=what)
-        why = ghost.problem(what, link, path, self.ghost_limit, pid)
+            return self.add(name, st, mnt_id=mnt_id, what=what, pid=pid)
+        why = ghost.problem(what, link, path, self.ghost_limit, pid, self.root)
         if why:
             raise UnsupportedError(why)
         key = (st.st_dev, st.st_ino)

@@ -38,7 +38,14 @@ def dump_fifo(
 ) -> Fifo:
     """A FIFO (reached through files.py: it is a path)."""
     assert ft.path is not None and stat.S_ISFIFO(st.st_mode)
-    path_id = ctx.paths.add(ft.path, st, mnt_id=fi.mnt_id, what=ctx.where(pid, fd))
+    path_id = ctx.paths.add(
+        ft.path,
+        st,
+        mnt_id=fi.mnt_id,
+        what=ctx.where(pid, fd),
+        link=f"/proc/{pid}/fd/{fd}",
+        pid=pid,
+    )
     pipe_data(ctx, pid, fd, st.st_ino)
     return Fifo(id=ident, path_id=path_id, flags=file_flags(fi), ino=st.st_ino)
 

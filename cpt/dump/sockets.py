@@ -30,7 +30,14 @@ from typing import Any
 from cptimage.records import SockState, UnixSocket
 
 from ..errors import NoSuchProcess, UnsupportedError
-from ..proc import FdInfo, FdKind, FdTarget, Proc, UnixSocketFdInfo, decode_kdev
+from ..proc import (
+    FdInfo,
+    FdKind,
+    FdTarget,
+    Proc,
+    UnixSocketFdInfo,
+    decode_kdev,
+)
 from ..sys.net import SIOCINQ, SO_PASSCRED, SO_PEEK_OFF, UnixDiag, ioctl_int, unix_diag
 from ..sys.task import pidfd_getfd, pidfd_open
 from . import inet
@@ -60,7 +67,7 @@ def dup_socket(pid: int, fd: int) -> Iterator[socket.socket]:
 
 
 def _same_netns(pid: int) -> bool:
-    return os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat("/proc/self/ns/net").st_ino
+    return os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat("/proc/thread-self/ns/net").st_ino
 
 
 def sun_name(raw: bytes | None) -> bytes:
@@ -79,7 +86,9 @@ def show_name(name: bytes) -> str:
 # --------------------------------------------------------------------------- per fd
 
 
-def _unix_unsupported(where: str, pid: int, fd: int, s: socket.socket, ino: int) -> str | None:
+def _unix_unsupported(
+    where: str, pid: int, fd: int, s: socket.socket, ino: int, root: str
+) -> str | None:
     d = unix_diag(ino).get(ino)
     if d is None:
         return f"{where}: unix socket {ino} is not in this network namespace's table"
@@ -90,7 +99,7 @@ def _unix_unsupported(where: str, pid: int, fd: int, s: socket.socket, ino: int)
     if name and name[0] != 0:
         if not name.startswith(b"/"):
             return f"{where}: unix socket bound to the relative path {name.decode()!r}"
-        if not _same_file(name, d.vfs):
+        if not _same_file(root.encode() + name, d.vfs):
             return (
                 f"{where}: the socket file {name.decode()} of this socket was removed or replaced"
             )
@@ -148,7 +157,7 @@ class Sockets:
         with dup_socket(pid, fd) as s:
             if s.family == socket.AF_UNIX:
                 assert ft.inode is not None
-                return _unix_unsupported(where, pid, fd, s, ft.inode)
+                return _unix_unsupported(where, pid, fd, s, ft.inode, opts.root)
             if s.family in (socket.AF_INET, socket.AF_INET6):
                 return inet.unsupported(where, s, opts)
             return f"{where}: socket of address family {s.family} is not supported"
@@ -164,7 +173,7 @@ class Sockets:
             ctx.release.append(lambda killed: inet.release(ctx, killed))
         with dup_socket(pid, fd) as s:
             if s.family == socket.AF_UNIX:
-                rec = _dump_unix(ident, s, ft.inode, fi)
+                rec = _dump_unix(ident, s, ft.inode, fi, ctx.opts.root)
                 ctx.cache.setdefault("unix", {})[rec.ino] = (rec, pid, fd)
                 return rec
             return inet.dump(ctx, ident, pid, fd, s, fi)
@@ -187,12 +196,12 @@ class Sockets:
 # --------------------------------------------------------------------------- dump
 
 
-def _dump_unix(ident: int, s: socket.socket, ino: int, fi: FdInfo) -> UnixSocket:
+def _dump_unix(ident: int, s: socket.socket, ino: int, fi: FdInfo, root: str) -> UnixSocket:
     d = unix_diag(ino)[ino]
     name = sun_name(d.name)
     fmode = fuid = fgid = 0
     if name and name[0] != 0:
-        st = os.stat(name)
+        st = os.stat(root.encode() + name)
         fmode, fuid, fgid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
     rec = UnixSocket(
         id=ident,

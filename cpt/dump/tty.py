@@ -98,7 +98,7 @@ class TtyTable:
         targets = {fd: ft for fd, ft in proc.fd_targets(pid).items() if ft.kind in _KINDS}
         if not targets:
             return
-        devpts = os.stat("/dev/pts/ptmx").st_dev
+        devpts = os.stat(self.opts.root + "/dev/pts/ptmx").st_dev
         for fd, ft in targets.items():
             if ft.kind is FdKind.PTMX:
                 details = proc.fdinfo(pid, fd).details

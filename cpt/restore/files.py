@@ -17,9 +17,10 @@ class Files:
     records = (RegFile,)
 
     def open(self, model: ImageModel, desc: Any) -> int:
-        path = model.path(desc.path_id).path
+        p = model.path(desc.path_id)
+        path = p.path
         try:
-            fd = os.open(path, (desc.flags & ~OPEN_IGNORE) | os.O_CLOEXEC)
+            fd = os.open(model.host_path(p), (desc.flags & ~OPEN_IGNORE) | os.O_CLOEXEC)
         except OSError as e:
             raise RestoreError(f"cannot open {path}: {e.strerror}") from None
         try:

@@ -8,7 +8,9 @@ directory, else under a temporary name there (or in the temporary directory when
 is gone or refuses), unlinked right after opening.  The restorer keeps it open read-only
 (a writer would make PR_SET_MM_MAP refuse it as an executable: ETXTBSY) for as long as it
 runs, and THIS is the one place a ghost path resolves: the model's PathObj then names
-/proc/<restorer>/fd/N, which every opener (Files.open, mm.open_in_target) opens by path.
+/proc/<restorer>/fd/N, which the restorer's openers (Files.open) open by path; a stub
+(mm.open_in_target) takes the restorer's fd instead (pidfd_getfd: a VE's stub cannot see
+the restorer in its /proc) and reopens it through its own /proc/self/fd.
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ class Ghosts:
     def create(self) -> None:
         for p in list(self.model.paths.values()):
             if p.flags & PathFlags.GHOST:
-                fd = recreate(p)
+                fd = recreate(p, self.model.root_prefix + p.path)
                 self.fds.append(fd)
                 self.model.paths[p.id] = dataclasses.replace(p, path=f"/proc/{os.getpid()}/fd/{fd}")
+                self.model.ghost_fds[p.id] = fd
 
     def close(self) -> None:
         for fd in self.fds:
@@ -46,10 +49,11 @@ class Ghosts:
         self.fds.clear()
 
 
-def recreate(p: PathObj) -> int:
-    """The ghost `p` as a new unlinked file; returns a read-only fd of it."""
+def recreate(p: PathObj, where: str | None = None) -> int:
+    """The ghost `p` as a new unlinked file near `where` (its path where the restorer
+    reaches it; p.path by default); returns a read-only fd of it."""
     try:
-        fd = _unlinked(p.path)
+        fd = _unlinked(where or p.path)
     except OSError as e:
         raise RestoreError(f"cannot recreate the deleted file {p.path}: {e.strerror}") from None
     try:

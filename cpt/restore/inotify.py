@@ -48,7 +48,7 @@ class Inotifies:
             next_wd = 1  # what a new instance gives first
             for w in sorted(model.inotify_watches.get(desc.id, []), key=lambda w: w.wd):
                 self._skip(fd, w.wd - next_wd)
-                self._add(fd, desc.id, w)
+                self._add(fd, desc.id, w, model.root_prefix + w.path)
                 next_wd = w.wd + 1
             _drain(fd)
             fcntl.fcntl(fd, fcntl.F_SETFL, desc.flags & SETFL_MASK)
@@ -67,10 +67,11 @@ class Inotifies:
             if i % _DRAIN_EVERY == 0:
                 _drain(fd)
 
-    def _add(self, fd: int, ident: int, w: InotifyWatch) -> None:
+    def _add(self, fd: int, ident: int, w: InotifyWatch, path: str) -> None:
+        """Add watch `w` on `path` (its path where the restorer reaches it)."""
         where = f"inotify {ident} watch {w.wd} ({w.path})"
         try:
-            st = os.lstat(w.path)
+            st = os.lstat(path)
         except OSError as e:
             raise RestoreError(f"{where}: {e.strerror}") from None
         if st.st_ino != w.ino:
@@ -80,7 +81,7 @@ class Inotifies:
         # the watched inode itself is a symlink: it was added with IN_DONT_FOLLOW
         mask = w.mask | (IN_DONT_FOLLOW if stat.S_ISLNK(st.st_mode) else 0)
         try:
-            got = inotify_add_watch(fd, w.path, mask)
+            got = inotify_add_watch(fd, path, mask)
         except OSError as e:
             raise RestoreError(f"{where}: {e.strerror}") from None
         if got != w.wd:

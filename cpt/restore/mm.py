@@ -60,12 +60,23 @@ _MADVISE = [
 ]
 
 
-def open_in_target(task: Task, path: PathObj, flags: int) -> int:
-    """openat() the path inside the task (its fd, to be closed by the caller)."""
+def open_in_target(
+    task: Task, model: ImageModel, path: PathObj, flags: int, pidfd_slot: int
+) -> int:
+    """openat() the path inside the task (its fd, to be closed by the caller).  A ghost
+    is the restorer's fd: taken through the inherited pidfd and reopened with `flags`."""
     sc = task.scratch
     assert sc is not None
-    addr = sc.push_str(path.path)
-    fd = task.leader.syscall(NR.openat, AT_FDCWD, addr, flags | O_CLOEXEC, 0)
+    t = task.leader
+    local = model.ghost_fds.get(path.id)
+    if local is not None:
+        got = t.syscall_checked(NR.pidfd_getfd, pidfd_slot, local, 0)
+        addr = sc.push_str(f"/proc/self/fd/{got}")
+        fd = t.syscall(NR.openat, AT_FDCWD, addr, flags | O_CLOEXEC, 0)
+        t.syscall(NR.close, got)
+    else:
+        addr = sc.push_str(path.path)
+        fd = t.syscall(NR.openat, AT_FDCWD, addr, flags | O_CLOEXEC, 0)
     if fd < 0:
         raise RestoreError(
             f"process {task.pid}: cannot open {path.path} (errno {-fd}); was it changed "
@@ -165,7 +176,7 @@ def map_vmas(task: Task, model: ImageModel, pidfd_slot: int) -> set[int]:
                 mode = O_RDWR if v.kind == VmaKind.FILE_SHARED and v.prot & PROT_WRITE else O_RDONLY
                 key = (v.file_id, mode)
                 if key not in fds:
-                    fds[key] = open_in_target(task, model.path(v.file_id), mode)
+                    fds[key] = open_in_target(task, model, model.path(v.file_id), mode, pidfd_slot)
                 fd, off = fds[key], v.pgoff
             got = t.syscall(NR.mmap, v.start, v.end - v.start, prot, v.flags | MAP_FIXED, fd, off)
             if got != v.start:
@@ -324,7 +335,7 @@ def finish_vmas(task: Task, written: set[int]) -> None:
             t.syscall_checked(NR.mlock, v.start, length)
 
 
-def set_mm(task: Task, model: ImageModel) -> None:
+def set_mm(task: Task, model: ImageModel, pidfd_slot: int) -> None:
     pi: ProcImage = task.img
     mm = pi.mm
     if mm is None:
@@ -332,7 +343,11 @@ def set_mm(task: Task, model: ImageModel) -> None:
     t = task.leader
     sc = task.scratch
     assert sc is not None
-    exe_fd = open_in_target(task, model.path(mm.exe_id), O_RDONLY) if mm.exe_id else -1
+    exe_fd = (
+        open_in_target(task, model, model.path(mm.exe_id), O_RDONLY, pidfd_slot)
+        if mm.exe_id
+        else -1
+    )
     try:
         auxv = struct.pack(f"<{len(mm.auxv)}Q", *mm.auxv)
         auxv_addr = sc.push(auxv)

@@ -12,10 +12,16 @@ from cptimage.records import (
     Fd,
     FileLock,
     Header,
+    HeaderFlags,
     InotifyWatch,
     Itimers,
     Mm,
+    Mount,
+    MountData,
     Namespace,
+    NetAddr,
+    NetLink,
+    NetRoute,
     NsKind,
     OwnerKind,
     PagemapRun,
@@ -39,6 +45,7 @@ from cptimage.records import (
     TaskState,
     Thread,
     TtyInfo,
+    Uts,
     Vma,
 )
 
@@ -112,16 +119,28 @@ class ImageModel:
         self.mq_msgs: dict[int, list[PosixMqMsg]] = {}
         self.ipc_own = False  # the tree had an IPC namespace of its own
         self.order: list[int] = []  # pids, parents before children
+        # a VE: its namespaces are recreated, its processes get the ids they had inside
+        self.ve = bool(self.header.flags & HeaderFlags.VE)
+        self.mounts: list[Mount] = []
+        self.mount_data: dict[int, bytes] = {}
+        self.uts: Uts | None = None
+        self.net: list[NetLink | NetAddr | NetRoute] = []
+        # where the restorer reaches the tree's root: "" (its own), or /proc/<init>/root
+        # once a VE's root is built
+        self.root_prefix = ""
+        self.ghost_fds: dict[int, int] = {}  # ghost PathObj id -> its fd in the restorer
         self._load()
 
     def _load(self) -> None:
         r = self.reader
-        for rec in r.records(SectionType.PROCESS):
+        view = _NsView(r) if self.ve else None
+        records = view.records if view else r.records
+        for rec in records(SectionType.PROCESS):
             if isinstance(rec, Process):
                 self.procs[rec.pid] = ProcImage(rec)
                 self.order.append(rec.pid)
         for stype in (SectionType.PROCESS, SectionType.MM, SectionType.FDS):
-            for rec in r.records(stype):
+            for rec in records(stype):
                 if isinstance(rec, ShmemObject):
                     self.shmem[rec.id] = rec
                     continue
@@ -135,14 +154,14 @@ class ImageModel:
                 lst = _LISTS.get(type(rec))
                 if lst:
                     getattr(pi, lst).append(rec)
-        for rec in r.records(SectionType.PAGEMAP):
+        for rec in records(SectionType.PAGEMAP):
             if not isinstance(rec, PagemapRun):
                 continue
             if rec.owner_kind == OwnerKind.SHMEM:
                 self.shmem_runs.setdefault(rec.owner, []).append(rec)
             elif rec.owner in self.procs:
                 self.procs[rec.owner].runs.append(rec)
-        for rec in r.records(SectionType.IPC):
+        for rec in records(SectionType.IPC):
             if isinstance(rec, SysvShm):
                 self.sysv_shm[rec.shmem_id] = rec
             elif isinstance(rec, SysvSem):
@@ -155,10 +174,18 @@ class ImageModel:
                 self.mq_msgs.setdefault(rec.mq_id, []).append(rec)
             elif isinstance(rec, PosixMq):
                 self.files[rec.id] = rec
-        for rec in r.records(SectionType.NAMESPACES):
+        for rec in records(SectionType.NAMESPACES):
             if isinstance(rec, Namespace) and rec.kind == NsKind.IPC:
                 self.ipc_own = bool(rec.flags & 1)
-        for rec in r.records(SectionType.FILES):
+            elif isinstance(rec, Mount):
+                self.mounts.append(rec)
+            elif isinstance(rec, MountData):
+                self.mount_data[rec.mnt_id] = rec.data
+            elif isinstance(rec, Uts):
+                self.uts = rec
+            elif isinstance(rec, (NetLink, NetAddr, NetRoute)):
+                self.net.append(rec)
+        for rec in records(SectionType.FILES):
             if isinstance(rec, PathObj):
                 self.paths[rec.id] = rec
             elif isinstance(rec, PipeData):
@@ -196,6 +223,13 @@ class ImageModel:
     def path(self, ident: int) -> PathObj:
         return self.paths[ident]
 
+    def host_path(self, p: PathObj) -> str:
+        """Where the restorer opens `p`: inside a VE's root through /proc/<init>/root (a
+        ghost is the restorer's own fd, named as such)."""
+        if p.id in self.ghost_fds or not self.root_prefix:
+            return p.path
+        return self.root_prefix + p.path
+
     def mqueues(self) -> list[PosixMq]:
         """One description per POSIX queue (the one carrying its messages)."""
         seen: dict[int, PosixMq] = {}
@@ -203,3 +237,52 @@ class ImageModel:
             if isinstance(rec, PosixMq) and rec.ino not in seen:
                 seen[rec.ino] = rec
         return list(seen.values())
+
+
+class _NsView:
+    """A VE image's records with process and thread ids as the VE saw them.
+
+    The dump names processes by their PIDs in the dumper's namespace (Process.pid); a VE
+    is restored into a new PID namespace where each gets the innermost id of its NSpid
+    chain.  Every record that names a process or thread is translated once, here, so the
+    restore works with the VE's own ids throughout (as a --pidns restore does)."""
+
+    def __init__(self, reader: ImageReader) -> None:
+        self.reader = reader
+        self.pids: dict[int, int] = {}
+        self.tids: dict[int, int] = {}
+        for rec in reader.records(SectionType.PROCESS):
+            if isinstance(rec, Process) and rec.nspid:
+                self.pids[rec.pid] = rec.nspid[-1]
+            elif isinstance(rec, Thread) and rec.nstid:
+                self.tids[rec.tid] = rec.nstid[-1]
+
+    def records(self, stype: SectionType) -> list[Any]:
+        return [self._translate(rec) for rec in self.reader.records(stype)]
+
+    def _pid(self, pid: int) -> int:
+        return self.pids.get(pid, pid)
+
+    def _translate(self, rec: Any) -> Any:
+        changes: dict[str, int] = {}
+        if isinstance(rec, Process):
+            changes = dict(
+                pid=self._pid(rec.pid),
+                ppid=self._pid(rec.ppid) if rec.ppid else 0,
+                pgid=rec.nspgid[-1] if rec.nspgid else rec.pgid,
+                sid=rec.nssid[-1] if rec.nssid else rec.sid,
+            )
+        elif isinstance(rec, PagemapRun):
+            if rec.owner_kind == OwnerKind.PROCESS:
+                changes["owner"] = self._pid(rec.owner)
+        elif isinstance(rec, TtyInfo):
+            changes = dict(sid=self._pid(rec.sid), pgrp=self._pid(rec.pgrp))
+        else:
+            if hasattr(rec, "pid"):
+                changes["pid"] = self._pid(rec.pid)
+            if getattr(rec, "tid", 0):
+                changes["tid"] = self.tids.get(rec.tid, rec.tid)
+            fown = getattr(rec, "fown_pid", 0)
+            if fown:
+                changes["fown_pid"] = self._pid(fown) if fown > 0 else -self._pid(-fown)
+        return dataclasses.replace(rec, **changes) if changes else rec

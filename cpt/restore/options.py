@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 
 @dataclasses.dataclass
@@ -10,3 +11,6 @@ class RestoreOptions:
     pidns: bool = False  # a new PID namespace: the tree keeps its PIDs inside it
     ipcns: bool = False  # a new IPC namespace: SysV/POSIX IPC objects keep their ids
     shell_job: bool = False  # attach the tree to the invoking shell's terminal
+    # a VE: called with its init's PID once its namespaces exist, to create what links
+    # them to this host (the veth pair, its VE end inside)
+    ve_links: Callable[[int], None] | None = None

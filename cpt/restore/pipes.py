@@ -31,7 +31,7 @@ class Pipes:
                 self._refill(model, desc.ino, w)
             r, w = self._pipes[desc.ino]
             return self._claim(w if desc.flags & O_ACCMODE == os.O_WRONLY else r, desc.flags)
-        path = model.path(desc.path_id).path
+        path = model.host_path(model.path(desc.path_id))
         if desc.ino not in self._pipes:
             # O_RDWR never blocks on a FIFO and keeps its buffer alive while we work
             holder = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)

@@ -27,9 +27,10 @@ from cptimage.records import Compression
 from .. import fault
 from ..errors import CptError, NoSuchProcess, RestoreError
 from ..proc import Proc
+from ..sys.ns import entered
 from ..sys.syscalls import NR
 from ..sys.task import PR_SET_DUMPABLE, pidfd_open
-from ..tracer import reap_traced
+from ..tracer import Tracee, reap_traced
 from .fds import FileRestorer, max_fd
 from .ghost import Ghosts
 from .ipc import IpcObjects, new_namespace
@@ -44,6 +45,7 @@ from .threads import create_threads, set_registers, setup_thread
 from .timers import restore_timers
 from .tree import Task, TreeBuilder
 from .tty import prepare as prepare_ttys
+from .ve import spawn_init
 
 
 @dataclasses.dataclass
@@ -71,6 +73,7 @@ class Restorer:
         # a tree that had its own IPC namespace gets a new one, as any with --ipcns
         self.new_ipc_ns = self.opts.ipcns or self.model.ipc_own
         self.tasks: dict[int, Task] = {}
+        self._ve_init: Tracee | None = None
         self.stats = RestoreStats(root_pid=self.model.root)
 
     def run(
@@ -85,24 +88,40 @@ class Restorer:
         ghosts = Ghosts(self.model)
         image_map = None
         ns: PidNamespace | None = None
+        ve_init: Tracee | None = None
         try:
-            ghosts.create()
-            on_session = prepare_ttys(self.model, self.opts, files.openers)
-            image_map = self._map_image()
-            create_objects(self.model, self.reader, image_map)
-            ipc = IpcObjects(self.model, self.reader, image_map)
-            # IPC objects, the queues' descriptions and the stubs, in the tree's namespace
-            with new_namespace() if self.new_ipc_ns else contextlib.nullcontext():
-                ipc.create()
-                files.open_all()
-                slot = _free_slot(max_fd(self.model) + 1)
-                with _inherited_pidfd(slot):
-                    if self.opts.pidns:
+            slot = _free_slot(max_fd(self.model) + 1)
+            with _inherited_pidfd(slot):
+                inside: contextlib.AbstractContextManager[None]
+                if self.model.ve:
+                    # the VE's init first: its namespaces and root hold everything else
+                    ve_init = spawn_init(self.model, on_spawn, self.opts.ve_links)
+                    self._ve_init = ve_init
+                    inside = entered(ve_init.pid, ("ipc", "net"))
+                elif self.new_ipc_ns:
+                    inside = new_namespace()
+                else:
+                    inside = contextlib.nullcontext()
+                # IPC objects, sockets, the queues' descriptions and the stubs, in the
+                # tree's namespaces
+                with inside:
+                    ghosts.create()
+                    on_session = prepare_ttys(self.model, self.opts, files.openers)
+                    image_map = self._map_image()
+                    create_objects(self.model, self.reader, image_map)
+                    ipc = IpcObjects(self.model, self.reader, image_map)
+                    ipc.create()
+                    files.open_all()
+                    if self.opts.pidns and ve_init is None:
                         ns = PidNamespace()
                         self.stats.pidns_init = ns.init_pid
                     parent = (ns.init, ns.scratch.addr) if ns else None
                     builder = TreeBuilder(
-                        self.model, on_spawn=on_spawn, parent=parent, on_session=on_session
+                        self.model,
+                        on_spawn=on_spawn,
+                        parent=parent,
+                        on_session=on_session,
+                        root=ve_init,
                     )
                     self.tasks = builder.tasks
                     builder.build()
@@ -173,7 +192,7 @@ class Restorer:
             written = map_vmas(task, self.model, slot)
             self.stats.pages_bytes += write_pages(task, self.reader, image_map)
             finish_vmas(task, written)
-            set_mm(task, self.model)
+            set_mm(task, self.model, slot)
             files.install(task, slot)
             restore_task_state(task, self.model)
             restore_sigactions(task)
@@ -193,14 +212,19 @@ class Restorer:
 
     def _kill_all(self) -> None:
         tracees = [tr for task in self.tasks.values() for tr in task.threads.values()]
-        for task in self.tasks.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(task.host_pid, signal.SIGKILL)
-        reap_traced(tracees, timeout=2.0)
+        pids = [task.host_pid for task in self.tasks.values()]
         root = self.tasks.get(self.model.root)
-        if root is not None:
+        if self._ve_init is not None and root is None:  # the VE's init, before the tree
+            tracees.append(self._ve_init)
+            pids.append(self._ve_init.pid)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        reap_traced(tracees, timeout=2.0)
+        first = root.host_pid if root is not None else self._ve_init.pid if self._ve_init else 0
+        if first:
             with contextlib.suppress(ChildProcessError):
-                os.waitpid(root.host_pid, 0)  # the root stub is this process's child
+                os.waitpid(first, 0)  # the root stub is this process's child
 
 
 def _free_slot(lowest: int) -> int:

@@ -23,6 +23,7 @@ import fcntl
 import os
 import socket
 import stat
+from collections.abc import Callable
 from typing import Any
 
 from cptimage.records import SockState, UnixSocket
@@ -30,6 +31,7 @@ from cptimage.records import SockState, UnixSocket
 from ..errors import RestoreError
 from ..proc import decode_kdev
 from ..sys.net import SO_PASSCRED, SO_RCVBUFFORCE, SO_SNDBUFFORCE, set_int, unix_diag
+from ..sys.ns import in_child
 from .fdbase import SETFL_MASK
 from .model import ImageModel
 from .tree import Task
@@ -65,10 +67,12 @@ class UnixSockets:
         self._socks: dict[int, socket.socket] = {}  # ino -> socket
         self._fds: dict[int, int] = {}  # description id -> fd
         self._standins: list[socket.socket] = []
+        self._root = ""  # a VE's root as the restorer reaches it (/proc/<init>/root)
 
     def open(self, model: ImageModel, desc: Any) -> int:
         if not self._built:
             self._built = True
+            self._root = model.root_prefix
             self._build([r for r in model.files.values() if isinstance(r, UnixSocket)])
         return self._fds.pop(desc.id)
 
@@ -130,22 +134,37 @@ class UnixSockets:
             self._fds[r.id] = fd
         self._socks.clear()
 
+    def _at(self, name: bytes | None, fn: Callable[[], object]) -> None:
+        """Run `fn`, which looks up the path `name`, where the tree's paths resolve: in a
+        child chrooted into a VE's root (a socket keeps the name it was bound with, so the
+        name must be the VE's own); here for an abstract name or the host's root."""
+        if self._root and name and name[0] != 0:
+
+            def run() -> None:
+                fn()
+
+            in_child(run, root=self._root)
+        else:
+            fn()
+
     def _bind(self, r: UnixSocket) -> None:
+        s = self._socks[r.ino]
+        host = self._root.encode() + r.name if r.name[0] != 0 else r.name
         if r.name[0] != 0:
-            free_path(r.name)
+            free_path(host)
         try:
-            self._socks[r.ino].bind(r.name)
+            self._at(r.name, lambda: s.bind(r.name))
         except OSError as e:
             raise RestoreError(
                 f"cannot bind a unix socket to {_show(r.name)}: {e.strerror}"
             ) from None
         if r.name[0] != 0:
-            os.chown(r.name, r.fuid, r.fgid)
-            os.chmod(r.name, r.fmode)
+            os.chown(host, r.fuid, r.fgid)
+            os.chmod(host, r.fmode)
 
     def _connect(self, s: socket.socket, name: bytes, what: str) -> None:
         try:
-            s.connect(name)
+            self._at(name, lambda: s.connect(name))
         except OSError as e:
             raise RestoreError(f"cannot reconnect a unix socket to {what}: {e.strerror}") from None
 
@@ -164,17 +183,22 @@ class UnixSockets:
             try:
                 if sender is not None and r.type == socket.SOCK_STREAM:
                     _send_all(sender, msg)
-                elif sender is not None and (r.peer_ino in by_ino or r.ino in peer_of):
-                    _send_one(sender, msg, None if r.ino in peer_of else r.name)
+                elif sender is not None and r.ino in peer_of:
+                    _send_one(sender, msg, None)
+                elif sender is not None and r.peer_ino in by_ino:
+                    self._send_to(sender, msg, r.name)
                 elif src and src in named:
-                    _send_one(named[src], msg, r.name)
+                    self._send_to(named[src], msg, r.name)
                 else:
                     with socket.socket(socket.AF_UNIX, r.type) as tmp:
-                        _send_one(tmp, msg, r.name)
+                        self._send_to(tmp, msg, r.name)
             except OSError as e:
                 raise RestoreError(
                     f"{where}: cannot refill queued message {i + 1} of {len(r.queue)}: {e.strerror}"
                 ) from None
+
+    def _send_to(self, s: socket.socket, msg: bytes, to: bytes) -> None:
+        self._at(to, lambda: _send_one(s, msg, to))
 
     def after_install(self, model: ImageModel, task: Task, local: dict[int, int]) -> None:
         pass

@@ -56,9 +56,11 @@ class TreeBuilder:
         on_spawn: Callable[[int], None] | None = None,
         parent: tuple[Tracee, int] | None = None,
         on_session: Callable[[Task, int], None] | None = None,
+        root: Tracee | None = None,
     ) -> None:
         """`parent`: (a traced stub, a scratch address in it) to clone the root from, in
-        its PID namespace; by default the restorer creates the root itself.
+        its PID namespace; `root`: the root's stub, already created (a VE's init, in its
+        new namespaces); by default the restorer creates the root itself.
         `on_session(task, scratch)`: called when a process's session is settled (a leader
         after setsid(), the root otherwise) and before it forks: controlling terminals."""
         self.model = model
@@ -66,16 +68,19 @@ class TreeBuilder:
         self.on_spawn = on_spawn
         self.on_session = on_session
         self.parent = parent
+        self.root = root
         self._cscratch: int = 0  # creation scratch, inherited by every forked stub
         self.external_session = False
 
     def build(self) -> dict[int, Task]:
         root = self.model.procs[self.model.root]
-        if self.parent is not None:
+        if self.root is not None:
+            leader = self.root
+        elif self.parent is not None:
             leader = clone_stub(self.parent[0], self.parent[1], set_tid=[root.pid])
         else:
             leader = spawn_stub([root.pid], options=STUB_OPTIONS)
-        if self.on_spawn is not None:
+        if self.on_spawn is not None and self.root is None:
             self.on_spawn(leader.pid)
         task = Task(root, leader, {root.pid: leader})
         self.tasks[root.pid] = task

@@ -88,15 +88,15 @@ class Ttys:
         if info.flags & TtyFlags.EXTERNAL:
             assert self.terminal is not None
             return os.open(self.terminal[1], flags)
-        pty = self._ptys.get(info.id) or self._create(info)
+        pty = self._ptys.get(info.id) or self._create(info, model.root_prefix + "/dev/ptmx")
         if desc.kind == TtyKind.PTY_MASTER:
             fd = os.dup(pty.master)
             fcntl.fcntl(fd, fcntl.F_SETFL, desc.flags & SETFL_MASK)
             return fd
         return T.open_pty_peer(pty.master, desc.flags & ~OPEN_IGNORE)
 
-    def _create(self, info: TtyInfo) -> _Pty:
-        m = _open_master(info.index)
+    def _create(self, info: TtyInfo, ptmx: str) -> _Pty:
+        m = _open_master(info.index, ptmx)
         pty = _Pty(info, m, T.pty_index(m))
         self._ptys[info.id] = pty
         T.set_pty_lock(m, False)  # slaves are opened now; locked again at the end
@@ -226,12 +226,12 @@ def _ioctl_checked(task: Task, fd: int, request: int, arg: int, what: str) -> No
         raise RestoreError(f"process {task.pid}: {what} failed (errno {-ret})", pid=task.pid)
 
 
-def _open_master(index: int) -> int:
-    """A new pty, at `index` if that is free."""
+def _open_master(index: int, ptmx: str = "/dev/ptmx") -> int:
+    """A new pty of the devpts instance of `ptmx`, at `index` if that is free."""
     held: list[int] = []
     try:
         while True:
-            m = os.open("/dev/ptmx", O_NOCTTY_RDWR)
+            m = os.open(ptmx, O_NOCTTY_RDWR)
             got = T.pty_index(m)
             if got >= index or len(held) >= MAX_HELD:
                 return m

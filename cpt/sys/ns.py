@@ -1,9 +1,12 @@
-"""Namespaces and mounts of THIS process: setns, unshare, mount, umount2, pivot_root."""
+"""Namespaces and mounts of THIS process: setns, unshare, mount, umount2, pivot_root;
+a thread's visit to another process's namespaces; a chrooted child for path lookups."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+from collections.abc import Callable, Iterable, Iterator
 
 from cpt.sys._libc import checked_syscall, errno_error, get_errno, libc
 from cpt.sys.syscalls import NR
@@ -93,3 +96,65 @@ def pivot_root(new_root: str | bytes, put_old: str | bytes) -> None:
         ctypes.addressof(new),
         ctypes.addressof(old),
     )
+
+
+_NS_FLAGS = {"ipc": CLONE_NEWIPC, "net": CLONE_NEWNET, "uts": CLONE_NEWUTS}
+
+
+@contextlib.contextmanager
+def entered(pid: int, kinds: Iterable[str]) -> Iterator[None]:
+    """Run the block with THIS thread in the `kinds` namespaces ("ipc", "net", "uts") of
+    process `pid`, and come back: these three are per thread, so other threads of this
+    process stay where they are.  Sockets and IPC objects created in the block belong to
+    the namespaces entered."""
+    saved: list[tuple[int, int]] = []
+    try:
+        for kind in kinds:
+            flag = _NS_FLAGS[kind]
+            here = os.open(f"/proc/thread-self/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+            saved.append((here, flag))
+            there = os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                setns(there, flag)
+            finally:
+                os.close(there)
+        yield
+    finally:
+        for here, flag in reversed(saved):
+            try:
+                setns(here, flag)
+            finally:
+                os.close(here)
+
+
+def in_child(fn: Callable[[], None], *, root: str | None = None, what: str = "") -> None:
+    """Run `fn` in a forked child (chrooted into `root` if given: paths then resolve as a
+    process with that root sees them) and wait for it; its exception comes back as an
+    OSError (with its errno) or RuntimeError carrying the message."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 0
+        try:
+            os.close(r)
+            if root is not None:
+                os.chroot(root)
+                os.chdir("/")
+            fn()
+        except BaseException as e:
+            err = e.errno if isinstance(e, OSError) and e.errno else 0
+            msg = (e.strerror if isinstance(e, OSError) and e.strerror else str(e)) or repr(e)
+            os.write(w, f"{err}\0{msg}".encode()[:4000])
+            code = 1
+        os._exit(code)
+    os.close(w)
+    try:
+        with os.fdopen(r, "rb") as f:
+            out = f.read()
+    finally:
+        os.waitpid(pid, 0)
+    if out:
+        err_s, _, msg = out.decode(errors="replace").partition("\0")
+        if int(err_s):
+            raise OSError(int(err_s), msg)
+        raise RuntimeError(f"{what}: {msg}" if what else msg)

@@ -1,0 +1,93 @@
+"""A VE's namespaces at restore.
+
+The stub of the VE's init is created in new PID, mount, UTS, IPC and network namespaces
+(it is PID 1 there); its mount table is rebuilt and made its root (mounts.build, run by
+a child that joined the new mount and PID namespaces, so proc shows the VE's PIDs), its
+hostname set, its network configured: the caller's `links(pid)` creates what crosses
+the namespace boundary (the veth pair of a VE, its peer on the host), netns.restore_net
+the rest from the image.  From then on the restorer reaches the VE's files through
+/proc/<init>/root (ImageModel.host_path) and creates sockets and IPC objects with its
+thread inside the VE's namespaces (cpt.sys.ns.entered).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from ..errors import RestoreError
+from ..stub import STUB_OPTIONS, kill_and_reap, spawn_stub
+from ..sys.ns import (
+    CLONE_NEWIPC,
+    CLONE_NEWNET,
+    CLONE_NEWNS,
+    CLONE_NEWPID,
+    CLONE_NEWUTS,
+    in_child,
+    setns,
+)
+from ..tracer import Tracee
+from . import mounts, netns
+from .model import ImageModel
+
+VE_NAMESPACES = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET
+
+
+def spawn_init(
+    model: ImageModel,
+    on_spawn: Callable[[int], None] | None = None,
+    links: Callable[[int], None] | None = None,
+) -> Tracee:
+    """The traced stub of the VE's init, in its new namespaces, the VE built around it."""
+    if model.root != 1:
+        raise RestoreError(
+            f"the image's root process is PID {model.root} inside its VE, not the VE's init "
+            f"(PID 1): the image is damaged"
+        )
+    t = spawn_stub(options=STUB_OPTIONS, flags=VE_NAMESPACES)
+    try:
+        if on_spawn is not None:
+            on_spawn(t.pid)
+        build(model, t.pid, links)
+    except BaseException:
+        t.close()
+        kill_and_reap(t.pid)
+        raise
+    return t
+
+
+def build(model: ImageModel, pid: int, links: Callable[[int], None] | None) -> None:
+    """The namespaces of the process `pid` become the VE's: mounts, hostname, network."""
+    if not model.mounts:
+        raise RestoreError("the VE image has no mount table: it cannot be restored")
+
+    def make_root() -> None:
+        mounts.build(model.mounts, model.mount_data)
+
+    def join() -> None:
+        # sysfs and mqueue belong to the namespaces of whoever mounts them, proc to the
+        # PID namespace of the mounter's children
+        for kind, flag in (
+            ("net", CLONE_NEWNET),
+            ("ipc", CLONE_NEWIPC),
+            ("uts", CLONE_NEWUTS),
+            ("mnt", CLONE_NEWNS),
+            ("pid", CLONE_NEWPID),
+        ):
+            fd = os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                setns(fd, flag)
+            finally:
+                os.close(fd)
+        in_child(make_root)  # a PID namespace applies to children
+
+    try:
+        in_child(join)
+    except (OSError, RuntimeError) as e:
+        raise RestoreError(f"cannot rebuild the VE's mounts: {e}") from None
+    if model.uts is not None:
+        netns.restore_uts(pid, model.uts)
+    if links is not None:
+        links(pid)
+    netns.restore_net(pid, model.net)
+    model.root_prefix = f"/proc/{pid}/root"
