@@ -1,4 +1,5 @@
-"""`cpt chkpnt` and `cpt restore`: the staged commands of vzctl, for process trees."""
+"""`cpt chkpnt` and `cpt restore`: the staged commands of vzctl, for VEs (by VEID) and for
+process trees (--pid, --dumpfile)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,11 @@ from cpt.restore.options import RestoreOptions
 from cpt.restore.tty import wait_shell_job
 
 DumpfileOpt = Annotated[
-    str | None, typer.Option("--dumpfile", help="the dump file (default /var/tmp/Dump.pid-PID)")
+    str | None,
+    typer.Option("--dumpfile", help="the dump file (default /var/tmp/Dump.VEID, or Dump.pid-PID)"),
+]
+VeidArg = Annotated[
+    str | None, typer.Argument(metavar="[VEID]", help="the VE (else --pid / --dumpfile)")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the statistics as JSON")]
 
@@ -64,6 +69,7 @@ def _report(what: str, stats: object, as_json: bool) -> None:
 
 
 def chkpnt(
+    veid: VeidArg = None,
     pid: Annotated[int | None, typer.Option("--pid", help="root of the process tree")] = None,
     dumpfile: DumpfileOpt = None,
     suspend: Annotated[bool, typer.Option("--suspend", help="stage: freeze the tree")] = False,
@@ -89,15 +95,18 @@ def chkpnt(
     ghost_limit: Annotated[
         str, typer.Option("--ghost-limit", help="largest deleted file kept (e.g. 1M)")
     ] = "1M",
+    skip_arpdetect: Annotated[
+        bool, typer.Option("--skip-arpdetect", help="accepted for vzctl compatibility")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Checkpoint a process tree: suspend, dump, kill (or one stage of it)."""
+    """Checkpoint a VE or a process tree: suspend, dump, kill (or one stage of it)."""
     stage = _one_stage(suspend=suspend, dump=dump, kill=kill, resume=resume)
-    if pid is None:
-        raise UsageError("chkpnt needs --pid PID")
+    if (veid is None) == (pid is None):
+        raise UsageError("chkpnt needs a VEID or --pid PID (one of them)")
     if leave_running and stage is not None:
         raise UsageError("--leave-running is a full checkpoint; it takes no stage option")
-    if stage == "dump" and dumpfile is None:
+    if stage == "dump" and dumpfile is None and veid is None:
         raise UsageError("chkpnt --dump needs --dumpfile F")
     opts = DumpOptions(
         leave_running=leave_running,
@@ -108,6 +117,10 @@ def chkpnt(
         file_locks=file_locks,
         ghost_limit=parse_size(ghost_limit, "--ghost-limit"),
     )
+    if veid is not None:
+        _chkpnt_ve(veid, stage, dumpfile, opts, as_json)
+        return
+    assert pid is not None
     tree = Tree(pid)
     with tree.locked():
         if stage == "suspend":
@@ -127,8 +140,29 @@ def chkpnt(
             _report(f"checkpointed tree {pid} to {path}", tree.checkpoint(path, opts), as_json)
 
 
+def _chkpnt_ve(
+    veid: str, stage: str | None, dumpfile: str | None, opts: DumpOptions, as_json: bool
+) -> None:
+    from snapshot.ve.cr import VeCheckpoint
+
+    ve = VeCheckpoint()
+    path = ve.dumpfile(veid, dumpfile)
+    stats = ve.chkpnt(veid, stage, dumpfile, opts)
+    if stage == "dump":
+        _report(f"dumped VE {veid} to {path}", stats, as_json)
+    elif stage is None:
+        _report(f"checkpointed VE {veid} to {path}", stats, as_json)
+    else:
+        done = {"suspend": "suspended", "kill": "killed", "resume": "resumed"}[stage]
+        print(f"VE {veid} {done}")
+
+
 def restore(
-    dumpfile: Annotated[str, typer.Option("--dumpfile", help="the dump file")],
+    veid: VeidArg = None,
+    dumpfile: Annotated[
+        str | None,
+        typer.Option("--dumpfile", help="the dump file (a VE's default: /var/tmp/Dump.VEID)"),
+    ] = None,
     undump: Annotated[bool, typer.Option("--undump", help="stage: restore, left frozen")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="stage: resume")] = False,
     kill: Annotated[bool, typer.Option("--kill", help="stage: kill the frozen tree")] = False,
@@ -150,8 +184,15 @@ def restore(
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Restore a process tree from a dump file: undump, resume (or one stage of it)."""
+    """Restore a VE or a process tree from a dump file: undump, resume (or one stage)."""
     stage = _one_stage(undump=undump, resume=resume, kill=kill)
+    if veid is not None:
+        if pidns or ipcns or shell_job or pidfile:
+            raise UsageError("--pidns, --ipcns, --shell-job and --pidfile are for process trees")
+        _restore_ve(veid, stage, dumpfile, as_json)
+        return
+    if dumpfile is None:
+        raise UsageError("restore needs a VEID or --dumpfile F")
     if stage in ("resume", "kill"):
         tree = tree_of(dumpfile)
         with tree.locked():
@@ -182,3 +223,15 @@ def restore(
     if shell_job and stage is None:
         sys.stdout.flush()
         wait_shell_job(stats.pidns_init or stats.host_pid)
+
+
+def _restore_ve(veid: str, stage: str | None, dumpfile: str | None, as_json: bool) -> None:
+    from snapshot.ve.cr import VeCheckpoint
+
+    ve = VeCheckpoint()
+    stats = ve.restore(veid, stage, dumpfile)
+    if stats is not None:
+        what = "undumped" if stage == "undump" else "restored"
+        _report(f"{what} VE {veid} from {ve.dumpfile(veid, dumpfile)}", stats, as_json)
+    else:
+        print(f"VE {veid} {'resumed' if stage == 'resume' else 'killed'}")

@@ -11,66 +11,24 @@ import fcntl
 import json
 import os
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ve_node import Node, node_at, route
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.destructive,
     pytest.mark.skipif(os.geteuid() != 0, reason="VEs need root (namespaces, veth, mounts)"),
 ]
-REPO = Path(__file__).resolve().parent.parent
-CPT = [sys.executable, "-m", "cli.main"]
-
-
-class Node:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.env = dict(os.environ, CPT_ROOT=str(root))
-        self.created: list[str] = []
-
-    def cpt(
-        self, *args: object, input: str | None = None, timeout: float = 60
-    ) -> tuple[int, str, str]:
-        p = subprocess.run(
-            [*CPT, *map(str, args)], cwd=REPO, env=self.env, capture_output=True, text=True,
-            input=input, timeout=timeout,
-        )  # fmt: skip
-        return p.returncode, p.stdout, p.stderr
-
-    def create(self, veid: str, *args: str) -> None:
-        rc, _, err = self.cpt("ve", "create", veid, *args)
-        assert rc == 0, err
-        self.created.append(veid)
-
-    def cleanup(self) -> None:
-        for veid in self.created:
-            self.cpt("ve", "stop", veid, "--timeout", "1")
-            self.cpt("ve", "destroy", veid)
 
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    from snapshot import pool
-
-    root = tmp_path_factory.mktemp("node")
-    n = Node(root)
-    try:
+    with node_at(tmp_path_factory.mktemp("node")) as n:
         yield n
-    finally:
-        n.cleanup()
-        pool.teardown(str(root))
-
-
-def route(addr: str) -> str:
-    return subprocess.run(
-        ["ip", "route", "show", f"{addr}/32"], capture_output=True, text=True
-    ).stdout
 
 
 def test_lifecycle_host_template(node: Node) -> None:

@@ -51,6 +51,7 @@ def boot(cfg: VEConfig, go_fd: int, status_fd: int) -> None:
         if os.read(go_fd, 16) != b"go":
             os._exit(1)  # the host side failed: it cleans up
         os.close(go_fd)
+        os.setsid()  # the VE's own session and group (1 inside), not the starting shell's
         build_mounts(cfg.private, cfg.template)
         enter_root(cfg.private)
         socket.sethostname(cfg.hostname)

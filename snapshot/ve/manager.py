@@ -124,6 +124,23 @@ class VEManager:
             return None
         return rt if _alive(rt.init_pid, rt.starttime) else None
 
+    def forget_ended(self, veid: str) -> None:
+        """Clear what a VE that ended by itself (its init exited) left: its cgroup, veth,
+        runtime facts and state file.  Its address is held all along (net.HOLD_METRIC).
+        Called with the VE's lock held."""
+        path = self.runtime_path(veid)
+        if not os.path.exists(path) or self.runtime(veid) is not None:
+            return
+        fz = self.freezer(veid)
+        if fz.exists():
+            if fz.freeze_requested():
+                fz.thaw()
+            self._kill(veid, fz)
+        net.remove_host_link(veid)
+        for p in (path, os.path.join(run_dir(), f"ve-{veid}.json")):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+
     def freezer(self, veid: str) -> Freezer:
         return Freezer(f"ve-{veid}")
 
@@ -152,10 +169,19 @@ class VEManager:
     # -- start and stop
 
     def start(self, veid: str) -> Runtime:
+        """Boot the VE, or restore it when a dump file of it waits (as vzctl start)."""
         with self.locked(veid):
             cfg = self.config(veid)
             if self.runtime(veid) is not None:
                 raise AlreadyRunning(f"VE {veid} is already running")
+            self.forget_ended(veid)
+            if os.path.exists(self.node.default_dumpfile(veid)):
+                from .cr import VeCheckpoint
+
+                VeCheckpoint(self).restore_locked(veid, None, None)
+                rt = self.runtime(veid)
+                assert rt is not None
+                return rt
             return self._boot(cfg)
 
     def _boot(self, cfg: VEConfig) -> Runtime:
@@ -217,6 +243,7 @@ class VEManager:
             cfg = self.config(veid)
             rt = self.runtime(veid)
             if rt is None:
+                self.forget_ended(veid)
                 raise NotRunning(f"VE {veid} is not running")
             fz = self.freezer(veid)
             if fz.freeze_requested():
@@ -230,8 +257,9 @@ class VEManager:
                 time.sleep(0.02)
             self._kill(veid, fz)
             net.blackhole(cfg.ip)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.runtime_path(veid))
+            for path in (self.runtime_path(veid), os.path.join(run_dir(), f"ve-{veid}.json")):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)  # runtime facts, and a suspended state's file
 
     def _kill(self, veid: str, fz: Freezer) -> None:
         """SIGKILL everything in the VE's cgroup, wait for it to empty, remove it."""
@@ -245,6 +273,7 @@ class VEManager:
             cfg = self.config(veid)
             if self.runtime(veid) is not None:
                 raise AlreadyRunning(f"VE {veid} is running: stop it before destroying it")
+            self.forget_ended(veid)
             from snapshot.fs import backend_for
 
             if os.path.exists(cfg.private):

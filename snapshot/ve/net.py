@@ -6,12 +6,15 @@ reaches this host (and what the host routes to it), never the outside by itself.
 
 While the VE is suspended, dumped or stopped, a blackhole route holds its address: once
 its veth is gone the host would otherwise route the address out of the machine through
-its default route (ENGINE-NOTES).  Routes are replaced, never added twice: the /32 route
-is either through the veth or a blackhole.
+its default route (ENGINE-NOTES).  The blackhole is there from `ve create` to `ve
+destroy`, at a worse metric (HOLD_METRIC) than the route through the veth: whenever that
+route goes (the link taken down by a suspend, the veth gone with a VE that ended by
+itself or was killed), the blackhole answers, with no moment and no daemon in between.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 
@@ -21,6 +24,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from cpt.errors import SystemError_
 
 VE_IFNAME = "eth0"
+HOLD_METRIC = 1_000_000  # the blackhole's: any route through the veth (metric 0) wins
 LINK_LOCAL_GATEWAY = "169.254.0.1"
 
 
@@ -46,9 +50,10 @@ def _err(what: str, e: NetlinkError) -> SystemError_:
     return SystemError_(f"{what}: {e.args[1] if len(e.args) > 1 else e}")
 
 
-def setup_host(veid: str, ip: str, init_pid: int) -> str:
+def setup_host(veid: str, ip: str, init_pid: int, *, up: bool = True) -> str:
     """Create the pair with its VE end in the network namespace of `init_pid`; set up the
-    host end; returns the host interface's name."""
+    host end; returns the host interface's name.  With `up` False (a restore) the host
+    end stays down and the blackhole route holds the address until the VE resumes."""
     name = host_ifname(veid)
     with IPRoute() as ipr:
         try:
@@ -61,10 +66,12 @@ def setup_host(veid: str, ip: str, init_pid: int) -> str:
             if ip:
                 gw = gateway(ip)
                 ipr.addr("add", index=idx, address=gw, prefixlen=32)
+            if not up:
+                return name
             ipr.link("set", index=idx, state="up")
             if ip:
                 addr = ip.split("/")[0]
-                ipr.route("replace", dst=f"{addr}/32", oif=idx, prefsrc=gw)
+                ipr.route("replace", dst=f"{addr}/32", oif=idx, prefsrc=gw, priority=0)
         except NetlinkError as e:
             raise _err(f"network of VE {veid} ({name})", e) from e
     return name
@@ -103,15 +110,29 @@ def route_to_ve(veid: str, ip: str) -> None:
         if not found:
             raise SystemError_(f"VE {veid} has no host interface {host_ifname(veid)}")
         addr = ip.split("/")[0]
-        ipr.route("replace", dst=f"{addr}/32", oif=found[0], prefsrc=gateway(ip))
+        ipr.route("replace", dst=f"{addr}/32", oif=found[0], prefsrc=gateway(ip), priority=0)
 
 
 def blackhole(ip: str) -> None:
-    """Hold the VE's address while it cannot answer (suspended, dumped, stopped)."""
+    """Hold the VE's address whenever it cannot answer (suspended, dumped, stopped): the
+    route through its veth, if any, goes; the blackhole (HOLD_METRIC) stays for good."""
     if not ip:
         return
+    dst = f"{ip.split('/')[0]}/32"
     with IPRoute() as ipr:
-        ipr.route("replace", dst=f"{ip.split('/')[0]}/32", type="blackhole")
+        ipr.route("replace", dst=dst, type="blackhole", priority=HOLD_METRIC)
+        for r in ipr.get_routes(family=2):
+            if r["type"] != 6 and r["dst_len"] == 32 and r.get_attr("RTA_DST") == dst[:-3]:
+                with contextlib.suppress(NetlinkError):
+                    ipr.route("del", dst=dst, priority=r.get_attr("RTA_PRIORITY") or 0)
+
+
+def remove_host_link(veid: str) -> None:
+    """Delete the VE's veth pair (both ends), if it is still there."""
+    with IPRoute() as ipr:
+        for idx in ipr.link_lookup(ifname=host_ifname(veid)):
+            with contextlib.suppress(NetlinkError):  # gone with its namespace meanwhile
+                ipr.link("del", index=idx)
 
 
 def release(veid: str, ip: str) -> None:
@@ -119,11 +140,11 @@ def release(veid: str, ip: str) -> None:
     with IPRoute() as ipr:
         for idx in ipr.link_lookup(ifname=host_ifname(veid)):
             ipr.link("del", index=idx)
-        if ip:
+        while ip:
             try:
                 ipr.route("del", dst=f"{ip.split('/')[0]}/32")
             except NetlinkError:
-                pass  # no route left
+                break  # no route left
 
 
 def has_blackhole(ip: str) -> bool:

@@ -1,0 +1,292 @@
+"""VE checkpoint/restore benchmark: a VE against the same process tree by PID, one run.
+
+Workload: 8 counter processes (fixtures/workloads/counter.c) with 32 MiB of touched
+anonymous memory each, started by a shell: with the VE's init, 10 processes and 256 MiB.
+The same launcher runs once as a VE (template host, its own namespaces, veth, a private
+area on the node's loop-file btrfs pool) and once as a plain tree on the host (under a
+small parent that reaps it).  Per round (best of --rounds kept for every figure):
+
+  VE chkpnt       VeCheckpoint.chkpnt(): suspend (freeze the VE's cgroup, link down,
+                  blackhole), dump (namespaces, mounts with their tmpfs contents,
+                  network, the tree), kill; wall time and frozen time (freeze to kill)
+  VE restore      VeCheckpoint.restore(): verify, new namespaces, mounts, veth and
+                  addresses, the tree, link up; wall time
+  tree chkpnt     Tree(pid).checkpoint() of the same launcher by PID (dump + kill)
+  tree restore    open_for_restore() + Tree.restore()
+
+and, in the same run, the physical limit of a dump: process_vm_readv of the same pages
+of the 8 counters (one 16 MiB buffer), write() into one file, fsync (a full chkpnt makes
+the dump file durable before it kills: that fsync is inside its frozen time).  The VE's
+overhead is VE - tree; pages are compared with readv + write, chkpnt and frozen with
+readv + write + fsync.
+
+Everything runs in this process (no interpreter start-up timed); this process is a
+child subreaper and reaps every VE init and restored root by PID.  Needs root; prints a
+note and exits 0 otherwise.
+
+    python bench/ve_bench.py [--rounds 3] [--json FILE|-]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import mmap
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "bench"))
+
+from cr_bench import BUF_SIZE, batches, dumped_ranges, machine  # noqa: E402
+from workloads import build  # noqa: E402
+
+from cpt.checkpoint import Tree, open_for_restore  # noqa: E402
+from cpt.dump.options import DumpOptions  # noqa: E402
+from cpt.sys.mem import process_vm_readv  # noqa: E402
+
+MiB = 1 << 20
+COUNTERS = 8
+MIB_EACH = 32
+VEID = "9301"
+IP = "198.18.93.2/24"
+PR_SET_CHILD_SUBREAPER = 36
+
+# The tree's parent: a subreaper that starts the launcher and reaps everything of it (the
+# counters come to it when the killed shell is gone), then exits.
+PARENT = """\
+import ctypes, os, sys
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)
+pid = os.fork()
+if pid == 0:
+    try:
+        os.setsid()
+        os.execv(sys.argv[1], sys.argv[1:])
+    finally:
+        os._exit(127)
+while True:
+    try:
+        os.wait()
+    except ChildProcessError:
+        break
+"""
+
+
+def launcher(exe: str, workdir: str) -> str:
+    """sh starting the counters (each in DIR/N) and waiting for them."""
+    cmds = [
+        f"mkdir -p {workdir}/{i}; {exe} {workdir}/{i} {MIB_EACH} "
+        f"</dev/null >{workdir}/{i}/log 2>&1 &"
+        for i in range(COUNTERS)
+    ]
+    return " ".join(cmds) + " wait"
+
+
+def wait_ready(workdir: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    for i in range(COUNTERS):
+        ready = workdir / str(i) / "ready"
+        while not ready.exists():
+            if time.monotonic() > deadline:
+                raise SystemExit(f"counter {i} never became ready ({ready})")
+            time.sleep(0.02)
+
+
+def counters_of(root_pid: int) -> list[int]:
+    """Host PIDs of the counters under a root (its children and theirs)."""
+    out = []
+    todo = [root_pid]
+    while todo:
+        pid = todo.pop()
+        try:
+            kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except FileNotFoundError:
+            continue
+        if comm.startswith("counter"):  # counter, or the cached counter-HASH
+            out.append(pid)
+        todo += [int(k) for k in kids]
+    return out
+
+
+def floor(pids: list[int], path: str) -> tuple[float, float, int]:
+    """The physical limit of dumping these processes' pages: process_vm_readv of the pages
+    the engine saves into one pre-faulted 16 MiB buffer, write() into one file, then fsync
+    (a full chkpnt makes its file durable before it kills).  Returns (seconds to the last
+    write, seconds with the fsync, bytes)."""
+    buf = mmap.mmap(-1, BUF_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE)
+    view = memoryview(buf)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    total = 0
+    try:
+        t0 = time.perf_counter()
+        for pid in pids:
+            for batch in batches(dumped_ranges(pid), BUF_SIZE):
+                n = process_vm_readv(pid, batch, buf)
+                total += n
+                off = 0
+                while off < n:
+                    off += os.write(fd, view[off:n])
+        written = time.perf_counter() - t0
+        os.fsync(fd)
+        durable = time.perf_counter() - t0
+    finally:
+        os.close(fd)
+        os.unlink(path)
+        view.release()
+        buf.close()
+    return written, durable, total
+
+
+def reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def ve_round(node_root: str, binary: Path, tmp: str) -> dict[str, float]:
+    from snapshot.ve.cr import VeCheckpoint
+    from snapshot.ve.manager import VEManager
+
+    mgr = VEManager()
+    cfg = mgr.config(VEID)
+    bindir = Path(cfg.private) / "root" / "bin"
+    bindir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(binary, bindir / "counter")
+    work = Path(cfg.private) / "root" / "w"
+    shutil.rmtree(work, ignore_errors=True)
+    rt = mgr.start(VEID)
+    wait_ready(work)
+    floor_s, durable, floor_bytes = floor(counters_of(rt.init_pid), os.path.join(tmp, "floor"))
+    ve = VeCheckpoint(mgr)
+    t0 = time.perf_counter()
+    dstats = ve.chkpnt(VEID, None, None, DumpOptions())
+    chk = time.perf_counter() - t0
+    assert dstats is not None
+    size = os.path.getsize(mgr.node.default_dumpfile(VEID))
+    reap(rt.init_pid)
+    t0 = time.perf_counter()
+    rstats = ve.restore(VEID, None, None)
+    rst = time.perf_counter() - t0
+    assert rstats is not None
+    new = mgr.runtime(VEID)
+    assert new is not None and len(counters_of(new.init_pid)) == COUNTERS
+    mgr.stop(VEID, timeout=0.5)
+    reap(new.init_pid)
+    return dict(
+        chkpnt=chk, frozen=dstats.frozen_s, restore=rst, image=size, state=dstats.state_s,
+        pages=dstats.pages_s,
+        floor=floor_s, floor_bytes=floor_bytes, durable=durable,
+    )  # fmt: skip
+
+
+def tree_round(binary: Path, tmp: str) -> dict[str, float]:
+    work = Path(tmp) / "tree"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    script = launcher(str(binary), str(work))
+    parent = subprocess.Popen(
+        [sys.executable, "-I", "-c", PARENT, "/bin/sh", "-c", script],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=tmp, close_fds=True,
+    )  # fmt: skip
+    wait_ready(work)
+    kids = Path(f"/proc/{parent.pid}/task/{parent.pid}/children").read_text().split()
+    root = int(kids[0])
+    img = os.path.join(tmp, "tree.img")
+    t0 = time.perf_counter()
+    dstats = Tree(root).checkpoint(img, DumpOptions())
+    chk = time.perf_counter() - t0
+    parent.wait()
+    t0 = time.perf_counter()
+    with open_for_restore(img) as reader:
+        rstats = Tree(root).restore(reader)
+    rst = time.perf_counter() - t0
+    restored = [rstats.host_pid, *counters_of(rstats.host_pid)]
+    assert len(restored) == COUNTERS + 1, restored
+    for pid in restored:  # the shell is our child; its counters come to us (subreaper)
+        os.kill(pid, signal.SIGKILL)
+    for pid in restored:
+        reap(pid)
+    os.unlink(img)
+    return dict(
+        chkpnt=chk, frozen=dstats.frozen_s, restore=rst, state=dstats.state_s,
+        pages=dstats.pages_s,
+    )  # fmt: skip
+
+
+def ms(s: float) -> str:
+    return f"{s * 1000:8.1f} ms"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--json", help="write the results as JSON to FILE (- for stdout)")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("ve_bench: needs root (namespaces, veth, loop devices); skipped")
+        return 0
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    binary = build("counter")
+    tmp = tempfile.mkdtemp(prefix="cpt-ve-bench-")
+    node_root = os.path.join(tmp, "node")
+    os.environ["CPT_ROOT"] = node_root
+    from snapshot import pool
+    from snapshot.ve.manager import VEManager
+
+    mgr = VEManager()
+    results: dict[str, list[dict[str, float]]] = {"ve": [], "tree": []}
+    try:
+        mgr.create(
+            VEID, ip=IP, template="host",
+            command=["/bin/sh", "-c", launcher("/root/bin/counter", "/root/w")],
+        )  # fmt: skip
+        for r in range(args.rounds):
+            results["ve"].append(ve_round(node_root, binary, tmp))
+            results["tree"].append(tree_round(binary, tmp))
+            print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+    finally:
+        with contextlib.suppress(Exception):
+            mgr.stop(VEID, timeout=0.5)
+        with contextlib.suppress(Exception):
+            mgr.destroy(VEID)
+        pool.teardown(node_root)
+        shutil.rmtree(tmp, ignore_errors=True)
+    best = {kind: {k: min(r[k] for r in rows) for k in rows[0]} for kind, rows in results.items()}
+    ve, tree = best["ve"], best["tree"]
+    lim = {"pages": ve["floor"], "chkpnt": ve["durable"], "frozen": ve["durable"]}
+    lines = [
+        f"VE {VEID}: {COUNTERS + 2} processes, {COUNTERS * MIB_EACH} MiB; tree by PID: "
+        f"{COUNTERS + 1} processes; best of {args.rounds}",
+        f"physical limit, the same {ve['floor_bytes'] / MiB:.0f} MiB: readv + write "
+        f"{ms(ve['floor'])}, + fsync {ms(ve['durable'])} (a full chkpnt makes its file "
+        f"durable before the kill: inside its frozen time)",
+        f"{'':14}{'VE':>12}{'tree':>12}{'VE - tree':>12}{'VE/limit':>10}",
+    ]
+    for k in ("chkpnt", "frozen", "state", "pages", "restore"):
+        ratio = f"{ve[k] / lim[k]:9.2f}x" if k in lim else f"{'':>10}"
+        lines.append(f"{k:14}{ms(ve[k])}{ms(tree[k])}{ms(ve[k] - tree[k])}{ratio}")
+    lines.append(f"VE image: {ve['image'] / MiB:.1f} MiB")
+    print("\n".join(lines))
+    doc: dict[str, Any] = {"machine": machine(), "best": best, "rounds": results}
+    if args.json == "-":
+        print(json.dumps(doc, indent=2))
+    elif args.json:
+        Path(args.json).write_text(json.dumps(doc, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""A cpt node for VE tests: its own root (CPT_ROOT) on an embedded loop-file btrfs pool,
+cpt run as a command in it, and cleanup of every VE the test created (stopped,
+destroyed: routes gone), then of the pool (unmounted, loop device detached)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CPT = [sys.executable, "-m", "cli.main"]
+
+
+class Node:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.env = dict(os.environ, CPT_ROOT=str(root))
+        self.created: list[str] = []
+
+    def cpt(
+        self, *args: object, input: str | None = None, timeout: float = 60
+    ) -> tuple[int, str, str]:
+        p = subprocess.run(
+            [*CPT, *map(str, args)], cwd=REPO, env=self.env, capture_output=True, text=True,
+            input=input, timeout=timeout,
+        )  # fmt: skip
+        return p.returncode, p.stdout, p.stderr
+
+    def create(self, veid: str, *args: str) -> None:
+        rc, _, err = self.cpt("ve", "create", veid, *args)
+        assert rc == 0, err
+        self.created.append(veid)
+
+    def cleanup(self) -> None:
+        for veid in self.created:
+            self.cpt("ve", "stop", veid, "--timeout", "1")
+            self.cpt("ve", "destroy", veid)
+
+
+@contextlib.contextmanager
+def node_at(root: Path) -> Iterator[Node]:
+    from snapshot import pool
+
+    n = Node(root)
+    try:
+        yield n
+    finally:
+        n.cleanup()
+        pool.teardown(str(root))
+
+
+def route(addr: str) -> str:
+    return subprocess.run(
+        ["ip", "route", "show", f"{addr}/32"], capture_output=True, text=True
+    ).stdout
