@@ -21,7 +21,7 @@ from cptimage.container import ImageReader
 from cptimage.diff import Difference
 from cptimage.diff import diff as diff_images
 from cptimage.errors import ImageError
-from cptimage.records import HeaderFlags
+from cptimage.records import HeaderFlags, SourceKind
 from cptimage.verify import verify_report
 
 app = typer.Typer(
@@ -67,6 +67,8 @@ def _header_value(key: str, v: Any) -> str:
         return _flag_names(v)
     if key == "xcr0":
         return f"{v:#x}"
+    if key == "source_kind":
+        return SourceKind(v).name if v in SourceKind._value2member_map_ else str(v)
     if key == "created_ns":
         stamp = datetime.datetime.fromtimestamp(v / 1e9, datetime.UTC)
         return f"{v} ({stamp:%Y-%m-%d %H:%M:%S} UTC)"
@@ -97,16 +99,28 @@ def _render_summary(s: dict[str, Any]) -> None:
         info.add_row(key, _header_value(key, h[key]))
     info.add_row("cpu_flags", " ".join(h["cpu_flags"]))
     con.print(info)
+    ve = s.get("ve")
+    if ve:
+        con.print(f"VE {ve['id']}: hostname {ve['hostname'] or '-'}, "
+                  f"addresses {', '.join(ve['addresses']) or '-'}")  # fmt: skip
+        mounts = Table(title=f"mounts of VE {ve['id']}", title_justify="left")
+        for col in ("MOUNTPOINT", "TYPE", "SOURCE"):
+            mounts.add_column(col)
+        for m in ve["mounts"]:
+            mounts.add_row(m["mountpoint"], m["fstype"], m["source"])
+        con.print(mounts)
     tree = Table(title="processes", title_justify="left")
-    for col in ("PID", "PPID", "PGID", "SID", "THR", "STATE"):
+    cols = ["pid", "ppid", "pgid", "sid", "threads", "state"]
+    names = ["PID", "PPID", "PGID", "SID", "THR", "STATE"]
+    if ve:  # the PIDs inside the VE (the others are the dumping host's)
+        cols.insert(1, "vpid")
+        names.insert(1, "VE PID")
+    for col in names:
         tree.add_column(col, justify="right")
     tree.add_column("COMMAND")
     for p in s["processes"]:
         indent = "  " * p["depth"] + ("\\_ " if p["depth"] else "")
-        tree.add_row(
-            *(str(p[k]) for k in ("pid", "ppid", "pgid", "sid", "threads", "state")),
-            indent + p["comm"],
-        )
+        tree.add_row(*(str(p[k]) for k in cols), indent + p["comm"])
     con.print(tree)
     secs = Table(title="sections", title_justify="left")
     for col in ("TYPE", "SECTIONS", "RECORDS", "STORED", "RAW"):

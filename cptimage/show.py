@@ -8,6 +8,7 @@ fds(reader, pid)    rows like ls -l /proc/PID/fd
 from __future__ import annotations
 
 import os
+import socket
 from collections import defaultdict
 from typing import Any
 
@@ -21,6 +22,8 @@ from .records import (
     InetSocket,
     Inotify,
     MemfdFile,
+    Mount,
+    NetAddr,
     PathFlags,
     PathObj,
     Pipe,
@@ -31,11 +34,13 @@ from .records import (
     SectionType,
     ShmemObject,
     SignalFd,
+    SourceKind,
     Thread,
     TimerFd,
     Tty,
     TtyInfo,
     UnixSocket,
+    Uts,
     Vma,
     VmaKind,
 )
@@ -77,6 +82,7 @@ def process_tree(reader: ImageReader) -> list[dict[str, Any]]:
                     pgid=p.pgid,
                     sid=p.sid,
                     threads=nthreads.get(p.pid, 0),
+                    vpid=p.nspid[-1] if p.nspid else p.pid,  # as its own namespace saw it
                     state=_enum_name(ProcessState, p.state),
                     comm=p.comm,
                     depth=depth,
@@ -116,8 +122,38 @@ def summary(reader: ImageReader) -> dict[str, Any]:
         page_data=reader.page_data_len,
         header=header,
         processes=process_tree(reader),
+        ve=ve_summary(reader),
         sections=sections(reader),
         warnings=list(reader.warnings),
+    )
+
+
+def ve_summary(reader: ImageReader) -> dict[str, Any] | None:
+    """A VE image's namespaces in brief: hostname, mounts, addresses (None for a tree)."""
+    if reader.header.source_kind != SourceKind.VE:
+        return None
+    recs = reader.records(SectionType.NAMESPACES)
+    uts = next((r for r in recs if isinstance(r, Uts)), None)
+    mounts = [
+        dict(
+            mountpoint=r.mountpoint,
+            fstype=r.fstype,
+            source=r.source if r.external else "(in the image)" if r.fstype == "tmpfs" else "",
+            external=bool(r.external),
+        )
+        for r in recs
+        if isinstance(r, Mount)
+    ]
+    addrs = []
+    for r in recs:
+        if isinstance(r, NetAddr):
+            fam = socket.AF_INET if r.family == socket.AF_INET else socket.AF_INET6
+            addrs.append(f"{socket.inet_ntop(fam, r.address)}/{r.prefixlen}")
+    return dict(
+        id=reader.header.source_id,
+        hostname=uts.hostname if uts else "",
+        mounts=mounts,
+        addresses=addrs,
     )
 
 
@@ -227,13 +263,13 @@ def fds(reader: ImageReader, pid: int) -> list[dict[str, Any]]:
     ttys = {r.id: r for r in files if isinstance(r, TtyInfo)}
     descs = {r.id: r for r in files if hasattr(r, "id") and not isinstance(r, (PathObj, TtyInfo))}
     descs.update((r.id, r) for r in reader.records(SectionType.IPC) if isinstance(r, PosixMq))
-    shmem = {
-        r.id: r.name for r in reader.records(SectionType.MM) if isinstance(r, ShmemObject)
-    }
+    shmem = {r.id: r.name for r in reader.records(SectionType.MM) if isinstance(r, ShmemObject)}
     rows = []
     for fd in table:
         desc = descs.get(fd.file_id)
-        kind, target = _describe(desc, paths, ttys, shmem) if desc else ("missing", f"<{fd.file_id}>")
+        kind, target = (
+            _describe(desc, paths, ttys, shmem) if desc else ("missing", f"<{fd.file_id}>")
+        )
         rows.append(
             dict(
                 fd=fd.fd,
