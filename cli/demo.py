@@ -1,10 +1,14 @@
-"""`make demo`: the main job of cpt, shown to a new user on a real workload.
+"""`make demo`: the main job of cpt, shown to a new user on a real VE.
 
-A CPython counter with 16 MiB of memory, a second thread and a pipe with unread messages
-(fixtures/workloads/counter.py) is checkpointed to one dump file and killed; the image is
-shown and verified; the workload is restored and its counter continues where it stopped;
-at the end it checks itself (memory, thread, pipe contents) and says PASS or FAIL.
-Every step runs the real `cpt` command line, as a user would type it.
+A node root of its own (a temporary directory under /var/tmp), whose storage is the
+embedded default: a loop-file btrfs pool (`cpt pool init`).  A VE on it runs a CPython
+counter with 16 MiB of memory, a second thread and a pipe with unread messages
+(fixtures/workloads/counter.py) and a TCP echo server; a client on this host holds a
+connection to it.  The VE is checkpointed (suspend, dump, kill) to one dump file, which
+is shown and verified; it is restored: the same in-VE PIDs, the counter continues where
+it stopped, the client's connection carries on.  At the end the workload checks itself
+(memory, thread, pipe contents) and says PASS or FAIL; everything is removed.  Every step
+runs the real `cpt` command line, as a user would type it.
 """
 
 from __future__ import annotations
@@ -13,12 +17,11 @@ import contextlib
 import ctypes
 import os
 import shutil
-import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from rich.console import Console
@@ -26,63 +29,62 @@ from rich.rule import Rule
 from rich.table import Table
 
 REPO = Path(__file__).resolve().parent.parent
-WORKLOAD = REPO / "fixtures" / "workloads" / "counter.py"
+WORKLOADS = REPO / "fixtures" / "workloads"
 CPT = [sys.executable, "-m", "cli.main"]
 PR_SET_CHILD_SUBREAPER = 36
+VEID = "900"
+ADDR = "198.18.90.2"  # 198.18.0.0/15: reserved for network tests, never routed out
+PORT = 7007
+ECHO = (
+    "import socket\n"
+    "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    f"s.bind(('0.0.0.0', {PORT})); s.listen()\n"
+    "while True:\n"
+    "    c, _ = s.accept()\n"
+    "    while (d := c.recv(65536)):\n"
+    "        c.sendall(d)\n"
+    "    c.close()\n"
+)
+LAUNCHER = (
+    "mkdir -p /root/wl; "
+    "python3 -E -s -B /root/bin/counter.py /root/wl </dev/null >/root/wl/log 2>&1 & "
+    "python3 /root/bin/echo.py </dev/null >/dev/null 2>&1 & wait"
+)
 
 
 class Demo:
-    def __init__(self, con: Console, workdir: Path) -> None:
+    def __init__(self, con: Console, root: Path) -> None:
         self.con = con
-        self.dir = workdir
-        self.dump = workdir / "Dump.demo"
+        self.root = root
+        self.env = dict(os.environ, CPT_ROOT=str(root))
         self.timings: list[tuple[str, float]] = []
-        self.pid = 0
+        self.private = root / "pool" / "private" / VEID
+        self.wl = self.private / "root" / "wl"
+        self.client: socket.socket | None = None
+        self.created = False
 
     # -- helpers
 
-    def cpt(self, *args: object, show: bool = True) -> str:
+    def cpt(self, *args: object, show: bool = True, check: bool = True) -> str:
         argv = [str(a) for a in args]
         self.con.print(Rule(f"[bold cyan]$ cpt {' '.join(argv)}", align="left"))
         t0 = time.perf_counter()
-        with self.con.status(f"cpt {argv[0]} ..."), self.reaping():
-            p = subprocess.run([*CPT, *argv], cwd=REPO, capture_output=True, text=True)
+        with self.con.status(f"cpt {argv[0]} ..."):
+            p = subprocess.run([*CPT, *argv], cwd=REPO, env=self.env, capture_output=True,
+                               text=True)  # fmt: skip
         took = time.perf_counter() - t0
         self.timings.append((f"cpt {' '.join(argv[:2])}", took))
-        if show:
+        if show and p.stdout.strip():
             self.con.print(p.stdout.rstrip(), markup=False, highlight=False)
         if p.stderr.strip():
             self.con.print(p.stderr.rstrip(), style="yellow", markup=False)
-        if p.returncode:
+        if p.returncode and check:
             raise SystemExit(f"demo: `cpt {' '.join(argv)}` failed with exit code {p.returncode}")
         return p.stdout
 
-    @contextlib.contextmanager
-    def reaping(self) -> Iterator[None]:
-        """Reap the workload if `cpt` kills it: the killed root is OUR child, and `cpt`
-        reports a kill done only once its PID is gone (the reaping runs in the background
-        because `cpt` is a separate process: no ptrace stop can be stolen)."""
-        import threading
-
-        stop = threading.Event()
-
-        def loop() -> None:
-            while not stop.wait(0.01):
-                with contextlib.suppress(ChildProcessError):
-                    if self.pid:
-                        os.waitpid(self.pid, os.WNOHANG)
-
-        t = threading.Thread(target=loop, daemon=True)
-        t.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            t.join()
-
     def counter(self) -> int:
         try:
-            return int((self.dir / "counter").read_text() or 0)
+            return int((self.wl / "counter").read_text() or 0)
         except (OSError, ValueError):
             return -1
 
@@ -95,63 +97,91 @@ class Demo:
         self.con.print(f"{label}: counter " + " -> ".join(str(c) for c in seen))
         return seen
 
+    def echo(self, text: str) -> None:
+        assert self.client is not None
+        self.client.settimeout(30)
+        self.client.sendall(text.encode())
+        got = b""
+        while len(got) < len(text):
+            chunk = self.client.recv(4096)
+            if not chunk:
+                raise SystemExit("demo: the VE closed the connection")
+            got += chunk
+        self.con.print(f"client -> {ADDR}:{PORT}: {text!r}, echoed {got.decode()!r}")
+
     # -- the story
 
+    def node(self) -> None:
+        self.con.print(Rule("[bold]1. a node: its storage is a loop-file btrfs pool", align="left"))
+        self.cpt("pool", "init", "--size", "1G")
+        self.cpt("pool", "status")
+
     def start(self) -> None:
-        self.con.print(Rule("[bold]1. a workload: CPython, 16 MiB, a thread, a pipe", align="left"))
-        log = open(self.dir / "log", "wb")  # noqa: SIM115 - the workload holds it
-        p = subprocess.Popen(
-            [sys.executable, "-E", "-s", "-B", str(WORKLOAD), str(self.dir)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-        log.close()
-        self.pid = p.pid
+        self.con.print(Rule("[bold]2. a VE: CPython counter (16 MiB, a thread, a pipe) and a "
+                            "TCP echo server", align="left"))  # fmt: skip
+        self.cpt("ve", "create", VEID, "--ip", f"{ADDR}/24", "--hostname", "demo",
+                 "--", "/bin/sh", "-c", LAUNCHER)  # fmt: skip
+        self.created = True
+        bindir = self.private / "root" / "bin"
+        bindir.mkdir(parents=True)
+        for name in ("counter.py", "_wl.py"):
+            shutil.copy(WORKLOADS / name, bindir / name)
+        (bindir / "echo.py").write_text(ECHO)
+        self.cpt("ve", "start", VEID)
+        deadline = time.monotonic() + 15
+        while not (self.wl / "ready").exists():
+            if time.monotonic() > deadline:
+                raise SystemExit(f"demo: the workload did not start; see {self.wl / 'log'}")
+            time.sleep(0.05)
+        self.cpt("ve", "exec", VEID, "--", "/bin/sh", "-c",
+                 "echo \"inside: $(hostname), PIDs: $(ls /proc | grep -E '^[0-9]+$' | "
+                 "tr '\\n' ' ')\"")  # fmt: skip
         deadline = time.monotonic() + 10
-        while not (self.dir / "ready").exists():
-            if time.monotonic() > deadline or p.poll() is not None:
-                raise SystemExit(f"demo: the workload did not start; see {self.dir / 'log'}")
-            time.sleep(0.02)
-        self.con.print(f"workload PID {self.pid}, counting in {self.dir / 'counter'}")
+        while True:
+            try:
+                self.client = socket.create_connection((ADDR, PORT), timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        self.echo("hello before the checkpoint")
         self.watch("running", 1.0)
 
     def checkpoint(self) -> int:
-        self.con.print(Rule("[bold]2. checkpoint: suspend, dump, kill", align="left"))
-        self.cpt("chkpnt", "--pid", self.pid, "--dumpfile", self.dump)
+        self.con.print(Rule("[bold]3. checkpoint: suspend, dump, kill", align="left"))
+        self.cpt("chkpnt", VEID)
         stopped = self.counter()
-        alive = os.path.exists(f"/proc/{self.pid}")
-        self.con.print(
-            f"process {self.pid} {'still exists!' if alive else 'is gone'}; "
-            f"the counter stopped at {stopped}"
-        )
+        self.cpt("ve", "status", VEID)
+        route = subprocess.run(["ip", "route", "show", f"{ADDR}/32"], capture_output=True,
+                               text=True).stdout.strip()  # fmt: skip
+        self.con.print(f"the counter stopped at {stopped}; the VE's address is held: {route}")
         return stopped
 
     def inspect(self) -> None:
-        self.con.print(Rule("[bold]3. the dump file", align="left"))
-        size = self.dump.stat().st_size
-        mode = oct(self.dump.stat().st_mode & 0o777)
-        self.con.print(f"{self.dump}: {size / 2**20:.1f} MiB, mode {mode}")
-        self.cpt("image", "show", self.dump)
-        self.cpt("image", "verify", "--host", self.dump)
+        self.con.print(Rule("[bold]4. the dump file", align="left"))
+        dump = self.root / "dump" / f"Dump.{VEID}"
+        st = dump.stat()
+        self.con.print(f"{dump}: {st.st_size / 2**20:.1f} MiB, mode {oct(st.st_mode & 0o777)}")
+        self.cpt("image", "show", dump)
+        self.cpt("image", "verify", "--host", dump)
 
     def restore(self, stopped: int) -> None:
-        self.con.print(Rule("[bold]4. restore: the same process, where it stopped", align="left"))
-        self.cpt("restore", "--dumpfile", self.dump)
-        seen = self.watch(f"restored PID {self.pid}", 1.5)
+        self.con.print(Rule("[bold]5. restore: the same VE, where it stopped", align="left"))
+        self.cpt("restore", VEID)
+        seen = self.watch("restored", 1.5)
         verdict = "continues" if seen[0] >= stopped and seen[-1] > seen[0] else "DID NOT CONTINUE"
         self.con.print(f"stopped at {stopped}, {verdict} from there")
+        self.echo("the same connection, after the restore")
 
     def finish(self) -> str:
-        self.con.print(Rule("[bold]5. the workload checks itself", align="left"))
-        os.kill(self.pid, signal.SIGTERM)
-        result = self.dir / "result"
+        self.con.print(Rule("[bold]6. the workload checks itself", align="left"))
+        pid = int((self.wl / "ready").read_text())
+        self.cpt("ve", "exec", VEID, "--", "/bin/kill", "-TERM", pid)
+        result = self.wl / "result"
         deadline = time.monotonic() + 15
         while not result.exists() and time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(self.pid, os.WNOHANG)
-            time.sleep(0.02)
+            time.sleep(0.05)
         verdict = result.read_text().strip() if result.exists() else "no verdict"
         style = "bold green" if verdict == "PASS" else "bold red"
         self.con.print(f"memory, thread, pipe messages after restore: [{style}]{verdict}")
@@ -166,23 +196,27 @@ class Demo:
         self.con.print(t)
 
     def cleanup(self) -> None:
-        if self.pid and os.path.exists(f"/proc/{self.pid}"):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(self.pid, 0)
+        if self.client is not None:
+            self.client.close()
+        if self.created:
+            self.cpt("ve", "stop", VEID, "--timeout", "2", show=False, check=False)
+            self.cpt("ve", "destroy", VEID, show=False, check=False)
+        from snapshot import pool
+
+        pool.teardown(str(self.root))
 
 
 def main() -> int:
     con = Console(highlight=False)
     if os.geteuid() != 0:
-        con.print("[red]the demo needs root: checkpoint/restore uses ptrace and clone3(set_tid)")
+        con.print("[red]the demo needs root: checkpoint/restore uses ptrace and namespaces")
         return 1
-    # orphans and restored roots come back to us, not to PID 1 (which reaps late here)
+    # VE inits orphaned by `cpt` come back to us, not to PID 1 (which reaps late here)
     ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    workdir = Path(tempfile.mkdtemp(prefix="cpt-demo-", dir="/var/tmp"))
-    demo = Demo(con, workdir)
+    root = Path(tempfile.mkdtemp(prefix="cpt-demo-", dir="/var/tmp"))
+    demo = Demo(con, root)
     try:
+        demo.node()
         demo.start()
         stopped = demo.checkpoint()
         demo.inspect()
@@ -192,7 +226,10 @@ def main() -> int:
         return 0 if verdict == "PASS" else 1
     finally:
         demo.cleanup()
-        shutil.rmtree(workdir, ignore_errors=True)
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass  # the VE inits that came to us
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":
