@@ -118,6 +118,20 @@ class Link(Protocol):
     def up(self) -> None: ...
 
 
+class InFreeze(Protocol):
+    """Work done inside a dump's frozen window whose records go into the image: a VE's
+    filesystem snapshot (snapshot/ve/fssnap.py)."""
+
+    def prepare(self) -> None:
+        """Before the freeze (write back the filesystem: the snapshot is then cheap)."""
+
+    def take(self) -> list[Any]:
+        """With the tree frozen, before its state is read; returns records."""
+
+    def discard(self) -> None:
+        """The dump failed: undo what take() made."""
+
+
 class Tree:
     """A process tree as the stage commands see it: its freezer, state file and lock."""
 
@@ -129,11 +143,13 @@ class Tree:
         name: str | None = None,
         ve_id: str = "",
         link: Link | None = None,
+        in_freeze: InFreeze | None = None,
     ) -> None:
         self.root = root
         self.proc = proc or Proc()
         self.ve_id = ve_id
         self.link = link
+        self.in_freeze = in_freeze
         self.name = name or (f"ve-{ve_id}" if ve_id else f"pid-{root}")
         self.label = f"VE {ve_id}" if ve_id else f"tree {root}"
         self.freezer = Freezer(self.name)
@@ -221,6 +237,8 @@ class Tree:
         self._strangers(self._live_tree())
         with self._inside():
             precheck(self._live_tree(), self.root, self.proc, opts)
+        if self.in_freeze is not None:
+            self.in_freeze.prepare()
         self._frozen_at = time.perf_counter()
         self.freezer.freeze()
         try:
@@ -261,19 +279,26 @@ class Tree:
 
     def _dump_frozen(self, dumpfile: str, opts: DumpOptions, *, after: str) -> DumpStats:
         """Seize the frozen tree (frozen tasks enter their ptrace stops at once; the stops
-        hold them then, and the cgroup is thawed for injected syscalls to run), dump it."""
-        tree = collect_tree(self.root, self.proc)
-        tracees: list[Tracee] = []
+        hold them then, and the cgroup is thawed for injected syscalls to run), dump it.
+        What `in_freeze` makes in the frozen window goes into the image, or is undone."""
+        extra = self.in_freeze.take() if self.in_freeze is not None else []
         try:
-            for info in tree.values():
-                if not info.zombie:
-                    info.tracees = freeze_process(info.pid, DEFAULT_OPTIONS)
-                    tracees += info.tracees
+            tree = collect_tree(self.root, self.proc)
+            tracees: list[Tracee] = []
+            try:
+                for info in tree.values():
+                    if not info.zombie:
+                        info.tracees = freeze_process(info.pid, DEFAULT_OPTIONS)
+                        tracees += info.tracees
+            except BaseException:
+                detach_all(tracees)
+                raise
+            self.freezer.thaw()
+            return self._dump_seized(tree, dumpfile, opts, after=after, extra=extra)
         except BaseException:
-            detach_all(tracees)
+            if self.in_freeze is not None:
+                self.in_freeze.discard()
             raise
-        self.freezer.thaw()
-        return self._dump_seized(tree, dumpfile, opts, after=after)
 
     @_fails_as(DumpError, "checkpoint")
     def checkpoint(self, dumpfile: str, opts: DumpOptions) -> DumpStats:
@@ -334,7 +359,13 @@ class Tree:
             raise
 
     def _dump_seized(
-        self, tree: dict[int, TaskInfo], dumpfile: str, opts: DumpOptions, *, after: str
+        self,
+        tree: dict[int, TaskInfo],
+        dumpfile: str,
+        opts: DumpOptions,
+        *,
+        after: str,
+        extra: list[Any] | None = None,
     ) -> DumpStats:
         """Write the image of a tree whose threads are all in ptrace stops, then `after`:
         "kill", "resume" (detach) or "freeze" (refreeze the cgroup and detach).
@@ -349,7 +380,7 @@ class Tree:
         ok = False
         try:
             with self._inside():
-                dumper = Dumper(tree, self.root, opts, self.proc)
+                dumper = Dumper(tree, self.root, opts, self.proc, extra)
         except BaseException:
             out.abort()
             detach_all(tracees)

@@ -55,11 +55,22 @@ class DumpStats:
     state_s: float = 0.0  # per-process state (probe, threads, fds, ...)
     pages_s: float = 0.0  # page scan and copy
     frozen_s: float = 0.0  # freeze to resume or kill (full checkpoints)
+    fs_snapshot_s: float = 0.0  # a VE's filesystem snapshot, inside the frozen window
 
 
 class Dumper:
-    def __init__(self, tree: dict[int, TaskInfo], root: int, opts: DumpOptions, proc: Proc) -> None:
+    def __init__(
+        self,
+        tree: dict[int, TaskInfo],
+        root: int,
+        opts: DumpOptions,
+        proc: Proc,
+        extra: list[Any] | None = None,
+    ) -> None:
+        """`extra`: records made outside the engine in the same frozen window (a VE's
+        filesystem snapshot), written into the sections their tags name."""
         self.tree = tree
+        self.extra = list(extra or [])
         self.root = root
         self.opts = opts
         self.proc = proc
@@ -98,7 +109,8 @@ class Dumper:
             self.ipc.close()
         t2 = time.perf_counter()
         # every other record goes to the section its tag names
-        for rec in self.shmem.records + self.ipc.records + self.paths.records + self.files.records:
+        others = self.shmem.records + self.ipc.records + self.paths.records + self.files.records
+        for rec in others + self.extra:
             self.recs[section_of_tag(rec.TAG)].append(rec)
         for stype in SectionType:
             if stype not in (SectionType.PAGES, SectionType.INDEX):

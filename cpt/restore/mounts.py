@@ -69,7 +69,10 @@ _TAR_FILTER: Any = getattr(tarfile, "tar_filter", None)
 def problems(mounts: list[Mount]) -> list[str]:
     """What keeps the mount table from being rebuilt here, one line each: the table's
     shape, and each external mount's host source (it must exist and be on the recorded
-    device)."""
+    device).  The VE's root only needs to exist: it is the VE's private area, whose
+    identity is its filesystem snapshot's business (FsSnapshot), and a btrfs subvolume's
+    device number is not stable (a rolled back area is a new subvolume; a remount or
+    another host gives another)."""
     if not mounts:
         return ["the VE image has no mount table"]
     out = []
@@ -104,7 +107,7 @@ def problems(mounts: list[Mount]) -> list[str]:
         except OSError as e:
             out.append(f"{what}: its host source {m.source}: {e.strerror}")
             continue
-        if st.st_dev != m.dev:
+        if i and st.st_dev != m.dev:  # the root: see below
             out.append(
                 f"{what}: its host source {m.source} is on device {_devtext(st.st_dev)}, "
                 f"not {_devtext(m.dev)} as dumped"
