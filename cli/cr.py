@@ -182,6 +182,14 @@ def restore(
             help="attach the tree to this shell's terminal; wait until the tree's root exits",
         ),
     ] = False,
+    rollback_fs: Annotated[
+        bool,
+        typer.Option(
+            "--rollback-fs",
+            help="a VE whose private area changed since the dump: roll it back to the dump's "
+            "snapshot first (the live contents are kept as a snapshot)",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Restore a VE or a process tree from a dump file: undump, resume (or one stage)."""
@@ -189,8 +197,10 @@ def restore(
     if veid is not None:
         if pidns or ipcns or shell_job or pidfile:
             raise UsageError("--pidns, --ipcns, --shell-job and --pidfile are for process trees")
-        _restore_ve(veid, stage, dumpfile, as_json)
+        _restore_ve(veid, stage, dumpfile, as_json, rollback_fs)
         return
+    if rollback_fs:
+        raise UsageError("--rollback-fs is for a VE: cpt restore VEID --rollback-fs")
     if dumpfile is None:
         raise UsageError("restore needs a VEID or --dumpfile F")
     if stage in ("resume", "kill"):
@@ -225,11 +235,13 @@ def restore(
         wait_shell_job(stats.pidns_init or stats.host_pid)
 
 
-def _restore_ve(veid: str, stage: str | None, dumpfile: str | None, as_json: bool) -> None:
+def _restore_ve(
+    veid: str, stage: str | None, dumpfile: str | None, as_json: bool, rollback_fs: bool
+) -> None:
     from snapshot.ve.cr import VeCheckpoint
 
     ve = VeCheckpoint()
-    stats = ve.restore(veid, stage, dumpfile)
+    stats = ve.restore(veid, stage, dumpfile, rollback_fs=rollback_fs)
     if stats is not None:
         what = "undumped" if stage == "undump" else "restored"
         _report(f"{what} VE {veid} from {ve.dumpfile(veid, dumpfile)}", stats, as_json)

@@ -6,7 +6,9 @@ counter with 16 MiB of memory, a second thread and a pipe with unread messages
 (fixtures/workloads/counter.py) and a TCP echo server; a client on this host holds a
 connection to it.  The VE is checkpointed (suspend, dump, kill) to one dump file, which
 is shown and verified; it is restored: the same in-VE PIDs, the counter continues where
-it stopped, the client's connection carries on.  At the end the workload checks itself
+it stopped, the client's connection carries on.  Then a snapshot with memory is taken,
+the VE runs on and writes a file, and is rolled back: the file is gone, the processes are
+back at the snapshot point with their PIDs.  At the end the workload checks itself
 (memory, thread, pipe contents) and says PASS or FAIL; everything is removed.  Every step
 runs the real `cpt` command line, as a user would type it.
 """
@@ -35,15 +37,20 @@ PR_SET_CHILD_SUBREAPER = 36
 VEID = "900"
 ADDR = "198.18.90.2"  # 198.18.0.0/15: reserved for network tests, never routed out
 PORT = 7007
-ECHO = (
-    "import socket\n"
+ECHO = (  # a thread per connection
+    "import socket, threading\n"
+    "def serve(c):\n"
+    "    try:\n"
+    "        while (d := c.recv(65536)):\n"
+    "            c.sendall(d)\n"
+    "    except OSError:\n"
+    "        pass\n"
+    "    c.close()\n"
     "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
     f"s.bind(('0.0.0.0', {PORT})); s.listen()\n"
     "while True:\n"
     "    c, _ = s.accept()\n"
-    "    while (d := c.recv(65536)):\n"
-    "        c.sendall(d)\n"
-    "    c.close()\n"
+    "    threading.Thread(target=serve, args=(c,), daemon=True).start()\n"
 )
 LAUNCHER = (
     "mkdir -p /root/wl; "
@@ -174,8 +181,48 @@ class Demo:
         self.con.print(f"stopped at {stopped}, {verdict} from there")
         self.echo("the same connection, after the restore")
 
+    def snapshot(self) -> None:
+        self.con.print(Rule("[bold]6. snapshot with memory, run on, roll back", align="left"))
+        pids = self.ve_pids()
+        self.con.print(f"processes inside the VE (PID: command): {pids}")
+        self.cpt("snapshot", "create", VEID, "--name", "before-rollback-demo")
+        at = self.counter()
+        (self.private / "root" / "note.txt").write_text("written after the snapshot\n")
+        ran = self.watch("after the snapshot", 1.0)
+        self.cpt("snapshot", "list", VEID)
+        self.cpt("snapshot", "rollback", VEID, "before-rollback-demo")
+        back = self.watch("after the rollback", 1.0)
+        again = self.ve_pids()
+        note = (self.private / "root" / "note.txt").exists()
+        self.con.print(
+            f"counter at the snapshot ~{at}, ran to {ran[-1]}, back to {back[0]} and on; "
+            f"note.txt written after the snapshot: {'still there!' if note else 'gone'}; "
+            f"processes inside: {'the same PIDs' if again == pids else 'DIFFERENT PIDs'}"
+        )
+        self.echo_reconnect()
+
+    def ve_pids(self) -> str:
+        """The VE's processes as it sees them (NSpid), read from this host."""
+        from cpt.freezer import Freezer
+
+        out = []
+        for pid in Path(Freezer(f"ve-{VEID}").path, "cgroup.procs").read_text().split():
+            with contextlib.suppress(OSError):
+                status = Path(f"/proc/{pid}/status").read_text().splitlines()
+                nspid = next(x for x in status if x.startswith("NSpid:")).split()[-1]
+                comm = Path(f"/proc/{pid}/comm").read_text().strip()
+                out.append((int(nspid), comm))
+        return ", ".join(f"{p}: {c}" for p, c in sorted(out))
+
+    def echo_reconnect(self) -> None:
+        """The rollback went back to before the client's connection existed: connect anew."""
+        if self.client is not None:
+            self.client.close()
+        self.client = socket.create_connection((ADDR, PORT), timeout=10)
+        self.echo("a new connection to the rolled back VE")
+
     def finish(self) -> str:
-        self.con.print(Rule("[bold]6. the workload checks itself", align="left"))
+        self.con.print(Rule("[bold]7. the workload checks itself", align="left"))
         pid = int((self.wl / "ready").read_text())
         self.cpt("ve", "exec", VEID, "--", "/bin/kill", "-TERM", pid)
         result = self.wl / "result"
@@ -221,6 +268,7 @@ def main() -> int:
         stopped = demo.checkpoint()
         demo.inspect()
         demo.restore(stopped)
+        demo.snapshot()
         verdict = demo.finish()
         demo.report()
         return 0 if verdict == "PASS" else 1

@@ -226,7 +226,8 @@ def _short(v: Any) -> str:
     return s if len(s) <= 40 else f"{s[:32]}...({len(s)} chars)"
 
 
-def _diff_line(d: Difference) -> str:
+def diff_line(d: Difference) -> str:
+    """One difference as `image diff` prints it: + added, - removed, ~ changed."""
     if d.a is None:
         return f"+ {d.path}: {_short(d.b)}"
     if d.b is None:
@@ -249,7 +250,7 @@ def diff(
         _print_json([d.to_json() for d in diffs])
     else:
         for d in diffs:
-            print(_diff_line(d))
+            print(diff_line(d))
     if diffs:
         raise typer.Exit(1)
 

@@ -16,6 +16,7 @@ import typer
 
 from . import check, cr, exitcodes, ve
 from . import pool as pool_cli
+from . import snapshot as snapshot_cli
 from .image import app as image_app
 
 try:  # typer >= 0.16 vendors click
@@ -36,6 +37,7 @@ app.command("restore")(cr.restore)
 app.command("check")(check.check)
 app.add_typer(ve.app, name="ve")
 app.add_typer(pool_cli.app, name="pool")
+app.add_typer(snapshot_cli.app, name="snapshot")
 
 
 @app.callback()

@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import time
 
 from cpt.checkpoint import Tree, open_for_restore
 from cpt.dump.dumper import DumpStats
@@ -28,10 +29,16 @@ from cpt.lock import run_dir
 from cpt.restore.options import RestoreOptions
 from cpt.restore.restorer import RestoreStats
 from cptimage.atomic import atomic_output
-from cptimage.records import SourceKind
+from cptimage.container import ImageReader
+from cptimage.errors import ImageError
+from cptimage.records import FsSnapshot, SectionType, SourceKind
+from snapshot.catalog import Catalog, Snap
+from snapshot.errors import FsError
+from snapshot.fs import backend_for
 
-from . import net
+from . import fssnap, net
 from .config import VEConfig
+from .fssnap import FsCapture
 from .manager import Runtime, VEManager, _starttime
 
 
@@ -64,8 +71,11 @@ class VeCheckpoint:
     def dumpfile(self, veid: str, given: str | None) -> str:
         return given or self.mgr.node.default_dumpfile(veid)
 
-    def _tree(self, cfg: VEConfig, init_pid: int) -> Tree:
-        return Tree(init_pid, ve_id=cfg.veid, link=VeLink(cfg))
+    def catalog(self, veid: str) -> Catalog:
+        return Catalog(veid, self.mgr.node.snapshots_dir(veid))
+
+    def tree(self, cfg: VEConfig, init_pid: int, capture: FsCapture | None = None) -> Tree:
+        return Tree(init_pid, ve_id=cfg.veid, link=VeLink(cfg), in_freeze=capture)
 
     # -- chkpnt
 
@@ -73,35 +83,71 @@ class VeCheckpoint:
         self, veid: str, stage: str | None, dumpfile: str | None, opts: DumpOptions
     ) -> DumpStats | None:
         """One stage (suspend, dump, kill, resume) or the full chkpnt; returns the dump's
-        statistics when there was a dump."""
+        statistics when there was a dump.  Every dump snapshots the private area in the
+        same frozen window (a "checkpoint" snapshot of the catalog, paired with the dump
+        file; one replacing the dump file replaces its snapshot)."""
         with self.mgr.locked(veid):
             cfg = self.mgr.config(veid)
             rt = self.mgr.runtime(veid)
             if rt is None:
                 self.mgr.forget_ended(veid)
                 raise NotRunning(f"VE {veid} is not running")
-            tree = self._tree(cfg, rt.init_pid)
             path = self.dumpfile(veid, dumpfile)
             opts = ve_dump_options(opts)
             if stage == "suspend":
-                tree.suspend(opts)
-            elif stage == "dump":
+                capture = FsCapture(veid, cfg.private, "")  # its sync, before the freeze
+                self.tree(cfg, rt.init_pid, capture).suspend(opts)
+            elif stage in ("dump", None):
                 if dumpfile is None:
                     os.makedirs(os.path.dirname(path), exist_ok=True)
-                return tree.dump(path, opts)
+                return self.dump_with_fs(cfg, rt.init_pid, path, opts, staged=stage == "dump")
             elif stage == "kill":
-                tree.kill()
+                self.tree(cfg, rt.init_pid).kill()
                 self._stopped(cfg)
             elif stage == "resume":
-                tree.resume()
-            else:
-                if dumpfile is None:
-                    os.makedirs(os.path.dirname(path), exist_ok=True)
-                stats = tree.checkpoint(path, opts)
-                if not opts.leave_running:
-                    self._stopped(cfg)
-                return stats
+                self.tree(cfg, rt.init_pid).resume()
             return None
+
+    def dump_with_fs(
+        self,
+        cfg: VEConfig,
+        init_pid: int,
+        path: str,
+        opts: DumpOptions,
+        *,
+        staged: bool = False,
+        kind: str = "checkpoint",
+        name: str = "",
+        description: str = "",
+    ) -> DumpStats:
+        """Dump the VE to `path` with its private area snapshotted in the frozen window;
+        the snapshot joins the catalog (`kind`), or is removed if anything fails."""
+        catalog = self.catalog(cfg.veid)
+        ident = catalog.new_id()
+        catalog.save()
+        capture = FsCapture(cfg.veid, cfg.private, catalog.slot(ident) / "fs")
+        tree = self.tree(cfg, init_pid, capture)
+        stats = tree.dump(path, opts) if staged else tree.checkpoint(path, opts)
+        if not staged and not opts.leave_running:
+            self._stopped(cfg)
+        stats.fs_snapshot_s = capture.took_s
+        assert capture.info is not None
+        old = catalog.by_image(path) if kind == "checkpoint" else None
+        snap = Snap(
+            id=ident, kind=kind, created_ns=capture.info.created_ns, fs=str(capture.info.path),
+            backend=capture.backend.name, uuid=str(capture.info.uuid),
+            generation=capture.info.generation, name=name, description=description,
+            image=path, parent=catalog.current, image_size=os.path.getsize(path),
+        )  # fmt: skip
+        try:
+            snap.fs_size = capture.backend.size(capture.info.path)
+            catalog.add(snap)
+        except BaseException:
+            capture.discard()  # a snapshot the catalog does not know is no snapshot
+            raise
+        if old is not None:  # the dump file it went with was replaced
+            forget(catalog, old, keep_image=True)
+        return stats
 
     def _stopped(self, cfg: VEConfig) -> None:
         """The VE's processes are gone: its runtime facts and its veth go (the network
@@ -113,13 +159,15 @@ class VeCheckpoint:
 
     # -- restore
 
-    def restore(self, veid: str, stage: str | None, dumpfile: str | None) -> RestoreStats | None:
+    def restore(
+        self, veid: str, stage: str | None, dumpfile: str | None, *, rollback_fs: bool = False
+    ) -> RestoreStats | None:
         """--undump, --resume, --kill, or the full restore (undump, resume)."""
         with self.mgr.locked(veid):
-            return self.restore_locked(veid, stage, dumpfile)
+            return self.restore_locked(veid, stage, dumpfile, rollback_fs=rollback_fs)
 
     def restore_locked(
-        self, veid: str, stage: str | None, dumpfile: str | None
+        self, veid: str, stage: str | None, dumpfile: str | None, *, rollback_fs: bool = False
     ) -> RestoreStats | None:
         cfg = self.mgr.config(veid)
         rt = self.mgr.runtime(veid)
@@ -128,7 +176,7 @@ class VeCheckpoint:
             if rt is None or not undumped:
                 what = "running" if rt is not None else "not running"
                 raise NotRunning(f"VE {veid} is {what}, not restored by `restore --undump`")
-            tree = self._tree(cfg, rt.init_pid)
+            tree = self.tree(cfg, rt.init_pid)
             if stage == "resume":
                 tree.resume()
             else:
@@ -139,6 +187,7 @@ class VeCheckpoint:
             raise AlreadyRunning(f"VE {veid} is running: its restore is refused")
         self.mgr.forget_ended(veid)
         path = self.dumpfile(veid, dumpfile)
+        self._check_fs(veid, path, rollback_fs)
         reader = open_for_restore(path)
         with reader:
             h = reader.header
@@ -161,9 +210,63 @@ class VeCheckpoint:
         with atomic_output(self.mgr.runtime_path(veid), mode=0o644) as f:
             f.write(json.dumps(dataclasses.asdict(rt)).encode())
         if stage is None and path == self.mgr.node.default_dumpfile(veid):
+            # as vzctl: the VE runs again, its dump is spent (and the snapshot with it)
+            catalog = self.catalog(veid)
+            snap = catalog.by_image(path)
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)  # as vzctl: the VE runs again, its dump is spent
+                os.unlink(path)
+            if snap is not None:
+                forget(catalog, snap, keep_image=True)
         return stats
+
+    def _check_fs(self, veid: str, path: str, rollback_fs: bool) -> None:
+        """The private area must be what the dump's snapshot holds: refuse naming what
+        changed, or (`rollback_fs`) roll it back, keeping the live contents as a
+        pre-rollback snapshot.  Before anything is created."""
+        try:
+            with ImageReader(path) as r:
+                recs = [x for x in r.records(SectionType.FSSNAP) if isinstance(x, FsSnapshot)]
+        except ImageError as e:
+            raise RestoreError(f"{e}; refusing to restore") from None
+        for rec in recs:
+            diff = fssnap.changes(rec)
+            if diff is None:
+                raise RestoreError(
+                    f"{path}: the filesystem snapshot {rec.snapshot_path} taken with this dump "
+                    f"is gone: the private area {rec.subvolume} cannot be proven unchanged"
+                )
+            if not diff:
+                continue
+            if not rollback_fs:
+                names = diff.paths()
+                shown = ", ".join(names[:5]) + (
+                    f" (and {len(names) - 5} more)" if len(names) > 5 else ""
+                )
+                raise RestoreError(
+                    f"the private area {rec.subvolume} changed since the checkpoint: {shown}; "
+                    f"restore with --rollback-fs to roll it back to the snapshot"
+                )
+            self.keep_live(veid, rec)
+
+    def keep_live(self, veid: str, rec: FsSnapshot) -> Snap:
+        """Roll the private area back to the snapshot of `rec`; its live contents become
+        a "pre-rollback" snapshot of the catalog."""
+        catalog = self.catalog(veid)
+        ident = catalog.new_id()
+        catalog.save()
+        keep = fssnap.rollback_to(rec, catalog.slot(ident) / "fs")
+        backend = backend_for(rec.subvolume)
+        info = backend.info(keep)
+        snap = Snap(
+            id=ident, kind="pre-rollback", created_ns=time.time_ns(), fs=str(keep),
+            backend=backend.name, uuid=str(info.uuid), generation=info.generation,
+            description=f"the private area before a rollback to {rec.snapshot_path}",
+            parent=catalog.current,
+        )  # fmt: skip
+        with contextlib.suppress(FsError):
+            snap.fs_size = backend.size(keep)
+        catalog.add(snap)
+        return snap
 
     def _undumped(self, veid: str) -> bool:
         """Is the VE's frozen state one of `restore --undump`'s (its tree state says)?"""
@@ -172,3 +275,15 @@ class VeCheckpoint:
                 return bool(json.load(f).get("state") == "undumped")
         except (FileNotFoundError, ValueError):
             return False
+
+
+def forget(catalog: Catalog, snap: Snap, *, keep_image: bool = False) -> None:
+    """Remove a snapshot: out of the catalog first, then its filesystem snapshot, its
+    image (unless `keep_image`: a dump file is not the catalog's) and its slot."""
+    catalog.remove(snap)
+    backend_for(snap.fs).delete_snapshot(snap.fs)
+    if snap.image and not keep_image:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(snap.image)
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.dirname(snap.fs))

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import select
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -171,18 +172,22 @@ class VEManager:
     def start(self, veid: str) -> Runtime:
         """Boot the VE, or restore it when a dump file of it waits (as vzctl start)."""
         with self.locked(veid):
-            cfg = self.config(veid)
-            if self.runtime(veid) is not None:
-                raise AlreadyRunning(f"VE {veid} is already running")
-            self.forget_ended(veid)
-            if os.path.exists(self.node.default_dumpfile(veid)):
-                from .cr import VeCheckpoint
+            return self.start_locked(veid)
 
-                VeCheckpoint(self).restore_locked(veid, None, None)
-                rt = self.runtime(veid)
-                assert rt is not None
-                return rt
-            return self._boot(cfg)
+    def start_locked(self, veid: str, *, boot: bool = False) -> Runtime:
+        """start() with the VE's lock held; `boot`: boot even if a dump file waits."""
+        cfg = self.config(veid)
+        if self.runtime(veid) is not None:
+            raise AlreadyRunning(f"VE {veid} is already running")
+        self.forget_ended(veid)
+        if not boot and os.path.exists(self.node.default_dumpfile(veid)):
+            from .cr import VeCheckpoint
+
+            VeCheckpoint(self).restore_locked(veid, None, None)
+            rt = self.runtime(veid)
+            assert rt is not None
+            return rt
+        return self._boot(cfg)
 
     def _boot(self, cfg: VEConfig) -> Runtime:
         go_r, go_w = os.pipe()
@@ -240,26 +245,30 @@ class VEManager:
         """SIGTERM every process but the init (which exits once they are gone), then
         SIGKILL what is left after `timeout` seconds."""
         with self.locked(veid):
-            cfg = self.config(veid)
-            rt = self.runtime(veid)
-            if rt is None:
-                self.forget_ended(veid)
-                raise NotRunning(f"VE {veid} is not running")
-            fz = self.freezer(veid)
-            if fz.freeze_requested():
-                fz.thaw()
-            for pid in fz.procs():
-                if pid != rt.init_pid:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while fz.procs() and time.monotonic() < deadline:
-                time.sleep(0.02)
-            self._kill(veid, fz)
-            net.blackhole(cfg.ip)
-            for path in (self.runtime_path(veid), os.path.join(run_dir(), f"ve-{veid}.json")):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)  # runtime facts, and a suspended state's file
+            self.stop_locked(veid, timeout)
+
+    def stop_locked(self, veid: str, timeout: float = 10.0) -> None:
+        """stop() with the VE's lock held."""
+        cfg = self.config(veid)
+        rt = self.runtime(veid)
+        if rt is None:
+            self.forget_ended(veid)
+            raise NotRunning(f"VE {veid} is not running")
+        fz = self.freezer(veid)
+        if fz.freeze_requested():
+            fz.thaw()
+        for pid in fz.procs():
+            if pid != rt.init_pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while fz.procs() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self._kill(veid, fz)
+        net.blackhole(cfg.ip)
+        for path in (self.runtime_path(veid), os.path.join(run_dir(), f"ve-{veid}.json")):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # runtime facts, and a suspended state's file
 
     def _kill(self, veid: str, fz: Freezer) -> None:
         """SIGKILL everything in the VE's cgroup, wait for it to empty, remove it."""
@@ -276,12 +285,28 @@ class VEManager:
             self.forget_ended(veid)
             from snapshot.fs import backend_for
 
+            self._delete_snapshots(veid)
             if os.path.exists(cfg.private):
                 backend_for(cfg.private).delete_area(cfg.private)
             net.release(veid, cfg.ip)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.node.default_dumpfile(veid))
             os.unlink(self.node.config_path(veid))
+
+    def _delete_snapshots(self, veid: str) -> None:
+        """Every snapshot of the VE, then its catalog and directory."""
+        from snapshot.catalog import Catalog
+        from snapshot.fs import backend_for
+
+        d = self.node.snapshots_dir(veid)
+        if not os.path.isdir(d):
+            return
+        catalog = Catalog(veid, d)
+        for snap in list(catalog.snaps):
+            catalog.remove(snap)
+            if os.path.exists(snap.fs):
+                backend_for(snap.fs).delete_snapshot(snap.fs)
+        shutil.rmtree(d)  # the images, the slots, the catalog
 
     # -- exec
 

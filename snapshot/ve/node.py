@@ -2,6 +2,7 @@
 
     <root>/ve/<VEID>.toml     configs
     <root>/pool/private/<VEID> private areas (subvolumes of the node's btrfs)
+    <root>/pool/snapshots/<VEID> snapshots of a VE and their catalog (snapshot/catalog.py)
     <root>/dump/Dump.<VEID>   dump files (the default root uses /var/tmp/Dump.<VEID>,
                               as the OpenVZ documentation gives it)
 The root is /var/lib/cpt, or --root / CPT_ROOT.
@@ -42,3 +43,10 @@ class Node:
         from snapshot import pool
 
         return os.path.join(pool.ensure(self.root), "private")
+
+    def snapshots_dir(self, veid: str) -> str:
+        """Where a VE's snapshots and their catalog live: beside the private areas, on
+        the same filesystem (a btrfs snapshot cannot leave it)."""
+        from snapshot import pool
+
+        return os.path.join(pool.ensure(self.root), "snapshots", veid)

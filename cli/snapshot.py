@@ -1,0 +1,137 @@
+"""`cpt snapshot ...`: snapshots of VEs (the library is snapshot.manager)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cpt.errors import InvalidValue, UsageError
+from snapshot.manager import Policy, SnapshotManager, parse_age
+from snapshot.pool import parse_size
+
+from .image import diff_line
+
+app = typer.Typer(
+    help="Snapshots of VEs: the private area, with the memory of a running VE, taken in one "
+    "freeze; rollback brings a VE back to one.",
+    no_args_is_help=True,
+)
+VeidArg = Annotated[str, typer.Argument(metavar="VEID", help="the VE")]
+SnapArg = Annotated[str, typer.Argument(metavar="SNAP", help="a snapshot's id or name")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print it as JSON")]
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+@app.command()
+def create(
+    veid: VeidArg,
+    name: Annotated[str, typer.Option("--name", help="a name, unique within the VE")] = "",
+    description: Annotated[str, typer.Option("--description", help="free text")] = "",
+    no_memory: Annotated[
+        bool, typer.Option("--no-memory", help="the filesystem alone, even of a running VE")
+    ] = False,
+) -> None:
+    """Snapshot a VE: a running one with its memory (it keeps running), a stopped one's
+    filesystem."""
+    snap = SnapshotManager().create(veid, name=name, description=description, memory=not no_memory)
+    what = "with memory" if snap.memory else "filesystem only"
+    print(f"snapshot {snap.label} of VE {veid} created ({what})")
+
+
+@app.command("list")
+def list_(veid: VeidArg, as_json: JsonOpt = False) -> None:
+    """The snapshots of a VE: id, time, name, kind, size, memory, parent."""
+    snaps = SnapshotManager().snapshots(veid)
+    if as_json:
+        print(json.dumps([s.to_json() for s in snaps]))
+        return
+    t = Table(title=f"snapshots of VE {veid}", title_justify="left")
+    for col in ("ID", "TIME", "NAME", "KIND", "SIZE", "MEMORY", "PARENT"):
+        t.add_column(col, justify="right" if col in ("ID", "SIZE", "PARENT") else "left")
+    for s in snaps:
+        d = s.to_json()
+        t.add_row(str(s.id), d["time"], s.name, s.kind, _size(d["size"]),
+                  "yes" if s.memory else "no", str(s.parent or "-"))  # fmt: skip
+    Console(highlight=False).print(t)
+
+
+@app.command()
+def show(veid: VeidArg, snap: SnapArg, as_json: JsonOpt = False) -> None:
+    """One snapshot in full."""
+    doc = SnapshotManager().show(veid, snap)
+    if as_json:
+        print(json.dumps(doc))
+        return
+    for key, value in doc.items():
+        print(f"{key:12} {value if value not in (None, '') else '-'}")
+
+
+@app.command()
+def diff(veid: VeidArg, a: SnapArg, b: SnapArg) -> None:
+    """Files added (+), removed (-) and changed (~) from snapshot A to B, then how their
+    images differ (`cpt image diff`) when both have memory."""
+    sa, sb, changes, images = SnapshotManager().diff(veid, a, b)
+    for mark, paths in (("+", changes.added), ("-", changes.removed), ("~", changes.changed)):
+        for p in paths:
+            print(f"{mark} {p}")
+    if sa.image and sb.image:
+        print(f"images: {len(images)} difference(s)")
+        for d in images:
+            print(diff_line(d))
+    if not changes and not images:
+        print(f"snapshots {sa.label} and {sb.label} are identical")
+
+
+@app.command()
+def delete(veid: VeidArg, snap: SnapArg) -> None:
+    """Delete a snapshot (refused while a dump file waits for it)."""
+    gone = SnapshotManager().delete(veid, snap)
+    print(f"snapshot {gone.label} of VE {veid} deleted")
+
+
+@app.command()
+def cleanup(
+    veid: VeidArg,
+    keep: Annotated[int | None, typer.Option("--keep", help="keep the newest N")] = None,
+    max_age: Annotated[
+        str | None, typer.Option("--max-age", help="delete those older (e.g. 30d, 12h)")
+    ] = None,
+    min_free: Annotated[
+        str | None,
+        typer.Option("--min-free", help="delete the oldest while the pool has less free (e.g. 1G)"),
+    ] = None,
+) -> None:
+    """Apply a retention policy; snapshots in use are kept."""
+    if keep is None and max_age is None and min_free is None:
+        raise UsageError("cleanup needs a policy: --keep N, --max-age AGE or --min-free SIZE")
+    if keep is not None and keep < 0:
+        raise InvalidValue(f"--keep {keep}: not a number of snapshots")
+    try:
+        free = parse_size(min_free) if min_free is not None else None
+    except ValueError as e:
+        raise InvalidValue(f"--min-free: {e}") from None
+    policy = Policy(keep=keep, max_age=parse_age(max_age) if max_age else None, min_free=free)
+    gone = SnapshotManager().cleanup(veid, policy)
+    print(f"deleted {len(gone)} snapshot(s) of VE {veid}" + (
+        ": " + ", ".join(s.label for s in gone) if gone else ""))  # fmt: skip
+
+
+@app.command()
+def rollback(veid: VeidArg, snap: SnapArg) -> None:
+    """Stop the VE, keep its live area as a snapshot, roll it back to SNAP, and restore
+    its processes from SNAP's memory when it has some."""
+    target, pre, restored = SnapshotManager().rollback(veid, snap)
+    how = "its processes restored" if restored else "filesystem only"
+    print(f"VE {veid} rolled back to snapshot {target.label} ({how}); the live area was kept "
+          f"as snapshot {pre.label}")  # fmt: skip

@@ -1,0 +1,261 @@
+"""The snapshot manager of VEs: create, list, show, diff, delete, cleanup, rollback.
+
+    create     a running VE: a checkpoint with leave-running whose private area is
+               snapshotted in the same frozen window (one snapshot, with memory); a
+               stopped VE, or --no-memory: the filesystem alone (a running VE is frozen
+               for the snapshot: its files are consistent with each other)
+    rollback   stop the VE, keep its live area as a "pre-rollback" snapshot, roll the area
+               back, and restore the processes from the snapshot's image when it has one:
+               the VE runs exactly as it did at snapshot time
+    cleanup    retention by number, age and free space; what is in use is never removed
+
+A snapshot is named by its id or its name.  Every operation holds the VE's lock (a second
+one at the same time fails, exit 9); the catalog (catalog.py) is replaced atomically.  A
+snapshot is in use while a dump file waits for restore with it (a "checkpoint" snapshot):
+deleting it would make that restore impossible, so it is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import time
+from typing import Any
+
+from cpt.dump.options import DumpOptions
+from cpt.errors import InvalidValue, NotRunning
+from cptimage.container import ImageReader
+from cptimage.diff import Difference
+from cptimage.diff import diff as diff_images
+from cptimage.records import Process, SectionType
+from snapshot.catalog import Catalog, Snap
+from snapshot.fs import backend_for
+from snapshot.fs.base import Changes
+from snapshot.ve import fssnap
+from snapshot.ve.cr import VeCheckpoint, forget, ve_dump_options
+from snapshot.ve.manager import VEManager
+
+IMAGE = "Dump"
+
+
+class InUse(InvalidValue):
+    """A snapshot something still needs."""
+
+
+@dataclasses.dataclass
+class Policy:
+    """Retention: keep the newest `keep` snapshots, none older than `max_age` seconds,
+    and delete the oldest while the pool has less than `min_free` bytes free."""
+
+    keep: int | None = None
+    max_age: float | None = None
+    min_free: int | None = None
+
+
+class SnapshotManager:
+    def __init__(self, mgr: VEManager | None = None) -> None:
+        self.mgr = mgr or VEManager()
+        self.cr = VeCheckpoint(self.mgr)
+
+    def catalog(self, veid: str) -> Catalog:
+        self.mgr.config(veid)  # the VE exists
+        return self.cr.catalog(veid)
+
+    # -- create
+
+    def create(
+        self, veid: str, *, name: str = "", description: str = "", memory: bool = True
+    ) -> Snap:
+        with self.mgr.locked(veid):
+            cfg = self.mgr.config(veid)
+            catalog = self.cr.catalog(veid)
+            if name:
+                if name.isdigit():
+                    raise InvalidValue(f"--name {name!r}: a name cannot be a number (ids are)")
+                if any(s.name == name for s in catalog.snaps):
+                    raise InvalidValue(f"VE {veid} has a snapshot named {name!r} already")
+            rt = self.mgr.runtime(veid)
+            if rt is not None and memory:
+                ident = catalog.next_id  # the id dump_with_fs will take: the image's slot
+                slot = catalog.slot(ident)
+                slot.mkdir(parents=True, exist_ok=True)
+                image = str(slot / IMAGE)
+                opts = ve_dump_options(DumpOptions(leave_running=True))
+                try:
+                    self.cr.dump_with_fs(
+                        cfg, rt.init_pid, image, opts, kind="snapshot", name=name,
+                        description=description,
+                    )  # fmt: skip
+                except BaseException:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(image)
+                    with contextlib.suppress(OSError):
+                        slot.rmdir()
+                    raise
+                catalog = self.cr.catalog(veid)
+                snap = catalog.find(str(ident))
+            else:
+                snap = self._fs_only(veid, cfg.private, catalog, name, description, rt is not None)
+            catalog.current = snap.id
+            catalog.save()
+            return snap
+
+    def _fs_only(
+        self, veid: str, area: str, catalog: Catalog, name: str, description: str, running: bool
+    ) -> Snap:
+        ident = catalog.new_id()
+        catalog.save()
+        capture = fssnap.FsCapture(veid, area, catalog.slot(ident) / "fs")
+        capture.prepare()
+        fz = self.mgr.freezer(veid)
+        frozen_here = running and not fz.freeze_requested()
+        if frozen_here:
+            fz.freeze()  # the VE's files consistent with each other
+        try:
+            capture.take()
+        finally:
+            if frozen_here:
+                fz.thaw()
+        assert capture.info is not None
+        snap = Snap(
+            id=ident, kind="snapshot", created_ns=capture.info.created_ns,
+            fs=str(capture.info.path), backend=capture.backend.name,
+            uuid=str(capture.info.uuid), generation=capture.info.generation, name=name,
+            description=description, parent=catalog.current,
+        )  # fmt: skip
+        try:
+            snap.fs_size = capture.backend.size(capture.info.path)
+            catalog.add(snap)
+        except BaseException:
+            capture.discard()
+            raise
+        return snap
+
+    # -- read
+
+    def snapshots(self, veid: str) -> list[Snap]:
+        return sorted(self.catalog(veid).snaps, key=lambda s: s.id)
+
+    def show(self, veid: str, ref: str) -> dict[str, Any]:
+        catalog = self.catalog(veid)
+        snap = catalog.find(ref)
+        doc = snap.to_json()
+        doc["current"] = catalog.current == snap.id
+        doc["in_use"] = self.in_use(snap)
+        if snap.image and os.path.exists(snap.image):
+            with ImageReader(snap.image) as r:
+                doc["image_uuid"] = r.header.uuid.hex()
+                procs = r.records(SectionType.PROCESS)
+                doc["processes"] = sum(1 for x in procs if isinstance(x, Process))
+        return doc
+
+    def diff(self, veid: str, a: str, b: str) -> tuple[Snap, Snap, Changes, list[Difference]]:
+        """Files added, removed and changed from snapshot `a` to `b`, and the differences
+        of their images (when both have memory)."""
+        catalog = self.catalog(veid)
+        sa, sb = catalog.find(a), catalog.find(b)
+        changes = backend_for(sa.fs).diff(sa.fs, sb.fs)
+        images: list[Difference] = []
+        if sa.image and sb.image:
+            images = diff_images(sa.image, sb.image)
+        return sa, sb, changes, images
+
+    # -- delete, cleanup
+
+    def in_use(self, snap: Snap) -> str:
+        """Why the snapshot cannot go ("" if it can)."""
+        if snap.kind == "checkpoint" and snap.image and os.path.exists(snap.image):
+            return f"the dump file {snap.image} waits for a restore with it"
+        return ""
+
+    def delete(self, veid: str, ref: str) -> Snap:
+        with self.mgr.locked(veid):
+            catalog = self.catalog(veid)
+            snap = catalog.find(ref)
+            why = self.in_use(snap)
+            if why:
+                raise InUse(f"snapshot {snap.label} of VE {veid} is in use: {why}")
+            forget(catalog, snap, keep_image=snap.kind == "checkpoint")
+            return snap
+
+    def cleanup(self, veid: str, policy: Policy, *, now: float | None = None) -> list[Snap]:
+        """Delete what the policy does not keep (oldest first, never what is in use);
+        returns what was deleted."""
+        now = time.time() if now is None else now
+        with self.mgr.locked(veid):
+            catalog = self.catalog(veid)
+            snaps = sorted(catalog.snaps, key=lambda s: (s.created_ns, s.id))
+            doomed: list[Snap] = []
+            if policy.keep is not None:
+                doomed += snaps[: max(0, len(snaps) - policy.keep)]
+            if policy.max_age is not None:
+                cutoff = (now - policy.max_age) * 1e9
+                doomed += [s for s in snaps if s.created_ns < cutoff]
+            gone: list[Snap] = []
+            for snap in snaps:
+                if snap in doomed and not self.in_use(snap):
+                    forget(catalog, snap, keep_image=snap.kind == "checkpoint")
+                    gone.append(snap)
+            if policy.min_free is not None:
+                for snap in [s for s in snaps if s not in gone]:
+                    if _free(catalog.dir) >= policy.min_free:
+                        break
+                    if not self.in_use(snap):
+                        forget(catalog, snap, keep_image=snap.kind == "checkpoint")
+                        gone.append(snap)
+            return gone
+
+    # -- rollback
+
+    def rollback(self, veid: str, ref: str) -> tuple[Snap, Snap, bool]:
+        """Back to snapshot `ref`: returns (it, the pre-rollback snapshot, whether the
+        processes were restored from its image)."""
+        with self.mgr.locked(veid):
+            catalog = self.catalog(veid)
+            snap = catalog.find(ref)
+            if snap.image and not os.path.exists(snap.image):
+                raise InvalidValue(f"snapshot {snap.label}: its image {snap.image} is gone")
+            was_running = self.mgr.runtime(veid) is not None
+            if was_running:
+                self.mgr.stop_locked(veid, timeout=5.0)
+            else:
+                with contextlib.suppress(NotRunning):
+                    self.mgr.stop_locked(veid)  # what a VE that ended left
+            if os.path.exists(self.mgr.node.default_dumpfile(veid)):
+                raise InUse(
+                    f"VE {veid} has a dump file waiting ({self.mgr.node.default_dumpfile(veid)})"
+                    f": restore it or remove it before a rollback"
+                )
+            cfg = self.mgr.config(veid)
+            rec = fssnap.record(veid, cfg.private, backend_for(snap.fs).info(snap.fs))
+            pre = self.cr.keep_live(veid, rec)
+            catalog = self.cr.catalog(veid)
+            catalog.current = snap.id
+            catalog.save()
+            if snap.image:
+                self.cr.restore_locked(veid, None, snap.image)
+                return snap, pre, True
+            if was_running:
+                self.mgr.start_locked(veid, boot=True)
+            return snap, pre, False
+
+
+def _free(path: os.PathLike[str] | str) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def parse_age(text: str) -> float:
+    """ "30d", "12h", "90m", "3600s", "3600" -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    t = text.strip().lower()
+    unit = t[-1] if t[-1:] in units else "s"
+    num = t[:-1] if t[-1:] in units else t
+    try:
+        value = float(num)
+    except ValueError:
+        raise InvalidValue(f"--max-age {text!r}: use e.g. 30d, 12h, 90m") from None
+    if value < 0:
+        raise InvalidValue(f"--max-age {text!r}: an age cannot be negative")
+    return value * units[unit]
