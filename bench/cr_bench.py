@@ -108,9 +108,11 @@ SMALL_TARGET_S = 0.030
 # frozen, restore, in seconds
 CRIU = {16: (0.055, 0.011, 0.054), 256: (0.148, 0.105, 0.211), 1024: (0.470, 0.427, 0.624)}
 
-# The workload's parent: forks the workload as a session leader, reaps it, exits.
+# The workload's parent: a subreaper that forks the workload as a session leader and
+# reaps it and whatever of its tree comes to it (a killed root's children), then exits.
 PARENT = """\
-import os, sys
+import ctypes, os, sys
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)
 pid = os.fork()
 if pid == 0:
     try:
@@ -118,7 +120,11 @@ if pid == 0:
         os.execv(sys.argv[1], sys.argv[1:])
     finally:
         os._exit(127)
-os.waitpid(pid, 0)
+while True:
+    try:
+        os.wait()
+    except ChildProcessError:
+        break
 """
 
 MEMSET_C = r"""

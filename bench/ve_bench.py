@@ -49,7 +49,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from cr_bench import BUF_SIZE, batches, dumped_ranges, machine  # noqa: E402
+from cr_bench import BUF_SIZE, PARENT, batches, dumped_ranges, machine  # noqa: E402
 from workloads import build  # noqa: E402
 
 from cpt.checkpoint import Tree, open_for_restore  # noqa: E402
@@ -62,25 +62,6 @@ MIB_EACH = 32
 VEID = "9301"
 IP = "198.18.93.2/24"
 PR_SET_CHILD_SUBREAPER = 36
-
-# The tree's parent: a subreaper that starts the launcher and reaps everything of it (the
-# counters come to it when the killed shell is gone), then exits.
-PARENT = """\
-import ctypes, os, sys
-ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)
-pid = os.fork()
-if pid == 0:
-    try:
-        os.setsid()
-        os.execv(sys.argv[1], sys.argv[1:])
-    finally:
-        os._exit(127)
-while True:
-    try:
-        os.wait()
-    except ChildProcessError:
-        break
-"""
 
 
 def launcher(exe: str, workdir: str) -> str:

@@ -12,7 +12,6 @@ thread inside the VE's namespaces (cpt.sys.ns.entered).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 from ..errors import RestoreError
@@ -24,8 +23,8 @@ from ..sys.ns import (
     CLONE_NEWPID,
     CLONE_NEWUTS,
     in_child,
-    setns,
 )
+from ..sys.ns import join as ns_join
 from ..tracer import Tracee
 from . import mounts, netns
 from .model import ImageModel
@@ -67,18 +66,7 @@ def build(model: ImageModel, pid: int, links: Callable[[int], None] | None) -> N
     def join() -> None:
         # sysfs and mqueue belong to the namespaces of whoever mounts them, proc to the
         # PID namespace of the mounter's children
-        for kind, flag in (
-            ("net", CLONE_NEWNET),
-            ("ipc", CLONE_NEWIPC),
-            ("uts", CLONE_NEWUTS),
-            ("mnt", CLONE_NEWNS),
-            ("pid", CLONE_NEWPID),
-        ):
-            fd = os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                setns(fd, flag)
-            finally:
-                os.close(fd)
+        ns_join(pid, ("net", "ipc", "uts", "mnt", "pid"))
         in_child(make_root)  # a PID namespace applies to children
 
     try:

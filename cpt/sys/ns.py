@@ -99,6 +99,19 @@ def pivot_root(new_root: str | bytes, put_old: str | bytes) -> None:
 
 
 _NS_FLAGS = {"ipc": CLONE_NEWIPC, "net": CLONE_NEWNET, "uts": CLONE_NEWUTS}
+_ALL_FLAGS = {**_NS_FLAGS, "mnt": CLONE_NEWNS, "pid": CLONE_NEWPID}
+
+
+def join(pid: int, kinds: Iterable[str]) -> None:
+    """setns THIS process into the `kinds` namespaces of process `pid`, in that order: a
+    single-threaded process (a forked child) for "mnt", which also moves its root and
+    cwd; "pid" applies to the children it forks afterwards."""
+    for kind in kinds:
+        fd = os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            setns(fd, _ALL_FLAGS[kind])
+        finally:
+            os.close(fd)
 
 
 @contextlib.contextmanager

@@ -30,7 +30,7 @@ from cpt.freezer import Freezer
 from cpt.lock import locked, run_dir
 from cpt.proc import Proc
 from cpt.sys.clone import CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS
-from cpt.sys.ns import setns, unshare
+from cpt.sys.ns import join, unshare
 from cptimage.atomic import atomic_output
 
 from . import net, rootfs
@@ -346,18 +346,7 @@ class VEManager:
 
 def _enter(init: int) -> None:
     """Join the namespaces of the VE's init (the mount namespace last: it changes root)."""
-    for ns, flag in (
-        ("ipc", CLONE_NEWIPC),
-        ("uts", CLONE_NEWUTS),
-        ("net", CLONE_NEWNET),
-        ("pid", CLONE_NEWPID),
-        ("mnt", CLONE_NEWNS),
-    ):
-        fd = os.open(f"/proc/{init}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            setns(fd, flag)
-        finally:
-            os.close(fd)
+    join(init, ("ipc", "uts", "net", "pid", "mnt"))
     os.chdir("/")
 
 
