@@ -189,3 +189,24 @@ def test_concurrent_creates_and_deletes_keep_the_catalog_consistent(node: Node) 
     assert on_disk == {str(i) for i in ids}, "no orphan snapshot, no dangling entry"
     for s in listed:
         assert Path(s["fs"]).is_dir()
+
+
+def test_a_nested_subvolume_is_refused_and_the_ve_runs_on(node: Node) -> None:
+    """A snapshot is not recursive: a private area holding another subvolume is refused
+    before the freeze, and the VE keeps running."""
+    import btrfsutil
+
+    node.create("405", "--", "/usr/bin/python3", "-c", COUNTER)
+    ok(node, "ve", "start", "405")
+    private = node.root / "pool" / "private" / "405"
+    btrfsutil.create_subvolume(private / "root" / "inner")
+    try:
+        rc, _, err = node.cpt("chkpnt", "405")
+        assert rc == 16 and "root/inner" in err and "subvolume" in err, err
+        assert node.cpt("ve", "status", "405")[1].split()[-1] == "running"
+        n = len(lines(private / "root" / "count.log"))
+        wait_lines(private / "root" / "count.log", n + 5)
+        assert snaps(node, "405") == []
+    finally:
+        btrfsutil.delete_subvolume(private / "root" / "inner")
+    ok(node, "ve", "stop", "405", "--timeout", "1")

@@ -19,6 +19,7 @@ import time
 import uuid
 from pathlib import Path
 
+from cpt.errors import UnsupportedError
 from cptimage.records import FsSnapshot
 from snapshot.errors import FsError
 from snapshot.fs import backend_for
@@ -51,6 +52,12 @@ class FsCapture:
         self.took_s = 0.0  # the snapshot's share of the frozen window
 
     def prepare(self) -> None:
+        nested = nested_subvolumes(self.area) if self.backend.name == "btrfs" else []
+        if nested:
+            raise UnsupportedError(
+                f"the private area {self.area} holds other subvolumes ({', '.join(nested[:3])})"
+                f", which its snapshot would leave out: not supported"
+            )
         self.backend.sync(self.area)
 
     def take(self) -> list[FsSnapshot]:
@@ -66,6 +73,14 @@ class FsCapture:
             self.info = None
         with contextlib.suppress(OSError):
             self.dest.parent.rmdir()  # the snapshot's slot, if nothing else is in it
+
+
+def nested_subvolumes(area: str) -> list[str]:
+    """The btrfs subvolumes below `area` (a snapshot is not recursive)."""
+    import btrfsutil
+
+    with btrfsutil.SubvolumeIterator(area) as it:
+        return [path for path, _ in it]
 
 
 def changes(rec: FsSnapshot) -> Changes | None:
