@@ -221,25 +221,27 @@ def test_pidfile(workloads, cpt, tmp_path: Path) -> None:
 @pytest.fixture
 def socket_holder(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     """A process holding a netlink socket (not supported), killed by PID afterwards."""
-    code = "import socket, time; s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW); time.sleep(600)"
+    code = (
+        "import socket, sys, time; s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW); "
+        "print('ready', flush=True); time.sleep(600)"
+    )
     p = subprocess.Popen(
         [sys.executable, "-c", code],
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            fds = os.listdir(f"/proc/{p.pid}/fd")
-            if any(os.readlink(f"/proc/{p.pid}/fd/{fd}").startswith("socket:") for fd in fds):
-                break
-            time.sleep(0.02)
+        # The holder says when its socket exists: polling /proc/PID/fd races
+        # with the interpreter's start-up, which opens and closes files.
+        assert p.stdout is not None and p.stdout.readline() == b"ready\n"
         yield p
     finally:
         p.kill()
         p.wait()
+        if p.stdout is not None:
+            p.stdout.close()
 
 
 def test_unsupported_fd_is_refused_and_tree_untouched(cpt, socket_holder, tmp_path: Path) -> None:
