@@ -69,11 +69,19 @@ def _ptrace_and_clone3() -> str:
 
 
 def _free_pid() -> int:
+    """A free PID some way above the last one given out, wrapping below pid_max as the
+    kernel does (a set_tid at or above pid_max is EINVAL)."""
+    with open("/proc/sys/kernel/pid_max") as f:
+        pid_max = int(f.read())
     with open("/proc/sys/kernel/ns_last_pid") as f:
-        pid = int(f.read()) + 1000
-    while os.path.exists(f"/proc/{pid}"):
-        pid += 1
-    return pid
+        last = int(f.read())
+    first = 300  # the kernel's RESERVED_PIDS: where PID allocation wraps to
+    span = pid_max - first
+    for step in range(span):
+        pid = first + (last + 1000 - first + step) % span
+        if not os.path.exists(f"/proc/{pid}"):
+            return pid
+    raise OSError(f"no free PID below pid_max {pid_max}")
 
 
 def _vm_rw() -> str:

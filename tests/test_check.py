@@ -38,6 +38,18 @@ def test_check_passes_on_this_machine_kind() -> None:
     assert not [f for f in doc["features"] if f["name"].startswith("cgroup") and not f["ok"]]
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="writing ns_last_pid and clone3 set_tid need root")
+def test_clone3_probe_wraps_below_pid_max() -> None:
+    """Near the top of the PID space the probe's PID wraps like the kernel's allocator:
+    it once asked for last + 1000 and clone3 said EINVAL past pid_max (a CI failure)."""
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    Path("/proc/sys/kernel/ns_last_pid").write_text(str(pid_max - 10))
+    pid = C._free_pid()
+    assert 300 <= pid < pid_max and not os.path.exists(f"/proc/{pid}")
+    Path("/proc/sys/kernel/ns_last_pid").write_text(str(pid_max - 10))
+    assert C._ptrace_and_clone3().startswith("seize")
+
+
 def test_a_missing_required_feature_fails_the_check(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
