@@ -42,10 +42,7 @@ import ipaddress
 import os
 import socket
 from collections.abc import Iterator
-from typing import Any
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from typing import TYPE_CHECKING, Any
 
 from cptimage.records import NetAddr, NetLink, NetRoute, Uts
 
@@ -53,6 +50,12 @@ from ..errors import AccessDenied, DumpError, NoSuchProcess, UnsupportedError
 from ..sys._libc import PinnedBuffer, checked_syscall
 from ..sys.ns import CLONE_NEWNET, CLONE_NEWUTS, setns
 from ..sys.syscalls import NR
+
+# pyroute2 is imported where it is used: importing the package loads all of it (ndb,
+# ipdb, conntrack, asyncio; about 100 ms), which every cpt command would otherwise pay
+# at start-up, though only the network of a VE needs it.
+if TYPE_CHECKING:
+    from pyroute2.netlink.exceptions import NetlinkError
 
 NetRecord = NetLink | NetAddr | NetRoute
 
@@ -357,6 +360,9 @@ def _check_rules(pid: int, msgs: list[Any]) -> None:
 def dump_net(pid: int) -> list[NetRecord]:
     """The links, addresses and routes of the network namespace of `pid`, in that order
     (links by ifindex, addresses and routes in the kernel's order)."""
+    from pyroute2 import IPRoute  # on first use: see the note at the imports
+    from pyroute2.netlink.exceptions import NetlinkError
+
     try:
         with in_namespace(pid, "net") as ino, IPRoute() as ipr:
             links = sorted(ipr.get_links(), key=lambda m: int(m["index"]))

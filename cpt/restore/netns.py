@@ -19,10 +19,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from typing import Any
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from typing import TYPE_CHECKING, Any
 
 from cptimage.records import NetAddr, NetLink, NetRoute, Uts
 
@@ -42,6 +39,10 @@ from ..dump.netns import (
 from ..errors import RestoreError
 from ..sys._libc import PinnedBuffer, checked_syscall
 from ..sys.syscalls import NR
+
+# pyroute2 is imported where it is used, as in cpt/dump/netns.py (start-up time).
+if TYPE_CHECKING:
+    from pyroute2.netlink.exceptions import NetlinkError
 
 __all__ = ["in_namespace", "restore_net", "restore_uts"]
 
@@ -117,6 +118,8 @@ def _mac_text(raw: bytes) -> str:
 
 
 def _add_addr(pid: int, ipr: Any, idx: int, name: str, a: NetAddr) -> None:
+    from pyroute2.netlink.exceptions import NetlinkError
+
     text = ip_text(a.family, a.address)
     spec: dict[str, Any] = {
         "index": idx,
@@ -138,6 +141,8 @@ def _add_addr(pid: int, ipr: Any, idx: int, name: str, a: NetAddr) -> None:
 def _configure_link(
     pid: int, ipr: Any, link: NetLink, idx: int, addrs: list[NetAddr], current: Any
 ) -> None:
+    from pyroute2.netlink.exceptions import NetlinkError
+
     want_flags = link.flags & IFF_SETTABLE
     try:
         if link.kind == KIND_LOOPBACK:
@@ -191,6 +196,8 @@ def _route_spec(r: NetRoute, new_index: dict[int, int]) -> dict[str, Any]:
 def _add_routes(
     pid: int, ipr: Any, routes: list[NetRoute], new_index: dict[int, int], names: dict[int, str]
 ) -> None:
+    from pyroute2.netlink.exceptions import NetlinkError
+
     for r in routes:
         if r.oif and r.oif not in new_index:
             raise RestoreError(
@@ -225,6 +232,9 @@ def _route_fail(pid: int, r: NetRoute, names: dict[int, str], e: NetlinkError) -
 
 def restore_net(pid: int, records: list[NetRecord]) -> None:
     """Configure the (new) network namespace of `pid` as recorded by dump_net."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
     links = sorted((r for r in records if isinstance(r, NetLink)), key=lambda r: r.ifindex)
     addrs = [r for r in records if isinstance(r, NetAddr)]
     routes = [r for r in records if isinstance(r, NetRoute)]

@@ -17,11 +17,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import ipaddress
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from typing import TYPE_CHECKING
 
 from cpt.errors import SystemError_
+
+# pyroute2 is imported where it is used (see cpt/dump/netns.py): importing the package
+# loads all of it, which every cpt command would pay at start-up.
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
 
 VE_IFNAME = "eth0"
 HOLD_METRIC = 1_000_000  # the blackhole's: any route through the veth (metric 0) wins
@@ -46,6 +50,12 @@ def gateway(ip: str) -> str:
     return str(next(hosts) if first == iface.ip else first)
 
 
+def _iproute() -> IPRoute:
+    from pyroute2 import IPRoute
+
+    return IPRoute()
+
+
 def _err(what: str, e: NetlinkError) -> SystemError_:
     return SystemError_(f"{what}: {e.args[1] if len(e.args) > 1 else e}")
 
@@ -54,8 +64,10 @@ def setup_host(veid: str, ip: str, init_pid: int, *, up: bool = True) -> str:
     """Create the pair with its VE end in the network namespace of `init_pid`; set up the
     host end; returns the host interface's name.  With `up` False (a restore) the host
     end stays down and the blackhole route holds the address until the VE resumes."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
     name = host_ifname(veid)
-    with IPRoute() as ipr:
+    with _iproute() as ipr:
         try:
             if ipr.link_lookup(ifname=name):
                 ipr.link("del", ifname=name)  # a leftover of a VE that died
@@ -79,7 +91,7 @@ def setup_host(veid: str, ip: str, init_pid: int, *, up: bool = True) -> str:
 
 def setup_inside(ip: str) -> None:
     """In the VE's network namespace: loopback and eth0 up, the address, the gateway route."""
-    with IPRoute() as ipr:
+    with _iproute() as ipr:
         lo = ipr.link_lookup(ifname="lo")[0]
         ipr.link("set", index=lo, state="up")
         if not ip:
@@ -95,7 +107,7 @@ def setup_inside(ip: str) -> None:
 
 def set_host_link(veid: str, up: bool) -> None:
     """Suspend takes the VE's link down (packets dropped, never answered with a reset)."""
-    with IPRoute() as ipr:
+    with _iproute() as ipr:
         found = ipr.link_lookup(ifname=host_ifname(veid))
         if found:
             ipr.link("set", index=found[0], state="up" if up else "down")
@@ -105,7 +117,7 @@ def route_to_ve(veid: str, ip: str) -> None:
     """The VE's address reaches it again (replacing the blackhole)."""
     if not ip:
         return
-    with IPRoute() as ipr:
+    with _iproute() as ipr:
         found = ipr.link_lookup(ifname=host_ifname(veid))
         if not found:
             raise SystemError_(f"VE {veid} has no host interface {host_ifname(veid)}")
@@ -116,10 +128,12 @@ def route_to_ve(veid: str, ip: str) -> None:
 def blackhole(ip: str) -> None:
     """Hold the VE's address whenever it cannot answer (suspended, dumped, stopped): the
     route through its veth, if any, goes; the blackhole (HOLD_METRIC) stays for good."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
     if not ip:
         return
     dst = f"{ip.split('/')[0]}/32"
-    with IPRoute() as ipr:
+    with _iproute() as ipr:
         ipr.route("replace", dst=dst, type="blackhole", priority=HOLD_METRIC)
         for r in ipr.get_routes(family=2):
             if r["type"] != 6 and r["dst_len"] == 32 and r.get_attr("RTA_DST") == dst[:-3]:
@@ -129,7 +143,9 @@ def blackhole(ip: str) -> None:
 
 def remove_host_link(veid: str) -> None:
     """Delete the VE's veth pair (both ends), if it is still there."""
-    with IPRoute() as ipr:
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    with _iproute() as ipr:
         for idx in ipr.link_lookup(ifname=host_ifname(veid)):
             with contextlib.suppress(NetlinkError):  # gone with its namespace meanwhile
                 ipr.link("del", index=idx)
@@ -137,7 +153,9 @@ def remove_host_link(veid: str) -> None:
 
 def release(veid: str, ip: str) -> None:
     """Remove everything of the VE's network from the host (destroy)."""
-    with IPRoute() as ipr:
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    with _iproute() as ipr:
         for idx in ipr.link_lookup(ifname=host_ifname(veid)):
             ipr.link("del", index=idx)
         while ip:
@@ -149,7 +167,7 @@ def release(veid: str, ip: str) -> None:
 
 def has_blackhole(ip: str) -> bool:
     addr = ip.split("/")[0]
-    with IPRoute() as ipr:
+    with _iproute() as ipr:
         for r in ipr.get_routes(family=2):
             if r.get_attr("RTA_DST") == addr and r["dst_len"] == 32 and r["type"] == 6:
                 return True
