@@ -52,6 +52,7 @@ def boot(cfg: VEConfig, go_fd: int, status_fd: int) -> None:
             os._exit(1)  # the host side failed: it cleans up
         os.close(go_fd)
         os.setsid()  # the VE's own session and group (1 inside), not the starting shell's
+        net.load()  # setup_inside runs after the pivot_root, where pyroute2 cannot be found
         build_mounts(cfg.private, cfg.template)
         enter_root(cfg.private)
         socket.sethostname(cfg.hostname)

@@ -56,6 +56,12 @@ def _iproute() -> IPRoute:
     return IPRoute()
 
 
+def load() -> None:
+    """Import pyroute2 now: a VE's boot must, before it pivot_roots away from the host's
+    filesystem (and from the Python environment pyroute2 lives in)."""
+    import pyroute2  # noqa: F401
+
+
 def _err(what: str, e: NetlinkError) -> SystemError_:
     return SystemError_(f"{what}: {e.args[1] if len(e.args) > 1 else e}")
 
