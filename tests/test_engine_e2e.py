@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cptcli import CPT, REPO
 from workloads import ALL_WORKLOADS, Workload, reaping, workloads_fixture  # noqa: F401
 
 pytestmark = [
@@ -25,32 +26,6 @@ pytestmark = [
         os.geteuid() != 0, reason="checkpoint/restore needs root (ptrace, clone3 set_tid)"
     ),
 ]
-
-CPT = [sys.executable, "-m", "cli.main"]
-REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def cpt(tmp_path: Path) -> Iterator[object]:
-    """Run `cpt ARGS` as a separate process; returns (exit code, stdout, stderr)."""
-    run_dir = tmp_path / "run"
-    env = dict(os.environ, CPT_RUN_DIR=str(run_dir))
-
-    def run(*args: object, timeout: float = 120, fault: str | None = None) -> tuple[int, str, str]:
-        p = subprocess.run(
-            [*CPT, *map(str, args)],
-            cwd=REPO,
-            env=dict(env, CPT_FAULT=fault) if fault else env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
-        return p.returncode, p.stdout, p.stderr
-
-    run.run_dir = run_dir  # type: ignore[attr-defined]
-    run.env = env  # type: ignore[attr-defined]
-    yield run
 
 
 def pid_exists(pid: int) -> bool:

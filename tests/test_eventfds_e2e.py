@@ -25,24 +25,6 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="checkpoint/restore needs root"),
 ]
 
-CPT = [sys.executable, "-m", "cli.main"]
-REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def cpt(tmp_path: Path) -> Iterator[Callable[..., tuple[int, str, str]]]:
-    """Run `cpt ARGS` as a separate process; returns (exit code, stdout, stderr)."""
-    env = dict(os.environ, CPT_RUN_DIR=str(tmp_path / "run"))
-
-    def run(*args: object) -> tuple[int, str, str]:
-        p = subprocess.run(
-            [*CPT, *map(str, args)], cwd=REPO, env=env, capture_output=True, text=True,
-            timeout=120, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-        return p.returncode, p.stdout, p.stderr
-
-    yield run
-
 
 def checkpoint(cpt: Callable[..., tuple[int, str, str]], wl: Workload, img: Path) -> None:
     with reaping(wl):

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import fcntl
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,37 +31,6 @@ pytestmark = [
         os.geteuid() != 0, reason="checkpoint/restore needs root (ptrace, clone3 set_tid)"
     ),
 ]
-
-CPT = [sys.executable, "-m", "cli.main"]
-REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def cpt(tmp_path: Path) -> Iterator[object]:
-    """Run `cpt ARGS` as a separate process; returns (exit code, stdout, stderr).
-    `nofile=(soft, hard)` runs it with that RLIMIT_NOFILE."""
-    env = dict(os.environ, CPT_RUN_DIR=str(tmp_path / "run"))
-
-    def run(
-        *args: object, timeout: float = 60, nofile: tuple[int, int] | None = None
-    ) -> tuple[int, str, str]:
-        def lower() -> None:
-            if nofile is not None:
-                resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
-
-        p = subprocess.run(
-            [*CPT, *map(str, args)],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-            preexec_fn=lower,
-        )
-        return p.returncode, p.stdout, p.stderr
-
-    yield run
 
 
 def pids_exist(pids: set[int]) -> list[int]:

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,22 +17,6 @@ pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="checkpoint/restore needs root"),
 ]
-CPT = [sys.executable, "-m", "cli.main"]
-REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def cpt(tmp_path: Path) -> Iterator[object]:
-    env = dict(os.environ, CPT_RUN_DIR=str(tmp_path / "run"))
-
-    def run(*args: object) -> tuple[int, str, str]:
-        p = subprocess.run(
-            [*CPT, *map(str, args)], cwd=REPO, env=env, capture_output=True, text=True,
-            timeout=120, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-        return p.returncode, p.stdout, p.stderr
-
-    yield run
 
 
 def ipc_ns(pid: int) -> str:

@@ -30,29 +30,7 @@ pytestmark = [
     ),
 ]
 
-CPT = [sys.executable, "-m", "cli.main"]
-REPO = Path(__file__).resolve().parent.parent
 PEER = SOURCES / "_tcp_peer.py"
-
-
-@pytest.fixture
-def cpt(tmp_path: Path) -> Iterator[object]:
-    """Run `cpt ARGS` as a separate process; returns (exit code, stdout, stderr)."""
-    env = dict(os.environ, CPT_RUN_DIR=str(tmp_path / "run"))
-
-    def run(*args: object, timeout: float = 120, fault: str | None = None) -> tuple[int, str, str]:
-        p = subprocess.run(
-            [*CPT, *map(str, args)],
-            cwd=REPO,
-            env=dict(env, CPT_FAULT=fault) if fault else env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
-        return p.returncode, p.stdout, p.stderr
-
-    yield run
 
 
 def checkpoint(cpt, wl: Workload, img: Path, *extra: object) -> str:  # type: ignore[no-untyped-def]

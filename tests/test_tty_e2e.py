@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from cptcli import CPT, REPO
 from workloads import (  # noqa: F401
     build,
     descendants,
@@ -39,30 +40,7 @@ pytestmark = [
     ),
 ]
 
-CPT = [sys.executable, "-m", "cli.main"]
-REPO = Path(__file__).resolve().parent.parent
 TTYSHELL = Path(__file__).resolve().parent / "ttyshell.py"
-
-
-@pytest.fixture
-def cpt(tmp_path: Path) -> Iterator[object]:
-    """Run `cpt ARGS` as a separate process (no terminal); returns (exit code, out, err)."""
-    env = dict(os.environ, CPT_RUN_DIR=str(tmp_path / "run"))
-
-    def run(*args: object, timeout: float = 60) -> tuple[int, str, str]:
-        p = subprocess.run(
-            [*CPT, *map(str, args)],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
-        return p.returncode, p.stdout, p.stderr
-
-    run.env = env  # type: ignore[attr-defined]
-    yield run
 
 
 def stat_of(pid: int) -> dict[str, int]:

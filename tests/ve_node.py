@@ -7,12 +7,10 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-CPT = [sys.executable, "-m", "cli.main"]
+from cptcli import CPT, REPO
 
 
 class Node:
