@@ -42,7 +42,8 @@ baseline's worst round is shown too: it usually ran on host-cold memory.
 
 Everything runs in this process (no interpreter start-up is timed); the first engine
 call of the process (one-time costs that every `cpt` command pays) is shown apart for
-0 MiB.  Each workload is started through a small parent process that reaps it, so that
+0 MiB, with its frozen time (of a dump + kill: the fsync before the kill is inside it).
+Each workload is started through a small parent process that reaps it, so that
 the killed root is reaped while Tree.checkpoint waits for its PIDs to disappear; a
 restored root is our child and is reaped by PID.  This process never calls waitpid(-1).
 Needs root; prints a note and exits 0 otherwise.  Exit status 1 on a missed target only
@@ -854,6 +855,7 @@ def summarize(
         first = rounds[0]
         d["first_call"] = {
             "dump_kill_s": first.dump_s,
+            "dump_kill_frozen_s": first.dump.frozen_s if first.dump else 0.0,
             "verify_s": first.verify_s,
             "restore_s": first.restore_s,
         }
@@ -898,6 +900,10 @@ def table(summary: dict[int, dict[str, Any]]) -> list[str]:
     row(
         "  first call in process",
         lambda d: ms(d["first_call"]["dump_kill_s"]) if not d["mib"] else "-",
+    )
+    row(
+        "    of which frozen",
+        lambda d: ms(d["first_call"]["dump_kill_frozen_s"]) if not d["mib"] else "-",
     )
     row("  of which state", lambda d: ms(d["dump_state_s"]))
     row("  of which pages", lambda d: ms(d["dump_pages_s"]))

@@ -39,7 +39,7 @@ from cptimage.errors import ImageError
 from cptimage.verify import verify
 
 from .dump.check import precheck
-from .dump.dumper import Dumper, DumpStats
+from .dump.dumper import Dumper, DumpStats, prepare_dump
 from .dump.inet import silence
 from .dump.options import DumpOptions
 from .dump.tree import TaskInfo, collect_tree
@@ -315,6 +315,7 @@ class Tree:
                 pid=self.root,
             )
         check_target(dumpfile)  # before anything is frozen
+        prepare_dump()  # one-time costs of a process's first dump, before the freeze
         after = "resume" if opts.leave_running else "kill"
         if self.ve_id:
             self.suspend(opts)

@@ -30,7 +30,7 @@ from .fds import FdTable
 from .ipc import IpcDumper
 from .mm import dump_mm, dump_vmas
 from .options import DumpOptions
-from .pages import PageDumper
+from .pages import PageDumper, page_buffer
 from .paths import PathTable
 from .probe import probe
 from .seccomp import dump_seccomp
@@ -56,6 +56,15 @@ class DumpStats:
     pages_s: float = 0.0  # page scan and copy
     frozen_s: float = 0.0  # freeze to resume or kill (full checkpoints)
     fs_snapshot_s: float = 0.0  # a VE's filesystem snapshot, inside the frozen window
+
+
+def prepare_dump() -> None:
+    """Pay the one-time costs of a process's first dump before the tree is frozen rather
+    than inside the frozen window: the page buffer (16 MiB faulted in, ~5 ms here) and
+    the host facts of the header (vDSO digest, CPU flags: ~2 ms).  Each is cached."""
+    page_buffer()
+    hostinfo.vdso_digest()
+    hostinfo.isa_flags()
 
 
 class Dumper:
