@@ -2,6 +2,7 @@
 
     <pool>/snapshots/<VEID>/catalog.json    {"veid", "next_id", "current", "snapshots": [...]}
     <pool>/snapshots/<VEID>/<ID>/fs         the filesystem snapshot (a read-only subvolume)
+    <pool>/snapshots/<VEID>/<ID>/fs.nested  btrfs: those of the subvolumes nested in the area
     <pool>/snapshots/<VEID>/<ID>/Dump       the memory image, for a snapshot with memory
 
 A snapshot has an id (never reused), an optional name (unique within the VE), a kind

@@ -276,6 +276,60 @@ def test_rollback_restores_exactly_and_keeps_the_newer_contents(work: Path) -> N
         FS.rollback(area, snap, keep=pre)
 
 
+def _nest(area: Path) -> None:
+    """Two nested subvolumes, one inside the other: a and a/b."""
+    (area / "top").write_text("t")
+    btrfsutil.create_subvolume(area / "a")
+    (area / "a" / "x").write_text("x1")
+    btrfsutil.create_subvolume(area / "a" / "b")
+    (area / "a" / "b" / "y").write_text("y1")
+
+
+def test_nested_subvolumes_are_snapshotted_compared_and_rolled_back_as_one_group(
+    work: Path,
+) -> None:
+    area = work / "area"
+    FS.create_area(area)
+    _nest(area)
+    snap = FS.snapshot(area, work / "snap").path
+    group = work / "snap.nested"
+    assert sorted(os.listdir(group)) == ["a", "a%2Fb"]
+    assert all(btrfsutil.get_subvolume_read_only(group / n) for n in os.listdir(group))
+    assert (group / "a%2Fb" / "y").read_text() == "y1"
+    before = _tree(area)
+    assert FS.changed_since(area, snap) == []
+    # changes inside nested subvolumes count, and so does a new one
+    (area / "a" / "x").write_text("x2")
+    (area / "a" / "b" / "new").write_text("n")
+    btrfsutil.create_subvolume(area / "c")
+    (area / "c" / "big").write_bytes(os.urandom(1 << 20))
+    want = Changes(added=["a/b/new", "c", "c/big"], changed=["a/x"])
+    assert FS.changes_since(area, snap) == want
+    after = _tree(area)
+    pre = FS.rollback(area, snap, keep=work / "pre")
+    assert _tree(area) == before
+    for rel in ("a", "a/b"):
+        assert btrfsutil.is_subvolume(area / rel)
+        assert not btrfsutil.get_subvolume_read_only(area / rel)
+    assert not (area / "c").exists()
+    assert FS.changed_since(area, snap) == []
+    # the live contents are a group too, and a rollback to it goes forward again
+    assert sorted(os.listdir(work / "pre.nested")) == ["a", "a%2Fb", "c"]
+    assert FS.diff(snap, pre) == want
+    assert FS.size(pre) >= 1 << 20, "the group's size counts c/big"
+    pre2 = FS.rollback(area, pre, keep=work / "pre2")
+    assert _tree(area) == after
+    assert FS.changed_since(area, pre) == []
+    for s in (snap, pre, pre2):
+        FS.delete_snapshot(s)
+        assert not s.exists() and not s.with_name(s.name + ".nested").exists()
+    # a group is never written over: refused before anything is made
+    (work / "s3.nested").mkdir()
+    with pytest.raises(FsError, match="exists"):
+        FS.snapshot(area, work / "s3")
+    assert not (work / "s3").exists()
+
+
 def test_refusals(work: Path) -> None:
     area = work / "area"
     FS.create_area(area)

@@ -191,22 +191,36 @@ def test_concurrent_creates_and_deletes_keep_the_catalog_consistent(node: Node) 
         assert Path(s["fs"]).is_dir()
 
 
-def test_a_nested_subvolume_is_refused_and_the_ve_runs_on(node: Node) -> None:
-    """A snapshot is not recursive: a private area holding another subvolume is refused
-    before the freeze, and the VE keeps running."""
+def test_a_nested_subvolume_is_snapshotted_checked_and_rolled_back_with_the_area(
+    node: Node,
+) -> None:
+    """A snapshot is not recursive: a subvolume nested in the private area is snapshotted
+    with it in the frozen window, a change inside it makes restore refuse naming the file,
+    and --rollback-fs rolls it back too."""
     import btrfsutil
 
     node.create("405", "--", "/usr/bin/python3", "-c", COUNTER)
     ok(node, "ve", "start", "405")
     private = node.root / "pool" / "private" / "405"
-    btrfsutil.create_subvolume(private / "root" / "inner")
-    try:
-        rc, _, err = node.cpt("chkpnt", "405")
-        assert rc == 16 and "root/inner" in err and "subvolume" in err, err
-        assert node.cpt("ve", "status", "405")[1].split()[-1] == "running"
-        n = len(lines(private / "root" / "count.log"))
-        wait_lines(private / "root" / "count.log", n + 5)
-        assert snaps(node, "405") == []
-    finally:
-        btrfsutil.delete_subvolume(private / "root" / "inner")
+    inner = private / "root" / "inner"
+    btrfsutil.create_subvolume(inner)
+    (inner / "data").write_text("at the checkpoint\n")
+    wait_lines(private / "root" / "count.log", 5)
+    ok(node, "chkpnt", "405")
+    [cp] = snaps(node, "405")
+    assert sorted(os.listdir(Path(cp["fs"] + ".nested"))) == ["root%2Finner"]
+    (inner / "data").write_text("changed after it\n")
+    rc, _, err = node.cpt("restore", "405")
+    assert rc == 17 and "root/inner/data" in err and "--rollback-fs" in err, err
+    ok(node, "restore", "405", "--rollback-fs")
+    assert (inner / "data").read_text() == "at the checkpoint\n"
+    assert btrfsutil.is_subvolume(inner)
+    [pre] = snaps(node, "405")
+    assert pre["kind"] == "pre-rollback"
+    kept = Path(pre["fs"] + ".nested") / "root%2Finner" / "data"
+    assert kept.read_text() == "changed after it\n", "the change was kept aside"
+    n = len(lines(private / "root" / "count.log"))
+    wait_lines(private / "root" / "count.log", n + 5)
+    ok(node, "snapshot", "delete", "405", str(pre["id"]))
+    assert not Path(pre["fs"] + ".nested").exists()
     ok(node, "ve", "stop", "405", "--timeout", "1")

@@ -26,7 +26,7 @@ from __future__ import annotations
 import enum
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -215,8 +215,10 @@ class Replay:
             yield path, node
             todo.extend((_join(path, n), c) for n, c in node.children.items() if c is not None)
 
-    def changes(self, older: Path, newer: Path) -> Changes:
-        """Classify every touched path by looking at both snapshots (see base.py)."""
+    def changes(self, older: Path, newer: Path, others: Iterable[str] = ()) -> Changes:
+        """Classify every touched path by looking at both snapshots (see base.py).
+        `others`: paths reported apart (in nested subvolumes), whose directories' time
+        changes are echoes too."""
         out = _Report(older, newer)
         for path, node in self.live():
             if node.origin == path:
@@ -232,7 +234,7 @@ class Replay:
             # An origin may name nothing: the orphan name a removed entry was renamed to.
             if os.path.lexists(older / origin) and not os.path.lexists(newer / origin):
                 out.remove(origin)
-        return out.result()
+        return out.result(others)
 
 
 class _Report:
@@ -292,12 +294,12 @@ class _Report:
             else:
                 self.compare(child)
 
-    def result(self) -> Changes:
+    def result(self, others: Iterable[str] = ()) -> Changes:
         def rel(paths: set[str]) -> set[str]:
             return {p or ROOT for p in paths}
 
         a, r = rel(self.added), rel(self.removed)
-        changed = drop_time_echoes(rel(self.changed), rel(self.times_only), a | r)
+        changed = drop_time_echoes(rel(self.changed), rel(self.times_only), a | r | set(others))
         return Changes(sorted(a), sorted(r), changed)
 
 
@@ -313,9 +315,10 @@ def _descendants(root: Path, rel: str) -> list[str]:
     return found
 
 
-def changes(stream: bytes, older: Path, newer: Path) -> Changes:
-    """What differs from snapshot `older` to snapshot `newer`, given the send stream."""
+def changes(stream: bytes, older: Path, newer: Path, others: Iterable[str] = ()) -> Changes:
+    """What differs from snapshot `older` to snapshot `newer`, given the send stream
+    (`others`: see Replay.changes)."""
     replay = Replay()
     for command in parse(stream):
         replay.apply(command)
-    return replay.changes(older, newer)
+    return replay.changes(older, newer, others)

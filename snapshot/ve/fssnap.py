@@ -2,8 +2,9 @@
 
     prepare   before the freeze: write the filesystem back (sync), so that the snapshot
               in the frozen window costs milliseconds, not the writeback (ENGINE-NOTES)
-    take      with the VE frozen: snapshot its private area, read-only; the FsSnapshot
-              record goes into the image
+    take      with the VE frozen: snapshot its private area, read-only, with every
+              subvolume nested in it (btrfs: one group, all or none, see
+              snapshot/fs/btrfs.py); the FsSnapshot record goes into the image
     discard   the dump failed: the snapshot goes
 
 and, at restore, the proof that the private area is still what the snapshot holds
@@ -19,7 +20,6 @@ import time
 import uuid
 from pathlib import Path
 
-from cpt.errors import UnsupportedError
 from cptimage.records import FsSnapshot
 from snapshot.errors import FsError
 from snapshot.fs import backend_for
@@ -52,12 +52,6 @@ class FsCapture:
         self.took_s = 0.0  # the snapshot's share of the frozen window
 
     def prepare(self) -> None:
-        nested = nested_subvolumes(self.area) if self.backend.name == "btrfs" else []
-        if nested:
-            raise UnsupportedError(
-                f"the private area {self.area} holds other subvolumes ({', '.join(nested[:3])})"
-                f", which its snapshot would leave out: not supported"
-            )
         self.backend.sync(self.area)
 
     def take(self) -> list[FsSnapshot]:
@@ -73,14 +67,6 @@ class FsCapture:
             self.info = None
         with contextlib.suppress(OSError):
             self.dest.parent.rmdir()  # the snapshot's slot, if nothing else is in it
-
-
-def nested_subvolumes(area: str) -> list[str]:
-    """The btrfs subvolumes below `area` (a snapshot is not recursive)."""
-    import btrfsutil
-
-    with btrfsutil.SubvolumeIterator(area) as it:
-        return [path for path, _ in it]
 
 
 def changes(rec: FsSnapshot) -> Changes | None:
