@@ -336,3 +336,27 @@ def test_hard_rlimit_above_the_restorers(workloads, cpt, tmp_path: Path) -> None
     wl.wait_counter()
     with reaping(wl):
         assert wl.finish() == "PASS"
+
+
+def test_an_fd_closed_during_the_precheck_is_no_problem(tmp_path: Path) -> None:
+    """The check before the freeze looks at a RUNNING process, which may close an fd
+    between the listing and the look at it (CPython does while it starts): that fd is
+    not refused (the dump lists the fds again, frozen).  A phantom fd stands for it."""
+    from cpt.dump.check import unsupported_process
+    from cpt.dump.options import DumpOptions
+    from cpt.proc import Proc
+
+    class Listing(Proc):
+        def fd_targets(self, pid: int):  # type: ignore[no-untyped-def]
+            real = super().fd_targets(pid)
+            return {**real, 987: real[0]}  # listed, but closed by the time it is read
+
+    (tmp_path / "f").write_text("x")
+    with open(tmp_path / "f") as f:
+        p = subprocess.Popen(["sleep", "60"], stdin=f)
+    try:
+        assert not os.path.lexists(f"/proc/{p.pid}/fd/987")
+        assert unsupported_process(p.pid, Listing(), DumpOptions()) == []
+    finally:
+        p.kill()
+        p.wait()

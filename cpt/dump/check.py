@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from ..errors import NoSuchProcess, UnsupportedError
-from ..proc import Proc
+from ..proc import FdTarget, Proc
 from .fds import unsupported_fd
 from .locks import unsupported_locks
 from .mm import unsupported_vma
@@ -31,7 +31,7 @@ def unsupported_process(pid: int, proc: Proc, opts: DumpOptions) -> list[str]:
     out += unsupported_timers(pid, proc)
     out += unsupported_locks(pid, proc, opts)
     for fd, ft in proc.fd_targets(pid).items():
-        why = unsupported_fd(pid, fd, ft, opts)
+        why = _fd_problem(pid, fd, ft, opts)
         if why:
             out.append(why)
     for v in proc.maps(pid):
@@ -39,6 +39,19 @@ def unsupported_process(pid: int, proc: Proc, opts: DumpOptions) -> list[str]:
         if why:
             out.append(why)
     return out
+
+
+def _fd_problem(pid: int, fd: int, ft: FdTarget, opts: DumpOptions) -> str | None:
+    """Why this fd of a RUNNING process cannot be dumped, or None.  The process may close
+    the fd between the listing and the look at it (CPython does while it starts): a
+    closed fd is no problem, the dump lists the fds again with the tree frozen."""
+    try:
+        why = unsupported_fd(pid, fd, ft, opts)
+    except FileNotFoundError:
+        why = f"process {pid} fd {fd}: {ft.target} cannot be read"
+    if why and not os.path.lexists(f"/proc/{pid}/fd/{fd}"):
+        return None
+    return why
 
 
 def precheck(tree: dict[int, TaskInfo], root: int, proc: Proc, opts: DumpOptions) -> None:
