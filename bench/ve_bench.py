@@ -20,7 +20,8 @@ the dump file durable before it kills: that fsync is inside its frozen time).  T
 overhead is VE - tree; pages are compared with readv + write, chkpnt and frozen with
 readv + write + fsync.
 
-Everything runs in this process (no interpreter start-up timed); this process is a
+Before every timed step the memory is warmed up as in cr_bench (quiet()).  Everything
+runs in this process (no interpreter start-up timed); this process is a
 child subreaper and reaps every VE init and restored root by PID.  Needs root; prints a
 note and exits 0 otherwise.
 
@@ -49,7 +50,17 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from cr_bench import BUF_SIZE, PARENT, batches, dumped_ranges, machine  # noqa: E402
+from cr_bench import (  # noqa: E402
+    BUF_SIZE,
+    PARENT,
+    WARM_EXTRA,
+    batches,
+    dumped_ranges,
+    freed,
+    machine,
+    settle,
+    warm,
+)
 from workloads import build  # noqa: E402
 
 from cpt.checkpoint import Tree, open_for_restore  # noqa: E402
@@ -130,6 +141,22 @@ def floor(pids: list[int], path: str) -> tuple[float, float, int]:
     return written, durable, total
 
 
+NEED = COUNTERS * MIB_EACH * MiB + WARM_EXTRA
+
+
+def quiet(directory: str | None = None) -> None:
+    """Before a timed step, as cr_bench does (see cr_bench.warm): let this VM's page
+    reporting pass, then touch and free as much memory of the kind the step allocates
+    (page cache in `directory`, else anonymous memory): a first touch of memory the host
+    took back runs ~6x slower and decided the VE's figures by chance (pages 103 to 406 ms
+    for the same dump)."""
+    if directory is not None:
+        os.makedirs(directory, exist_ok=True)
+    freed()
+    settle()
+    warm(NEED, directory)
+
+
 def reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
@@ -148,14 +175,17 @@ def ve_round(node_root: str, binary: Path, tmp: str) -> dict[str, float]:
     shutil.rmtree(work, ignore_errors=True)
     rt = mgr.start(VEID)
     wait_ready(work)
+    quiet(tmp)
     floor_s, durable, floor_bytes = floor(counters_of(rt.init_pid), os.path.join(tmp, "floor"))
     ve = VeCheckpoint(mgr)
+    quiet(os.path.dirname(mgr.node.default_dumpfile(VEID)))
     t0 = time.perf_counter()
     dstats = ve.chkpnt(VEID, None, None, DumpOptions())
     chk = time.perf_counter() - t0
     assert dstats is not None
     size = os.path.getsize(mgr.node.default_dumpfile(VEID))
     reap(rt.init_pid)
+    quiet()
     t0 = time.perf_counter()
     rstats = ve.restore(VEID, None, None)
     rst = time.perf_counter() - t0
@@ -185,10 +215,12 @@ def tree_round(binary: Path, tmp: str) -> dict[str, float]:
     kids = Path(f"/proc/{parent.pid}/task/{parent.pid}/children").read_text().split()
     root = int(kids[0])
     img = os.path.join(tmp, "tree.img")
+    quiet(tmp)
     t0 = time.perf_counter()
     dstats = Tree(root).checkpoint(img, DumpOptions())
     chk = time.perf_counter() - t0
     parent.wait()
+    quiet()
     t0 = time.perf_counter()
     with open_for_restore(img) as reader:
         rstats = Tree(root).restore(reader)
