@@ -21,7 +21,7 @@ import abc
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Self
@@ -67,6 +67,10 @@ class Changes:
     def paths(self) -> list[str]:
         """Every path named, sorted."""
         return sorted({*self.added, *self.removed, *self.changed})
+
+    def map(self, fn: Callable[[list[str]], list[str]]) -> Changes:
+        """The same report with `fn` applied to each of its three lists."""
+        return Changes(added=fn(self.added), removed=fn(self.removed), changed=fn(self.changed))
 
     def __bool__(self) -> bool:
         return bool(self.added or self.removed or self.changed)

@@ -116,7 +116,7 @@ class BtrfsFilesystem(Filesystem):
             pairs,
             {r: area / r for r in live - group.keys()},
             {r: group[r] for r in group.keys() - live},
-            lambda a, s, o: self._changes_one(a, s, o),
+            self._changes_one,
         )
 
     def _changes_one(self, area: Path, snapshot: Path, others: set[str] | None = None) -> Changes:
@@ -250,14 +250,10 @@ def _compare_group(
 
 def _with_contents(roots: dict[str, Path]) -> list[str]:
     """Each path, with every path below it (as a report names an added directory's)."""
-    found: list[str] = []
+    found = set(roots)
     for rel, root in roots.items():
-        found.append(rel)
-        for dirpath, dirnames, filenames in os.walk(root):
-            base = os.path.relpath(dirpath, root)
-            prefix = rel if base == "." else f"{rel}/{base}"
-            found.extend(f"{prefix}/{n}" for n in dirnames + filenames)
-    return sorted(set(found))
+        found.update(f"{rel}/{p}" for p in sendstream.descendants(root, ""))
+    return sorted(found)
 
 
 def _below(rel: str, paths: set[str]) -> set[str]:
@@ -270,22 +266,16 @@ def _below(rel: str, paths: set[str]) -> set[str]:
 def _under(rel: str, c: Changes) -> Changes:
     """`c` (paths relative to the nested subvolume at `rel`) relative to the area."""
 
-    def f(paths: list[str]) -> list[str]:
-        if rel == ROOT:
-            return paths
-        return [rel if p == ROOT else f"{rel}/{p}" for p in paths]
-
-    return Changes(added=f(c.added), removed=f(c.removed), changed=f(c.changed))
+    if rel == ROOT:
+        return c
+    return c.map(lambda paths: [rel if p == ROOT else f"{rel}/{p}" for p in paths])
 
 
 def _without(points: set[str], c: Changes) -> Changes:
     """A parent subvolume's report without the empty directories standing for its nested
     subvolumes (whose own snapshots tell what changed; a rollback replaces them)."""
 
-    def f(paths: list[str]) -> list[str]:
-        return [p for p in paths if p not in points]
-
-    return Changes(added=f(c.added), removed=f(c.removed), changed=f(c.changed))
+    return c.map(lambda paths: [p for p in paths if p not in points])
 
 
 def _merge(parts: list[Changes]) -> Changes:

@@ -249,11 +249,11 @@ class _Report:
 
     def add(self, rel: str) -> None:
         self.added.add(rel)
-        self.added.update(_descendants(self.newer, rel))
+        self.added.update(descendants(self.newer, rel))
 
     def remove(self, rel: str) -> None:
         self.removed.add(rel)
-        self.removed.update(_descendants(self.older, rel))
+        self.removed.update(descendants(self.older, rel))
 
     def times(self, rel: str) -> None:
         """utimes alone: a change if the mtime moved (a new link moves only the ctime)."""
@@ -267,8 +267,8 @@ class _Report:
         a, b = entry_at(self.older, rel), entry_at(self.newer, rel)
         if a.kind != b.kind:
             self.changed.add(rel)
-            self.removed.update(_descendants(self.older, rel))
-            self.added.update(_descendants(self.newer, rel))
+            self.removed.update(descendants(self.older, rel))
+            self.added.update(descendants(self.newer, rel))
         elif a.kind == "d":
             if not a.same_metadata(b):
                 self.changed.add(rel)
@@ -303,7 +303,7 @@ class _Report:
         return Changes(sorted(a), sorted(r), changed)
 
 
-def _descendants(root: Path, rel: str) -> list[str]:
+def descendants(root: Path, rel: str) -> list[str]:
     """Every path below directory root/rel, relative to root (none if not a directory)."""
     top = root / rel
     if top.is_symlink() or not top.is_dir():
