@@ -31,9 +31,8 @@ class CptRunner:
         fault: str | None = None,
         nofile: tuple[int, int] | None = None,
     ) -> tuple[int, str, str]:
-        def limit() -> None:
-            if nofile is not None:
-                resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+        def limit(soft_hard: tuple[int, int]) -> None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, soft_hard)
 
         p = subprocess.run(
             [*CPT, *map(str, args)],
@@ -43,6 +42,6 @@ class CptRunner:
             text=True,
             timeout=timeout,
             stdin=subprocess.DEVNULL,
-            preexec_fn=limit if nofile is not None else None,
+            preexec_fn=(lambda: limit(nofile)) if nofile is not None else None,
         )
         return p.returncode, p.stdout, p.stderr
