@@ -33,9 +33,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from snapshot import pool
-from snapshot.fs.btrfs import BtrfsFilesystem
-from snapshot.fs.copy import CopyFilesystem
+from storage import pool
+from storage.btrfs import BtrfsFilesystem
+from storage.copy import CopyFilesystem
 
 FILES = 10_000
 TOTAL = 100 << 20

@@ -86,10 +86,10 @@ def main() -> int:
     import btrfsutil
 
     from cpt.dump.options import DumpOptions
-    from snapshot import pool
     from snapshot.manager import SnapshotManager
-    from snapshot.ve.cr import VeCheckpoint, forget
-    from snapshot.ve.manager import VEManager
+    from storage import pool
+    from ve.cr import VeCheckpoint, forget
+    from ve.lifecycle import VEManager
 
     mgr = VEManager()
     sm = SnapshotManager(mgr)

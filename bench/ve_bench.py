@@ -163,8 +163,8 @@ def reap(pid: int) -> None:
 
 
 def ve_round(node_root: str, binary: Path, tmp: str) -> dict[str, float]:
-    from snapshot.ve.cr import VeCheckpoint
-    from snapshot.ve.manager import VEManager
+    from ve.cr import VeCheckpoint
+    from ve.lifecycle import VEManager
 
     mgr = VEManager()
     cfg = mgr.config(VEID)
@@ -256,8 +256,8 @@ def main() -> int:
     tmp = tempfile.mkdtemp(prefix="cpt-ve-bench-")
     node_root = os.path.join(tmp, "node")
     os.environ["CPT_ROOT"] = node_root
-    from snapshot import pool
-    from snapshot.ve.manager import VEManager
+    from storage import pool
+    from ve.lifecycle import VEManager
 
     mgr = VEManager()
     results: dict[str, list[dict[str, float]]] = {"ve": [], "tree": []}

@@ -143,7 +143,7 @@ def chkpnt(
 def _chkpnt_ve(
     veid: str, stage: str | None, dumpfile: str | None, opts: DumpOptions, as_json: bool
 ) -> None:
-    from snapshot.ve.cr import VeCheckpoint
+    from ve.cr import VeCheckpoint
 
     ve = VeCheckpoint()
     path = ve.dumpfile(veid, dumpfile)
@@ -238,7 +238,7 @@ def restore(
 def _restore_ve(
     veid: str, stage: str | None, dumpfile: str | None, as_json: bool, rollback_fs: bool
 ) -> None:
-    from snapshot.ve.cr import VeCheckpoint
+    from ve.cr import VeCheckpoint
 
     ve = VeCheckpoint()
     stats = ve.restore(veid, stage, dumpfile, rollback_fs=rollback_fs)

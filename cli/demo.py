@@ -248,7 +248,7 @@ class Demo:
         if self.created:
             self.cpt("ve", "stop", VEID, "--timeout", "2", show=False, check=False)
             self.cpt("ve", "destroy", VEID, show=False, check=False)
-        from snapshot import pool
+        from storage import pool
 
         pool.teardown(str(self.root))
 

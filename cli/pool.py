@@ -1,4 +1,4 @@
-"""`cpt pool ...`: the node's embedded storage (the library is snapshot.pool)."""
+"""`cpt pool ...`: the node's embedded storage (the library is storage.pool)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from cpt.errors import InvalidValue
-from snapshot import pool
-from snapshot.ve.node import Node
+from storage import pool
+from ve.node import Node
 
 app = typer.Typer(
     help="The node's storage: a loop-file btrfs in the state directory when it is not on "

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from cpt.errors import InvalidValue, UsageError
 from snapshot.manager import Policy, SnapshotManager, parse_age
-from snapshot.pool import parse_size
+from storage.pool import parse_size
 
 from .image import diff_line
 

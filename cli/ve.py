@@ -1,4 +1,4 @@
-"""`cpt ve ...`: VE lifecycle commands (the library is snapshot.ve)."""
+"""`cpt ve ...`: VE lifecycle commands (the library is ve/)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cpt.errors import UsageError
-from snapshot.ve.manager import VEManager
+from ve.lifecycle import VEManager
 
 app = typer.Typer(
     help="VEs: containers with their own processes, namespaces, address and private area.",

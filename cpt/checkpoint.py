@@ -120,7 +120,7 @@ class Link(Protocol):
 
 class InFreeze(Protocol):
     """Work done inside a dump's frozen window whose records go into the image: a VE's
-    filesystem snapshot (snapshot/ve/fssnap.py)."""
+    filesystem snapshot (ve/fssnap.py)."""
 
     def prepare(self) -> None:
         """Before the freeze (write back the filesystem: the snapshot is then cheap)."""

@@ -7,6 +7,8 @@ Every error carries what a user needs in one line: the process (pid), the resour
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class CptError(Exception):
     """Base class of every error cpt reports to a user."""
@@ -81,3 +83,20 @@ class InjectionError(CptError):
     def __init__(self, msg: str, *, pid: int | None = None, signal: int | None = None) -> None:
         super().__init__(msg, pid=pid)
         self.signal = signal
+
+
+class CommandError(SystemError_):
+    """An external tool failed: the command, its exit code and the last line it wrote to
+    stderr. `returncode` is None when the tool could not be started or was killed."""
+
+    def __init__(
+        self, msg: str, *, argv: Sequence[str], returncode: int | None, stderr: str = ""
+    ) -> None:
+        super().__init__(msg)
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+class CommandTimeout(CommandError):
+    """An external tool ran longer than its timeout and was killed."""

@@ -30,11 +30,11 @@ from cptimage.diff import Difference
 from cptimage.diff import diff as diff_images
 from cptimage.records import Process, SectionType
 from snapshot.catalog import Catalog, Snap
-from snapshot.fs import backend_for
-from snapshot.fs.base import Changes
-from snapshot.ve import fssnap
-from snapshot.ve.cr import VeCheckpoint, forget, ve_dump_options
-from snapshot.ve.manager import VEManager
+from storage import backend_for
+from storage.base import Changes
+from ve import fssnap
+from ve.cr import VeCheckpoint, forget, ve_dump_options
+from ve.lifecycle import VEManager
 
 IMAGE = "Dump"
 

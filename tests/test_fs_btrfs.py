@@ -14,12 +14,12 @@ import btrfsutil
 import pytest
 
 from cptimage.records import FsBackend
-from snapshot.errors import FsError, UnsupportedFs
-from snapshot.fs import backend_for
-from snapshot.fs.base import Changes
-from snapshot.fs.btrfs import BtrfsFilesystem
-from snapshot.fs.copy import CopyFilesystem
-from snapshot.fs.sendstream import Cmd, parse
+from storage import backend_for
+from storage.base import Changes
+from storage.btrfs import BtrfsFilesystem
+from storage.copy import CopyFilesystem
+from storage.errors import FsError, UnsupportedFs
+from storage.sendstream import Cmd, parse
 
 pytestmark = [
     pytest.mark.root,

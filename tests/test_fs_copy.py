@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from cptimage.records import FsBackend
-from snapshot.errors import FsError
-from snapshot.fs.base import Changes
-from snapshot.fs.copy import MANIFEST, STORE_DIR, TREE, CopyFilesystem
-from snapshot.fs.objstore import ObjectStore
+from storage.base import Changes
+from storage.copy import MANIFEST, STORE_DIR, TREE, CopyFilesystem
+from storage.errors import FsError
+from storage.objstore import ObjectStore
 
 pytestmark = [
     pytest.mark.root,
@@ -264,7 +264,7 @@ def test_a_failed_snapshot_is_removed(work: Path, monkeypatch: pytest.MonkeyPatc
         raise OSError(5, "injected I/O error")
 
     monkeypatch.setattr(ObjectStore, "put", broken)
-    monkeypatch.setattr("snapshot.fs.copy.clone_or_copy", broken)
+    monkeypatch.setattr("storage.copy.clone_or_copy", broken)
     with pytest.raises(OSError, match="injected"):
         fs.snapshot(area, work / "snap")
     assert not (work / "snap").exists()

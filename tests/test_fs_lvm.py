@@ -20,12 +20,13 @@ from pathlib import Path
 
 import pytest
 
+from cpt.errors import CommandError
+from cpt.sys import runner
 from cptimage.records import FsBackend
-from snapshot import runner
-from snapshot.errors import CommandError, UnsupportedFs
-from snapshot.fs import lvm
-from snapshot.fs.lvm import DESCRIPTOR, LvmFilesystem
-from snapshot.fs.mounts import Mount
+from storage import lvm
+from storage.errors import UnsupportedFs
+from storage.lvm import DESCRIPTOR, LvmFilesystem
+from storage.mounts import Mount
 
 ENV = {"LVM_SUPPRESS_FD_WARNINGS": "1"}
 LV_UUID = "Gx8oLC-8yK2-xyLi-3d0Q-QjXw-1pXn-A3bqVk"

@@ -214,7 +214,7 @@ def fill_tmp(tmp: str) -> None:
 
 
 def ve_init(root: str, extra: Callable[[str], None] | None) -> Callable[[int], None]:
-    """PID 1 of a fake VE: the mounts of snapshot/ve/boot.py (and a few more), then
+    """PID 1 of a fake VE: the mounts of ve/boot.py (and a few more), then
     pivot_root into `root`, say "ok" and sleep."""
 
     def run(w: int) -> None:

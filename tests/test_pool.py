@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from snapshot import pool
-from snapshot.fs.mounts import mount_of
+from storage import pool
+from storage.mounts import mount_of
 
 
 def root_only(test: Callable[..., None]) -> Callable[..., None]:

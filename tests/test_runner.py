@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from snapshot import runner
-from snapshot.errors import CommandError, CommandTimeout
+from cpt.errors import CommandError, CommandTimeout
+from cpt.sys import runner
 
 
 def test_success_returns_output_and_logs_the_argv(caplog: pytest.LogCaptureFixture) -> None:
@@ -82,10 +82,10 @@ def test_timeout_kills_the_whole_group(tmp_path: Path) -> None:
 
 
 def test_runner_is_the_only_place_tools_run() -> None:
-    """The filesystem layer and the pool start no process but through the runner."""
-    root = Path(__file__).resolve().parent.parent / "snapshot"
+    """The storage layer (filesystems and the pool) starts no process but through the runner."""
+    root = Path(__file__).resolve().parent.parent / "storage"
     offenders = []
-    for path in [*root.glob("fs/*.py"), root / "pool.py"]:
+    for path in root.glob("*.py"):
         text = path.read_text()
         if "subprocess.run" in text or "Popen" in text or "os.system" in text:
             offenders.append(str(path))

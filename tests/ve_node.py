@@ -41,7 +41,7 @@ class Node:
 
 @contextlib.contextmanager
 def node_at(root: Path) -> Iterator[Node]:
-    from snapshot import pool
+    from storage import pool
 
     n = Node(root)
     try:

@@ -40,13 +40,13 @@ class Node:
 
     def private_dir(self) -> str:
         """Where private areas live: the node's btrfs (the embedded pool if need be)."""
-        from snapshot import pool
+        from storage import pool
 
         return os.path.join(pool.ensure(self.root), "private")
 
     def snapshots_dir(self, veid: str) -> str:
         """Where a VE's snapshots and their catalog live: beside the private areas, on
         the same filesystem (a btrfs snapshot cannot leave it)."""
-        from snapshot import pool
+        from storage import pool
 
         return os.path.join(pool.ensure(self.root), "snapshots", veid)

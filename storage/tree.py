@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from snapshot.fs.base import ROOT, Changes, drop_time_echoes
+from storage.base import ROOT, Changes, drop_time_echoes
 
 _KINDS = {
     stat.S_IFREG: "f",

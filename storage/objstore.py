@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from snapshot.atomic import write_bytes
+from storage.atomic import write_bytes
 
 _CHUNK = 1 << 20
 

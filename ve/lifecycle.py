@@ -85,7 +85,7 @@ class VEManager:
                 veid=veid, private=private, hostname=hostname, ip=ip, template=template,
                 command=list(command or []),
             )  # fmt: skip
-            from snapshot.fs import backend_for
+            from storage import backend_for
 
             backend = backend_for(os.path.dirname(private))
             backend.create_area(private)
@@ -283,7 +283,7 @@ class VEManager:
             if self.runtime(veid) is not None:
                 raise AlreadyRunning(f"VE {veid} is running: stop it before destroying it")
             self.forget_ended(veid)
-            from snapshot.fs import backend_for
+            from storage import backend_for
 
             self._delete_snapshots(veid)
             if os.path.exists(cfg.private):
@@ -296,7 +296,7 @@ class VEManager:
     def _delete_snapshots(self, veid: str) -> None:
         """Every snapshot of the VE, then its catalog and directory."""
         from snapshot.catalog import Catalog
-        from snapshot.fs import backend_for
+        from storage import backend_for
 
         d = self.node.snapshots_dir(veid)
         if not os.path.isdir(d):

@@ -4,7 +4,7 @@
               in the frozen window costs milliseconds, not the writeback (ENGINE-NOTES)
     take      with the VE frozen: snapshot its private area, read-only, with every
               subvolume nested in it (btrfs: one group, all or none, see
-              snapshot/fs/btrfs.py); the FsSnapshot record goes into the image
+              storage/btrfs.py); the FsSnapshot record goes into the image
     discard   the dump failed: the snapshot goes
 
 and, at restore, the proof that the private area is still what the snapshot holds
@@ -20,10 +20,11 @@ import time
 import uuid
 from pathlib import Path
 
+from cpt.errors import CommandError
 from cptimage.records import FsSnapshot
-from snapshot.errors import FsError
-from snapshot.fs import backend_for
-from snapshot.fs.base import Changes, SnapshotInfo
+from storage import backend_for
+from storage.base import Changes, SnapshotInfo
+from storage.errors import FsError
 
 NO_UUID = bytes(16)
 
@@ -62,7 +63,7 @@ class FsCapture:
 
     def discard(self) -> None:
         if self.info is not None:
-            with contextlib.suppress(FsError):
+            with contextlib.suppress(FsError, CommandError):
                 self.backend.delete_snapshot(self.info.path)
             self.info = None
         with contextlib.suppress(OSError):

@@ -1,5 +1,5 @@
-"""The ONE place the snapshot layer runs external tools (btrfs, losetup, mkfs.btrfs, mount,
-umount, lvcreate, ...).
+"""The ONE place cpt runs external tools (btrfs, losetup, mkfs.btrfs, mount, umount,
+lvcreate, nft, ...), for every layer.
 
 Every command is logged (logger "cpt.runner": the argv before, the exit code and duration
 after), runs with stdin closed unless `input` is given, in C locale (stable messages to
@@ -18,7 +18,7 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 
-from snapshot.errors import CommandError, CommandTimeout
+from cpt.errors import CommandError, CommandTimeout
 
 log = logging.getLogger("cpt.runner")
 

@@ -24,10 +24,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from snapshot import atomic, runner
-from snapshot.errors import PoolError
-from snapshot.fs.base import StrPath
-from snapshot.fs.mounts import is_mount_point, mount_of, mounts
+from cpt.sys import runner
+from storage import atomic
+from storage.base import StrPath
+from storage.errors import PoolError
+from storage.mounts import is_mount_point, mount_of, mounts
 
 DEFAULT_STATE_DIR = Path("/var/lib/cpt")
 DEFAULT_SIZE = 4 << 30

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from snapshot.errors import FsError
+from storage.errors import FsError
 
 PROC = Path("/proc")
 

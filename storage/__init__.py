@@ -1,4 +1,5 @@
-"""Filesystem backends behind one interface (base.Filesystem), and the factory.
+"""Storage: what VEs stand on.  Filesystem backends behind one interface
+(base.Filesystem), the factory, and the node's embedded pool.
 
 base.py        Filesystem, SnapshotInfo, Changes: the interface and its values
 btrfs.py       subvolumes and read-only snapshots (btrfsutil); send streams for diffs
@@ -8,6 +9,9 @@ sendstream.py  the btrfs send stream, parsed and replayed into added/removed/cha
 tree.py        scan, compare and recreate a directory tree (copy and LVM)
 objstore.py    the content-addressed store of the copy fallback
 mounts.py      the mount table
+pool.py        the node's embedded storage: a loop-file btrfs in the state directory
+errors.py      FsError and its kinds (exit 3 for the CLI)
+atomic.py      metadata written atomically (temp, fsync, rename)
 """
 
 from __future__ import annotations
@@ -15,11 +19,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from snapshot.errors import UnsupportedFs
-from snapshot.fs.base import Changes, Filesystem, SnapshotInfo
-from snapshot.fs.btrfs import BtrfsFilesystem
-from snapshot.fs.copy import CopyFilesystem
-from snapshot.fs.lvm import LvmFilesystem
+from storage.base import Changes, Filesystem, SnapshotInfo
+from storage.btrfs import BtrfsFilesystem
+from storage.copy import CopyFilesystem
+from storage.errors import UnsupportedFs
+from storage.lvm import LvmFilesystem
 
 # Probed in this order; the copy fallback takes anything.
 BACKENDS: tuple[type[Filesystem], ...] = (BtrfsFilesystem, LvmFilesystem, CopyFilesystem)

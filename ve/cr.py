@@ -24,7 +24,7 @@ import time
 from cpt.checkpoint import Tree, open_for_restore
 from cpt.dump.dumper import DumpStats
 from cpt.dump.options import DumpOptions
-from cpt.errors import AlreadyRunning, NotRunning, RestoreError
+from cpt.errors import AlreadyRunning, CommandError, NotRunning, RestoreError
 from cpt.lock import run_dir
 from cpt.restore.options import RestoreOptions
 from cpt.restore.restorer import RestoreStats
@@ -33,13 +33,13 @@ from cptimage.container import ImageReader
 from cptimage.errors import ImageError
 from cptimage.records import FsSnapshot, SectionType, SourceKind
 from snapshot.catalog import Catalog, Snap
-from snapshot.errors import FsError
-from snapshot.fs import backend_for
+from storage import backend_for
+from storage.errors import FsError
 
 from . import fssnap, net
 from .config import VEConfig
 from .fssnap import FsCapture
-from .manager import Runtime, VEManager, _starttime
+from .lifecycle import Runtime, VEManager, _starttime
 
 
 class VeLink:
@@ -263,7 +263,7 @@ class VeCheckpoint:
             description=f"the private area before a rollback to {rec.snapshot_path}",
             parent=catalog.current,
         )  # fmt: skip
-        with contextlib.suppress(FsError):
+        with contextlib.suppress(FsError, CommandError):
             snap.fs_size = backend.size(keep)
         catalog.add(snap)
         return snap

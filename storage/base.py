@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import ClassVar, Self
 from uuid import UUID
 
+from cpt.errors import CommandError
 from cpt.sys.reflink import syncfs
 from cptimage.records import FsBackend
-from snapshot.errors import FsError
-from snapshot.fs.mounts import refuse_mounts_below
+from storage.errors import FsError
+from storage.mounts import refuse_mounts_below
 
 log = logging.getLogger("cpt.snapshot")
 
@@ -159,7 +160,7 @@ class Filesystem(abc.ABC):
             for info in reversed(made):
                 try:
                     self.delete_snapshot(info.path)
-                except FsError as e:
+                except (FsError, CommandError) as e:
                     log.error("cannot remove snapshot %s after a failed group: %s", info.path, e)
             raise
         return made

@@ -35,11 +35,11 @@ from pathlib import Path
 
 from cpt.sys.reflink import ficlone
 from cptimage.records import FsBackend
-from snapshot import atomic
-from snapshot.errors import UnsupportedFs
-from snapshot.fs.base import Changes, Filesystem, SnapshotInfo
-from snapshot.fs.objstore import ObjectStore
-from snapshot.fs.tree import (
+from storage import atomic
+from storage.base import Changes, Filesystem, SnapshotInfo
+from storage.errors import UnsupportedFs
+from storage.objstore import ObjectStore
+from storage.tree import (
     Entry,
     PlaceFile,
     compare,

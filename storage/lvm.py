@@ -43,12 +43,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from cpt.sys import runner
 from cptimage.records import FsBackend
-from snapshot import atomic, runner
-from snapshot.errors import UnsupportedFs
-from snapshot.fs.base import Changes, Filesystem, SnapshotInfo
-from snapshot.fs.mounts import mount_of
-from snapshot.fs.tree import compare, file_digest, scan
+from storage import atomic
+from storage.base import Changes, Filesystem, SnapshotInfo
+from storage.errors import UnsupportedFs
+from storage.mounts import mount_of
+from storage.tree import compare, file_digest, scan
 
 DESCRIPTOR = "lvm.json"
 SYS_BLOCK = Path("/sys/dev/block")

@@ -33,12 +33,12 @@ from typing import Any
 
 import btrfsutil
 
+from cpt.sys import runner
 from cptimage.records import FsBackend
-from snapshot import runner
-from snapshot.errors import FsError, UnsupportedFs
-from snapshot.fs import sendstream
-from snapshot.fs.base import ROOT, Changes, Filesystem, SnapshotInfo
-from snapshot.fs.mounts import mount_of
+from storage import sendstream
+from storage.base import ROOT, Changes, Filesystem, SnapshotInfo
+from storage.errors import FsError, UnsupportedFs
+from storage.mounts import mount_of
 
 FS_TREE = 5  # BTRFS_FS_TREE_OBJECTID: the top-level subvolume
 _RO = 1  # BTRFS_SUBVOL_RDONLY in SubvolumeInfo.flags

@@ -30,9 +30,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from snapshot.errors import FsError
-from snapshot.fs.base import ROOT, Changes, drop_time_echoes
-from snapshot.fs.tree import entry_at, file_digest
+from storage.base import ROOT, Changes, drop_time_echoes
+from storage.errors import FsError
+from storage.tree import entry_at, file_digest
 
 MAGIC = b"btrfs-stream\0"
 _HEADER = struct.Struct("<13sI")
