@@ -18,26 +18,34 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from storage.base import Changes, Filesystem, SnapshotInfo
-from storage.btrfs import BtrfsFilesystem
-from storage.copy import CopyFilesystem
-from storage.errors import UnsupportedFs
-from storage.lvm import LvmFilesystem
+if TYPE_CHECKING:
+    from storage.base import Filesystem
 
-# Probed in this order; the copy fallback takes anything.
-BACKENDS: tuple[type[Filesystem], ...] = (BtrfsFilesystem, LvmFilesystem, CopyFilesystem)
+__all__ = ["backend_for", "backends"]
 
-__all__ = ["BACKENDS", "Changes", "Filesystem", "SnapshotInfo", "backend_for"]
+
+def backends() -> tuple[type[Filesystem], ...]:
+    """The backends, in the order they are probed; the copy fallback takes anything."""
+    # Imported here, not at package import, for start-up speed: `from storage import pool`
+    # (every VE command) must not load btrfsutil, the record schemas and lvm with it.
+    from storage.btrfs import BtrfsFilesystem
+    from storage.copy import CopyFilesystem
+    from storage.lvm import LvmFilesystem
+
+    return (BtrfsFilesystem, LvmFilesystem, CopyFilesystem)
 
 
 def backend_for(path: str | os.PathLike[str]) -> Filesystem:
     """The backend for `path`, probed at its nearest existing ancestor (an area to create
     need not exist yet)."""
+    from storage.errors import UnsupportedFs
+
     probe_at = Path(os.path.abspath(path))
     while not probe_at.exists():
         probe_at = probe_at.parent
-    for cls in BACKENDS:
+    for cls in backends():
         if cls.probe(probe_at):
             try:
                 return cls.for_path(probe_at)
