@@ -55,9 +55,9 @@ def status(node: Node, veid: str) -> str:
 
 
 def cgroup(veid: str) -> Path:
-    from cpt.freezer import Freezer
+    from ve.runtime import RunState
 
-    return Path(Freezer(f"ve-{veid}").path)
+    return Path(RunState(veid).freezer().path)
 
 
 def ve_pids(veid: str) -> dict[int, str]:
