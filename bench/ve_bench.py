@@ -255,8 +255,8 @@ def main() -> int:
     tmp = tempfile.mkdtemp(prefix="cpt-ve-bench-")
     node_root = os.path.join(tmp, "node")
     os.environ["CPT_ROOT"] = node_root
-    from storage import pool
     from snapshot.hooks import ve_manager
+    from storage import pool
 
     mgr = ve_manager()
     results: dict[str, list[dict[str, float]]] = {"ve": [], "tree": []}
