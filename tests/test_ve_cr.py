@@ -15,11 +15,10 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ve_node import Node, node_at, route
+from ve_node import Node, route
 from workloads import SOURCES, build
 
 pytestmark = [
@@ -42,12 +41,6 @@ ECHO = (
     "        c.sendall(d)\n"
     "    c.close()\n"
 )
-
-
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    with node_at(tmp_path_factory.mktemp("node")) as n:
-        yield n
 
 
 def status(node: Node, veid: str) -> str:
