@@ -1,5 +1,5 @@
 """Storage: what VEs stand on.  Filesystem backends behind one interface
-(base.Filesystem), the factory, and the node's embedded pool.
+(base.Filesystem), the factory (backend_for, here), and the node's embedded pool.
 
 base.py        Filesystem, SnapshotInfo, Changes: the interface and its values
 btrfs.py       subvolumes and read-only snapshots (btrfsutil); send streams for diffs
@@ -19,6 +19,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from storage.errors import UnsupportedFs
 
 if TYPE_CHECKING:
     from storage.base import Filesystem
@@ -40,8 +42,6 @@ def backends() -> tuple[type[Filesystem], ...]:
 def backend_for(path: str | os.PathLike[str]) -> Filesystem:
     """The backend for `path`, probed at its nearest existing ancestor (an area to create
     need not exist yet)."""
-    from storage.errors import UnsupportedFs
-
     probe_at = Path(os.path.abspath(path))
     while not probe_at.exists():
         probe_at = probe_at.parent
