@@ -27,9 +27,9 @@ class SnapshotHooks(Protocol):
 
     def dumped(self, veid: str, image: str, capture: FsCapture) -> None:
         """A dump to the dump file `image` is complete; `capture` holds the filesystem
-        snapshot taken with it (at a path `place` gave).  A dump that replaced `image`
-        replaces the snapshot that went with the old one.  If this raises, the VE layer
-        removes the snapshot: a snapshot nobody keeps is none."""
+        snapshot taken with it (at a path `place` gave), which is the hook's from now on:
+        it keeps it, or removes it (capture.discard()) and raises.  A dump that replaced
+        `image` replaces the snapshot that went with the old one."""
         ...
 
     def spent(self, veid: str, image: str) -> None:
