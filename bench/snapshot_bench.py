@@ -88,12 +88,9 @@ def main() -> int:
     from cpt.dump.options import DumpOptions
     from snapshot.manager import SnapshotManager
     from storage import pool
-    from ve.cr import VeCheckpoint, forget
-    from ve.lifecycle import VEManager
 
-    mgr = VEManager()
-    sm = SnapshotManager(mgr)
-    cr = VeCheckpoint(mgr)
+    sm = SnapshotManager()
+    mgr, cr = sm.mgr, sm.cr
     out: list[str] = []
     try:
         pool.init(tmp, 8 << 30)
@@ -121,9 +118,9 @@ def main() -> int:
             reap_all()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(mgr.node.default_dumpfile("951"))
-            catalog = cr.catalog("951")
+            catalog = sm.hooks.catalog("951")
             for s in list(catalog.snaps):
-                forget(catalog, s, keep_image=True)
+                catalog.forget(s, keep_image=True)
         btrfsutil.delete_subvolume(scratch)
         med = statistics.median
         out.append(

@@ -163,10 +163,9 @@ def reap(pid: int) -> None:
 
 
 def ve_round(node_root: str, binary: Path, tmp: str) -> dict[str, float]:
-    from ve.cr import VeCheckpoint
-    from ve.lifecycle import VEManager
+    from snapshot.hooks import ve_manager
 
-    mgr = VEManager()
+    mgr = ve_manager()
     cfg = mgr.config(VEID)
     bindir = Path(cfg.private) / "root" / "bin"
     bindir.mkdir(parents=True, exist_ok=True)
@@ -177,7 +176,7 @@ def ve_round(node_root: str, binary: Path, tmp: str) -> dict[str, float]:
     wait_ready(work)
     quiet(tmp)
     floor_s, durable, floor_bytes = floor(counters_of(rt.init_pid), os.path.join(tmp, "floor"))
-    ve = VeCheckpoint(mgr)
+    ve = mgr.cr
     quiet(os.path.dirname(mgr.node.default_dumpfile(VEID)))
     t0 = time.perf_counter()
     dstats = ve.chkpnt(VEID, None, None, DumpOptions())
@@ -256,10 +255,10 @@ def main() -> int:
     tmp = tempfile.mkdtemp(prefix="cpt-ve-bench-")
     node_root = os.path.join(tmp, "node")
     os.environ["CPT_ROOT"] = node_root
+    from snapshot.hooks import ve_manager
     from storage import pool
-    from ve.lifecycle import VEManager
 
-    mgr = VEManager()
+    mgr = ve_manager()
     results: dict[str, list[dict[str, float]]] = {"ve": [], "tree": []}
     try:
         mgr.create(

@@ -16,6 +16,7 @@ from cpt.dump.options import DumpOptions
 from cpt.errors import InvalidValue, UsageError
 from cpt.restore.options import RestoreOptions
 from cpt.restore.tty import wait_shell_job
+from snapshot.hooks import ve_manager
 
 DumpfileOpt = Annotated[
     str | None,
@@ -143,9 +144,7 @@ def chkpnt(
 def _chkpnt_ve(
     veid: str, stage: str | None, dumpfile: str | None, opts: DumpOptions, as_json: bool
 ) -> None:
-    from ve.cr import VeCheckpoint
-
-    ve = VeCheckpoint()
+    ve = ve_manager().cr
     path = ve.dumpfile(veid, dumpfile)
     stats = ve.chkpnt(veid, stage, dumpfile, opts)
     if stage == "dump":
@@ -238,9 +237,7 @@ def restore(
 def _restore_ve(
     veid: str, stage: str | None, dumpfile: str | None, as_json: bool, rollback_fs: bool
 ) -> None:
-    from ve.cr import VeCheckpoint
-
-    ve = VeCheckpoint()
+    ve = ve_manager().cr
     stats = ve.restore(veid, stage, dumpfile, rollback_fs=rollback_fs)
     if stats is not None:
         what = "undumped" if stage == "undump" else "restored"

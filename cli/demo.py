@@ -203,10 +203,10 @@ class Demo:
 
     def ve_pids(self) -> str:
         """The VE's processes as it sees them (NSpid), read from this host."""
-        from cpt.freezer import Freezer
+        from ve.runtime import RunState
 
         out = []
-        for pid in Path(Freezer(f"ve-{VEID}").path, "cgroup.procs").read_text().split():
+        for pid in Path(RunState(VEID).freezer().path, "cgroup.procs").read_text().split():
             with contextlib.suppress(OSError):
                 status = Path(f"/proc/{pid}/status").read_text().splitlines()
                 nspid = next(x for x in status if x.startswith("NSpid:")).split()[-1]

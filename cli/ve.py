@@ -1,4 +1,5 @@
-"""`cpt ve ...`: VE lifecycle commands (the library is ve/)."""
+"""`cpt ve ...`: VE lifecycle commands (the library is ve/, built with its snapshot hooks by
+snapshot.hooks.ve_manager)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cpt.errors import UsageError
-from ve.lifecycle import VEManager
+from snapshot.hooks import ve_manager
 
 app = typer.Typer(
     help="VEs: containers with their own processes, namespaces, address and private area.",
@@ -29,7 +30,7 @@ def create(
     template: Annotated[str, typer.Option("--template", help="host or busybox")] = "host",
 ) -> None:
     """Create a VE: a private area with a minimal root, and its configuration."""
-    cfg = VEManager().create(veid, hostname=hostname, ip=ip, template=template, command=command)
+    cfg = ve_manager().create(veid, hostname=hostname, ip=ip, template=template, command=command)
     print(f"VE {veid} created: {cfg.private}")
 
 
@@ -42,14 +43,14 @@ def set_(
     template: Annotated[str | None, typer.Option("--template")] = None,
 ) -> None:
     """Change a VE's configuration (applied at its next start)."""
-    VEManager().set(veid, hostname=hostname, ip=ip, template=template, command=command or None)
+    ve_manager().set(veid, hostname=hostname, ip=ip, template=template, command=command or None)
     print(f"VE {veid} configured")
 
 
 @app.command()
 def start(veid: VeidArg) -> None:
     """Start a VE (or restore it, when a dump file of it waits)."""
-    rt = VEManager().start(veid)
+    rt = ve_manager().start(veid)
     print(f"VE {veid} started (init {rt.init_pid}, {rt.host_if})")
 
 
@@ -59,20 +60,20 @@ def stop(
     timeout: Annotated[float, typer.Option("--timeout", help="seconds before SIGKILL")] = 10.0,
 ) -> None:
     """Stop a VE: SIGTERM its processes, SIGKILL what is left after --timeout."""
-    VEManager().stop(veid, timeout=timeout)
+    ve_manager().stop(veid, timeout=timeout)
     print(f"VE {veid} stopped")
 
 
 @app.command()
 def status(veid: VeidArg) -> None:
     """running, suspended or stopped (as vzctl status says)."""
-    print(f"VE {veid} {VEManager().status(veid)}")
+    print(f"VE {veid} {ve_manager().status(veid)}")
 
 
 @app.command("list")
 def list_(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Every VE of this node."""
-    rows = VEManager().list_ves()
+    rows = ve_manager().list_ves()
     if as_json:
         print(json.dumps(rows))
         return
@@ -89,7 +90,7 @@ def list_(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 @app.command()
 def destroy(veid: VeidArg) -> None:
     """Remove a stopped VE: its private area, configuration and dump file."""
-    VEManager().destroy(veid)
+    ve_manager().destroy(veid)
     print(f"VE {veid} destroyed")
 
 
@@ -102,4 +103,4 @@ def exec_(
         command = command[1:]
     if not command:
         raise UsageError("ve exec needs a command: cpt ve exec VEID -- CMD...")
-    raise typer.Exit(VEManager().exec(veid, command))
+    raise typer.Exit(ve_manager().exec(veid, command))

@@ -12,23 +12,29 @@ replaced), its parent (the snapshot the VE's state descended from when it was ta
 sizes.  `current` is the snapshot the live VE descends from.
 
 The file is replaced atomically (temporary file, fsync, rename), and only under the VE's
-lock (cpt/lock.py): the callers hold it.  A snapshot is in the catalog only once all of it
-exists, and leaves it before any of it is removed.
+lock (ve/runtime.py): the callers hold it.  A snapshot is in the catalog only once all of
+it exists, and leaves it before any of it is removed (`forget`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cpt.errors import InvalidValue
 from cptimage.atomic import atomic_output
+from storage import backend_for
+
+if TYPE_CHECKING:
+    from storage.base import Filesystem, SnapshotInfo
 
 KINDS = ("snapshot", "checkpoint", "pre-rollback")
+FS = "fs"  # a slot's filesystem snapshot
 
 
 @dataclasses.dataclass
@@ -46,6 +52,31 @@ class Snap:
     parent: int | None = None
     fs_size: int = 0  # bytes the filesystem snapshot holds of its own (best effort)
     image_size: int = 0
+
+    @classmethod
+    def of(
+        cls,
+        ident: int,
+        kind: str,
+        fs: Filesystem,
+        info: SnapshotInfo,
+        *,
+        parent: int | None,
+        created_ns: int | None = None,
+        name: str = "",
+        description: str = "",
+        image: str | None = None,
+    ) -> Snap:
+        """The record of the filesystem snapshot `info` that backend `fs` took (created
+        when it says, unless `created_ns` says otherwise), with the memory image `image`
+        if any.  Its fs_size is the caller's to fill in (sizes may fail)."""
+        return cls(
+            id=ident, kind=kind, fs=str(info.path), backend=fs.name, uuid=str(info.uuid),
+            generation=info.generation,
+            created_ns=info.created_ns if created_ns is None else created_ns, name=name,
+            description=description, image=image, parent=parent,
+            image_size=os.path.getsize(image) if image is not None else 0,
+        )  # fmt: skip
 
     @property
     def memory(self) -> bool:
@@ -110,6 +141,20 @@ class Catalog:
         """The directory of snapshot `ident`."""
         return self.dir / str(ident)
 
+    def reserve(self) -> Path:
+        """Where the filesystem snapshot of a snapshot being made goes: `<ID>/fs` for a
+        new id, saved at once (never reused, even if the snapshot fails)."""
+        ident = self.new_id()
+        self.save()
+        return self.slot(ident) / FS
+
+    def ident_of(self, fs: str | os.PathLike[str]) -> int:
+        """The id `reserve` gave with the path `fs`."""
+        p = Path(fs)
+        if p.name != FS or p.parent.parent != self.dir or not p.parent.name.isdigit():
+            raise ValueError(f"{p} is no snapshot slot of {self.dir}")
+        return int(p.parent.name)
+
     def add(self, snap: Snap) -> None:
         if snap.name and any(s.name == snap.name for s in self.snaps):
             raise InvalidValue(f"VE {self.veid} has a snapshot named {snap.name!r} already")
@@ -124,6 +169,17 @@ class Catalog:
         if self.current == snap.id:
             self.current = snap.parent
         self.save()
+
+    def forget(self, snap: Snap, *, keep_image: bool = False) -> None:
+        """Remove a snapshot: out of the catalog first, then its filesystem snapshot, its
+        image (unless `keep_image`: a dump file is not the catalog's) and its slot."""
+        self.remove(snap)
+        backend_for(snap.fs).delete_snapshot(snap.fs)
+        if snap.image and not keep_image:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(snap.image)
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(snap.fs))
 
     def find(self, ref: str) -> Snap:
         """A snapshot by id or name; InvalidValue naming what exists otherwise."""

@@ -29,12 +29,15 @@ from cptimage.container import ImageReader
 from cptimage.diff import Difference
 from cptimage.diff import diff as diff_images
 from cptimage.records import Process, SectionType
-from snapshot.catalog import Catalog, Snap
 from storage import backend_for
 from storage.base import Changes
 from ve import fssnap
-from ve.cr import VeCheckpoint, forget, ve_dump_options
+from ve.cr import ve_dump_options
 from ve.lifecycle import VEManager
+from ve.node import Node
+
+from .catalog import Catalog, Snap
+from .hooks import CatalogHooks, adopt
 
 IMAGE = "Dump"
 
@@ -54,13 +57,16 @@ class Policy:
 
 
 class SnapshotManager:
-    def __init__(self, mgr: VEManager | None = None) -> None:
-        self.mgr = mgr or VEManager()
-        self.cr = VeCheckpoint(self.mgr)
+    """The snapshots of the VEs of `node` (default: CPT_ROOT's)."""
+
+    def __init__(self, node: Node | None = None) -> None:
+        self.hooks = CatalogHooks(node)
+        self.mgr = VEManager(self.hooks, self.hooks.node)
+        self.cr = self.mgr.cr
 
     def catalog(self, veid: str) -> Catalog:
         self.mgr.config(veid)  # the VE exists
-        return self.cr.catalog(veid)
+        return self.hooks.catalog(veid)
 
     # -- create
 
@@ -69,7 +75,7 @@ class SnapshotManager:
     ) -> Snap:
         with self.mgr.locked(veid):
             cfg = self.mgr.config(veid)
-            catalog = self.cr.catalog(veid)
+            catalog = self.hooks.catalog(veid)
             if name:
                 if name.isdigit():
                     raise InvalidValue(f"--name {name!r}: a name cannot be a number (ids are)")
@@ -77,24 +83,28 @@ class SnapshotManager:
                     raise InvalidValue(f"VE {veid} has a snapshot named {name!r} already")
             rt = self.mgr.runtime(veid)
             if rt is not None and memory:
-                ident = catalog.next_id  # the id dump_with_fs will take: the image's slot
-                slot = catalog.slot(ident)
+                dest = catalog.reserve()
+                slot = dest.parent  # the image goes beside the filesystem snapshot
                 slot.mkdir(parents=True, exist_ok=True)
                 image = str(slot / IMAGE)
                 opts = ve_dump_options(DumpOptions(leave_running=True))
-                try:
-                    self.cr.dump_with_fs(
-                        cfg, rt.init_pid, image, opts, kind="snapshot", name=name,
+
+                def keep(capture: fssnap.FsCapture) -> Snap:
+                    return adopt(
+                        self.hooks.catalog(veid), capture, "snapshot", image=image, name=name,
                         description=description,
                     )  # fmt: skip
+
+                try:
+                    self.cr.dump_with_fs(cfg, rt.init_pid, image, opts, dest=dest, keep=keep)
                 except BaseException:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(image)
                     with contextlib.suppress(OSError):
                         slot.rmdir()
                     raise
-                catalog = self.cr.catalog(veid)
-                snap = catalog.find(str(ident))
+                catalog = self.hooks.catalog(veid)
+                snap = catalog.find(str(catalog.ident_of(dest)))
             else:
                 snap = self._fs_only(veid, cfg.private, catalog, name, description, rt is not None)
             catalog.current = snap.id
@@ -104,9 +114,7 @@ class SnapshotManager:
     def _fs_only(
         self, veid: str, area: str, catalog: Catalog, name: str, description: str, running: bool
     ) -> Snap:
-        ident = catalog.new_id()
-        catalog.save()
-        capture = fssnap.FsCapture(veid, area, catalog.slot(ident) / "fs")
+        capture = fssnap.FsCapture(veid, area, catalog.reserve())
         capture.prepare()
         fz = self.mgr.freezer(veid)
         frozen_here = running and not fz.freeze_requested()
@@ -117,20 +125,7 @@ class SnapshotManager:
         finally:
             if frozen_here:
                 fz.thaw()
-        assert capture.info is not None
-        snap = Snap(
-            id=ident, kind="snapshot", created_ns=capture.info.created_ns,
-            fs=str(capture.info.path), backend=capture.backend.name,
-            uuid=str(capture.info.uuid), generation=capture.info.generation, name=name,
-            description=description, parent=catalog.current,
-        )  # fmt: skip
-        try:
-            snap.fs_size = capture.backend.size(capture.info.path)
-            catalog.add(snap)
-        except BaseException:
-            capture.discard()
-            raise
-        return snap
+        return adopt(catalog, capture, "snapshot", name=name, description=description)
 
     # -- read
 
@@ -176,7 +171,7 @@ class SnapshotManager:
             why = self.in_use(snap)
             if why:
                 raise InUse(f"snapshot {snap.label} of VE {veid} is in use: {why}")
-            forget(catalog, snap, keep_image=snap.kind == "checkpoint")
+            catalog.forget(snap, keep_image=snap.kind == "checkpoint")
             return snap
 
     def cleanup(self, veid: str, policy: Policy, *, now: float | None = None) -> list[Snap]:
@@ -195,14 +190,14 @@ class SnapshotManager:
             gone: list[Snap] = []
             for snap in snaps:
                 if snap in doomed and not self.in_use(snap):
-                    forget(catalog, snap, keep_image=snap.kind == "checkpoint")
+                    catalog.forget(snap, keep_image=snap.kind == "checkpoint")
                     gone.append(snap)
             if policy.min_free is not None:
                 for snap in [s for s in snaps if s not in gone]:
                     if _free(catalog.dir) >= policy.min_free:
                         break
                     if not self.in_use(snap):
-                        forget(catalog, snap, keep_image=snap.kind == "checkpoint")
+                        catalog.forget(snap, keep_image=snap.kind == "checkpoint")
                         gone.append(snap)
             return gone
 
@@ -229,8 +224,9 @@ class SnapshotManager:
                 )
             cfg = self.mgr.config(veid)
             rec = fssnap.record(veid, cfg.private, backend_for(snap.fs).info(snap.fs))
-            pre = self.cr.keep_live(veid, rec)
-            catalog = self.cr.catalog(veid)
+            kept = self.cr.roll_back(veid, rec)
+            catalog = self.hooks.catalog(veid)
+            pre = catalog.find(str(catalog.ident_of(kept)))
             catalog.current = snap.id
             catalog.save()
             if snap.image:

@@ -1,5 +1,5 @@
 """Storage: what VEs stand on.  Filesystem backends behind one interface
-(base.Filesystem), the factory, and the node's embedded pool.
+(base.Filesystem), the factory (backend_for, here), and the node's embedded pool.
 
 base.py        Filesystem, SnapshotInfo, Changes: the interface and its values
 btrfs.py       subvolumes and read-only snapshots (btrfsutil); send streams for diffs
@@ -18,17 +18,25 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from storage.base import Changes, Filesystem, SnapshotInfo
-from storage.btrfs import BtrfsFilesystem
-from storage.copy import CopyFilesystem
 from storage.errors import UnsupportedFs
-from storage.lvm import LvmFilesystem
 
-# Probed in this order; the copy fallback takes anything.
-BACKENDS: tuple[type[Filesystem], ...] = (BtrfsFilesystem, LvmFilesystem, CopyFilesystem)
+if TYPE_CHECKING:
+    from storage.base import Filesystem
 
-__all__ = ["BACKENDS", "Changes", "Filesystem", "SnapshotInfo", "backend_for"]
+__all__ = ["backend_for", "backends"]
+
+
+def backends() -> tuple[type[Filesystem], ...]:
+    """The backends, in the order they are probed; the copy fallback takes anything."""
+    # Imported here, not at package import, for start-up speed: `from storage import pool`
+    # (every VE command) must not load btrfsutil, the record schemas and lvm with it.
+    from storage.btrfs import BtrfsFilesystem
+    from storage.copy import CopyFilesystem
+    from storage.lvm import LvmFilesystem
+
+    return (BtrfsFilesystem, LvmFilesystem, CopyFilesystem)
 
 
 def backend_for(path: str | os.PathLike[str]) -> Filesystem:
@@ -37,7 +45,7 @@ def backend_for(path: str | os.PathLike[str]) -> Filesystem:
     probe_at = Path(os.path.abspath(path))
     while not probe_at.exists():
         probe_at = probe_at.parent
-    for cls in BACKENDS:
+    for cls in backends():
         if cls.probe(probe_at):
             try:
                 return cls.for_path(probe_at)

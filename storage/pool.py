@@ -22,13 +22,15 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cpt.sys import runner
 from storage import atomic
-from storage.base import StrPath
 from storage.errors import PoolError
 from storage.mounts import is_mount_point, mount_of, mounts
+
+if TYPE_CHECKING:
+    from storage.base import StrPath
 
 DEFAULT_STATE_DIR = Path("/var/lib/cpt")
 DEFAULT_SIZE = 4 << 30

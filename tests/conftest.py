@@ -1,11 +1,14 @@
-"""Shared test fixtures: the repository's paths, and `cpt` (the command as a process)."""
+"""Shared test fixtures: the repository's paths, `cpt` (the command as a process) and
+`node` (a cpt node for VE tests)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cptcli import CptRunner
+from ve_node import Node, node_at
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
@@ -22,3 +25,11 @@ def cpt(tmp_path: Path) -> CptRunner:
     """Run `cpt ARGS` as a separate process; returns (exit code, stdout, stderr)
     (tests/cptcli.py)."""
     return CptRunner(tmp_path / "run")
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    """A cpt node of the module's own on an embedded pool (tests/ve_node.py): every VE the
+    module created is stopped and destroyed, and the pool removed, afterwards."""
+    with node_at(tmp_path_factory.mktemp("node")) as n:
+        yield n

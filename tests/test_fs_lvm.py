@@ -1,10 +1,12 @@
-"""The LVM thin backend.
+"""The LVM thin backend: what only it does.
 
 This machine's kernel has no device-mapper (no /dev/mapper/control): lvm2 can create a PV and
-a VG here but never an LV. So the commands the backend builds are checked with a FAKE runner
-that records every argv and answers `lvs` as lvm2 does; where lvm2 is installed, the argv of
-the commands that get past its option parser without device-mapper are given to the real
-tools. The integration test at the end runs the real thing where device-mapper exists.
+a VG here but never an LV. So these tests are MOCKS: the commands the backend builds are
+checked with a fake runner (FakeLvm) that records every argv and answers `lvs` as lvm2 does;
+where lvm2 is installed, the argv of the commands that get past its option parser without
+device-mapper are given to the real tools.  The real thing, on a thin pool of a loop-file
+VG, is the Filesystem contract (test_fs_contract.py, backend "lvm") and the probe test at
+the end: both run where device-mapper exists and are skipped here, saying so.
 """
 
 from __future__ import annotations
@@ -15,20 +17,20 @@ import re
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from loopfs import DM_MISSING, LVM_ENV, device_mapper, thin_pool
 
 from cpt.errors import CommandError
 from cpt.sys import runner
 from cptimage.records import FsBackend
-from storage import lvm
+from storage import backend_for, lvm
 from storage.errors import UnsupportedFs
 from storage.lvm import DESCRIPTOR, LvmFilesystem
 from storage.mounts import Mount
 
-ENV = {"LVM_SUPPRESS_FD_WARNINGS": "1"}
+ENV = LVM_ENV
 LV_UUID = "Gx8oLC-8yK2-xyLi-3d0Q-QjXw-1pXn-A3bqVk"
 
 
@@ -275,75 +277,21 @@ def test_lvm2_parses_the_commands_built(tmp_path: Path, area: Path) -> None:
 
 # --------------------------------------------------------------------------- the real thing
 
-DM_MISSING = (
-    "device-mapper is not available: /dev/mapper/control cannot be opened (no device-mapper "
-    "in this kernel), so no LV can be created"
-)
-
-
-def _device_mapper() -> bool:
-    try:
-        os.close(os.open("/dev/mapper/control", os.O_RDWR))
-    except OSError:
-        return False
-    return True
-
-
-def _sh(*argv: str | Path) -> str:
-    return subprocess.run([str(a) for a in argv], check=True, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, **ENV}).stdout  # fmt: skip
-
-
-@pytest.fixture
-def thin_pool(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """A VG on a loop file with a thin pool; everything removed even on failure."""
-    image = tmp_path / "pv.img"
-    with open(image, "wb") as f:
-        f.truncate(1 << 30)
-    vg = f"cpttest{uuid.uuid4().hex[:8]}"
-    device = _sh("losetup", "--find", "--show", image).strip()
-    try:
-        _sh("pvcreate", "-q", device)
-        _sh("vgcreate", "-q", vg, device)
-        _sh("lvcreate", "-q", "--type", "thin-pool", "--size", "512M", "--name", "pool", vg)
-        yield vg, "pool"
-    finally:
-        subprocess.run(["vgremove", "-ff", "-y", vg], capture_output=True, timeout=120)
-        subprocess.run(["pvremove", "-ff", "-y", device], capture_output=True, timeout=120)
-        _sh("losetup", "--detach", device)
-        image.unlink()
-
 
 @pytest.mark.root
 @pytest.mark.destructive
-@pytest.mark.skipif(not _device_mapper(), reason=DM_MISSING)
 @pytest.mark.skipif(shutil.which("lvcreate") is None, reason="lvm2 is not installed")
-def test_real_thin_snapshots_changes_and_rollback(
-    tmp_path: Path, thin_pool: tuple[str, str]
-) -> None:
-    vg, pool = thin_pool
-    fs = LvmFilesystem(vg, pool, area_size="256M")
-    area = tmp_path / "area"
-    fs.create_area(area)
-    try:
-        assert LvmFilesystem.probe(area)
-        (area / "kept").write_text("kept")
-        (area / "changed").write_text("old")
-        fs.sync(area)
-        snap = fs.snapshot(area, tmp_path / "snap")
-        assert snap.read_only and snap.backend is FsBackend.LVM
-        assert fs.changed_since(area, snap.path) == []
-        (area / "changed").write_text("new")
-        (area / "added").write_text("added")
-        assert fs.changed_since(area, snap.path) == ["added", "changed"]
-        pre = fs.rollback(area, snap.path, keep=tmp_path / "pre")
-        assert sorted(p for p in os.listdir(area) if p != "lost+found") == ["changed", "kept"]
-        assert (area / "changed").read_text() == "old"
-        assert fs.diff(snap.path, pre).paths() == ["added", "changed"]
-        fs.delete_snapshot(pre)
-        fs.delete_snapshot(snap.path)
-    finally:
-        fs.delete_area(area)
+@pytest.mark.skipif(not device_mapper(), reason=DM_MISSING)
+def test_a_real_thin_lv_is_probed_as_lvm(tmp_path: Path) -> None:
+    with thin_pool(tmp_path) as (vg, pool):
+        fs = LvmFilesystem(vg, pool, area_size="256M")
+        area = tmp_path / "area"
+        fs.create_area(area)
+        try:
+            assert LvmFilesystem.probe(area)
+            assert isinstance(backend_for(area), LvmFilesystem)
+        finally:
+            fs.delete_area(area)
 
 
 def test_descriptor_is_required(tmp_path: Path) -> None:

@@ -14,11 +14,10 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ve_node import CPT, REPO, Node, node_at
+from ve_node import CPT, REPO, Node
 
 pytestmark = [
     pytest.mark.root,
@@ -36,12 +35,6 @@ COUNTER = (
     "    f.write(f'{i}\\n')\n"
     "    time.sleep(0.02)\n"
 )
-
-
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    with node_at(tmp_path_factory.mktemp("node")) as n:
-        yield n
 
 
 def ok(node: Node, *args: object) -> str:
@@ -224,3 +217,28 @@ def test_a_nested_subvolume_is_snapshotted_checked_and_rolled_back_with_the_area
     ok(node, "snapshot", "delete", "405", str(pre["id"]))
     assert not Path(pre["fs"] + ".nested").exists()
     ok(node, "ve", "stop", "405", "--timeout", "1")
+
+
+def test_a_new_dump_replaces_its_snapshot_and_destroy_removes_every_snapshot(
+    node: Node,
+) -> None:
+    """What the catalog keeps of the VE layer's dumps: one checkpoint snapshot per dump
+    file (a dump replacing the file replaces it), and nothing after `ve destroy`."""
+    node.create("406", "--", "/bin/sh", "-c", "sleep 1000")
+    ok(node, "ve", "start", "406")
+    ok(node, "chkpnt", "406", "--leave-running")
+    [first] = snaps(node, "406")
+    assert first["kind"] == "checkpoint" and Path(first["fs"]).is_dir()
+    ok(node, "chkpnt", "406", "--leave-running")
+    [second] = snaps(node, "406")
+    assert second["kind"] == "checkpoint" and second["id"] > first["id"]
+    assert second["image"] == first["image"] and Path(second["fs"]).is_dir()
+    assert not Path(first["fs"]).exists() and not Path(first["fs"]).parent.exists()
+    ok(node, "snapshot", "create", "406", "--no-memory", "--name", "fsonly")
+    assert len(snaps(node, "406")) == 2
+    ok(node, "ve", "stop", "406", "--timeout", "1")
+    ok(node, "ve", "destroy", "406")
+    node.created.remove("406")
+    catalog_dir = Path(second["fs"]).parent.parent
+    assert catalog_dir.name == "406" and not catalog_dir.exists()
+    assert not Path(first["image"]).exists(), "destroy removes the dump file"

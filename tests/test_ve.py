@@ -12,23 +12,16 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ve_node import Node, node_at, route
+from ve_node import Node, route
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.destructive,
     pytest.mark.skipif(os.geteuid() != 0, reason="VEs need root (namespaces, veth, mounts)"),
 ]
-
-
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    with node_at(tmp_path_factory.mktemp("node")) as n:
-        yield n
 
 
 def test_lifecycle_host_template(node: Node) -> None:

@@ -15,11 +15,10 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ve_node import Node, node_at, route
+from ve_node import Node, route
 from workloads import SOURCES, build
 
 pytestmark = [
@@ -44,20 +43,14 @@ ECHO = (
 )
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    with node_at(tmp_path_factory.mktemp("node")) as n:
-        yield n
-
-
 def status(node: Node, veid: str) -> str:
     return node.cpt("ve", "status", veid)[1].split()[-1]
 
 
 def cgroup(veid: str) -> Path:
-    from cpt.freezer import Freezer
+    from ve.runtime import RunState
 
-    return Path(Freezer(f"ve-{veid}").path)
+    return Path(RunState(veid).freezer().path)
 
 
 def ve_pids(veid: str) -> dict[int, str]:

@@ -11,35 +11,36 @@ of it running; the default dump file is /var/tmp/Dump.VEID (<root>/dump/Dump.VEI
 another node root), replaced atomically by a chkpnt and removed by a successful full
 restore; restore of a running VE is refused (32) before the dump file is looked at; a
 chkpnt of a stopped VE is refused (31).  Every command holds the VE's lock.
+
+Every dump snapshots the private area in the frozen window (fssnap.py) at a place the
+snapshot hooks give (hooks.py), and tells them; a restore proves the area unchanged
+against that snapshot, or rolls it back to it (--rollback-fs).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
-import time
+from collections.abc import Callable
+from pathlib import Path
 
 from cpt.checkpoint import Tree, open_for_restore
 from cpt.dump.dumper import DumpStats
 from cpt.dump.options import DumpOptions
-from cpt.errors import AlreadyRunning, CommandError, NotRunning, RestoreError
-from cpt.lock import run_dir
+from cpt.errors import AlreadyRunning, NotRunning, RestoreError
 from cpt.restore.options import RestoreOptions
 from cpt.restore.restorer import RestoreStats
-from cptimage.atomic import atomic_output
 from cptimage.container import ImageReader
 from cptimage.errors import ImageError
 from cptimage.records import FsSnapshot, SectionType, SourceKind
-from snapshot.catalog import Catalog, Snap
-from storage import backend_for
-from storage.errors import FsError
 
 from . import fssnap, net
 from .config import VEConfig
 from .fssnap import FsCapture
-from .lifecycle import Runtime, VEManager, _starttime
+from .hooks import SnapshotHooks
+from .node import Node
+from .runtime import RunState
 
 
 class VeLink:
@@ -65,17 +66,18 @@ def ve_dump_options(base: DumpOptions | None = None) -> DumpOptions:
 
 
 class VeCheckpoint:
-    def __init__(self, mgr: VEManager | None = None) -> None:
-        self.mgr = mgr or VEManager()
+    """The chkpnt and restore stages of the VEs of `node`; `snapshots` keeps the
+    filesystem snapshots their dumps take."""
+
+    def __init__(self, snapshots: SnapshotHooks, node: Node | None = None) -> None:
+        self.snapshots = snapshots
+        self.node = node or Node()
 
     def dumpfile(self, veid: str, given: str | None) -> str:
-        return given or self.mgr.node.default_dumpfile(veid)
-
-    def catalog(self, veid: str) -> Catalog:
-        return Catalog(veid, self.mgr.node.snapshots_dir(veid))
+        return given or self.node.default_dumpfile(veid)
 
     def tree(self, cfg: VEConfig, init_pid: int, capture: FsCapture | None = None) -> Tree:
-        return Tree(init_pid, ve_id=cfg.veid, link=VeLink(cfg), in_freeze=capture)
+        return RunState(cfg.veid).tree(init_pid, link=VeLink(cfg), in_freeze=capture)
 
     # -- chkpnt
 
@@ -84,13 +86,13 @@ class VeCheckpoint:
     ) -> DumpStats | None:
         """One stage (suspend, dump, kill, resume) or the full chkpnt; returns the dump's
         statistics when there was a dump.  Every dump snapshots the private area in the
-        same frozen window (a "checkpoint" snapshot of the catalog, paired with the dump
-        file; one replacing the dump file replaces its snapshot)."""
-        with self.mgr.locked(veid):
-            cfg = self.mgr.config(veid)
-            rt = self.mgr.runtime(veid)
+        same frozen window, and the snapshot hooks keep it with the dump file."""
+        run = RunState(veid)
+        with run.locked():
+            cfg = self.node.config(veid)
+            rt = run.runtime()
             if rt is None:
-                self.mgr.forget_ended(veid)
+                run.forget_ended()
                 raise NotRunning(f"VE {veid} is not running")
             path = self.dumpfile(veid, dumpfile)
             opts = ve_dump_options(opts)
@@ -116,37 +118,24 @@ class VeCheckpoint:
         opts: DumpOptions,
         *,
         staged: bool = False,
-        kind: str = "checkpoint",
-        name: str = "",
-        description: str = "",
+        dest: Path | None = None,
+        keep: Callable[[FsCapture], object] | None = None,
     ) -> DumpStats:
-        """Dump the VE to `path` with its private area snapshotted in the frozen window;
-        the snapshot joins the catalog (`kind`), or is removed if anything fails."""
-        catalog = self.catalog(cfg.veid)
-        ident = catalog.new_id()
-        catalog.save()
-        capture = FsCapture(cfg.veid, cfg.private, catalog.slot(ident) / "fs")
+        """Dump the VE to `path` with its private area snapshotted in the frozen window,
+        at `dest` (default: a place the snapshot hooks give).  The snapshot is then
+        `keep`'s (default: the hooks' `dumped`), which keeps it or removes it."""
+        if dest is None:
+            dest = self.snapshots.place(cfg.veid)
+        capture = FsCapture(cfg.veid, cfg.private, dest)
         tree = self.tree(cfg, init_pid, capture)
         stats = tree.dump(path, opts) if staged else tree.checkpoint(path, opts)
         if not staged and not opts.leave_running:
             self._stopped(cfg)
         stats.fs_snapshot_s = capture.took_s
-        assert capture.info is not None
-        old = catalog.by_image(path) if kind == "checkpoint" else None
-        snap = Snap(
-            id=ident, kind=kind, created_ns=capture.info.created_ns, fs=str(capture.info.path),
-            backend=capture.backend.name, uuid=str(capture.info.uuid),
-            generation=capture.info.generation, name=name, description=description,
-            image=path, parent=catalog.current, image_size=os.path.getsize(path),
-        )  # fmt: skip
-        try:
-            snap.fs_size = capture.backend.size(capture.info.path)
-            catalog.add(snap)
-        except BaseException:
-            capture.discard()  # a snapshot the catalog does not know is no snapshot
-            raise
-        if old is not None:  # the dump file it went with was replaced
-            forget(catalog, old, keep_image=True)
+        if keep is None:
+            self.snapshots.dumped(cfg.veid, path, capture)
+        else:
+            keep(capture)
         return stats
 
     def _stopped(self, cfg: VEConfig) -> None:
@@ -154,8 +143,7 @@ class VeCheckpoint:
         namespace may outlive them a moment); the blackhole route stays."""
         net.blackhole(cfg.ip)
         net.remove_host_link(cfg.veid)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.mgr.runtime_path(cfg.veid))
+        RunState(cfg.veid).drop_runtime()
 
     # -- restore
 
@@ -163,15 +151,16 @@ class VeCheckpoint:
         self, veid: str, stage: str | None, dumpfile: str | None, *, rollback_fs: bool = False
     ) -> RestoreStats | None:
         """--undump, --resume, --kill, or the full restore (undump, resume)."""
-        with self.mgr.locked(veid):
+        with RunState(veid).locked():
             return self.restore_locked(veid, stage, dumpfile, rollback_fs=rollback_fs)
 
     def restore_locked(
         self, veid: str, stage: str | None, dumpfile: str | None, *, rollback_fs: bool = False
     ) -> RestoreStats | None:
-        cfg = self.mgr.config(veid)
-        rt = self.mgr.runtime(veid)
-        undumped = rt is not None and self._undumped(veid)
+        cfg = self.node.config(veid)
+        run = RunState(veid)
+        rt = run.runtime()
+        undumped = rt is not None and run.undumped()
         if stage in ("resume", "kill"):
             if rt is None or not undumped:
                 what = "running" if rt is not None else "not running"
@@ -185,7 +174,7 @@ class VeCheckpoint:
             return None
         if rt is not None:
             raise AlreadyRunning(f"VE {veid} is running: its restore is refused")
-        self.mgr.forget_ended(veid)
+        run.forget_ended()
         path = self.dumpfile(veid, dumpfile)
         self._check_fs(veid, path, rollback_fs)
         reader = open_for_restore(path)
@@ -203,26 +192,19 @@ class VeCheckpoint:
                 net.setup_host(veid, cfg.ip, pid, up=False)
 
             opts = RestoreOptions(ve_links=links)
-            tree = Tree(0, ve_id=veid, link=VeLink(cfg))
-            stats = tree.restore(reader, opts, undump=stage == "undump")
-        init = stats.host_pid
-        rt = Runtime(init_pid=init, host_if=net.host_ifname(veid), starttime=_starttime(init))
-        with atomic_output(self.mgr.runtime_path(veid), mode=0o644) as f:
-            f.write(json.dumps(dataclasses.asdict(rt)).encode())
-        if stage is None and path == self.mgr.node.default_dumpfile(veid):
+            stats = self.tree(cfg, 0).restore(reader, opts, undump=stage == "undump")
+        run.record(stats.host_pid, net.host_ifname(veid))
+        if stage is None and path == self.node.default_dumpfile(veid):
             # as vzctl: the VE runs again, its dump is spent (and the snapshot with it)
-            catalog = self.catalog(veid)
-            snap = catalog.by_image(path)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-            if snap is not None:
-                forget(catalog, snap, keep_image=True)
+            self.snapshots.spent(veid, path)
         return stats
 
     def _check_fs(self, veid: str, path: str, rollback_fs: bool) -> None:
         """The private area must be what the dump's snapshot holds: refuse naming what
-        changed, or (`rollback_fs`) roll it back, keeping the live contents as a
-        pre-rollback snapshot.  Before anything is created."""
+        changed, or (`rollback_fs`) roll it back, keeping the live contents.  Before
+        anything is created."""
         try:
             with ImageReader(path) as r:
                 recs = [x for x in r.records(SectionType.FSSNAP) if isinstance(x, FsSnapshot)]
@@ -246,44 +228,11 @@ class VeCheckpoint:
                     f"the private area {rec.subvolume} changed since the checkpoint: {shown}; "
                     f"restore with --rollback-fs to roll it back to the snapshot"
                 )
-            self.keep_live(veid, rec)
+            self.roll_back(veid, rec)
 
-    def keep_live(self, veid: str, rec: FsSnapshot) -> Snap:
-        """Roll the private area back to the snapshot of `rec`; its live contents become
-        a "pre-rollback" snapshot of the catalog."""
-        catalog = self.catalog(veid)
-        ident = catalog.new_id()
-        catalog.save()
-        keep = fssnap.rollback_to(rec, catalog.slot(ident) / "fs")
-        backend = backend_for(rec.subvolume)
-        info = backend.info(keep)
-        snap = Snap(
-            id=ident, kind="pre-rollback", created_ns=time.time_ns(), fs=str(keep),
-            backend=backend.name, uuid=str(info.uuid), generation=info.generation,
-            description=f"the private area before a rollback to {rec.snapshot_path}",
-            parent=catalog.current,
-        )  # fmt: skip
-        with contextlib.suppress(FsError, CommandError):
-            snap.fs_size = backend.size(keep)
-        catalog.add(snap)
-        return snap
-
-    def _undumped(self, veid: str) -> bool:
-        """Is the VE's frozen state one of `restore --undump`'s (its tree state says)?"""
-        try:
-            with open(os.path.join(run_dir(), f"ve-{veid}.json")) as f:
-                return bool(json.load(f).get("state") == "undumped")
-        except (FileNotFoundError, ValueError):
-            return False
-
-
-def forget(catalog: Catalog, snap: Snap, *, keep_image: bool = False) -> None:
-    """Remove a snapshot: out of the catalog first, then its filesystem snapshot, its
-    image (unless `keep_image`: a dump file is not the catalog's) and its slot."""
-    catalog.remove(snap)
-    backend_for(snap.fs).delete_snapshot(snap.fs)
-    if snap.image and not keep_image:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(snap.image)
-    with contextlib.suppress(OSError):
-        os.rmdir(os.path.dirname(snap.fs))
+    def roll_back(self, veid: str, rec: FsSnapshot) -> Path:
+        """Roll the private area back to the snapshot of `rec`; its live contents are kept,
+        read-only, at a place the snapshot hooks give (returned), and they are told."""
+        kept = fssnap.rollback_to(rec, self.snapshots.place(veid))
+        self.snapshots.rolled_back(veid, rec, kept)
+        return kept

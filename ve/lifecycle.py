@@ -1,69 +1,57 @@
 """VE lifecycle: create, set, start, exec, stop, status, list, destroy.
 
 Every command takes the VE's lock (a second concurrent one fails with exit 9).  A running
-VE is an init process (PID 1 of its namespaces), its freezer cgroup `cpt/ve-<VEID>` and a
-host veth; runtime facts live in the run directory (`ve-<VEID>.runtime.json`).
+VE is an init process (PID 1 of its namespaces), its freezer cgroup and a host veth; its
+runtime facts are runtime.py's.  `start` restores the VE when a dump file of it waits
+(cr.py), as vzctl does; `destroy` tells the snapshot hooks (hooks.py) first.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import select
-import shutil
 import signal
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from cpt.errors import (
-    AlreadyRunning,
-    CptError,
-    InvalidValue,
-    NoSuchProcess,
-    NotRunning,
-    SystemError_,
-)
+from cpt.errors import AlreadyRunning, CptError, InvalidValue, NotRunning, SystemError_
 from cpt.freezer import Freezer
-from cpt.lock import locked, run_dir
-from cpt.proc import Proc
 from cpt.sys.clone import CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS
 from cpt.sys.ns import join, unshare
-from cptimage.atomic import atomic_output
+from storage import backend_for
 
 from . import net, rootfs
 from .boot import ENV, boot
 from .config import VEConfig, check_veid
+from .cr import VeCheckpoint
+from .hooks import SnapshotHooks
 from .node import Node
+from .runtime import RunState, Runtime
 
 VE_NAMESPACES = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWPID
 BOOT_TIMEOUT = 30.0
 
 
-@dataclasses.dataclass
-class Runtime:
-    init_pid: int
-    host_if: str
-    starttime: int  # of the init, to tell it from a later process with its PID
-
-
 class VEManager:
-    def __init__(self, node: Node | None = None) -> None:
+    """The VEs of `node`; `snapshots` keeps the filesystem snapshots their dumps take
+    (snapshot.hooks.ve_manager builds one with the snapshot catalog)."""
+
+    def __init__(self, snapshots: SnapshotHooks, node: Node | None = None) -> None:
         self.node = node or Node()
+        self.snapshots = snapshots
+        self.cr = VeCheckpoint(snapshots, self.node)
 
     # -- configuration
 
     def config(self, veid: str) -> VEConfig:
-        path = self.node.config_path(check_veid(veid))
-        if not os.path.exists(path):
-            raise InvalidValue(f"VE {veid} does not exist (no {path}); create it first")
-        return VEConfig.load(path)
+        return self.node.config(veid)
 
     @contextlib.contextmanager
     def locked(self, veid: str) -> Iterator[None]:
-        with locked(f"ve-{check_veid(veid)}", f"VE {veid}"):
+        with RunState(veid).locked():
             yield
 
     def create(
@@ -85,8 +73,6 @@ class VEManager:
                 veid=veid, private=private, hostname=hostname, ip=ip, template=template,
                 command=list(command or []),
             )  # fmt: skip
-            from storage import backend_for
-
             backend = backend_for(os.path.dirname(private))
             backend.create_area(private)
             try:
@@ -114,36 +100,11 @@ class VEManager:
 
     # -- state
 
-    def runtime_path(self, veid: str) -> str:
-        return os.path.join(run_dir(), f"ve-{veid}.runtime.json")
-
     def runtime(self, veid: str) -> Runtime | None:
-        try:
-            with open(self.runtime_path(veid)) as f:
-                rt = Runtime(**json.load(f))
-        except FileNotFoundError:
-            return None
-        return rt if _alive(rt.init_pid, rt.starttime) else None
-
-    def forget_ended(self, veid: str) -> None:
-        """Clear what a VE that ended by itself (its init exited) left: its cgroup, veth,
-        runtime facts and state file.  Its address is held all along (net.HOLD_METRIC).
-        Called with the VE's lock held."""
-        path = self.runtime_path(veid)
-        if not os.path.exists(path) or self.runtime(veid) is not None:
-            return
-        fz = self.freezer(veid)
-        if fz.exists():
-            if fz.freeze_requested():
-                fz.thaw()
-            self._kill(veid, fz)
-        net.remove_host_link(veid)
-        for p in (path, os.path.join(run_dir(), f"ve-{veid}.json")):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(p)
+        return RunState(veid).runtime()
 
     def freezer(self, veid: str) -> Freezer:
-        return Freezer(f"ve-{veid}")
+        return RunState(veid).freezer()
 
     def status(self, veid: str) -> str:
         """running, suspended (frozen, or a dump file waits: as vzctl says) or stopped."""
@@ -177,13 +138,12 @@ class VEManager:
     def start_locked(self, veid: str, *, boot: bool = False) -> Runtime:
         """start() with the VE's lock held; `boot`: boot even if a dump file waits."""
         cfg = self.config(veid)
-        if self.runtime(veid) is not None:
+        run = RunState(veid)
+        if run.runtime() is not None:
             raise AlreadyRunning(f"VE {veid} is already running")
-        self.forget_ended(veid)
+        run.forget_ended()
         if not boot and os.path.exists(self.node.default_dumpfile(veid)):
-            from .cr import VeCheckpoint
-
-            VeCheckpoint(self).restore_locked(veid, None, None)
+            self.cr.restore_locked(veid, None, None)
             rt = self.runtime(veid)
             assert rt is not None
             return rt
@@ -216,7 +176,8 @@ class VEManager:
             os.close(st_r)
             raise SystemError_(f"VE {cfg.veid}: could not create its namespaces")
         init = int(got)
-        fz = self.freezer(cfg.veid)
+        run = RunState(cfg.veid)
+        fz = run.freezer()
         try:
             fz.create()
             fz.add([init])
@@ -231,15 +192,12 @@ class VEManager:
         except BaseException:
             with contextlib.suppress(OSError):
                 os.close(go_w)
-            self._kill(cfg.veid, fz)
+            run.kill_all()
             net.blackhole(cfg.ip)
             raise
         finally:
             os.close(st_r)
-        rt = Runtime(init_pid=init, host_if=host_if, starttime=_starttime(init))
-        with atomic_output(self.runtime_path(cfg.veid), mode=0o644) as f:
-            f.write(json.dumps(dataclasses.asdict(rt)).encode())
-        return rt
+        return run.record(init, host_if)
 
     def stop(self, veid: str, timeout: float = 10.0) -> None:
         """SIGTERM every process but the init (which exits once they are gone), then
@@ -250,11 +208,12 @@ class VEManager:
     def stop_locked(self, veid: str, timeout: float = 10.0) -> None:
         """stop() with the VE's lock held."""
         cfg = self.config(veid)
-        rt = self.runtime(veid)
+        run = RunState(veid)
+        rt = run.runtime()
         if rt is None:
-            self.forget_ended(veid)
+            run.forget_ended()
             raise NotRunning(f"VE {veid} is not running")
-        fz = self.freezer(veid)
+        fz = run.freezer()
         if fz.freeze_requested():
             fz.thaw()
         for pid in fz.procs():
@@ -264,49 +223,24 @@ class VEManager:
         deadline = time.monotonic() + timeout
         while fz.procs() and time.monotonic() < deadline:
             time.sleep(0.02)
-        self._kill(veid, fz)
+        run.kill_all()
         net.blackhole(cfg.ip)
-        for path in (self.runtime_path(veid), os.path.join(run_dir(), f"ve-{veid}.json")):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)  # runtime facts, and a suspended state's file
-
-    def _kill(self, veid: str, fz: Freezer) -> None:
-        """SIGKILL everything in the VE's cgroup, wait for it to empty, remove it."""
-        if not fz.exists():
-            return
-        fz.kill_all()
-        fz.remove(timeout=10.0)
+        run.clear()  # runtime facts, and a suspended state's file
 
     def destroy(self, veid: str) -> None:
-        with self.locked(veid):
+        run = RunState(veid)
+        with run.locked():
             cfg = self.config(veid)
-            if self.runtime(veid) is not None:
+            if run.runtime() is not None:
                 raise AlreadyRunning(f"VE {veid} is running: stop it before destroying it")
-            self.forget_ended(veid)
-            from storage import backend_for
-
-            self._delete_snapshots(veid)
+            run.forget_ended()
+            self.snapshots.destroyed(veid)
             if os.path.exists(cfg.private):
                 backend_for(cfg.private).delete_area(cfg.private)
             net.release(veid, cfg.ip)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.node.default_dumpfile(veid))
             os.unlink(self.node.config_path(veid))
-
-    def _delete_snapshots(self, veid: str) -> None:
-        """Every snapshot of the VE, then its catalog and directory."""
-        from snapshot.catalog import Catalog
-        from storage import backend_for
-
-        d = self.node.snapshots_dir(veid)
-        if not os.path.isdir(d):
-            return
-        catalog = Catalog(veid, d)
-        for snap in list(catalog.snaps):
-            catalog.remove(snap)
-            if os.path.exists(snap.fs):
-                backend_for(snap.fs).delete_snapshot(snap.fs)
-        shutil.rmtree(d)  # the images, the slots, the catalog
 
     # -- exec
 
@@ -371,16 +305,3 @@ def _read_all(fd: int, timeout: float) -> bytes:
         if not chunk:
             return out
         out += chunk
-
-
-def _starttime(pid: int) -> int:
-    return Proc().stat(pid).starttime
-
-
-def _alive(pid: int, starttime: int) -> bool:
-    """Is `pid` still the process that started at `starttime` (not a zombie, not reused)?"""
-    try:
-        st = Proc().stat(pid)
-    except NoSuchProcess:
-        return False
-    return st.starttime == starttime and st.state not in ("Z", "X")

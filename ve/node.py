@@ -1,16 +1,22 @@
 """A node: the state directory holding VE configs, private areas and dump files.
 
-    <root>/ve/<VEID>.toml     configs
-    <root>/pool/private/<VEID> private areas (subvolumes of the node's btrfs)
-    <root>/pool/snapshots/<VEID> snapshots of a VE and their catalog (snapshot/catalog.py)
-    <root>/dump/Dump.<VEID>   dump files (the default root uses /var/tmp/Dump.<VEID>,
-                              as the OpenVZ documentation gives it)
-The root is /var/lib/cpt, or --root / CPT_ROOT.
+    <root>/ve/<VEID>.toml          configs
+    <root>/pool/private/<VEID>     private areas (subvolumes of the node's btrfs)
+    <root>/pool/snapshots/<VEID>   snapshots of a VE and their catalog (snapshot/catalog.py)
+    <root>/dump/Dump.<VEID>        dump files (the default root uses /var/tmp/Dump.<VEID>,
+                                   as the OpenVZ documentation gives it)
+The root is /var/lib/cpt, or --root / CPT_ROOT.  What a running VE leaves in the run
+directory is runtime.py's.
 """
 
 from __future__ import annotations
 
 import os
+
+from cpt.errors import InvalidValue
+from storage import pool
+
+from .config import VEConfig, check_veid
 
 DEFAULT_ROOT = "/var/lib/cpt"
 
@@ -26,6 +32,13 @@ class Node:
     def config_path(self, veid: str) -> str:
         return os.path.join(self.ve_dir, f"{veid}.toml")
 
+    def config(self, veid: str) -> VEConfig:
+        """The configuration of VE `veid`; InvalidValue if there is no such VE."""
+        path = self.config_path(check_veid(veid))
+        if not os.path.exists(path):
+            raise InvalidValue(f"VE {veid} does not exist (no {path}); create it first")
+        return VEConfig.load(path)
+
     def veids(self) -> list[str]:
         try:
             names = os.listdir(self.ve_dir)
@@ -40,13 +53,9 @@ class Node:
 
     def private_dir(self) -> str:
         """Where private areas live: the node's btrfs (the embedded pool if need be)."""
-        from storage import pool
-
         return os.path.join(pool.ensure(self.root), "private")
 
     def snapshots_dir(self, veid: str) -> str:
-        """Where a VE's snapshots and their catalog live: beside the private areas, on
-        the same filesystem (a btrfs snapshot cannot leave it)."""
-        from storage import pool
-
+        """Where snapshot/ keeps a VE's snapshots and their catalog: beside the private
+        areas, on the same filesystem (a btrfs snapshot cannot leave it)."""
         return os.path.join(pool.ensure(self.root), "snapshots", veid)

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 
 from cpt.errors import CptError
 from cpt.stub import build_reaper
+from cpt.sys import runner
 
 # host directories a `host` VE sees read-only (those the host has)
 HOST_DIRS = ("usr", "lib", "lib32", "lib64", "libx32", "bin", "sbin")
@@ -69,9 +69,7 @@ def _busybox(root: str) -> None:
     os.makedirs(bindir, exist_ok=True)
     os.makedirs(os.path.join(root, "sbin"), exist_ok=True)
     shutil.copy2(BUSYBOX, os.path.join(bindir, "busybox"))
-    applets = subprocess.run(
-        [BUSYBOX, "--list"], capture_output=True, text=True, check=True, timeout=10
-    ).stdout.split()
+    applets = runner.run([BUSYBOX, "--list"], timeout=10).stdout.decode().split()
     for name in applets:
         link = os.path.join(bindir, name)
         if not os.path.lexists(link):
