@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from .errors import CptError
 from .freezer import Freezer, cgroup2_mount
-from .proc import Proc
+from .procfs import Proc
 from .stub import kill_and_reap, spawn_stub
 from .sys import ptrace
 from .sys.mem import (

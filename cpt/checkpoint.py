@@ -56,7 +56,7 @@ from .errors import (
 )
 from .freezer import Freezer
 from .lock import locked, run_dir
-from .proc import Proc
+from .procfs import Proc
 from .restore.options import RestoreOptions
 from .restore.restorer import Restorer, RestoreStats
 from .sys.ns import entered

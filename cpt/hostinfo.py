@@ -12,7 +12,7 @@ import struct
 
 import xxhash
 
-from .proc import Proc
+from .procfs import Proc
 
 # cpuid flags (as /proc/cpuinfo names them) whose absence can make restored code fault:
 # glibc and compilers pick implementations by them at start-up (ifuncs), and the saved

@@ -1,4 +1,5 @@
-"""Shared test fixtures: the repository's paths, and `cpt` (the command as a process)."""
+"""Shared test fixtures: the repository's paths, `cpt` (the command as a process), and `zoo`
+(the /proc layer reading a captured tree)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ from pathlib import Path
 
 import pytest
 from cptcli import CptRunner
+from helpers_procfs import FIX as PROC_FIXTURES
+
+from cpt.procfs import Proc
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
@@ -22,3 +26,9 @@ def cpt(tmp_path: Path) -> CptRunner:
     """Run `cpt ARGS` as a separate process; returns (exit code, stdout, stderr)
     (tests/cptcli.py)."""
     return CptRunner(tmp_path / "run")
+
+
+@pytest.fixture(scope="module")
+def zoo() -> Proc:
+    """The /proc layer on the captured tree fixtures/proc/zoo (tests/helpers_procfs.py)."""
+    return Proc(str(PROC_FIXTURES / "zoo"))

@@ -37,7 +37,7 @@ from cpt.dump.mounts import (
     mount_flags,
 )
 from cpt.errors import RestoreError, UnsupportedError
-from cpt.proc import parse_mountinfo
+from cpt.procfs import parse_mountinfo
 from cpt.restore.mounts import build, host_path, problems
 from cpt.sys.ns import (
     CLONE_NEWNS,

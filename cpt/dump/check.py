@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from ..errors import NoSuchProcess, UnsupportedError
-from ..proc import FdTarget, Proc
+from ..procfs import FdTarget, Proc
 from .fds import unsupported_fd
 from .locks import unsupported_locks
 from .mm import unsupported_vma

@@ -14,7 +14,7 @@ from typing import Any
 from cptimage.records import Fd
 
 from ..errors import UnsupportedError
-from ..proc import FdInfo, FdKind, FdTarget
+from ..procfs import FdInfo, FdKind, FdTarget
 from ..sys.files import MQUEUE_MAGIC, fs_magic
 from ..sys.task import KCMP_FILE, kcmp
 from . import epoll, eventfds, files, inotify, mqueue, pipes, shmem, sockets, tty

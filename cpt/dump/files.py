@@ -11,7 +11,7 @@ from typing import Any
 
 from cptimage.records import RegFile
 
-from ..proc import FdInfo, FdKind, FdTarget
+from ..procfs import FdInfo, FdKind, FdTarget
 from . import ghost
 from .fdbase import FdContext, file_flags
 from .options import DumpOptions

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import stat
 
-from ..proc import split_deleted
+from ..procfs import split_deleted
 
 
 def problem(what: str, link: str, path: str, limit: int, pid: int, root: str = "") -> str | None:

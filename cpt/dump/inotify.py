@@ -16,8 +16,8 @@ from typing import Any
 
 from cptimage.records import Inotify, InotifyWatch
 
-from ..proc import FdInfo, FdKind, FdTarget, MountInfo, Proc, decode_kdev
-from ..proc import InotifyWatch as WatchInfo
+from ..procfs import FdInfo, FdKind, FdTarget, MountInfo, Proc, decode_kdev
+from ..procfs import InotifyWatch as WatchInfo
 from ..sys.files import ioctl
 from ..sys.fsnotify import open_by_handle_at
 from .eventfds import duplicate_fd

@@ -24,7 +24,7 @@ from cptimage.records import (
     SysvShm,
 )
 
-from ..proc import Proc
+from ..procfs import Proc
 from ..sys import ipc as I
 from ..sys.clone import CLONE_NEWIPC
 from ..sys.ns import setns

@@ -14,9 +14,9 @@ import os
 
 from cptimage.records import FileLock, LockKind
 
-from .. import proc as P
+from .. import procfs as P
 from ..errors import UnsupportedError
-from ..proc import FdInfo, Proc
+from ..procfs import FdInfo, Proc
 from .fdbase import FdContext
 from .options import DumpOptions
 

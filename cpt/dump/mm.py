@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cptimage.records import Mm, MmFlags, Vma, VmaKind, VmFlags
 
-from .. import proc as P
+from .. import procfs as P
 from ..errors import UnsupportedError
 from ..sys.mem import MAP_ANONYMOUS, MAP_GROWSDOWN, MAP_NORESERVE, MAP_PRIVATE, MAP_SHARED
 from . import ghost

@@ -45,7 +45,7 @@ import tarfile
 from cptimage.records import Mount, MountData
 
 from ..errors import CptError, DumpError, UnsupportedError
-from ..proc import MountInfo, Proc
+from ..procfs import MountInfo, Proc
 from ..sys.ns import (
     CLONE_NEWNS,
     MNT_DETACH,

@@ -13,7 +13,7 @@ from typing import Any
 
 from cptimage.records import PosixMq, PosixMqMsg
 
-from ..proc import FdInfo, FdKind, FdTarget
+from ..procfs import FdInfo, FdKind, FdTarget
 from ..sys import ipc as I
 from .fdbase import FdContext, file_flags
 from .options import DumpOptions

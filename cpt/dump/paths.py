@@ -16,7 +16,7 @@ import stat
 from cptimage.records import PathFlags, PathKind, PathObj
 
 from ..errors import UnsupportedError
-from ..proc import split_deleted
+from ..procfs import split_deleted
 from . import ghost
 
 _KINDS = {

@@ -10,7 +10,7 @@ from typing import Any
 
 from cptimage.records import Fifo, Pipe, PipeData
 
-from ..proc import FdInfo, FdKind, FdTarget
+from ..procfs import FdInfo, FdKind, FdTarget
 from ..sys.files import tee
 from .fdbase import FdContext, file_flags
 from .options import DumpOptions

@@ -24,7 +24,7 @@ from cptimage.records import (
     ShmemObject,
 )
 
-from .. import proc as P
+from .. import procfs as P
 from ..sys.arch import PAGE_SIZE
 from .fdbase import FdContext, file_flags
 from .options import DumpOptions

@@ -30,7 +30,7 @@ from typing import Any
 from cptimage.records import SockState, UnixSocket
 
 from ..errors import NoSuchProcess, UnsupportedError
-from ..proc import (
+from ..procfs import (
     FdInfo,
     FdKind,
     FdTarget,

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from cptimage.records import PosixTimer
 
 from ..errors import UnsupportedError
-from ..proc import Proc
+from ..procfs import Proc
 from ..remote import Scratch
 from ..sys.anonfd import ITIMERSPEC, unpack_itimerspec
 from ..sys.syscalls import NR

@@ -27,7 +27,7 @@ from typing import Any
 from cptimage.records import Tty, TtyFlags, TtyInfo, TtyKind
 
 from ..errors import NoSuchProcess, UnsupportedError
-from ..proc import FdInfo, FdKind, FdTarget, Proc, PtyMasterInfo
+from ..procfs import FdInfo, FdKind, FdTarget, Proc, PtyMasterInfo
 from ..sys import tty as T
 from ..sys.task import pidfd_getfd, pidfd_open
 from .fdbase import FdContext, file_flags

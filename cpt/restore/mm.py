@@ -18,9 +18,9 @@ from cptimage import pagestore
 from cptimage.container import ImageReader
 from cptimage.records import PageFlags, PathObj, Vma, VmaKind, VmFlags
 
-from .. import proc as P
+from .. import procfs as P
 from ..errors import RestoreError
-from ..proc import Proc
+from ..procfs import Proc
 from ..remote import Scratch, free_gap
 from ..sys.arch import PAGE_SIZE, SYSCALL_INSN
 from ..sys.mem import (

@@ -13,7 +13,7 @@ import contextlib
 import os
 import signal
 
-from ..proc import Proc
+from ..procfs import Proc
 from ..remote import Scratch
 from ..stub import INIT_REAPER, init_exec_path, spawn_stub
 from ..sys.clone import CLONE_NEWPID

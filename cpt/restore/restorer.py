@@ -26,7 +26,7 @@ from cptimage.records import Compression
 
 from .. import fault
 from ..errors import CptError, NoSuchProcess, RestoreError
-from ..proc import Proc
+from ..procfs import Proc
 from ..sys.ns import entered
 from ..sys.syscalls import NR
 from ..sys.task import PR_SET_DUMPABLE, pidfd_open

@@ -15,7 +15,7 @@ import struct
 from collections.abc import Callable
 
 from ..errors import NoSuchProcess, RestoreError
-from ..proc import Proc
+from ..procfs import Proc
 from ..remote import Scratch
 from ..stub import STUB_OPTIONS, clone_stub, spawn_stub
 from ..sys.syscalls import NR
