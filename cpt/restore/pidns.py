@@ -16,7 +16,7 @@ import signal
 from ..procfs import Proc
 from ..remote import Scratch
 from ..stub import INIT_REAPER, init_exec_path, spawn_stub
-from ..sys.clone import CLONE_NEWPID
+from ..sys.ns import CLONE_NEWPID
 from ..tracer import Tracee
 
 
