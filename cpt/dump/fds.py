@@ -14,7 +14,7 @@ from typing import Any
 from cptimage.records import Fd
 
 from ..errors import UnsupportedError
-from ..procfs import FdInfo, FdKind, FdTarget
+from ..procfs import FdInfo, FdKind, FdTarget, fd_path
 from ..sys.files import MQUEUE_MAGIC, fs_magic
 from ..sys.task import KCMP_FILE, kcmp
 from . import epoll, eventfds, files, inotify, mqueue, pipes, shmem, sockets, tty
@@ -47,7 +47,7 @@ def classify(pid: int, fd: int, ft: FdTarget) -> FdTarget:
     """The link text cannot tell a POSIX message queue ("/name") from a file: statfs can."""
     if ft.kind is FdKind.FILE:
         try:
-            if fs_magic(f"/proc/{pid}/fd/{fd}") == MQUEUE_MAGIC:
+            if fs_magic(fd_path(pid, fd)) == MQUEUE_MAGIC:
                 return dataclasses.replace(ft, kind=FdKind.MQUEUE)
         except OSError:
             pass  # the fd vanished: the handler will say so

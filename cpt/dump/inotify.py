@@ -16,7 +16,7 @@ from typing import Any
 
 from cptimage.records import Inotify, InotifyWatch
 
-from ..procfs import FdInfo, FdKind, FdTarget, MountInfo, Proc, decode_kdev
+from ..procfs import FdInfo, FdKind, FdTarget, MountInfo, Proc, decode_kdev, fd_path
 from ..procfs import InotifyWatch as WatchInfo
 from ..sys.files import ioctl
 from ..sys.fsnotify import open_by_handle_at
@@ -51,7 +51,7 @@ def watch_path(w: WatchInfo, mounts: list[MountInfo], root: str) -> tuple[str, o
     finally:
         os.close(mfd)
     try:
-        path = os.readlink(f"/proc/self/fd/{fd}")
+        path = os.readlink(fd_path("self", fd))
     finally:
         os.close(fd)
     try:

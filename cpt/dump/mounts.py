@@ -45,7 +45,7 @@ import tarfile
 from cptimage.records import Mount, MountData
 
 from ..errors import CptError, DumpError, UnsupportedError
-from ..procfs import MountInfo, Proc
+from ..procfs import MountInfo, Proc, ns_path, root_path
 from ..sys.ns import (
     CLONE_NEWNS,
     MNT_DETACH,
@@ -309,9 +309,9 @@ def _inspect(
 ) -> tuple[dict[int, tuple[int, int, int]], dict[int, bytes]]:
     """For each mount, (st_dev, st_ino, st_mode) of its root as seen at its mountpoint,
     and the tar stream of each tmpfs in `tmpfs` (mnt_id -> its dev)."""
-    ns_fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    ns_fd = os.open(ns_path(pid, "mnt"), os.O_RDONLY | os.O_CLOEXEC)
     try:
-        st = os.stat(f"/proc/{pid}/root")
+        st = os.stat(root_path(pid))
         r, w = os.pipe2(os.O_CLOEXEC)
         try:
             child = os.fork()

@@ -71,7 +71,7 @@ def open_in_target(
     local = model.ghost_fds.get(path.id)
     if local is not None:
         got = t.syscall_checked(NR.pidfd_getfd, pidfd_slot, local, 0)
-        addr = sc.push_str(f"/proc/self/fd/{got}")
+        addr = sc.push_str(P.fd_path("self", got))  # "self": the tracee
         fd = t.syscall(NR.openat, AT_FDCWD, addr, flags | O_CLOEXEC, 0)
         t.syscall(NR.close, got)
     else:

@@ -30,6 +30,7 @@ from cptimage.records import Mount
 
 from ..dump.mounts import RECREATED
 from ..errors import RestoreError
+from ..procfs import fd_path
 from ..sys.ns import (
     MNT_DETACH,
     MS_BIND,
@@ -285,7 +286,7 @@ def _walk(base_fd: int, path: str, m: Mount) -> int:
 
 
 def _fd_path(fd: int) -> str:
-    return f"/proc/self/fd/{fd}"
+    return fd_path("self", fd)
 
 
 def _devtext(dev: int) -> str:

@@ -7,6 +7,7 @@ import resource
 import struct
 
 from ..errors import RestoreError
+from ..procfs import write_pid_file
 from ..sys.syscalls import NR
 from ..sys.task import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, PR_SET_THP_DISABLE
 from .model import ImageModel
@@ -83,9 +84,9 @@ def restore_outside(task: Task) -> None:
     ts = task.img.task
     if ts is None:
         return
-    _write_proc(pid, "timerslack_ns", ts.timerslack_ns)
+    write_pid_file(pid, "timerslack_ns", ts.timerslack_ns)
     try:
-        _write_proc(pid, "oom_score_adj", ts.oom_score_adj)
+        write_pid_file(pid, "oom_score_adj", ts.oom_score_adj)
     except PermissionError:
         raise RestoreError(
             f"process {pid}: cannot set oom_score_adj {ts.oom_score_adj}: a negative value "
@@ -102,8 +103,3 @@ def _py(v: int) -> int:
 def _lim(v: int) -> str:
     # the image has 2**64 - 1, Python's resource module -1 (RLIM_INFINITY)
     return "unlimited" if v == resource.RLIM_INFINITY or v >= 2**63 else str(v)
-
-
-def _write_proc(pid: int, name: str, value: int) -> None:
-    with open(f"/proc/{pid}/{name}", "w") as f:
-        f.write(str(value))

@@ -13,6 +13,7 @@ import struct
 
 from cptimage.records import Thread
 
+from ..procfs import read_sysctl_int
 from ..stub import clone_stub
 from ..sys.arch import ERESTART_RESTARTBLOCK, ERESTARTNOHAND, ERESTARTNOINTR, ERESTARTSYS, Regs
 from ..sys.syscalls import NR
@@ -40,8 +41,7 @@ _CLONE_ARGS_OFF = 1024  # in the scratch's first page
 
 
 def _cap_last() -> int:
-    with open("/proc/sys/kernel/cap_last_cap") as f:
-        return int(f.read())
+    return read_sysctl_int("kernel.cap_last_cap")
 
 
 def create_threads(task: Task) -> None:

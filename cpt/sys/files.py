@@ -7,6 +7,7 @@ import ctypes
 import errno
 import os
 
+from cpt.procfs import map_files_path
 from cpt.sys._libc import PinnedBuffer, checked_syscall, errno_error, get_errno, raw_syscall
 from cpt.sys.syscalls import NR
 
@@ -84,7 +85,7 @@ def shared_anon_file(size: int) -> int:
     if addr == -1:
         raise errno_error(get_errno(), f"mmap of a {size}-byte shared anonymous object")
     try:
-        return os.open(f"/proc/self/map_files/{addr:x}-{addr + size:x}", os.O_RDWR | os.O_CLOEXEC)
+        return os.open(map_files_path("self", addr, addr + size), os.O_RDWR | os.O_CLOEXEC)
     finally:
         raw_syscall(int(NR.munmap), addr, size)
 
