@@ -21,12 +21,18 @@ from .stub import kill_and_reap, spawn_stub
 from .sys import ptrace
 from .sys.anonfd import UFFD_USER_MODE_ONLY, userfaultfd
 from .sys.mem import PAGE_IS_PRESENT, pagemap_scan, process_vm_readv, soft_dirty_works
+from .sys.net import TCP_REPAIR
 from .sys.syscalls import NR
-from .sys.task import PRCTL_MM_MAP, kcmp, pidfd_getfd, pidfd_open, prctl, prctl_mm_map_size
-
-PR_TIMER_CREATE_RESTORE_IDS = 77
-PR_TIMER_CREATE_RESTORE_IDS_GET = 2
-TCP_REPAIR = 19
+from .sys.task import (
+    PR_TIMER_CREATE_RESTORE_IDS,
+    PR_TIMER_CREATE_RESTORE_IDS_GET,
+    PRCTL_MM_MAP,
+    kcmp,
+    pidfd_getfd,
+    pidfd_open,
+    prctl,
+    prctl_mm_map_size,
+)
 
 
 @dataclasses.dataclass

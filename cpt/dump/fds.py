@@ -9,6 +9,7 @@ Each kind of open file has its handler module, listed in HANDLERS.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 from typing import Any
 
 from cptimage.records import Fd
@@ -22,8 +23,6 @@ from .fdbase import O_CLOEXEC, FdContext, Handler
 from .locks import dump_locks
 from .options import DumpOptions
 from .paths import PathTable
-
-FD_CLOEXEC = 1
 
 HANDLERS: dict[FdKind, Handler] = {}
 for _h in (
@@ -95,7 +94,9 @@ class FdTable:
             self.descriptions.append(h.dump(self.ctx, ident, pid, fd, ft, fi))
         self.ctx.ids[(pid, fd)] = ident
         dump_locks(self.ctx, pid, fd, ident, fi)
-        return Fd(pid=pid, fd=fd, file_id=ident, flags=FD_CLOEXEC if fi.flags & O_CLOEXEC else 0)
+        return Fd(
+            pid=pid, fd=fd, file_id=ident, flags=fcntl.FD_CLOEXEC if fi.flags & O_CLOEXEC else 0
+        )
 
     def _shared(self, key: tuple[Any, ...], pid: int, fd: int) -> int | None:
         for opid, ofd, ident in self._groups.get(key, ()):

@@ -20,12 +20,12 @@ from ..procfs import FdInfo, FdKind, FdTarget, MountInfo, Proc, decode_kdev, fd_
 from ..procfs import InotifyWatch as WatchInfo
 from ..sys.files import ioctl
 from ..sys.fsnotify import open_by_handle_at
+from ..sys.tty import FIONREAD
 from .eventfds import duplicate_fd
 from .fdbase import FdContext, file_flags
 from .options import DumpOptions
 
 MAX_WD = 100_000  # placeholder add/remove pairs at restore: about 9 us each
-FIONREAD = 0x541B
 
 
 class Unresolvable(Exception):

@@ -49,12 +49,17 @@ from ..procfs import MountInfo, Proc, ns_path, root_path
 from ..sys.ns import (
     CLONE_NEWNS,
     MNT_DETACH,
+    MS_NOATIME,
     MS_NODEV,
+    MS_NODIRATIME,
     MS_NOEXEC,
     MS_NOSUID,
+    MS_NOSYMFOLLOW,
     MS_PRIVATE,
     MS_RDONLY,
     MS_REC,
+    MS_RELATIME,
+    MS_STRICTATIME,
     mount,
     setns,
     umount2,
@@ -62,11 +67,6 @@ from ..sys.ns import (
 )
 
 __all__ = [
-    "MS_NOATIME",
-    "MS_NODIRATIME",
-    "MS_NOSYMFOLLOW",
-    "MS_RELATIME",
-    "MS_STRICTATIME",
     "RECREATED",
     "MountTable",
     "dump_mounts",
@@ -74,13 +74,6 @@ __all__ = [
     "mtime_text",
     "tar_tree",
 ]
-
-# MS_* per-mount flags cpt/sys/ns.py does not define (linux/mount.h)
-MS_NOSYMFOLLOW = 0x100
-MS_NOATIME = 0x400
-MS_NODIRATIME = 0x800
-MS_RELATIME = 1 << 21
-MS_STRICTATIME = 1 << 24
 
 # mountinfo field 6 (show_mnt_opts) -> MS_* bit
 _OPTION_FLAGS = {

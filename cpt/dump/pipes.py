@@ -11,11 +11,9 @@ from typing import Any
 from cptimage.records import Fifo, Pipe, PipeData
 
 from ..procfs import FdInfo, FdKind, FdTarget, fd_path
-from ..sys.files import tee
+from ..sys.files import SPLICE_F_NONBLOCK, tee
 from .fdbase import FdContext, file_flags
 from .options import DumpOptions
-
-SPLICE_F_NONBLOCK = 2
 
 
 class Pipes:

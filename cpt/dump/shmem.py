@@ -26,11 +26,11 @@ from cptimage.records import (
 
 from .. import procfs as P
 from ..sys.arch import PAGE_SIZE
+from ..sys.files import F_GET_SEALS
 from .fdbase import FdContext, file_flags
 from .options import DumpOptions
 from .pages import BUF_SIZE, page_buffer
 
-F_GET_SEALS = 1034
 SEEK_DATA, SEEK_HOLE = 3, 4
 
 

@@ -25,18 +25,17 @@ from ..sys.task import (
     PR_SET_NAME,
     PR_SET_NO_NEW_PRIVS,
     PR_SET_SECUREBITS,
+    SECCOMP_FILTER_FLAG_LOG,
+    SECCOMP_FILTER_FLAG_SPEC_ALLOW,
+    SECCOMP_SET_MODE_FILTER,
 )
 from ..tracer import Tracee
 from .tree import Task
 
 SS_ONSTACK, SS_DISABLE = 1, 2
 SECBIT_KEEP_CAPS = 1 << 4
-SECCOMP_SET_MODE_FILTER = 1
-SECCOMP_FILTER_FLAG_LOG = 1 << 1
-SECCOMP_FILTER_FLAG_SPEC_ALLOW = 1 << 2
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _RESTART = {-ERESTARTSYS, -ERESTARTNOINTR, -ERESTARTNOHAND, -ERESTART_RESTARTBLOCK}
-_NR_RESTART_SYSCALL = 219
 _CLONE_ARGS_OFF = 1024  # in the scratch's first page
 
 
@@ -133,7 +132,7 @@ def set_registers(th: Thread, tr: Tracee) -> None:
     regs = Regs.from_bytes(th.regs)
     orig, rax = regs.signed("orig_rax"), regs.signed("rax")
     if orig >= 0 and rax in _RESTART:
-        if orig == _NR_RESTART_SYSCALL:
+        if orig == NR.restart_syscall:
             # restart_syscall needs the kernel's restart block, which is not restored
             regs.rax = -errno.EINTR
         else:

@@ -46,17 +46,27 @@ PER_THREAD = frozenset({"ipc", "net", "uts"})
 _PROC = Proc()
 _T = TypeVar("_T")
 
+# mount(2) flags (include/uapi/linux/mount.h): per-mount ones, and the superblock ones
+# mountinfo shows among the super options (sync, dirsync, lazytime).
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_NOEXEC = 0x8
+MS_SYNCHRONOUS = 0x10
 MS_REMOUNT = 0x20
+MS_DIRSYNC = 0x80
+MS_NOSYMFOLLOW = 0x100
+MS_NOATIME = 0x400
+MS_NODIRATIME = 0x800
 MS_BIND = 0x1000
 MS_MOVE = 0x2000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 MS_SLAVE = 1 << 19
 MS_SHARED = 1 << 20
+MS_RELATIME = 1 << 21
+MS_STRICTATIME = 1 << 24
+MS_LAZYTIME = 1 << 25
 
 MNT_FORCE = 1
 MNT_DETACH = 2
