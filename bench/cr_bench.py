@@ -85,13 +85,13 @@ from workloads import build, proc_info  # noqa: E402  (tests/workloads.py)
 
 from cpt.checkpoint import Tree, open_for_restore  # noqa: E402
 from cpt.dump.dumper import DumpOptions, DumpStats  # noqa: E402
+from cpt.procfs import open_pagemap  # noqa: E402
 from cpt.restore.restorer import RestoreStats  # noqa: E402
 from cpt.sys.mem import (  # noqa: E402
     PAGE_IS_FILE,
     PAGE_IS_PFNZERO,
     PAGE_IS_PRESENT,
     PAGE_IS_SWAPPED,
-    open_pagemap,
     pagemap_scan,
     process_vm_readv,
 )

@@ -203,15 +203,17 @@ class Demo:
 
     def ve_pids(self) -> str:
         """The VE's processes as it sees them (NSpid), read from this host."""
+        from cpt.errors import CptError
+        from cpt.procfs import Proc
         from ve.runtime import RunState
 
         out = []
+        proc = Proc()
         for pid in Path(RunState(VEID).freezer().path, "cgroup.procs").read_text().split():
-            with contextlib.suppress(OSError):
-                status = Path(f"/proc/{pid}/status").read_text().splitlines()
-                nspid = next(x for x in status if x.startswith("NSpid:")).split()[-1]
-                comm = Path(f"/proc/{pid}/comm").read_text().strip()
-                out.append((int(nspid), comm))
+            with contextlib.suppress(OSError, CptError):
+                nspid = proc.status(int(pid)).nspid[-1]
+                comm = proc.comm(int(pid)).strip()
+                out.append((nspid, comm))
         return ", ".join(f"{p}: {c}" for p, c in sorted(out))
 
     def echo_reconnect(self) -> None:

@@ -16,23 +16,23 @@ from collections.abc import Callable
 
 from .errors import CptError
 from .freezer import Freezer, cgroup2_mount
-from .proc import Proc
+from .procfs import Proc, filesystems, open_pagemap, pid_exists, read_sysctl_int
 from .stub import kill_and_reap, spawn_stub
 from .sys import ptrace
-from .sys.mem import (
-    PAGE_IS_PRESENT,
-    open_pagemap,
-    pagemap_scan,
-    process_vm_readv,
-    soft_dirty_works,
-)
+from .sys.anonfd import UFFD_USER_MODE_ONLY, userfaultfd
+from .sys.mem import PAGE_IS_PRESENT, pagemap_scan, process_vm_readv, soft_dirty_works
+from .sys.net import TCP_REPAIR
 from .sys.syscalls import NR
-from .sys.task import PRCTL_MM_MAP, kcmp, pidfd_getfd, pidfd_open, prctl, prctl_mm_map_size
-
-PR_TIMER_CREATE_RESTORE_IDS = 77
-PR_TIMER_CREATE_RESTORE_IDS_GET = 2
-TCP_REPAIR = 19
-UFFD_USER_MODE_ONLY = 1
+from .sys.task import (
+    PR_TIMER_CREATE_RESTORE_IDS,
+    PR_TIMER_CREATE_RESTORE_IDS_GET,
+    PRCTL_MM_MAP,
+    kcmp,
+    pidfd_getfd,
+    pidfd_open,
+    prctl,
+    prctl_mm_map_size,
+)
 
 
 @dataclasses.dataclass
@@ -71,15 +71,13 @@ def _ptrace_and_clone3() -> str:
 def _free_pid() -> int:
     """A free PID some way above the last one given out, wrapping below pid_max as the
     kernel does (a set_tid at or above pid_max is EINVAL)."""
-    with open("/proc/sys/kernel/pid_max") as f:
-        pid_max = int(f.read())
-    with open("/proc/sys/kernel/ns_last_pid") as f:
-        last = int(f.read())
+    pid_max = read_sysctl_int("kernel.pid_max")
+    last = read_sysctl_int("kernel.ns_last_pid")
     first = 300  # the kernel's RESERVED_PIDS: where PID allocation wraps to
     span = pid_max - first
     for step in range(span):
         pid = first + (last + 1000 - first + step) % span
-        if not os.path.exists(f"/proc/{pid}"):
+        if not pid_exists(pid):
             return pid
     raise OSError(f"no free PID below pid_max {pid_max}")
 
@@ -161,12 +159,7 @@ def _soft_dirty() -> str:
 
 
 def _userfaultfd() -> str:
-    from .sys._libc import raw_syscall
-
-    fd = raw_syscall(int(NR.userfaultfd), os.O_CLOEXEC | UFFD_USER_MODE_ONLY)
-    if fd < 0:
-        raise OSError("userfaultfd() failed")
-    os.close(fd)
+    os.close(userfaultfd(os.O_CLOEXEC | UFFD_USER_MODE_ONLY))
     return "userfaultfd (user-mode faults)"
 
 
@@ -185,9 +178,8 @@ def _timer_ids() -> str:
 
 
 def _btrfs() -> str:
-    with open("/proc/filesystems") as f:
-        if "btrfs" not in f.read():
-            raise OSError("the kernel has no btrfs")
+    if "btrfs" not in filesystems():
+        raise OSError("the kernel has no btrfs")
     tool = shutil.which("mkfs.btrfs")
     if tool is None:
         raise OSError("mkfs.btrfs is not installed (btrfs-progs)")

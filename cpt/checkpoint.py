@@ -56,7 +56,7 @@ from .errors import (
 )
 from .freezer import Freezer
 from .lock import locked, run_dir
-from .proc import Proc
+from .procfs import Proc, pid_exists, root_path
 from .restore.options import RestoreOptions
 from .restore.restorer import Restorer, RestoreStats
 from .sys.ns import entered
@@ -192,7 +192,7 @@ class Tree:
         network is cut off while it is frozen."""
         opts = opts or DumpOptions()
         if self.ve_id:
-            changes.update(ve_id=self.ve_id, net_isolated=True, root=f"/proc/{self.root}/root")
+            changes.update(ve_id=self.ve_id, net_isolated=True, root=root_path(self.root))
         return dataclasses.replace(opts, **changes)
 
     @_fails_as(DumpError, "suspend")
@@ -565,7 +565,7 @@ def _comm(pid: int) -> str:
 
 
 def _pid_used(pid: int) -> bool:
-    return os.path.exists(f"/proc/{pid}")
+    return pid_exists(pid)
 
 
 def _holder(pid: int) -> str:

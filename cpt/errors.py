@@ -25,19 +25,24 @@ class CptError(Exception):
 class NoSuchProcess(CptError):
     """The process vanished or never existed."""
 
-    def __init__(self, pid: int, msg: str | None = None) -> None:
+    def __init__(self, pid: int, msg: str | None = None, *, path: str | None = None) -> None:
         super().__init__(msg or f"process {pid} does not exist", pid=pid)
+        self.path = path  # the /proc file that told, when cpt.procfs raised it
 
 
 class ZombieProcess(NoSuchProcess):
     """The process is a zombie: its /proc entries are mostly gone."""
 
-    def __init__(self, pid: int, msg: str | None = None) -> None:
-        super().__init__(pid, msg or f"process {pid} is a zombie")
+    def __init__(self, pid: int, msg: str | None = None, *, path: str | None = None) -> None:
+        super().__init__(pid, msg or f"process {pid} is a zombie", path=path)
 
 
 class AccessDenied(CptError):
     """The kernel refused access (EPERM/EACCES) to a process resource."""
+
+    def __init__(self, msg: str, *, pid: int | None = None, path: str | None = None) -> None:
+        super().__init__(msg, pid=pid)
+        self.path = path  # the /proc file refused, when cpt.procfs raised it
 
 
 class SystemError_(CptError):

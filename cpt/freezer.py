@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterable
 
 from .errors import SystemError_
-from .proc import Proc
+from .procfs import Proc
 
 CPT_CGROUP = "cpt"
 

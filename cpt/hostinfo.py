@@ -12,7 +12,7 @@ import struct
 
 import xxhash
 
-from .proc import Proc
+from . import procfs
 
 # cpuid flags (as /proc/cpuinfo names them) whose absence can make restored code fault:
 # glibc and compilers pick implementations by them at start-up (ifuncs), and the saved
@@ -86,11 +86,7 @@ _XFEATURES_OFF = 464
 
 @functools.cache
 def cpu_flags() -> frozenset[str]:
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
+    return procfs.cpu_flags()
 
 
 def isa_flags() -> list[str]:
@@ -113,11 +109,9 @@ def kernel() -> tuple[str, str, str]:
 @functools.cache
 def vdso_bytes() -> bytes:
     """This process's vDSO text: the same bytes every process on this kernel maps."""
-    for vma in Proc().maps(os.getpid()):
+    for vma in procfs.Proc().maps(os.getpid()):
         if vma.path == "[vdso]":
-            with open("/proc/self/mem", "rb", buffering=0) as f:
-                f.seek(vma.start)
-                return f.read(vma.end - vma.start)
+            return procfs.read_mem("self", vma.start, vma.end - vma.start)
     return b""
 
 

@@ -12,7 +12,8 @@ Lifetime of a rule (one per connection, named by a comment holding its 4-tuple):
     a dump that failed), and by a successful restore (full or --undump) of the image;
   - left in place after a kill, for as long as the dump file is to be restored: an
     abandoned dump leaves them; `nft delete table inet cpt` removes them all.
-Every nft command runs through `run_nft`, which logs its argv and maps failures to errors.
+Every nft command runs through `run_nft`, on the command runner (cpt.sys.runner: the argv
+logged, a timeout), and a failure becomes SystemError_ naming the command.
 """
 
 from __future__ import annotations
@@ -20,16 +21,16 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
-import logging
 import shutil
-import subprocess
 
 from .errors import SystemError_
+from .sys import runner
 
-log = logging.getLogger(__name__)
 TABLE = "cpt"
 CHAIN = "input"
 _PREFIX = "cpt "
+# nft answers in milliseconds; a wait this long means it hangs (on the netlink socket)
+NFT_TIMEOUT = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,12 +67,12 @@ def run_nft(*args: str, script: str | None = None) -> str:
             "established TCP connections without resetting their peers"
         )
     argv = [exe, *args]
-    log.debug("running %s", " ".join(argv))
-    p = subprocess.run(argv, input=script, capture_output=True, text=True, check=False)
+    stdin = script.encode() if script is not None else None
+    p = runner.run(argv, check=False, input=stdin, timeout=NFT_TIMEOUT)
     if p.returncode != 0:
-        err = p.stderr.strip().splitlines()
+        err = p.stderr.decode(errors="replace").strip().splitlines()
         raise SystemError_(f"{' '.join(argv)} failed: {err[0] if err else p.returncode}")
-    return p.stdout
+    return p.stdout.decode()
 
 
 def _rule(c: Conn) -> str:

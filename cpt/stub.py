@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from cpt.errors import NoSuchProcess, RestoreError
+from cpt.procfs import fd_path
 from cpt.sys import ptrace
 from cpt.sys.clone import (
     CLONE_ARGS_SIZE,
@@ -148,7 +149,7 @@ def _exec_path(name: str, build: Callable[[], bytes]) -> str:
         )
         owner = os.getpid()
         _memfds[name] = (fd, owner)
-    return f"/proc/{owner}/fd/{fd}"
+    return fd_path(owner, fd)
 
 
 def stub_exec_path() -> str:

@@ -16,13 +16,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import re
 import signal
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from cpt.errors import InjectionError, NoSuchProcess
+from cpt.procfs import Proc, VmaKind, open_mem, read_mem
 from cpt.sys import ptrace
 from cpt.sys.arch import MAX_ERRNO, SYSCALL_INSN, Regs
 from cpt.sys.syscalls import NR, syscall_name
@@ -43,15 +43,12 @@ _AUTO_ATTACH_OPTIONS = (
     ptrace.PTRACE_O_TRACEFORK | ptrace.PTRACE_O_TRACEVFORK | ptrace.PTRACE_O_TRACECLONE
 )
 _NO_RETURN = frozenset({int(NR.exit), int(NR.exit_group)})
-_MAPS_LINE = re.compile(rb"^([0-9a-f]+)-([0-9a-f]+) (\S{4}) \S+ \S+ \d+\s*(.*)$", re.M)
+_PROC = Proc()
 
 
 def list_tids(pid: int) -> list[int]:
     """Thread ids of `pid` from /proc/PID/task, the leader first."""
-    try:
-        tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
-    except FileNotFoundError:
-        raise NoSuchProcess(pid) from None
+    tids = _PROC.tasks(pid)
     if pid in tids:
         tids.remove(pid)
         tids.insert(0, pid)
@@ -60,48 +57,18 @@ def list_tids(pid: int) -> list[int]:
 
 def tgid_of(tid: int) -> int:
     """The thread-group id (process id) of a thread, from /proc/TID/status."""
-    try:
-        with open(f"/proc/{tid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Tgid:"):
-                    return int(line.split()[1])
-    except FileNotFoundError:
-        pass
-    raise NoSuchProcess(tid)
-
-
-def _thread_state(tid: int) -> str | None:
-    try:
-        with open(f"/proc/{tid}/stat", "rb") as f:
-            data = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return data[data.rfind(b")") + 2 :].split(b" ", 1)[0].decode()
-
-
-def _current_cpu() -> int:
-    """The CPU this thread last ran on (field 39 of /proc/thread-self/stat)."""
-    with open("/proc/thread-self/stat", "rb") as f:
-        data = f.read()
-    return int(data[data.rfind(b")") + 2 :].split()[36])
+    return _PROC.tgid(tid)
 
 
 def find_vdso_syscall(pid: int) -> int:
     """Address of a `syscall` instruction inside the [vdso] of `pid` (read, never written)."""
-    with open(f"/proc/{pid}/maps", "rb") as f:
-        maps = f.read()
-    for m in _MAPS_LINE.finditer(maps):
-        if m.group(4).strip() == b"[vdso]":
-            start, end = int(m.group(1), 16), int(m.group(2), 16)
-            fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                code = os.pread(fd, end - start, start)
-            finally:
-                os.close(fd)
+    for v in _PROC.maps(pid):
+        if v.kind is VmaKind.VDSO:
+            code = read_mem(pid, v.start, v.size)
             off = code.find(SYSCALL_INSN)
             if off < 0:
                 break
-            return start + off
+            return v.start + off
     raise InjectionError(
         f"process {pid} has no [vdso] with a syscall instruction; set the "
         f"injection address explicitly",
@@ -323,7 +290,7 @@ class Tracee:
 
     def _mem(self) -> int:
         if self._mem_fd is None:
-            self._mem_fd = os.open(f"/proc/{self.tid}/mem", os.O_RDWR | os.O_CLOEXEC)
+            self._mem_fd = open_mem(self.tid, os.O_RDWR)
         return self._mem_fd
 
     def read_mem(self, addr: int, size: int) -> bytes:
@@ -429,7 +396,7 @@ class Tracee:
         common = mine & theirs
         if not common or (len(mine) == 1 and mine == theirs):
             return None  # no CPU both may use, or both already share their only one
-        cpu = _current_cpu()
+        cpu = _PROC.current_cpu()
         if cpu not in common:
             cpu = min(common)
         try:
@@ -568,7 +535,7 @@ def freeze_process(
             batch: list[Tracee] = []
             for tid in new:
                 # A zombie leader (it called pthread_exit) cannot be seized (EPERM).
-                if _thread_state(tid) in (None, "Z", "X"):
+                if _PROC.state(tid) in (None, "Z", "X"):
                     gone.add(tid)
                     continue
                 t = Tracee(tid, pid=pid)
@@ -579,7 +546,7 @@ def freeze_process(
                     continue
                 except OSError as e:
                     # A thread past exit_notify() refuses PTRACE_SEIZE with EPERM, not ESRCH.
-                    if e.errno == errno.EPERM and _thread_state(tid) in (None, "Z", "X"):
+                    if e.errno == errno.EPERM and _PROC.state(tid) in (None, "Z", "X"):
                         gone.add(tid)
                         continue
                     raise

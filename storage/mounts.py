@@ -1,21 +1,13 @@
-"""The mount table (/proc/self/mountinfo): which mount holds a path, what is mounted where.
-
-A line is `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS`;
-the kernel escapes space, tab, newline and backslash in paths as octal (`\\040`).
-"""
+"""The mount table of this process's mount namespace (read through the /proc layer,
+cpt.procfs): which mount holds a path, what is mounted where."""
 
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
-from pathlib import Path
 
+from cpt.procfs import Proc
 from storage.errors import FsError
-
-PROC = Path("/proc")
-
-_OCTAL = re.compile(r"\\([0-7]{3})")
 
 
 @dataclass(frozen=True)
@@ -29,35 +21,21 @@ class Mount:
     source: str
 
 
-def _unescape(field: str) -> str:
-    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
-
-
-def parse_mountinfo(text: str) -> list[Mount]:
-    """Parse the text of a mountinfo file, in its order (later mounts cover earlier ones)."""
-    result = []
-    for line in text.splitlines():
-        fields = line.split(" ")
-        # The optional fields end at a lone "-".
-        sep = fields.index("-", 6)
-        major, minor = fields[2].split(":")
-        result.append(
-            Mount(
-                mount_id=int(fields[0]),
-                dev=(int(major), int(minor)),
-                root=_unescape(fields[3]),
-                mount_point=_unescape(fields[4]),
-                options=fields[5],
-                fstype=fields[sep + 1],
-                source=_unescape(fields[sep + 2]),
-            )
+def mounts() -> list[Mount]:
+    """The mount table of this process's mount namespace, in its order (later mounts
+    cover earlier ones)."""
+    return [
+        Mount(
+            mount_id=m.mount_id,
+            dev=(m.major, m.minor),
+            root=m.root,
+            mount_point=m.mount_point,
+            options=m.options,
+            fstype=m.fstype,
+            source=m.source,
         )
-    return result
-
-
-def mounts(proc: Path = PROC) -> list[Mount]:
-    """The mount table of this process's mount namespace."""
-    return parse_mountinfo((proc / "self" / "mountinfo").read_text())
+        for m in Proc().mountinfo(os.getpid())
+    ]
 
 
 def _inside(path: str, mount_point: str) -> bool:

@@ -1,5 +1,5 @@
-"""Shared test fixtures: the repository's paths, `cpt` (the command as a process) and
-`node` (a cpt node for VE tests)."""
+"""Shared test fixtures: the repository's paths, `cpt` (the command as a process),
+`node` (a cpt node for VE tests) and `zoo` (the /proc layer reading a captured tree)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 from cptcli import CptRunner
+from helpers_procfs import FIX as PROC_FIXTURES
 from ve_node import Node, node_at
+
+from cpt.procfs import Proc
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
@@ -33,3 +36,9 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     module created is stopped and destroyed, and the pool removed, afterwards."""
     with node_at(tmp_path_factory.mktemp("node")) as n:
         yield n
+
+
+@pytest.fixture(scope="module")
+def zoo() -> Proc:
+    """The /proc layer on the captured tree fixtures/proc/zoo (tests/helpers_procfs.py)."""
+    return Proc(str(PROC_FIXTURES / "zoo"))

@@ -19,7 +19,7 @@ from cpt.dump.inotify import Unresolvable, watch_path
 from cpt.dump.options import DumpOptions
 from cpt.dump.paths import PathTable
 from cpt.dump.timers import cpu_clock
-from cpt.proc import EpollTarget, Proc, parse_fd_target
+from cpt.procfs import EpollTarget, Proc, parse_fd_target
 from cpt.restore.eventfds import EventFds
 from cpt.restore.inotify import Inotifies
 from cpt.sys.anonfd import (

@@ -344,7 +344,7 @@ def test_an_fd_closed_during_the_precheck_is_no_problem(tmp_path: Path) -> None:
     not refused (the dump lists the fds again, frozen).  A phantom fd stands for it."""
     from cpt.dump.check import unsupported_process
     from cpt.dump.options import DumpOptions
-    from cpt.proc import Proc
+    from cpt.procfs import Proc
 
     class Listing(Proc):
         def fd_targets(self, pid: int):  # type: ignore[no-untyped-def]

@@ -26,31 +26,27 @@ from typing import Any
 
 import pytest
 
-from cpt.dump.mounts import (
-    MS_NOATIME,
-    MS_NODIRATIME,
-    MS_NOSYMFOLLOW,
-    MS_RELATIME,
-    MS_STRICTATIME,
-    MountTable,
-    dump_mounts,
-    mount_flags,
-)
+from cpt.dump.mounts import MountTable, dump_mounts, mount_flags
 from cpt.errors import RestoreError, UnsupportedError
-from cpt.proc import parse_mountinfo
+from cpt.procfs import parse_mountinfo
 from cpt.restore.mounts import build, host_path, problems
 from cpt.sys.ns import (
     CLONE_NEWNS,
     CLONE_NEWPID,
     MNT_DETACH,
     MS_BIND,
+    MS_NOATIME,
     MS_NODEV,
+    MS_NODIRATIME,
     MS_NOEXEC,
     MS_NOSUID,
+    MS_NOSYMFOLLOW,
     MS_PRIVATE,
     MS_RDONLY,
     MS_REC,
+    MS_RELATIME,
     MS_REMOUNT,
+    MS_STRICTATIME,
     mount,
     pivot_root,
     umount2,

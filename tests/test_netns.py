@@ -35,13 +35,12 @@ from cpt.dump.netns import (
     IFF_UP,
     dump_net,
     dump_uts,
-    in_namespace,
     is_idle_fallback_tunnel,
     is_kernel_link_local,
 )
 from cpt.errors import NoSuchProcess, RestoreError, UnsupportedError
 from cpt.restore.netns import restore_net, restore_uts
-from cpt.sys.ns import CLONE_NEWNET, CLONE_NEWUTS, unshare
+from cpt.sys.ns import CLONE_NEWNET, CLONE_NEWUTS, in_namespace, unshare
 from cpt.sys.task import PR_SET_PDEATHSIG, prctl
 from cptimage.records import NetAddr, NetLink, NetRoute, Uts
 

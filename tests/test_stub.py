@@ -203,7 +203,7 @@ def test_clone_stub_requires_auto_attach(procs: Procs) -> None:
 
 @pytest.mark.root
 def test_stub_as_pidns_init_with_child(procs: Procs) -> None:
-    from cpt.sys.clone import CLONE_NEWPID
+    from cpt.sys.ns import CLONE_NEWPID
 
     for _ in range(10):
         outer, child_outer = free_pids(2)

@@ -16,6 +16,7 @@ import pytest
 from helpers_proc import Procs, compile_c, proc_state, wait_until
 
 from cpt.errors import NoSuchProcess
+from cpt.procfs import open_pagemap
 from cpt.sys import files, mem, ptrace, task
 from cpt.sys.arch import Regs, to_signed
 from cpt.sys.syscalls import NR, syscall_name
@@ -418,7 +419,7 @@ def test_pagemap_scan_touched_pages(procs: Procs, helpers: dict[str, Path]) -> N
     p, line = procs.start_ready([str(helpers["mem"]), "1"])
     q = int(line.split()[2], 16)
     end = q + 64 * PAGE
-    fd = mem.open_pagemap(p.pid)
+    fd = open_pagemap(p.pid)
     try:
         present = mem.pagemap_scan(
             fd,

@@ -11,7 +11,7 @@ import pytest
 
 from cpt.checkpoint import Tree, TreeState
 from cpt.errors import InvalidValue
-from cpt.proc import Proc
+from cpt.procfs import Proc
 from ve.runtime import RunState, object_name
 
 

@@ -19,8 +19,7 @@ from typing import Any
 
 from cpt.errors import AlreadyRunning, CptError, InvalidValue, NotRunning, SystemError_
 from cpt.freezer import Freezer
-from cpt.sys.clone import CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS
-from cpt.sys.ns import join, unshare
+from cpt.sys.ns import VE_NAMESPACES, join, unshare
 from storage import backend_for
 
 from . import net, rootfs
@@ -31,7 +30,6 @@ from .hooks import SnapshotHooks
 from .node import Node
 from .runtime import RunState, Runtime
 
-VE_NAMESPACES = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWPID
 BOOT_TIMEOUT = 30.0
 
 

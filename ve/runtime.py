@@ -24,7 +24,7 @@ from cpt.checkpoint import InFreeze, Link, Tree
 from cpt.errors import NoSuchProcess
 from cpt.freezer import Freezer
 from cpt.lock import locked, run_dir
-from cpt.proc import Proc
+from cpt.procfs import Proc
 from cptimage.atomic import atomic_output
 
 from . import net

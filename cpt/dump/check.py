@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from ..errors import NoSuchProcess, UnsupportedError
-from ..proc import FdTarget, Proc
+from ..procfs import FdTarget, Proc, fd_path
 from .fds import unsupported_fd
 from .locks import unsupported_locks
 from .mm import unsupported_vma
@@ -49,7 +49,7 @@ def _fd_problem(pid: int, fd: int, ft: FdTarget, opts: DumpOptions) -> str | Non
         why = unsupported_fd(pid, fd, ft, opts)
     except FileNotFoundError:
         why = f"process {pid} fd {fd}: {ft.target} cannot be read"
-    if why and not os.path.lexists(f"/proc/{pid}/fd/{fd}"):
+    if why and not os.path.lexists(fd_path(pid, fd)):
         return None
     return why
 

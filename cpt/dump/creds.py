@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cptimage.records import Creds
 
-from ..proc import ProcStatus
+from ..procfs import ProcStatus
 from .probe import Probe
 
 

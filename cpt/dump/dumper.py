@@ -24,7 +24,7 @@ from cptimage.records import (
 )
 
 from .. import fault, hostinfo
-from ..proc import Proc
+from ..procfs import Proc
 from .creds import dump_creds
 from .fds import FdTable
 from .ipc import IpcDumper

@@ -14,8 +14,8 @@ from typing import Any
 
 from cptimage.records import Epoll, EpollTarget
 
-from ..proc import EpollTarget as TargetInfo
-from ..proc import FdInfo, FdKind, FdTarget, Proc
+from ..procfs import EpollTarget as TargetInfo
+from ..procfs import FdInfo, FdKind, FdTarget, Proc
 from ..sys.anonfd import kcmp_epoll_tfd
 from .fdbase import FdContext, file_flags
 from .options import DumpOptions

@@ -9,7 +9,7 @@ from typing import Any
 
 from cptimage.records import EventFd, SignalFd, TimerFd
 
-from ..proc import FdInfo, FdKind, FdTarget, Proc
+from ..procfs import FdInfo, FdKind, FdTarget, Proc
 from ..sys.anonfd import timerfd_gettime
 from ..sys.task import pidfd_getfd, pidfd_open
 from .fdbase import FdContext, file_flags

@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ..proc import FdInfo, FdKind, FdTarget
+from ..procfs import FdInfo, FdKind, FdTarget
 from .options import DumpOptions
 from .paths import PathTable
 

@@ -9,12 +9,13 @@ Each kind of open file has its handler module, listed in HANDLERS.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 from typing import Any
 
 from cptimage.records import Fd
 
 from ..errors import UnsupportedError
-from ..proc import FdInfo, FdKind, FdTarget
+from ..procfs import FdInfo, FdKind, FdTarget, fd_path
 from ..sys.files import MQUEUE_MAGIC, fs_magic
 from ..sys.task import KCMP_FILE, kcmp
 from . import epoll, eventfds, files, inotify, mqueue, pipes, shmem, sockets, tty
@@ -22,8 +23,6 @@ from .fdbase import O_CLOEXEC, FdContext, Handler
 from .locks import dump_locks
 from .options import DumpOptions
 from .paths import PathTable
-
-FD_CLOEXEC = 1
 
 HANDLERS: dict[FdKind, Handler] = {}
 for _h in (
@@ -47,7 +46,7 @@ def classify(pid: int, fd: int, ft: FdTarget) -> FdTarget:
     """The link text cannot tell a POSIX message queue ("/name") from a file: statfs can."""
     if ft.kind is FdKind.FILE:
         try:
-            if fs_magic(f"/proc/{pid}/fd/{fd}") == MQUEUE_MAGIC:
+            if fs_magic(fd_path(pid, fd)) == MQUEUE_MAGIC:
                 return dataclasses.replace(ft, kind=FdKind.MQUEUE)
         except OSError:
             pass  # the fd vanished: the handler will say so
@@ -95,7 +94,9 @@ class FdTable:
             self.descriptions.append(h.dump(self.ctx, ident, pid, fd, ft, fi))
         self.ctx.ids[(pid, fd)] = ident
         dump_locks(self.ctx, pid, fd, ident, fi)
-        return Fd(pid=pid, fd=fd, file_id=ident, flags=FD_CLOEXEC if fi.flags & O_CLOEXEC else 0)
+        return Fd(
+            pid=pid, fd=fd, file_id=ident, flags=fcntl.FD_CLOEXEC if fi.flags & O_CLOEXEC else 0
+        )
 
     def _shared(self, key: tuple[Any, ...], pid: int, fd: int) -> int | None:
         for opid, ofd, ident in self._groups.get(key, ()):

@@ -11,7 +11,7 @@ from typing import Any
 
 from cptimage.records import RegFile
 
-from ..proc import FdInfo, FdKind, FdTarget
+from ..procfs import FdInfo, FdKind, FdTarget, fd_path
 from . import ghost
 from .fdbase import FdContext, file_flags
 from .options import DumpOptions
@@ -31,7 +31,7 @@ class Files:
 
     def unsupported(self, pid: int, fd: int, ft: FdTarget, opts: DumpOptions) -> str | None:
         where = f"process {pid} fd {fd}"
-        link = f"/proc/{pid}/fd/{fd}"
+        link = fd_path(pid, fd)
         if ft.deleted:
             assert ft.path is not None
             why = ghost.problem(where, link, ft.path, opts.ghost_limit, pid, opts.root)
@@ -54,11 +54,11 @@ class Files:
         return None
 
     def key(self, pid: int, fd: int, ft: FdTarget, fi: FdInfo) -> tuple[Any, ...]:
-        st = os.stat(f"/proc/{pid}/fd/{fd}")
+        st = os.stat(fd_path(pid, fd))
         return ("file", st.st_dev, st.st_ino)
 
     def dump(self, ctx: FdContext, ident: int, pid: int, fd: int, ft: FdTarget, fi: FdInfo) -> Any:
-        st = os.stat(f"/proc/{pid}/fd/{fd}")
+        st = os.stat(fd_path(pid, fd))
         if stat.S_ISFIFO(st.st_mode):
             return dump_fifo(ctx, ident, pid, fd, ft, fi, st)
         assert ft.path is not None
@@ -67,7 +67,7 @@ class Files:
             st,
             mnt_id=fi.mnt_id,
             what=ctx.where(pid, fd),
-            link=f"/proc/{pid}/fd/{fd}",
+            link=fd_path(pid, fd),
             pid=pid,
         )
         return RegFile(id=ident, path_id=path_id, flags=file_flags(fi), pos=fi.pos)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 import stat
 
-from ..proc import split_deleted
+from ..errors import CptError
+from ..procfs import Proc, split_deleted
 
 
 def problem(what: str, link: str, path: str, limit: int, pid: int, root: str = "") -> str | None:
@@ -46,8 +47,8 @@ def other_name(pid: int, path: str, st: os.stat_result, root: str = "") -> str |
     directory `path` was in."""
     same = (st.st_dev, st.st_ino)
     try:
-        links = [os.readlink(f"/proc/{pid}/fd/{n}") for n in os.listdir(f"/proc/{pid}/fd")]
-    except OSError:
+        links = [target for _, target in Proc().fds(pid)]
+    except (OSError, CptError):
         links = []
     candidates = [p for p, gone in map(split_deleted, links) if not gone and p.startswith("/")]
     d = os.path.dirname(path)

@@ -26,7 +26,7 @@ from cptimage.records import InetFlags, InetSocket, SockState
 
 from .. import netfilter
 from ..errors import CptError, NoSuchProcess, UnsupportedError, ZombieProcess
-from ..proc import TCP_STATES, FdInfo, FdKind, Proc
+from ..procfs import TCP_STATES, FdInfo, FdKind, Proc
 from ..sys import net
 from .eventfds import duplicate_fd
 from .fdbase import FdContext, file_flags

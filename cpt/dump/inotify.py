@@ -16,16 +16,16 @@ from typing import Any
 
 from cptimage.records import Inotify, InotifyWatch
 
-from ..proc import FdInfo, FdKind, FdTarget, MountInfo, Proc, decode_kdev
-from ..proc import InotifyWatch as WatchInfo
+from ..procfs import FdInfo, FdKind, FdTarget, MountInfo, Proc, decode_kdev, fd_path
+from ..procfs import InotifyWatch as WatchInfo
 from ..sys.files import ioctl
 from ..sys.fsnotify import open_by_handle_at
+from ..sys.tty import FIONREAD
 from .eventfds import duplicate_fd
 from .fdbase import FdContext, file_flags
 from .options import DumpOptions
 
 MAX_WD = 100_000  # placeholder add/remove pairs at restore: about 9 us each
-FIONREAD = 0x541B
 
 
 class Unresolvable(Exception):
@@ -51,7 +51,7 @@ def watch_path(w: WatchInfo, mounts: list[MountInfo], root: str) -> tuple[str, o
     finally:
         os.close(mfd)
     try:
-        path = os.readlink(f"/proc/self/fd/{fd}")
+        path = os.readlink(fd_path("self", fd))
     finally:
         os.close(fd)
     try:

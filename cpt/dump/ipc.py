@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
 from typing import Any
 
 from cptimage.records import (
@@ -24,10 +23,9 @@ from cptimage.records import (
     SysvShm,
 )
 
-from ..proc import Proc
+from ..procfs import Proc, map_files_path, sysvipc
 from ..sys import ipc as I
-from ..sys.clone import CLONE_NEWIPC
-from ..sys.ns import setns
+from ..sys.ns import in_namespace
 from .shmem import ShmemTable
 
 NS_OWN = 1  # Namespace.flags: the tree's own namespace (restore makes a new one)
@@ -35,28 +33,6 @@ NS_OWN = 1  # Namespace.flags: the tree's own namespace (restore makes a new one
 
 def ipc_ns(pid: int, proc: Proc) -> int:
     return proc.ns(pid)["ipc"]
-
-
-@contextlib.contextmanager
-def inside(pid: int) -> Iterator[None]:
-    """Run the block in the IPC namespace of `pid` (and come back)."""
-    here = os.open("/proc/self/ns/ipc", os.O_RDONLY | os.O_CLOEXEC)
-    there = os.open(f"/proc/{pid}/ns/ipc", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        setns(there, CLONE_NEWIPC)
-        try:
-            yield
-        finally:
-            setns(here, CLONE_NEWIPC)
-    finally:
-        os.close(there)
-        os.close(here)
-
-
-def _table(name: str) -> list[list[str]]:
-    """/proc/sysvipc/<name> of the current IPC namespace, as rows of fields."""
-    with open(f"/proc/sysvipc/{name}") as f:
-        return [line.split() for line in f.read().splitlines()[1:] if line.strip()]
 
 
 class IpcDumper:
@@ -74,16 +50,16 @@ class IpcDumper:
 
     def dump(self, attached: set[int]) -> None:
         """Records of the objects; shm contents go through the ShmemTable (read later)."""
-        ctx = inside(self.root) if self.own else contextlib.nullcontext()
+        ctx = in_namespace(self.root, "ipc") if self.own else contextlib.nullcontext()
         with ctx:
-            for row in _table("shm"):
+            for row in sysvipc("shm"):
                 shmid = int(row[1])
                 if self.own or shmid in attached:
                     self._shm(row)
             if self.own:
-                for row in _table("sem"):
+                for row in sysvipc("sem"):
                     self._sem(row)
-                for row in _table("msg"):
+                for row in sysvipc("msg"):
                     self._msq(row)
 
     def _shm(self, row: list[str]) -> None:
@@ -94,7 +70,7 @@ class IpcDumper:
         # attach it here too: its contents are then read like any shared memory object
         att = I.ShmAttachment(shmid, size, readonly=True)
         self._attachments.append(att)
-        source = f"/proc/self/map_files/{att.addr:x}-{att.addr + size:x}"
+        source = map_files_path("self", att.addr, att.addr + size)
         shmem_id = self.shmem.add((-self.ns_ino, shmid), source, ShmemKind.SYSV, "")
         self.records.append(
             SysvShm(

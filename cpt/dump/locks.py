@@ -14,9 +14,9 @@ import os
 
 from cptimage.records import FileLock, LockKind
 
-from .. import proc as P
+from .. import procfs as P
 from ..errors import UnsupportedError
-from ..proc import FdInfo, Proc
+from ..procfs import FdInfo, Proc, fd_path
 from .fdbase import FdContext
 from .options import DumpOptions
 
@@ -35,7 +35,7 @@ def lock_problem(pid: int, fd: int, lk: P.FileLock, opts: DumpOptions) -> str | 
         return None
     where = f"process {pid} fd {fd}"
     try:
-        path = os.readlink(f"/proc/{pid}/fd/{fd}")
+        path = os.readlink(fd_path(pid, fd))
     except OSError:
         path = f"inode {lk.ino}"
     if lk.kind not in _KINDS:

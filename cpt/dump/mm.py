@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cptimage.records import Mm, MmFlags, Vma, VmaKind, VmFlags
 
-from .. import proc as P
+from .. import procfs as P
 from ..errors import UnsupportedError
 from ..sys.mem import MAP_ANONYMOUS, MAP_GROWSDOWN, MAP_NORESERVE, MAP_PRIVATE, MAP_SHARED
 from . import ghost
@@ -48,7 +48,7 @@ def unsupported_vma(
         return f"{where}: special mapping {v.path} is not supported"
     if k is P.VmaKind.FILE:
         if v.deleted and ghost_limit is not None:
-            link = f"/proc/{pid}/map_files/{v.start:x}-{v.end:x}"
+            link = P.map_files_path(pid, v.start, v.end)
             return ghost.problem(where, link, v.path, ghost_limit, pid, root)
         if v.path.startswith("/dev/"):
             return f"{where}: device mapping {v.path} is not supported"

@@ -45,16 +45,21 @@ import tarfile
 from cptimage.records import Mount, MountData
 
 from ..errors import CptError, DumpError, UnsupportedError
-from ..proc import MountInfo, Proc
+from ..procfs import MountInfo, Proc, ns_path, root_path
 from ..sys.ns import (
     CLONE_NEWNS,
     MNT_DETACH,
+    MS_NOATIME,
     MS_NODEV,
+    MS_NODIRATIME,
     MS_NOEXEC,
     MS_NOSUID,
+    MS_NOSYMFOLLOW,
     MS_PRIVATE,
     MS_RDONLY,
     MS_REC,
+    MS_RELATIME,
+    MS_STRICTATIME,
     mount,
     setns,
     umount2,
@@ -62,11 +67,6 @@ from ..sys.ns import (
 )
 
 __all__ = [
-    "MS_NOATIME",
-    "MS_NODIRATIME",
-    "MS_NOSYMFOLLOW",
-    "MS_RELATIME",
-    "MS_STRICTATIME",
     "RECREATED",
     "MountTable",
     "dump_mounts",
@@ -74,13 +74,6 @@ __all__ = [
     "mtime_text",
     "tar_tree",
 ]
-
-# MS_* per-mount flags cpt/sys/ns.py does not define (linux/mount.h)
-MS_NOSYMFOLLOW = 0x100
-MS_NOATIME = 0x400
-MS_NODIRATIME = 0x800
-MS_RELATIME = 1 << 21
-MS_STRICTATIME = 1 << 24
 
 # mountinfo field 6 (show_mnt_opts) -> MS_* bit
 _OPTION_FLAGS = {
@@ -309,9 +302,9 @@ def _inspect(
 ) -> tuple[dict[int, tuple[int, int, int]], dict[int, bytes]]:
     """For each mount, (st_dev, st_ino, st_mode) of its root as seen at its mountpoint,
     and the tar stream of each tmpfs in `tmpfs` (mnt_id -> its dev)."""
-    ns_fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    ns_fd = os.open(ns_path(pid, "mnt"), os.O_RDONLY | os.O_CLOEXEC)
     try:
-        st = os.stat(f"/proc/{pid}/root")
+        st = os.stat(root_path(pid))
         r, w = os.pipe2(os.O_CLOEXEC)
         try:
             child = os.fork()

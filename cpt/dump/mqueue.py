@@ -13,7 +13,7 @@ from typing import Any
 
 from cptimage.records import PosixMq, PosixMqMsg
 
-from ..proc import FdInfo, FdKind, FdTarget
+from ..procfs import FdInfo, FdKind, FdTarget, fd_path
 from ..sys import ipc as I
 from .fdbase import FdContext, file_flags
 from .options import DumpOptions
@@ -26,11 +26,11 @@ class MessageQueues:
         return None
 
     def key(self, pid: int, fd: int, ft: FdTarget, fi: FdInfo) -> tuple[Any, ...]:
-        st = os.stat(f"/proc/{pid}/fd/{fd}")
+        st = os.stat(fd_path(pid, fd))
         return ("mqueue", st.st_dev, st.st_ino)
 
     def dump(self, ctx: FdContext, ident: int, pid: int, fd: int, ft: FdTarget, fi: FdInfo) -> Any:
-        link = f"/proc/{pid}/fd/{fd}"
+        link = fd_path(pid, fd)
         qfd = os.open(link, os.O_RDWR | os.O_CLOEXEC)
         try:
             st = os.fstat(qfd)

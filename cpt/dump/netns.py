@@ -1,13 +1,13 @@
 """The network and UTS namespaces of a VE: links, addresses, routes; hostname, domainname.
 
-Both are read from inside: `in_namespace` moves only the CALLING THREAD into the namespace
-of the process (setns(2) of a net or uts namespace is per thread), opens what it needs
-there and moves the thread back.  The rest of this process, its other threads included,
-never leaves its own namespaces.  A netlink socket stays bound to the network namespace it
-was created in, so pyroute2's IPRoute is created inside the block: in pyroute2 0.9 the
-synchronous IPRoute creates its socket in its constructor, in the calling thread (it
-keeps one socket per thread, created lazily in the thread that first uses it, and starts
-no thread of its own), and every call of it below runs in that same thread.
+Both are read from inside: `in_namespace` (cpt.sys.ns) moves only the CALLING THREAD into
+the namespace of the process (setns(2) of a net or uts namespace is per thread), opens what
+it needs there and moves the thread back.  The rest of this process, its other threads
+included, never leaves its own namespaces.  A netlink socket stays bound to the network
+namespace it was created in, so pyroute2's IPRoute is created inside the block: in
+pyroute2 0.9 the synchronous IPRoute creates its socket in its constructor, in the calling
+thread (it keeps one socket per thread, created lazily in the thread that first uses it,
+and starts no thread of its own), and every call of it below runs in that same thread.
 
 What is recorded (SPEC.md: Uts, NetLink, NetAddr, NetRoute):
 
@@ -37,19 +37,16 @@ What is recorded (SPEC.md: Uts, NetLink, NetAddr, NetRoute):
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import os
 import socket
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from cptimage.records import NetAddr, NetLink, NetRoute, Uts
 
-from ..errors import AccessDenied, DumpError, NoSuchProcess, UnsupportedError
-from ..sys._libc import PinnedBuffer, checked_syscall
-from ..sys.ns import CLONE_NEWNET, CLONE_NEWUTS, setns
-from ..sys.syscalls import NR
+from ..errors import DumpError, UnsupportedError
+from ..sys.ns import in_namespace
+from ..sys.uts import uname
 
 # pyroute2 is imported where it is used: importing the package loads all of it (ndb,
 # ipdb, conntrack, asyncio; about 100 ms), which every cpt command would otherwise pay
@@ -102,59 +99,13 @@ FALLBACK_TUNNELS = {
     "ip6gre": "ip6gre0",
 }
 
-_NSTYPES = {"net": CLONE_NEWNET, "uts": CLONE_NEWUTS}
-_UTS_FIELD = 65  # __NEW_UTS_LEN + 1: struct new_utsname is six of these
-
-
-@contextlib.contextmanager
-def in_namespace(pid: int, kind: str) -> Iterator[int]:
-    """Run the block with the calling thread (only) in the `kind` namespace ("net" or
-    "uts") of process `pid`; yields the namespace's inode.  The thread is moved back to its
-    own namespace on the way out, whatever happens in the block."""
-    nstype = _NSTYPES.get(kind)
-    if nstype is None:
-        raise ValueError(f"in_namespace: {kind!r} is not a per-thread namespace (net, uts)")
-    here = os.open(f"/proc/thread-self/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        try:
-            there = os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
-        except (FileNotFoundError, ProcessLookupError):
-            raise NoSuchProcess(pid) from None
-        except PermissionError as e:
-            raise AccessDenied(f"{kind} namespace of process {pid}: {e.strerror}", pid=pid) from e
-        try:
-            ino = os.fstat(there).st_ino
-            setns(there, nstype)
-        finally:
-            os.close(there)
-        try:
-            yield ino
-        finally:
-            setns(here, nstype)
-    finally:
-        os.close(here)
-
-
 # ---- UTS ----
-
-
-def uname_strings() -> tuple[str, str]:
-    """(nodename, domainname) of the calling thread's UTS namespace (uname(2))."""
-    buf = bytearray(6 * _UTS_FIELD)
-    with PinnedBuffer(buf, writable=True) as pb:
-        checked_syscall("uname", None, NR.uname, pb.address)
-
-    def field(i: int) -> str:
-        raw = bytes(buf[i * _UTS_FIELD : (i + 1) * _UTS_FIELD])
-        return os.fsdecode(raw.split(b"\0", 1)[0])
-
-    return field(1), field(5)
 
 
 def dump_uts(pid: int) -> Uts:
     """The hostname and domainname of the UTS namespace of `pid`."""
     with in_namespace(pid, "uts") as ino:
-        hostname, domainname = uname_strings()
+        _, hostname, _, _, _, domainname = uname()
     return Uts(ns_ino=ino, hostname=hostname, domainname=domainname)
 
 
@@ -392,10 +343,8 @@ __all__ = [
     "NetRecord",
     "dump_net",
     "dump_uts",
-    "in_namespace",
     "ip_text",
     "link_kind",
     "netlink_reason",
     "route_text",
-    "uname_strings",
 ]

@@ -17,6 +17,7 @@ import os
 from cptimage.container import ImageWriter
 from cptimage.records import OwnerKind, PageFlags, PagemapRun, Vma, VmaKind, VmFlags
 
+from ..procfs import mem_path, open_mem, open_pagemap
 from ..sys.arch import PAGE_SIZE
 from ..sys.mem import (
     MAP_SHARED,
@@ -25,7 +26,6 @@ from ..sys.mem import (
     PAGE_IS_PRESENT,
     PAGE_IS_SWAPPED,
     MemoryFault,
-    open_pagemap,
     pagemap_scan,
     process_vm_readv,
 )
@@ -167,10 +167,10 @@ class PageDumper:
 
     def _read_forced(self, batch: list[tuple[int, int, int]]) -> None:
         if self._mem is None:
-            self._mem = os.open(f"/proc/{self.pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+            self._mem = open_mem(self.pid)
         pos = 0
         for addr, n, _ in batch:
             got = os.preadv(self._mem, [self.view[pos : pos + n]], addr)
             if got != n:
-                raise OSError(f"/proc/{self.pid}/mem: short read at {addr:#x}")
+                raise OSError(f"{mem_path(self.pid)}: short read at {addr:#x}")
             pos += n

@@ -16,7 +16,7 @@ import stat
 from cptimage.records import PathFlags, PathKind, PathObj
 
 from ..errors import UnsupportedError
-from ..proc import split_deleted
+from ..procfs import link_path, split_deleted
 from . import ghost
 
 _KINDS = {
@@ -116,7 +116,7 @@ class PathTable:
 
     def add_link(self, pid: int, name: str) -> int:
         """A /proc/PID/<name> link: cwd, root, exe, fd/N or map_files/A-B."""
-        link = f"/proc/{pid}/{name}"
+        link = link_path(pid, name)
         path, _ = split_deleted(os.readlink(link))
         return self.add(path, os.stat(link), what=f"process {pid} {name}", link=link, pid=pid)
 

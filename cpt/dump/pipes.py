@@ -10,12 +10,10 @@ from typing import Any
 
 from cptimage.records import Fifo, Pipe, PipeData
 
-from ..proc import FdInfo, FdKind, FdTarget
-from ..sys.files import tee
+from ..procfs import FdInfo, FdKind, FdTarget, fd_path
+from ..sys.files import SPLICE_F_NONBLOCK, tee
 from .fdbase import FdContext, file_flags
 from .options import DumpOptions
-
-SPLICE_F_NONBLOCK = 2
 
 
 class Pipes:
@@ -43,7 +41,7 @@ def dump_fifo(
         st,
         mnt_id=fi.mnt_id,
         what=ctx.where(pid, fd),
-        link=f"/proc/{pid}/fd/{fd}",
+        link=fd_path(pid, fd),
         pid=pid,
     )
     pipe_data(ctx, pid, fd, st.st_ino)
@@ -66,7 +64,7 @@ def read_pipe(pid: int, fd: int) -> tuple[int, bytes]:
     Opening /proc/PID/fd/N read-only gives a new reader of the same pipe, whichever end N
     is; tee(2) duplicates its buffers into a private pipe of the same capacity.
     """
-    rfd = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    rfd = os.open(fd_path(pid, fd), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         cap = fcntl.fcntl(rfd, fcntl.F_GETPIPE_SZ)
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)

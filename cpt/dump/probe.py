@@ -17,19 +17,19 @@ from cptimage.records import Sigaction
 from ..remote import Scratch
 from ..sys.syscalls import NR
 from ..sys.task import (
+    ITIMERVAL,
     PR_GET_CHILD_SUBREAPER,
     PR_GET_DUMPABLE,
     PR_GET_PDEATHSIG,
     PR_GET_SECUREBITS,
     PR_GET_THP_DISABLE,
     PR_GET_TID_ADDRESS,
+    SIGACTION,
 )
 from ..tracer import Tracee
 
 # every signal whose disposition can be read and set (SIGKILL and SIGSTOP cannot)
 SIGNALS = [s for s in range(1, 65) if s not in (signal.SIGKILL, signal.SIGSTOP)]
-_SIGACTION = struct.Struct("<4Q")  # kernel struct sigaction: handler, flags, restorer, mask
-_ITIMERVAL = struct.Struct("<4q")  # interval (sec, usec), value (sec, usec)
 _STACK_T = struct.Struct("<QiiQ")  # ss_sp, ss_flags, pad, ss_size
 
 
@@ -69,13 +69,13 @@ def probe(tracees: list[Tracee], occupied: Iterable[tuple[int, int]]) -> Probe:
             actions = []
             for sig in SIGNALS:
                 call(NR.rt_sigaction, sig, 0, buf, 8)
-                h, fl, rest, mask = _SIGACTION.unpack(scratch.get(0, _SIGACTION.size))
+                h, fl, rest, mask = SIGACTION.unpack(scratch.get(0, SIGACTION.size))
                 actions.append(Sigaction(signo=sig, handler=h, flags=fl, restorer=rest, mask=mask))
             brk = call(NR.brk, 0)
             timers = []
             for which in (0, 1, 2):
                 call(NR.getitimer, which, buf)
-                isec, iusec, vsec, vusec = _ITIMERVAL.unpack(scratch.get(0, _ITIMERVAL.size))
+                isec, iusec, vsec, vusec = ITIMERVAL.unpack(scratch.get(0, ITIMERVAL.size))
                 timers.append((_usec(isec, iusec), _usec(vsec, vusec)))
             securebits = call(NR.prctl, PR_GET_SECUREBITS)
             call(NR.prctl, PR_GET_PDEATHSIG, buf)

@@ -24,13 +24,13 @@ from cptimage.records import (
     ShmemObject,
 )
 
-from .. import proc as P
+from .. import procfs as P
 from ..sys.arch import PAGE_SIZE
+from ..sys.files import F_GET_SEALS
 from .fdbase import FdContext, file_flags
 from .options import DumpOptions
 from .pages import BUF_SIZE, page_buffer
 
-F_GET_SEALS = 1034
 SEEK_DATA, SEEK_HOLE = 3, 4
 
 
@@ -64,7 +64,7 @@ class ShmemTable:
 
     def from_vma(self, pid: int, v: P.Vma, ipc_ns: int) -> int:
         """The object a VMA maps (a SysV segment is known by its id in `ipc_ns`)."""
-        source = f"/proc/{pid}/map_files/{v.start:x}-{v.end:x}"
+        source = P.map_files_path(pid, v.start, v.end)
         if v.kind is P.VmaKind.SYSV:
             # the segment's inode number is its shmid (ipc/shm.c)
             return self.add((-ipc_ns, v.inode), source, ShmemKind.SYSV, "")
@@ -146,14 +146,14 @@ class Memfds:
         return None
 
     def key(self, pid: int, fd: int, ft: P.FdTarget, fi: P.FdInfo) -> tuple[Any, ...]:
-        st = os.stat(f"/proc/{pid}/fd/{fd}")
+        st = os.stat(P.fd_path(pid, fd))
         return ("memfd", st.st_dev, st.st_ino)
 
     def dump(
         self, ctx: FdContext, ident: int, pid: int, fd: int, ft: P.FdTarget, fi: P.FdInfo
     ) -> Any:
         table: ShmemTable = ctx.cache["shmem"]
-        source = f"/proc/{pid}/fd/{fd}"
+        source = P.fd_path(pid, fd)
         st = os.stat(source)
         shmem_id = table.add((st.st_dev, st.st_ino), source, ShmemKind.MEMFD, ft.name or "")
         return MemfdFile(id=ident, shmem_id=shmem_id, flags=file_flags(fi), pos=fi.pos)

@@ -30,13 +30,14 @@ from typing import Any
 from cptimage.records import SockState, UnixSocket
 
 from ..errors import NoSuchProcess, UnsupportedError
-from ..proc import (
+from ..procfs import (
     FdInfo,
     FdKind,
     FdTarget,
     Proc,
     UnixSocketFdInfo,
     decode_kdev,
+    ns_path,
 )
 from ..sys.net import SIOCINQ, SO_PASSCRED, SO_PEEK_OFF, UnixDiag, ioctl_int, unix_diag
 from ..sys.task import pidfd_getfd, pidfd_open
@@ -67,7 +68,7 @@ def dup_socket(pid: int, fd: int) -> Iterator[socket.socket]:
 
 
 def _same_netns(pid: int) -> bool:
-    return os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat("/proc/thread-self/ns/net").st_ino
+    return os.stat(ns_path(pid, "net")).st_ino == os.stat(ns_path("thread-self", "net")).st_ino
 
 
 def sun_name(raw: bytes | None) -> bytes:

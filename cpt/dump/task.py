@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from cptimage.records import Itimers, Rlimit, Rlimits, TaskState
 
-from ..proc import Proc, ProcStatus
+from ..procfs import Proc, ProcStatus
 from .paths import PathTable
 from .probe import Probe
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cptimage.records import Thread
 
-from ..proc import Proc
+from ..procfs import Proc
 from ..sys import ptrace
 from ..sys.task import get_robust_list
 from ..tracer import Tracee

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from cptimage.records import PosixTimer
 
 from ..errors import UnsupportedError
-from ..proc import Proc
+from ..procfs import Proc
 from ..remote import Scratch
 from ..sys.anonfd import ITIMERSPEC, unpack_itimerspec
 from ..sys.syscalls import NR
@@ -55,7 +55,7 @@ def _cpu_clock_problem(
     if who == 0:
         if per_thread and len(tids) > 1:
             return (
-                f"the thread that created it, which /proc does not name in a process of "
+                f"the thread that created it, which procfs does not name in a process of "
                 f"{len(tids)} threads: not supported"
             )
         return None

@@ -7,7 +7,7 @@ import dataclasses
 from cptimage.records import Process, ProcessState
 
 from ..errors import DumpError, NoSuchProcess, ZombieProcess
-from ..proc import Proc
+from ..procfs import Proc
 from ..tracer import Tracee
 
 

@@ -27,7 +27,7 @@ from typing import Any
 from cptimage.records import Tty, TtyFlags, TtyInfo, TtyKind
 
 from ..errors import NoSuchProcess, UnsupportedError
-from ..proc import FdInfo, FdKind, FdTarget, Proc, PtyMasterInfo
+from ..procfs import FdInfo, FdKind, FdTarget, Proc, PtyMasterInfo, fd_path
 from ..sys import tty as T
 from ..sys.task import pidfd_getfd, pidfd_open
 from .fdbase import FdContext, file_flags
@@ -108,7 +108,7 @@ class TtyTable:
                     self.problems.append(f"process {pid} fd {fd}: a pty master of no index")
                 continue
             assert ft.index is not None
-            if os.stat(f"/proc/{pid}/fd/{fd}").st_dev != devpts:
+            if os.stat(fd_path(pid, fd)).st_dev != devpts:
                 self.problems.append(
                     f"process {pid} fd {fd}: {ft.path} is a pty of another devpts instance "
                     f"(a container's); not supported"

@@ -15,7 +15,7 @@ from typing import Any
 from cptimage.records import Namespace, NsKind
 
 from ..errors import UnsupportedError
-from ..proc import Proc
+from ..procfs import Proc
 from .ipc import NS_OWN
 from .mounts import dump_mounts
 from .netns import dump_net, dump_uts

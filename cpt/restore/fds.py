@@ -10,6 +10,7 @@ flags).  Openers finish per-process state by injection once the fds are in place
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 
 from ..errors import RestoreError
@@ -19,8 +20,6 @@ from .fdbase import Opener
 from .model import ImageModel
 from .tree import Task
 
-F_SETFD = 2
-FD_CLOEXEC = 1
 OPENERS: tuple[type, ...] = (
     files.Files,
     pipes.Pipes,
@@ -64,12 +63,12 @@ class FileRestorer:
         for fd in task.img.fds:
             src = self.local[fd.file_id]
             got = call(NR.pidfd_getfd, pidfd_slot, src, 0)
-            cloexec = fd.flags & FD_CLOEXEC
+            cloexec = fd.flags & fcntl.FD_CLOEXEC
             if got != fd.fd:
                 call(NR.dup3, got, fd.fd, os.O_CLOEXEC if cloexec else 0)
                 call(NR.close, got)
             elif not cloexec:
-                call(NR.fcntl, got, F_SETFD, 0)  # pidfd_getfd always sets FD_CLOEXEC
+                call(NR.fcntl, got, fcntl.F_SETFD, 0)  # pidfd_getfd always sets FD_CLOEXEC
         call(NR.close, pidfd_slot)
         for op in self.openers:
             op.after_install(self.model, task, self.local)

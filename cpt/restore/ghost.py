@@ -25,6 +25,7 @@ import tempfile
 from cptimage.records import PathFlags, PathObj
 
 from ..errors import RestoreError
+from ..procfs import fd_path
 from .model import ImageModel
 
 O_NEW = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
@@ -40,7 +41,7 @@ class Ghosts:
             if p.flags & PathFlags.GHOST:
                 fd = recreate(p, self.model.root_prefix + p.path)
                 self.fds.append(fd)
-                self.model.paths[p.id] = dataclasses.replace(p, path=f"/proc/{os.getpid()}/fd/{fd}")
+                self.model.paths[p.id] = dataclasses.replace(p, path=fd_path(os.getpid(), fd))
                 self.model.ghost_fds[p.id] = fd
 
     def close(self) -> None:
@@ -63,7 +64,7 @@ def recreate(p: PathObj, where: str | None = None) -> int:
         os.fchown(fd, p.uid, p.gid)
         os.fchmod(fd, stat.S_IMODE(p.mode))  # after chown, which clears set-id bits
         os.utime(fd, ns=(p.mtime_ns, p.mtime_ns))
-        return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+        return os.open(fd_path("self", fd), os.O_RDONLY | os.O_CLOEXEC)
     finally:
         os.close(fd)
 

@@ -20,6 +20,7 @@ from typing import Any
 from cptimage.records import Inotify, InotifyWatch
 
 from ..errors import RestoreError
+from ..procfs import fd_path
 from ..sys.fsnotify import (
     IN_CLOEXEC,
     IN_DONT_FOLLOW,
@@ -61,7 +62,7 @@ class Inotifies:
         """Let the kernel give out (and take back) the next `count` watch descriptors."""
         if self._placeholder is None:
             self._placeholder = os.memfd_create("cpt-inotify-placeholder", os.MFD_CLOEXEC)
-        path = f"/proc/self/fd/{self._placeholder}"
+        path = fd_path("self", self._placeholder)
         for i in range(1, count + 1):
             inotify_rm_watch(fd, inotify_add_watch(fd, path, IN_MODIFY))
             if i % _DRAIN_EVERY == 0:

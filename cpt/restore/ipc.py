@@ -4,7 +4,7 @@ A tree that had an IPC namespace of its own gets a new one (so does any tree res
 with --ipcns): the restorer unshares one for itself while it creates the objects and the
 stubs (which inherit it), then returns to its own.  Otherwise the objects go to the host's
 namespace, where their ids must be free (verify-before-restore checks it).  Ids are
-chosen through /proc/sys/kernel/{shm,sem,msg}_next_id of the namespace.
+chosen through the sysctls kernel.{shm,sem,msg}_next_id of the namespace.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
-from collections.abc import Iterator
 from typing import Any
 
 from cptimage import pagestore
@@ -20,31 +19,15 @@ from cptimage.container import ImageReader
 from cptimage.records import PageFlags, PosixMq, SysvMsg, SysvMsq, SysvSem, SysvShm
 
 from ..errors import RestoreError
+from ..procfs import sysvipc, write_sysctl
 from ..sys import ipc as I
-from ..sys.clone import CLONE_NEWIPC
-from ..sys.ns import setns, unshare
 from .fdbase import O_ACCMODE
 from .model import ImageModel
 from .tree import Task
 
 
-@contextlib.contextmanager
-def new_namespace() -> Iterator[None]:
-    """Run the block in a new IPC namespace; processes created in it stay there."""
-    here = os.open("/proc/self/ns/ipc", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        unshare(CLONE_NEWIPC)
-        try:
-            yield
-        finally:
-            setns(here, CLONE_NEWIPC)
-    finally:
-        os.close(here)
-
-
 def _next_id(kind: str, ident: int) -> None:
-    with open(f"/proc/sys/kernel/{kind}_next_id", "w") as f:
-        f.write(str(ident))
+    write_sysctl(f"kernel.{kind}_next_id", ident)
 
 
 class IpcObjects:
@@ -57,8 +40,7 @@ class IpcObjects:
     def conflicts(self) -> list[str]:
         """What already uses the ids and names here (for a restore into this namespace)."""
         out = []
-        with open("/proc/sysvipc/shm") as f:
-            shm = {int(line.split()[1]) for line in f.read().splitlines()[1:] if line.strip()}
+        shm = {int(row[1]) for row in sysvipc("shm")}
         for seg in self.model.sysv_shm.values():
             if seg.shmid in shm:
                 out.append(

@@ -18,11 +18,13 @@ from cptimage import pagestore
 from cptimage.container import ImageReader
 from cptimage.records import PageFlags, PathObj, Vma, VmaKind, VmFlags
 
-from .. import proc as P
+from .. import procfs as P
 from ..errors import RestoreError
-from ..proc import Proc
+from ..procfs import Proc
 from ..remote import Scratch, free_gap
 from ..sys.arch import PAGE_SIZE, SYSCALL_INSN
+from ..sys.files import AT_FDCWD
+from ..sys.ipc import SHM_EXEC, SHM_RDONLY
 from ..sys.mem import (
     MADV_DONTDUMP,
     MADV_DONTFORK,
@@ -43,7 +45,6 @@ from ..sys.task import PR_SET_MM, PR_SET_MM_MAP, pack_prctl_mm_map
 from .model import ImageModel, ProcImage
 from .tree import Task
 
-AT_FDCWD = -100
 O_RDONLY, O_RDWR, O_CLOEXEC = 0, 2, 0o2000000
 _TRIO = {"[vvar]": VmaKind.VVAR, "[vvar_vclock]": VmaKind.VVAR_VCLOCK, "[vdso]": VmaKind.VDSO}
 _KEEP = {*_TRIO, "[vsyscall]"}
@@ -71,7 +72,7 @@ def open_in_target(
     local = model.ghost_fds.get(path.id)
     if local is not None:
         got = t.syscall_checked(NR.pidfd_getfd, pidfd_slot, local, 0)
-        addr = sc.push_str(f"/proc/self/fd/{got}")
+        addr = sc.push_str(P.fd_path("self", got))  # "self": the tracee
         fd = t.syscall(NR.openat, AT_FDCWD, addr, flags | O_CLOEXEC, 0)
         t.syscall(NR.close, got)
     else:
@@ -194,9 +195,6 @@ def map_vmas(task: Task, model: ImageModel, pidfd_slot: int) -> set[int]:
 
 
 PARALLEL_MIN = 64 << 20  # below this, a second thread costs more than it saves
-
-
-SHM_RDONLY, SHM_EXEC = 0o10000, 0o100000
 
 
 def _attach_sysv(task: Task, model: ImageModel, v: Vma, index: int) -> None:

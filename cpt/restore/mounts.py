@@ -30,13 +30,17 @@ from cptimage.records import Mount
 
 from ..dump.mounts import RECREATED
 from ..errors import RestoreError
+from ..procfs import fd_path
 from ..sys.ns import (
     MNT_DETACH,
     MS_BIND,
+    MS_DIRSYNC,
+    MS_LAZYTIME,
     MS_PRIVATE,
     MS_RDONLY,
     MS_REC,
     MS_REMOUNT,
+    MS_SYNCHRONOUS,
     mount,
     pivot_root,
     umount2,
@@ -44,10 +48,7 @@ from ..sys.ns import (
 
 __all__ = ["build", "host_path", "problems"]
 
-# superblock flags shown among mountinfo's super options (show_sb_opts), linux/mount.h
-MS_SYNCHRONOUS = 0x10
-MS_DIRSYNC = 0x80
-MS_LAZYTIME = 1 << 25
+# superblock flags shown among mountinfo's super options (show_sb_opts)
 _SB_FLAGS = {"sync": MS_SYNCHRONOUS, "dirsync": MS_DIRSYNC, "lazytime": MS_LAZYTIME}
 
 _TAR_TYPES = frozenset(
@@ -285,7 +286,7 @@ def _walk(base_fd: int, path: str, m: Mount) -> int:
 
 
 def _fd_path(fd: int) -> str:
-    return f"/proc/self/fd/{fd}"
+    return fd_path("self", fd)
 
 
 def _devtext(dev: int) -> str:

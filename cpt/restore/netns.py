@@ -2,7 +2,7 @@
 
 The namespaces are the new, empty ones of the restored VE's init `pid`.  Like the dump
 (cpt/dump/netns.py), this works from inside with only the calling thread moved into them
-(`in_namespace`); the rest of this process stays where it is.
+(`in_namespace` of cpt.sys.ns); the rest of this process stays where it is.
 
 restore_net expects the caller to have created every veth pair already, with its VE end in
 the namespace under the recorded name (eth0) and its other end outside; it does not create
@@ -17,7 +17,6 @@ retried once the others are in.  Addresses and routes the kernel already added (
 from __future__ import annotations
 
 import errno
-import os
 import socket
 from typing import TYPE_CHECKING, Any
 
@@ -30,21 +29,20 @@ from ..dump.netns import (
     KIND_LOOPBACK,
     KIND_VETH,
     NetRecord,
-    in_namespace,
     ip_text,
     link_kind,
     netlink_reason,
     route_text,
 )
 from ..errors import RestoreError
-from ..sys._libc import PinnedBuffer, checked_syscall
-from ..sys.syscalls import NR
+from ..sys.ns import in_namespace
+from ..sys.uts import setdomainname, sethostname
 
 # pyroute2 is imported where it is used, as in cpt/dump/netns.py (start-up time).
 if TYPE_CHECKING:
     from pyroute2.netlink.exceptions import NetlinkError
 
-__all__ = ["in_namespace", "restore_net", "restore_uts"]
+__all__ = ["restore_net", "restore_uts"]
 
 # A route failing with one of these may need a route that comes later (its gateway's).
 _RETRY_ERRNOS = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EINVAL, errno.ENETDOWN}
@@ -53,18 +51,12 @@ _RETRY_ERRNOS = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EINVAL, errno.ENET
 # ---- UTS ----
 
 
-def _set_uts_name(nr: int, what: str, value: str) -> None:
-    raw = os.fsencode(value)
-    with PinnedBuffer(raw, writable=False) as pb:
-        checked_syscall(f"{what}({value!r})", None, nr, pb.address, pb.length)
-
-
 def restore_uts(pid: int, uts: Uts) -> None:
     """Set the hostname and domainname of the UTS namespace of `pid`."""
     with in_namespace(pid, "uts"):
         try:
-            _set_uts_name(NR.sethostname, "sethostname", uts.hostname)
-            _set_uts_name(NR.setdomainname, "setdomainname", uts.domainname)
+            sethostname(uts.hostname)
+            setdomainname(uts.domainname)
         except OSError as e:
             why = e.args[1] if len(e.args) > 1 else str(e)
             raise RestoreError(f"UTS namespace of process {pid}: {why}", pid=pid) from e

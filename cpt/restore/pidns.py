@@ -13,10 +13,10 @@ import contextlib
 import os
 import signal
 
-from ..proc import Proc
+from ..procfs import Proc
 from ..remote import Scratch
 from ..stub import INIT_REAPER, init_exec_path, spawn_stub
-from ..sys.clone import CLONE_NEWPID
+from ..sys.ns import CLONE_NEWPID
 from ..tracer import Tracee
 
 

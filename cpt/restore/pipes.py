@@ -10,6 +10,7 @@ from typing import Any
 from cptimage.records import Fifo, Pipe
 
 from ..errors import RestoreError
+from ..procfs import fd_path
 from .fdbase import O_ACCMODE, OPEN_IGNORE, SETFL_MASK
 from .model import ImageModel
 from .tree import Task
@@ -58,7 +59,7 @@ class Pipes:
     def _claim(self, end: int, flags: int) -> int:
         """A description of this pipe end: the end itself once, new ones after that."""
         if end in self._ends_used:
-            fd = os.open(f"/proc/self/fd/{end}", (flags & O_ACCMODE) | os.O_CLOEXEC)
+            fd = os.open(fd_path("self", end), (flags & O_ACCMODE) | os.O_CLOEXEC)
         else:
             self._ends_used.add(end)
             fd = end

@@ -26,14 +26,14 @@ from cptimage.records import Compression
 
 from .. import fault
 from ..errors import CptError, NoSuchProcess, RestoreError
-from ..proc import Proc
-from ..sys.ns import entered
+from ..procfs import Proc, pid_exists
+from ..sys.ns import entered, unshared
 from ..sys.syscalls import NR
 from ..sys.task import PR_SET_DUMPABLE, pidfd_open
 from ..tracer import Tracee, reap_traced
 from .fds import FileRestorer, max_fd
 from .ghost import Ghosts
-from .ipc import IpcObjects, new_namespace
+from .ipc import IpcObjects
 from .mm import finish_vmas, map_vmas, set_mm, take_over, write_pages
 from .model import ImageModel
 from .options import RestoreOptions
@@ -99,7 +99,7 @@ class Restorer:
                     self._ve_init = ve_init
                     inside = entered(ve_init.pid, ("ipc", "net"))
                 elif self.new_ipc_ns:
-                    inside = new_namespace()
+                    inside = unshared("ipc")
                 else:
                     inside = contextlib.nullcontext()
                 # IPC objects, sockets, the queues' descriptions and the stubs, in the
@@ -269,7 +269,7 @@ def pids_in_use(model: ImageModel, wait: float = 2.0) -> list[tuple[int, str]]:
     deadline = time.monotonic() + wait
     proc = Proc()
     while True:
-        busy = [p for p in model.all_ids() if os.path.exists(f"/proc/{p}")]
+        busy = [p for p in model.all_ids() if pid_exists(p)]
         if not busy:
             return []
         zombies = []

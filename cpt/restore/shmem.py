@@ -19,6 +19,7 @@ from cptimage.container import ImageReader
 from cptimage.records import MemfdFile, PageFlags, ShmemKind
 
 from ..errors import RestoreError
+from ..procfs import fd_path
 from ..sys.files import F_ADD_SEALS, MFD_ALLOW_SEALING, MFD_CLOEXEC, memfd_create, shared_anon_file
 from .fdbase import O_ACCMODE, SETFL_MASK
 from .model import ImageModel
@@ -80,7 +81,7 @@ class Memfds:
     def open(self, model: ImageModel, desc: Any) -> int:
         obj_fd = model.shmem_fds[desc.shmem_id]
         # reopening through /proc gives a new description of the same memfd
-        fd = os.open(f"/proc/self/fd/{obj_fd}", (desc.flags & O_ACCMODE) | os.O_CLOEXEC)
+        fd = os.open(fd_path("self", obj_fd), (desc.flags & O_ACCMODE) | os.O_CLOEXEC)
         fcntl.fcntl(fd, fcntl.F_SETFL, desc.flags & SETFL_MASK)
         os.lseek(fd, desc.pos, os.SEEK_SET)
         return fd

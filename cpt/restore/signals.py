@@ -3,12 +3,9 @@ SIGXFSZ through execve) and pending signals with their siginfo."""
 
 from __future__ import annotations
 
-import struct
-
 from ..sys.syscalls import NR
+from ..sys.task import SIGACTION
 from .tree import Task
-
-_SIGACTION = struct.Struct("<4Q")
 
 
 def restore_sigactions(task: Task) -> None:
@@ -19,7 +16,7 @@ def restore_sigactions(task: Task) -> None:
     sc = task.scratch
     assert sc is not None
     for a in sa.actions:
-        addr = sc.push(_SIGACTION.pack(a.handler, a.flags, a.restorer, a.mask))
+        addr = sc.push(SIGACTION.pack(a.handler, a.flags, a.restorer, a.mask))
         t.syscall_checked(NR.rt_sigaction, a.signo, addr, 0, 8)
     sc.reset()
 

@@ -29,7 +29,7 @@ from typing import Any
 from cptimage.records import SockState, UnixSocket
 
 from ..errors import RestoreError
-from ..proc import decode_kdev
+from ..procfs import decode_kdev
 from ..sys.net import SO_PASSCRED, SO_RCVBUFFORCE, SO_SNDBUFFORCE, set_int, unix_diag
 from ..sys.ns import in_child
 from .fdbase import SETFL_MASK

@@ -4,15 +4,14 @@ oom_score_adj and timer slack."""
 from __future__ import annotations
 
 import resource
-import struct
 
 from ..errors import RestoreError
+from ..procfs import write_pid_file
 from ..sys.syscalls import NR
-from ..sys.task import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, PR_SET_THP_DISABLE
+from ..sys.task import ITIMERVAL, PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, PR_SET_THP_DISABLE
 from .model import ImageModel
 from .tree import Task
 
-_ITIMERVAL = struct.Struct("<4q")
 RLIMIT_NAMES = {
     0: "RLIMIT_CPU", 1: "RLIMIT_FSIZE", 2: "RLIMIT_DATA", 3: "RLIMIT_STACK", 4: "RLIMIT_CORE",
     5: "RLIMIT_RSS", 6: "RLIMIT_NPROC", 7: "RLIMIT_NOFILE", 8: "RLIMIT_MEMLOCK",
@@ -58,7 +57,7 @@ def restore_task_state(task: Task, model: ImageModel) -> None:
                 # dequeued, and setitimer with a zero value would disarm it: due at once
                 value = 1
             if interval or value:
-                arg = _ITIMERVAL.pack(*divmod(interval, 1_000_000), *divmod(value, 1_000_000))
+                arg = ITIMERVAL.pack(*divmod(interval, 1_000_000), *divmod(value, 1_000_000))
                 call(NR.setitimer, which, sc.push(arg), 0)
         sc.reset()
 
@@ -83,9 +82,9 @@ def restore_outside(task: Task) -> None:
     ts = task.img.task
     if ts is None:
         return
-    _write_proc(pid, "timerslack_ns", ts.timerslack_ns)
+    write_pid_file(pid, "timerslack_ns", ts.timerslack_ns)
     try:
-        _write_proc(pid, "oom_score_adj", ts.oom_score_adj)
+        write_pid_file(pid, "oom_score_adj", ts.oom_score_adj)
     except PermissionError:
         raise RestoreError(
             f"process {pid}: cannot set oom_score_adj {ts.oom_score_adj}: a negative value "
@@ -102,8 +101,3 @@ def _py(v: int) -> int:
 def _lim(v: int) -> str:
     # the image has 2**64 - 1, Python's resource module -1 (RLIM_INFINITY)
     return "unlimited" if v == resource.RLIM_INFINITY or v >= 2**63 else str(v)
-
-
-def _write_proc(pid: int, name: str, value: int) -> None:
-    with open(f"/proc/{pid}/{name}", "w") as f:
-        f.write(str(value))

@@ -13,6 +13,7 @@ import struct
 
 from cptimage.records import Thread
 
+from ..procfs import read_sysctl_int
 from ..stub import clone_stub
 from ..sys.arch import ERESTART_RESTARTBLOCK, ERESTARTNOHAND, ERESTARTNOINTR, ERESTARTSYS, Regs
 from ..sys.syscalls import NR
@@ -24,24 +25,22 @@ from ..sys.task import (
     PR_SET_NAME,
     PR_SET_NO_NEW_PRIVS,
     PR_SET_SECUREBITS,
+    SECCOMP_FILTER_FLAG_LOG,
+    SECCOMP_FILTER_FLAG_SPEC_ALLOW,
+    SECCOMP_SET_MODE_FILTER,
 )
 from ..tracer import Tracee
 from .tree import Task
 
 SS_ONSTACK, SS_DISABLE = 1, 2
 SECBIT_KEEP_CAPS = 1 << 4
-SECCOMP_SET_MODE_FILTER = 1
-SECCOMP_FILTER_FLAG_LOG = 1 << 1
-SECCOMP_FILTER_FLAG_SPEC_ALLOW = 1 << 2
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _RESTART = {-ERESTARTSYS, -ERESTARTNOINTR, -ERESTARTNOHAND, -ERESTART_RESTARTBLOCK}
-_NR_RESTART_SYSCALL = 219
 _CLONE_ARGS_OFF = 1024  # in the scratch's first page
 
 
 def _cap_last() -> int:
-    with open("/proc/sys/kernel/cap_last_cap") as f:
-        return int(f.read())
+    return read_sysctl_int("kernel.cap_last_cap")
 
 
 def create_threads(task: Task) -> None:
@@ -133,7 +132,7 @@ def set_registers(th: Thread, tr: Tracee) -> None:
     regs = Regs.from_bytes(th.regs)
     orig, rax = regs.signed("orig_rax"), regs.signed("rax")
     if orig >= 0 and rax in _RESTART:
-        if orig == _NR_RESTART_SYSCALL:
+        if orig == NR.restart_syscall:
             # restart_syscall needs the kernel's restart block, which is not restored
             regs.rax = -errno.EINTR
         else:

@@ -11,21 +11,19 @@ from __future__ import annotations
 
 import dataclasses
 import signal
-import struct
 from collections.abc import Callable
 
 from ..errors import NoSuchProcess, RestoreError
-from ..proc import Proc
+from ..procfs import Proc
 from ..remote import Scratch
 from ..stub import STUB_OPTIONS, clone_stub, spawn_stub
 from ..sys.syscalls import NR
-from ..sys.task import PR_SET_NAME
+from ..sys.task import PR_SET_NAME, SIGACTION
 from ..tracer import Tracee
 from .model import ImageModel, ProcImage
 
 SIG_DFL = 0
 RLIMIT_CORE = 4
-_SIGACTION = struct.Struct("<4Q")
 
 
 @dataclasses.dataclass
@@ -150,7 +148,7 @@ class TreeBuilder:
                     t.syscall(NR.exit_group, (status >> 8) & 0xFF)
                 else:
                     # die of the same signal, without a core file
-                    t.write_mem(self._cscratch, _SIGACTION.pack(SIG_DFL, 0, 0, 0) + bytes(16))
+                    t.write_mem(self._cscratch, SIGACTION.pack(SIG_DFL, 0, 0, 0) + bytes(16))
                     t.syscall_checked(NR.rt_sigaction, sig, self._cscratch, 0, 8)
                     t.syscall_checked(NR.prlimit64, 0, RLIMIT_CORE, self._cscratch + 32, 0)
             if sig:

@@ -33,13 +33,13 @@ from cptimage.records import Tty, TtyFlags, TtyInfo, TtyKind
 
 from ..errors import RestoreError
 from ..sys import tty as T
+from ..sys.files import AT_FDCWD
 from ..sys.syscalls import NR
 from .fdbase import OPEN_IGNORE, SETFL_MASK
 from .model import ImageModel
 from .options import RestoreOptions
 from .tree import Task
 
-AT_FDCWD = -100
 MAX_HELD = 256  # ptys held at most while looking for a dumped index
 O_NOCTTY_RDWR = os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC
 

@@ -15,21 +15,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..errors import RestoreError
+from ..procfs import root_path
 from ..stub import STUB_OPTIONS, kill_and_reap, spawn_stub
-from ..sys.ns import (
-    CLONE_NEWIPC,
-    CLONE_NEWNET,
-    CLONE_NEWNS,
-    CLONE_NEWPID,
-    CLONE_NEWUTS,
-    in_child,
-)
+from ..sys.ns import VE_NAMESPACES, in_child
 from ..sys.ns import join as ns_join
 from ..tracer import Tracee
 from . import mounts, netns
 from .model import ImageModel
-
-VE_NAMESPACES = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET
 
 
 def spawn_init(
@@ -78,4 +70,4 @@ def build(model: ImageModel, pid: int, links: Callable[[int], None] | None) -> N
     if links is not None:
         links(pid)
     netns.restore_net(pid, model.net)
-    model.root_prefix = f"/proc/{pid}/root"
+    model.root_prefix = root_path(pid)

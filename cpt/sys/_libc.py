@@ -13,8 +13,10 @@ import errno
 import os
 
 from cpt.errors import NoSuchProcess, ZombieProcess
+from cpt.procfs import Proc
 
 libc = ctypes.CDLL(None, use_errno=True)
+_PROC = Proc()
 
 _syscall = libc.syscall
 _syscall.restype = ctypes.c_long
@@ -31,17 +33,6 @@ def raw_syscall(
     return int(_syscall(nr, a1, a2, a3, a4, a5, a6))
 
 
-def process_state(pid: int) -> str | None:
-    """The one-letter state of /proc/PID/stat, or None if the task is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # comm may contain spaces and ')': the state follows the LAST ')'.
-    return data[data.rfind(b")") + 2 :].split(b" ", 1)[0].decode()
-
-
 def errno_error(err: int, what: str, pid: int | None = None) -> Exception:
     """An exception for a failed call `what` on `pid`.
 
@@ -49,7 +40,7 @@ def errno_error(err: int, what: str, pid: int | None = None) -> Exception:
     ptrace's ESRCH on a live task means "not a stopped tracee of this thread" and stays OSError.
     """
     if err == errno.ESRCH and pid is not None:
-        state = process_state(pid)
+        state = _PROC.state(pid)
         if state is None or state == "X":
             return NoSuchProcess(pid, f"{what}: process {pid} does not exist")
         if state == "Z":

@@ -1,6 +1,6 @@
 """Anonymous-inode files the os module lacks (Python 3.11): signalfd, timerfd, epoll as a
-bare fd, and kcmp of a target registered in an epoll (KCMP_EPOLL_TFD); the structs an
-injected epoll_ctl or timer_settime reads.  eventfd comes from the os module."""
+bare fd, userfaultfd, and kcmp of a target registered in an epoll (KCMP_EPOLL_TFD); the
+structs an injected epoll_ctl or timer_settime reads.  eventfd comes from the os module."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ import struct
 
 from cpt.sys._libc import checked_syscall
 from cpt.sys.syscalls import NR
+from cpt.sys.task import KCMP_EPOLL_TFD
 
 SFD_CLOEXEC = TFD_CLOEXEC = EPOLL_CLOEXEC = os.O_CLOEXEC
 TFD_NONBLOCK = os.O_NONBLOCK
 TFD_TIMER_ABSTIME = 1
 TFD_IOC_SET_TICKS = 0x40085400  # _IOW('T', 0, u64); only with CONFIG_CHECKPOINT_RESTORE
 EPOLL_CTL_ADD = 1
-KCMP_EPOLL_TFD = 7
+UFFD_USER_MODE_ONLY = 1  # handle faults of user space only (no CAP_SYS_PTRACE needed)
 NSEC = 1_000_000_000
 
 # struct itimerspec: it_interval (sec, nsec), it_value (sec, nsec)
@@ -73,6 +74,11 @@ def timerfd_set_ticks(fd: int, ticks: int) -> None:
 
 def epoll_create1(flags: int = EPOLL_CLOEXEC) -> int:
     return checked_syscall("epoll_create1", None, NR.epoll_create1, flags)
+
+
+def userfaultfd(flags: int = os.O_CLOEXEC) -> int:
+    """userfaultfd(2): a new userfaultfd (flags: O_CLOEXEC, O_NONBLOCK, UFFD_USER_MODE_ONLY)."""
+    return checked_syscall("userfaultfd", None, NR.userfaultfd, flags)
 
 
 def kcmp_epoll_tfd(pid1: int, fd1: int, pid2: int, epfd: int, tfd: int, toff: int) -> int:

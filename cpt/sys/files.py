@@ -7,6 +7,7 @@ import ctypes
 import errno
 import os
 
+from cpt.procfs import map_files_path
 from cpt.sys._libc import PinnedBuffer, checked_syscall, errno_error, get_errno, raw_syscall
 from cpt.sys.syscalls import NR
 
@@ -15,6 +16,8 @@ MFD_ALLOW_SEALING = 0x2
 MFD_HUGETLB = 0x4
 MFD_NOEXEC_SEAL = 0x8
 MFD_EXEC = 0x10
+
+AT_FDCWD = -100
 
 F_ADD_SEALS = 1033
 F_GET_SEALS = 1034
@@ -84,7 +87,7 @@ def shared_anon_file(size: int) -> int:
     if addr == -1:
         raise errno_error(get_errno(), f"mmap of a {size}-byte shared anonymous object")
     try:
-        return os.open(f"/proc/self/map_files/{addr:x}-{addr + size:x}", os.O_RDWR | os.O_CLOEXEC)
+        return os.open(map_files_path("self", addr, addr + size), os.O_RDWR | os.O_CLOEXEC)
     finally:
         raw_syscall(int(NR.munmap), addr, size)
 

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Sequence
 from itertools import chain
 
+from cpt.procfs import clear_refs, open_pagemap
 from cpt.sys._libc import PinnedBuffer, errno_error, get_errno, raw_syscall
 from cpt.sys.arch import PAGE_SHIFT
 from cpt.sys.syscalls import NR
@@ -80,6 +81,7 @@ PAGE_IS_SWAPPED = 1 << 4
 PAGE_IS_PFNZERO = 1 << 5
 PAGE_IS_HUGE = 1 << 6
 PAGE_IS_SOFT_DIRTY = 1 << 7
+CLEAR_REFS_SOFT_DIRTY = 4  # what to write to /proc/PID/clear_refs (fs/proc/task_mmu.c)
 PM_SCAN_WP_MATCHING = 1 << 0
 PM_SCAN_CHECK_WPASYNC = 1 << 1
 
@@ -272,21 +274,15 @@ def pagemap_scan(
     return out
 
 
-def open_pagemap(pid: int) -> int:
-    """An O_RDONLY fd on /proc/PID/pagemap (close it with os.close)."""
-    return os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
-
-
 def soft_dirty_works() -> bool:
     """Does clear_refs(4) + a write set bit 55 of the page's pagemap entry?  (Needs
     CONFIG_MEM_SOFT_DIRTY; not set on this project's kernels.)"""
     page = 1 << PAGE_SHIFT
     buf = ctypes.create_string_buffer(2 * page)
     addr = (ctypes.addressof(buf) + page - 1) & ~(page - 1)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("4")
+    clear_refs("self", CLEAR_REFS_SOFT_DIRTY)
     ctypes.memset(addr, 1, 1)
-    fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+    fd = open_pagemap("self")
     try:
         entry = int.from_bytes(os.pread(fd, 8, (addr >> PAGE_SHIFT) * 8), "little")
     finally:

@@ -52,6 +52,7 @@ PR_CAP_AMBIENT_RAISE = 2
 PR_CAP_AMBIENT_LOWER = 3
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 PR_TIMER_CREATE_RESTORE_IDS = 77
+PR_TIMER_CREATE_RESTORE_IDS_GET = 2  # its arg2: 0 off, 1 on, 2 get
 
 # PR_SET_MM sub-options.
 PR_SET_MM_START_CODE = 1
@@ -80,6 +81,11 @@ SECCOMP_SET_MODE_FILTER = 1
 SECCOMP_FILTER_FLAG_TSYNC = 1 << 0
 SECCOMP_FILTER_FLAG_LOG = 1 << 1
 SECCOMP_FILTER_FLAG_SPEC_ALLOW = 1 << 2
+
+# The kernel's struct sigaction on x86_64 (rt_sigaction): handler, flags, restorer, mask.
+SIGACTION = struct.Struct("<4Q")
+# struct itimerval (getitimer/setitimer): interval (sec, usec), value (sec, usec).
+ITIMERVAL = struct.Struct("<4q")
 
 
 def pack_prctl_mm_map(
