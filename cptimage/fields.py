@@ -37,6 +37,7 @@ a warning; tests/test_codec.py fails until ``make codec`` is run.
 from __future__ import annotations
 
 import enum
+import io
 import struct
 import warnings
 from collections.abc import Callable
@@ -450,9 +451,7 @@ def decode_records(payload: bytes, *, plain: bool = False, where: str = "") -> l
     tested against; slower, and the only path that imports construct.
     """
     if plain:
-        from . import schema
-
-        return schema.decode_records(payload, where=where)
+        return _decode_plain(payload, where)
     out: list[Any] = []
     off = 0
     end = len(payload)
@@ -488,6 +487,26 @@ def decode_records(payload: bytes, *, plain: bool = False, where: str = "") -> l
         off += align8(size)
         if off > end:
             raise ImageError("record padding runs past the section end", section=where, offset=off)
+    return out
+
+
+def _decode_plain(payload: bytes, where: str) -> list[Any]:
+    from . import schema
+
+    stream = io.BytesIO(payload)
+    out: list[Any] = []
+    off, end = 0, len(payload)
+    while off < end:
+        # the tag picks the declaration; construct then checks the whole record
+        tag = int.from_bytes(payload[off + 4 : off + 6], "little") if end - off >= 6 else None
+        codec = REGISTRY.get(tag) if tag is not None else None
+        try:
+            got = schema.parse_one(codec, stream)
+        except ImageError as e:
+            e.section, e.offset = where, off
+            raise
+        out.append(got if codec is not None else UnknownRecord(*got))
+        off = stream.tell()
     return out
 
 

@@ -12,27 +12,22 @@ and on arbitrary bytes, so that the generated decoder accepts exactly what this 
 
 This module is the only one that imports construct, and only the code generator, the
 plain parser (``decode_records(..., plain=True)``), tests, and a class whose generated
-code is stale (a records.py edit without ``make codec``) import it.
+code is stale (a records.py edit without ``make codec``) import it.  It imports nothing
+of the library but errors.py: fields.py calls it, and passes it what it needs.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 import construct as cs
 from construct.core import stream_iseof, stream_read_entire, stream_write
 
 from .errors import ImageError
-from .fields import (
-    REGISTRY,
-    FixedSpec,
-    ItemCodec,
-    RecordCodec,
-    UnknownRecord,
-    VarSpec,
-)
+
+if TYPE_CHECKING:  # fields imports this module (plain parser, fallback), never the reverse
+    from .fields import FixedSpec, ItemCodec, RecordCodec, VarSpec
 
 MAGIC = b"\x89CPT\r\n\x1a\n"
 SECT_MAGIC = b"CPTS"
@@ -324,25 +319,16 @@ def _parse_message(e: Exception) -> str:
 # --------------------------------------------------------------------------- codecs
 
 
-def decode_records(payload: bytes, *, where: str = "") -> list[Any]:
-    """Every record of a section payload, parsed by construct (the plain parser)."""
-    stream = io.BytesIO(payload)
-    end = len(payload)
-    out: list[Any] = []
-    off = 0
-    while off < end:
-        tag = int.from_bytes(payload[off + 4 : off + 6], "little") if end - off >= 6 else None
-        codec = REGISTRY.get(tag) if tag is not None else None
-        try:
-            if codec is None:
-                c = UNKNOWN.parse_stream(stream)
-                out.append(UnknownRecord(c.value.tag, bytes(c.data)))
-            else:
-                out.append(to_record(codec, record(codec).parse_stream(stream)))
-        except cs.ConstructError as e:
-            raise ImageError(_parse_message(e), section=where, offset=off) from None
-        off = stream.tell()
-    return out
+def parse_one(codec: RecordCodec | None, stream: IO[bytes]) -> Any:
+    """The record at the stream's position, parsed by construct: a record of ``codec``,
+    or (tag, raw bytes) of a record whose tag is unknown (codec None)."""
+    try:
+        if codec is None:
+            c = UNKNOWN.parse_stream(stream)
+            return c.value.tag, bytes(c.data)
+        return to_record(codec, record(codec).parse_stream(stream))
+    except cs.ConstructError as e:
+        raise ImageError(_parse_message(e)) from None
 
 
 def record_encoder(codec: RecordCodec) -> Callable[[Any], bytes]:
