@@ -92,44 +92,23 @@ def _r_blob(b, pos, what, owner):
     return b[pos:end], end
 
 
-def _r_u32s(b, pos, what, owner):
+def _r_ints(b, pos, what, owner, width, code):
     n = _r_len(b, pos, what, owner)
     pos += 4
-    end = pos + 4 * n
+    end = pos + width * n
     if end > len(b):
-        raise _short(4 * n, b, pos, what, owner)
-    return list(_unpack_from(f"<{n}I", b, pos)), end
+        raise _short(width * n, b, pos, what, owner)
+    return list(_unpack_from(f"<{n}{code}", b, pos)), end
 
 
-def _r_u64s(b, pos, what, owner):
-    n = _r_len(b, pos, what, owner)
-    pos += 4
-    end = pos + 8 * n
-    if end > len(b):
-        raise _short(8 * n, b, pos, what, owner)
-    return list(_unpack_from(f"<{n}Q", b, pos)), end
-
-
-def _r_strs(b, pos, what, owner):
+def _r_list(b, pos, what, owner, read):
     n = _r_len(b, pos, what, owner)
     pos += 4
     if n > (len(b) - pos) // 4:
         raise ImageError(f"field {what}: count {n} exceeds the record", record=owner)
     out = []
     for _ in range(n):
-        s, pos = _r_text(b, pos, what, owner)
-        out.append(s)
-    return out, pos
-
-
-def _r_blobs(b, pos, what, owner):
-    n = _r_len(b, pos, what, owner)
-    pos += 4
-    if n > (len(b) - pos) // 4:
-        raise ImageError(f"field {what}: count {n} exceeds the record", record=owner)
-    out = []
-    for _ in range(n):
-        s, pos = _r_blob(b, pos, what, owner)
+        s, pos = read(b, pos, what, owner)
         out.append(s)
     return out, pos
 
@@ -160,26 +139,14 @@ def _w_blob(out, v):
     out += (_u32(len(b)), b)
 
 
-def _w_u32s(out, v):
-    out += (_u32(len(v)), _pack(f"<{len(v)}I", *v))
+def _w_ints(out, v, code):
+    out += (_u32(len(v)), _pack(f"<{len(v)}{code}", *v))
 
 
-def _w_u64s(out, v):
-    out += (_u32(len(v)), _pack(f"<{len(v)}Q", *v))
-
-
-def _w_strs(out, v):
+def _w_list(out, v, write):
     out.append(_u32(len(v)))
     for s in v:
-        b = s.encode("utf-8", "surrogateescape")
-        out += (_u32(len(b)), b)
-
-
-def _w_blobs(out, v):
-    out.append(_u32(len(v)))
-    for s in v:
-        b = bytes(s)
-        out += (_u32(len(b)), b)
+        write(out, s)
 
 
 def _w_items(out, v, encode, size):
@@ -392,7 +359,7 @@ def Header(_cls, _items):
             field = "kernel_version"
             _w_text(out, v[2])
             field = "cpu_flags"
-            _w_strs(out, v[3])
+            _w_list(out, v[3], _w_text)
             field = "hostname"
             _w_text(out, v[4])
             field = "tool_version"
@@ -433,7 +400,7 @@ def Header(_cls, _items):
             # an older minor version: the remaining fields keep their defaults
             f_kernel_version = ''
         if pos < end:
-            f_cpu_flags, pos = _r_strs(var, pos, "cpu_flags", "Header")
+            f_cpu_flags, pos = _r_list(var, pos, "cpu_flags", "Header", _r_text)
         else:
             # an older minor version: the remaining fields keep their defaults
             f_cpu_flags = []
@@ -583,11 +550,11 @@ def Process(_cls, _items):
         v = _get_var(self)
         try:
             field = "nspid"
-            _w_u32s(out, v[0])
+            _w_ints(out, v[0], "I")
             field = "nspgid"
-            _w_u32s(out, v[1])
+            _w_ints(out, v[1], "I")
             field = "nssid"
-            _w_u32s(out, v[2])
+            _w_ints(out, v[2], "I")
             field = "comm"
             _w_text(out, v[3])
         except _ENCODE_ERRORS as e:
@@ -609,17 +576,17 @@ def Process(_cls, _items):
         end = len(var)
         pos = 0
         if pos < end:
-            f_nspid, pos = _r_u32s(var, pos, "nspid", "Process")
+            f_nspid, pos = _r_ints(var, pos, "nspid", "Process", 4, "I")
         else:
             # an older minor version: the remaining fields keep their defaults
             f_nspid = []
         if pos < end:
-            f_nspgid, pos = _r_u32s(var, pos, "nspgid", "Process")
+            f_nspgid, pos = _r_ints(var, pos, "nspgid", "Process", 4, "I")
         else:
             # an older minor version: the remaining fields keep their defaults
             f_nspgid = []
         if pos < end:
-            f_nssid, pos = _r_u32s(var, pos, "nssid", "Process")
+            f_nssid, pos = _r_ints(var, pos, "nssid", "Process", 4, "I")
         else:
             # an older minor version: the remaining fields keep their defaults
             f_nssid = []
@@ -693,7 +660,7 @@ def Thread(_cls, _items):
         v = _get_var(self)
         try:
             field = "nstid"
-            _w_u32s(out, v[0])
+            _w_ints(out, v[0], "I")
             field = "regs"
             _w_blob(out, v[1])
             field = "fpregs"
@@ -721,7 +688,7 @@ def Thread(_cls, _items):
         end = len(var)
         pos = 0
         if pos < end:
-            f_nstid, pos = _r_u32s(var, pos, "nstid", "Thread")
+            f_nstid, pos = _r_ints(var, pos, "nstid", "Thread", 4, "I")
         else:
             # an older minor version: the remaining fields keep their defaults
             f_nstid = []
@@ -815,7 +782,7 @@ def Creds(_cls, _items):
         v = _get_var(self)
         try:
             field = "groups"
-            _w_u32s(out, v[0])
+            _w_ints(out, v[0], "I")
         except _ENCODE_ERRORS as e:
             raise ImageError(f"cannot encode field {field}: {e}", record="Creds") from None
         out.append(ext_var)
@@ -835,7 +802,7 @@ def Creds(_cls, _items):
         end = len(var)
         pos = 0
         if pos < end:
-            f_groups, pos = _r_u32s(var, pos, "groups", "Creds")
+            f_groups, pos = _r_ints(var, pos, "groups", "Creds", 4, "I")
         else:
             # an older minor version: the remaining fields keep their defaults
             f_groups = []
@@ -1369,7 +1336,7 @@ def Mm(_cls, _items):
         v = _get_var(self)
         try:
             field = "auxv"
-            _w_u64s(out, v[0])
+            _w_ints(out, v[0], "Q")
         except _ENCODE_ERRORS as e:
             raise ImageError(f"cannot encode field {field}: {e}", record="Mm") from None
         out.append(ext_var)
@@ -1389,7 +1356,7 @@ def Mm(_cls, _items):
         end = len(var)
         pos = 0
         if pos < end:
-            f_auxv, pos = _r_u64s(var, pos, "auxv", "Mm")
+            f_auxv, pos = _r_ints(var, pos, "auxv", "Mm", 8, "Q")
         else:
             # an older minor version: the remaining fields keep their defaults
             f_auxv = []
@@ -2005,11 +1972,11 @@ def UnixSocket(_cls, _items):
             field = "name"
             _w_blob(out, v[0])
             field = "queue"
-            _w_blobs(out, v[1])
+            _w_list(out, v[1], _w_blob)
             field = "senders"
-            _w_blobs(out, v[2])
+            _w_list(out, v[2], _w_blob)
             field = "icons"
-            _w_u64s(out, v[3])
+            _w_ints(out, v[3], "Q")
             field = "peer_name"
             _w_blob(out, v[4])
         except _ENCODE_ERRORS as e:
@@ -2036,17 +2003,17 @@ def UnixSocket(_cls, _items):
             # an older minor version: the remaining fields keep their defaults
             f_name = b''
         if pos < end:
-            f_queue, pos = _r_blobs(var, pos, "queue", "UnixSocket")
+            f_queue, pos = _r_list(var, pos, "queue", "UnixSocket", _r_blob)
         else:
             # an older minor version: the remaining fields keep their defaults
             f_queue = []
         if pos < end:
-            f_senders, pos = _r_blobs(var, pos, "senders", "UnixSocket")
+            f_senders, pos = _r_list(var, pos, "senders", "UnixSocket", _r_blob)
         else:
             # an older minor version: the remaining fields keep their defaults
             f_senders = []
         if pos < end:
-            f_icons, pos = _r_u64s(var, pos, "icons", "UnixSocket")
+            f_icons, pos = _r_ints(var, pos, "icons", "UnixSocket", 8, "Q")
         else:
             # an older minor version: the remaining fields keep their defaults
             f_icons = []
@@ -3041,7 +3008,7 @@ def SysvSem(_cls, _items):
         v = _get_var(self)
         try:
             field = "values"
-            _w_u32s(out, v[0])
+            _w_ints(out, v[0], "I")
         except _ENCODE_ERRORS as e:
             raise ImageError(f"cannot encode field {field}: {e}", record="SysvSem") from None
         out.append(ext_var)
@@ -3061,7 +3028,7 @@ def SysvSem(_cls, _items):
         end = len(var)
         pos = 0
         if pos < end:
-            f_values, pos = _r_u32s(var, pos, "values", "SysvSem")
+            f_values, pos = _r_ints(var, pos, "values", "SysvSem", 4, "I")
         else:
             # an older minor version: the remaining fields keep their defaults
             f_values = []

@@ -123,44 +123,23 @@ def _r_blob(b, pos, what, owner):
     return b[pos:end], end
 
 
-def _r_u32s(b, pos, what, owner):
+def _r_ints(b, pos, what, owner, width, code):
     n = _r_len(b, pos, what, owner)
     pos += 4
-    end = pos + 4 * n
+    end = pos + width * n
     if end > len(b):
-        raise _short(4 * n, b, pos, what, owner)
-    return list(_unpack_from(f"<{n}I", b, pos)), end
+        raise _short(width * n, b, pos, what, owner)
+    return list(_unpack_from(f"<{n}{code}", b, pos)), end
 
 
-def _r_u64s(b, pos, what, owner):
-    n = _r_len(b, pos, what, owner)
-    pos += 4
-    end = pos + 8 * n
-    if end > len(b):
-        raise _short(8 * n, b, pos, what, owner)
-    return list(_unpack_from(f"<{n}Q", b, pos)), end
-
-
-def _r_strs(b, pos, what, owner):
+def _r_list(b, pos, what, owner, read):
     n = _r_len(b, pos, what, owner)
     pos += 4
     if n > (len(b) - pos) // 4:
         raise ImageError(f"field {what}: count {n} exceeds the record", record=owner)
     out = []
     for _ in range(n):
-        s, pos = _r_text(b, pos, what, owner)
-        out.append(s)
-    return out, pos
-
-
-def _r_blobs(b, pos, what, owner):
-    n = _r_len(b, pos, what, owner)
-    pos += 4
-    if n > (len(b) - pos) // 4:
-        raise ImageError(f"field {what}: count {n} exceeds the record", record=owner)
-    out = []
-    for _ in range(n):
-        s, pos = _r_blob(b, pos, what, owner)
+        s, pos = read(b, pos, what, owner)
         out.append(s)
     return out, pos
 
@@ -191,26 +170,14 @@ def _w_blob(out, v):
     out += (_u32(len(b)), b)
 
 
-def _w_u32s(out, v):
-    out += (_u32(len(v)), _pack(f"<{len(v)}I", *v))
+def _w_ints(out, v, code):
+    out += (_u32(len(v)), _pack(f"<{len(v)}{code}", *v))
 
 
-def _w_u64s(out, v):
-    out += (_u32(len(v)), _pack(f"<{len(v)}Q", *v))
-
-
-def _w_strs(out, v):
+def _w_list(out, v, write):
     out.append(_u32(len(v)))
     for s in v:
-        b = s.encode("utf-8", "surrogateescape")
-        out += (_u32(len(b)), b)
-
-
-def _w_blobs(out, v):
-    out.append(_u32(len(v)))
-    for s in v:
-        b = bytes(s)
-        out += (_u32(len(b)), b)
+        write(out, s)
 
 
 def _w_items(out, v, encode, size):
@@ -222,6 +189,27 @@ def _w_items(out, v, encode, size):
     for it, ext in zip(v, exts, strict=True):
         out += (encode(it), ext)
 '''
+
+
+# how the generated code reads and writes a var field of each kind
+_READ = {
+    "text": "_r_text({args})",
+    "blob": "_r_blob({args})",
+    "u32s": '_r_ints({args}, 4, "I")',
+    "u64s": '_r_ints({args}, 8, "Q")',
+    "strs": "_r_list({args}, _r_text)",
+    "blobs": "_r_list({args}, _r_blob)",
+    "items": "_r_items({args}, _decode_{n})",
+}
+_WRITE = {
+    "text": "_w_text(out, {v})",
+    "blob": "_w_blob(out, {v})",
+    "u32s": '_w_ints(out, {v}, "I")',
+    "u64s": '_w_ints(out, {v}, "Q")',
+    "strs": "_w_list(out, {v}, _w_text)",
+    "blobs": "_w_list(out, {v}, _w_blob)",
+    "items": "_w_items(out, {v}, _encode_{n}, _size_{n})",
+}
 
 
 class Unknown(Exception):
@@ -444,10 +432,7 @@ def _record(w: _Out, codec: RecordCodec) -> None:
         w(2, "try:")
         for i, (n, kind) in enumerate(var):
             w(3, f'field = "{n}"')
-            if kind == "items":
-                w(3, f"_w_items(out, v[{i}], _encode_{n}, _size_{n})")
-            else:
-                w(3, f"_w_{kind}(out, v[{i}])")
+            w(3, _WRITE[kind].format(v=f"v[{i}]", n=n))
         w(2, "except _ENCODE_ERRORS as e:")
         w(
             3,
@@ -468,10 +453,8 @@ def _record(w: _Out, codec: RecordCodec) -> None:
     w(2, "pos = 0")
     for n, kind in var:
         w(2, "if pos < end:")
-        if kind == "items":
-            w(3, f'f_{n}, pos = _r_items(var, pos, "{n}", "{name}", _decode_{n})')
-        else:
-            w(3, f'f_{n}, pos = _r_{kind}(var, pos, "{n}", "{name}")')
+        args = f'var, pos, "{n}", "{name}"'
+        w(3, f"f_{n}, pos = " + _READ[kind].format(args=args, n=n))
         w(2, "else:")
         w(3, "# an older minor version: the remaining fields keep their defaults")
         w(3, f"f_{n} = {schema.DEFAULTS[kind]()!r}")
