@@ -65,15 +65,16 @@ class _Value:
     importing dataclasses (7 ms with inspect) in every command that reads an image."""
 
     __slots__: tuple[str, ...] = ()
+    _fields: tuple[str, ...] = ()  # in declaration order (__slots__ literals get sorted)
 
     def __repr__(self) -> str:
-        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in self._fields)
         return f"{type(self).__qualname__}({inner})"
 
     def __eq__(self, other: object) -> bool:
         if other.__class__ is not self.__class__:
             return NotImplemented
-        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+        return all(getattr(self, n) == getattr(other, n) for n in self._fields)
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -81,19 +82,20 @@ class _Value:
 class SectionInfo(_Value):
     """A section as the index (or a sequential walk) describes it."""
 
-    __slots__ = (
-        "base",
-        "checksum",
-        "compression",
-        "count",
-        "hdr_len",
-        "level",
-        "offset",  # of the section header
-        "payload_len",
-        "raw_len",
+    _fields = (
         "type",
         "version",
+        "offset",  # of the section header
+        "hdr_len",
+        "compression",
+        "level",
+        "count",
+        "payload_len",
+        "raw_len",
+        "checksum",
+        "base",
     )
+    __slots__ = _fields
 
     def __init__(
         self,
@@ -690,7 +692,8 @@ class ImageReader:
 
 
 class StreamedSection(_Value):
-    __slots__ = ("computed_checksum", "info", "stored")
+    _fields = ("info", "stored", "computed_checksum")
+    __slots__ = _fields
 
     def __init__(self, info: SectionInfo, stored: bytes, computed_checksum: int) -> None:
         self.info = info
@@ -699,7 +702,8 @@ class StreamedSection(_Value):
 
 
 class StreamedTrailer(_Value):
-    __slots__ = ("computed_digest", "digest", "end", "extra", "file_size", "index_offset")
+    _fields = ("index_offset", "file_size", "digest", "computed_digest", "end", "extra")
+    __slots__ = _fields
 
     def __init__(
         self,
