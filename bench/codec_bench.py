@@ -8,7 +8,7 @@
 (b) First use, in a fresh process after the import: the time of the first encode and the
     first decode of every record type (the sum, and the slowest type).
 (c) Throughput: records decoded per second on an image of 10,000 VMAs + 10,000 fds, by the
-    fast path and by the plain (checking) parser that `cpt image verify` uses.
+    fast path (the generated code, which verify uses too) and by construct's plain parser.
 
     python bench/codec_bench.py [--rounds N]
 """
@@ -183,7 +183,7 @@ def bench_throughput(n: int, rounds: int) -> list[tuple[str, str, str]]:
         ]
     count = sum(len(decode_records(p)) for p in payloads)
     rows = []
-    for label, plain in (("fast path", False), ("plain parser (verify)", True)):
+    for label, plain in (("fast path", False), ("plain parser (construct)", True)):
         best = min(
             _timed(lambda plain=plain: [decode_records(p, plain=plain) for p in payloads])
             for _ in range(rounds)
