@@ -21,8 +21,14 @@ import time
 from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# samples: the image builders of the test data
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
+)
 
-from cptimage import samples, show
+import samples
+
+from cptimage import show
 from cptimage.container import ImageReader
 from cptimage.verify import verify
 

@@ -16,19 +16,16 @@ are padded (inside their header) so their payload starts on a page boundary.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import io
 import os
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
 
-import construct as cs
 import xxhash
-import zstandard
 
-from .errors import ImageError, ImageVersionError
+from . import _codec
+from .errors import ImageError, ImageVersionError, MagicError
 from .fields import align8, decode_records, encode_records
 from .records import (
     ChecksumAlgo,
@@ -38,49 +35,19 @@ from .records import (
     SectionType,
 )
 
-MAGIC = b"\x89CPT\r\n\x1a\n"
-SECT_MAGIC = b"CPTS"
-END_MAGIC = b"CPTEND\r\n"
+# The structures are declared in construct in schema.py; _codec.py is generated from them.
+MAGIC = _codec.PREAMBLE_MAGIC
+SECT_MAGIC = _codec.SECTION_HEADER_MAGIC
+END_MAGIC = _codec.TRAILER_MAGIC
 FORMAT_MAJOR = 1
 FORMAT_MINOR = 0
 
 # Version of each section's payload layout in format 1.0.
 SECTION_VERSIONS: dict[int, int] = {t: 1 for t in SectionType}
 
-Preamble = cs.Struct(
-    "magic" / cs.Const(MAGIC),
-    "major" / cs.Int16ul,
-    "minor" / cs.Int16ul,
-    "hdr_len" / cs.Int32ul,
-)
-PREAMBLE_SIZE = Preamble.sizeof()
-
-SectionHeader = cs.Struct(
-    "magic" / cs.Const(SECT_MAGIC),
-    "type" / cs.Int16ul,
-    "version" / cs.Int16ul,
-    "hdr_len" / cs.Int32ul,
-    "compression" / cs.Int8ul,
-    "level" / cs.Int8ul,
-    "checksum_algo" / cs.Int8ul,
-    "flags" / cs.Int8ul,
-    "count" / cs.Int32ul,
-    "reserved" / cs.Int32ul,
-    "payload_len" / cs.Int64ul,
-    "raw_len" / cs.Int64ul,
-    "checksum" / cs.Int64ul,
-    "base" / cs.Int64ul,
-)
-SECTION_HEADER_SIZE = SectionHeader.sizeof()
-_SECTION_HEADER_C = SectionHeader.compile()
-
-Trailer = cs.Struct(
-    "index_offset" / cs.Int64ul,
-    "file_size" / cs.Int64ul,
-    "digest" / cs.Int64ul,
-    "magic" / cs.Const(END_MAGIC),
-)
-TRAILER_SIZE = Trailer.sizeof()
+PREAMBLE_SIZE = _codec.PREAMBLE_SIZE
+SECTION_HEADER_SIZE = _codec.SECTION_HEADER_SIZE
+TRAILER_SIZE = _codec.TRAILER_SIZE
 _DIGESTED_TRAILER = 16  # index_offset and file_size are covered by the digest
 
 DEFAULT_ZSTD_LEVEL = 3
@@ -93,21 +60,68 @@ def checksum(data: Buffer) -> int:
     return xxhash.xxh3_64_intdigest(data)
 
 
-@dataclasses.dataclass
-class SectionInfo:
+class _Value:
+    """A small mutable value: the __repr__ and __eq__ that @dataclass would give, without
+    importing dataclasses (7 ms with inspect) in every command that reads an image."""
+
+    __slots__: tuple[str, ...] = ()
+    _fields: tuple[str, ...] = ()  # in declaration order (__slots__ literals get sorted)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in self._fields)
+        return f"{type(self).__qualname__}({inner})"
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in self._fields)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class SectionInfo(_Value):
     """A section as the index (or a sequential walk) describes it."""
 
-    type: int
-    version: int
-    offset: int  # of the section header
-    hdr_len: int
-    compression: int
-    level: int
-    count: int
-    payload_len: int
-    raw_len: int
-    checksum: int
-    base: int = 0
+    _fields = (
+        "type",
+        "version",
+        "offset",  # of the section header
+        "hdr_len",
+        "compression",
+        "level",
+        "count",
+        "payload_len",
+        "raw_len",
+        "checksum",
+        "base",
+    )
+    __slots__ = _fields
+
+    def __init__(
+        self,
+        type: int,
+        version: int,
+        offset: int,
+        hdr_len: int,
+        compression: int,
+        level: int,
+        count: int,
+        payload_len: int,
+        raw_len: int,
+        checksum: int,
+        base: int = 0,
+    ) -> None:
+        self.type = type
+        self.version = version
+        self.offset = offset
+        self.hdr_len = hdr_len
+        self.compression = compression
+        self.level = level
+        self.count = count
+        self.payload_len = payload_len
+        self.raw_len = raw_len
+        self.checksum = checksum
+        self.base = base
 
     @property
     def payload_offset(self) -> int:
@@ -117,7 +131,7 @@ class SectionInfo:
     def end(self) -> int:
         return align8(self.payload_offset + self.payload_len)
 
-    @functools.cached_property
+    @property
     def name(self) -> str:
         try:
             return SectionType(self.type).name
@@ -140,10 +154,14 @@ class SectionInfo:
 
 
 def _compress(data: Buffer, level: int) -> bytes:
+    import zstandard  # here: an image without compression never loads it
+
     return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(data)
 
 
 def decompress(data: bytes, raw_len: int, where: str) -> bytes:
+    import zstandard
+
     try:
         out = zstandard.ZstdDecompressor().decompress(data, max_output_size=raw_len)
     except zstandard.ZstdError as e:
@@ -153,44 +171,56 @@ def decompress(data: bytes, raw_len: int, where: str) -> bytes:
     return out
 
 
-def parse_section_header(raw: bytes, offset: int, *, plain: bool = False) -> SectionInfo:
+def parse_section_header(raw: bytes, offset: int) -> SectionInfo:
     if len(raw) < SECTION_HEADER_SIZE:
         raise ImageError("section header truncated", offset=offset)
     try:
-        h = (SectionHeader if plain else _SECTION_HEADER_C).parse(raw[:SECTION_HEADER_SIZE])
-    except cs.ConstError:
+        (
+            stype,
+            version,
+            hdr_len,
+            compression,
+            level,
+            checksum_algo,
+            _flags,
+            count,
+            _reserved,
+            payload_len,
+            raw_len,
+            digest,
+            base,
+        ) = _codec.parse_section_header(raw)
+    except MagicError:
         raise ImageError("no section magic: corrupted or misaligned", offset=offset) from None
-    except cs.ConstructError as e:
-        raise ImageError(f"section header: {e}", offset=offset) from None
-    if h.hdr_len < SECTION_HEADER_SIZE or h.hdr_len % 8:
-        raise ImageError(f"section header length {h.hdr_len} is invalid", offset=offset)
-    if h.payload_len > MAX_SECTION or h.raw_len > MAX_SECTION:
-        raise ImageError(f"section length {h.payload_len} is absurd", offset=offset)
-    if h.compression not in (Compression.NONE, Compression.ZSTD):
-        raise ImageError(f"unknown compression {h.compression}", offset=offset)
-    if h.checksum_algo != ChecksumAlgo.XXH3_64:
-        raise ImageError(f"unknown checksum algorithm {h.checksum_algo}", offset=offset)
-    if h.compression == Compression.NONE and h.raw_len != h.payload_len:
+    if hdr_len < SECTION_HEADER_SIZE or hdr_len % 8:
+        raise ImageError(f"section header length {hdr_len} is invalid", offset=offset)
+    if payload_len > MAX_SECTION or raw_len > MAX_SECTION:
+        raise ImageError(f"section length {payload_len} is absurd", offset=offset)
+    if compression not in (Compression.NONE, Compression.ZSTD):
+        raise ImageError(f"unknown compression {compression}", offset=offset)
+    if checksum_algo != ChecksumAlgo.XXH3_64:
+        raise ImageError(f"unknown checksum algorithm {checksum_algo}", offset=offset)
+    if compression == Compression.NONE and raw_len != payload_len:
         raise ImageError("uncompressed section with raw_len != payload_len", offset=offset)
     return SectionInfo(
-        type=h.type,
-        version=h.version,
+        type=stype,
+        version=version,
         offset=offset,
-        hdr_len=h.hdr_len,
-        compression=h.compression,
-        level=h.level,
-        count=h.count,
-        payload_len=h.payload_len,
-        raw_len=h.raw_len,
-        checksum=h.checksum,
-        base=h.base,
+        hdr_len=hdr_len,
+        compression=compression,
+        level=level,
+        count=count,
+        payload_len=payload_len,
+        raw_len=raw_len,
+        checksum=digest,
+        base=base,
     )
 
 
 def build_preamble(header: Header, minor: int = FORMAT_MINOR) -> bytes:
     rec = header.encode()
     hdr_len = align8(PREAMBLE_SIZE + len(rec))
-    pre = Preamble.build(dict(major=FORMAT_MAJOR, minor=minor, hdr_len=hdr_len))
+    pre = _codec.build_preamble(FORMAT_MAJOR, minor, hdr_len)
     return pre + rec + b"\0" * (hdr_len - PREAMBLE_SIZE - len(rec))
 
 
@@ -282,22 +312,20 @@ class ImageWriter:
             checksum=checksum(payload),
             base=base,
         )
-        hdr = _SECTION_HEADER_C.build(
-            dict(
-                type=info.type,
-                version=info.version,
-                hdr_len=hdr_len,
-                compression=comp,
-                level=level,
-                checksum_algo=ChecksumAlgo.XXH3_64,
-                flags=0,
-                count=count,
-                reserved=0,
-                payload_len=info.payload_len,
-                raw_len=raw_len,
-                checksum=info.checksum,
-                base=base,
-            )
+        hdr = _codec.build_section_header(
+            info.type,
+            info.version,
+            hdr_len,
+            comp,
+            level,
+            ChecksumAlgo.XXH3_64,
+            0,
+            count,
+            0,
+            info.payload_len,
+            raw_len,
+            info.checksum,
+            base,
         )
         self._emit(hdr + b"\0" * (hdr_len - SECTION_HEADER_SIZE))
         self._emit(payload)
@@ -398,9 +426,8 @@ class ImageWriter:
             SectionType.INDEX, encode_records(entries), count=len(entries), compress=False
         )
         file_size = self.pos + TRAILER_SIZE
-        head = struct.pack("<QQ", index_offset, file_size)
-        self.digest.update(head)
-        self.out.write(head + struct.pack("<Q", self.digest.intdigest()) + END_MAGIC)
+        self.digest.update(_codec.build_trailer(index_offset, file_size, 0)[:_DIGESTED_TRAILER])
+        self.out.write(_codec.build_trailer(index_offset, file_size, self.digest.intdigest()))
         self.pos = file_size
         self.out.flush()
 
@@ -417,9 +444,12 @@ class ImageWriter:
 
 def parse_preamble(raw: bytes, *, path: str | None = None) -> tuple[int, int, int]:
     """(major, minor, hdr_len) of a file's first bytes; refuses a newer major version."""
-    if len(raw) < PREAMBLE_SIZE or raw[:8] != MAGIC:
-        raise ImageError("not a cpt image (bad magic)", path=path, offset=0)
-    major, minor, hdr_len = struct.unpack_from("<HHI", raw, 8)
+    try:
+        if len(raw) < PREAMBLE_SIZE:
+            raise MagicError("too short")
+        major, minor, hdr_len = _codec.parse_preamble(raw)
+    except MagicError:
+        raise ImageError("not a cpt image (bad magic)", path=path, offset=0) from None
     if major > FORMAT_MAJOR:
         raise ImageVersionError(
             f"image format {major}.{minor} is newer than this cpt reads "
@@ -509,9 +539,12 @@ class ImageReader:
         if self.size < self.hdr_len + TRAILER_SIZE:
             raise self._err("no trailer: the file is truncated")
         t = self._pread(self.size - TRAILER_SIZE, TRAILER_SIZE)
-        if t[-8:] != END_MAGIC:
-            raise self._err("no trailer at the end: the file is truncated or has data appended")
-        index_offset, file_size, self.digest = struct.unpack_from("<QQQ", t)
+        try:
+            index_offset, file_size, self.digest = _codec.parse_trailer(t)
+        except MagicError:
+            raise self._err(
+                "no trailer at the end: the file is truncated or has data appended"
+            ) from None
         if file_size != self.size:
             raise self._err(f"trailer says {file_size} bytes, the file has {self.size}")
         if not self.hdr_len <= index_offset < self.size - TRAILER_SIZE:
@@ -658,21 +691,35 @@ class ImageReader:
 # --------------------------------------------------------------------------- sequential
 
 
-@dataclasses.dataclass
-class StreamedSection:
-    info: SectionInfo
-    stored: bytes  # payload as stored (compressed or not); b"" when given to a page sink
-    computed_checksum: int  # xxh3-64 of the stored payload as it was read
+class StreamedSection(_Value):
+    _fields = ("info", "stored", "computed_checksum")
+    __slots__ = _fields
+
+    def __init__(self, info: SectionInfo, stored: bytes, computed_checksum: int) -> None:
+        self.info = info
+        self.stored = stored  # payload as stored (compressed or not); b"" when given to a page sink
+        self.computed_checksum = computed_checksum  # xxh3-64 of the stored payload as it was read
 
 
-@dataclasses.dataclass
-class StreamedTrailer:
-    index_offset: int
-    file_size: int  # as the trailer says
-    digest: int  # as the trailer says
-    computed_digest: int  # of the bytes read
-    end: int  # where the trailer ended: the file's real size without appended data
-    extra: int  # bytes after the trailer
+class StreamedTrailer(_Value):
+    _fields = ("index_offset", "file_size", "digest", "computed_digest", "end", "extra")
+    __slots__ = _fields
+
+    def __init__(
+        self,
+        index_offset: int,
+        file_size: int,
+        digest: int,
+        computed_digest: int,
+        end: int,
+        extra: int,
+    ) -> None:
+        self.index_offset = index_offset
+        self.file_size = file_size  # as the trailer says
+        self.digest = digest  # as the trailer says
+        self.computed_digest = computed_digest  # of the bytes read
+        self.end = end  # where the trailer ended: the file's real size without appended data
+        self.extra = extra  # bytes after the trailer
 
 
 PageSink = Callable[[SectionInfo, memoryview], None]
@@ -802,13 +849,13 @@ def walk(
     tail = s.read_upto(TRAILER_SIZE - _DIGESTED_TRAILER)
     if len(tail) != TRAILER_SIZE - _DIGESTED_TRAILER:
         raise ImageError("file ends inside the trailer: truncated", path=path, offset=s.pos)
-    if tail[8:] != END_MAGIC:
-        raise ImageError("trailer magic missing", path=path, offset=s.pos - 8)
+    try:
+        index_offset, file_size, stored_digest = _codec.parse_trailer(head + tail)
+    except MagicError:
+        raise ImageError("trailer magic missing", path=path, offset=s.pos - 8) from None
     end = s.pos
     while s.read_upto(1 << 16):
         pass
-    index_offset, file_size = struct.unpack("<QQ", head)
-    (stored_digest,) = struct.unpack_from("<Q", tail)
     yield (
         "trailer",
         StreamedTrailer(index_offset, file_size, stored_digest, computed_digest, end, s.pos - end),

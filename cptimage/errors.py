@@ -45,3 +45,7 @@ class ImageError(Exception):
 
 class ImageVersionError(ImageError):
     """The image was written by a newer major format version (exit 41, not 40)."""
+
+
+class MagicError(ImageError):
+    """A magic number (a construct Const of the format) is not what the format says."""

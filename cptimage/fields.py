@@ -1,7 +1,8 @@
-"""Record declarations and their wire codec.
+"""Record declarations: the field helpers, @record and @item, the registry, record framing.
 
-A record type is a dataclass whose fields are declared with the helpers below; the
-decorator ``record(tag)`` derives its construct schema and registers the tag.
+A record type is a class whose fields are declared with the helpers below; the
+decorator ``record(tag)`` registers the tag and makes the class a dataclass (same
+__init__, __repr__, __eq__, dataclasses.fields() and replace()).
 
 Grammar of one record on disk (SPEC.md, "Records"):
 
@@ -18,21 +19,36 @@ Grammar of one record on disk (SPEC.md, "Records"):
 Readers honour the STORED fixed_size and esize: a shorter part (older minor version) is
 zero-filled, a longer one (newer minor version) is kept aside unparsed so that a decode /
 encode round trip stays byte-identical.  Records only grow; fields are never reordered.
+
+Three modules carry the format, one source of truth:
+
+    schema.py   the construct declaration of every byte: the reference, and the plain
+                parser (``decode_records(..., plain=True)``)
+    _codec.py   plain Python generated from schema.py by ``python -m cptimage.codegen``
+                (``make codec``): what every command runs; no construct, no dataclass
+                machinery at import
+    this file   the declarations' helpers, and the binding of each class to its code
+
+A class whose declaration differs from what _codec.py was generated from (records.py
+edited, codec not regenerated) falls back to a dataclass over the construct codec, with
+a warning; tests/test_codec.py fails until ``make codec`` is run.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import io
 import struct
+import warnings
 from collections.abc import Callable
-from enum import IntEnum, IntFlag
 from typing import Any, ClassVar, TypeVar, dataclass_transform
 
-import construct as cs
-
 from .errors import ImageError
+
+try:
+    from . import _codec as _generated
+except ImportError:  # pragma: no cover - the committed file is missing or broken: construct
+    _generated = None  # type: ignore[assignment]
 
 _META = "cpt"
 _RHDR = struct.Struct("<IHH")
@@ -47,32 +63,81 @@ def align8(n: int) -> int:
 # field declarations
 
 
-@dataclasses.dataclass(frozen=True)
 class FixedSpec:
-    con: cs.Construct
-    size: int
-    wire: str  # u8 u16 u32 u64 i32 i64 bytes[N]: the name SPEC.md uses
-    enum: type[IntEnum] | None = None
-    flags: type[IntFlag] | None = None
-    is_bytes: bool = False
+    """A fixed-width field: its wire type (u8 u16 u32 u64 i32 i64 bytes[N], the name
+    SPEC.md uses) and the enumeration or flags its values come from."""
+
+    __slots__ = ("enum", "flags", "is_bytes", "size", "wire")
+
+    def __init__(
+        self,
+        wire: str,
+        size: int,
+        *,
+        enum: type[enum.IntEnum] | None = None,
+        flags: type[enum.IntFlag] | None = None,
+        is_bytes: bool = False,
+    ) -> None:
+        self.wire = wire
+        self.size = size
+        self.enum = enum
+        self.flags = flags
+        self.is_bytes = is_bytes
+
+    def __repr__(self) -> str:
+        return f"FixedSpec({self.wire!r})"
 
 
-@dataclasses.dataclass(frozen=True)
 class VarSpec:
-    kind: str  # text blob u32s u64s strs blobs items
-    item: type | None = None
+    """A variable-width field: text blob u32s u64s strs blobs items (of ``item``)."""
+
+    __slots__ = ("item", "kind")
+
+    def __init__(self, kind: str, item: type | None = None) -> None:
+        self.kind = kind
+        self.item = item
+
+    def __repr__(self) -> str:
+        return f"VarSpec({self.kind!r})"
 
 
-def _fixed(con: cs.Construct, size: int, wire: str, default: Any, **kw: Any) -> Any:
-    return dataclasses.field(default=default, metadata={_META: FixedSpec(con, size, wire, **kw)})
+class FieldDecl:
+    """What a field helper returns: a class attribute that @record/@item consume."""
+
+    __slots__ = ("default", "factory", "spec")
+
+    def __init__(self, spec: FixedSpec | VarSpec, default: Any, factory: Any) -> None:
+        self.spec = spec
+        self.default = default
+        self.factory = factory
+
+    def dataclass_field(self) -> Any:
+        import dataclasses
+
+        meta = {_META: self.spec}
+        if self.factory is not None:
+            return dataclasses.field(default_factory=self.factory, metadata=meta)
+        return dataclasses.field(default=self.default, metadata=meta)
+
+
+# one spec object per distinct declaration: records declare hundreds of plain u32 fields
+_SPECS: dict[tuple[Any, ...], FixedSpec] = {}
+
+
+def _fixed(wire: str, size: int, default: Any, **kw: Any) -> Any:
+    key = (wire, kw.get("enum"), kw.get("flags"))
+    spec = _SPECS.get(key)
+    if spec is None:
+        spec = _SPECS[key] = FixedSpec(wire, size, **kw)
+    return FieldDecl(spec, default, None)
 
 
 def u8(default: int = 0, *, enum: type[enum.IntEnum] | None = None) -> Any:
-    return _fixed(cs.Int8ul, 1, "u8", default, enum=enum)
+    return _fixed("u8", 1, default, enum=enum)
 
 
 def u16(default: int = 0, *, enum: type[enum.IntEnum] | None = None) -> Any:
-    return _fixed(cs.Int16ul, 2, "u16", default, enum=enum)
+    return _fixed("u16", 2, default, enum=enum)
 
 
 def u32(
@@ -81,277 +146,235 @@ def u32(
     enum: type[enum.IntEnum] | None = None,
     flags: type[enum.IntFlag] | None = None,
 ) -> Any:
-    return _fixed(cs.Int32ul, 4, "u32", default, enum=enum, flags=flags)
+    return _fixed("u32", 4, default, enum=enum, flags=flags)
 
 
 def u64(default: int = 0, *, flags: type[enum.IntFlag] | None = None) -> Any:
-    return _fixed(cs.Int64ul, 8, "u64", default, flags=flags)
+    return _fixed("u64", 8, default, flags=flags)
 
 
 def i32(default: int = 0) -> Any:
-    return _fixed(cs.Int32sl, 4, "i32", default)
+    return _fixed("i32", 4, default)
 
 
 def i64(default: int = 0) -> Any:
-    return _fixed(cs.Int64sl, 8, "i64", default)
+    return _fixed("i64", 8, default)
 
 
 def fbytes(n: int) -> Any:
     """A fixed-width byte string (UUIDs, addresses)."""
-    return _fixed(cs.Bytes(n), n, f"bytes[{n}]", b"\0" * n, is_bytes=True)
+    return _fixed(f"bytes[{n}]", n, b"\0" * n, is_bytes=True)
 
 
-def _var(kind: str, default_factory: Callable[[], Any], item: type | None = None) -> Any:
-    return dataclasses.field(default_factory=default_factory, metadata={_META: VarSpec(kind, item)})
+_VAR_SPECS = {k: VarSpec(k) for k in ("text", "blob", "u32s", "u64s", "strs", "blobs")}
 
 
 def text() -> Any:
-    return _var("text", str)
+    return FieldDecl(_VAR_SPECS["text"], None, str)
 
 
 def blob() -> Any:
-    return _var("blob", bytes)
+    return FieldDecl(_VAR_SPECS["blob"], None, bytes)
 
 
 def u32s() -> Any:
-    return _var("u32s", list)
+    return FieldDecl(_VAR_SPECS["u32s"], None, list)
 
 
 def u64s() -> Any:
-    return _var("u64s", list)
+    return FieldDecl(_VAR_SPECS["u64s"], None, list)
 
 
 def strs() -> Any:
-    return _var("strs", list)
+    return FieldDecl(_VAR_SPECS["strs"], None, list)
 
 
 def blobs() -> Any:
-    return _var("blobs", list)
+    return FieldDecl(_VAR_SPECS["blobs"], None, list)
 
 
 def items(item_cls: type) -> Any:
     """A list of fixed-layout items (declared with @item)."""
-    return _var("items", list, item_cls)
+    return FieldDecl(VarSpec("items", item_cls), None, list)
 
 
 # ---------------------------------------------------------------------------
-# codecs
+# binding a declared class to its code
+
+Decl = tuple[str, str, FieldDecl]  # name, annotation (text), declaration
 
 
-_STRUCT_CODES = {"u8": "B", "u16": "H", "u32": "I", "u64": "Q", "i32": "i", "i64": "q"}
+def _declarations(cls: type) -> list[Decl]:
+    out = []
+    # the class's own annotations, in order (inspect.get_annotations: +6 ms to import inspect)
+    for name, ann in cls.__dict__.get("__annotations__", {}).items():  # noqa: RUF063
+        f = cls.__dict__.get(name)
+        if not isinstance(f, FieldDecl):
+            if "ClassVar" in str(ann):
+                continue
+            raise TypeError(f"{cls.__name__}.{name}: not declared with a field helper")
+        out.append((name, ann if isinstance(ann, str) else getattr(ann, "__name__", str(ann)), f))
+    return out
 
 
-class FixedCodec:
-    """The fixed part of a record or item.
+def fingerprint(name: str, tag: int | None, decls: list[Decl]) -> str:
+    """What the generated code of a class depends on: codegen stores it, @record compares."""
+    parts = [name if tag is None else f"{name}@{tag:#06x}"]
+    for n, _, f in decls:
+        s = f.spec
+        if isinstance(s, FixedSpec):
+            parts.append(f"{n}:{s.wire}={f.default!r}")
+        elif s.item is not None:
+            parts.append(f"{n}:items[{s.item.__codec__.fingerprint}]")  # type: ignore[attr-defined]
+        else:
+            parts.append(f"{n}:{s.kind}")
+    return " ".join(parts)
 
-    construct declares it (``struct``, the plain parser that verify uses); the hot path
-    is a ``struct.Struct`` built from the same declarations: what construct's
-    Struct.compile() generates, without its code generation (about 1 ms per type, paid by
-    every cpt command) and 20 times faster per record.  tests/test_image_records.py checks
-    that both parse every input alike.
+
+class _LazyDataclassAttr:
+    """__dataclass_fields__ / __dataclass_params__ of a generated class, built on first use.
+
+    dataclasses.fields(), replace() and asdict() read them; building them costs what the
+    dataclass decorator costs (about 0.4 ms a class), so it happens only for the classes a
+    command actually asks about, from a twin made by dataclasses.make_dataclass.
     """
+
+    def __init__(self, attr: str) -> None:
+        self.attr = attr
+
+    def __get__(self, obj: Any, cls: type) -> Any:
+        import dataclasses
+
+        twin = dataclasses.make_dataclass(
+            cls.__name__,
+            [(n, ann, f.dataclass_field()) for n, ann, f in cls.__codec__.decls],  # type: ignore[attr-defined]
+        )
+        cls.__dataclass_fields__ = twin.__dataclass_fields__  # type: ignore[attr-defined]
+        cls.__dataclass_params__ = twin.__dataclass_params__  # type: ignore[attr-defined]
+        return getattr(cls, self.attr)
+
+
+_LAZY_FIELDS = _LazyDataclassAttr("__dataclass_fields__")
+_LAZY_PARAMS = _LazyDataclassAttr("__dataclass_params__")
+
+
+def _install(cls: type, decls: list[Decl], methods: tuple[Callable[..., Any], ...]) -> None:
+    """Make cls the dataclass the dataclass decorator would make, with generated methods."""
+    for fn in methods:
+        fn.__qualname__ = f"{cls.__qualname__}.{fn.__name__}"
+        setattr(cls, fn.__name__, fn)
+    cls.__hash__ = None  # type: ignore[assignment]  # eq without frozen, as dataclass does
+    cls.__match_args__ = tuple(n for n, _, _ in decls)  # type: ignore[attr-defined,misc]
+    cls.__dataclass_fields__ = _LAZY_FIELDS  # type: ignore[attr-defined]
+    cls.__dataclass_params__ = _LAZY_PARAMS  # type: ignore[attr-defined]
+    for n, _, f in decls:
+        if f.factory is None:
+            setattr(cls, n, f.default)
+        else:
+            delattr(cls, n)
+
+
+def _as_dataclass(cls: type, decls: list[Decl]) -> None:
+    import dataclasses
+
+    for n, _, f in decls:
+        setattr(cls, n, f.dataclass_field())
+    dataclasses.dataclass(cls)
+
+
+def _bind(kind: str, cls: type, fp: str) -> Any:
+    """The generated code of a class, or None when it is missing or stale."""
+    table = getattr(_generated, kind, None) or {}
+    entry = table.get(cls.__name__)
+    if entry is not None and entry[0] == fp:
+        return entry[1]
+    warnings.warn(
+        f"cptimage/_codec.py is stale for {cls.__name__}: falling back to construct "
+        "(run `make codec`)",
+        stacklevel=4,
+    )
+    return None
+
+
+class ItemCodec:
+    """The fixed layout of an item, or of a record's fixed part."""
 
     def __init__(self, owner: str, fields: list[tuple[str, FixedSpec]]) -> None:
         self.owner = owner
         self.fields = fields
         self.names = [n for n, _ in fields]
-        self.struct = cs.Struct(*[n / spec.con for n, spec in fields])
         self.size = sum(spec.size for _, spec in fields)
-        self.fast = struct.Struct(
-            "<" + "".join(_STRUCT_CODES.get(spec.wire, f"{spec.size}s") for _, spec in fields)
-        )
-        assert self.fast.size == self.size
-        self._bytes = [(i, spec.size) for i, (_, spec) in enumerate(fields) if spec.is_bytes]
-        self.zeros = b"\0" * self.size
-
-    def parse(self, data: bytes, *, plain: bool = False) -> tuple[list[Any], bytes]:
-        """Values in declaration order, plus the stored bytes this version does not know."""
-        ext = b""
-        if len(data) < self.size:
-            # an older minor version wrote fewer fields: zero-fill the missing ones
-            data = data + self.zeros[len(data) :]
-        elif len(data) > self.size:
-            ext = data[self.size :]
-            data = data[: self.size]
-        if plain:
-            c = self.struct.parse(data)
-            return [c[n] for n in self.names], ext
-        return list(self.fast.unpack(data)), ext
-
-    def build(self, values: dict[str, Any]) -> bytes:
-        vals = [values[n] for n in self.names]
-        for i, size in self._bytes:
-            # struct would pad or cut a byte string silently; construct's Bytes(n) refuses
-            if not isinstance(vals[i], (bytes, bytearray)) or len(vals[i]) != size:
-                raise ImageError(
-                    f"cannot encode {self.owner}: {self.names[i]} must be {size} bytes",
-                    record=self.owner,
-                )
-        try:
-            return self.fast.pack(*vals)
-        except (struct.error, TypeError) as e:
-            raise ImageError(f"cannot encode {self.owner}: {e}", record=self.owner) from None
 
 
-_U32 = struct.Struct("<I")
-_ITEMS = struct.Struct("<IHH")
+class _ItemClassCodec(ItemCodec):
+    """An @item class: its layout, and how one item is encoded and decoded."""
 
+    def __init__(self, cls: type) -> None:
+        self.cls = cls
+        self.decls = _declarations(cls)
+        fixed = []
+        for n, _, f in self.decls:
+            if not isinstance(f.spec, FixedSpec):
+                raise TypeError(f"{cls.__name__}.{n}: items hold fixed fields only")
+            fixed.append((n, f.spec))
+        super().__init__(cls.__name__, fixed)
+        self.fingerprint = fingerprint(cls.__name__, None, self.decls)
+        make = _bind("ITEMS", cls, self.fingerprint)
+        self.generated = make is not None
+        if make is not None:
+            init, rep, eq, self.encode, self.decode = make(cls)
+            _install(cls, self.decls, (init, rep, eq))
+        else:
+            _as_dataclass(cls, self.decls)
+            from . import schema
 
-class _Reader:
-    """Bounds-checked reads over the var part of one record."""
-
-    __slots__ = ("data", "owner", "pos")
-
-    def __init__(self, data: bytes, owner: str) -> None:
-        self.data = data
-        self.pos = 0
-        self.owner = owner
-
-    def left(self) -> int:
-        return len(self.data) - self.pos
-
-    def take(self, n: int, what: str) -> bytes:
-        if n < 0 or n > len(self.data) - self.pos:
-            raise ImageError(
-                f"{what} needs {n} bytes, only {len(self.data) - self.pos} left", record=self.owner
-            )
-        b = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return b
-
-    def u32(self, what: str) -> int:
-        return int(_U32.unpack(self.take(4, what))[0])
-
-
-def _read_var(r: _Reader, name: str, spec: VarSpec) -> Any:
-    k = spec.kind
-    if k == "text":
-        raw = r.take(r.u32(name), name)
-        try:
-            return raw.decode("utf-8", "surrogateescape")
-        except UnicodeDecodeError as e:  # pragma: no cover - surrogateescape never fails
-            raise ImageError(f"field {name}: {e}", record=r.owner) from None
-    if k == "blob":
-        return r.take(r.u32(name), name)
-    if k in ("u32s", "u64s"):
-        n = r.u32(name)
-        w = 4 if k == "u32s" else 8
-        raw = r.take(n * w, name)
-        return list(struct.unpack(f"<{n}{'I' if w == 4 else 'Q'}", raw))
-    if k in ("strs", "blobs"):
-        n = r.u32(name)
-        if n > r.left() // 4:
-            raise ImageError(f"field {name}: count {n} exceeds the record", record=r.owner)
-        out: list[Any] = []
-        for _ in range(n):
-            raw = r.take(r.u32(name), name)
-            out.append(raw.decode("utf-8", "surrogateescape") if k == "strs" else raw)
-        return out
-    if k == "items":
-        assert spec.item is not None
-        count, esize, _zero = _ITEMS.unpack(r.take(_ITEMS.size, name))
-        if count and not esize:
-            # every item has at least one field: a zero size would loop `count` times on nothing
-            raise ImageError(f"field {name}: {count} items of size 0", record=r.owner)
-        raw = r.take(count * esize, name)
-        icodec: FixedCodec = spec.item.__codec__  # type: ignore[attr-defined]
-        item_cls = spec.item
-        res = []
-        for i in range(count):
-            vals, ext = icodec.parse(raw[i * esize : (i + 1) * esize])
-            it = item_cls(*vals)
-            if ext:
-                it._ext = ext  # a newer minor version's item fields, kept for re-encoding
-            res.append(it)
-        return res
-    raise AssertionError(k)  # pragma: no cover
-
-
-def _write_var(out: list[bytes], name: str, spec: VarSpec, value: Any, owner: str) -> None:
-    k = spec.kind
-    try:
-        if k == "text":
-            b = value.encode("utf-8", "surrogateescape")
-            out += (_U32.pack(len(b)), b)
-        elif k == "blob":
-            b = bytes(value)
-            out += (_U32.pack(len(b)), b)
-        elif k in ("u32s", "u64s"):
-            out += (
-                _U32.pack(len(value)),
-                struct.pack(f"<{len(value)}{'I' if k == 'u32s' else 'Q'}", *value),
-            )
-        elif k in ("strs", "blobs"):
-            out.append(_U32.pack(len(value)))
-            for v in value:
-                b = v.encode("utf-8", "surrogateescape") if k == "strs" else bytes(v)
-                out += (_U32.pack(len(b)), b)
-        elif k == "items":
-            assert spec.item is not None
-            icodec: FixedCodec = spec.item.__codec__  # type: ignore[attr-defined]
-            exts = [getattr(it, "_ext", b"") for it in value]
-            if len({len(e) for e in exts}) > 1:
-                raise ValueError("items carry extension bytes of different lengths")
-            esize = icodec.size + (len(exts[0]) if exts else 0)
-            out.append(_ITEMS.pack(len(value), esize, 0))
-            for it, ext in zip(value, exts, strict=True):
-                out += (icodec.build({n: getattr(it, n) for n in icodec.names}), ext)
-        else:  # pragma: no cover
-            raise AssertionError(k)
-    except (struct.error, AttributeError, TypeError, ValueError) as e:
-        raise ImageError(f"cannot encode field {name}: {e}", record=owner) from None
+            self.encode = schema.item_encoder(self)
+            self.decode = schema.item_decoder(self)
 
 
 class RecordCodec:
+    """A @record class: tag, layout, and its encode / decode functions.
+
+    ``encode(rec) -> bytes`` gives the whole record, header and padding included;
+    ``decode(fixed, var)`` the record of a fixed part and a var part (framing is
+    decode_records' job).  Both raise ImageError naming the record and field.
+    """
+
+    encode: Callable[[Any], bytes]
+    decode: Callable[[bytes, bytes], Any]
+
     def __init__(self, cls: type, tag: int) -> None:
         self.cls = cls
         self.tag = tag
         self.name = cls.__name__
+        self.decls = _declarations(cls)
         fixed: list[tuple[str, FixedSpec]] = []
         var: list[tuple[str, VarSpec]] = []
-        for f in dataclasses.fields(cls):
-            spec = f.metadata.get(_META)
-            if isinstance(spec, FixedSpec):
-                fixed.append((f.name, spec))
-            elif isinstance(spec, VarSpec):
-                var.append((f.name, spec))
+        for n, _, f in self.decls:
+            if isinstance(f.spec, FixedSpec):
+                fixed.append((n, f.spec))
             else:
-                raise TypeError(f"{cls.__name__}.{f.name}: not declared with a field helper")
-        self.fixed = FixedCodec(self.name, fixed)
+                var.append((n, f.spec))
+        self.fixed = ItemCodec(self.name, fixed)
         self.var = var
-        self.field_names = [f.name for f in dataclasses.fields(cls)]
+        self.field_names = [n for n, _, _ in self.decls]
+        self.fingerprint = fingerprint(self.name, tag, self.decls)
+        make = _bind("RECORDS", cls, self.fingerprint)
+        self.generated = make is not None
+        if make is not None:
+            item_classes = tuple(s.item for _, s in var if s.item is not None)
+            init, rep, eq, encode, self.decode = make(cls, item_classes)
+            _install(cls, self.decls, (init, rep, eq, encode))
+            self.encode = encode
+        else:
+            _as_dataclass(cls, self.decls)
+            from . import schema
 
-    def encode(self, rec: Any) -> bytes:
-        fixed = self.fixed.build({n: getattr(rec, n) for n in self.fixed.names})
-        ext_fixed, ext_var = getattr(rec, "_ext", (b"", b""))
-        fixed += ext_fixed
-        parts: list[bytes] = []
-        for name, spec in self.var:
-            _write_var(parts, name, spec, getattr(rec, name), self.name)
-        parts.append(ext_var)
-        body = b"".join(parts)
-        size = RECORD_HEADER_SIZE + len(fixed) + len(body)
-        if len(fixed) > 0xFFFF:
-            raise ImageError("fixed part exceeds 65535 bytes", record=self.name)
-        pad = align8(size) - size
-        return _RHDR.pack(size, self.tag, len(fixed)) + fixed + body + b"\0" * pad
+            self.encode = schema.record_encoder(self)
+            self.decode = schema.record_decoder(self)
 
-    def decode_body(self, fixed: bytes, var: bytes, *, plain: bool = False) -> Any:
-        try:
-            values, ext_fixed = self.fixed.parse(fixed, plain=plain)
-        except (cs.ConstructError, struct.error) as e:
-            raise ImageError(f"fixed part: {e}", record=self.name) from None
-        kw = dict(zip(self.fixed.names, values, strict=True))
-        r = _Reader(var, self.name)
-        for name, spec in self.var:
-            if r.left() == 0:
-                break  # an older minor version: the remaining fields keep their defaults
-            kw[name] = _read_var(r, name, spec)
-        rec = self.cls(**kw)
-        ext_var = var[r.pos :]
-        if ext_fixed or ext_var:
-            rec._ext = (ext_fixed, ext_var)
-        return rec
+    def decode_body(self, fixed: bytes, var: bytes) -> Any:
+        return self.decode(fixed, var)
 
 
 # ---------------------------------------------------------------------------
@@ -365,7 +388,7 @@ BY_NAME: dict[str, RecordCodec] = {}
 
 
 class Record:
-    """Base of every record dataclass.  ``TAG`` and ``__codec__`` are set by @record."""
+    """Base of every record class.  ``TAG`` and ``__codec__`` are set by @record."""
 
     TAG: ClassVar[int]
     __codec__: ClassVar[RecordCodec]
@@ -377,17 +400,16 @@ class Record:
 @dataclass_transform()  # type checkers: a record class is a dataclass
 def record(tag: int) -> Callable[[type[T]], type[T]]:
     def wrap(cls: type[T]) -> type[T]:
-        dc = dataclasses.dataclass(cls)
         if tag in REGISTRY:
             raise TypeError(
                 f"record tag {tag:#06x} used twice ({REGISTRY[tag].name}, {cls.__name__})"
             )
-        codec = RecordCodec(dc, tag)
-        dc.TAG = tag  # type: ignore[attr-defined]
-        dc.__codec__ = codec  # type: ignore[attr-defined]
+        codec = RecordCodec(cls, tag)
+        cls.TAG = tag  # type: ignore[attr-defined]
+        cls.__codec__ = codec  # type: ignore[attr-defined]
         REGISTRY[tag] = codec
         BY_NAME[codec.name] = codec
-        return dc
+        return cls
 
     return wrap
 
@@ -395,30 +417,41 @@ def record(tag: int) -> Callable[[type[T]], type[T]]:
 @dataclass_transform()
 def item(cls: type[T]) -> type[T]:
     """A fixed-layout element of an ``items`` list (no tag, fixed fields only)."""
-    dc: Any = dataclasses.dataclass(cls)
-    fixed = []
-    for f in dataclasses.fields(dc):
-        spec = f.metadata.get(_META)
-        if not isinstance(spec, FixedSpec):
-            raise TypeError(f"{cls.__name__}.{f.name}: items hold fixed fields only")
-        fixed.append((f.name, spec))
-    dc.__codec__ = FixedCodec(cls.__name__, fixed)
-    return dc
+    cls.__codec__ = _ItemClassCodec(cls)  # type: ignore[attr-defined]
+    return cls
 
 
-@dataclasses.dataclass
 class UnknownRecord:
     """A record whose tag this version does not know (kept raw, skipped by consumers)."""
 
-    tag: int
-    raw: bytes  # the whole record, header included, padding excluded
+    __match_args__ = ("tag", "raw")
+
+    def __init__(self, tag: int, raw: bytes) -> None:
+        self.tag = tag
+        self.raw = raw  # the whole record, header included, padding excluded
+
+    def __repr__(self) -> str:
+        return f"UnknownRecord(tag={self.tag!r}, raw={self.raw!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, UnknownRecord) and other.__class__ is self.__class__:
+            return (self.tag, self.raw) == (other.tag, other.raw)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
 
     def encode(self) -> bytes:
         return self.raw + b"\0" * (align8(len(self.raw)) - len(self.raw))
 
 
 def decode_records(payload: bytes, *, plain: bool = False, where: str = "") -> list[Any]:
-    """Every record of a section payload, in order."""
+    """Every record of a section payload, in order.
+
+    ``plain``: parse with construct (schema.py), the reference the generated code is
+    tested against; slower, and the only path that imports construct.
+    """
+    if plain:
+        return _decode_plain(payload, where)
     out: list[Any] = []
     off = 0
     end = len(payload)
@@ -443,10 +476,8 @@ def decode_records(payload: bytes, *, plain: bool = False, where: str = "") -> l
             fstart = off + RECORD_HEADER_SIZE
             try:
                 out.append(
-                    codec.decode_body(
-                        payload[fstart : fstart + fsize],
-                        payload[fstart + fsize : off + size],
-                        plain=plain,
+                    codec.decode(
+                        payload[fstart : fstart + fsize], payload[fstart + fsize : off + size]
                     )
                 )
             except ImageError as e:
@@ -459,12 +490,30 @@ def decode_records(payload: bytes, *, plain: bool = False, where: str = "") -> l
     return out
 
 
+def _decode_plain(payload: bytes, where: str) -> list[Any]:
+    from . import schema
+
+    stream = io.BytesIO(payload)
+    out: list[Any] = []
+    off, end = 0, len(payload)
+    while off < end:
+        # the tag picks the declaration; construct then checks the whole record
+        tag = int.from_bytes(payload[off + 4 : off + 6], "little") if end - off >= 6 else None
+        codec = REGISTRY.get(tag) if tag is not None else None
+        try:
+            got = schema.parse_one(codec, stream)
+        except ImageError as e:
+            e.section, e.offset = where, off
+            raise
+        out.append(got if codec is not None else UnknownRecord(*got))
+        off = stream.tell()
+    return out
+
+
 def encode_records(recs: list[Any]) -> bytes:
-    buf = io.BytesIO()
-    for r in recs:
-        buf.write(r.encode())
-    return buf.getvalue()
+    return b"".join([r.encode() for r in recs])
 
 
 def fields_of(cls: type) -> list[tuple[str, FixedSpec | VarSpec]]:
-    return [(f.name, f.metadata[_META]) for f in dataclasses.fields(cls)]
+    """(name, spec) of every field of a record or item class, in declaration order."""
+    return [(n, f.spec) for n, _, f in cls.__codec__.decls]  # type: ignore[attr-defined]

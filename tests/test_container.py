@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import samples
 
 from cptimage import records as R
-from cptimage import samples
 from cptimage.atomic import atomic_output
 from cptimage.container import (
     FORMAT_MINOR,

@@ -2,7 +2,7 @@
 
 The writer's output for them must never change (SPEC.md section 7); their JSON form
 must decode and encode exactly.  Regenerate (only with a format version change!) with
-`python -m cptimage.samples fixtures/images`.
+`python tests/samples.py fixtures/images`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import json
 from pathlib import Path
 
 import pytest
+import samples
 
-from cptimage import jsonio, samples
+from cptimage import jsonio
 from cptimage.verify import verify
 
 GOLDEN = Path(__file__).resolve().parent.parent / "fixtures" / "images"

@@ -9,11 +9,12 @@ import struct
 from typing import Any
 
 import pytest
+import samples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_image_records import record_strategy, records_of_section
 
-from cptimage import jsonio, samples
+from cptimage import jsonio
 from cptimage import records as R
 from cptimage.container import FORMAT_MINOR, ImageReader, ImageWriter
 from cptimage.errors import ImageError, ImageVersionError

@@ -6,9 +6,10 @@ import io
 import json
 
 import pytest
+import samples
 import xxhash
 
-from cptimage import pagestore, samples, show
+from cptimage import pagestore, show
 from cptimage import records as R
 from cptimage.container import ImageReader
 from cptimage.diff import Difference, diff

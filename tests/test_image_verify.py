@@ -17,10 +17,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import samples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cptimage import pagestore, samples, show
+from cptimage import pagestore, show
 from cptimage import records as R
 from cptimage.container import (
     FORMAT_MINOR,

@@ -1,9 +1,10 @@
 """Deterministic sample images: the golden images, test inputs and benchmark inputs.
 
 Everything here is fixed (UUIDs, times, page contents from a seeded generator), so the
-same call always writes the same bytes.  ``python -m cptimage.samples DIR`` (re)writes the
+same call always writes the same bytes.  ``python tests/samples.py DIR`` (re)writes the
 golden images of the current format version, ``NAME.img`` with ``NAME.json`` beside it;
 tests/test_image_golden.py checks that the writer still produces them byte for byte.
+Test data, not library: the tests import it as ``samples``, bench/ from tests/.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import sys
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
-from . import records as R
-from .container import ImageWriter
-from .fields import REGISTRY
-from .jsonio import decode_to
+from cptimage import records as R
+from cptimage.container import ImageWriter
+from cptimage.fields import REGISTRY
+from cptimage.jsonio import decode_to
 
 PAGE = 4096
 CREATED_NS = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z
