@@ -17,7 +17,7 @@ from collections.abc import Callable
 from .errors import CptError
 from .freezer import Freezer, cgroup2_mount
 from .procfs import Proc, filesystems, open_pagemap, pid_exists, read_sysctl_int
-from .stub import kill_and_reap, spawn_stub
+from .restore.stub import kill_and_reap, spawn_stub
 from .sys import ptrace
 from .sys.anonfd import UFFD_USER_MODE_ONLY, userfaultfd
 from .sys.mem import PAGE_IS_PRESENT, pagemap_scan, process_vm_readv, soft_dirty_works

@@ -60,7 +60,8 @@ from .procfs import Proc, pid_exists, root_path
 from .restore.options import RestoreOptions
 from .restore.restorer import Restorer, RestoreStats
 from .sys.ns import entered
-from .tracer import DEFAULT_OPTIONS, Tracee, detach_all, freeze_process, reap_traced
+from .trace.seize import detach_all, freeze_process, reap_traced
+from .trace.tracee import DEFAULT_OPTIONS, Tracee
 from .verify_host import check_host
 
 F = TypeVar("F", bound=Callable[..., Any])

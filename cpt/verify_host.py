@@ -37,7 +37,7 @@ def _problem(kind: str, message: str) -> Problem:
 @functools.cache
 def host_xcr0() -> int:
     """The XSAVE feature mask user state may use here, read from a throwaway stub."""
-    from .stub import kill_and_reap, spawn_stub
+    from .restore.stub import kill_and_reap, spawn_stub
 
     t = spawn_stub()
     try:

@@ -8,7 +8,7 @@ from cptimage.records import Process, ProcessState
 
 from ..errors import DumpError, NoSuchProcess, ZombieProcess
 from ..procfs import Proc
-from ..tracer import Tracee
+from ..trace.tracee import Tracee
 
 
 @dataclasses.dataclass

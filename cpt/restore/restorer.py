@@ -30,7 +30,8 @@ from ..procfs import Proc, pid_exists
 from ..sys.ns import entered, unshared
 from ..sys.syscalls import NR
 from ..sys.task import PR_SET_DUMPABLE, pidfd_open
-from ..tracer import Tracee, reap_traced
+from ..trace.seize import reap_traced
+from ..trace.tracee import Tracee
 from .fds import FileRestorer, max_fd
 from .ghost import Ghosts
 from .ipc import IpcObjects

@@ -14,7 +14,6 @@ import struct
 from cptimage.records import Thread
 
 from ..procfs import read_sysctl_int
-from ..stub import clone_stub
 from ..sys.arch import ERESTART_RESTARTBLOCK, ERESTARTNOHAND, ERESTARTNOINTR, ERESTARTSYS, Regs
 from ..sys.syscalls import NR
 from ..sys.task import (
@@ -29,7 +28,8 @@ from ..sys.task import (
     SECCOMP_FILTER_FLAG_SPEC_ALLOW,
     SECCOMP_SET_MODE_FILTER,
 )
-from ..tracer import Tracee
+from ..trace.tracee import Tracee
+from .stub import clone_stub
 from .tree import Task
 
 SS_ONSTACK, SS_DISABLE = 1, 2

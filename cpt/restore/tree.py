@@ -15,12 +15,12 @@ from collections.abc import Callable
 
 from ..errors import NoSuchProcess, RestoreError
 from ..procfs import Proc
-from ..remote import Scratch
-from ..stub import STUB_OPTIONS, clone_stub, spawn_stub
 from ..sys.syscalls import NR
 from ..sys.task import PR_SET_NAME, SIGACTION
-from ..tracer import Tracee
+from ..trace.scratch import Scratch
+from ..trace.tracee import Tracee
 from .model import ImageModel, ProcImage
+from .stub import STUB_OPTIONS, clone_stub, spawn_stub
 
 SIG_DFL = 0
 RLIMIT_CORE = 4
