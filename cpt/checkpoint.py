@@ -54,15 +54,15 @@ from .errors import (
     SystemError_,
     UsageError,
 )
-from .freezer import Freezer
+from .host.verify import check_host
 from .lock import locked, run_dir
 from .procfs import Proc, pid_exists, root_path
 from .restore.options import RestoreOptions
 from .restore.restorer import Restorer, RestoreStats
+from .sys.cgroup import Freezer
 from .sys.ns import entered
 from .trace.seize import detach_all, freeze_process, reap_traced
 from .trace.tracee import DEFAULT_OPTIONS, Tracee
-from .verify_host import check_host
 
 F = TypeVar("F", bound=Callable[..., Any])
 KILL_TIMEOUT = 30.0

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from cpt.errors import AlreadyRunning, CptError, InvalidValue, NotRunning, SystemError_
-from cpt.freezer import Freezer
+from cpt.sys.cgroup import Freezer
 from cpt.sys.ns import VE_NAMESPACES, join, unshare
 from storage import backend_for
 

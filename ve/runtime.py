@@ -22,9 +22,9 @@ from collections.abc import Iterator
 
 from cpt.checkpoint import InFreeze, Link, Tree
 from cpt.errors import NoSuchProcess
-from cpt.freezer import Freezer
 from cpt.lock import locked, run_dir
 from cpt.procfs import Proc
+from cpt.sys.cgroup import Freezer
 from cptimage.atomic import atomic_output
 
 from . import net

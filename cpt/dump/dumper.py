@@ -23,8 +23,9 @@ from cptimage.records import (
     section_of_tag,
 )
 
-from .. import fault, hostinfo
+from .. import fault
 from ..procfs import Proc
+from ..sys import host as hostinfo
 from .creds import dump_creds
 from .fds import FdTable
 from .ipc import IpcDumper
