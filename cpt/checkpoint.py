@@ -42,7 +42,7 @@ from .dump.check import precheck
 from .dump.dumper import Dumper, DumpStats, prepare_dump
 from .dump.inet import silence
 from .dump.options import DumpOptions
-from .dump.tree import TaskInfo, collect_tree
+from .dump.pstree import TaskInfo, collect_tree
 from .errors import (
     AlreadyRunning,
     CptError,

@@ -29,7 +29,7 @@ from ..errors import RestoreError
 from ..sys import net, netfilter
 from .fdbase import SETFL_MASK
 from .model import ImageModel
-from .tree import Task
+from .pstree import Task
 
 IP_FREEBIND = 15
 

@@ -43,7 +43,7 @@ from ..sys.syscalls import NR
 from ..sys.task import PR_SET_MM, PR_SET_MM_MAP, pack_prctl_mm_map
 from ..trace.scratch import Scratch, free_gap
 from .model import ImageModel, ProcImage
-from .tree import Task
+from .pstree import Task
 
 O_RDONLY, O_RDWR, O_CLOEXEC = 0, 2, 0o2000000
 _TRIO = {"[vvar]": VmaKind.VVAR, "[vvar_vclock]": VmaKind.VVAR_VCLOCK, "[vdso]": VmaKind.VDSO}

@@ -39,12 +39,12 @@ from .mm import finish_vmas, map_vmas, set_mm, take_over, write_pages
 from .model import ImageModel
 from .options import RestoreOptions
 from .pidns import PidNamespace
+from .pstree import Task, TreeBuilder
 from .shmem import close_objects, create_objects
 from .signals import restore_pending, restore_sigactions
 from .task import restore_outside, restore_task_state
 from .threads import create_threads, set_registers, setup_thread
 from .timers import restore_timers
-from .tree import Task, TreeBuilder
 from .tty import prepare as prepare_ttys
 from .ve import spawn_init
 

@@ -29,8 +29,8 @@ from ..sys.task import (
     SECCOMP_SET_MODE_FILTER,
 )
 from ..trace.tracee import Tracee
+from .pstree import Task
 from .stub import clone_stub
-from .tree import Task
 
 SS_ONSTACK, SS_DISABLE = 1, 2
 SECBIT_KEEP_CAPS = 1 << 4

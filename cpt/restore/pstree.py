@@ -1,4 +1,4 @@
-"""Recreate the process tree as stubs with the dumped PIDs, sessions and groups.
+"""Recreate the process tree (its pstree) as stubs with the dumped PIDs, sessions and groups.
 
 The root stub is cloned by the restorer with clone3(set_tid); every other process is
 cloned by its parent's stub through an injected clone3(set_tid), so parentage is native.

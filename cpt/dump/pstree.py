@@ -1,4 +1,5 @@
-"""The process tree: who is in it, in which order, and its Process records."""
+"""The process tree to dump (its pstree, as CRIU calls it): who is in it, in which order,
+and its Process records."""
 
 from __future__ import annotations
 
