@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: setup
-	$(PY) -m cli.demo
+	$(PY) demo/demo.py
 
 test: setup
 	$(PY) -m pytest -q
