@@ -28,7 +28,7 @@ from .resume import resume
 from .stage import Stage, check_stage
 from .store import TreeState
 from .suspend import suspend
-from .tree import Tree
+from .tree import Tree, tree_name
 
 
 def default_dumpfile(pid: int) -> str:
@@ -110,7 +110,8 @@ class TreeStages:
             # a full restore into a new PID namespace may run beside the original tree:
             # its freezer (used only while restoring) must not be the original's
             private = opts.pidns and stage is Stage.RESTORE
-            tree = self.tree(name=f"pid-{self.pid}-ns{os.getpid()}" if private else None)
+            name = f"{tree_name(self.pid)}-ns{os.getpid()}" if private else None
+            tree = self.tree(name=name)
             with tree.locked():
                 return restore(tree, reader, opts, undump=stage is Stage.UNDUMP)
 
