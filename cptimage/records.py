@@ -1,4 +1,6 @@
-"""Every record type of image format 1.0.  Declarations only: no logic lives here.
+"""Every record type of image format 1.1 (1.0, and since 1.1 the CHAIN section with its
+Parent record and the PREDUMP header flag: incremental images).  Declarations only: no
+logic lives here.
 
 A record's tag is u16; its high byte is the section type that holds it (0x00 = the
 container itself).  Retired tags stay in RETIRED_TAGS forever so a number is never
@@ -40,6 +42,7 @@ class SectionType(enum.IntEnum):
     IPC = 0x07  # SysV and POSIX IPC objects
     NAMESPACES = 0x08  # namespaces, network, mounts
     FSSNAP = 0x09  # the filesystem snapshot taken with the dump
+    CHAIN = 0x0A  # 1.1: the parent image an incremental image builds on
     INDEX = 0xFF  # the trailer's section index
 
 
@@ -57,6 +60,10 @@ class HeaderFlags(enum.IntFlag):
     LEAVE_RUNNING = 1 << 1  # the workload kept running after the dump
     VE = 1 << 2  # the source is a VE (container), not a bare process tree
     PIDNS = 1 << 3  # the tree's root is the init of its own PID namespace
+    # 1.1 (bit 4 is left to the user-namespace flag of that branch's format): memory only,
+    # a pre-dump: the processes, their VMAs and their pages, taken while the tree ran;
+    # restorable only as the parent of a later image
+    PREDUMP = 1 << 5
 
 
 class SourceKind(enum.IntEnum):
@@ -364,6 +371,22 @@ class PagemapRun(Record):
     vaddr: int = u64()
     nr_pages: int = u64()
     data_offset: int = u64()  # byte offset in the page data stream (PRESENT only)
+
+
+# --------------------------------------------------------------------------- CHAIN
+
+
+@record(0x0A01)
+class Parent(Record):
+    """The image an INCREMENTAL image builds on: its PARENT runs' pages are there (or
+    further down its own chain).  One per incremental image (1.1)."""
+
+    uuid: bytes = fbytes(16)  # the parent's Header.uuid (= this image's parent_uuid)
+    digest: int = u64()  # the parent's file digest (its trailer's): a changed parent shows
+    size: int = u64()  # the parent's file size
+    created_ns: int = u64()  # the parent's Header.created_ns
+    flags: int = u32(flags=HeaderFlags)  # the parent's Header.flags
+    name: str = text()  # where it is: a path relative to this image's directory
 
 
 # --------------------------------------------------------------------------- FILES

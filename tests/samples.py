@@ -9,6 +9,7 @@ Test data, not library: the tests import it as ``samples``, bench/ from tests/.
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import sys
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from cptimage import records as R
-from cptimage.container import ImageWriter
+from cptimage.container import FORMAT_MINOR, ImageWriter
 from cptimage.fields import REGISTRY
 from cptimage.jsonio import decode_to
 
@@ -417,10 +418,14 @@ class _Tree:
         w.add_section(R.SectionType.PAGEMAP, self.pages(w))
 
 
-def tree_image(out: BinaryIO, *, variant: int = 0, compress: bool = False) -> None:
+def tree_image(
+    out: BinaryIO, *, variant: int = 0, compress: bool = False, minor: int = FORMAT_MINOR
+) -> None:
     """The small realistic image; ``variant=1`` differs in a few places (for diff)."""
     hdr = header(created_ns=CREATED_NS + variant * 10**9)
-    with ImageWriter(out, hdr, compress_records=compress, compress_pages=compress, level=9) as w:
+    with ImageWriter(
+        out, hdr, compress_records=compress, compress_pages=compress, level=9, minor=minor
+    ) as w:
         _Tree(variant).write(w)
 
 
@@ -634,8 +639,9 @@ def _extras() -> dict[R.SectionType, list[Any]]:
     }
 
 
-def every_record_image(out: BinaryIO) -> None:
-    """The tree plus one record of every type the tree lacks (and a SysV shm object)."""
+def every_record_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
+    """The tree plus one record of every type of format 1.0 the tree lacks (and a SysV shm
+    object)."""
     tree = _Tree(0)
     extras = _extras()
     with ImageWriter(
@@ -645,6 +651,7 @@ def every_record_image(out: BinaryIO) -> None:
             source_kind=R.SourceKind.VE,
             source_id="100",
         ),
+        minor=minor,
     ) as w:
         w.add_section(R.SectionType.PROCESS, tree.process() + extras[R.SectionType.PROCESS])
         shm = R.Vma(
@@ -667,6 +674,159 @@ def every_record_image(out: BinaryIO) -> None:
         for st in (R.SectionType.IPC, R.SectionType.NAMESPACES, R.SectionType.FSSNAP):
             w.add_section(st, extras[st])
         w.add_section(R.SectionType.PAGEMAP, tree.pages(w))
+
+
+# --------------------------------------------------------------------------- format 1.1: chains
+
+CHAIN_START = 0x7F5500000000
+CHAIN_PAGES = 16
+
+
+def chain_page(level: int, i: int) -> bytes:
+    """Page i as image `level` of a sample chain stores it."""
+    return pattern(1000 * level + i, PAGE)
+
+
+def chain_memory(levels: int) -> bytes:
+    """The process's memory after `levels` images of a sample chain: image 0 writes every
+    page, image L >= 1 rewrites pages L % 16 and (L + 1) % 16 and discards page 15 - L % 16
+    (a ZERO run), the rest stays as the parents have it."""
+    pages = [chain_page(0, i) for i in range(CHAIN_PAGES)]
+    for lv in range(1, levels):
+        for i in (lv % CHAIN_PAGES, (lv + 1) % CHAIN_PAGES):
+            pages[i] = chain_page(lv, i)
+        z = CHAIN_PAGES - 1 - lv % CHAIN_PAGES
+        if z not in (lv % CHAIN_PAGES, (lv + 1) % CHAIN_PAGES):
+            pages[z] = bytes(PAGE)
+    return b"".join(pages)
+
+
+def chain_uuid(level: int) -> bytes:
+    return bytes([0xC0 + level % 64]) + bytes(15 - 2) + level.to_bytes(2, "big")
+
+
+def chain_image(
+    out: BinaryIO,
+    level: int,
+    parent: bytes | None = None,
+    *,
+    predump: bool = True,
+    name: str = "",
+    minor: int = FORMAT_MINOR,
+) -> None:
+    """Image `level` of a sample chain of one process (pid 100, one anonymous VMA of 16
+    pages; chain_memory says what each holds).  `parent`: the parent image's bytes (level
+    >= 1), named `name` in the Parent record.  A pre-dump holds memory only; a final
+    image its thread too."""
+    flags = R.HeaderFlags.PREDUMP if predump else 0
+    if level:
+        flags |= R.HeaderFlags.INCREMENTAL
+    hdr = header(
+        created_ns=CREATED_NS + level * 10**9,
+        flags=flags,
+        root_pid=100,
+        uuid=chain_uuid(level),
+        parent_uuid=chain_uuid(level - 1) if level else bytes(16),
+    )
+    procs: list[Any] = [
+        R.Process(pid=100, state=R.ProcessState.ALIVE, pgid=100, sid=100, comm="chain")
+    ]
+    if not predump:
+        procs.append(
+            R.Thread(
+                pid=100,
+                tid=100,
+                regs=_regs(0x401000, 0x7FFD0000F000),
+                fpregs=bytes(512),
+                comm="chain",
+            )
+        )
+    vma = R.Vma(
+        pid=100,
+        kind=R.VmaKind.ANON,
+        prot=3,
+        flags=0x22,
+        start=CHAIN_START,
+        end=CHAIN_START + CHAIN_PAGES * PAGE,
+    )
+
+    def run(i: int, n: int, flag: int, off: int = 0) -> R.PagemapRun:
+        return R.PagemapRun(
+            owner_kind=R.OwnerKind.PROCESS,
+            flags=flag,
+            owner=100,
+            vaddr=CHAIN_START + i * PAGE,
+            nr_pages=n,
+            data_offset=off,
+        )
+
+    with ImageWriter(out, hdr, minor=minor) as w:
+        runs: list[R.PagemapRun] = []
+        if not level:
+            off = w.write_pages(b"".join(chain_page(0, i) for i in range(CHAIN_PAGES)))
+            runs.append(run(0, CHAIN_PAGES, R.PageFlags.PRESENT, off))
+        else:
+            new = {level % CHAIN_PAGES, (level + 1) % CHAIN_PAGES}
+            zero = CHAIN_PAGES - 1 - level % CHAIN_PAGES
+            for i in range(CHAIN_PAGES):
+                if i in new:
+                    runs.append(run(i, 1, R.PageFlags.PRESENT, w.write_pages(chain_page(level, i))))
+                elif i == zero:
+                    runs.append(run(i, 1, R.PageFlags.ZERO))
+                else:
+                    runs.append(run(i, 1, R.PageFlags.PARENT))
+        w.add_section(R.SectionType.PROCESS, procs)
+        w.add_section(R.SectionType.MM, [vma])
+        if parent is not None:
+            from cptimage.container import ImageReader
+
+            pr = ImageReader(io.BytesIO(parent))
+            w.add_section(
+                R.SectionType.CHAIN,
+                [
+                    R.Parent(
+                        uuid=pr.header.uuid,
+                        digest=pr.digest,
+                        size=pr.size,
+                        created_ns=pr.header.created_ns,
+                        flags=pr.header.flags,
+                        name=name,
+                    )
+                ],
+            )
+        w.add_section(R.SectionType.PAGEMAP, runs)
+
+
+def write_chain(directory: str, levels: int, *, final: bool = True) -> list[str]:
+    """A sample chain of `levels` images in `directory` (chain-0.img, chain-1.img, ...),
+    pre-dumps but the last one when `final`; returns their paths, oldest first."""
+    paths: list[str] = []
+    parent: bytes | None = None
+    for lv in range(levels):
+        buf = io.BytesIO()
+        chain_image(
+            buf,
+            lv,
+            parent,
+            predump=not (final and lv == levels - 1),
+            name=f"chain-{lv - 1}.img" if lv else "",
+        )
+        parent = buf.getvalue()
+        path = os.path.join(directory, f"chain-{lv}.img")
+        with open(path, "wb") as f:
+            f.write(parent)
+        paths.append(path)
+    return paths
+
+
+def _chain_predump(out: BinaryIO) -> None:
+    chain_image(out, 0, minor=1)
+
+
+def _chain_final(out: BinaryIO) -> None:
+    base = io.BytesIO()
+    _chain_predump(base)
+    chain_image(out, 1, base.getvalue(), predump=False, name="chain-predump.img", minor=1)
 
 
 # --------------------------------------------------------------------------- benchmarks
@@ -772,10 +932,15 @@ def many_image(out: BinaryIO, nvmas: int, nfds: int) -> None:
 # --------------------------------------------------------------------------- goldens
 
 
+# name -> its writer; each golden is of the format version it was made for (1.0: the
+# first three; 1.1 added incremental images: a pre-dump and the final image on it), and
+# stays so
 GOLDENS: dict[str, Callable[[BinaryIO], None]] = {
-    "tree": tree_image,
-    "tree-zstd": lambda out: tree_image(out, variant=1, compress=True),
-    "every-record": every_record_image,
+    "tree": lambda out: tree_image(out, minor=0),
+    "tree-zstd": lambda out: tree_image(out, variant=1, compress=True, minor=0),
+    "every-record": lambda out: every_record_image(out, minor=0),
+    "chain-predump": _chain_predump,
+    "chain-final": _chain_final,
 }
 
 
