@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import mmap
 import os
 import struct
 
@@ -114,7 +115,50 @@ def tracking_fd(flags: int = os.O_CLOEXEC | os.O_NONBLOCK) -> int:
     return fd
 
 
+def probe_tracking() -> str:
+    """Does write tracking work here?  Tracks two pages of this process: both count as
+    written, a write to one after the scan shows exactly that one.  Raises OSError why not."""
+    from cpt.procfs import open_pagemap
+    from cpt.sys.mem import PAGE_IS_WRITTEN, PM_SCAN_WP_MATCHING, pagemap_scan
+
+    page = os.sysconf("SC_PAGE_SIZE")
+    buf = mmap.mmap(-1, 2 * page, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    cbuf = (ctypes.c_char * (2 * page)).from_buffer(buf)
+    addr = ctypes.addressof(cbuf)
+    fd = tracking_fd()
+    pm = open_pagemap("self")
+    try:
+        buf[0] = buf[page] = 1
+        uffd_register_wp(fd, addr, 2 * page)
+
+        def scan() -> list[tuple[int, int, int]]:
+            return pagemap_scan(
+                pm,
+                addr,
+                addr + 2 * page,
+                flags=PM_SCAN_WP_MATCHING,
+                category_mask=PAGE_IS_WRITTEN,
+                return_mask=PAGE_IS_WRITTEN,
+            )
+
+        first = scan()
+        buf[page] = 2
+        second = scan()
+        uffd_unregister(fd, addr, 2 * page)
+    finally:
+        os.close(pm)
+        os.close(fd)
+        del cbuf
+        buf.close()
+    if first != [(addr, addr + 2 * page, PAGE_IS_WRITTEN)]:
+        raise OSError("a registered page that was never protected does not count as written")
+    if second != [(addr + page, addr + 2 * page, PAGE_IS_WRITTEN)]:
+        raise OSError(f"the scan did not find exactly the page written: {second}")
+    return "userfaultfd WP_ASYNC + PAGEMAP_SCAN: pre-dumps and incremental dumps"
+
+
 __all__ = [
+    "probe_tracking",
     "TRACK_FEATURES",
     "UFFDIO_REGISTER_MODE_WP",
     "UFFD_FEATURE_WP_ASYNC",
