@@ -1,4 +1,4 @@
-"""Every record type of image format 1.1 (1.0, and since 1.1 the CHAIN section with its
+"""Every record type of image format 1.2 (1.0, and since 1.2 the CHAIN section with its
 Parent record and the PREDUMP header flag: incremental images).  Declarations only: no
 logic lives here.
 
@@ -42,7 +42,7 @@ class SectionType(enum.IntEnum):
     IPC = 0x07  # SysV and POSIX IPC objects
     NAMESPACES = 0x08  # namespaces, network, mounts
     FSSNAP = 0x09  # the filesystem snapshot taken with the dump
-    CHAIN = 0x0A  # 1.1: the parent image an incremental image builds on
+    CHAIN = 0x0A  # 1.2: the parent image an incremental image builds on
     INDEX = 0xFF  # the trailer's section index
 
 
@@ -60,7 +60,7 @@ class HeaderFlags(enum.IntFlag):
     LEAVE_RUNNING = 1 << 1  # the workload kept running after the dump
     VE = 1 << 2  # the source is a VE (container), not a bare process tree
     PIDNS = 1 << 3  # the tree's root is the init of its own PID namespace
-    # 1.1 (bit 4 is left to the user-namespace flag of that branch's format): memory only,
+    # 1.2 (bit 4 is left to the user-namespace flag of that branch's format): memory only,
     # a pre-dump: the processes, their VMAs and their pages, taken while the tree ran;
     # restorable only as the parent of a later image
     PREDUMP = 1 << 5
@@ -379,7 +379,7 @@ class PagemapRun(Record):
 @record(0x0A01)
 class Parent(Record):
     """The image an INCREMENTAL image builds on: its PARENT runs' pages are there (or
-    further down its own chain).  One per incremental image (1.1)."""
+    further down its own chain).  One per incremental image (1.2)."""
 
     uuid: bytes = fbytes(16)  # the parent's Header.uuid (= this image's parent_uuid)
     digest: int = u64()  # the parent's file digest (its trailer's): a changed parent shows

@@ -676,7 +676,7 @@ def every_record_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
         w.add_section(R.SectionType.PAGEMAP, tree.pages(w))
 
 
-# --------------------------------------------------------------------------- format 1.1: chains
+# --------------------------------------------------------------------------- format 1.2: chains
 
 CHAIN_START = 0x7F5500000000
 CHAIN_PAGES = 16
@@ -820,13 +820,13 @@ def write_chain(directory: str, levels: int, *, final: bool = True) -> list[str]
 
 
 def _chain_predump(out: BinaryIO) -> None:
-    chain_image(out, 0, minor=1)
+    chain_image(out, 0, minor=2)
 
 
 def _chain_final(out: BinaryIO) -> None:
     base = io.BytesIO()
     _chain_predump(base)
-    chain_image(out, 1, base.getvalue(), predump=False, name="chain-predump.img", minor=1)
+    chain_image(out, 1, base.getvalue(), predump=False, name="chain-predump.img", minor=2)
 
 
 # --------------------------------------------------------------------------- benchmarks
@@ -933,7 +933,7 @@ def many_image(out: BinaryIO, nvmas: int, nfds: int) -> None:
 
 
 # name -> its writer; each golden is of the format version it was made for (1.0: the
-# first three; 1.1 added incremental images: a pre-dump and the final image on it), and
+# first three; 1.2 added incremental images: a pre-dump and the final image on it), and
 # stays so
 GOLDENS: dict[str, Callable[[BinaryIO], None]] = {
     "tree": lambda out: tree_image(out, minor=0),

@@ -1,6 +1,6 @@
 """Golden images of every format version (fixtures/images/NAME.img with NAME.json beside
 it): tree, tree-zstd and every-record are of format 1.0, chain-predump and chain-final
-(a pre-dump and the incremental image written on it) of 1.1.
+(a pre-dump and the incremental image written on it) of 1.2.
 
 The writer's output for them must never change (SPEC.md section 7); their JSON form
 must decode and encode exactly, the 1.0 ones with this reader too.  A new format version
@@ -63,9 +63,9 @@ def test_goldens_verify_clean(name: str) -> None:
 def test_goldens_cover_the_format() -> None:
     every = json.loads((GOLDEN / "every-record.json").read_text())
     assert every["version"] == [1, 0]
-    assert samples.missing_record_types(every) == {"Parent"}, "1.1 added it"
+    assert samples.missing_record_types(every) == {"Parent"}, "1.2 added it"
     final = json.loads((GOLDEN / "chain-final.json").read_text())
-    assert final["version"] == [1, 1]
+    assert final["version"] == [1, 2]
     assert "Parent" not in samples.missing_record_types(final)
     zstd = json.loads((GOLDEN / "tree-zstd.json").read_text())
     assert {s["compression"] for s in zstd["sections"]} == {"zstd"}

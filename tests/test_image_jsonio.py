@@ -69,7 +69,7 @@ def test_samples_round_trip(name: str) -> None:
 
 
 def _newer_minor_image() -> bytes:
-    """What a 1.1 writer could produce: an unknown section, an unknown tag, _ext bytes."""
+    """What a writer of a newer minor version could produce: an unknown section, an unknown tag, _ext bytes."""
     fd = R.Fd(pid=1, fd=0, file_id=1)
     fd._ext = (b"\x07\0\0\0", b"\x03\0\0\0abc")  # type: ignore[attr-defined]
     lim = R.Rlimits(pid=1, limits=[R.Rlimit(1, 2, 3)])
