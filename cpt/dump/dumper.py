@@ -10,6 +10,7 @@ import socket
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from cptimage.container import ImageWriter
@@ -94,7 +95,19 @@ class Dumper:
         self.vmas: dict[int, list[Vma]] = {}
         self.stats = DumpStats()
 
-    def run(self, out: BinaryIO) -> DumpStats:
+    def run(
+        self,
+        out: BinaryIO,
+        *,
+        writer: ImageWriter | None = None,
+        pages: Callable[[int, list[Vma], ImageWriter], list[Any]] | None = None,
+        header: Callable[[Header], Header] | None = None,
+    ) -> DumpStats:
+        """Write the image to `out`.  An incremental dump or one with pre-copy rounds
+        (cpt/dump/incremental.py) gives `pages(pid, vmas, writer)`, which writes a
+        process's remaining pages and returns its PagemapRuns, instead of copying them all
+        here; and the `writer` it opened before (pages of the rounds in it), or `header`,
+        which makes the header this one writes its own (an incremental one)."""
         t0 = time.perf_counter()
         for info in self.tree.values():
             self.recs[SectionType.PROCESS].append(process_record(info))
@@ -109,8 +122,14 @@ class Dumper:
         t1 = time.perf_counter()
         fault.point("dump:pages")
         try:
-            writer = ImageWriter(out, self._header(), compress_pages=self.opts.compress)
+            if writer is None:
+                h = self._header()
+                h = header(h) if header is not None else h
+                writer = ImageWriter(out, h, compress_pages=self.opts.compress)
             for pid, vmas in self.vmas.items():
+                if pages is not None:
+                    self.recs[SectionType.PAGEMAP] += pages(pid, vmas, writer)
+                    continue
                 pd = PageDumper(pid, writer)
                 self.recs[SectionType.PAGEMAP] += pd.dump(vmas)
                 self.stats.pages_bytes += pd.bytes
@@ -168,25 +187,34 @@ class Dumper:
 
     def _header(self) -> Header:
         first = next(r for r in self.recs[SectionType.PROCESS] if type(r).__name__ == "Thread")
-        arch, release, version = hostinfo.kernel()
-        flags = HeaderFlags.LEAVE_RUNNING if self.opts.leave_running else 0
-        if self.opts.ve_id:
-            flags |= HeaderFlags.VE | HeaderFlags.PIDNS
-        return Header(
-            created_ns=time.time_ns(),
-            page_size=os.sysconf("SC_PAGE_SIZE"),
-            flags=flags,
-            xcr0=hostinfo.xfeatures_of(first.xstate),
-            xstate_size=len(first.xstate),
-            source_kind=SourceKind.VE if self.opts.ve_id else SourceKind.PID,
-            root_pid=self.root,
-            uuid=uuid.uuid4().bytes,
-            vdso_digest=hostinfo.vdso_digest(),
-            arch=arch,
-            kernel_release=release,
-            kernel_version=version,
-            cpu_flags=hostinfo.isa_flags(),
-            hostname=socket.gethostname(),
-            tool_version=TOOL_VERSION,
-            source_id=self.opts.ve_id or str(self.root),
-        )
+        return build_header(self.opts, self.root, first.xstate)
+
+
+def build_header(
+    opts: DumpOptions, root: int, xstate: bytes, flags: int = 0, parent_uuid: bytes = b""
+) -> Header:
+    """The header of a dump of the tree rooted at `root`; `xstate`: an NT_X86_XSTATE of
+    one of its threads (b"" for a pre-dump, which holds no threads)."""
+    arch, release, version = hostinfo.kernel()
+    flags |= HeaderFlags.LEAVE_RUNNING if opts.leave_running else 0
+    if opts.ve_id:
+        flags |= HeaderFlags.VE | HeaderFlags.PIDNS
+    return Header(
+        created_ns=time.time_ns(),
+        page_size=os.sysconf("SC_PAGE_SIZE"),
+        flags=flags,
+        xcr0=hostinfo.xfeatures_of(xstate) if xstate else 0,
+        xstate_size=len(xstate),
+        source_kind=SourceKind.VE if opts.ve_id else SourceKind.PID,
+        root_pid=root,
+        uuid=uuid.uuid4().bytes,
+        parent_uuid=parent_uuid or bytes(16),
+        vdso_digest=hostinfo.vdso_digest(),
+        arch=arch,
+        kernel_release=release,
+        kernel_version=version,
+        cpu_flags=hostinfo.isa_flags(),
+        hostname=socket.gethostname(),
+        tool_version=TOOL_VERSION,
+        source_id=opts.ve_id or str(root),
+    )

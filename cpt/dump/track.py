@@ -147,6 +147,10 @@ class Tracker:
         self.notice = notice or (lambda text: None)
         self.procs: dict[int, ProcessTrack] = {}
         self.rounds = 0
+        # the UUID (hex) of the image the tracking is relative to: the pages written since
+        # it was taken are the dirty ones ("" when that image is none to build on)
+        self.relative_to = ""
+        self.xstate = b""  # an NT_X86_XSTATE of a thread, read at an injection
         self._refused: set[int] = set()  # processes that could not be tracked (said once)
 
     # -- starting and stopping
@@ -160,10 +164,26 @@ class Tracker:
         if old is not None:
             os.close(old.fd)
         start = self.proc.stat(pid).starttime
-        fd = inject_userfaultfd(pid, leader)
+        fd, xstate = inject_userfaultfd(pid, leader, xstate=not self.xstate)
+        self.xstate = self.xstate or xstate
         pt = ProcessTrack(pid, start, fd)
         self.procs[pid] = pt
         return pt
+
+    def start(self, tree: dict[int, TaskInfo] | None = None) -> None:
+        """Start tracking every live process of the tree not tracked yet (each stopped
+        about a millisecond); one that cannot be tracked is said (notice) and left out:
+        the rounds count it whole.  Its mappings are registered, and count as written,
+        at the next round."""
+        if tree is None:
+            tree = collect_tree(self.root, self.proc)
+        for pid, info in sorted(tree.items()):
+            if info.zombie or pid in self.procs:
+                continue
+            try:
+                self._start(info, True, False)
+            except NoSuchProcess:
+                continue  # exited meanwhile
 
     def adopt(self, pid: int, start: int, fd: int) -> ProcessTrack:
         """Take over a userfaultfd made earlier (by another command: the holder kept it)."""
@@ -403,8 +423,11 @@ def scan_untracked(pid: int, proc: Proc) -> ProcessRound:
     return ProcessRound(pid, present, list(present), normalize(shared), whole="untracked")
 
 
-def inject_userfaultfd(pid: int, leader: Tracee | None = None) -> int:
-    """A tracking userfaultfd for the mm of `pid`, in THIS process.
+def inject_userfaultfd(
+    pid: int, leader: Tracee | None = None, *, xstate: bool = False
+) -> tuple[int, bytes]:
+    """A tracking userfaultfd for the mm of `pid`, in THIS process (and with `xstate` the
+    NT_X86_XSTATE of the thread that made it: a dump's header wants one).
 
     Made inside the target by an injected userfaultfd(2) (USER_MODE_ONLY: allowed to any
     process), pulled with pidfd_getfd, closed there again: its fd table ends as it was.
@@ -416,6 +439,7 @@ def inject_userfaultfd(pid: int, leader: Tracee | None = None) -> int:
     t = tracees[0] if own else leader
     assert t is not None
     local = -1
+    state = b""
     try:
         pidfd = pidfd_open(pid)
         try:
@@ -432,6 +456,7 @@ def inject_userfaultfd(pid: int, leader: Tracee | None = None) -> int:
                 finally:
                     t.syscall(NR.close, fd)
                 fault.point("track:inject")
+            state = t.get_xstate() if xstate else b""
         finally:
             os.close(pidfd)
     except BaseException:
@@ -450,7 +475,7 @@ def inject_userfaultfd(pid: int, leader: Tracee | None = None) -> int:
             f"write-protect ({e.strerror})",
             pid=pid,
         ) from None
-    return local
+    return local, state
 
 
 __all__ = [

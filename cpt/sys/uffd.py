@@ -158,10 +158,10 @@ def probe_tracking() -> str:
 
 
 __all__ = [
-    "probe_tracking",
     "TRACK_FEATURES",
     "UFFDIO_REGISTER_MODE_WP",
     "UFFD_FEATURE_WP_ASYNC",
+    "probe_tracking",
     "tracking_fd",
     "uffd_api",
     "uffd_mm_alive",
