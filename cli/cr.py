@@ -25,6 +25,10 @@ VeidArg = Annotated[
     str | None, typer.Argument(metavar="[VEID]", help="the VE (else --pid / --dumpfile)")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the statistics as JSON")]
+ParentDirOpt = Annotated[
+    str | None,
+    typer.Option("--parent-dir", help="where the parent images are (default: next to the image)"),
+]
 
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -103,12 +107,23 @@ def chkpnt(
     skip_arpdetect: Annotated[
         bool, typer.Option("--skip-arpdetect", help="accepted for vzctl compatibility")
     ] = False,
+    pre_dump: Annotated[
+        bool,
+        typer.Option("--pre-dump", help="copy the memory while the tree runs; track its writes"),
+    ] = False,
+    parent: Annotated[
+        str | None,
+        typer.Option("--parent", help="an earlier dump of the tree: write only what changed"),
+    ] = None,
+    parent_dir: ParentDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Checkpoint a VE or a process tree: suspend, dump, kill (or one stage of it)."""
     stage = _stage(Stage.CHKPNT, suspend=suspend, dump=dump, kill=kill, resume=resume)
     if (veid is None) == (pid is None):
         raise UsageError("chkpnt needs a VEID or --pid PID (one of them)")
+    if veid is not None and pre_dump:
+        raise UsageError("--pre-dump of a VE is not supported yet")
     stages = _stages(veid, pid)
     opts = DumpOptions(
         leave_running=leave_running,
@@ -118,6 +133,9 @@ def chkpnt(
         shell_job=shell_job,
         file_locks=file_locks,
         ghost_limit=parse_size(ghost_limit, "--ghost-limit"),
+        pre_dump=pre_dump,
+        parent=parent or "",
+        parent_dir=parent_dir or "",
     )
     stats = stages.chkpnt(stage, dumpfile, opts)
     if stats is None:
@@ -159,6 +177,7 @@ def restore(
             "snapshot first (the live contents are kept as a snapshot)",
         ),
     ] = False,
+    parent_dir: ParentDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Restore a VE or a process tree from a dump file: undump, resume (or one stage)."""
@@ -166,7 +185,13 @@ def restore(
     if veid is not None and pidfile:
         raise UsageError("--pidns, --ipcns, --shell-job and --pidfile are for process trees")
     stages = _stages(veid, None)
-    opts = RestoreOptions(pidns=pidns, ipcns=ipcns, shell_job=shell_job, rollback_fs=rollback_fs)
+    opts = RestoreOptions(
+        pidns=pidns,
+        ipcns=ipcns,
+        shell_job=shell_job,
+        rollback_fs=rollback_fs,
+        parent_dir=parent_dir or "",
+    )
     stats = stages.restore(stage, dumpfile, opts)
     if stats is None:
         print(f"{stages.label} {stage.done}")

@@ -36,6 +36,7 @@ from .records import (
     PagemapRun,
     Parent,
     SectionType,
+    Vma,
 )
 
 MAX_DEPTH = 4096  # links; a longer chain is refused (and a loop is found before that)
@@ -380,7 +381,12 @@ def flatten(
                 w.add_section(stype, extra)
                 continue
             w.add_section(stype, src.records(stype))
-        w.add_section(SectionType.PAGEMAP, _merge(runs, page))
+        starts: set[tuple[int, int, int]] = {
+            (int(OwnerKind.PROCESS), v.pid, v.start)
+            for v in src.records(SectionType.MM)
+            if isinstance(v, Vma)
+        }
+        w.add_section(SectionType.PAGEMAP, _merge(runs, page, starts))
     return header
 
 
@@ -397,13 +403,18 @@ def _run(
     )
 
 
-def _merge(runs: list[PagemapRun], page: int) -> list[PagemapRun]:
-    """Adjacent runs of one owner and kind joined (PRESENT ones when their data is too)."""
+def _merge(
+    runs: list[PagemapRun], page: int, starts: set[tuple[int, int, int]]
+) -> list[PagemapRun]:
+    """Adjacent runs of one owner and kind joined (PRESENT ones when their data is too),
+    but never across the start of a VMA (`starts`: (owner kind, owner, address)): a run
+    lies inside one VMA."""
     out: list[PagemapRun] = []
     for r in runs:
         last = out[-1] if out else None
         if (
             last is not None
+            and (r.owner_kind, r.owner, r.vaddr) not in starts
             and (last.owner_kind, last.owner, last.flags) == (r.owner_kind, r.owner, r.flags)
             and last.vaddr + last.nr_pages * page == r.vaddr
             and (

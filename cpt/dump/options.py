@@ -24,3 +24,8 @@ class DumpOptions:
     # down): no drop rules are needed for its TCP connections, and a staged dump of them
     # stays consistent until the kill
     net_isolated: bool = False
+    # incremental dumps (cpt/stages/incremental.py): a pre-dump (memory only, the tree
+    # runs on), the image this one builds on, and where its parents are when not next to it
+    pre_dump: bool = False
+    parent: str = ""
+    parent_dir: str = ""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from cptimage.atomic import AtomicFile, check_target
@@ -28,6 +29,7 @@ from ..dump.pstree import TaskInfo, collect_tree
 from ..errors import CptError, DumpError, NoSuchProcess
 from ..trace.seize import detach_all, freeze_process
 from ..trace.tracee import DEFAULT_OPTIONS, Tracee
+from .incremental import Incremental
 from .kill import forget_ve, kill_traced, wait_gone
 from .resume import resume
 from .suspend import suspend
@@ -36,7 +38,8 @@ from .tree import Tree, fails_as
 
 @fails_as(DumpError, "dump")
 def dump(tree: Tree, dumpfile: str, opts: DumpOptions) -> DumpStats:
-    """Dump the suspended tree; it stays suspended (`--dump`), also when this fails."""
+    """Dump the suspended tree; it stays suspended (`--dump`), also when this fails.
+    With opts.parent: only the pages written since that image (incremental.py)."""
     if tree.suspended() is None:
         flag = f"{tree.ve_id}" if tree.ve_id else f"--pid {tree.root}"
         raise DumpError(
@@ -44,7 +47,36 @@ def dump(tree: Tree, dumpfile: str, opts: DumpOptions) -> DumpStats:
             pid=tree.root,
         )
     check_target(dumpfile)
-    return _dump_frozen(tree, dumpfile, tree.dump_opts(opts, staged=True), after="freeze")
+    opts = tree.dump_opts(opts, staged=True)
+    if not opts.parent:
+        return _dump_frozen(tree, dumpfile, opts, after="freeze")
+    if tree.ve_id:
+        raise DumpError(f"{tree.label}: incremental dumps of a VE are not supported yet")
+    with _incremental(tree, opts, dumpfile, frozen=True) as (inc, out):
+        return _dump_frozen(tree, dumpfile, opts, after="freeze", out=out, inc=inc)
+
+
+@contextlib.contextmanager
+def _incremental(
+    tree: Tree, opts: DumpOptions, dumpfile: str, *, frozen: bool
+) -> Iterator[tuple[Incremental, AtomicFile]]:
+    """The incremental side of a dump (a parent, or live rounds first): the image opened
+    before the freeze; the tracking handed on, or ended, once the dump is done."""
+    inc = Incremental(
+        tree, opts, opts.parent or None, opts.parent_dir or None, precopy=opts.leave_running
+    )
+    try:
+        out = AtomicFile(dumpfile)
+        try:
+            inc.open(out.file, dumpfile, frozen=frozen)
+            yield inc, out
+        except BaseException:
+            out.abort()
+            inc.failed()
+            raise
+        inc.done(dumpfile, after="freeze" if frozen else "resume" if opts.leave_running else "kill")
+    finally:
+        inc.close()
 
 
 @fails_as(DumpError, "checkpoint")
@@ -54,7 +86,9 @@ def checkpoint(tree: Tree, dumpfile: str, opts: DumpOptions) -> DumpStats:
     One command needs no freezer cgroup: ptrace stops hold the tree (seized until no
     new process appears), which spares the cgroup moves (10-40 ms each here).  If the
     dump fails the tree is resumed and no dump file is left behind.  A VE is frozen
-    in its cgroup and cut off first, as by `--suspend`.
+    in its cgroup and cut off first, as by `--suspend`.  With opts.parent, only the pages
+    written since that image; with leave_running the memory is copied in live rounds
+    first and the freeze is only for the last dirty pages (incremental.py).
     """
     if tree.suspended():
         raise DumpError(
@@ -64,26 +98,54 @@ def checkpoint(tree: Tree, dumpfile: str, opts: DumpOptions) -> DumpStats:
     check_target(dumpfile)  # before anything is frozen
     prepare_dump()  # one-time costs of a process's first dump, before the freeze
     after = "resume" if opts.leave_running else "kill"
-    if tree.ve_id:
-        suspend(tree, opts)
-        try:
-            stats = _dump_frozen(tree, dumpfile, tree.dump_opts(opts), after=after)
-        except BaseException:
-            with contextlib.suppress(CptError):
-                resume(tree)  # the dump failed: the VE runs on
-            raise
-        if after == "kill":
-            forget_ve(tree)
-        else:
-            resume(tree)
-        return stats
+    if tree.ve_id and opts.parent:
+        raise DumpError(f"{tree.label}: incremental dumps of a VE are not supported yet")
+    if tree.ve_id:  # (its leave-running dump is not copied in rounds yet)
+        return _checkpoint_ve(tree, dumpfile, opts, after)
     precheck(tree.live_tree(), tree.root, tree.proc, opts)
-    tree.frozen_at = time.perf_counter()
-    procs = _seize_tree(tree)
-    return _dump_seized(tree, procs, dumpfile, opts, after=after)
+    if not opts.parent and not opts.leave_running:
+        tree.frozen_at = time.perf_counter()
+        procs = _seize_tree(tree)
+        return _dump_seized(tree, procs, dumpfile, opts, after=after)
+    with _incremental(tree, opts, dumpfile, frozen=False) as (inc, out):
+        tree.frozen_at = time.perf_counter()
+        procs = _seize_tree(tree)
+        return _dump_seized(tree, procs, dumpfile, opts, after=after, out=out, inc=inc)
 
 
-def _dump_frozen(tree: Tree, dumpfile: str, opts: DumpOptions, *, after: str) -> DumpStats:
+def _checkpoint_ve(
+    tree: Tree,
+    dumpfile: str,
+    opts: DumpOptions,
+    after: str,
+    *,
+    out: AtomicFile | None = None,
+    inc: Incremental | None = None,
+) -> DumpStats:
+    """A VE is frozen in its cgroup and cut off first, as by `--suspend`, then dumped."""
+    suspend(tree, opts)
+    try:
+        stats = _dump_frozen(tree, dumpfile, tree.dump_opts(opts), after=after, out=out, inc=inc)
+    except BaseException:
+        with contextlib.suppress(CptError):
+            resume(tree)  # the dump failed: the VE runs on
+        raise
+    if after == "kill":
+        forget_ve(tree)
+    else:
+        resume(tree)
+    return stats
+
+
+def _dump_frozen(
+    tree: Tree,
+    dumpfile: str,
+    opts: DumpOptions,
+    *,
+    after: str,
+    out: AtomicFile | None = None,
+    inc: Incremental | None = None,
+) -> DumpStats:
     """Seize the frozen tree (frozen tasks enter their ptrace stops at once; the stops
     hold them then, and the cgroup is thawed for injected syscalls to run), dump it.
     What `in_freeze` makes in the frozen window goes into the image, or is undone."""
@@ -100,7 +162,7 @@ def _dump_frozen(tree: Tree, dumpfile: str, opts: DumpOptions, *, after: str) ->
             detach_all(tracees)
             raise
         tree.freezer.thaw()
-        return _dump_seized(tree, procs, dumpfile, opts, after=after, extra=extra)
+        return _dump_seized(tree, procs, dumpfile, opts, after=after, extra=extra, out=out, inc=inc)
     except BaseException:
         if tree.in_freeze is not None:
             tree.in_freeze.discard()
@@ -140,6 +202,8 @@ def _dump_seized(
     *,
     after: str,
     extra: list[Any] | None = None,
+    out: AtomicFile | None = None,
+    inc: Incremental | None = None,
 ) -> DumpStats:
     """Write the image of a tree whose threads are all in ptrace stops, then `after`:
     "kill", "resume" (detach) or "freeze" (refreeze the cgroup and detach).
@@ -150,7 +214,7 @@ def _dump_seized(
     """
     live = [i for i in procs.values() if not i.zombie]
     tracees = [t for i in live for t in i.tracees]
-    out = AtomicFile(dumpfile)
+    out = out or AtomicFile(dumpfile)
     ok = False
     try:
         with tree.inside():
@@ -162,7 +226,11 @@ def _dump_seized(
     try:
         try:
             with tree.inside():
-                stats = dumper.run(out.file)
+                if inc is not None and inc.tracker is not None:
+                    stats = dumper.run(out.file, **inc.dumper_args(procs, dumper))
+                    stats.pages_bytes = inc.pages_bytes
+                else:
+                    stats = dumper.run(out.file)
             if after == "kill":
                 out.commit()  # durable before the workload dies
             ok = True

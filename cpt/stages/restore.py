@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from collections.abc import Callable
 
+from cptimage.chain import Chain, flatten, verify_chain
 from cptimage.container import ImageReader
 from cptimage.errors import ImageError
+from cptimage.records import HeaderFlags
 from cptimage.verify import verify
 
 from ..errors import CptError, RestoreError
@@ -30,6 +33,7 @@ def open_for_restore(dumpfile: str, opts: RestoreOptions | None = None) -> Image
 
     Refuses with the first problems, precisely, before any process is created.
     """
+    opts = opts or RestoreOptions()
     problems = verify(dumpfile)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -38,7 +42,9 @@ def open_for_restore(dumpfile: str, opts: RestoreOptions | None = None) -> Image
         reader = ImageReader(dumpfile)
     except ImageError as e:
         raise RestoreError(f"{e}; refusing to restore") from None
-    opts = opts or RestoreOptions()
+    if reader.header.flags & (HeaderFlags.INCREMENTAL | HeaderFlags.PREDUMP):
+        reader.close()
+        reader = _flat_chain(dumpfile, opts.parent_dir or None)
     host = check_host(reader, pids=not opts.pidns, ipcns=opts.ipcns)
     if host:
         reader.close()
@@ -46,6 +52,41 @@ def open_for_restore(dumpfile: str, opts: RestoreOptions | None = None) -> Image
         more = f" (and {len(host) - 3} more)" if len(host) > 3 else ""
         raise RestoreError(f"{dumpfile}: {msgs}{more}; refusing to restore")
     return reader
+
+
+def _flat_chain(dumpfile: str, parent_dir: str | None) -> ImageReader:
+    """An incremental image with its chain, as one image: every link checked and every
+    image verified first (a broken chain is refused before anything is touched), then
+    flattened into an unlinked temporary file: each page from the newest image holding it."""
+    report = verify_chain(dumpfile, parent_dir)
+    if report.header is not None and report.header.flags & HeaderFlags.PREDUMP:
+        raise RestoreError(
+            f"{dumpfile}: a pre-dump holds memory only; restore the final dump written on "
+            f"it (chkpnt --parent {dumpfile}); refusing to restore"
+        )
+    if report.problems:
+        n = len(report.problems)
+        more = f" (and {n - 1} more)" if n > 1 else ""
+        raise RestoreError(f"{dumpfile}: {report.problems[0]}{more}; refusing to restore")
+    where = os.path.dirname(os.path.abspath(dumpfile))
+    try:
+        tmp = tempfile.TemporaryFile(dir=where if os.access(where, os.W_OK) else None)  # noqa: SIM115
+    except OSError:
+        tmp = tempfile.TemporaryFile()  # noqa: SIM115 - the reader closes it
+    try:
+        with Chain(dumpfile, parent_dir) as chain:
+            flatten(chain, tmp)
+        tmp.flush()
+        tmp.seek(0)
+        reader = ImageReader(tmp)
+        reader._own = True  # closing the reader closes (and so frees) the temporary file
+        return reader
+    except ImageError as e:
+        tmp.close()
+        raise RestoreError(f"{dumpfile}: {e}; refusing to restore") from None
+    except BaseException:
+        tmp.close()
+        raise
 
 
 @fails_as(RestoreError, "restore")

@@ -22,6 +22,7 @@ from ..restore.options import RestoreOptions
 from ..restore.restorer import RestoreStats
 from ..restore.tty import wait_shell_job
 from .dump import checkpoint, dump
+from .incremental import closing_stage, predump
 from .kill import kill
 from .restore import open_for_restore, restore
 from .resume import resume
@@ -71,6 +72,10 @@ class TreeStages:
             raise UsageError("--leave-running is a full checkpoint; it takes no stage option")
         if stage is Stage.DUMP and dumpfile is None:
             raise UsageError("chkpnt --dump needs --dumpfile F")
+        if opts.pre_dump and (stage is not Stage.CHKPNT or opts.leave_running):
+            raise UsageError("--pre-dump takes no stage option and no --leave-running")
+        if opts.parent and stage not in (Stage.CHKPNT, Stage.DUMP):
+            raise UsageError("--parent is for a dump: chkpnt, --dump or --pre-dump")
         tree = self.tree()
         with tree.locked():
             if stage is Stage.SUSPEND:
@@ -78,10 +83,17 @@ class TreeStages:
             elif stage is Stage.DUMP:
                 assert dumpfile is not None
                 return dump(tree, dumpfile, opts)
-            elif stage is Stage.KILL:
-                kill(tree)
-            elif stage is Stage.RESUME:
-                resume(tree)
+            elif stage in (Stage.KILL, Stage.RESUME):
+                (kill if stage is Stage.KILL else resume)(tree)
+                closing_stage(tree, killed=stage is Stage.KILL)
+            elif opts.pre_dump:
+                return predump(
+                    tree,
+                    self.dumpfile(dumpfile),
+                    opts,
+                    opts.parent or None,
+                    opts.parent_dir or None,
+                )
             else:
                 return checkpoint(tree, self.dumpfile(dumpfile), opts)
         return None
