@@ -37,6 +37,7 @@ from .container import (
     StreamedSection,
     StreamedTrailer,
     decompress,
+    open_regular,
     parse_header_record,
     walk,
 )
@@ -716,10 +717,7 @@ def verify_report(
     """Problems, warnings and the header (for host checks) of one image."""
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
-        try:
-            f: BinaryIO = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
-        except OSError as e:
-            raise ImageError(f"cannot open: {e.strerror}", path=path) from None
+        f = open_regular(path, buffering=0)
         with f:
             return _verify(f, path, chunk_size)
     name = getattr(source, "name", None)
