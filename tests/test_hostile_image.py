@@ -481,6 +481,8 @@ def test_hostile_image_strings_survive_every_reader(tmp_path: Path) -> None:
         assert res.returncode in (0, 1), (argv, res.stderr)
         assert not any(s in res.stderr for s in INTERNALS), res.stderr
         assert "\x1b" not in res.stdout or "--json" in argv, argv
+    report = [str(p) for p in verify(path)]
+    assert report and all(len(p) < 400 and "\n" not in p for p in report), report
 
 
 def test_sealed_records_of_every_kind_read_without_tracebacks(tmp_path: Path) -> None:
