@@ -199,3 +199,10 @@ def test_refused_before_anything_is_made(tmp_path: Path, args: list[str], messag
     assert not any(s in res.stderr for s in INTERNALS), res.stderr
     assert not (tmp_path / "pool.img").exists() and not (tmp_path / "pool").exists()
     assert not os.path.exists(tmp_path / "ve")
+
+
+def test_a_newline_in_any_value_stays_on_one_line(tmp_path: Path) -> None:
+    """cli/main.py escapes what reaches an error line: here a --root with a newline."""
+    res = _cpt(tmp_path / "x\nY", "ve", "status", "1")
+    assert res.returncode == 21 and res.stderr.count("\n") == 1, res.stderr
+    assert "x\\nY" in res.stderr
