@@ -522,6 +522,14 @@ _MODE_KINDS = {
 }
 # Linux values the kernel holds restored values to
 COMM_MAX = 15  # TASK_COMM_LEN - 1
+TASK_SIZE_MAX = 1 << 56  # the user address space, 5-level paging (4-level: 1 << 47)
+MM_PAIRS = (
+    ("start_code", "end_code"),
+    ("start_data", "end_data"),
+    ("start_brk", "brk"),
+    ("arg_start", "arg_end"),
+    ("env_start", "env_end"),
+)
 NO_ID = 0xFFFF_FFFF  # (uid_t)-1
 NGROUPS_MAX = 65536
 RLIM_NLIMITS = 16
@@ -788,6 +796,21 @@ class _Structure:
                     self.bad(r, f"{ids} {inner} inside is used twice (also {seen[inner].label})")
                 seen[inner] = r
 
+    def _mm(self, r: _Rec) -> None:
+        """What prctl(PR_SET_MM_MAP) takes back: ordered pairs in the user address space,
+        and an auxiliary vector of (type, value) pairs ending with AT_NULL."""
+        m = r.rec
+        for lo, hi in MM_PAIRS:
+            a, b = getattr(m, lo), getattr(m, hi)
+            if a > b:
+                self.bad(r, f"{lo} {a:#x} is above {hi} {b:#x}")
+        for f in (*(p for pair in MM_PAIRS for p in pair), "start_stack"):
+            if getattr(m, f) >= TASK_SIZE_MAX:
+                self.bad(r, f"{f} {getattr(m, f):#x} is beyond the user address space")
+        aux = m.auxv
+        if aux and (len(aux) % 2 or aux[-2:] != [0, 0]):
+            self.bad(r, f"auxv holds {len(aux)} words, not (type, value) pairs ending in AT_NULL")
+
     def _comm(self, r: _Rec, comm: str) -> None:
         n = len(comm.encode("utf-8", "surrogateescape"))
         if n > COMM_MAX:
@@ -827,6 +850,8 @@ class _Structure:
                 elif a.signo in seen:
                     self.bad(r, f"actions[{i}]: signal {a.signo} is listed twice")
                 seen.add(a.signo)
+        for r in self.recs.get("Mm", []):
+            self._mm(r)
         for r in self.recs.get("TaskState", []):
             t = r.rec
             if t.umask > 0o777:
@@ -1127,6 +1152,8 @@ class _Structure:
                 self.bad(r, f"empty or inverted range {v.start:#x}-{v.end:#x}")
             if v.start % ps or v.end % ps or v.pgoff % ps:
                 self.bad(r, f"{v.start:#x}-{v.end:#x} (offset {v.pgoff:#x}) is not page-aligned")
+            if v.end > TASK_SIZE_MAX and v.kind != R.VmaKind.VSYSCALL:
+                self.bad(r, f"{v.start:#x}-{v.end:#x} is beyond the user address space")
             if v.kind in _FILE_KINDS and not v.file_id:
                 self.bad(r, "a file mapping without a file")
             if v.kind in _SHMEM_KINDS and v.shmem_id not in shmem:

@@ -524,6 +524,12 @@ _MOUNT = dict(mnt_id=1, parent_id=0, mountpoint="/", root="/", fstype="ext4")
         (_add(P, R.SeccompFilter(pid=10, tid=10, program=bytes(7))), "a program of 7 bytes"),
         (_add(P, R.SeccompFilter(pid=10, tid=10, program=b"")), "a program of 0 bytes"),
         (_add(P, R.PosixTimer(pid=10, signo=14, notify_tid=11)), "notify_tid 11 is not a thread"),
+        # memory
+        (_set(M, 3, start_brk=0x2000, brk=0x1000), "start_brk 0x2000 is above brk 0x1000"),
+        (_set(M, 3, env_end=1 << 60, env_start=1 << 60), "env_start 0x1000000000000000 is"),
+        (_set(M, 3, auxv=[6, 4096, 0]), "auxv holds 3 words"),
+        (_set(M, 3, auxv=[6, 4096]), "ending in AT_NULL"),
+        (_set(M, 0, start=1 << 60, end=(1 << 60) + 0x1000), "beyond the user address space"),
         # paths and what refers to them
         (_set(F, 0, path="bin/x"), "path 'bin/x' is not absolute"),
         (_set(F, 0, path="/a/../x"), "has an empty, '.' or '..' component"),
