@@ -514,6 +514,8 @@ def open_regular(path: str, *, what: str = "an image", buffering: int = -1) -> B
     too.  Raises ImageError (exit 40).
     """
     refuse = f"give {what} file, or - to read standard input"
+    if not path:
+        raise ImageError(f"the file name is empty: {refuse}")
     try:
         st = os.lstat(path)  # first, so that a device is not even opened
     except OSError as e:

@@ -125,6 +125,13 @@ def test_other_file_types_are_named(
         assert kind in err and str(path) in err
 
 
+def test_an_empty_file_name(capsys: pytest.CaptureFixture[str]) -> None:
+    for cmd in ("verify", "show", "decode"):
+        code, _, err = _run(capsys, "image", cmd, "")
+        _one_line(err, code, 40)
+        assert "the file name is empty" in err
+
+
 def test_devices_are_refused_without_reading_them(capsys: pytest.CaptureFixture[str]) -> None:
     for dev, kind in (("/dev/zero", "a character device"), ("/dev/null", "a character device")):
         code, _, err = _run(capsys, "image", "verify", dev)
