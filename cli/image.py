@@ -190,7 +190,8 @@ def show(
         if fds is not None:
             doc["fds"] = showmod.fds(reader, fds)
         if not doc or as_json:
-            doc = {**showmod.summary(reader), **doc} if as_json else showmod.summary(reader)
+            summary = showmod.summary(reader, damage)
+            doc = {**summary, **doc} if as_json else summary
     if as_json:
         _print_json(doc)
     elif "maps" in doc or "fds" in doc:

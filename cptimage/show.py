@@ -119,12 +119,13 @@ def integrity(reader: ImageReader) -> dict[str, Any]:
     return dict(ok=not problems, problems=problems)
 
 
-def summary(reader: ImageReader) -> dict[str, Any]:
+def summary(reader: ImageReader, checked: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``checked``: what ``integrity(reader)`` gave, if the caller has it already."""
     header = record_to_json(reader.header)
     header.pop("record")
     return dict(
         path=reader.path,
-        integrity=integrity(reader),
+        integrity=checked if checked is not None else integrity(reader),
         version=f"{reader.major}.{reader.minor}",
         size=reader.size,
         page_data=reader.page_data_len,

@@ -79,7 +79,7 @@ def append(rng: random.Random, b: Base) -> bytes:
     return b.raw + rng.randbytes(rng.randint(1, 300))
 
 
-_SECTION_FIELDS = {  # offset in a section header, struct format
+SECTION_FIELDS = {  # offset in a section header, struct format
     "type": (4, "<H"),
     "version": (6, "<H"),
     "hdr_len": (8, "<I"),
@@ -96,7 +96,7 @@ _SECTION_FIELDS = {  # offset in a section header, struct format
 
 def section_header(rng: random.Random, b: Base) -> bytes:
     raw = bytearray(b.raw)
-    at, fmt = _SECTION_FIELDS[rng.choice(sorted(_SECTION_FIELDS))]
+    at, fmt = SECTION_FIELDS[rng.choice(sorted(SECTION_FIELDS))]
     pos = rng.choice(b.section_offsets) + at
     assert at + struct.calcsize(fmt) <= SECTION_HEADER_SIZE
     bits = 8 * struct.calcsize(fmt)
@@ -115,14 +115,7 @@ RAW: dict[str, Callable[[random.Random, Base], bytes | None]] = {
 
 # --------------------------------------------------------------------------- sealed
 
-_RANGES = {
-    "u8": (0, 0xFF),
-    "u16": (0, 0xFFFF),
-    "u32": (0, 0xFFFF_FFFF),
-    "u64": (0, (1 << 64) - 1),
-    "i32": (-(1 << 31), (1 << 31) - 1),
-    "i64": (-(1 << 63), (1 << 63) - 1),
-}
+_RANGES = jsonio._RANGES  # what each wire type holds
 HOSTILE_TEXT = [
     "",
     "x" * 5000,

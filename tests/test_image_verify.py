@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import mutants
 import pytest
 import samples
 from hypothesis import HealthCheck, given, settings
@@ -149,19 +150,7 @@ def test_appended_garbage(base: str, junk: bytes) -> None:
 
 
 # section header fields: (offset, struct format)
-_HEADER_FIELDS = {
-    "type": (4, "<H"),
-    "version": (6, "<H"),
-    "hdr_len": (8, "<I"),
-    "compression": (12, "<B"),
-    "level": (13, "<B"),
-    "algo": (14, "<B"),
-    "count": (16, "<I"),
-    "payload_len": (24, "<Q"),
-    "raw_len": (32, "<Q"),
-    "checksum": (40, "<Q"),
-    "base": (48, "<Q"),
-}
+_HEADER_FIELDS = mutants.SECTION_FIELDS
 
 
 def _section_offsets(raw: bytes) -> list[int]:
