@@ -522,6 +522,9 @@ _MODE_KINDS = {
 }
 # Linux values the kernel holds restored values to
 COMM_MAX = 15  # TASK_COMM_LEN - 1
+ROBUST_LIST_HEAD_SIZE = 24  # sizeof(struct robust_list_head), 64-bit
+RSEQ_MIN = 32  # ORIG_RSEQ_SIZE, and the alignment of struct rseq
+SS_FLAGS = 1 | 2 | 1 << 31  # SS_ONSTACK, SS_DISABLE, SS_AUTODISARM
 TASK_SIZE_MAX = 1 << 56  # the user address space, 5-level paging (4-level: 1 << 47)
 MM_PAIRS = (
     ("start_code", "end_code"),
@@ -957,6 +960,10 @@ class _Structure:
                 self.bad(r, f"a ghost of {p.size} bytes holds {len(p.contents)}")
             if p.contents and not ghost:
                 self.bad(r, "contents in a path that is not a GHOST")
+        for name in ("RegFile", "MemfdFile"):
+            for r in self.recs.get(name, []):
+                if r.rec.pos >= 1 << 63:
+                    self.bad(r, f"pos {r.rec.pos} is beyond any file offset (off_t)")
         for r in self.recs.get("Fd", []):
             if r.rec.fd >= FD_MAX:
                 self.bad(r, f"fd {r.rec.fd} is beyond any fd table ({FD_MAX})")
@@ -1140,6 +1147,20 @@ class _Structure:
                     self.bad(r, f"{field} holds {n} bytes, expected {size}")
             if t.xstate and xsize and len(t.xstate) != xsize:
                 self.bad(r, f"xstate holds {len(t.xstate)} bytes, the header says {xsize}")
+            if t.robust_len not in (0, ROBUST_LIST_HEAD_SIZE):
+                self.bad(
+                    r,
+                    f"robust_len {t.robust_len}: set_robust_list takes "
+                    f"{ROBUST_LIST_HEAD_SIZE} (struct robust_list_head)",
+                )
+            if t.rseq_ptr and (t.rseq_ptr % RSEQ_MIN or t.rseq_len < RSEQ_MIN):
+                self.bad(
+                    r,
+                    f"rseq area {t.rseq_ptr:#x}+{t.rseq_len}: rseq takes {RSEQ_MIN} bytes or "
+                    f"more, aligned to {RSEQ_MIN}",
+                )
+            if t.sas_flags & ~SS_FLAGS:
+                self.bad(r, f"sas_flags {t.sas_flags:#x}: unknown sigaltstack flags")
 
     def _vmas(self, shmem: dict[int, _Rec]) -> dict[int, list[Any]]:
         """Check VMAs; returns each process's VMAs sorted by start."""

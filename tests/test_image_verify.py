@@ -513,6 +513,12 @@ _MOUNT = dict(mnt_id=1, parent_id=0, mountpoint="/", root="/", fstype="ext4")
         (_add(P, R.SeccompFilter(pid=10, tid=10, program=bytes(7))), "a program of 7 bytes"),
         (_add(P, R.SeccompFilter(pid=10, tid=10, program=b"")), "a program of 0 bytes"),
         (_add(P, R.PosixTimer(pid=10, signo=14, notify_tid=11)), "notify_tid 11 is not a thread"),
+        # per thread
+        (_set(P, 2, robust_head=0x1000, robust_len=2**31), "set_robust_list takes 24"),
+        (_set(P, 2, rseq_ptr=0x1010, rseq_len=32), "rseq takes 32 bytes or more, aligned"),
+        (_set(P, 2, rseq_ptr=0x1000, rseq_len=16), "rseq area 0x1000+16"),
+        (_set(P, 2, sas_flags=1 << 30), "unknown sigaltstack flags"),
+        (_set(F, 1, pos=2**63), "beyond any file offset"),
         # memory
         (_set(M, 3, start_brk=0x2000, brk=0x1000), "start_brk 0x2000 is above brk 0x1000"),
         (_set(M, 3, env_end=1 << 60, env_start=1 << 60), "env_start 0x1000000000000000 is"),
