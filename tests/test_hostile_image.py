@@ -517,3 +517,19 @@ def test_sealed_records_of_every_kind_read_without_tracebacks(tmp_path: Path) ->
         res = _cpt(*argv)
         assert res.returncode == 0, res.stderr
         assert not any(s in res.stderr for s in INTERNALS), res.stderr
+
+
+def test_verify_host_cuts_the_image_strings_it_quotes(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`image verify --host` (and restore) name the image's kernel, CPU flags and paths."""
+    doc = _tree_doc()
+    doc["header"]["kernel_release"] = "k" * 5000
+    doc["header"]["cpu_flags"] = ["f" * 5000]
+    path = _encode(tmp_path, doc)
+    code, out, _ = _run(capsys, "image", "verify", path, "--host")
+    assert code == 1
+    kernel = next(ln for ln in out.splitlines() if "kernel" in ln)
+    cpu = next(ln for ln in out.splitlines() if "lacks" in ln)
+    assert "(5000 characters)" in kernel and len(kernel) < 400, kernel
+    assert "(5000 characters)" in cpu and len(cpu) < 400, cpu
