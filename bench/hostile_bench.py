@@ -382,8 +382,10 @@ FILES: Files | None = None
 
 
 def restore_part(
-    bases: list[mutants.Base], n: int, rng: random.Random, tmp: Path
+    bases: list[mutants.Base], n: int, rng: random.Random, tmp: Path, keep: Path | None = None
 ) -> tuple[Tally, list[str]]:
+    """``keep``: a directory where each mutant whose restore gave an unclear message, a
+    traceback, a hang or a half-alive tree is kept (with what cpt said) to reproduce it."""
     tally = Tally()
     notes: list[str] = []
     path, out = str(tmp / "restore.img"), str(tmp / "restore.out")
@@ -397,6 +399,7 @@ def restore_part(
         if code != 0:
             raise RuntimeError(f"the unmutated {b.name} image does not restore: {text}")
     t0 = time.monotonic()
+    kept = 0
     stop: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: stop.append(signum))
@@ -431,6 +434,14 @@ def restore_part(
             elif clean:
                 tally.counts["refused cleanly"] += 1
             tally.kinds[f"exit {code}"] += 1
+        bad_before = sum(tally.counts[k] for k in ("unclear", "tracebacks", "hangs", "half-alive"))
+        if keep is not None and bad_before > kept:
+            kept = bad_before
+            keep.mkdir(parents=True, exist_ok=True)
+            if not (keep / f"{b.name}.img").exists():  # `cpt image diff` shows the mutation
+                (keep / f"{b.name}.img").write_bytes(b.raw)
+            shutil.copyfile(path, keep / f"{b.name}-{i}.img")
+            (keep / f"{b.name}-{i}.txt").write_text(f"[{kind}] exit {code}\n{text}")
         if left:
             try:
                 workloads.kill_tree(left)
@@ -484,6 +495,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--part", choices=("all", "image", "restore"), default="all")
     ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--keep", help="keep the restore mutants that went wrong in this directory")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     figures: dict[str, Any] = {"seed": args.seed}
@@ -506,7 +518,8 @@ def main() -> int:
                 print("restore: needs root; skipped")
             else:
                 t = time.monotonic()
-                tally, notes = restore_part(real, args.restore, rng, tmp)
+                keep = Path(args.keep) if args.keep else None
+                tally, notes = restore_part(real, args.restore, rng, tmp, keep)
                 keys = ["tried", "refused cleanly", "restored", "tracebacks", "unclear"]
                 keys += ["hangs", "half-alive", "unkillable"]
                 _print(f"restore ({time.monotonic() - t:.0f} s)", tally, keys)
