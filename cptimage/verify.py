@@ -525,6 +525,7 @@ COMM_MAX = 15  # TASK_COMM_LEN - 1
 ROBUST_LIST_HEAD_SIZE = 24  # sizeof(struct robust_list_head), 64-bit
 RSEQ_MIN = 32  # ORIG_RSEQ_SIZE, and the alignment of struct rseq
 SS_FLAGS = 1 | 2 | 1 << 31  # SS_ONSTACK, SS_DISABLE, SS_AUTODISARM
+PROT_RWX = 7
 TASK_SIZE_MAX = 1 << 56  # the user address space, 5-level paging (4-level: 1 << 47)
 MM_PAIRS = (
     ("start_code", "end_code"),
@@ -826,6 +827,12 @@ class _Structure:
             for f in ("uid", "euid", "suid", "fsuid", "gid", "egid", "sgid", "fsgid"):
                 if getattr(c, f) == NO_ID:
                     self.bad(r, f"{f} {NO_ID} is (uid_t)-1, which set*id() reads as 'unchanged'")
+            if c.cap_eff & ~c.cap_prm:
+                self.bad(r, f"effective capabilities {c.cap_eff:#x} beyond the permitted ones")
+            if c.cap_amb & ~(c.cap_prm & c.cap_inh):
+                self.bad(
+                    r, f"ambient capabilities {c.cap_amb:#x} beyond the permitted and inheritable"
+                )
             if NO_ID in c.groups:
                 self.bad(r, f"groups hold {NO_ID}, which is no group")
             if len(c.groups) > NGROUPS_MAX:
@@ -1147,7 +1154,7 @@ class _Structure:
                     self.bad(r, f"{field} holds {n} bytes, expected {size}")
             if t.xstate and xsize and len(t.xstate) != xsize:
                 self.bad(r, f"xstate holds {len(t.xstate)} bytes, the header says {xsize}")
-            if t.robust_len not in (0, ROBUST_LIST_HEAD_SIZE):
+            if t.robust_len != ROBUST_LIST_HEAD_SIZE and (t.robust_head or t.robust_len):
                 self.bad(
                     r,
                     f"robust_len {t.robust_len}: set_robust_list takes "
@@ -1171,6 +1178,8 @@ class _Structure:
             per_pid[v.pid].append(r)
             if v.start >= v.end:
                 self.bad(r, f"empty or inverted range {v.start:#x}-{v.end:#x}")
+            if v.prot & ~PROT_RWX:
+                self.bad(r, f"prot {v.prot:#x} is more than read, write and execute")
             if v.start % ps or v.end % ps or v.pgoff % ps:
                 self.bad(r, f"{v.start:#x}-{v.end:#x} (offset {v.pgoff:#x}) is not page-aligned")
             if v.end > TASK_SIZE_MAX and v.kind != R.VmaKind.VSYSCALL:

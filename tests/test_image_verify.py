@@ -515,6 +515,10 @@ _MOUNT = dict(mnt_id=1, parent_id=0, mountpoint="/", root="/", fstype="ext4")
         (_add(P, R.PosixTimer(pid=10, signo=14, notify_tid=11)), "notify_tid 11 is not a thread"),
         # per thread
         (_set(P, 2, robust_head=0x1000, robust_len=2**31), "set_robust_list takes 24"),
+        (_set(P, 2, robust_head=0x1000, robust_len=0), "robust_len 0: set_robust_list"),
+        (_set(P, 6, cap_eff=1, cap_prm=0), "effective capabilities 0x1 beyond the permitted"),
+        (_set(P, 6, cap_amb=3, cap_prm=3, cap_inh=1), "ambient capabilities 0x3 beyond"),
+        (_set(M, 0, prot=64), "prot 0x40 is more than read, write and execute"),
         (_set(P, 2, rseq_ptr=0x1010, rseq_len=32), "rseq takes 32 bytes or more, aligned"),
         (_set(P, 2, rseq_ptr=0x1000, rseq_len=16), "rseq area 0x1000+16"),
         (_set(P, 2, sas_flags=1 << 30), "unknown sigaltstack flags"),
