@@ -544,7 +544,7 @@ SIGINFO_SIZE = 128
 BPF_INSN_SIZE, BPF_MAXINSNS = 8, 4096
 FD_MAX = 1 << 30  # above the largest fs.nr_open
 FD_CLOEXEC = 1
-PIPE_MAX = 1 << 31
+PIPE_MAX = 1 << 30  # the largest power of two F_SETPIPE_SZ's int argument holds
 SOCK_TYPES_UNIX = (1, 2, 5)  # SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET
 INET_FAMILIES = (2, 10)
 ADDR_SIZES = {2: 4, 10: 16}
@@ -967,6 +967,8 @@ class _Structure:
                 self.bad(r, f"a ghost of {p.size} bytes holds {len(p.contents)}")
             if p.contents and not ghost:
                 self.bad(r, "contents in a path that is not a GHOST")
+            if p.mtime_ns >= 1 << 63:
+                self.bad(r, f"mtime_ns {p.mtime_ns} is beyond any time (a signed 64-bit count)")
         for name in ("RegFile", "MemfdFile"):
             for r in self.recs.get(name, []):
                 if r.rec.pos >= 1 << 63:
@@ -995,6 +997,12 @@ class _Structure:
         for r in self.recs.get("UnixSocket", []):
             if r.rec.type not in SOCK_TYPES_UNIX:
                 self.bad(r, f"type {r.rec.type} is not a unix socket type")
+            fmt = stat.S_IFMT(r.rec.fmode)
+            if r.rec.fmode & ~0o177777 or fmt not in (0, stat.S_IFSOCK):
+                self.bad(r, f"fmode {r.rec.fmode:#o} is not the mode of a socket file")
+        for r in self.recs.get("ShmemObject", []):
+            if r.rec.size >= 1 << 63:
+                self.bad(r, f"size {r.rec.size} is beyond any file size (off_t)")
         self._unique_per("UnixSocket", lambda u: u.ino, "socket inode {} is listed twice")
         for r in self.recs.get("InetSocket", []):
             if r.rec.family not in INET_FAMILIES:

@@ -523,6 +523,14 @@ _MOUNT = dict(mnt_id=1, parent_id=0, mountpoint="/", root="/", fstype="ext4")
         (_set(P, 2, rseq_ptr=0x1000, rseq_len=16), "rseq area 0x1000+16"),
         (_set(P, 2, sas_flags=1 << 30), "unknown sigaltstack flags"),
         (_set(F, 1, pos=2**63), "beyond any file offset"),
+        (_set(F, 0, mtime_ns=2**63), "is beyond any time"),
+        (_add(F, R.UnixSocket(id=6, type=1, fmode=2**32 - 1)), "is not the mode of a socket"),
+        (_add(F, R.UnixSocket(id=6, type=1, fmode=0o100644)), "is not the mode of a socket"),
+        (_add(M, R.ShmemObject(id=3, kind=1, size=2**63)), "beyond any file size"),
+        (
+            _both(_add(F, *_PIPE[:1], R.PipeData(ino=77, capacity=2**31)), _add(D, *_PIPE[1:])),
+            "from one page to 1073741824",
+        ),
         # memory
         (_set(M, 3, start_brk=0x2000, brk=0x1000), "start_brk 0x2000 is above brk 0x1000"),
         (_set(M, 3, env_end=1 << 60, env_start=1 << 60), "env_start 0x1000000000000000 is"),
