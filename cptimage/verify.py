@@ -526,6 +526,28 @@ ROBUST_LIST_HEAD_SIZE = 24  # sizeof(struct robust_list_head), 64-bit
 RSEQ_MIN = 32  # ORIG_RSEQ_SIZE, and the alignment of struct rseq
 SS_FLAGS = 1 | 2 | 1 << 31  # SS_ONSTACK, SS_DISABLE, SS_AUTODISARM
 PROT_RWX = 7
+SECUREBITS = 0xFFF  # SECBIT_* and their locks (Linux 6.14: up to EXEC_DENY_INTERACTIVE)
+# every flag open(2) keeps (VALID_OPEN_FLAGS), as fdinfo shows a description's flags
+OPEN_FLAGS = (
+    os.O_ACCMODE
+    | os.O_CREAT
+    | os.O_EXCL
+    | os.O_NOCTTY
+    | os.O_TRUNC
+    | os.O_APPEND
+    | os.O_NONBLOCK
+    | os.O_DSYNC
+    | 0o20000
+    | os.O_DIRECT
+    | 0o100000
+    | os.O_DIRECTORY
+    | os.O_NOFOLLOW
+    | os.O_NOATIME
+    | os.O_CLOEXEC
+    | os.O_SYNC
+    | os.O_PATH
+    | os.O_TMPFILE
+)  # fmt: skip  (0o20000 FASYNC, 0o100000 O_LARGEFILE: 0 in Python's os on x86_64)
 TASK_SIZE_MAX = 1 << 56  # the user address space, 5-level paging (4-level: 1 << 47)
 MM_PAIRS = (
     ("start_code", "end_code"),
@@ -555,6 +577,15 @@ NAME_MAX = 255
 SEMMSL = 32000
 # a mount point, a snapshot path, a file's path: absolute, one name per component
 _MAX_PATH = 4096
+
+
+def _wait_status(status: int) -> bool:
+    """Whether wait(2) could give ``status`` for a process that ended: exited with a code,
+    or killed by a signal 1-64 (with or without a core dump)."""
+    if status & ~0xFFFF or status < 0:
+        return False
+    sig = status & 0x7F
+    return (sig == 0 and not status & 0x80) or (1 <= sig <= NSIG and not status >> 8)
 
 
 def _path_problem(path: str) -> str:
@@ -658,6 +689,10 @@ class _Structure:
             p = r.rec
             if p.state == R.ProcessState.ZOMBIE and p.ppid == 0:
                 self.bad(r, "the root of the tree is a zombie")
+            if p.state == R.ProcessState.ZOMBIE and not _wait_status(p.exit_status):
+                self.bad(r, f"exit_status {p.exit_status:#x} is no status of a dead process")
+            if p.exit_signal > NSIG:
+                self.bad(r, f"exit_signal {p.exit_signal} is no signal")
             parent = procs.get(p.ppid)
             if parent is not None and parent.rec.state == R.ProcessState.ZOMBIE:
                 self.bad(r, f"its parent {p.ppid} is a zombie, which has no children")
@@ -827,6 +862,8 @@ class _Structure:
             for f in ("uid", "euid", "suid", "fsuid", "gid", "egid", "sgid", "fsgid"):
                 if getattr(c, f) == NO_ID:
                     self.bad(r, f"{f} {NO_ID} is (uid_t)-1, which set*id() reads as 'unchanged'")
+            if c.securebits & ~SECUREBITS:
+                self.bad(r, f"securebits {c.securebits:#x} hold unknown bits")
             if c.cap_eff & ~c.cap_prm:
                 self.bad(r, f"effective capabilities {c.cap_eff:#x} beyond the permitted ones")
             if c.cap_amb & ~(c.cap_prm & c.cap_inh):
@@ -969,6 +1006,10 @@ class _Structure:
                 self.bad(r, "contents in a path that is not a GHOST")
             if p.mtime_ns >= 1 << 63:
                 self.bad(r, f"mtime_ns {p.mtime_ns} is beyond any time (a signed 64-bit count)")
+        for name in DESCRIPTIONS:
+            for r in self.recs.get(name, []):
+                if r.rec.flags & ~OPEN_FLAGS:
+                    self.bad(r, f"flags {r.rec.flags:#o} hold bits that are no open(2) flag")
         for name in ("RegFile", "MemfdFile"):
             for r in self.recs.get(name, []):
                 if r.rec.pos >= 1 << 63:
