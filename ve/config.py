@@ -34,9 +34,16 @@ class VEConfig:
     ip: str = ""  # ADDR/PREFIX, "" for no network but loopback
     template: str = "host"
     command: list[str] = dataclasses.field(default_factory=list)
+    # True: the VE's root is the host's root (no user namespace, no seccomp filter), as
+    # every VE was before user namespaces; a config without the setting is such a VE
+    privileged: bool = True
+    # the VE's ids 0..ID_COUNT-1 are host ids id_base.. (ve/idmap.py); 0 when privileged
+    id_base: int = 0
 
     def __post_init__(self) -> None:
         check_veid(self.veid)
+        if not self.privileged and self.id_base <= 0:
+            raise InvalidValue(f"VE {self.veid}: not privileged, but no id range (id_base)")
         if self.template not in TEMPLATES:
             raise InvalidValue(f"template {self.template!r}: one of {', '.join(TEMPLATES)}")
         if self.ip:
