@@ -108,6 +108,12 @@ class VEManager:
             cfg = self.config(veid)
             changes = {k: v for k, v in changes.items() if v is not None}
             if self.status(veid) != "stopped" and set(changes) & {"ip", "template", "privileged"}:
+                if self.runtime(veid) is None:
+                    raise AlreadyRunning(
+                        f"VE {veid} has a dump file waiting ({self.node.default_dumpfile(veid)}): "
+                        f"restore it, or remove the dump, before changing its ip, template or "
+                        f"privileged"
+                    )
                 raise AlreadyRunning(
                     f"VE {veid} is running: stop it to change its ip, template or privileged"
                 )
@@ -125,12 +131,6 @@ class VEManager:
     def _convert(self, cfg: VEConfig, privileged: bool) -> VEConfig:
         """A stopped VE becomes privileged, or contains its root: the private area's
         owners move between the host's ids 0.. and the VE's range."""
-        dump = self.node.default_dumpfile(cfg.veid)
-        if os.path.exists(dump):
-            raise AlreadyRunning(
-                f"VE {cfg.veid} has a dump file waiting ({dump}): restore it, or remove the "
-                f"dump, before changing privileged"
-            )
         ids = IdRegistry()
         if privileged:
             rootfs.shift_ids(cfg.private, cfg.id_base, 0, ID_COUNT)
