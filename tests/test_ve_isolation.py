@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from ve_node import Node
+from ve_node import CPT, REPO, Node
 
 pytestmark = [
     pytest.mark.root,
@@ -432,3 +432,32 @@ def test_destroy_gives_the_range_back(node: Node) -> None:
     node.created.remove("1205")
     assert "cpt-ve-1205" not in (node.ids / "subuid").read_text()
     assert "1205" not in json.loads((node.ids / "cpt-idmap.json").read_text())["ranges"]
+
+
+def test_concurrent_creates_get_distinct_ranges(node: Node) -> None:
+    """Two `cpt ve create` commands at the same moment on one machine (two node roots
+    sharing its id files): two ranges, both in subuid and subgid."""
+    other = Node(node.root.parent / "second-node")
+    other.env["CPT_IDMAP_DIR"] = str(node.ids)  # the same machine-wide files
+    procs = [
+        subprocess.Popen([*CPT, "ve", "create", veid], cwd=REPO, env=n.env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for n, veid in ((node, "1206"), (other, "1207"))
+    ]  # fmt: skip
+    try:
+        for p in procs:
+            _, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err
+        node.created.append("1206")
+        other.created.append("1207")
+        ranges = json.loads((node.ids / "cpt-idmap.json").read_text())["ranges"]
+        a, b = ranges["1206"]["base"], ranges["1207"]["base"]
+        assert abs(a - b) >= COUNT
+        assert ranges["1207"]["root"] == str(other.root)
+        lines = (node.ids / "subuid").read_text().split()
+        assert f"cpt-ve-1206:{a}:{COUNT}" in lines and f"cpt-ve-1207:{b}:{COUNT}" in lines
+    finally:
+        other.cleanup()
+        from storage import pool
+
+        pool.teardown(str(other.root))
