@@ -370,6 +370,9 @@ def test_restore_refuses_a_range_held_by_another_ve(node: Node, ves: tuple[str, 
     base = base_of(node, contained)
     rc, _, err = node.cpt("chkpnt", contained)
     assert rc == 0, err
+    dump = node.root / "dump" / f"Dump.{contained}"
+    rc, _, err = node.cpt("restore", "--dumpfile", dump)
+    assert rc == 17 and f"restore it as the VE (`cpt restore {contained}`)" in err, err
     reg = IdRegistry(str(node.ids))
     reg.release(contained, str(node.root))  # as if another VE took the range meanwhile
     other = node.root.parent / "other-node"

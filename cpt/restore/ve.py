@@ -46,6 +46,12 @@ def spawn_init(
     if model.header.flags & HeaderFlags.USERNS or model.userns is not None:
         if model.userns is None:
             raise RestoreError("the VE image says USERNS but holds no UserNs record: damaged")
+        if on_spawn is None:  # no cgroup to root its cgroup namespace in, no range check
+            ve = model.header.source_id
+            raise RestoreError(
+                f"the image is of VE {ve}, which contains its root: restore it as the VE "
+                f"(`cpt restore {ve}`), not as a process tree"
+            )
         t, made, donor = userns.spawn_init(model, model.userns, on_spawn, slot)
     else:
         t = spawn_stub(options=STUB_OPTIONS, flags=VE_NAMESPACES)
