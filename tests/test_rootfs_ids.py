@@ -30,7 +30,9 @@ def test_shift_moves_the_range_and_keeps_bits(tmp_path: Path) -> None:
     suid = area / "suid"
     suid.write_bytes(b"\x7fELF")
     os.chmod(suid, 0o4755)
-    os.setxattr(suid, "security.capability", bytes.fromhex("0000000200200000000000000000000000000000"))
+    os.setxattr(
+        suid, "security.capability", bytes.fromhex("0000000200200000000000000000000000000000")
+    )
     (area / "link").symlink_to(outside)  # never followed
     os.mkfifo(area / "fifo")
     os.mknod(area / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
