@@ -42,7 +42,6 @@ from cptimage.records import IdMap, UserNs
 
 from ..errors import RestoreError
 from ..procfs import IdMapping, fd_path, format_id_map, write_id_maps
-from ..stub import STUB_OPTIONS, attach_stub, stub_exec_fd
 from ..sys.clone import CLONE_PARENT, clone3_execve
 from ..sys.ns import (
     CLONE_NEWCGROUP,
@@ -55,9 +54,10 @@ from ..sys.ns import (
     unshare,
 )
 from ..sys.task import PR_SET_DUMPABLE, pidfd_open, prctl
-from ..tracer import Tracee
+from ..trace.tracee import Tracee
 from . import mounts
 from .model import ImageModel
+from .stub import STUB_OPTIONS, attach_stub, stub_exec_fd
 
 # the VE's namespaces, owned by its user namespace
 OWNED = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWCGROUP | CLONE_NEWPID
