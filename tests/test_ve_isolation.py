@@ -103,6 +103,7 @@ elif name == "ids":
     out["uid_map"] = open("/proc/self/uid_map").read().split()
     out["caps"] = st["CapEff"].strip()
     out["usr_owner"] = os.stat("/usr").st_uid
+    out["seccomp"] = st["Seccomp"].strip()
 print(json.dumps(out))
 """
 
@@ -113,6 +114,19 @@ def probe(node: Node, veid: str, name: str, *args: object) -> dict:  # type: ign
     rc, out, err = node.cpt("ve", "exec", veid, "--", "/usr/bin/python3", "-c", PROBE, name, *args)
     assert rc == 0, f"probe {name} in VE {veid}: {rc} {err}"
     return json.loads(out)
+
+
+def bare_probe(node: Node, veid: str, name: str, *args: object) -> dict:  # type: ignore[type-arg]
+    """The probe as the VE's root in all its namespaces, entered by nsenter from the host
+    without the VE's seccomp filter: what the kernel itself refuses."""
+    init = info(node, veid)["init_pid"]
+    p = subprocess.run(
+        ["nsenter", "-t", str(init), "-U", "-C", "-i", "-u", "-n", "-p", "-m", "--",
+         "/usr/bin/python3", "-c", PROBE, name, *map(str, args)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert p.returncode == 0, f"bare probe {name} in VE {veid}: {p.returncode} {p.stderr}"
+    return json.loads(p.stdout)
 
 
 def info(node: Node, veid: str) -> dict:  # type: ignore[type-arg]
@@ -170,6 +184,7 @@ def test_the_ves_root_is_root_inside_only(node: Node, ves: tuple[str, str]) -> N
     got = probe(node, contained, "ids")
     assert got["uid_map"] == ["0", str(base), str(COUNT)]
     assert got["caps"] == "000001ffffffffff", "every capability, in its namespaces"
+    assert got["seccomp"] == "2"
     assert got["usr_owner"] == 65534, "the host's /usr is nobody's inside"
     assert probe(node, privileged, "ids")["uid_map"] == ["0", "0", "4294967295"]
     # a file the VE's root writes is the mapped uid's on the host; a VE user's too
@@ -199,6 +214,15 @@ def test_shocker_reads_nothing(node: Node, ves: tuple[str, str], tmp_path: Path)
         htype, handle, _ = name_to_handle_at(-100, str(secret))  # AT_FDCWD
         contained, privileged = ves
         got = probe(node, contained, "shocker", htype, handle.hex())
+        assert got["open_by_handle_at"] == "EPERM"
+        # the kernel refuses it too (no CAP_DAC_READ_SEARCH over the host), filter or not
+        bare = bare_probe(node, contained, "ids")
+        assert bare["seccomp"] == "0" and bare["uid_map"] == [
+            "0",
+            str(base_of(node, contained)),
+            str(COUNT),
+        ]
+        got = bare_probe(node, contained, "shocker", htype, handle.hex())
         assert got["open_by_handle_at"] == "EPERM"
         got = probe(node, privileged, "shocker", htype, handle.hex())
         assert got["open_by_handle_at"] == "ok:host secret", "the probe works where it may"
