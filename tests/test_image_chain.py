@@ -151,7 +151,8 @@ def test_a_stream_is_verified_with_its_chain(tmp_path: Path) -> None:
 def test_a_parent_run_without_data_below(tmp_path: Path) -> None:
     """The parent lacks pages the child leaves to it: verify and resolution both say so."""
     base = io.BytesIO()
-    with ImageWriter(base, samples.header(uuid=samples.chain_uuid(0))) as w:
+    hdr = samples.header(uuid=samples.chain_uuid(0), flags=R.HeaderFlags.PREDUMP)
+    with ImageWriter(base, hdr) as w:  # a pre-dump: memory only
         w.add_section(R.SectionType.PROCESS, [R.Process(pid=100, state=1, comm="x")])
         w.add_section(
             R.SectionType.MM,
