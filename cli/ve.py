@@ -10,13 +10,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cpt.errors import UsageError
+from cpt.errors import InvalidValue, UsageError
 from snapshot.hooks import ve_manager
 
 app = typer.Typer(
     help="VEs: containers with their own processes, namespaces, address and private area.",
     no_args_is_help=True,
 )
+MAX_TIMEOUT = 86400.0
 VeidArg = Annotated[str, typer.Argument(metavar="VEID", help="the VE's id")]
 CmdArg = Annotated[list[str] | None, typer.Argument(metavar="-- CMD...", help="the command")]
 
@@ -82,6 +83,8 @@ def stop(
     timeout: Annotated[float, typer.Option("--timeout", help="seconds before SIGKILL")] = 10.0,
 ) -> None:
     """Stop a VE: SIGTERM its processes, SIGKILL what is left after --timeout."""
+    if not 0 <= timeout <= MAX_TIMEOUT:  # also nan (no comparison holds) and inf
+        raise InvalidValue(f"--timeout {timeout}: use 0 to {MAX_TIMEOUT:.0f} seconds")
     ve_manager().stop(veid, timeout=timeout)
     print(f"VE {veid} stopped")
 

@@ -68,6 +68,9 @@ class VEManager:
         of host ids taken for it machine-wide, a seccomp filter) unless `privileged`: then
         its root is the host's root, as every VE was before user namespaces."""
         check_veid(veid)
+        # every value is checked before anything is made (the node's pool, first of all)
+        VEConfig(veid=veid, private="/", hostname=hostname, ip=ip, template=template,
+                 command=list(command or []))  # fmt: skip
         with self.locked(veid):
             path = self.node.config_path(veid)
             if os.path.exists(path):
