@@ -23,8 +23,9 @@ from cptimage.records import (
     section_of_tag,
 )
 
-from .. import fault, hostinfo
+from .. import fault
 from ..procfs import Proc
+from ..sys import host as hostinfo
 from .creds import dump_creds
 from .fds import FdTable
 from .ipc import IpcDumper
@@ -33,13 +34,13 @@ from .options import DumpOptions
 from .pages import PageDumper, page_buffer
 from .paths import PathTable
 from .probe import probe
+from .pstree import TaskInfo, process_record
 from .seccomp import dump_seccomp
 from .shmem import ShmemTable
 from .signals import dump_pending, dump_sigactions
 from .task import dump_itimers, dump_rlimits, dump_task_state
 from .threads import dump_thread
 from .timers import dump_timers
-from .tree import TaskInfo, process_record
 from .tty import dump_ttys
 from .ve import dump_namespaces
 
