@@ -13,11 +13,14 @@ import os
 import sys
 import time
 
+from .errors import CptError
+
 POINTS = ("dump:pages", "restore:memory", "restore:detach")
 
 
-class InjectedFault(Exception):
-    """Raised at a fault point named in CPT_FAULT."""
+class InjectedFault(CptError):
+    """Raised at a fault point named in CPT_FAULT: a CptError, so that the command fails
+    with the one line and the exit code of the stage it interrupted."""
 
 
 def point(name: str) -> None:

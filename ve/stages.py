@@ -35,7 +35,7 @@ from cpt.stages.dump import checkpoint, dump
 from cpt.stages.kill import kill
 from cpt.stages.restore import open_for_restore, restore
 from cpt.stages.resume import resume
-from cpt.stages.stage import Stage, check_stage
+from cpt.stages.stage import Stage, check_dumpfile, check_stage
 from cpt.stages.store import TreeState
 from cpt.stages.suspend import suspend
 from cpt.stages.tree import Tree
@@ -88,7 +88,8 @@ class VeStages:
         return f"VE {self.veid}"
 
     def dumpfile(self, given: str | None = None) -> str:
-        return given or self.node.default_dumpfile(self.veid)
+        check_dumpfile(given)  # "" is refused, never taken for the default
+        return given if given is not None else self.node.default_dumpfile(self.veid)
 
     def tree(self, cfg: VEConfig, init_pid: int, capture: FsCapture | None = None) -> Tree:
         return RunState(cfg.veid).tree(init_pid, link=VeLink(cfg), in_freeze=capture)
@@ -105,6 +106,7 @@ class VeStages:
         statistics when there was a dump.  Every dump snapshots the private area in the
         same frozen window, and the snapshot hooks keep it with the dump file."""
         check_stage(stage, "chkpnt")
+        check_dumpfile(dumpfile)
         opts = opts or DumpOptions()
         if opts.leave_running and stage is not Stage.CHKPNT:
             raise UsageError("--leave-running is a full checkpoint; it takes no stage option")
@@ -173,6 +175,7 @@ class VeStages:
     ) -> RestoreStats | None:
         """UNDUMP, RESUME, KILL, or the full RESTORE (undump, resume)."""
         check_stage(stage, "restore")
+        check_dumpfile(dumpfile)
         opts = opts or RestoreOptions()
         if opts.pidns or opts.ipcns or opts.shell_job:
             raise UsageError("--pidns, --ipcns, --shell-job and --pidfile are for process trees")
@@ -272,8 +275,9 @@ class VeStages:
         try:
             with ImageReader(path) as r:
                 recs = [x for x in r.records(SectionType.FSSNAP) if isinstance(x, FsSnapshot)]
-        except ImageError as e:
-            raise RestoreError(f"{e}; refusing to restore") from None
+        except ImageError as e:  # exit 40 (41 for a newer version), as open_for_restore's
+            e.msg += "; refusing to restore"
+            raise
         for rec in recs:
             diff = fssnap.changes(rec)
             if diff is None:

@@ -28,16 +28,14 @@ from .tree import Tree, fails_as
 def open_for_restore(dumpfile: str, opts: RestoreOptions | None = None) -> ImageReader:
     """The image, after verify-before-restore: its checksums and structure, then this host.
 
-    Refuses with the first problems, precisely, before any process is created.
+    Refuses with the first problems, precisely, before any process is created: a damaged
+    image (or no image) as ImageError (exit 40), a host it cannot run on as RestoreError.
     """
     problems = verify(dumpfile)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise RestoreError(f"{dumpfile}: {problems[0]}{more}; refusing to restore")
-    try:
-        reader = ImageReader(dumpfile)
-    except ImageError as e:
-        raise RestoreError(f"{e}; refusing to restore") from None
+        raise ImageError(f"{problems[0]}{more}; refusing to restore", path=dumpfile)
+    reader = ImageReader(dumpfile)
     opts = opts or RestoreOptions()
     host = check_host(reader, pids=not opts.pidns, ipcns=opts.ipcns)
     if host:

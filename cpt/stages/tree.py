@@ -29,6 +29,7 @@ from ..errors import (
     NotRunning,
     RestoreError,
     UsageError,
+    os_error_text,
 )
 from ..procfs import Proc, root_path
 from ..sys.cgroup import Freezer
@@ -155,7 +156,10 @@ def fails_as(cls: type[CptError], what: str) -> Callable[[F], F]:
             except Exception as e:
                 if os.environ.get("CPT_DEBUG") and not isinstance(e, CptError):
                     raise
-                msg = str(e) if isinstance(e, (CptError, OSError)) else f"{type(e).__name__}: {e}"
+                if isinstance(e, OSError):
+                    msg = os_error_text(e)
+                else:
+                    msg = str(e) if isinstance(e, CptError) else f"{type(e).__name__}: {e}"
                 raise cls(f"{what} of {tree.label} failed: {msg}", pid=tree.root) from e
 
         return wrapper  # type: ignore[return-value]
