@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Self
@@ -37,6 +38,10 @@ CHILD_EVENTS = frozenset(
     {ptrace.PTRACE_EVENT_FORK, ptrace.PTRACE_EVENT_VFORK, ptrace.PTRACE_EVENT_CLONE}
 )
 _NO_RETURN = frozenset({int(NR.exit), int(NR.exit_group)})
+# The bound on one injected syscall (a frozen or stuck thread never finishes it), and how
+# long its wait spins (yielding the CPU to the thread) before it sleeps between polls.
+INJECT_TIMEOUT = 30.0
+_SPIN = 0.002
 _PROC = Proc()
 
 
@@ -93,6 +98,7 @@ class Injection:
         self._frame: ptrace.SyscallFrame | None = None
         self._pinned: Pinned | None = None
         self._exec_seen = False
+        self._stepped = False  # single-stepped since the thread's last interrupt stop
 
     @property
     def syscall_addr(self) -> int:
@@ -133,17 +139,40 @@ class Injection:
         finally:
             self._base = None
             self._frame = None
-            if self._pinned is not None:
-                pinned, self._pinned = self._pinned, None
-                pinned.undo(tracee_alive=not self.dead)
-            if restore and not self.dead:
-                try:
+            try:
+                if restore and not self.dead:
                     # After an injected execve the old registers belong to a gone image.
                     if not self._exec_seen:
                         self.set_regs(base)
                     self.set_sigmask(mask)
-                except NoSuchProcess:
-                    self.dead = True
+                    self._park()
+            except NoSuchProcess:
+                self.dead = True
+            finally:
+                if self._pinned is not None:
+                    pinned, self._pinned = self._pinned, None
+                    pinned.undo(tracee_alive=not self.dead)
+
+    def _park(self) -> None:
+        """Move the thread from the single-step trap of its last injected syscall into a
+        PTRACE_EVENT_STOP, once its registers and mask are back.
+
+        The trap is a SIGTRAP signal-delivery-stop with the single-step flag still set:
+        if the tracer died there (SIGKILL), the kernel would detach the thread and deliver
+        it that SIGTRAP, which kills it.  From an interrupt stop a tracer's death just lets
+        it run on.  PTRACE_INTERRUPT, then PTRACE_CONT(0) cancels the SIGTRAP and clears
+        the step flag, and the pending interrupt traps before any user instruction runs.
+        """
+        if not self._stepped:
+            return
+        self._stepped = False
+        ptrace.interrupt(self.tid)
+        self.stopped = False
+        ptrace.cont(self.tid, 0)
+        self.wait_interrupted(INJECT_TIMEOUT)
+
+    def wait_interrupted(self, timeout: float | None = None) -> int:
+        raise NotImplementedError
 
     @property
     def session_regs(self) -> Regs:
@@ -183,9 +212,11 @@ class Injection:
         events: list[tuple[int, int]] = []
         self.last_events = events
         self.stopped = False
+        self._stepped = True
         ptrace.singlestep(tid, 0)
+        deadline = time.monotonic() + INJECT_TIMEOUT
         while True:
-            _, status = ptrace.waitpid(tid, ptrace.WALL)
+            status = self._wait_step(nr, deadline)
             if ptrace.is_dead(status):
                 self._mark_dead(status)
                 if nr in _NO_RETURN:
@@ -233,6 +264,32 @@ class Injection:
             self.stopped = False
             ptrace.singlestep(tid, 0)
         return frame.result()
+
+    def _wait_step(self, nr: int, deadline: float) -> int:
+        """The next wait status of the thread running injected syscall `nr`, waited for
+        with a bound: a thread frozen by a cgroup freezer, or asleep in the kernel, never
+        comes back from its step.  Polled: a blocking waitpid has no timeout, and the
+        thread, pinned to our CPU, runs as soon as we yield (as fast as blocking here)."""
+        tid = self.tid
+        spin_until = time.monotonic() + _SPIN
+        delay = 0.0001
+        while True:
+            got, status = ptrace.waitpid(tid, ptrace.WALL | ptrace.WNOHANG)
+            if got:
+                return status
+            now = time.monotonic()
+            if now < spin_until:
+                os.sched_yield()
+                continue
+            if now > deadline:
+                raise InjectionError(
+                    f"thread {tid} did not come back from injected {syscall_name(nr)} "
+                    f"within {INJECT_TIMEOUT:.0f} s: frozen by a cgroup freezer, or stuck in "
+                    f"the kernel (state {_PROC.state(tid) or '?'})",
+                    pid=tid,
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.005)
 
     def new_tids(self) -> list[int]:
         """Tids created by the last injected syscall (clone3/fork/vfork events)."""
