@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Self
 
+from cpt import interrupts
 from cpt.errors import InjectionError, NoSuchProcess
 from cpt.procfs import Proc, VmaKind, read_mem
 from cpt.sys import ptrace
@@ -115,9 +116,11 @@ class Injection:
     def session(self, restore: bool = True, pin_cpu: bool = True) -> Iterator[Self]:
         """Save registers and mask, block all signals; restore both on exit.
 
-        Nested sessions share the outer one. `restore=False` leaves the last injected
-        register state and the all-blocked mask in place (restore sets its own at the end).
-        The registers to restore are `session_regs`, which the caller may edit.
+        Nested sessions share the outer one.  A signal of interrupts.py arriving in a
+        session is raised when it ends: the thread is never left half-injected.
+        `restore=False` leaves the last injected register state and the all-blocked mask
+        in place (restore sets its own at the end).  The registers to restore are
+        `session_regs`, which the caller may edit.
 
         `pin_cpu` runs tracer and tracee on one CPU for the session (pinning.py).
         """
@@ -126,6 +129,10 @@ class Injection:
             return
         if not self.stopped:
             raise InjectionError(f"thread {self.tid} is not in a ptrace-stop", pid=self.tid)
+        with interrupts.deferred():  # a signal never cuts a session (nor its undoing)
+            yield from self._session(restore, pin_cpu)
+
+    def _session(self, restore: bool, pin_cpu: bool) -> Iterator[Self]:
         base = self.get_regs()
         mask = self.get_sigmask()
         try:
