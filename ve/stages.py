@@ -26,6 +26,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from cpt import interrupts
 from cpt.dump.dumper import DumpStats
 from cpt.dump.options import DumpOptions
 from cpt.errors import AlreadyRunning, NotRunning, RestoreError, UsageError
@@ -145,6 +146,10 @@ class VeStages:
         """Finish or undo what a cpt command killed half-way left on the VE, as its journal
         says (cpt.stages.tree.Tree.repair): frozen or cut off, it runs again; killed past
         its dump's commit, its runtime and link go.  Returns the state found, or None."""
+        with interrupts.deferred():  # a repair is never left half-done
+            return self._repair(cfg)
+
+    def _repair(self, cfg: VEConfig) -> str | None:
         run = RunState(cfg.veid)
         rt = run.runtime()
         if rt is None:  # its processes are gone: what is left is forget_ended()'s

@@ -118,8 +118,9 @@ class Tree:
         """Hold the tree's lock (LockedError, exit 9, if another cpt command holds it),
         and repair what a killed command left on it first."""
         with locked(self.name, f"tree {self.root}"):
-            self.repair()
-            sweep_freezers()
+            with interrupts.deferred():  # a repair is never left half-done
+                self.repair()
+                sweep_freezers()
             yield self
 
     def suspended(self) -> TreeState | None:
@@ -260,6 +261,9 @@ def sweep_freezers() -> int:
     return gone
 
 
+_stage_depth = 0  # stages running (a VE's full chkpnt runs suspend inside checkpoint)
+
+
 def fails_as(cls: type[CptError], what: str) -> Callable[[F], F]:
     """Report any unexpected failure of a stage (a function of a Tree) as `cls` (exit 16
     or 17), naming the tree."""
@@ -267,8 +271,16 @@ def fails_as(cls: type[CptError], what: str) -> Callable[[F], F]:
     def deco(fn: F) -> F:
         @functools.wraps(fn)
         def wrapper(tree: Tree, *a: Any, **kw: Any) -> Any:
+            global _stage_depth
             try:
-                return fn(tree, *a, **kw)
+                _stage_depth += 1
+                try:
+                    done = fn(tree, *a, **kw)
+                finally:
+                    _stage_depth -= 1
+                if not _stage_depth:  # the command's stage is done: the command completes
+                    interrupts.no_return()
+                return done
             except _PASS_THROUGH:
                 raise
             except interrupts.Interrupted as e:  # unwound: say what is true now
