@@ -123,12 +123,6 @@ def cleanup(
         raise UsageError(
             "cleanup needs a policy: --keep N, --max-age AGE, --min-free SIZE or --orphans"
         )
-    swept = SnapshotManager().orphans(veid)
-    if orphans or swept:
-        print(f"removed {len(swept)} orphan snapshot(s) of VE {veid}"
-              + (": " + ", ".join(str(p) for p in swept) if swept else ""))  # fmt: skip
-    if keep is None and max_age is None and min_free is None:
-        return
     if keep is not None and keep < 0:
         raise InvalidValue(f"--keep {keep}: not a number of snapshots")
     try:
@@ -136,6 +130,12 @@ def cleanup(
     except ValueError as e:
         raise InvalidValue(f"--min-free: {e}") from None
     age = parse_age(max_age) if max_age is not None else None
+    swept = SnapshotManager().orphans(veid)  # once every option is known good
+    if orphans or swept:
+        print(f"removed {len(swept)} orphan snapshot(s) of VE {veid}"
+              + (": " + ", ".join(str(p) for p in swept) if swept else ""))  # fmt: skip
+    if keep is None and max_age is None and min_free is None:
+        return
     policy = Policy(keep=keep, max_age=age, min_free=free)
     gone = SnapshotManager().cleanup(veid, policy)
     print(f"deleted {len(gone)} snapshot(s) of VE {veid}" + (
