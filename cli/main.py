@@ -9,11 +9,14 @@ Set CPT_DEBUG=1 to get the traceback of an unexpected error instead.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from typing import Annotated
 
 import typer
 
+from cpt import interrupts
 from cptimage.errors import printable, shorten
 
 from . import check, cr, exitcodes, ve
@@ -77,7 +80,34 @@ def _message(e: BaseException) -> str:
 
 
 def run(argv: list[str] | None = None) -> int:
-    """Run one cpt command line; returns its exit code."""
+    """Run one cpt command line; returns its exit code.
+
+    SIGINT, SIGTERM and SIGHUP stop it the same way (cpt/interrupts.py): what it did is
+    undone, and the error says what state things are in; a signal that came after the
+    point of no return (a committed dump, a released tree) lets it complete, and says so.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return _run(argv)
+    old = interrupts.install()
+    try:
+        return _interruptible(argv)
+    finally:
+        interrupts.uninstall(old)
+
+
+def _interruptible(argv: list[str] | None) -> int:
+    code = _run(argv)
+    late = interrupts.late()
+    interrupts.no_return()  # the command is over: a signal from now on is only noted
+    if late is not None and code == exitcodes.OK:
+        _say(
+            f"{signal.Signals(late).name} came after the point of no return: the command "
+            "completed (see above)"
+        )
+    return code
+
+
+def _run(argv: list[str] | None) -> int:
     try:
         rv = app(args=argv, prog_name="cpt", standalone_mode=False)
     except click_exc.UsageError as e:
@@ -100,14 +130,29 @@ def run(argv: list[str] | None = None) -> int:
             return exitcodes.SYSTEM
         _say(_message(e))
         return code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        what = e.signame if isinstance(e, interrupts.Interrupted) else "SIGINT"
+        _say(f"interrupted by {what}")
         return exitcodes.INTERRUPTED
+    if rv == exitcodes.INTERRUPTED and interrupts.unwinding():
+        # typer turned an interrupt outside every stage into exit 130, saying nothing: it
+        # came before a stage began (or between two), which undid what it had begun
+        signo = interrupts.received()
+        what = signal.Signals(signo).name if signo else "a signal"
+        _say(f"interrupted by {what} before it changed anything")
     return rv if isinstance(rv, int) else exitcodes.OK
 
 
 def main() -> int:
-    """Console-script entry point (pyproject: cpt = "cli.main:main")."""
-    return run()
+    """Console-script entry point (pyproject: cpt = "cli.main:main").  The handlers of
+    cpt/interrupts.py stay to the end, and the signals are blocked for the exit: a
+    SIGTERM while the interpreter exits is never the death of a command that completed."""
+    interrupts.install()
+    code = _interruptible(None)
+    # The interpreter's finalization gives the signals their default action back: one
+    # arriving then would kill a command that completed.  Blocked, it dies with us.
+    signal.pthread_sigmask(signal.SIG_BLOCK, interrupts.SIGNALS)
+    return code
 
 
 if __name__ == "__main__":

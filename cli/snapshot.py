@@ -113,10 +113,16 @@ def cleanup(
         str | None,
         typer.Option("--min-free", help="delete the oldest while the pool has less free (e.g. 1G)"),
     ] = None,
+    orphans: Annotated[
+        bool, typer.Option("--orphans", help="remove only the orphans (in no catalog entry)")
+    ] = False,
 ) -> None:
-    """Apply a retention policy; snapshots in use are kept."""
-    if keep is None and max_age is None and min_free is None:
-        raise UsageError("cleanup needs a policy: --keep N, --max-age AGE or --min-free SIZE")
+    """Apply a retention policy; snapshots in use are kept.  Orphan snapshots (a killed
+    dump's, which no catalog entry names) go first, with any policy or --orphans alone."""
+    if keep is None and max_age is None and min_free is None and not orphans:
+        raise UsageError(
+            "cleanup needs a policy: --keep N, --max-age AGE, --min-free SIZE or --orphans"
+        )
     if keep is not None and keep < 0:
         raise InvalidValue(f"--keep {keep}: not a number of snapshots")
     try:
@@ -124,6 +130,12 @@ def cleanup(
     except ValueError as e:
         raise InvalidValue(f"--min-free: {e}") from None
     age = parse_age(max_age) if max_age is not None else None
+    swept = SnapshotManager().orphans(veid)  # once every option is known good
+    if orphans or swept:
+        print(f"removed {len(swept)} orphan snapshot(s) of VE {veid}"
+              + (": " + ", ".join(str(p) for p in swept) if swept else ""))  # fmt: skip
+    if keep is None and max_age is None and min_free is None:
+        return
     policy = Policy(keep=keep, max_age=age, min_free=free)
     gone = SnapshotManager().cleanup(veid, policy)
     print(f"deleted {len(gone)} snapshot(s) of VE {veid}" + (

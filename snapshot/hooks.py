@@ -70,6 +70,8 @@ class CatalogHooks:
         if not os.path.isdir(d):
             return
         catalog = Catalog(veid, d)
+        for slot in catalog.orphans():  # a killed dump's, which no catalog entry names
+            catalog.sweep(slot)
         for snap in list(catalog.snaps):
             catalog.remove(snap)
             if os.path.exists(snap.fs):

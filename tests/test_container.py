@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
+import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import samples
 
 from cptimage import records as R
-from cptimage.atomic import atomic_output
+from cptimage.atomic import AtomicFile, atomic_output, check_target
 from cptimage.container import (
     FORMAT_MINOR,
     ImageReader,
@@ -190,7 +193,7 @@ def test_atomic_output_appears_complete_with_mode_0600(tmp_path: Path) -> None:
     with atomic_output(dest) as f:
         f.write(b"partial")
         assert not dest.exists()
-        assert next(p.name for p in tmp_path.iterdir()).endswith(".tmp")
+        assert list(tmp_path.iterdir()) == [], "unnamed (O_TMPFILE) until it is complete"
     assert dest.read_bytes() == b"partial"
     assert dest.stat().st_mode & 0o777 == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["out.img"]
@@ -210,3 +213,60 @@ def test_atomic_output_mode(tmp_path: Path) -> None:
     with atomic_output(tmp_path / "a.json", mode=0o644) as f:
         f.write(b"{}")
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_atomic_output_of_a_killed_writer_leaves_nothing(tmp_path: Path) -> None:
+    dest = tmp_path / "out.img"
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a writer killed half-way (SIGKILL: no unwinding)
+        try:
+            af = AtomicFile(dest)
+            af.file.write(b"x" * 65536)
+            af.file.flush()
+            os.write(w, b"k")
+            time.sleep(60)
+        finally:
+            os._exit(0)
+    os.close(w)
+    assert os.read(r, 1) == b"k"
+    os.close(r)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_output_sweeps_the_named_temp_file_of_a_dead_writer(tmp_path: Path) -> None:
+    dest = tmp_path / "out.img"
+    dead = tmp_path / ".out.img.0123456789ab.tmp"  # a filesystem without O_TMPFILE's
+    dead.write_bytes(b"memory of a killed dump")
+    live = tmp_path / ".out.img.ba9876543210.tmp"  # one whose writer holds its flock
+    live.write_bytes(b"in progress")
+    with open(live, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with atomic_output(dest) as f:
+            f.write(b"new")
+        assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "out.img"]
+    assert dest.read_bytes() == b"new"
+
+
+def test_atomic_output_replaces_a_symlink_never_its_target(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    (tmp_path / "dir").mkdir()
+    for target in (victim, tmp_path / "dir", Path("/dev/null")):
+        link = tmp_path / "out.img"
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
+        with atomic_output(link) as f:
+            f.write(b"new")
+        assert not link.is_symlink() and link.read_bytes() == b"new"
+    assert victim.read_bytes() == b"keep me" and (tmp_path / "dir").is_dir()
+
+
+@pytest.mark.parametrize("kind", ["dir", "fifo"])
+def test_atomic_output_refuses_a_directory_or_fifo(tmp_path: Path, kind: str) -> None:
+    dest = tmp_path / "out.img"
+    dest.mkdir() if kind == "dir" else os.mkfifo(dest)
+    with pytest.raises(FileExistsError, match="not a regular file"):
+        check_target(str(dest))

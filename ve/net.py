@@ -114,6 +114,16 @@ def set_host_link(veid: str, up: bool) -> None:
             ipr.link("set", index=found[0], state="up" if up else "down")
 
 
+def host_link_up(veid: str) -> bool | None:
+    """Is the VE's host end of its veth administratively up (None: there is none)?"""
+    with _iproute() as ipr:
+        found = ipr.link_lookup(ifname=host_ifname(veid))
+        if not found:
+            return None
+        link = ipr.get_links(found[0])[0]
+        return bool(link["flags"] & 1)  # IFF_UP
+
+
 def route_to_ve(veid: str, ip: str) -> None:
     """The VE's address reaches it again (replacing the blackhole)."""
     if not ip:

@@ -26,6 +26,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from cpt import interrupts
 from cpt.dump.dumper import DumpStats
 from cpt.dump.options import DumpOptions
 from cpt.errors import AlreadyRunning, NotRunning, RestoreError, UsageError
@@ -36,9 +37,9 @@ from cpt.stages.kill import kill
 from cpt.stages.restore import open_for_restore, restore
 from cpt.stages.resume import resume
 from cpt.stages.stage import Stage, check_dumpfile, check_stage
-from cpt.stages.store import TreeState
+from cpt.stages.store import KILLING, TreeState
 from cpt.stages.suspend import suspend
-from cpt.stages.tree import Tree
+from cpt.stages.tree import RUNS_AGAIN, Tree
 from cptimage.container import ImageReader
 from cptimage.errors import ImageError
 from cptimage.records import FsSnapshot, IdMap, SectionType, SourceKind, UserNs
@@ -65,6 +66,9 @@ class VeLink:
     def up(self) -> None:
         net.set_host_link(self.cfg.veid, True)
         net.route_to_ve(self.cfg.veid, self.cfg.ip)
+
+    def is_up(self) -> bool:
+        return net.host_link_up(self.cfg.veid) is not False
 
 
 def ve_dump_options(base: DumpOptions | None = None) -> DumpOptions:
@@ -113,10 +117,13 @@ class VeStages:
         run = RunState(self.veid)
         with run.locked():
             cfg = self.node.config(self.veid)
+            repaired = self.repair_locked(cfg)
             rt = run.runtime()
             if rt is None:
                 run.forget_ended()
                 raise NotRunning(f"VE {self.veid} is not running")
+            if stage is Stage.RESUME and repaired in RUNS_AGAIN:
+                return None  # the repair of a killed cpt's suspend resumed it
             path = self.dumpfile(dumpfile)
             opts = ve_dump_options(opts)
             if stage is Stage.SUSPEND:
@@ -132,6 +139,32 @@ class VeStages:
             else:
                 resume(self.tree(cfg, rt.init_pid))
             return None
+
+    def repair(self) -> str | None:
+        """repair_locked() with the VE's lock taken."""
+        with RunState(self.veid).locked():
+            return self.repair_locked(self.node.config(self.veid))
+
+    def repair_locked(self, cfg: VEConfig) -> str | None:
+        """Finish or undo what a cpt command killed half-way left on the VE, as its journal
+        says (cpt.stages.tree.Tree.repair): frozen or cut off, it runs again; killed past
+        its dump's commit, its runtime and link go.  Returns the state found, or None."""
+        with interrupts.deferred():  # a repair is never left half-done
+            return self._repair(cfg)
+
+    def _repair(self, cfg: VEConfig) -> str | None:
+        run = RunState(cfg.veid)
+        rt = run.runtime()
+        if rt is None:  # its processes are gone: what is left is forget_ended()'s
+            st = run.tree().journal()
+            if st is None or st.stable:
+                return None
+            run.stage_state().drop()
+            return st.state
+        found = self.tree(cfg, rt.init_pid).repair()
+        if found == KILLING:
+            self._stopped(cfg)
+        return found
 
     def dump_with_fs(
         self,
@@ -180,6 +213,7 @@ class VeStages:
         if opts.pidns or opts.ipcns or opts.shell_job:
             raise UsageError("--pidns, --ipcns, --shell-job and --pidfile are for process trees")
         with RunState(self.veid).locked():
+            self.repair_locked(self.node.config(self.veid))
             return self.restore_locked(stage, dumpfile, rollback_fs=opts.rollback_fs)
 
     def restore_locked(

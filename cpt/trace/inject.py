@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Self
 
+from cpt import interrupts
 from cpt.errors import InjectionError, NoSuchProcess
 from cpt.procfs import Proc, VmaKind, read_mem
 from cpt.sys import ptrace
@@ -37,6 +39,10 @@ CHILD_EVENTS = frozenset(
     {ptrace.PTRACE_EVENT_FORK, ptrace.PTRACE_EVENT_VFORK, ptrace.PTRACE_EVENT_CLONE}
 )
 _NO_RETURN = frozenset({int(NR.exit), int(NR.exit_group)})
+# The bound on one injected syscall (a frozen or stuck thread never finishes it), and how
+# long its wait spins (yielding the CPU to the thread) before it sleeps between polls.
+INJECT_TIMEOUT = 30.0
+_SPIN = 0.002
 _PROC = Proc()
 
 
@@ -93,6 +99,7 @@ class Injection:
         self._frame: ptrace.SyscallFrame | None = None
         self._pinned: Pinned | None = None
         self._exec_seen = False
+        self._stepped = False  # single-stepped since the thread's last interrupt stop
 
     @property
     def syscall_addr(self) -> int:
@@ -109,9 +116,11 @@ class Injection:
     def session(self, restore: bool = True, pin_cpu: bool = True) -> Iterator[Self]:
         """Save registers and mask, block all signals; restore both on exit.
 
-        Nested sessions share the outer one. `restore=False` leaves the last injected
-        register state and the all-blocked mask in place (restore sets its own at the end).
-        The registers to restore are `session_regs`, which the caller may edit.
+        Nested sessions share the outer one.  A signal of interrupts.py arriving in a
+        session is raised when it ends: the thread is never left half-injected.
+        `restore=False` leaves the last injected register state and the all-blocked mask
+        in place (restore sets its own at the end).  The registers to restore are
+        `session_regs`, which the caller may edit.
 
         `pin_cpu` runs tracer and tracee on one CPU for the session (pinning.py).
         """
@@ -120,6 +129,10 @@ class Injection:
             return
         if not self.stopped:
             raise InjectionError(f"thread {self.tid} is not in a ptrace-stop", pid=self.tid)
+        with interrupts.deferred():  # a signal never cuts a session (nor its undoing)
+            yield from self._session(restore, pin_cpu)
+
+    def _session(self, restore: bool, pin_cpu: bool) -> Iterator[Self]:
         base = self.get_regs()
         mask = self.get_sigmask()
         try:
@@ -133,17 +146,40 @@ class Injection:
         finally:
             self._base = None
             self._frame = None
-            if self._pinned is not None:
-                pinned, self._pinned = self._pinned, None
-                pinned.undo(tracee_alive=not self.dead)
-            if restore and not self.dead:
-                try:
+            try:
+                if restore and not self.dead:
                     # After an injected execve the old registers belong to a gone image.
                     if not self._exec_seen:
                         self.set_regs(base)
                     self.set_sigmask(mask)
-                except NoSuchProcess:
-                    self.dead = True
+                    self._park()
+            except NoSuchProcess:
+                self.dead = True
+            finally:
+                if self._pinned is not None:
+                    pinned, self._pinned = self._pinned, None
+                    pinned.undo(tracee_alive=not self.dead)
+
+    def _park(self) -> None:
+        """Move the thread from the single-step trap of its last injected syscall into a
+        PTRACE_EVENT_STOP, once its registers and mask are back.
+
+        The trap is a SIGTRAP signal-delivery-stop with the single-step flag still set:
+        if the tracer died there (SIGKILL), the kernel would detach the thread and deliver
+        it that SIGTRAP, which kills it.  From an interrupt stop a tracer's death just lets
+        it run on.  PTRACE_INTERRUPT, then PTRACE_CONT(0) cancels the SIGTRAP and clears
+        the step flag, and the pending interrupt traps before any user instruction runs.
+        """
+        if not self._stepped:
+            return
+        self._stepped = False
+        ptrace.interrupt(self.tid)
+        self.stopped = False
+        ptrace.cont(self.tid, 0)
+        self.wait_interrupted(INJECT_TIMEOUT)
+
+    def wait_interrupted(self, timeout: float | None = None) -> int:
+        raise NotImplementedError
 
     @property
     def session_regs(self) -> Regs:
@@ -183,9 +219,11 @@ class Injection:
         events: list[tuple[int, int]] = []
         self.last_events = events
         self.stopped = False
+        self._stepped = True
         ptrace.singlestep(tid, 0)
+        deadline = time.monotonic() + INJECT_TIMEOUT
         while True:
-            _, status = ptrace.waitpid(tid, ptrace.WALL)
+            status = self._wait_step(nr, deadline)
             if ptrace.is_dead(status):
                 self._mark_dead(status)
                 if nr in _NO_RETURN:
@@ -233,6 +271,32 @@ class Injection:
             self.stopped = False
             ptrace.singlestep(tid, 0)
         return frame.result()
+
+    def _wait_step(self, nr: int, deadline: float) -> int:
+        """The next wait status of the thread running injected syscall `nr`, waited for
+        with a bound: a thread frozen by a cgroup freezer, or asleep in the kernel, never
+        comes back from its step.  Polled: a blocking waitpid has no timeout, and the
+        thread, pinned to our CPU, runs as soon as we yield (as fast as blocking here)."""
+        tid = self.tid
+        spin_until = time.monotonic() + _SPIN
+        delay = 0.0001
+        while True:
+            got, status = ptrace.waitpid(tid, ptrace.WALL | ptrace.WNOHANG)
+            if got:
+                return status
+            now = time.monotonic()
+            if now < spin_until:
+                os.sched_yield()
+                continue
+            if now > deadline:
+                raise InjectionError(
+                    f"thread {tid} did not come back from injected {syscall_name(nr)} "
+                    f"within {INJECT_TIMEOUT:.0f} s: frozen by a cgroup freezer, or stuck in "
+                    f"the kernel (state {_PROC.state(tid) or '?'})",
+                    pid=tid,
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.005)
 
     def new_tids(self) -> list[int]:
         """Tids created by the last injected syscall (clone3/fork/vfork events)."""

@@ -164,8 +164,17 @@ class Tracee(Injection):
         return status
 
     def cont(self, sig: int = 0) -> None:
-        ptrace.cont(self.tid, sig)
+        ptrace.cont(self.tid, self._deliverable(sig))
         self.stopped = False
+
+    def _deliverable(self, sig: int) -> int:
+        """The signal to pass to a ptrace restart.  Only a signal-delivery stop takes one:
+        from an event or group stop (where a session parks a thread, inject.py) the kernel
+        ignores it, so it is queued to the thread instead, and the restart passes none."""
+        if sig and self.stopped and ptrace.stop_event(self.stop_status) != 0:
+            tgkill(self.pid, self.tid, sig)
+            return 0
+        return sig
 
     def detach(self, sig: int = 0) -> None:
         """PTRACE_DETACH; re-delivers signals swallowed during injections."""
@@ -173,7 +182,7 @@ class Tracee(Injection):
         self.pending_signals = []
         if not sig and pending:
             sig = pending.pop(0)
-        ptrace.detach(self.tid, sig)
+        ptrace.detach(self.tid, self._deliverable(sig))
         self.stopped = False
         self.attached = False
         for s in pending:
