@@ -145,6 +145,8 @@ SABOTAGE = [
     ("pyscript", "generator", "did not resume at F(60)"),
     ("pyscript", "file", "position 124"),
     ("pyscript", "thread", "SHA-256"),
+    ("sigstate", "trap", "the SIGTRAP handler ran 0 times"),
+    ("sigstate", "zombie", "is not a reapable zombie"),
     ("unixzoo", "queue", "dgram pair: fewer messages queued than sent"),
     ("unixzoo", "pending", "no connection waits in the listener's accept queue"),
     ("unixzoo", "passcred", "SO_PASSCRED is off"),
