@@ -146,6 +146,7 @@ SABOTAGE = [
     ("pyscript", "file", "position 124"),
     ("pyscript", "thread", "SHA-256"),
     ("seccomp_tsync", "thread", "thread 1: uname() failed with errno 777"),
+    ("procfiles", "offset", "stat is at offset 0, expected 10"),
     ("sigstate", "trap", "the SIGTRAP handler ran 0 times"),
     ("sigstate", "zombie", "is not a reapable zombie"),
     ("unixzoo", "queue", "dgram pair: fewer messages queued than sent"),
