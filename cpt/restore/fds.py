@@ -78,8 +78,8 @@ class FileRestorer:
             assert pid is not None
             if not self.model.root_prefix and host_pids.get(pid, pid) != pid:
                 raise RestoreError(
-                    f"{self.model.path(desc.path_id).path}: a /proc file of the tree's own "
-                    "process cannot be reopened under --pidns; restore without --pidns"
+                    f"{self.model.path(desc.path_id).path}: a file of the tree's own process in "
+                    "procfs cannot be reopened under --pidns; restore without --pidns"
                 )
             self.local[ident] = self._by_type[type(desc)].open(self.model, desc)
 
