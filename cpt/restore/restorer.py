@@ -128,6 +128,7 @@ class Restorer:
                     )
                     self.tasks = builder.tasks
                     builder.build()
+                    files.open_own_proc({p: t.host_pid for p, t in self.tasks.items()})
             if builder.external_session:
                 self.stats.warnings.append(
                     f"the root's process group {self.model.procs[self.model.root].proc.pgid} "

@@ -30,6 +30,12 @@ from cpt.sys.syscalls import NR, syscall_name
 from .pinning import Pinned, pin_together
 
 ALL_SIGNALS = (1 << 64) - 1
+# The mask of a session: everything but SIGTRAP. The single-step trap that ends each injected
+# syscall is a forced signal, and the kernel resets a forced signal's handler to SIG_DFL when
+# the signal is blocked (force_sig_info_to_task): a blocked SIGTRAP would cost the process its
+# SIGTRAP handler at the first injection. A real SIGTRAP arriving meanwhile is told apart by
+# its si_code (user-sent: <= 0) and kept for detach like any other signal.
+INJECT_MASK = ALL_SIGNALS & ~(1 << (signal.SIGTRAP - 1))
 # Signals the kernel forces through a blocked mask when the injected instruction faults; SIGSYS
 # is a seccomp RET_TRAP filter (the tracee was seized without PTRACE_O_SUSPEND_SECCOMP).
 _FATAL_SIGNALS = frozenset(
@@ -114,7 +120,7 @@ class Injection:
 
     @contextmanager
     def session(self, restore: bool = True, pin_cpu: bool = True) -> Iterator[Self]:
-        """Save registers and mask, block all signals; restore both on exit.
+        """Save registers and mask, block every signal but SIGTRAP (INJECT_MASK); restore both.
 
         Nested sessions share the outer one.  A signal of interrupts.py arriving in a
         session is raised when it ends: the thread is never left half-injected.
@@ -136,7 +142,7 @@ class Injection:
         base = self.get_regs()
         mask = self.get_sigmask()
         try:
-            self.set_sigmask(ALL_SIGNALS)
+            self.set_sigmask(INJECT_MASK)
             self._base = base
             self._frame = ptrace.SyscallFrame(self.tid, base)
             self._exec_seen = False
@@ -238,7 +244,7 @@ class Injection:
             event = ptrace.stop_event(status)
             sig = ptrace.stop_signal(status)
             if event == 0:
-                if sig == signal.SIGTRAP:
+                if sig == signal.SIGTRAP and _is_step_trap(tid):
                     break  # the single-step trap at syscall exit
                 if sig in _FATAL_SIGNALS:
                     raise InjectionError(
@@ -247,7 +253,7 @@ class Injection:
                         pid=tid,
                         signal=sig,
                     )
-                # Only SIGSTOP/SIGKILL get past the all-blocked mask; keep it for detach().
+                # Only SIGSTOP/SIGKILL (and a sent SIGTRAP) get past the mask; keep it for detach().
                 self.pending_signals.append(sig)
             elif event in CHILD_EVENTS:
                 # fork/clone events come before the step trap; the message is the new tid.
@@ -301,3 +307,10 @@ class Injection:
     def new_tids(self) -> list[int]:
         """Tids created by the last injected syscall (clone3/fork/vfork events)."""
         return [msg for ev, msg in self.last_events if ev in CHILD_EVENTS]
+
+
+def _is_step_trap(tid: int) -> bool:
+    """Whether the thread's SIGTRAP stop is the kernel's trap (si_code > 0: TRAP_TRACE, ...)
+    rather than a SIGTRAP sent by kill/tgkill/sigqueue (si_code <= 0)."""
+    si_code = int.from_bytes(ptrace.getsiginfo(tid)[8:12], "little", signed=True)
+    return si_code > 0
