@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol, TypeVar
 
-from cptimage.atomic import AtomicFile, atomic_output, check_target
+from cptimage.atomic import atomic_output, check_target
 from cptimage.container import ImageReader
 from cptimage.errors import ImageError
 from cptimage.verify import verify
@@ -42,6 +42,7 @@ from .dump.check import precheck
 from .dump.dumper import Dumper, DumpStats, prepare_dump
 from .dump.inet import silence
 from .dump.options import DumpOptions
+from .dump.output import ImageOutput
 from .dump.tree import TaskInfo, collect_tree
 from .errors import (
     AlreadyRunning,
@@ -275,13 +276,19 @@ class Tree:
                 pid=self.root,
             )
         check_target(dumpfile)
-        return self._dump_frozen(dumpfile, self._dump_opts(opts, staged=True), after="freeze")
+        opts = self._dump_opts(opts, staged=True)
+        out = self._output(dumpfile, collect_tree(self.root, self.proc), opts)
+        return self._dump_frozen(out, opts, after="freeze")
 
-    def _dump_frozen(self, dumpfile: str, opts: DumpOptions, *, after: str) -> DumpStats:
+    def _dump_frozen(self, out: ImageOutput, opts: DumpOptions, *, after: str) -> DumpStats:
         """Seize the frozen tree (frozen tasks enter their ptrace stops at once; the stops
         hold them then, and the cgroup is thawed for injected syscalls to run), dump it.
         What `in_freeze` makes in the frozen window goes into the image, or is undone."""
-        extra = self.in_freeze.take() if self.in_freeze is not None else []
+        try:
+            extra = self.in_freeze.take() if self.in_freeze is not None else []
+        except BaseException:
+            out.abort()
+            raise
         try:
             tree = collect_tree(self.root, self.proc)
             tracees: list[Tracee] = []
@@ -292,9 +299,10 @@ class Tree:
                         tracees += info.tracees
             except BaseException:
                 detach_all(tracees)
+                out.abort()
                 raise
             self.freezer.thaw()
-            return self._dump_seized(tree, dumpfile, opts, after=after, extra=extra)
+            return self._dump_seized(tree, out, opts, after=after, extra=extra)
         except BaseException:
             if self.in_freeze is not None:
                 self.in_freeze.discard()
@@ -318,9 +326,14 @@ class Tree:
         prepare_dump()  # one-time costs of a process's first dump, before the freeze
         after = "resume" if opts.leave_running else "kill"
         if self.ve_id:
-            self.suspend(opts)
+            out = self._output(dumpfile, self._live_tree(), opts)
             try:
-                stats = self._dump_frozen(dumpfile, self._dump_opts(opts), after=after)
+                self.suspend(opts)
+            except BaseException:
+                out.abort()
+                raise
+            try:
+                stats = self._dump_frozen(out, self._dump_opts(opts), after=after)
             except BaseException:
                 with contextlib.suppress(CptError):
                     self.resume()  # the dump failed: the VE runs on
@@ -330,10 +343,27 @@ class Tree:
             else:
                 self.resume()
             return stats
-        precheck(self._live_tree(), self.root, self.proc, opts)
-        self._frozen_at = time.perf_counter()
-        tree = self._seize_tree()
-        return self._dump_seized(tree, dumpfile, opts, after=after)
+        live = self._live_tree()
+        precheck(live, self.root, self.proc, opts)
+        out = self._output(dumpfile, live, opts)
+        try:
+            self._frozen_at = time.perf_counter()
+            tree = self._seize_tree()
+        except BaseException:
+            out.abort()
+            raise
+        return self._dump_seized(tree, out, opts, after=after)
+
+    def _output(self, dumpfile: str, tree: dict[int, TaskInfo], opts: DumpOptions) -> ImageOutput:
+        """The dump file, its page area sized for the tree's pages and faulted in: the
+        frozen window then only copies (dump/output.py)."""
+        out = ImageOutput(dumpfile)
+        try:
+            out.reserve([p for p, i in tree.items() if not i.zombie], opts, self.proc)
+        except BaseException:
+            out.abort()
+            raise
+        return out
 
     def _seize_tree(self) -> dict[int, TaskInfo]:
         """Stop every thread of the tree with ptrace, re-reading the tree until no process
@@ -362,7 +392,7 @@ class Tree:
     def _dump_seized(
         self,
         tree: dict[int, TaskInfo],
-        dumpfile: str,
+        out: ImageOutput,
         opts: DumpOptions,
         *,
         after: str,
@@ -372,12 +402,12 @@ class Tree:
         "kill", "resume" (detach) or "freeze" (refreeze the cgroup and detach).
 
         On failure the tree is resumed ("kill", "resume") or stays suspended ("freeze"),
-        and no dump file is left.  The file is made durable before a kill, and after the
-        tree is released otherwise, so the final fsync stays out of the frozen window.
+        and no dump file is left.  The file is finished (records, checksums) and made
+        durable before a kill, and after the tree is released otherwise, so that work and
+        the final fsync stay out of the frozen window.
         """
         live = [i for i in tree.values() if not i.zombie]
         tracees = [t for i in live for t in i.tracees]
-        out = AtomicFile(dumpfile)
         ok = False
         try:
             with self._inside():
@@ -389,8 +419,9 @@ class Tree:
         try:
             try:
                 with self._inside():
-                    stats = dumper.run(out.file)
+                    stats = dumper.run(out)
                 if after == "kill":
+                    dumper.finish()
                     out.commit()  # durable before the workload dies
                 ok = True
             finally:
@@ -414,6 +445,7 @@ class Tree:
             if self._frozen_at:
                 stats.frozen_s = time.perf_counter() - self._frozen_at
             if after != "kill":
+                dumper.finish()
                 out.commit()
         except BaseException:
             out.abort()
