@@ -58,6 +58,7 @@ class DumpStats:
     state_s: float = 0.0  # per-process state (probe, threads, fds, ...)
     pages_s: float = 0.0  # page scan and copy
     finish_s: float = 0.0  # records, page checksums, index: after the frozen window
+    sync_s: float = 0.0  # fsync of the image, rename, fsync of its directory
     frozen_s: float = 0.0  # freeze to resume or kill (full checkpoints)
     fs_snapshot_s: float = 0.0  # a VE's filesystem snapshot, inside the frozen window
 
@@ -101,6 +102,7 @@ class Dumper:
         """The frozen part: every process's state, then the pages into the image (into
         its page area, if `out` has one).  `finish` writes the rest."""
         t0 = time.perf_counter()
+        out.stats = self.stats
         for info in self.tree.values():
             self.recs[SectionType.PROCESS].append(process_record(info))
             if not info.zombie:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from cptimage.atomic import AtomicFile
 from cptimage.container import PageArea
@@ -27,6 +27,9 @@ from ..sys.arch import PAGE_SIZE
 from ..sys.mem import populate_write
 from .options import DumpOptions
 from .pages import estimate, page_buffer
+
+if TYPE_CHECKING:
+    from .dumper import DumpStats
 
 SLACK_MIN = 256 << 10  # above the estimate: pages a running tree touches before the freeze
 
@@ -38,6 +41,7 @@ class ImageOutput:
         self.atomic = AtomicFile(path)
         self.area: PageArea | None = None
         self.reserve_s = 0.0  # sizing and faulting in the page area, before the freeze
+        self.stats: DumpStats | None = None  # the dump's, told how long the fsync took
 
     @property
     def file(self) -> BinaryIO:
@@ -68,7 +72,10 @@ class ImageOutput:
     def commit(self) -> None:
         """fsync the image, rename it over the dump file, fsync the directory."""
         self._unmap()
+        t0 = time.perf_counter()
         self.atomic.commit()
+        if self.stats is not None:
+            self.stats.sync_s = time.perf_counter() - t0
 
     def abort(self) -> None:
         """Drop the temporary file; the dump file is left untouched."""
