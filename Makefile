@@ -43,7 +43,7 @@ codec: setup
 	$(PY) -m cptimage.codegen
 
 demo: setup
-	$(PY) -m cli.demo
+	$(PY) demo/demo.py
 
 test: setup
 	$(PY) -m pytest -q

@@ -4,12 +4,12 @@ Workload: fixtures/workloads/counter.c with N MiB of touched anonymous memory, f
 --sizes (default 16, 256, 1024), plus N = 0 for the fixed cost of a small process.  Per
 size and round (best of --rounds is kept for every figure):
 
-  leave-running   Tree.checkpoint(DumpOptions(leave_running=True)): wall time and
+  leave-running   TreeStages.chkpnt(CHKPNT, DumpOptions(leave_running=True)): wall time and
                   DumpStats.frozen_s (freeze to resume; the final fsync is outside it)
-  dump + kill     Tree.checkpoint(DumpOptions()): wall time (fsync and kill included),
+  dump + kill     TreeStages.chkpnt(CHKPNT, DumpOptions()): wall time (fsync and kill included),
                   image size against VmRSS read just before the dump
   verify          open_for_restore() (checksums, structure, host check)
-  restore         Tree.restore() alone; in the first round the restored workload checks
+  restore         cpt.stages.restore.restore() alone; in the first round the restored workload checks
                   its memory pattern and exits (PASS), in the others it is SIGKILLed
 
 and, in the same run, the physical limits the targets compare with:
@@ -44,7 +44,7 @@ Everything runs in this process (no interpreter start-up is timed); the first en
 call of the process (one-time costs that every `cpt` command pays) is shown apart for
 0 MiB, with its frozen time (of a dump + kill: the fsync before the kill is inside it).
 Each workload is started through a small parent process that reaps it, so that
-the killed root is reaped while Tree.checkpoint waits for its PIDs to disappear; a
+the killed root is reaped while the checkpoint waits for its PIDs to disappear; a
 restored root is our child and is reaped by PID.  This process never calls waitpid(-1).
 Needs root; prints a note and exits 0 otherwise.  Exit status 1 on a missed target only
 with --strict.
@@ -83,10 +83,13 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from workloads import build, proc_info  # noqa: E402  (tests/workloads.py)
 
-from cpt.checkpoint import Tree, open_for_restore  # noqa: E402
 from cpt.dump.dumper import DumpOptions, DumpStats  # noqa: E402
 from cpt.procfs import open_pagemap  # noqa: E402
 from cpt.restore.restorer import RestoreStats  # noqa: E402
+from cpt.stages.restore import open_for_restore, restore  # noqa: E402
+from cpt.stages.stage import Stage  # noqa: E402
+from cpt.stages.tree import Tree  # noqa: E402
+from cpt.stages.trees import TreeStages  # noqa: E402
 from cpt.sys.mem import (  # noqa: E402
     PAGE_IS_FILE,
     PAGE_IS_PFNZERO,
@@ -510,9 +513,9 @@ class Profiles:
 
 
 def checkpoint(pid: int, path: str, opts: DumpOptions) -> DumpStats:
-    tree = Tree(pid)
-    with tree.locked():
-        return tree.checkpoint(path, opts)
+    stats = TreeStages(pid).chkpnt(Stage.CHKPNT, path, opts)
+    assert stats is not None
+    return stats
 
 
 def one_round(
@@ -589,16 +592,16 @@ def one_round(
         with reader:
             tree = Tree(reader.header.root_pid)
 
-            def restore() -> RestoreStats:
+            def restore_tree() -> RestoreStats:
                 with tree.locked():
-                    stats = tree.restore(reader)
+                    stats = restore(tree, reader)
                 wl.restored = True
                 return stats
 
             def unrestore(_: object) -> None:
                 wl.kill_restored()
 
-            r.restore_s, r.restore = step("restore", restore, False, unrestore)
+            r.restore_s, r.restore = step("restore", restore_tree, False, unrestore)
         if r.restore.root_pid != wl.pid:
             raise RuntimeError(f"restored root {r.restore.root_pid}, expected {wl.pid}")
         if check:
@@ -747,7 +750,7 @@ def server_round(tmp: str, conns: int, mib: int) -> dict[str, Any]:
         with open_for_restore(img) as reader:
             tree = Tree(reader.header.root_pid)
             with tree.locked():
-                rst = tree.restore(reader)
+                rst = restore(tree, reader)
         restore_s = time.perf_counter() - t1
         wl.restored = True
         os.unlink(img)

@@ -86,11 +86,12 @@ def main() -> int:
     import btrfsutil
 
     from cpt.dump.options import DumpOptions
+    from cpt.stages.stage import Stage
     from snapshot.manager import SnapshotManager
     from storage import pool
 
     sm = SnapshotManager()
-    mgr, cr = sm.mgr, sm.cr
+    mgr = sm.mgr
     out: list[str] = []
     try:
         pool.init(tmp, 8 << 30)
@@ -111,7 +112,7 @@ def main() -> int:
             btrfsutil.delete_subvolume(f"{scratch}.{r}")
             mgr.start("951")
             write_tree(private / "data", r)  # just written: dirty
-            stats = cr.chkpnt("951", None, None, DumpOptions())
+            stats = mgr.stages("951").chkpnt(Stage.CHKPNT, opts=DumpOptions())
             assert stats is not None
             snap_s.append(stats.fs_snapshot_s)
             frozen_s.append(stats.frozen_s)

@@ -6,13 +6,13 @@ The same launcher runs once as a VE (template host, its own namespaces, veth, a 
 area on the node's loop-file btrfs pool) and once as a plain tree on the host (under a
 small parent that reaps it).  Per round (best of --rounds kept for every figure):
 
-  VE chkpnt       VeCheckpoint.chkpnt(): suspend (freeze the VE's cgroup, link down,
+  VE chkpnt       VeStages.chkpnt(CHKPNT): suspend (freeze the VE's cgroup, link down,
                   blackhole), dump (namespaces, mounts with their tmpfs contents,
                   network, the tree), kill; wall time and frozen time (freeze to kill)
-  VE restore      VeCheckpoint.restore(): verify, new namespaces, mounts, veth and
+  VE restore      VeStages.restore(RESTORE): verify, new namespaces, mounts, veth and
                   addresses, the tree, link up; wall time
-  tree chkpnt     Tree(pid).checkpoint() of the same launcher by PID (dump + kill)
-  tree restore    open_for_restore() + Tree.restore()
+  tree chkpnt     cpt.stages.dump.checkpoint() of the same launcher by PID (dump + kill)
+  tree restore    open_for_restore() + cpt.stages.restore.restore()
 
 and, in the same run, the physical limit of a dump: process_vm_readv of the same pages
 of the 8 counters (one 16 MiB buffer), write() into one file, fsync (a full chkpnt makes
@@ -63,8 +63,11 @@ from cr_bench import (  # noqa: E402
 )
 from workloads import build  # noqa: E402
 
-from cpt.checkpoint import Tree, open_for_restore  # noqa: E402
 from cpt.dump.options import DumpOptions  # noqa: E402
+from cpt.stages.dump import checkpoint  # noqa: E402
+from cpt.stages.restore import open_for_restore, restore  # noqa: E402
+from cpt.stages.stage import Stage  # noqa: E402
+from cpt.stages.tree import Tree  # noqa: E402
 from cpt.sys.mem import process_vm_readv  # noqa: E402
 
 MiB = 1 << 20
@@ -176,17 +179,17 @@ def ve_round(node_root: str, binary: Path, tmp: str) -> dict[str, float]:
     wait_ready(work)
     quiet(tmp)
     floor_s, durable, floor_bytes = floor(counters_of(rt.init_pid), os.path.join(tmp, "floor"))
-    ve = mgr.cr
+    ve = mgr.stages(VEID)
     quiet(os.path.dirname(mgr.node.default_dumpfile(VEID)))
     t0 = time.perf_counter()
-    dstats = ve.chkpnt(VEID, None, None, DumpOptions())
+    dstats = ve.chkpnt(Stage.CHKPNT, opts=DumpOptions())
     chk = time.perf_counter() - t0
     assert dstats is not None
     size = os.path.getsize(mgr.node.default_dumpfile(VEID))
     reap(rt.init_pid)
     quiet()
     t0 = time.perf_counter()
-    rstats = ve.restore(VEID, None, None)
+    rstats = ve.restore(Stage.RESTORE)
     rst = time.perf_counter() - t0
     assert rstats is not None
     new = mgr.runtime(VEID)
@@ -216,13 +219,13 @@ def tree_round(binary: Path, tmp: str) -> dict[str, float]:
     img = os.path.join(tmp, "tree.img")
     quiet(tmp)
     t0 = time.perf_counter()
-    dstats = Tree(root).checkpoint(img, DumpOptions())
+    dstats = checkpoint(Tree(root), img, DumpOptions())
     chk = time.perf_counter() - t0
     parent.wait()
     quiet()
     t0 = time.perf_counter()
     with open_for_restore(img) as reader:
-        rstats = Tree(root).restore(reader)
+        rstats = restore(Tree(root), reader)
     rst = time.perf_counter() - t0
     restored = [rstats.host_pid, *counters_of(rstats.host_pid)]
     assert len(restored) == COUNTERS + 1, restored

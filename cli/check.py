@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cpt.check import run_checks
+from cpt.host.check import run_checks
 
 
 def check(

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 from typing import Annotated
 
 import typer
 
-from cpt.checkpoint import Tree, default_dumpfile, open_for_restore, tree_of
 from cpt.dump.options import DumpOptions
 from cpt.errors import InvalidValue, UsageError
 from cpt.restore.options import RestoreOptions
-from cpt.restore.tty import wait_shell_job
+from cpt.stages.stage import Stage, Stages
+from cpt.stages.trees import TreeStages
 from snapshot.hooks import ve_manager
 
 DumpfileOpt = Annotated[
@@ -44,13 +43,18 @@ def parse_size(text: str, option: str) -> int:
     return value * _UNITS[unit]
 
 
-def _one_stage(**stages: bool) -> str | None:
-    chosen = [name for name, on in stages.items() if on]
+def _stage(full: Stage, **flags: bool) -> Stage:
+    """The stage the options ask for: `full` without one, at most one of them."""
+    chosen = [name for name, on in flags.items() if on]
     if len(chosen) > 1:
         raise UsageError(
             "at most one stage option: " + ", ".join("--" + c.replace("_", "-") for c in chosen)
         )
-    return chosen[0] if chosen else None
+    return Stage(chosen[0]) if chosen else full
+
+
+def _stages(veid: str | None, pid: int | None) -> Stages:
+    return ve_manager().stages(veid) if veid is not None else TreeStages(pid)
 
 
 def _report(what: str, stats: object, as_json: bool) -> None:
@@ -102,13 +106,10 @@ def chkpnt(
     as_json: JsonOpt = False,
 ) -> None:
     """Checkpoint a VE or a process tree: suspend, dump, kill (or one stage of it)."""
-    stage = _one_stage(suspend=suspend, dump=dump, kill=kill, resume=resume)
+    stage = _stage(Stage.CHKPNT, suspend=suspend, dump=dump, kill=kill, resume=resume)
     if (veid is None) == (pid is None):
         raise UsageError("chkpnt needs a VEID or --pid PID (one of them)")
-    if leave_running and stage is not None:
-        raise UsageError("--leave-running is a full checkpoint; it takes no stage option")
-    if stage == "dump" and dumpfile is None and veid is None:
-        raise UsageError("chkpnt --dump needs --dumpfile F")
+    stages = _stages(veid, pid)
     opts = DumpOptions(
         leave_running=leave_running,
         compress=compress,
@@ -118,42 +119,11 @@ def chkpnt(
         file_locks=file_locks,
         ghost_limit=parse_size(ghost_limit, "--ghost-limit"),
     )
-    if veid is not None:
-        _chkpnt_ve(veid, stage, dumpfile, opts, as_json)
-        return
-    assert pid is not None
-    tree = Tree(pid)
-    with tree.locked():
-        if stage == "suspend":
-            tree.suspend(opts)
-            print(f"tree {pid} suspended")
-        elif stage == "dump":
-            assert dumpfile is not None
-            _report(f"dumped tree {pid} to {dumpfile}", tree.dump(dumpfile, opts), as_json)
-        elif stage == "kill":
-            tree.kill()
-            print(f"tree {pid} killed")
-        elif stage == "resume":
-            tree.resume()
-            print(f"tree {pid} resumed")
-        else:
-            path = dumpfile or default_dumpfile(pid)
-            _report(f"checkpointed tree {pid} to {path}", tree.checkpoint(path, opts), as_json)
-
-
-def _chkpnt_ve(
-    veid: str, stage: str | None, dumpfile: str | None, opts: DumpOptions, as_json: bool
-) -> None:
-    ve = ve_manager().cr
-    path = ve.dumpfile(veid, dumpfile)
-    stats = ve.chkpnt(veid, stage, dumpfile, opts)
-    if stage == "dump":
-        _report(f"dumped VE {veid} to {path}", stats, as_json)
-    elif stage is None:
-        _report(f"checkpointed VE {veid} to {path}", stats, as_json)
+    stats = stages.chkpnt(stage, dumpfile, opts)
+    if stats is None:
+        print(f"{stages.label} {stage.done}")
     else:
-        done = {"suspend": "suspended", "kill": "killed", "resume": "resumed"}[stage]
-        print(f"VE {veid} {done}")
+        _report(f"{stage.done} {stages.label} to {stages.dumpfile(dumpfile)}", stats, as_json)
 
 
 def restore(
@@ -192,55 +162,19 @@ def restore(
     as_json: JsonOpt = False,
 ) -> None:
     """Restore a VE or a process tree from a dump file: undump, resume (or one stage)."""
-    stage = _one_stage(undump=undump, resume=resume, kill=kill)
-    if veid is not None:
-        if pidns or ipcns or shell_job or pidfile:
-            raise UsageError("--pidns, --ipcns, --shell-job and --pidfile are for process trees")
-        _restore_ve(veid, stage, dumpfile, as_json, rollback_fs)
+    stage = _stage(Stage.RESTORE, undump=undump, resume=resume, kill=kill)
+    if veid is not None and pidfile:
+        raise UsageError("--pidns, --ipcns, --shell-job and --pidfile are for process trees")
+    stages = _stages(veid, None)
+    opts = RestoreOptions(pidns=pidns, ipcns=ipcns, shell_job=shell_job, rollback_fs=rollback_fs)
+    stats = stages.restore(stage, dumpfile, opts)
+    if stats is None:
+        print(f"{stages.label} {stage.done}")
         return
-    if rollback_fs:
-        raise UsageError("--rollback-fs is for a VE: cpt restore VEID --rollback-fs")
-    if dumpfile is None:
-        raise UsageError("restore needs a VEID or --dumpfile F")
-    if stage in ("resume", "kill"):
-        tree = tree_of(dumpfile)
-        with tree.locked():
-            if stage == "resume":
-                tree.resume()
-                print(f"tree {tree.root} resumed")
-            else:
-                tree.kill()
-                print(f"tree {tree.root} killed")
-        return
-    if (pidns or ipcns or shell_job) and stage in ("resume", "kill"):
-        raise UsageError("--pidns, --ipcns and --shell-job belong to a full restore or --undump")
-    opts = RestoreOptions(pidns=pidns, ipcns=ipcns, shell_job=shell_job)
-    reader = open_for_restore(dumpfile, opts)
-    with reader:
-        root = reader.header.root_pid
-        # a full restore into a new PID namespace may run beside the original tree: its
-        # freezer (used only while restoring) must not be the original's
-        private = pidns and stage != "undump"
-        tree = Tree(root, name=f"pid-{root}-ns{os.getpid()}" if private else None)
-        with tree.locked():
-            stats = tree.restore(reader, opts, undump=stage == "undump")
     if pidfile:  # the PID this host knows the root by (another one inside a --pidns)
         with open(pidfile, "w") as f:
             f.write(f"{stats.host_pid}\n")
-    what = "undumped" if stage == "undump" else "restored"
-    _report(f"{what} tree {stats.root_pid} from {dumpfile}", stats, as_json)
-    if shell_job and stage is None:
+    _report(f"{stage.done} {stages.label} from {stages.dumpfile(dumpfile)}", stats, as_json)
+    if shell_job and stage is Stage.RESTORE and isinstance(stages, TreeStages):
         sys.stdout.flush()
-        wait_shell_job(stats.pidns_init or stats.host_pid)
-
-
-def _restore_ve(
-    veid: str, stage: str | None, dumpfile: str | None, as_json: bool, rollback_fs: bool
-) -> None:
-    ve = ve_manager().cr
-    stats = ve.restore(veid, stage, dumpfile, rollback_fs=rollback_fs)
-    if stats is not None:
-        what = "undumped" if stage == "undump" else "restored"
-        _report(f"{what} VE {veid} from {ve.dumpfile(veid, dumpfile)}", stats, as_json)
-    else:
-        print(f"VE {veid} {'resumed' if stage == 'resume' else 'killed'}")
+        stages.wait_shell_job(stats)

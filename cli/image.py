@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cpt.errors import InvalidValue, UsageError
-from cpt.verify_host import check_host
+from cpt.host.verify import check_host
 from cptimage import jsonio
 from cptimage import show as showmod
 from cptimage.atomic import STDOUT, atomic_output

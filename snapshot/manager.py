@@ -25,6 +25,7 @@ from typing import Any
 
 from cpt.dump.options import DumpOptions
 from cpt.errors import InvalidValue, NotRunning
+from cpt.stages.stage import Stage
 from cptimage.container import ImageReader
 from cptimage.diff import Difference
 from cptimage.diff import diff as diff_images
@@ -32,9 +33,9 @@ from cptimage.records import Process, SectionType
 from storage import backend_for
 from storage.base import Changes
 from ve import fssnap
-from ve.cr import ve_dump_options
 from ve.lifecycle import VEManager
 from ve.node import Node
+from ve.stages import ve_dump_options
 
 from .catalog import Catalog, Snap
 from .hooks import CatalogHooks, adopt
@@ -62,7 +63,6 @@ class SnapshotManager:
     def __init__(self, node: Node | None = None) -> None:
         self.hooks = CatalogHooks(node)
         self.mgr = VEManager(self.hooks, self.hooks.node)
-        self.cr = self.mgr.cr
 
     def catalog(self, veid: str) -> Catalog:
         self.mgr.config(veid)  # the VE exists
@@ -96,7 +96,9 @@ class SnapshotManager:
                     )  # fmt: skip
 
                 try:
-                    self.cr.dump_with_fs(cfg, rt.init_pid, image, opts, dest=dest, keep=keep)
+                    self.mgr.stages(veid).dump_with_fs(
+                        cfg, rt.init_pid, image, opts, dest=dest, keep=keep
+                    )
                 except BaseException:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(image)
@@ -224,13 +226,14 @@ class SnapshotManager:
                 )
             cfg = self.mgr.config(veid)
             rec = fssnap.record(veid, cfg.private, backend_for(snap.fs).info(snap.fs))
-            kept = self.cr.roll_back(veid, rec)
+            stages = self.mgr.stages(veid)
+            kept = stages.roll_back(rec)
             catalog = self.hooks.catalog(veid)
             pre = catalog.find(str(catalog.ident_of(kept)))
             catalog.current = snap.id
             catalog.save()
             if snap.image:
-                self.cr.restore_locked(veid, None, snap.image)
+                stages.restore_locked(Stage.RESTORE, snap.image)
                 return snap, pre, True
             if was_running:
                 self.mgr.start_locked(veid, boot=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cli.main import run
-from cpt import check as C
+from cpt.host import check as C
 
 REPO = Path(__file__).resolve().parent.parent
 

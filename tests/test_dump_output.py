@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 from workloads import reaping, workloads_fixture  # noqa: F401
 
-from cpt.checkpoint import Tree
 from cpt.dump import output
 from cpt.dump.options import DumpOptions
 from cpt.dump.pages import estimate
+from cpt.stages.stage import Stage
+from cpt.stages.trees import TreeStages
 
 pytestmark = [
     pytest.mark.root,
@@ -79,9 +80,8 @@ def test_pages_beyond_the_reservation_grow_the_area(  # type: ignore[no-untyped-
     wl.wait_counter()
     img = tmp_path / "dump.img"
     with reaping(wl):
-        tree = Tree(wl.pid)
-        with tree.locked():
-            stats = tree.checkpoint(str(img), DumpOptions())
+        stats = TreeStages(wl.pid).chkpnt(Stage.CHKPNT, str(img), DumpOptions())
+        assert stats is not None
     assert stats.pages_bytes >= 24 * MiB
     _restore_and_check(cpt, wl, img)
 
@@ -100,9 +100,7 @@ def test_a_filesystem_without_room_for_the_area_gets_the_stream(  # type: ignore
     wl.wait_counter()
     img = tmp_path / "dump.img"
     with reaping(wl):
-        tree = Tree(wl.pid)
-        with tree.locked():
-            tree.checkpoint(str(img), DumpOptions())
+        TreeStages(wl.pid).chkpnt(Stage.CHKPNT, str(img), DumpOptions())
     _restore_and_check(cpt, wl, img)
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cpt import netfilter
 from cpt.errors import CommandTimeout, SystemError_
+from cpt.sys import netfilter
 
 FAKE_NFT = """#!/bin/sh
 case "$1" in

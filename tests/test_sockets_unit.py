@@ -12,10 +12,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from cpt import netfilter
 from cpt.dump.sockets import peek_queue, show_name, sun_name
 from cpt.errors import RestoreError
 from cpt.restore.sockets import UnixSockets, free_path
+from cpt.sys import netfilter
 from cpt.sys.net import SO_PEEK_OFF, tcp_info, unix_diag
 from cptimage.records import SockState, UnixSocket
 

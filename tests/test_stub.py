@@ -1,4 +1,4 @@
-"""cpt.stub: the generated static ELF, tasks with exact PIDs and TIDs."""
+"""cpt.restore.stub: the generated static ELF, tasks with exact PIDs and TIDs."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers_proc import Procs, free_pids, proc_state, wait_until
 
-from cpt.stub import (
+from cpt.restore.stub import (
     STUB_BASE,
     STUB_PAUSE_RIP,
     STUB_SIZE,
@@ -25,7 +25,7 @@ from cpt.stub import (
 from cpt.sys import mem, ptrace
 from cpt.sys.clone import clone3_execve
 from cpt.sys.syscalls import NR
-from cpt.tracer import Tracee
+from cpt.trace.tracee import Tracee
 
 PAGE = 4096
 

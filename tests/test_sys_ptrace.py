@@ -537,7 +537,7 @@ print("PASS")
 
 @pytest.mark.root
 def test_suspend_seccomp_for_injection(procs: Procs, helpers: dict[str, Path]) -> None:
-    from cpt.tracer import Tracee
+    from cpt.trace.tracee import Tracee
 
     p, _ = procs.start_ready([str(helpers["seccomp"])])
     # Without PTRACE_O_SUSPEND_SECCOMP the target's filter applies to injected calls too.

@@ -1,5 +1,6 @@
 """The run-dir store of a VE (ve/runtime.py): the names on disk, the runtime facts, and
-the frozen state read through cpt's Tree, in a run directory of the test's own."""
+the frozen state read through cpt's stage-state store, in a run directory of the test's
+own."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from cpt.checkpoint import Tree, TreeState
 from cpt.errors import InvalidValue
 from cpt.procfs import Proc
+from cpt.stages.store import TreeState
+from cpt.stages.tree import Tree
 from ve.runtime import RunState, object_name
 
 
@@ -27,7 +29,7 @@ def test_every_per_ve_object_is_named_ve_veid(run_dir: Path) -> None:
     assert run.path == str(run_dir / "ve-101.runtime.json")
     assert run.freezer().name == "ve-101"
     tree = run.tree()
-    assert (tree.name, tree.ve_id, tree.state_path) == (
+    assert (tree.name, tree.ve_id, tree.store.path) == (
         "ve-101",
         "101",
         str(run_dir / "ve-101.json"),
@@ -53,7 +55,7 @@ def test_runtime_facts_name_a_live_init_only(run_dir: Path) -> None:
         json.dumps({**json.loads(Path(run.path).read_text()), "starttime": 1})
     )
     assert run.runtime() is None and run.recorded()
-    run.tree().save_state(TreeState(0, "suspended", {}))
+    run.tree().store.save(TreeState(0, "suspended", {}))
     run.clear()
     assert os.listdir(run_dir) == []
 
@@ -62,9 +64,9 @@ def test_undumped_is_what_the_tree_state_says(run_dir: Path) -> None:
     run = RunState("103")
     assert not run.undumped()
     tree = Tree(0, name="ve-103", ve_id="103")
-    tree.save_state(TreeState(0, "undumped", {}))
+    tree.store.save(TreeState(0, "undumped", {}))
     assert run.undumped()
-    tree.save_state(TreeState(0, "suspended", {}))
+    tree.store.save(TreeState(0, "suspended", {}))
     assert not run.undumped()
-    Path(tree.state_path).write_text("{not json")
+    Path(tree.store.path).write_text("{not json")
     assert not run.undumped()

@@ -8,7 +8,7 @@ rootfs.py     the minimal root filesystem of a new VE (host and busybox template
 boot.py       what runs inside a starting VE: mounts, pivot_root, hostname, then its init
 net.py        its network: veth pair, addresses, routes, the blackhole holding its address
 lifecycle.py  VEManager: create, set, start, stop, exec, status, list, destroy
-cr.py         the VE stages of chkpnt and restore (suspend, dump, kill, resume, undump)
+stages.py     VeStages: the VE stages of chkpnt and restore (cpt.stages.Stage, Stages)
 fssnap.py     the private area's snapshot in a dump's frozen window, and restore's proof
 hooks.py      SnapshotHooks: what this layer tells the keeper of those snapshots, and asks
               of it (snapshot/ implements it with its catalog)
@@ -16,5 +16,5 @@ hooks.py      SnapshotHooks: what this layer tells the keeper of those snapshots
 It stands on cpt/ (the engine) and storage/ (filesystems, the pool); it never imports
 snapshot/.  A new VE feature goes into the module of its concern above (a new network
 setting: config.py, net.py, boot.py's setup inside); what it needs at chkpnt or restore
-goes into cr.py.
+goes into stages.py.
 """

@@ -1,4 +1,4 @@
-"""A VE's filesystem snapshot inside a dump's frozen window (cpt.checkpoint.InFreeze).
+"""A VE's filesystem snapshot inside a dump's frozen window (cpt.stages.tree.InFreeze).
 
     prepare   before the freeze: write the filesystem back (sync), so that the snapshot
               in the frozen window costs milliseconds, not the writeback (ENGINE-NOTES)

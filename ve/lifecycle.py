@@ -3,7 +3,7 @@
 Every command takes the VE's lock (a second concurrent one fails with exit 9).  A running
 VE is an init process (PID 1 of its namespaces), its freezer cgroup and a host veth; its
 runtime facts are runtime.py's.  `start` restores the VE when a dump file of it waits
-(cr.py), as vzctl does; `destroy` tells the snapshot hooks (hooks.py) first.
+(stages.py), as vzctl does; `destroy` tells the snapshot hooks (hooks.py) first.
 """
 
 from __future__ import annotations
@@ -18,17 +18,18 @@ from collections.abc import Iterator
 from typing import Any
 
 from cpt.errors import AlreadyRunning, CptError, InvalidValue, NotRunning, SystemError_
-from cpt.freezer import Freezer
+from cpt.stages.stage import Stage
+from cpt.sys.cgroup import Freezer
 from cpt.sys.ns import VE_NAMESPACES, join, unshare
 from storage import backend_for
 
 from . import net, rootfs
 from .boot import ENV, boot
 from .config import VEConfig, check_veid
-from .cr import VeCheckpoint
 from .hooks import SnapshotHooks
 from .node import Node
 from .runtime import RunState, Runtime
+from .stages import VeStages
 
 BOOT_TIMEOUT = 30.0
 
@@ -40,7 +41,6 @@ class VEManager:
     def __init__(self, snapshots: SnapshotHooks, node: Node | None = None) -> None:
         self.node = node or Node()
         self.snapshots = snapshots
-        self.cr = VeCheckpoint(snapshots, self.node)
 
     # -- configuration
 
@@ -96,6 +96,10 @@ class VEManager:
                 net.blackhole(new.ip)
             return new
 
+    def stages(self, veid: str) -> VeStages:
+        """The chkpnt and restore stages of the VE."""
+        return VeStages(veid, self.snapshots, self.node)
+
     # -- state
 
     def runtime(self, veid: str) -> Runtime | None:
@@ -141,7 +145,7 @@ class VEManager:
             raise AlreadyRunning(f"VE {veid} is already running")
         run.forget_ended()
         if not boot and os.path.exists(self.node.default_dumpfile(veid)):
-            self.cr.restore_locked(veid, None, None)
+            self.stages(veid).restore_locked(Stage.RESTORE)
             rt = self.runtime(veid)
             assert rt is not None
             return rt

@@ -13,12 +13,12 @@ import os
 import shutil
 
 from cpt.errors import CptError
-from cpt.stub import build_reaper
+from cpt.restore.stub import build_reaper
 from cpt.sys import runner
 
 # host directories a `host` VE sees read-only (those the host has)
 HOST_DIRS = ("usr", "lib", "lib32", "lib64", "libx32", "bin", "sbin")
-INIT = "/.cpt/init"  # the VE's init: a static program that reaps (cpt.stub.build_reaper)
+INIT = "/.cpt/init"  # the VE's init: a static program that reaps (cpt.restore.stub.build_reaper)
 OLDROOT = "/.cpt/oldroot"
 BUSYBOX = "/bin/busybox"
 

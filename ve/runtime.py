@@ -2,14 +2,14 @@
 store that owns its runtime facts.
 
     <run>/ve-<VEID>.runtime.json  Runtime: its init's PID and start time, its host interface
-    <run>/ve-<VEID>.json          the stage state of its frozen tree (cpt.checkpoint.Tree's
-                                  file: read and dropped through Tree, never parsed here)
-    <run>/ve-<VEID>.lock          its lock (cpt/lock.py)
-    <cgroup2>/cpt/ve-<VEID>       its freezer cgroup (cpt/freezer.py)
+    <run>/ve-<VEID>.json          the stage state of its frozen tree (cpt.stages.store's
+                                  StateStore: read and dropped through it, never parsed here)
+    <run>/ve-<VEID>.lock          its lock (cpt.stages.store.locked)
+    <cgroup2>/cpt/ve-<VEID>       its freezer cgroup (cpt/sys/cgroup.py)
 
-`<run>` is cpt.lock.run_dir().  Every file and cgroup is named by `object_name`; every
-question about a VE's runtime (is it running, is it frozen, was it undumped) is asked of
-`RunState`.
+`<run>` is cpt.stages.store.run_dir(), and every path in it run_path()'s.  Every file
+and cgroup is named by `object_name`; every question about a VE's runtime (is it
+running, is it frozen, was it undumped) is asked of `RunState`.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import json
 import os
 from collections.abc import Iterator
 
-from cpt.checkpoint import InFreeze, Link, Tree
 from cpt.errors import NoSuchProcess
-from cpt.freezer import Freezer
-from cpt.lock import locked, run_dir
 from cpt.procfs import Proc
+from cpt.stages.store import StateStore, TreeState, locked, run_path
+from cpt.stages.tree import InFreeze, Link, Tree
+from cpt.sys.cgroup import Freezer
 from cptimage.atomic import atomic_output
 
 from . import net
@@ -53,7 +53,7 @@ class RunState:
     @property
     def path(self) -> str:
         """The runtime facts' file."""
-        return os.path.join(run_dir(), f"{self.name}.runtime.json")
+        return run_path(self.name, ".runtime.json")
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -67,8 +67,12 @@ class RunState:
     def tree(
         self, init_pid: int = 0, *, link: Link | None = None, in_freeze: InFreeze | None = None
     ) -> Tree:
-        """The VE's processes as the stage commands see them (init_pid 0: to be restored)."""
+        """The VE's processes as the stages see them (init_pid 0: to be restored)."""
         return Tree(init_pid, name=self.name, ve_id=self.veid, link=link, in_freeze=in_freeze)
+
+    def stage_state(self) -> StateStore:
+        """The stage state of the VE's frozen tree (suspended, or undumped)."""
+        return StateStore(self.name)
 
     # -- runtime facts
 
@@ -100,12 +104,12 @@ class RunState:
     def clear(self) -> None:
         """The VE is not running: its runtime facts and its frozen tree's state go."""
         self.drop_runtime()
-        self.tree().drop_state()
+        self.stage_state().drop()
 
     def undumped(self) -> bool:
         """Is the VE's frozen state one of `restore --undump`'s (its tree's state says)?"""
         try:
-            st = self.tree().load_state()
+            st: TreeState | None = self.stage_state().load()
         except (ValueError, KeyError):
             return False  # a damaged state file: not one restore --undump wrote
         return st is not None and st.state == "undumped"

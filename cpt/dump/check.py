@@ -14,9 +14,9 @@ from .fds import unsupported_fd
 from .locks import unsupported_locks
 from .mm import unsupported_vma
 from .options import DumpOptions
+from .pstree import TaskInfo, check_sessions
 from .sockets import unsupported_sockets
 from .timers import unsupported_timers
-from .tree import TaskInfo, check_sessions
 from .tty import tty_problems
 from .ve import namespace_problems, ve_problems
 

@@ -24,8 +24,9 @@ from cptimage.records import (
     section_of_tag,
 )
 
-from .. import fault, hostinfo
+from .. import fault
 from ..procfs import Proc
+from ..sys import host as hostinfo
 from .creds import dump_creds
 from .fds import FdTable
 from .ipc import IpcDumper
@@ -35,13 +36,13 @@ from .output import ImageOutput
 from .pages import PageDumper
 from .paths import PathTable
 from .probe import probe
+from .pstree import TaskInfo, process_record
 from .seccomp import dump_seccomp
 from .shmem import ShmemTable
 from .signals import dump_pending, dump_sigactions
 from .task import dump_itimers, dump_rlimits, dump_task_state
 from .threads import dump_thread
 from .timers import dump_timers
-from .tree import TaskInfo, process_record
 from .tty import dump_ttys
 from .ve import dump_namespaces
 

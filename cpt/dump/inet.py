@@ -2,7 +2,7 @@
 
 Listening, unconnected and UDP sockets are described by their addresses and options.
 An established TCP connection (--tcp-established, full chkpnt only) is read in repair
-mode, after a drop rule stops its peer's packets (netfilter.py), in `finalize`:
+mode, after a drop rule stops its peer's packets (cpt/sys/netfilter.py), in `finalize`:
 sequence numbers (TCP_QUEUE_SEQ), both queues (TCP_REPAIR_QUEUE + MSG_PEEK; the send
 queue holds sent-not-acked then unsent bytes, SIOCOUTQNSD tells how many are unsent),
 MSS, window scales, SACK and timestamps (TCP_INFO, TCP_TIMESTAMP), the window
@@ -24,10 +24,9 @@ from typing import Any
 
 from cptimage.records import InetFlags, InetSocket, SockState
 
-from .. import netfilter
 from ..errors import CptError, NoSuchProcess, UnsupportedError, ZombieProcess
 from ..procfs import TCP_STATES, FdInfo, FdKind, Proc
-from ..sys import net
+from ..sys import net, netfilter
 from .eventfds import duplicate_fd
 from .fdbase import FdContext, file_flags
 from .options import DumpOptions

@@ -14,7 +14,6 @@ from collections.abc import Iterable
 
 from cptimage.records import Sigaction
 
-from ..remote import Scratch
 from ..sys.syscalls import NR
 from ..sys.task import (
     ITIMERVAL,
@@ -26,7 +25,8 @@ from ..sys.task import (
     PR_GET_TID_ADDRESS,
     SIGACTION,
 )
-from ..tracer import Tracee
+from ..trace.scratch import Scratch
+from ..trace.tracee import Tracee
 
 # every signal whose disposition can be read and set (SIGKILL and SIGSTOP cannot)
 SIGNALS = [s for s in range(1, 65) if s not in (signal.SIGKILL, signal.SIGSTOP)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from cptimage.records import SeccompFilter
 
 from ..sys import ptrace
-from ..tracer import Tracee
+from ..trace.tracee import Tracee
 
 
 def dump_seccomp(pid: int, tracees: list[Tracee], mode: int) -> list[SeccompFilter]:

@@ -7,7 +7,7 @@ import struct
 from cptimage.records import PendingSignal, Sigactions
 
 from ..sys import ptrace
-from ..tracer import Tracee
+from ..trace.tracee import Tracee
 from .probe import Probe
 
 

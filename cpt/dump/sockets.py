@@ -44,7 +44,7 @@ from ..sys.task import pidfd_getfd, pidfd_open
 from . import inet
 from .fdbase import FdContext, file_flags
 from .options import DumpOptions
-from .tree import TaskInfo
+from .pstree import TaskInfo
 
 SOCK_TYPES = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram", 5: "seqpacket"}
 TCP_ESTABLISHED = 1

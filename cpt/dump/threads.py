@@ -7,7 +7,7 @@ from cptimage.records import Thread
 from ..procfs import Proc
 from ..sys import ptrace
 from ..sys.task import get_robust_list
-from ..tracer import Tracee
+from ..trace.tracee import Tracee
 from .probe import Probe
 
 

@@ -10,10 +10,10 @@ from cptimage.records import PosixTimer
 
 from ..errors import UnsupportedError
 from ..procfs import Proc
-from ..remote import Scratch
 from ..sys.anonfd import ITIMERSPEC, unpack_itimerspec
 from ..sys.syscalls import NR
-from ..tracer import Tracee
+from ..trace.scratch import Scratch
+from ..trace.tracee import Tracee
 
 CLOCK_PROCESS_CPUTIME_ID, CLOCK_THREAD_CPUTIME_ID = 2, 3
 CPUCLOCK_PERTHREAD = 4

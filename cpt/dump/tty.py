@@ -32,7 +32,7 @@ from ..sys import tty as T
 from ..sys.task import pidfd_getfd, pidfd_open
 from .fdbase import FdContext, file_flags
 from .options import DumpOptions
-from .tree import TaskInfo
+from .pstree import TaskInfo
 
 
 @dataclasses.dataclass

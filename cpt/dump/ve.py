@@ -19,7 +19,7 @@ from ..procfs import Proc
 from .ipc import NS_OWN
 from .mounts import dump_mounts
 from .netns import dump_net, dump_uts
-from .tree import TaskInfo
+from .pstree import TaskInfo
 
 # the namespaces a VE restore recreates (IPC: ipc.py records it)
 VE_KINDS = {"mnt": NsKind.MNT, "uts": NsKind.UTS, "pid": NsKind.PID, "net": NsKind.NET}

@@ -22,7 +22,7 @@ from ..sys.anonfd import EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_EVENT, epoll_create
 from ..sys.syscalls import NR
 from .fdbase import SETFL_MASK
 from .model import ImageModel
-from .tree import Task
+from .pstree import Task
 
 
 class Epolls:

@@ -27,7 +27,7 @@ from ..sys.anonfd import (
     timerfd_settime,
 )
 from .model import ImageModel
-from .tree import Task
+from .pstree import Task
 
 
 class EventFds:

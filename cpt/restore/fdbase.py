@@ -13,7 +13,7 @@ import os
 from typing import Any, Protocol
 
 from .model import ImageModel
-from .tree import Task
+from .pstree import Task
 
 O_ACCMODE = 0o3
 # flags F_SETFL can change; the rest are fixed at open

@@ -18,7 +18,7 @@ from ..sys.syscalls import NR
 from . import epoll, eventfds, files, inet, inotify, ipc, locks, pipes, shmem, sockets, tty
 from .fdbase import Opener
 from .model import ImageModel
-from .tree import Task
+from .pstree import Task
 
 OPENERS: tuple[type, ...] = (
     files.Files,

@@ -10,7 +10,7 @@ from cptimage.records import RegFile
 from ..errors import RestoreError
 from .fdbase import OPEN_IGNORE
 from .model import ImageModel
-from .tree import Task
+from .pstree import Task
 
 
 class Files:

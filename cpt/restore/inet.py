@@ -11,7 +11,7 @@ in repair: the unsent bytes go out at the first retransmission), TCP_REPAIR_WIND
 It stays in repair mode until `finish`, once the whole tree is restored: a restore that
 fails closes it in repair mode, silently, and keeps the peer's drop rule for a retry.
 `finish` leaves repair mode (the kernel then sends a window probe), puts SO_REUSEADDR
-back (leaving repair mode clears it) and removes the drop rules (netfilter.py).
+back (leaving repair mode clears it) and removes the drop rules (cpt/sys/netfilter.py).
 """
 
 from __future__ import annotations
@@ -25,12 +25,11 @@ from typing import Any
 
 from cptimage.records import InetFlags, InetSocket, SockState
 
-from .. import netfilter
 from ..errors import RestoreError
-from ..sys import net
+from ..sys import net, netfilter
 from .fdbase import SETFL_MASK
 from .model import ImageModel
-from .tree import Task
+from .pstree import Task
 
 IP_FREEBIND = 15
 

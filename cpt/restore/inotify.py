@@ -31,7 +31,7 @@ from ..sys.fsnotify import (
 )
 from .fdbase import SETFL_MASK
 from .model import ImageModel
-from .tree import Task
+from .pstree import Task
 
 IN_MODIFY = 0x2
 _DRAIN_EVERY = 1024  # placeholder steps between drains: the queue holds 16384 events

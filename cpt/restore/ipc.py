@@ -23,7 +23,7 @@ from ..procfs import sysvipc, write_sysctl
 from ..sys import ipc as I
 from .fdbase import O_ACCMODE
 from .model import ImageModel
-from .tree import Task
+from .pstree import Task
 
 
 def _next_id(kind: str, ident: int) -> None:

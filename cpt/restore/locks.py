@@ -17,7 +17,7 @@ from cptimage.records import FileLock, LockKind
 from ..errors import RestoreError
 from ..sys.syscalls import NR
 from .model import ImageModel
-from .tree import Task
+from .pstree import Task
 
 FLOCK = struct.Struct("<hhxxxxqqi4x")  # struct flock: type, whence, start, len, pid
 F_OFD_SETLK = 37

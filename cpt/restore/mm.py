@@ -21,7 +21,6 @@ from cptimage.records import PageFlags, PathObj, Vma, VmaKind, VmFlags
 from .. import procfs as P
 from ..errors import RestoreError
 from ..procfs import Proc
-from ..remote import Scratch, free_gap
 from ..sys.arch import PAGE_SIZE, SYSCALL_INSN
 from ..sys.files import AT_FDCWD
 from ..sys.ipc import SHM_EXEC, SHM_RDONLY
@@ -42,8 +41,9 @@ from ..sys.mem import (
 )
 from ..sys.syscalls import NR
 from ..sys.task import PR_SET_MM, PR_SET_MM_MAP, pack_prctl_mm_map
+from ..trace.scratch import Scratch, free_gap
 from .model import ImageModel, ProcImage
-from .tree import Task
+from .pstree import Task
 
 O_RDONLY, O_RDWR, O_CLOEXEC = 0, 2, 0o2000000
 _TRIO = {"[vvar]": VmaKind.VVAR, "[vvar_vclock]": VmaKind.VVAR_VCLOCK, "[vdso]": VmaKind.VDSO}

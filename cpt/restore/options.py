@@ -11,6 +11,9 @@ class RestoreOptions:
     pidns: bool = False  # a new PID namespace: the tree keeps its PIDs inside it
     ipcns: bool = False  # a new IPC namespace: SysV/POSIX IPC objects keep their ids
     shell_job: bool = False  # attach the tree to the invoking shell's terminal
+    # a VE whose private area changed since the dump: roll it back to the dump's
+    # filesystem snapshot first (the live contents are kept as a snapshot)
+    rollback_fs: bool = False
     # a VE: called with its init's PID once its namespaces exist, to create what links
     # them to this host (the veth pair, its VE end inside)
     ve_links: Callable[[int], None] | None = None

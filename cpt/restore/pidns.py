@@ -1,6 +1,6 @@
 """A new PID namespace for a restore (`--pidns`): the tree keeps its PIDs inside it.
 
-Its init is a stub-shaped static program (cpt.stub.build_init), created with CLONE_NEWPID
+Its init is a stub-shaped static program (cpt.restore.stub.build_init), created with CLONE_NEWPID
 and traced like any stub: the restorer clones the tree's root from it, so the root's
 parent is the namespace's init, as in a container.  Once the tree is built the init is
 pointed at its reaper loop, which reaps every child and exits when the last one is gone
@@ -14,10 +14,10 @@ import os
 import signal
 
 from ..procfs import Proc
-from ..remote import Scratch
-from ..stub import INIT_REAPER, init_exec_path, spawn_stub
 from ..sys.ns import CLONE_NEWPID
-from ..tracer import Tracee
+from ..trace.scratch import Scratch
+from ..trace.tracee import Tracee
+from .stub import INIT_REAPER, init_exec_path, spawn_stub
 
 
 class PidNamespace:

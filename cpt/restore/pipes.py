@@ -13,7 +13,7 @@ from ..errors import RestoreError
 from ..procfs import fd_path
 from .fdbase import O_ACCMODE, OPEN_IGNORE, SETFL_MASK
 from .model import ImageModel
-from .tree import Task
+from .pstree import Task
 
 
 class Pipes:

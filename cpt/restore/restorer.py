@@ -30,7 +30,8 @@ from ..procfs import Proc, pid_exists
 from ..sys.ns import entered, unshared
 from ..sys.syscalls import NR
 from ..sys.task import PR_SET_DUMPABLE, pidfd_open
-from ..tracer import Tracee, reap_traced
+from ..trace.seize import reap_traced
+from ..trace.tracee import Tracee
 from .fds import FileRestorer, max_fd
 from .ghost import Ghosts
 from .ipc import IpcObjects
@@ -38,12 +39,12 @@ from .mm import finish_vmas, map_vmas, set_mm, take_over, write_pages
 from .model import ImageModel
 from .options import RestoreOptions
 from .pidns import PidNamespace
+from .pstree import Task, TreeBuilder
 from .shmem import close_objects, create_objects
 from .signals import restore_pending, restore_sigactions
 from .task import restore_outside, restore_task_state
 from .threads import create_threads, set_registers, setup_thread
 from .timers import restore_timers
-from .tree import Task, TreeBuilder
 from .tty import prepare as prepare_ttys
 from .ve import spawn_init
 

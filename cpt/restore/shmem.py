@@ -23,7 +23,7 @@ from ..procfs import fd_path
 from ..sys.files import F_ADD_SEALS, MFD_ALLOW_SEALING, MFD_CLOEXEC, memfd_create, shared_anon_file
 from .fdbase import O_ACCMODE, SETFL_MASK
 from .model import ImageModel
-from .tree import Task
+from .pstree import Task
 
 
 def create_objects(model: ImageModel, reader: ImageReader, image_map: mmap.mmap | None) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..sys.syscalls import NR
 from ..sys.task import SIGACTION
-from .tree import Task
+from .pstree import Task
 
 
 def restore_sigactions(task: Task) -> None:

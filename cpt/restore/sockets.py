@@ -34,7 +34,7 @@ from ..sys.net import SO_PASSCRED, SO_RCVBUFFORCE, SO_SNDBUFFORCE, set_int, unix
 from ..sys.ns import in_child
 from .fdbase import SETFL_MASK
 from .model import ImageModel
-from .tree import Task
+from .pstree import Task
 
 _SHUT = {1: socket.SHUT_RD, 2: socket.SHUT_WR, 3: socket.SHUT_RDWR}
 

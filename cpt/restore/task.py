@@ -10,7 +10,7 @@ from ..procfs import write_pid_file
 from ..sys.syscalls import NR
 from ..sys.task import ITIMERVAL, PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, PR_SET_THP_DISABLE
 from .model import ImageModel
-from .tree import Task
+from .pstree import Task
 
 RLIMIT_NAMES = {
     0: "RLIMIT_CPU", 1: "RLIMIT_FSIZE", 2: "RLIMIT_DATA", 3: "RLIMIT_STACK", 4: "RLIMIT_CORE",

@@ -14,7 +14,6 @@ import struct
 from cptimage.records import Thread
 
 from ..procfs import read_sysctl_int
-from ..stub import clone_stub
 from ..sys.arch import ERESTART_RESTARTBLOCK, ERESTARTNOHAND, ERESTARTNOINTR, ERESTARTSYS, Regs
 from ..sys.syscalls import NR
 from ..sys.task import (
@@ -29,8 +28,9 @@ from ..sys.task import (
     SECCOMP_FILTER_FLAG_SPEC_ALLOW,
     SECCOMP_SET_MODE_FILTER,
 )
-from ..tracer import Tracee
-from .tree import Task
+from ..trace.tracee import Tracee
+from .pstree import Task
+from .stub import clone_stub
 
 SS_ONSTACK, SS_DISABLE = 1, 2
 SECBIT_KEEP_CAPS = 1 << 4

@@ -17,7 +17,7 @@ from ..errors import RestoreError
 from ..sys.anonfd import pack_itimerspec
 from ..sys.syscalls import NR
 from ..sys.task import PR_TIMER_CREATE_RESTORE_IDS
-from .tree import Task
+from .pstree import Task
 
 _SIGEVENT = struct.Struct("<QiiI44x")  # sigev_value, signo, notify, _tid, padding to 64
 

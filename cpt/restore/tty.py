@@ -38,7 +38,7 @@ from ..sys.syscalls import NR
 from .fdbase import OPEN_IGNORE, SETFL_MASK
 from .model import ImageModel
 from .options import RestoreOptions
-from .tree import Task
+from .pstree import Task
 
 MAX_HELD = 256  # ptys held at most while looking for a dumped index
 O_NOCTTY_RDWR = os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC

@@ -16,12 +16,12 @@ from collections.abc import Callable
 
 from ..errors import RestoreError
 from ..procfs import root_path
-from ..stub import STUB_OPTIONS, kill_and_reap, spawn_stub
 from ..sys.ns import VE_NAMESPACES, in_child
 from ..sys.ns import join as ns_join
-from ..tracer import Tracee
+from ..trace.tracee import Tracee
 from . import mounts, netns
 from .model import ImageModel
+from .stub import STUB_OPTIONS, kill_and_reap, spawn_stub
 
 
 def spawn_init(

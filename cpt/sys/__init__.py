@@ -21,4 +21,7 @@ clone     struct clone_args, clone3_execve (exact-PID child that execs at once)
 anonfd    signalfd, timerfd (+ TFD_IOC_SET_TICKS), epoll_create1, userfaultfd,
           kcmp(KCMP_EPOLL_TFD)
 fsnotify  inotify, name_to_handle_at / open_by_handle_at
+cgroup    the cgroup v2 freezer (Freezer): a frozen tree's or a VE's cgroup
+netfilter the drop rules (nft) that keep a checkpointed TCP connection's peer quiet
+host      what an image depends on in its host: kernel, vDSO, CPU features
 """

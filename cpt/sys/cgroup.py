@@ -1,13 +1,14 @@
-"""The cgroup v2 freezer that holds a tree stopped between cpt invocations.
+"""The cgroup v2 freezer: it holds a tree stopped between cpt invocations, and a VE's
+processes all their life.
 
-cpt creates one cgroup per frozen tree, ``<cgroup2 mount>/cpt/<name>``, moves the tree's
+cpt creates one cgroup per frozen tree or VE, ``<cgroup2 mount>/cpt/<name>``, moves the
 processes into it, and writes ``cgroup.freeze``.  The v1 freezer is never used: a task
 frozen by v1 neither enters a ptrace stop nor dies of SIGKILL until thawed, so a dump or
 kill stage built on it hangs.  Under v2 a frozen task enters the ptrace interrupt stop at
 once and SIGKILL kills it at once (ENGINE-NOTES).
 
-The original cgroup of every process is remembered in the state file so that resume
-moves the processes back where they were.
+`release` moves the processes of a tree back to the cgroups they came from (which the
+stages remember in their state file, cpt/stages/store.py) and removes the freezer.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import os
 import time
 from collections.abc import Iterable
 
-from .errors import SystemError_
-from .procfs import Proc
+from cpt.errors import SystemError_
+from cpt.procfs import Proc
 
 CPT_CGROUP = "cpt"
 

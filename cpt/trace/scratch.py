@@ -11,9 +11,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 
-from .errors import CptError
-from .sys.arch import PAGE_SIZE
-from .sys.mem import (
+from cpt.errors import CptError
+from cpt.sys.arch import PAGE_SIZE
+from cpt.sys.mem import (
     MAP_ANONYMOUS,
     MAP_FIXED_NOREPLACE,
     MAP_PRIVATE,
@@ -21,8 +21,9 @@ from .sys.mem import (
     PROT_READ,
     PROT_WRITE,
 )
-from .sys.syscalls import NR
-from .tracer import Tracee
+from cpt.sys.syscalls import NR
+
+from .tracee import Tracee
 
 # Lowest and highest addresses we ever pick (mmap_min_addr is at most 64 KiB; the top of
 # the 47-bit user space is below the vsyscall page).

@@ -23,8 +23,9 @@ import ipaddress
 import json
 import shutil
 
-from .errors import SystemError_
-from .sys import runner
+from cpt.errors import SystemError_
+
+from . import runner
 
 TABLE = "cpt"
 CHAIN = "input"

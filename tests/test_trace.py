@@ -1,4 +1,4 @@
-"""cpt.tracer: freezing threads and injecting syscalls into real processes.
+"""cpt.trace: freezing threads and injecting syscalls into real processes.
 
 Helper programs follow the ZDTM protocol: set up state, print READY, wait for SIGUSR1, check
 themselves and print PASS or FAIL. A test that touched a process lets it finish that way, so
@@ -21,7 +21,9 @@ from helpers_proc import Procs, compile_c, proc_state, wait_until
 from cpt.errors import InjectionError, NoSuchProcess
 from cpt.sys import mem, ptrace
 from cpt.sys.syscalls import NR
-from cpt.tracer import ALL_SIGNALS, Tracee, detach_all, find_vdso_syscall, freeze_process
+from cpt.trace.inject import ALL_SIGNALS, find_vdso_syscall
+from cpt.trace.seize import detach_all, freeze_process
+from cpt.trace.tracee import Tracee
 
 PAGE = 4096
 

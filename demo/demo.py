@@ -16,7 +16,6 @@ runs the real `cpt` command line, as a user would type it.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
 import socket
@@ -31,9 +30,16 @@ from rich.rule import Rule
 from rich.table import Table
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from cpt.errors import CptError  # noqa: E402
+from cpt.procfs import Proc  # noqa: E402
+from cpt.sys.task import set_child_subreaper  # noqa: E402
+from storage import pool  # noqa: E402
+from ve.runtime import RunState  # noqa: E402
+
 WORKLOADS = REPO / "fixtures" / "workloads"
 CPT = [sys.executable, "-m", "cli.main"]
-PR_SET_CHILD_SUBREAPER = 36
 VEID = "900"
 ADDR = "198.18.90.2"  # 198.18.0.0/15: reserved for network tests, never routed out
 PORT = 7007
@@ -203,10 +209,6 @@ class Demo:
 
     def ve_pids(self) -> str:
         """The VE's processes as it sees them (NSpid), read from this host."""
-        from cpt.errors import CptError
-        from cpt.procfs import Proc
-        from ve.runtime import RunState
-
         out = []
         proc = Proc()
         for pid in Path(RunState(VEID).freezer().path, "cgroup.procs").read_text().split():
@@ -250,8 +252,6 @@ class Demo:
         if self.created:
             self.cpt("ve", "stop", VEID, "--timeout", "2", show=False, check=False)
             self.cpt("ve", "destroy", VEID, show=False, check=False)
-        from storage import pool
-
         pool.teardown(str(self.root))
 
 
@@ -261,7 +261,7 @@ def main() -> int:
         con.print("[red]the demo needs root: checkpoint/restore uses ptrace and namespaces")
         return 1
     # VE inits orphaned by `cpt` come back to us, not to PID 1 (which reaps late here)
-    ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    set_child_subreaper()
     root = Path(tempfile.mkdtemp(prefix="cpt-demo-", dir="/var/tmp"))
     demo = Demo(con, root)
     try:

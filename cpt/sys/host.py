@@ -1,7 +1,8 @@
 """What a saved workload depends on in its host: kernel, vDSO, CPU features.
 
-The dump records these in the image header; verify-before-restore compares them with the
-restoring host and refuses a mismatch with the feature or value that differs.
+The dump records these in the image header; verify-before-restore (cpt/host/verify.py)
+compares them with the restoring host and refuses a mismatch with the feature or value
+that differs.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import struct
 
 import xxhash
 
-from . import procfs
+from cpt import procfs
 
 # cpuid flags (as /proc/cpuinfo names them) whose absence can make restored code fault:
 # glibc and compilers pick implementations by them at start-up (ifuncs), and the saved

@@ -1,4 +1,4 @@
-"""Recreate the process tree as stubs with the dumped PIDs, sessions and groups.
+"""Recreate the process tree (its pstree) as stubs with the dumped PIDs, sessions and groups.
 
 The root stub is cloned by the restorer with clone3(set_tid); every other process is
 cloned by its parent's stub through an injected clone3(set_tid), so parentage is native.
@@ -15,12 +15,12 @@ from collections.abc import Callable
 
 from ..errors import NoSuchProcess, RestoreError
 from ..procfs import Proc
-from ..remote import Scratch
-from ..stub import STUB_OPTIONS, clone_stub, spawn_stub
 from ..sys.syscalls import NR
 from ..sys.task import PR_SET_NAME, SIGACTION
-from ..tracer import Tracee
+from ..trace.scratch import Scratch
+from ..trace.tracee import Tracee
 from .model import ImageModel, ProcImage
+from .stub import STUB_OPTIONS, clone_stub, spawn_stub
 
 SIG_DFL = 0
 RLIMIT_CORE = 4

@@ -23,11 +23,12 @@ from cptimage.container import ImageReader
 from cptimage.records import PathFlags, PathKind, PathObj
 from cptimage.verify import Problem
 
-from . import hostinfo
-from .restore import mounts
-from .restore.ipc import IpcObjects
-from .restore.model import ImageModel
-from .restore.restorer import pids_in_use
+from ..restore import mounts
+from ..restore.ipc import IpcObjects
+from ..restore.model import ImageModel
+from ..restore.restorer import pids_in_use
+from ..restore.stub import kill_and_reap, spawn_stub
+from ..sys import host as hostinfo
 
 
 def _problem(kind: str, message: str) -> Problem:
@@ -37,8 +38,6 @@ def _problem(kind: str, message: str) -> Problem:
 @functools.cache
 def host_xcr0() -> int:
     """The XSAVE feature mask user state may use here, read from a throwaway stub."""
-    from .stub import kill_and_reap, spawn_stub
-
     t = spawn_stub()
     try:
         return hostinfo.xfeatures_of(t.get_xstate())

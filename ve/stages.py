@@ -1,20 +1,21 @@
-"""`cpt chkpnt VEID` and `cpt restore VEID`: vzctl's staged commands for a VE.
+"""The stages of a VE (`cpt chkpnt VEID`, `cpt restore VEID`): cpt.stages' Stages for a
+VE, vzctl's staged commands.
 
     chkpnt    suspend (freeze the VE's cgroup, take its link down, a blackhole route
               holds its address), dump (the image holds its namespaces), kill; or one
-              stage per command: --suspend, --dump, --kill, --resume
+              stage per command: SUSPEND, DUMP, KILL, RESUME
     restore   undump (new namespaces, the VE restored but frozen, its link down), resume
-              (thaw, link up, the route back); or --undump, --resume, --kill
+              (thaw, link up, the route back); or one stage: UNDUMP, RESUME, KILL
 
 As vzctl: a failed dump of a full chkpnt resumes the VE; a failed restore leaves nothing
 of it running; the default dump file is /var/tmp/Dump.VEID (<root>/dump/Dump.VEID under
 another node root), replaced atomically by a chkpnt and removed by a successful full
 restore; restore of a running VE is refused (32) before the dump file is looked at; a
-chkpnt of a stopped VE is refused (31).  Every command holds the VE's lock.
+chkpnt of a stopped VE is refused (31).  Every stage holds the VE's lock.
 
 Every dump snapshots the private area in the frozen window (fssnap.py) at a place the
 snapshot hooks give (hooks.py), and tells them; a restore proves the area unchanged
-against that snapshot, or rolls it back to it (--rollback-fs).
+against that snapshot, or rolls it back to it (RestoreOptions.rollback_fs).
 """
 
 from __future__ import annotations
@@ -25,12 +26,19 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from cpt.checkpoint import Tree, open_for_restore
 from cpt.dump.dumper import DumpStats
 from cpt.dump.options import DumpOptions
-from cpt.errors import AlreadyRunning, NotRunning, RestoreError
+from cpt.errors import AlreadyRunning, NotRunning, RestoreError, UsageError
 from cpt.restore.options import RestoreOptions
 from cpt.restore.restorer import RestoreStats
+from cpt.stages.dump import checkpoint, dump
+from cpt.stages.kill import kill
+from cpt.stages.restore import open_for_restore, restore
+from cpt.stages.resume import resume
+from cpt.stages.stage import Stage, check_stage
+from cpt.stages.store import TreeState
+from cpt.stages.suspend import suspend
+from cpt.stages.tree import Tree
 from cptimage.container import ImageReader
 from cptimage.errors import ImageError
 from cptimage.records import FsSnapshot, SectionType, SourceKind
@@ -44,7 +52,7 @@ from .runtime import RunState
 
 
 class VeLink:
-    """A VE's link to the host (Tree's Link): down while the VE is frozen."""
+    """A VE's link to the host (cpt.stages.tree.Link): down while the VE is frozen."""
 
     def __init__(self, cfg: VEConfig) -> None:
         self.cfg = cfg
@@ -65,49 +73,61 @@ def ve_dump_options(base: DumpOptions | None = None) -> DumpOptions:
     )
 
 
-class VeCheckpoint:
-    """The chkpnt and restore stages of the VEs of `node`; `snapshots` keeps the
-    filesystem snapshots their dumps take."""
+class VeStages:
+    """The chkpnt and restore stages of VE `veid` of `node`; `snapshots` keeps the
+    filesystem snapshots its dumps take."""
 
-    def __init__(self, snapshots: SnapshotHooks, node: Node | None = None) -> None:
+    def __init__(self, veid: str, snapshots: SnapshotHooks, node: Node | None = None) -> None:
+        self.veid = veid
         self.snapshots = snapshots
         self.node = node or Node()
 
-    def dumpfile(self, veid: str, given: str | None) -> str:
-        return given or self.node.default_dumpfile(veid)
+    @property
+    def label(self) -> str:
+        return f"VE {self.veid}"
+
+    def dumpfile(self, given: str | None = None) -> str:
+        return given or self.node.default_dumpfile(self.veid)
 
     def tree(self, cfg: VEConfig, init_pid: int, capture: FsCapture | None = None) -> Tree:
         return RunState(cfg.veid).tree(init_pid, link=VeLink(cfg), in_freeze=capture)
 
+    def state(self) -> TreeState | None:
+        return RunState(self.veid).tree().suspended()
+
     # -- chkpnt
 
     def chkpnt(
-        self, veid: str, stage: str | None, dumpfile: str | None, opts: DumpOptions
+        self, stage: Stage, dumpfile: str | None = None, opts: DumpOptions | None = None
     ) -> DumpStats | None:
         """One stage (suspend, dump, kill, resume) or the full chkpnt; returns the dump's
         statistics when there was a dump.  Every dump snapshots the private area in the
         same frozen window, and the snapshot hooks keep it with the dump file."""
-        run = RunState(veid)
+        check_stage(stage, "chkpnt")
+        opts = opts or DumpOptions()
+        if opts.leave_running and stage is not Stage.CHKPNT:
+            raise UsageError("--leave-running is a full checkpoint; it takes no stage option")
+        run = RunState(self.veid)
         with run.locked():
-            cfg = self.node.config(veid)
+            cfg = self.node.config(self.veid)
             rt = run.runtime()
             if rt is None:
                 run.forget_ended()
-                raise NotRunning(f"VE {veid} is not running")
-            path = self.dumpfile(veid, dumpfile)
+                raise NotRunning(f"VE {self.veid} is not running")
+            path = self.dumpfile(dumpfile)
             opts = ve_dump_options(opts)
-            if stage == "suspend":
-                capture = FsCapture(veid, cfg.private, "")  # its sync, before the freeze
-                self.tree(cfg, rt.init_pid, capture).suspend(opts)
-            elif stage in ("dump", None):
+            if stage is Stage.SUSPEND:
+                capture = FsCapture(self.veid, cfg.private, "")  # its sync, before the freeze
+                suspend(self.tree(cfg, rt.init_pid, capture), opts)
+            elif stage in (Stage.DUMP, Stage.CHKPNT):
                 if dumpfile is None:
                     os.makedirs(os.path.dirname(path), exist_ok=True)
-                return self.dump_with_fs(cfg, rt.init_pid, path, opts, staged=stage == "dump")
-            elif stage == "kill":
-                self.tree(cfg, rt.init_pid).kill()
+                return self.dump_with_fs(cfg, rt.init_pid, path, opts, staged=stage is Stage.DUMP)
+            elif stage is Stage.KILL:
+                kill(self.tree(cfg, rt.init_pid))
                 self._stopped(cfg)
-            elif stage == "resume":
-                self.tree(cfg, rt.init_pid).resume()
+            else:
+                resume(self.tree(cfg, rt.init_pid))
             return None
 
     def dump_with_fs(
@@ -128,7 +148,7 @@ class VeCheckpoint:
             dest = self.snapshots.place(cfg.veid)
         capture = FsCapture(cfg.veid, cfg.private, dest)
         tree = self.tree(cfg, init_pid, capture)
-        stats = tree.dump(path, opts) if staged else tree.checkpoint(path, opts)
+        stats = dump(tree, path, opts) if staged else checkpoint(tree, path, opts)
         if not staged and not opts.leave_running:
             self._stopped(cfg)
         stats.fs_snapshot_s = capture.took_s
@@ -148,35 +168,41 @@ class VeCheckpoint:
     # -- restore
 
     def restore(
-        self, veid: str, stage: str | None, dumpfile: str | None, *, rollback_fs: bool = False
+        self, stage: Stage, dumpfile: str | None = None, opts: RestoreOptions | None = None
     ) -> RestoreStats | None:
-        """--undump, --resume, --kill, or the full restore (undump, resume)."""
-        with RunState(veid).locked():
-            return self.restore_locked(veid, stage, dumpfile, rollback_fs=rollback_fs)
+        """UNDUMP, RESUME, KILL, or the full RESTORE (undump, resume)."""
+        check_stage(stage, "restore")
+        opts = opts or RestoreOptions()
+        if opts.pidns or opts.ipcns or opts.shell_job:
+            raise UsageError("--pidns, --ipcns, --shell-job and --pidfile are for process trees")
+        with RunState(self.veid).locked():
+            return self.restore_locked(stage, dumpfile, rollback_fs=opts.rollback_fs)
 
     def restore_locked(
-        self, veid: str, stage: str | None, dumpfile: str | None, *, rollback_fs: bool = False
+        self, stage: Stage, dumpfile: str | None = None, *, rollback_fs: bool = False
     ) -> RestoreStats | None:
+        """restore() with the VE's lock held."""
+        veid = self.veid
         cfg = self.node.config(veid)
         run = RunState(veid)
         rt = run.runtime()
         undumped = rt is not None and run.undumped()
-        if stage in ("resume", "kill"):
+        if stage in (Stage.RESUME, Stage.KILL):
             if rt is None or not undumped:
                 what = "running" if rt is not None else "not running"
                 raise NotRunning(f"VE {veid} is {what}, not restored by `restore --undump`")
             tree = self.tree(cfg, rt.init_pid)
-            if stage == "resume":
-                tree.resume()
+            if stage is Stage.RESUME:
+                resume(tree)
             else:
-                tree.kill()
+                kill(tree)
                 self._stopped(cfg)
             return None
         if rt is not None:
             raise AlreadyRunning(f"VE {veid} is running: its restore is refused")
         run.forget_ended()
-        path = self.dumpfile(veid, dumpfile)
-        self._check_fs(veid, path, rollback_fs)
+        path = self.dumpfile(dumpfile)
+        self._check_fs(path, rollback_fs)
         reader = open_for_restore(path)
         with reader:
             h = reader.header
@@ -192,16 +218,16 @@ class VeCheckpoint:
                 net.setup_host(veid, cfg.ip, pid, up=False)
 
             opts = RestoreOptions(ve_links=links)
-            stats = self.tree(cfg, 0).restore(reader, opts, undump=stage == "undump")
+            stats = restore(self.tree(cfg, 0), reader, opts, undump=stage is Stage.UNDUMP)
         run.record(stats.host_pid, net.host_ifname(veid))
-        if stage is None and path == self.node.default_dumpfile(veid):
+        if stage is Stage.RESTORE and path == self.node.default_dumpfile(veid):
             # as vzctl: the VE runs again, its dump is spent (and the snapshot with it)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
             self.snapshots.spent(veid, path)
         return stats
 
-    def _check_fs(self, veid: str, path: str, rollback_fs: bool) -> None:
+    def _check_fs(self, path: str, rollback_fs: bool) -> None:
         """The private area must be what the dump's snapshot holds: refuse naming what
         changed, or (`rollback_fs`) roll it back, keeping the live contents.  Before
         anything is created."""
@@ -228,11 +254,11 @@ class VeCheckpoint:
                     f"the private area {rec.subvolume} changed since the checkpoint: {shown}; "
                     f"restore with --rollback-fs to roll it back to the snapshot"
                 )
-            self.roll_back(veid, rec)
+            self.roll_back(rec)
 
-    def roll_back(self, veid: str, rec: FsSnapshot) -> Path:
+    def roll_back(self, rec: FsSnapshot) -> Path:
         """Roll the private area back to the snapshot of `rec`; its live contents are kept,
         read-only, at a place the snapshot hooks give (returned), and they are told."""
-        kept = fssnap.rollback_to(rec, self.snapshots.place(veid))
-        self.snapshots.rolled_back(veid, rec, kept)
+        kept = fssnap.rollback_to(rec, self.snapshots.place(self.veid))
+        self.snapshots.rolled_back(self.veid, rec, kept)
         return kept

@@ -34,7 +34,7 @@ from cpt.sys.clone import (
 )
 from cpt.sys.files import MFD_ALLOW_SEALING, MFD_CLOEXEC, MFD_EXEC, memfd_create
 from cpt.sys.syscalls import NR
-from cpt.tracer import DEFAULT_OPTIONS, Tracee
+from cpt.trace.tracee import DEFAULT_OPTIONS, Tracee
 
 # Low, page aligned, above the usual vm.mmap_min_addr (4096 here, 65536 on many distros) and
 # below where ld.so, PIE binaries, mmap and the stack go: nothing the kernel places at exec

@@ -14,16 +14,16 @@ import shutil
 import socket
 from collections.abc import Callable
 
-from .errors import CptError
-from .freezer import Freezer, cgroup2_mount
-from .procfs import Proc, filesystems, open_pagemap, pid_exists, read_sysctl_int
-from .stub import kill_and_reap, spawn_stub
-from .sys import ptrace
-from .sys.anonfd import UFFD_USER_MODE_ONLY, userfaultfd
-from .sys.mem import PAGE_IS_PRESENT, pagemap_scan, process_vm_readv, soft_dirty_works
-from .sys.net import TCP_REPAIR
-from .sys.syscalls import NR
-from .sys.task import (
+from ..errors import CptError
+from ..procfs import Proc, filesystems, open_pagemap, pid_exists, read_sysctl_int
+from ..restore.stub import kill_and_reap, spawn_stub
+from ..sys import ptrace
+from ..sys.anonfd import UFFD_USER_MODE_ONLY, userfaultfd
+from ..sys.cgroup import Freezer, cgroup2_mount
+from ..sys.mem import PAGE_IS_PRESENT, pagemap_scan, process_vm_readv, soft_dirty_works
+from ..sys.net import TCP_REPAIR
+from ..sys.syscalls import NR
+from ..sys.task import (
     PR_TIMER_CREATE_RESTORE_IDS,
     PR_TIMER_CREATE_RESTORE_IDS_GET,
     PRCTL_MM_MAP,

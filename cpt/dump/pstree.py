@@ -1,4 +1,5 @@
-"""The process tree: who is in it, in which order, and its Process records."""
+"""The process tree to dump (its pstree, as CRIU calls it): who is in it, in which order,
+and its Process records."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from cptimage.records import Process, ProcessState
 
 from ..errors import DumpError, NoSuchProcess, ZombieProcess
 from ..procfs import Proc
-from ..tracer import Tracee
+from ..trace.tracee import Tracee
 
 
 @dataclasses.dataclass

@@ -1,0 +1,130 @@
+"""The stages of a process tree (`cpt chkpnt --pid PID`, `cpt restore --dumpfile F`):
+stage.py's Stages for a tree, each stage with the tree's lock held.
+
+A tree is known by its root's PID; for a restore, by its dump file, whose header names
+the root.  Without a dump file a chkpnt writes /var/tmp/Dump.pid-PID; --dump needs one
+named.  A full restore into a new PID namespace may run beside the original tree: its
+freezer and lock (used only while restoring) are then its own.
+"""
+
+from __future__ import annotations
+
+import os
+
+from cptimage.container import ImageReader
+from cptimage.errors import ImageError
+
+from ..dump.dumper import DumpStats
+from ..dump.options import DumpOptions
+from ..errors import RestoreError, UsageError
+from ..procfs import Proc
+from ..restore.options import RestoreOptions
+from ..restore.restorer import RestoreStats
+from ..restore.tty import wait_shell_job
+from .dump import checkpoint, dump
+from .kill import kill
+from .restore import open_for_restore, restore
+from .resume import resume
+from .stage import Stage, check_stage
+from .store import TreeState
+from .suspend import suspend
+from .tree import Tree, tree_name
+
+
+def default_dumpfile(pid: int) -> str:
+    return f"/var/tmp/Dump.pid-{pid}"
+
+
+class TreeStages:
+    """The stages of the process tree rooted at `pid`; None: the tree a dump file holds
+    (known once `restore` has read it)."""
+
+    def __init__(self, pid: int | None = None, proc: Proc | None = None) -> None:
+        self.pid = pid
+        self.proc = proc
+
+    @property
+    def label(self) -> str:
+        return f"tree {self.pid}"
+
+    def dumpfile(self, given: str | None = None) -> str:
+        if given is not None:
+            return given
+        if self.pid is None:
+            raise UsageError("the dump file of a tree known by its dump file must be given")
+        return default_dumpfile(self.pid)
+
+    def tree(self, name: str | None = None) -> Tree:
+        if self.pid is None:
+            raise UsageError("which tree? give its PID, or the dump file that holds it")
+        return Tree(self.pid, self.proc, name=name)
+
+    def state(self) -> TreeState | None:
+        return self.tree().suspended()
+
+    def chkpnt(
+        self, stage: Stage, dumpfile: str | None = None, opts: DumpOptions | None = None
+    ) -> DumpStats | None:
+        check_stage(stage, "chkpnt")
+        opts = opts or DumpOptions()
+        if opts.leave_running and stage is not Stage.CHKPNT:
+            raise UsageError("--leave-running is a full checkpoint; it takes no stage option")
+        if stage is Stage.DUMP and dumpfile is None:
+            raise UsageError("chkpnt --dump needs --dumpfile F")
+        tree = self.tree()
+        with tree.locked():
+            if stage is Stage.SUSPEND:
+                suspend(tree, opts)
+            elif stage is Stage.DUMP:
+                assert dumpfile is not None
+                return dump(tree, dumpfile, opts)
+            elif stage is Stage.KILL:
+                kill(tree)
+            elif stage is Stage.RESUME:
+                resume(tree)
+            else:
+                return checkpoint(tree, self.dumpfile(dumpfile), opts)
+        return None
+
+    def restore(
+        self, stage: Stage, dumpfile: str | None = None, opts: RestoreOptions | None = None
+    ) -> RestoreStats | None:
+        check_stage(stage, "restore")
+        opts = opts or RestoreOptions()
+        if opts.rollback_fs:
+            raise UsageError("--rollback-fs is for a VE: cpt restore VEID --rollback-fs")
+        if dumpfile is None:
+            raise UsageError("restore needs a VEID or --dumpfile F")
+        if stage in (Stage.RESUME, Stage.KILL):
+            if opts.pidns or opts.ipcns or opts.shell_job:
+                raise UsageError(
+                    "--pidns, --ipcns and --shell-job belong to a full restore or --undump"
+                )
+            self.pid = _root_of(dumpfile)
+            tree = self.tree()
+            with tree.locked():
+                (resume if stage is Stage.RESUME else kill)(tree)
+            return None
+        with open_for_restore(dumpfile, opts) as reader:
+            self.pid = reader.header.root_pid
+            # a full restore into a new PID namespace may run beside the original tree:
+            # its freezer (used only while restoring) must not be the original's
+            private = opts.pidns and stage is Stage.RESTORE
+            name = f"{tree_name(self.pid)}-ns{os.getpid()}" if private else None
+            tree = self.tree(name=name)
+            with tree.locked():
+                return restore(tree, reader, opts, undump=stage is Stage.UNDUMP)
+
+    def wait_shell_job(self, stats: RestoreStats) -> None:
+        """After a full restore with shell_job: wait until the tree's root exits (its PID
+        namespace's init, our child, under pidns)."""
+        wait_shell_job(stats.pidns_init or stats.host_pid)
+
+
+def _root_of(dumpfile: str) -> int:
+    """The root PID of the tree a dump file holds (from its header)."""
+    try:
+        with ImageReader(dumpfile) as r:
+            return r.header.root_pid
+    except ImageError as e:
+        raise RestoreError(str(e)) from None

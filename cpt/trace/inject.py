@@ -1,0 +1,239 @@
+"""Syscall injection: run syscalls inside a traced thread.
+
+Mechanism (ENGINE-NOTES "Syscall injection"): with the thread in a ptrace-stop, save its
+NT_PRSTATUS and signal mask, block every signal, point rip at a `syscall` instruction
+(0f 05) already present in the target, load rax = nr, orig_rax = -1 and the arguments,
+PTRACE_SINGLESTEP, and wait for the single-step SIGTRAP: the kernel reports it at syscall
+exit, before the next instruction is fetched, so rax holds the result. Then put the saved
+registers and mask back. A `session()` saves once, runs many syscalls, restores once.
+
+`Injection` is the injecting half of Tracee (tracee.py), which provides the thread: its
+id, its stop state and its registers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Self
+
+from cpt.errors import InjectionError, NoSuchProcess
+from cpt.procfs import Proc, VmaKind, read_mem
+from cpt.sys import ptrace
+from cpt.sys.arch import MAX_ERRNO, SYSCALL_INSN, Regs
+from cpt.sys.syscalls import NR, syscall_name
+
+from .pinning import Pinned, pin_together
+
+ALL_SIGNALS = (1 << 64) - 1
+# Signals the kernel forces through a blocked mask when the injected instruction faults; SIGSYS
+# is a seccomp RET_TRAP filter (the tracee was seized without PTRACE_O_SUSPEND_SECCOMP).
+_FATAL_SIGNALS = frozenset(
+    {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGSYS}
+)
+CHILD_EVENTS = frozenset(
+    {ptrace.PTRACE_EVENT_FORK, ptrace.PTRACE_EVENT_VFORK, ptrace.PTRACE_EVENT_CLONE}
+)
+_NO_RETURN = frozenset({int(NR.exit), int(NR.exit_group)})
+_PROC = Proc()
+
+
+def find_vdso_syscall(pid: int) -> int:
+    """Address of a `syscall` instruction inside the [vdso] of `pid` (read, never written)."""
+    for v in _PROC.maps(pid):
+        if v.kind is VmaKind.VDSO:
+            code = read_mem(pid, v.start, v.size)
+            off = code.find(SYSCALL_INSN)
+            if off < 0:
+                break
+            return v.start + off
+    raise InjectionError(
+        f"process {pid} has no [vdso] with a syscall instruction; set the "
+        f"injection address explicitly",
+        pid=pid,
+    )
+
+
+class Injection:
+    """Sessions and injected syscalls of one traced thread (a mixin of Tracee)."""
+
+    # The thread, as Tracee keeps it.
+    tid: int
+    stopped: bool
+    dead: bool
+    stop_status: int
+    # The same as Tracee.events for the last injected syscall: (PTRACE_EVENT_CLONE, new_tid)
+    last_events: list[tuple[int, int]]
+    # Unblockable signals (SIGSTOP) that stopped the thread during an injection; they are
+    # handed back to the kernel by Tracee.detach().
+    pending_signals: list[int]
+
+    def get_regs(self) -> Regs:
+        raise NotImplementedError
+
+    def set_regs(self, regs: Regs) -> None:
+        raise NotImplementedError
+
+    def get_sigmask(self) -> int:
+        raise NotImplementedError
+
+    def set_sigmask(self, mask: int) -> None:
+        raise NotImplementedError
+
+    def _mark_dead(self, status: int) -> None:
+        raise NotImplementedError
+
+    def _init_injection(self) -> None:
+        self.last_events = []
+        self.pending_signals = []
+        self._syscall_addr: int | None = None
+        self._base: Regs | None = None  # registers the current session restores
+        self._frame: ptrace.SyscallFrame | None = None
+        self._pinned: Pinned | None = None
+        self._exec_seen = False
+
+    @property
+    def syscall_addr(self) -> int:
+        """Address of the `syscall` instruction injections run; default: found in [vdso]."""
+        if self._syscall_addr is None:
+            self._syscall_addr = find_vdso_syscall(self.tid)
+        return self._syscall_addr
+
+    @syscall_addr.setter
+    def syscall_addr(self, addr: int | None) -> None:
+        self._syscall_addr = addr
+
+    @contextmanager
+    def session(self, restore: bool = True, pin_cpu: bool = True) -> Iterator[Self]:
+        """Save registers and mask, block all signals; restore both on exit.
+
+        Nested sessions share the outer one. `restore=False` leaves the last injected
+        register state and the all-blocked mask in place (restore sets its own at the end).
+        The registers to restore are `session_regs`, which the caller may edit.
+
+        `pin_cpu` runs tracer and tracee on one CPU for the session (pinning.py).
+        """
+        if self._base is not None:
+            yield self
+            return
+        if not self.stopped:
+            raise InjectionError(f"thread {self.tid} is not in a ptrace-stop", pid=self.tid)
+        base = self.get_regs()
+        mask = self.get_sigmask()
+        try:
+            self.set_sigmask(ALL_SIGNALS)
+            self._base = base
+            self._frame = ptrace.SyscallFrame(self.tid, base)
+            self._exec_seen = False
+            if pin_cpu:
+                self._pinned = pin_together(self.tid)
+            yield self
+        finally:
+            self._base = None
+            self._frame = None
+            if self._pinned is not None:
+                pinned, self._pinned = self._pinned, None
+                pinned.undo(tracee_alive=not self.dead)
+            if restore and not self.dead:
+                try:
+                    # After an injected execve the old registers belong to a gone image.
+                    if not self._exec_seen:
+                        self.set_regs(base)
+                    self.set_sigmask(mask)
+                except NoSuchProcess:
+                    self.dead = True
+
+    @property
+    def session_regs(self) -> Regs:
+        if self._base is None:
+            raise InjectionError("no injection session is open", pid=self.tid)
+        return self._base
+
+    def syscall(self, nr: int, *args: int) -> int:
+        """Run syscall `nr` in the thread; returns the raw signed result (-errno on error).
+
+        Events of the call (a clone3 child's tid, ...) are in `last_events` afterwards.
+        """
+        if len(args) > 6:
+            raise ValueError("a syscall takes at most 6 arguments")
+        if self._base is not None:
+            return self._inject(nr, args)
+        with self.session():
+            return self._inject(nr, args)
+
+    def syscall_checked(self, nr: int, *args: int) -> int:
+        """syscall(), raising OSError(errno, '... pid ... name ...') on -4095..-1."""
+        ret = self.syscall(nr, *args)
+        if -MAX_ERRNO <= ret <= -1:
+            argstr = ", ".join(hex(a) if a > 0xFFFF else str(a) for a in args)
+            raise OSError(
+                -ret,
+                f"injected {syscall_name(nr)}({argstr}) in pid {self.tid}: {os.strerror(-ret)}",
+            )
+        return ret
+
+    def _inject(self, nr: int, args: tuple[int, ...]) -> int:
+        frame = self._frame
+        assert frame is not None
+        tid = self.tid
+        rip = self.syscall_addr
+        frame.load(rip, nr, *args)
+        events: list[tuple[int, int]] = []
+        self.last_events = events
+        self.stopped = False
+        ptrace.singlestep(tid, 0)
+        while True:
+            _, status = ptrace.waitpid(tid, ptrace.WALL)
+            if ptrace.is_dead(status):
+                self._mark_dead(status)
+                if nr in _NO_RETURN:
+                    return 0
+                raise NoSuchProcess(
+                    tid,
+                    f"thread {tid} {ptrace.describe_status(status)} "
+                    f"during injected {syscall_name(nr)}",
+                )
+            self.stopped = True
+            self.stop_status = status
+            event = ptrace.stop_event(status)
+            sig = ptrace.stop_signal(status)
+            if event == 0:
+                if sig == signal.SIGTRAP:
+                    break  # the single-step trap at syscall exit
+                if sig in _FATAL_SIGNALS:
+                    raise InjectionError(
+                        f"injected {syscall_name(nr)} in pid {tid} at {rip:#x} got "
+                        f"{signal.Signals(sig).name}",
+                        pid=tid,
+                        signal=sig,
+                    )
+                # Only SIGSTOP/SIGKILL get past the all-blocked mask; keep it for detach().
+                self.pending_signals.append(sig)
+            elif event in CHILD_EVENTS:
+                # fork/clone events come before the step trap; the message is the new tid.
+                child = ptrace.geteventmsg(tid)
+                events.append((event, child))
+                if self._pinned is not None:
+                    # The child inherited the session's one-CPU pinning: give it the real mask.
+                    try:
+                        os.sched_setaffinity(child, self._pinned.theirs)
+                    except OSError:
+                        pass
+            elif event == ptrace.PTRACE_EVENT_EXIT:
+                events.append((event, ptrace.geteventmsg(tid)))
+                return 0  # exit/exit_group (or a kill) never returns; the thread is exiting
+            elif event == ptrace.PTRACE_EVENT_EXEC:
+                # Step once more to finish execve, else rax reads execve's in-kernel 0.
+                events.append((event, ptrace.geteventmsg(tid)))
+                self._exec_seen = True
+                self._syscall_addr = None
+            # PTRACE_EVENT_STOP here is a stale interrupt or group-stop trap: step on.
+            self.stopped = False
+            ptrace.singlestep(tid, 0)
+        return frame.result()
+
+    def new_tids(self) -> list[int]:
+        """Tids created by the last injected syscall (clone3/fork/vfork events)."""
+        return [msg for ev, msg in self.last_events if ev in CHILD_EVENTS]
