@@ -22,7 +22,11 @@ against the median.
   limits        in the same rounds, on the same pages (the restored workload's):
                 process_vm_readv into a reused 16 MiB buffer, readv + write() of it to a
                 new file beside the images, and the first-touch memset of as much fresh
-                memory (a small C helper, one fresh process per round)
+                memory (a small C helper, one fresh process per round); from 256 MiB on
+                also each way the frozen window could put the pages into the image file
+                (bench/page_paths.py: write(), O_DIRECT, vmsplice + splice as CRIU's page
+                pipes, and cpt's reserve: page cache faulted in before the freeze, readv
+                into its mapping in it), each on host-cold memory
   scale         (--scale) trees of 10, 100 and 1,000 processes, 1,000 and 10,000 VMAs,
                 1,000 and 10,000 open fds, 100 and 1,000 established TCP connections
                 (--tcp-established; the peers are another process of this bench, on
@@ -45,6 +49,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import dataclasses
 import itertools
 import json
 import os
@@ -66,12 +71,14 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO / "tests"))
 
 import cr_bench as cb  # noqa: E402  (the in-process bench: workloads, physical limits)
+import page_paths  # noqa: E402  (the ways pages can go into the image file)
 from workloads import build, kill_tree, proc_info  # noqa: E402  (tests/workloads.py)
 
 MiB = 1 << 20
 CPT = REPO / ".venv" / "bin" / "cpt"
 PYTHON = REPO / ".venv" / "bin" / "python"
 SETTLE_MIB = 128
+PATHS_MIB = 256  # the page paths are compared from this size on
 CMD_TIMEOUT = 600.0
 # CRIU 4.2 on this machine kind (ENGINE-NOTES "Reference speeds"), per MiB
 CRIU_FROZEN_MS_PER_MIB = 0.40
@@ -295,6 +302,7 @@ class Result:
     readv: Series = field(default_factory=Series)
     readv_write: Series = field(default_factory=Series)
     memset: Series = field(default_factory=Series)
+    paths: dict[str, Series] = field(default_factory=dict)
     pages_mib: float = 0.0
     image_mib: float = 0.0
     verdict: str = ""
@@ -360,6 +368,15 @@ def one_round(
             res.readv.add(cb.readv_write(wl.pid, ranges, None)[0])
             cold(spec.mib)
             res.readv_write.add(cb.readv_write(wl.pid, ranges, str(tmp / f"{tag}.raw"))[0])
+            if spec.mib >= PATHS_MIB:
+                raw = tmp / f"{tag}.raw"
+                for name, fn in page_paths.PATHS.items():
+                    cold(spec.mib)
+                    res.paths.setdefault(name, Series()).add(fn(wl.pid, ranges, raw))
+                cold(spec.mib)
+                before_s, in_s = page_paths.reserve(wl.pid, ranges, raw)
+                res.paths.setdefault("reserve: before the freeze", Series()).add(before_s)
+                res.paths.setdefault("reserve: in the freeze", Series()).add(in_s)
         if check:
             res.verdict = wl.finish()
             restored = 0
@@ -374,6 +391,9 @@ def one_round(
         with contextlib.suppress(FileNotFoundError):
             img.unlink()
         shutil.rmtree(d, ignore_errors=True)
+
+
+PATH_ROWS = [*page_paths.PATHS, "reserve: before the freeze", "reserve: in the freeze"]
 
 
 def result_lines(results: list[Result], baseline: bool) -> list[str]:
@@ -395,6 +415,11 @@ def result_lines(results: list[Result], baseline: bool) -> list[str]:
         ("process_vm_readv (16 MiB buffer)", lambda r: r.readv.text()),
         ("readv + write() to a new file", lambda r: r.readv_write.text()),
         ("first-touch memset", lambda r: r.memset.text()),
+        ("the frozen part of each page path (page_paths.py):", lambda r: ""),
+        *[
+            (f"  {name}", (lambda r, name=name: r.paths[name].text() if name in r.paths else "-"))
+            for name in PATH_ROWS
+        ],
         ("pages / image", lambda r: f"{r.pages_mib:.1f} / {r.image_mib:.1f} MiB"),
         ("restored workload check", lambda r: r.verdict or "-"),
     ]
@@ -597,7 +622,7 @@ def scale(cpt: Cpt, tmp: Path, rounds: int) -> dict[str, list[ScalePoint]]:
                     for i in range(rounds):
                         tag = f"{cpt.label}-s{'-'.join(map(str, shape))}-{i}"
                         scale_round(cpt, pt, scale_argv(*shape)(), tmp, tag, i == 0)
-                pt = done[shape]
+                pt = dataclasses.replace(done[shape], what=what, n=n)  # same rounds
             pts.append(pt)
             print(f"  done: {what} {n}", flush=True)
         out[what] = pts
@@ -873,6 +898,7 @@ def main() -> int:
                             "memset",
                         )
                     },
+                    "paths": {k: v.to_json() for k, v in r.paths.items()},
                     "pages_mib": r.pages_mib,
                     "image_mib": r.image_mib,
                     "verdict": r.verdict,
