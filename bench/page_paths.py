@@ -26,6 +26,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from cr_bench import batches  # bench/: the ranges cut into 16 MiB batches
+
 from cpt.sys.mem import populate_write, process_vm_readv
 
 BUF_SIZE = 16 << 20
@@ -41,21 +43,6 @@ class _Iovec(ctypes.Structure):
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.vmsplice.argtypes = [ctypes.c_int, ctypes.POINTER(_Iovec), ctypes.c_ulong, ctypes.c_uint]
 _libc.vmsplice.restype = ctypes.c_ssize_t
-
-
-def batches(ranges: list[tuple[int, int]], size: int) -> list[list[tuple[int, int]]]:
-    """The ranges cut into lists of at most `size` bytes each."""
-    out: list[list[tuple[int, int]]] = [[]]
-    room = size
-    for addr, n in ranges:
-        while n:
-            take = min(n, room)
-            out[-1].append((addr, take))
-            addr, n, room = addr + take, n - take, room - take
-            if not room:
-                out.append([])
-                room = size
-    return [b for b in out if b]
 
 
 def _buffer() -> mmap.mmap:
