@@ -98,6 +98,7 @@ class Dumper:
         self.vmas: dict[int, list[Vma]] = {}
         self.stats = DumpStats()
         self.writer: ImageWriter | None = None
+        self.others: list[Any] = []  # records beside the processes', collected by run()
         # a VE that contains its root: its ids as the VE sees them go into the image too
         self.userns = dump_userns(root, proc) if opts.ve_id else None
 
@@ -129,6 +130,12 @@ class Dumper:
             self.recs[SectionType.PAGEMAP] += self.shmem.dump_pages(writer)
         finally:
             self.ipc.close()
+        # what needs the tree still stopped (the TCP repair state: FdTable.records runs
+        # the fds' finish steps) is collected here, not in finish(), which may come
+        # after the tree runs again
+        self.others = (
+            self.shmem.records + self.ipc.records + self.paths.records + self.files.records
+        )
         t2 = time.perf_counter()
         self.stats.processes = len(self.tree)
         self.stats.reserve_s = out.reserve_s
@@ -143,8 +150,7 @@ class Dumper:
         writer = self.writer
         assert writer is not None, "finish() before run()"
         # every other record goes to the section its tag names
-        others = self.shmem.records + self.ipc.records + self.paths.records + self.files.records
-        for rec in others + self.extra:
+        for rec in self.others + self.extra:
             self.recs[section_of_tag(rec.TAG)].append(rec)
         for stype in SectionType:
             if stype not in (SectionType.PAGES, SectionType.INDEX):
