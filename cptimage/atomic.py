@@ -47,7 +47,8 @@ def _create_temp(directory: str, base: str, mode: int) -> tuple[str, int]:
     for _ in range(100):
         tmp = _temp_name(directory, base)
         try:
-            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+            # read-write: a dump maps its page data in place (container.PageArea)
+            return tmp, os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         except FileExistsError:
             continue
     raise FileExistsError(f"cannot create a temporary file in {directory}")

@@ -21,6 +21,7 @@ from cptimage.container import (
     FORMAT_MINOR,
     ImageReader,
     ImageWriter,
+    PageArea,
     StreamedSection,
     StreamedTrailer,
     walk,
@@ -66,6 +67,60 @@ def test_pages_span_blocks_and_map_in_place(tmp_path: Path) -> None:
         pieces = r.page_file_ranges(2 * PAGE, 3 * PAGE)
         assert pieces is not None
         assert b"".join(raw[o : o + n] for o, n in pieces) == data[2 * PAGE : 5 * PAGE]
+
+
+def _pages_image(f: io.BufferedIOBase, block: int, area: PageArea | None, mode: str) -> None:
+    """Ten pages (and a record section after them) written the way `mode` says: "claim"
+    (read into the area in place, as a dump does) or "write" (write_pages)."""
+    data = samples.pattern(5, 10 * PAGE)
+    w = ImageWriter(f, samples.header(), block_size=block, area=area)  # type: ignore[arg-type]
+    for i in range(10):
+        page = data[i * PAGE : (i + 1) * PAGE]
+        if mode == "claim" and w.page_room():
+            pos, view = w.claim_pages(PAGE)
+            assert pos == i * PAGE
+            view[:] = page
+            view.release()
+        else:
+            assert w.write_pages(page) == i * PAGE
+    w.add_section(R.SectionType.PROCESS, [R.Process(pid=100, ppid=1, pgid=100, sid=100)])
+    w.close()
+
+
+@pytest.mark.parametrize("block", [3 * PAGE, 16 * PAGE])
+@pytest.mark.parametrize("capacity", [0, 4 * PAGE, 10 * PAGE, 40 * PAGE])
+@pytest.mark.parametrize("mode", ["claim", "write"])
+def test_page_area_writes_the_bytes_the_stream_writes(
+    tmp_path: Path, block: int, capacity: int, mode: str
+) -> None:
+    """Page data placed in the file first, its headers and checksums filled in after: the
+    same file, byte for byte, as the streaming writer's, whether the area was sized right,
+    too large (the file is cut) or too small (it grows)."""
+    streamed = io.BytesIO()
+    _pages_image(streamed, block, None, "write")
+    path = tmp_path / "area.img"
+    with open(path, "w+b") as f:
+        area = PageArea(f.fileno(), capacity, page_size=PAGE, block_size=block)
+        _pages_image(f, block, area, mode)
+        assert not area.segments, "the writer unmaps the area when it seals it"
+    assert path.read_bytes() == streamed.getvalue()
+    with ImageReader(path) as r:
+        assert r.read_pages(0, 10 * PAGE) == samples.pattern(5, 10 * PAGE)
+        assert all(b.payload_offset % PAGE == 0 for b in r.page_blocks())
+
+
+def test_page_area_is_dropped_where_it_cannot_serve(tmp_path: Path) -> None:
+    """Compressed pages are streamed: the area is discarded, the file emptied first."""
+    path = tmp_path / "z.img"
+    with open(path, "w+b") as f:
+        area = PageArea(f.fileno(), 8 * PAGE, page_size=PAGE, block_size=4 * PAGE)
+        w = ImageWriter(f, samples.header(), compress_pages=True, area=area)  # type: ignore[arg-type]
+        assert w.page_room() == 0 and not area.segments
+        w.write_pages(bytes(8 * PAGE))
+        w.close()
+    with ImageReader(path) as r:
+        assert r.read_pages(0, 8 * PAGE) == bytes(8 * PAGE)
+        assert {b.compression for b in r.page_blocks()} == {R.Compression.ZSTD}
 
 
 def test_compressed_pages(tmp_path: Path) -> None:

@@ -165,6 +165,9 @@ SABOTAGE = [
     ("inotify", "mask", "in1: watch 1 is inode"),
     ("ptimers", "disarm", "timer 0 (every 25 ms) did not fire"),
     ("ptimers", "thread", "timer 3's signal ran on thread"),
+    ("scale", "vma", "mapping 0 at"),
+    ("scale", "fd", "is at offset 300, not 299"),
+    ("scale", "member", "member 11 (pid"),
 ]
 
 

@@ -50,6 +50,7 @@ PYTHON_FLAGS = ("-E", "-s", "-B")  # no PYTHON* env, no user site, no .pyc in th
 C_WORKLOADS = ("counter", "tree", "threads", "memory", "files", "procstate", "restart", "sysvipc")
 C_WORKLOADS += ("eventfds", "epoll", "inotify", "ptimers", "seccomp_tsync")
 C_WORKLOADS += ("pty", "ghost")  # locks (--file-locks) and ttyjob (a shell): tests of their own
+C_WORKLOADS += ("scale",)
 PY_WORKLOADS = ("counter.py", "pyscript", "shmem.py", "unixzoo", "sigstate", "procfiles")
 ALL_WORKLOADS = C_WORKLOADS + PY_WORKLOADS
 NEEDS_ROOT = frozenset({"procstate"})  # changes its credentials

@@ -21,12 +21,13 @@ import contextlib
 import time
 from typing import Any
 
-from cptimage.atomic import AtomicFile, check_target
+from cptimage.atomic import check_target
 
 from .. import fault, interrupts
 from ..dump.check import precheck
 from ..dump.dumper import Dumper, DumpStats, prepare_dump
 from ..dump.options import DumpOptions
+from ..dump.output import ImageOutput
 from ..dump.pstree import TaskInfo, collect_tree
 from ..errors import CptError, DumpError, NoSuchProcess
 from ..trace.seize import detach_all, freeze_process
@@ -50,7 +51,8 @@ def dump(tree: Tree, dumpfile: str, opts: DumpOptions) -> DumpStats:
         )
     check_target(dumpfile)
     opts = tree.dump_opts(opts, staged=True)
-    return _dump_frozen(tree, dumpfile, opts, after="freeze", origins=st.origins)
+    out = _output(tree, dumpfile, collect_tree(tree.root, tree.proc), opts)
+    return _dump_frozen(tree, out, opts, after="freeze", origins=st.origins)
 
 
 @fails_as(DumpError, "checkpoint")
@@ -72,9 +74,14 @@ def checkpoint(tree: Tree, dumpfile: str, opts: DumpOptions) -> DumpStats:
     prepare_dump()  # one-time costs of a process's first dump, before the freeze
     after = "resume" if opts.leave_running else "kill"
     if tree.ve_id:
-        suspend(tree, opts, then=CHECKPOINTING)
+        out = _output(tree, dumpfile, tree.live_tree(), opts)
         try:
-            stats = _dump_frozen(tree, dumpfile, tree.dump_opts(opts), after=after)
+            suspend(tree, opts, then=CHECKPOINTING)
+        except BaseException:
+            out.abort()
+            raise
+        try:
+            stats = _dump_frozen(tree, out, tree.dump_opts(opts), after=after)
         except BaseException:
             if tree.journal() is not None:  # the dump failed: the VE runs on
                 with contextlib.suppress(CptError):
@@ -84,14 +91,33 @@ def checkpoint(tree: Tree, dumpfile: str, opts: DumpOptions) -> DumpStats:
     procs = tree.live_tree()
     _refuse_frozen(tree, procs)
     precheck(procs, tree.root, tree.proc, opts)
-    tree.frozen_at = time.perf_counter()
-    procs = _seize_tree(tree)
-    return _dump_seized(tree, procs, dumpfile, opts, after=after)
+    out = _output(tree, dumpfile, procs, opts)
+    try:
+        tree.frozen_at = time.perf_counter()
+        procs = _seize_tree(tree)
+    except BaseException:
+        out.abort()
+        raise
+    return _dump_seized(tree, procs, out, opts, after=after)
+
+
+def _output(
+    tree: Tree, dumpfile: str, procs: dict[int, TaskInfo], opts: DumpOptions
+) -> ImageOutput:
+    """The dump file, its page area sized for the tree's pages and faulted in: the
+    frozen window then only copies (dump/output.py)."""
+    out = ImageOutput(dumpfile)
+    try:
+        out.reserve([p for p, i in procs.items() if not i.zombie], opts, tree.proc)
+    except BaseException:
+        out.abort()
+        raise
+    return out
 
 
 def _dump_frozen(
     tree: Tree,
-    dumpfile: str,
+    out: ImageOutput,
     opts: DumpOptions,
     *,
     after: str,
@@ -102,9 +128,13 @@ def _dump_frozen(
     What `in_freeze` makes in the frozen window goes into the image, or is undone.
     A `--dump` (after "freeze") journals "dumping" before the thaw: a command killed
     meanwhile leaves the tree thawed, and the next one freezes it again."""
-    if tree.in_freeze is not None:
-        fault.point("ve:fs-snapshot")
-    extra = tree.in_freeze.take() if tree.in_freeze is not None else []
+    try:
+        if tree.in_freeze is not None:
+            fault.point("ve:fs-snapshot")
+        extra = tree.in_freeze.take() if tree.in_freeze is not None else []
+    except BaseException:
+        out.abort()
+        raise
     try:
         procs = collect_tree(tree.root, tree.proc)
         tracees: list[Tracee] = []
@@ -116,11 +146,12 @@ def _dump_frozen(
                     tracees += info.tracees
         except BaseException:
             detach_all(tracees)
+            out.abort()
             raise
         if after == "freeze":
             tree.note(DUMPING, origins)
         tree.freezer.thaw()
-        return _dump_seized(tree, procs, dumpfile, opts, after=after, extra=extra, origins=origins)
+        return _dump_seized(tree, procs, out, opts, after=after, extra=extra, origins=origins)
     except BaseException:
         if tree.in_freeze is not None:
             tree.in_freeze.discard()
@@ -156,7 +187,7 @@ def _seize_tree(tree: Tree) -> dict[int, TaskInfo]:
 def _dump_seized(
     tree: Tree,
     procs: dict[int, TaskInfo],
-    dumpfile: str,
+    out: ImageOutput,
     opts: DumpOptions,
     *,
     after: str,
@@ -167,22 +198,21 @@ def _dump_seized(
     "kill", "resume" (detach) or "freeze" (refreeze the cgroup and detach).
 
     On failure (or an interrupt) the tree is resumed ("kill", "resume") or stays
-    suspended ("freeze"), and no dump file is left.  The file is made durable before a
-    kill, and after the tree is released otherwise, so the final fsync stays out of the
-    frozen window.  For "kill" the point of no return is the file's rename: from there
+    suspended ("freeze"), and no dump file is left.  The file is finished (records,
+    checksums) and made durable before a kill, and after the tree is released otherwise,
+    so that work and the final fsync stay out of the frozen window.  For "kill" the point of no return is the file's rename: from there
     on the command completes whatever signal comes (interrupts.no_return), and a VE's
     journal says "killing" (the next command finishes the kill if this one dies).
     """
     live = [i for i in procs.values() if not i.zombie]
     tracees = [t for i in live for t in i.tracees]
-    out: AtomicFile | None = None
     dumper: Dumper | None = None
     try:
-        out = AtomicFile(dumpfile)
         with tree.inside():
             dumper = Dumper(procs, tree.root, opts, tree.proc, extra)
-            stats = dumper.run(out.file)
+            stats = dumper.run(out)
         if after == "kill":
+            dumper.finish()
             fault.point("dump:fsync")
             out.sync()  # durable before the workload dies
             fault.point("dump:rename")
@@ -193,8 +223,7 @@ def _dump_seized(
     except BaseException:
         with interrupts.deferred():  # the undoing runs to its end
             try:
-                if out is not None:
-                    out.abort()
+                out.abort()
                 if dumper is not None:
                     dumper.release(killed=False)  # before the tree runs
             finally:
@@ -205,6 +234,8 @@ def _dump_seized(
             kill_traced(live)
         finally:
             dumper.release(killed=True)  # TCP sockets died in repair mode
+        if tree.frozen_at:
+            stats.frozen_s = time.perf_counter() - tree.frozen_at
         if tree.ve_id:  # a VE's PIDs were its own namespace's: its cgroup empties
             forget_ve(tree)
         else:
@@ -218,12 +249,17 @@ def _dump_seized(
             if after == "resume" and tree.ve_id:
                 tree.note(RESUMING)
                 run_again(tree, {})  # its network back before the fsync
-        fault.point("dump:fsync")
-        out.sync()
-        fault.point("dump:rename")
-        out.publish()
-    if tree.frozen_at:
-        stats.frozen_s = time.perf_counter() - tree.frozen_at
+        if tree.frozen_at:
+            stats.frozen_s = time.perf_counter() - tree.frozen_at
+        try:
+            dumper.finish()
+            fault.point("dump:fsync")
+            out.sync()
+            fault.point("dump:rename")
+            out.publish()
+        except BaseException:
+            out.abort()
+            raise
     return stats
 
 
