@@ -6,35 +6,32 @@ import datetime
 import io
 import json
 import sys
-from typing import Annotated, Any, BinaryIO
-
-import typer
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
 
 from cpt.errors import InvalidValue, UsageError
-from cpt.host.verify import check_host
-from cptimage import jsonio
-from cptimage import show as showmod
-from cptimage.atomic import STDOUT, atomic_output
-from cptimage.container import ImageReader
-from cptimage.diff import Difference
-from cptimage.diff import diff as diff_images
-from cptimage.errors import ImageError
-from cptimage.records import HeaderFlags, SourceKind
-from cptimage.verify import verify_report
+from cptimage.atomic import STDOUT
 
-app = typer.Typer(
+from .params import Argument, Exit, Group, Option
+
+if TYPE_CHECKING:  # the others are imported by the commands that use them
+    from rich.console import Console
+
+    from cptimage.container import ImageReader
+    from cptimage.diff import Difference
+
+app = Group(
     help="Inspect, convert, compare and check dump files.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
 
-FileArg = Annotated[str, typer.Argument(metavar="FILE", help="a dump file", show_default=False)]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
+FileArg = Annotated[str, Argument(metavar="FILE", help="a dump file", show_default=False)]
+JsonOpt = Annotated[bool, Option("--json", help="print JSON for scripts")]
 
 
 def _console() -> Console:
+    from rich.console import Console
+
     return Console(highlight=False, soft_wrap=False)
 
 
@@ -53,11 +50,15 @@ def _size(n: int) -> str:
 
 
 def _flag_names(v: int) -> str:
+    from cptimage.records import HeaderFlags
+
     names = [f.name for f in HeaderFlags if v & f and f.name]
     return f"{v:#x} ({'|'.join(names)})" if names else f"{v:#x}"
 
 
 def _has_pid(reader: ImageReader, pid: int) -> None:
+    from cptimage import show as showmod
+
     if not any(p["pid"] == pid for p in showmod.process_tree(reader)):
         raise InvalidValue(f"process {pid} is not in the image {reader.path}")
 
@@ -68,6 +69,8 @@ def _header_value(key: str, v: Any) -> str:
     if key == "xcr0":
         return f"{v:#x}"
     if key == "source_kind":
+        from cptimage.records import SourceKind
+
         return SourceKind(v).name if v in SourceKind._value2member_map_ else str(v)
     if key == "created_ns":
         stamp = datetime.datetime.fromtimestamp(v / 1e9, datetime.UTC)
@@ -76,6 +79,8 @@ def _header_value(key: str, v: Any) -> str:
 
 
 def _render_summary(s: dict[str, Any]) -> None:
+    from rich.table import Table
+
     con = _console()
     h = s["header"]
     con.print(f"[bold]{s['path']}[/]: cpt image {s['version']}, {_size(s['size'])}")
@@ -140,14 +145,17 @@ def show(
     as_json: JsonOpt = False,
     maps: Annotated[
         int | None,
-        typer.Option("--maps", metavar="PID", help="the VMAs of PID, like /proc/PID/maps"),
+        Option("--maps", metavar="PID", help="the VMAs of PID, like /proc/PID/maps"),
     ] = None,
     fds: Annotated[
         int | None,
-        typer.Option("--fds", metavar="PID", help="the fds of PID, like ls -l /proc/PID/fd"),
+        Option("--fds", metavar="PID", help="the fds of PID, like ls -l /proc/PID/fd"),
     ] = None,
 ) -> None:
     """Header, process tree and sections of a dump file; or one process's maps or fds."""
+    from cptimage import show as showmod
+    from cptimage.container import ImageReader
+
     with ImageReader(file) as reader:
         for pid in (maps, fds):
             if pid is not None:
@@ -179,12 +187,15 @@ def _input(path: str) -> str | BinaryIO:
 
 @app.command()
 def decode(
-    file: Annotated[str, typer.Argument(metavar="FILE", help="a dump file, or - for stdin")],
+    file: Annotated[str, Argument(metavar="FILE", help="a dump file, or - for stdin")],
     output: Annotated[
-        str, typer.Option("-o", "--output", metavar="OUT", help="write the JSON here (atomically)")
+        str, Option("-o", "--output", metavar="OUT", help="write the JSON here (atomically)")
     ] = STDOUT,
 ) -> None:
     """The image as JSON (lossless: `encode` gives back the same bytes)."""
+    from cptimage import jsonio
+    from cptimage.atomic import atomic_output
+
     with atomic_output(output) as out:  # 0600: the JSON holds memory pages
         text = io.TextIOWrapper(out, encoding="utf-8", newline="\n")
         try:
@@ -196,15 +207,17 @@ def decode(
 
 @app.command()
 def encode(
-    input_: Annotated[str, typer.Argument(metavar="IN", help="a JSON document, or - for stdin")],
+    input_: Annotated[str, Argument(metavar="IN", help="a JSON document, or - for stdin")],
     output: Annotated[
         str,
-        typer.Option(
-            "-o", "--output", metavar="FILE", help="the image to write (atomically, mode 0600)"
-        ),
+        Option("-o", "--output", metavar="FILE", help="the image to write (atomically, mode 0600)"),
     ],
 ) -> None:
     """Write the image a JSON document (from `decode`) describes."""
+    from cptimage import jsonio
+    from cptimage.atomic import atomic_output
+    from cptimage.errors import ImageError
+
     if input_ == STDOUT:
         doc = jsonio.load(sys.stdin)
     else:
@@ -237,14 +250,16 @@ def diff_line(d: Difference) -> str:
 
 @app.command()
 def diff(
-    a: Annotated[str, typer.Argument(metavar="A", help="a dump file")],
-    b: Annotated[str, typer.Argument(metavar="B", help="another dump file")],
+    a: Annotated[str, Argument(metavar="A", help="a dump file")],
+    b: Annotated[str, Argument(metavar="B", help="another dump file")],
     as_json: JsonOpt = False,
 ) -> None:
     """What differs between two images: processes, threads, VMAs, fds, files, pages.
 
     Exit 0 when they are the same, 1 when they differ.
     """
+    from cptimage.diff import diff as diff_images
+
     diffs = diff_images(a, b)
     if as_json:
         _print_json([d.to_json() for d in diffs])
@@ -252,7 +267,7 @@ def diff(
         for d in diffs:
             print(diff_line(d))
     if diffs:
-        raise typer.Exit(1)
+        raise Exit(1)
 
 
 # --------------------------------------------------------------------------- verify
@@ -260,22 +275,25 @@ def diff(
 
 @app.command()
 def verify(
-    file: Annotated[str, typer.Argument(metavar="FILE", help="a dump file, or - for stdin")],
+    file: Annotated[str, Argument(metavar="FILE", help="a dump file, or - for stdin")],
     as_json: JsonOpt = False,
-    host: Annotated[
-        bool, typer.Option("--host", help="also check the image against this host")
-    ] = False,
+    host: Annotated[bool, Option("--host", help="also check the image against this host")] = False,
 ) -> None:
     """Check checksums, digest, index and structure; one line per problem.
 
     Exit 0 when the image is clean, 1 when problems were found.
     """
+    from cptimage.verify import verify_report
+
     if host and file == STDOUT:
         raise UsageError("image verify --host needs a file, not standard input")
     report = verify_report(_input(file))
     problems = list(report.problems)
     if host and not problems:
         # the engine's verify-before-restore: kernel, CPU, PIDs, referenced files
+        from cpt.host.verify import check_host
+        from cptimage.container import ImageReader
+
         with ImageReader(file) as reader:
             problems += check_host(reader)
     name = "-" if file == STDOUT else file
@@ -296,4 +314,4 @@ def verify(
         if not problems:
             print(f"{name}: ok")
     if problems:
-        raise typer.Exit(1)
+        raise Exit(1)

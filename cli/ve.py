@@ -4,30 +4,39 @@ snapshot.hooks.ve_manager)."""
 from __future__ import annotations
 
 import json
-from typing import Annotated
-
-import typer
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Annotated
 
 from cpt.errors import UsageError
-from snapshot.hooks import ve_manager
 
-app = typer.Typer(
+from .params import Argument, Exit, Group, Option
+
+if TYPE_CHECKING:
+    from ve.lifecycle import VEManager
+
+app = Group(
     help="VEs: containers with their own processes, namespaces, address and private area.",
     no_args_is_help=True,
 )
-VeidArg = Annotated[str, typer.Argument(metavar="VEID", help="the VE's id")]
-CmdArg = Annotated[list[str] | None, typer.Argument(metavar="-- CMD...", help="the command")]
+
+
+def ve_manager() -> VEManager:
+    """The VE layer with its snapshot hooks (imported by the command that runs)."""
+    from snapshot.hooks import ve_manager as make
+
+    return make()
+
+
+VeidArg = Annotated[str, Argument(metavar="VEID", help="the VE's id")]
+CmdArg = Annotated[list[str] | None, Argument(metavar="-- CMD...", help="the command")]
 
 
 @app.command()
 def create(
     veid: VeidArg,
     command: CmdArg = None,
-    hostname: Annotated[str, typer.Option("--hostname", help="default ve<VEID>")] = "",
-    ip: Annotated[str, typer.Option("--ip", help="ADDR/PREFIX inside the VE")] = "",
-    template: Annotated[str, typer.Option("--template", help="host or busybox")] = "host",
+    hostname: Annotated[str, Option("--hostname", help="default ve<VEID>")] = "",
+    ip: Annotated[str, Option("--ip", help="ADDR/PREFIX inside the VE")] = "",
+    template: Annotated[str, Option("--template", help="host or busybox")] = "host",
 ) -> None:
     """Create a VE: a private area with a minimal root, and its configuration."""
     cfg = ve_manager().create(veid, hostname=hostname, ip=ip, template=template, command=command)
@@ -38,9 +47,9 @@ def create(
 def set_(
     veid: VeidArg,
     command: CmdArg = None,
-    hostname: Annotated[str | None, typer.Option("--hostname")] = None,
-    ip: Annotated[str | None, typer.Option("--ip")] = None,
-    template: Annotated[str | None, typer.Option("--template")] = None,
+    hostname: Annotated[str | None, Option("--hostname")] = None,
+    ip: Annotated[str | None, Option("--ip")] = None,
+    template: Annotated[str | None, Option("--template")] = None,
 ) -> None:
     """Change a VE's configuration (applied at its next start)."""
     ve_manager().set(veid, hostname=hostname, ip=ip, template=template, command=command or None)
@@ -57,7 +66,7 @@ def start(veid: VeidArg) -> None:
 @app.command()
 def stop(
     veid: VeidArg,
-    timeout: Annotated[float, typer.Option("--timeout", help="seconds before SIGKILL")] = 10.0,
+    timeout: Annotated[float, Option("--timeout", help="seconds before SIGKILL")] = 10.0,
 ) -> None:
     """Stop a VE: SIGTERM its processes, SIGKILL what is left after --timeout."""
     ve_manager().stop(veid, timeout=timeout)
@@ -71,12 +80,15 @@ def status(veid: VeidArg) -> None:
 
 
 @app.command("list")
-def list_(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def list_(as_json: Annotated[bool, Option("--json")] = False) -> None:
     """Every VE of this node."""
     rows = ve_manager().list_ves()
     if as_json:
         print(json.dumps(rows))
         return
+    from rich.console import Console
+    from rich.table import Table
+
     t = Table()
     for col in ("VEID", "STATUS", "IP", "HOSTNAME", "TEMPLATE", "INIT"):
         t.add_column(col)
@@ -95,12 +107,10 @@ def destroy(veid: VeidArg) -> None:
 
 
 @app.command("exec", context_settings={"allow_interspersed_args": False})
-def exec_(
-    veid: VeidArg, command: Annotated[list[str], typer.Argument(metavar="-- CMD...")]
-) -> None:
+def exec_(veid: VeidArg, command: Annotated[list[str], Argument(metavar="-- CMD...")]) -> None:
     """Run a command inside a running VE; its exit code is cpt's."""
     if command[:1] == ["--"]:  # options end here; click hands the marker on
         command = command[1:]
     if not command:
         raise UsageError("ve exec needs a command: cpt ve exec VEID -- CMD...")
-    raise typer.Exit(ve_manager().exec(veid, command))
+    raise Exit(ve_manager().exec(veid, command))
