@@ -15,7 +15,7 @@ import select
 import signal
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cpt.errors import AlreadyRunning, CptError, InvalidValue, NotRunning, SystemError_
 from cpt.stages.stage import Stage
@@ -29,7 +29,9 @@ from .config import VEConfig, check_veid
 from .hooks import SnapshotHooks
 from .node import Node
 from .runtime import RunState, Runtime
-from .stages import VeStages
+
+if TYPE_CHECKING:  # the engine's stages: imported by the commands that run them
+    from .stages import VeStages
 
 BOOT_TIMEOUT = 30.0
 
@@ -98,6 +100,8 @@ class VEManager:
 
     def stages(self, veid: str) -> VeStages:
         """The chkpnt and restore stages of the VE."""
+        from .stages import VeStages
+
         return VeStages(veid, self.snapshots, self.node)
 
     # -- state
