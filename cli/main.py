@@ -18,6 +18,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from cptimage.errors import printable, shorten
+
 from . import app as tree
 from . import exitcodes
 from .params import Exit, Group, parse
@@ -35,12 +37,14 @@ def __getattr__(name: str) -> Any:
 
 
 def _say(message: str) -> None:
-    print(f"cpt: {message}", file=sys.stderr)
+    """The one line of an error: control characters a value brought in are escaped, so a
+    newline in a VE id, a path or a tool's output cannot make it two."""
+    print(f"cpt: {printable(message)}", file=sys.stderr)
 
 
 def _message(e: BaseException) -> str:
     if isinstance(e, OSError) and e.strerror:
-        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+        return f"{shorten(str(e.filename), 160)}: {e.strerror}" if e.filename else e.strerror
     return str(e) or type(e).__name__
 
 
@@ -155,7 +159,10 @@ def run(argv: list[str] | None = None, *, fast: bool = True) -> int:
         if code is None:
             if os.environ.get("CPT_DEBUG"):
                 raise
-            _say(f"internal error: {type(e).__name__}: {e} (CPT_DEBUG=1 shows the traceback)")
+            _say(
+                f"internal error: {type(e).__name__}: {shorten(str(e), 200)} "
+                "(CPT_DEBUG=1 shows the traceback)"
+            )
             return exitcodes.SYSTEM
         _say(_message(e))
         return code

@@ -6,6 +6,7 @@ import json
 from typing import Annotated
 
 from cpt.errors import InvalidValue, UsageError
+from cptimage.errors import printable
 
 from .image import diff_line
 from .params import Argument, Group, Option
@@ -57,13 +58,14 @@ def list_(veid: VeidArg, as_json: JsonOpt = False) -> None:
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     t = Table(title=f"snapshots of VE {veid}", title_justify="left")
     for col in ("ID", "TIME", "NAME", "KIND", "SIZE", "MEMORY", "PARENT"):
         t.add_column(col, justify="right" if col in ("ID", "SIZE", "PARENT") else "left")
     for s in snaps:
         d = s.to_json()
-        t.add_row(str(s.id), d["time"], s.name, s.kind, _size(d["size"]),
+        t.add_row(str(s.id), d["time"], Text(printable(s.name)), s.kind, _size(d["size"]),
                   "yes" if s.memory else "no", str(s.parent or "-"))  # fmt: skip
     Console(highlight=False).print(t)
 
@@ -78,7 +80,7 @@ def show(veid: VeidArg, snap: SnapArg, as_json: JsonOpt = False) -> None:
         print(json.dumps(doc))
         return
     for key, value in doc.items():
-        print(f"{key:12} {value if value not in (None, '') else '-'}")
+        print(f"{key:12} {printable(str(value)) if value not in (None, '') else '-'}")
 
 
 @app.command()
@@ -90,7 +92,7 @@ def diff(veid: VeidArg, a: SnapArg, b: SnapArg) -> None:
     sa, sb, changes, images = SnapshotManager().diff(veid, a, b)
     for mark, paths in (("+", changes.added), ("-", changes.removed), ("~", changes.changed)):
         for p in paths:
-            print(f"{mark} {p}")
+            print(f"{mark} {printable(str(p))}")  # a file name may hold anything but / and NUL
     if sa.image and sb.image:
         print(f"images: {len(images)} difference(s)")
         for d in images:
@@ -132,7 +134,8 @@ def cleanup(
         free = parse_size(min_free) if min_free is not None else None
     except ValueError as e:
         raise InvalidValue(f"--min-free: {e}") from None
-    policy = Policy(keep=keep, max_age=parse_age(max_age) if max_age else None, min_free=free)
+    age = parse_age(max_age) if max_age is not None else None
+    policy = Policy(keep=keep, max_age=age, min_free=free)
     gone = SnapshotManager().cleanup(veid, policy)
     print(f"deleted {len(gone)} snapshot(s) of VE {veid}" + (
         ": " + ", ".join(s.label for s in gone) if gone else ""))  # fmt: skip

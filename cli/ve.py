@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Annotated
 
-from cpt.errors import UsageError
+from cpt.errors import InvalidValue, UsageError
 
 from .params import Argument, Exit, Group, Option
 
@@ -17,6 +17,7 @@ app = Group(
     help="VEs: containers with their own processes, namespaces, address and private area.",
     no_args_is_help=True,
 )
+MAX_TIMEOUT = 86400.0
 
 
 def ve_manager() -> VEManager:
@@ -69,6 +70,8 @@ def stop(
     timeout: Annotated[float, Option("--timeout", help="seconds before SIGKILL")] = 10.0,
 ) -> None:
     """Stop a VE: SIGTERM its processes, SIGKILL what is left after --timeout."""
+    if not 0 <= timeout <= MAX_TIMEOUT:  # also nan (no comparison holds) and inf
+        raise InvalidValue(f"--timeout {timeout}: use 0 to {MAX_TIMEOUT:.0f} seconds")
     ve_manager().stop(veid, timeout=timeout)
     print(f"VE {veid} stopped")
 

@@ -672,6 +672,16 @@ def every_record_image(out: BinaryIO) -> None:
 # --------------------------------------------------------------------------- benchmarks
 
 
+def _process_state(pid: int) -> list[Any]:
+    """The per-process records every live process has (SPEC.md section 11), minimal."""
+    return [
+        R.Creds(pid=pid),
+        R.Rlimits(pid=pid),
+        R.Sigactions(pid=pid),
+        R.TaskState(pid=pid),
+    ]
+
+
 def pages_image(out: BinaryIO, size: int, *, block: int = 16 << 20) -> None:
     """One process with one anonymous VMA of ``size`` bytes, all of it PRESENT."""
     start = 0x7F0000000000
@@ -679,14 +689,25 @@ def pages_image(out: BinaryIO, size: int, *, block: int = 16 << 20) -> None:
     with ImageWriter(out, header(), block_size=block) as w:
         w.add_section(
             R.SectionType.PROCESS,
-            [R.Process(pid=100, state=R.ProcessState.ALIVE, pgid=100, sid=100, comm="big")],
+            [
+                R.Process(pid=100, state=R.ProcessState.ALIVE, pgid=100, sid=100, comm="big"),
+                R.Thread(
+                    pid=100,
+                    tid=100,
+                    regs=_regs(0x401000, 0x7FFD0000F000),
+                    fpregs=bytes(512),
+                    comm="big",
+                ),
+                *_process_state(100),
+            ],
         )
         w.add_section(
             R.SectionType.MM,
             [
+                R.Mm(pid=100),
                 R.Vma(
                     pid=100, kind=R.VmaKind.ANON, prot=3, flags=0x22, start=start, end=start + size
-                )
+                ),
             ],
         )
         for pos in range(0, size, len(chunk)):
@@ -722,21 +743,25 @@ def many_image(out: BinaryIO, nvmas: int, nfds: int) -> None:
                     fpregs=bytes(512),
                     comm="many",
                 ),
+                *_process_state(100),
             ],
         )
         w.add_section(
             R.SectionType.MM,
             [
-                R.Vma(
-                    pid=100,
-                    kind=R.VmaKind.FILE_PRIVATE if i % 2 else R.VmaKind.ANON,
-                    prot=3,
-                    flags=2,
-                    start=base + 2 * i * PAGE,
-                    end=base + (2 * i + 1) * PAGE,
-                    file_id=1 if i % 2 else 0,
-                )
-                for i in range(nvmas)
+                R.Mm(pid=100),
+                *(
+                    R.Vma(
+                        pid=100,
+                        kind=R.VmaKind.FILE_PRIVATE if i % 2 else R.VmaKind.ANON,
+                        prot=3,
+                        flags=2,
+                        start=base + 2 * i * PAGE,
+                        end=base + (2 * i + 1) * PAGE,
+                        file_id=1 if i % 2 else 0,
+                    )
+                    for i in range(nvmas)
+                ),
             ],
         )
         files: list[Any] = [

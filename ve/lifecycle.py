@@ -64,6 +64,9 @@ class VEManager:
         command: list[str] | None = None,
     ) -> VEConfig:
         check_veid(veid)
+        # every value is checked before anything is made (the node's pool, first of all)
+        VEConfig(veid=veid, private="/", hostname=hostname, ip=ip, template=template,
+                 command=list(command or []))  # fmt: skip
         with self.locked(veid):
             path = self.node.config_path(veid)
             if os.path.exists(path):
