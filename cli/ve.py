@@ -38,10 +38,21 @@ def create(
     hostname: Annotated[str, Option("--hostname", help="default ve<VEID>")] = "",
     ip: Annotated[str, Option("--ip", help="ADDR/PREFIX inside the VE")] = "",
     template: Annotated[str, Option("--template", help="host or busybox")] = "host",
+    privileged: Annotated[
+        bool,
+        Option(
+            "--privileged",
+            help="the VE's root is the host's root: no user namespace, no seccomp filter",
+        ),
+    ] = False,
 ) -> None:
-    """Create a VE: a private area with a minimal root, and its configuration."""
-    cfg = ve_manager().create(veid, hostname=hostname, ip=ip, template=template, command=command)
-    print(f"VE {veid} created: {cfg.private}")
+    """Create a VE: a private area with a minimal root, and its configuration.  Its root
+    is root inside it only (a user namespace with ids of its own), unless --privileged."""
+    cfg = ve_manager().create(
+        veid, hostname=hostname, ip=ip, template=template, command=command, privileged=privileged
+    )
+    how = "privileged" if cfg.privileged else f"ids {cfg.id_base}-{cfg.id_base + 65535}"
+    print(f"VE {veid} created ({how}): {cfg.private}")
 
 
 @app.command("set")
@@ -51,9 +62,20 @@ def set_(
     hostname: Annotated[str | None, Option("--hostname")] = None,
     ip: Annotated[str | None, Option("--ip")] = None,
     template: Annotated[str | None, Option("--template")] = None,
+    privileged: Annotated[
+        bool | None,
+        Option(
+            "--privileged/--no-privileged",
+            help="make a stopped VE privileged, or make it contain its root (its files' "
+            "owners move to its own id range)",
+        ),
+    ] = None,
 ) -> None:
     """Change a VE's configuration (applied at its next start)."""
-    ve_manager().set(veid, hostname=hostname, ip=ip, template=template, command=command or None)
+    ve_manager().set(
+        veid, hostname=hostname, ip=ip, template=template, command=command or None,
+        privileged=privileged,
+    )  # fmt: skip
     print(f"VE {veid} configured")
 
 
@@ -77,9 +99,14 @@ def stop(
 
 
 @app.command()
-def status(veid: VeidArg) -> None:
-    """running, suspended or stopped (as vzctl status says)."""
-    print(f"VE {veid} {ve_manager().status(veid)}")
+def status(veid: VeidArg, as_json: Annotated[bool, Option("--json")] = False) -> None:
+    """running, suspended or stopped (as vzctl status says); "(privileged)" after it for a
+    VE whose root is the host's."""
+    info = ve_manager().info(veid)
+    if as_json:
+        print(json.dumps(info))
+        return
+    print(f"VE {veid} {info['status']}" + (" (privileged)" if info["privileged"] else ""))
 
 
 @app.command("list")
@@ -93,12 +120,13 @@ def list_(as_json: Annotated[bool, Option("--json")] = False) -> None:
     from rich.table import Table
 
     t = Table()
-    for col in ("VEID", "STATUS", "IP", "HOSTNAME", "TEMPLATE", "INIT"):
+    for col in ("VEID", "STATUS", "IP", "HOSTNAME", "TEMPLATE", "IDS", "INIT"):
         t.add_column(col)
     for r in rows:
         t.add_row(
-            r["veid"], r["status"], r["ip"], r["hostname"], r["template"], str(r["init_pid"] or "-")
-        )
+            r["veid"], r["status"], r["ip"], r["hostname"], r["template"],
+            "privileged" if r["privileged"] else r["ids"], str(r["init_pid"] or "-"),
+        )  # fmt: skip
     Console(highlight=False).print(t)
 
 

@@ -43,9 +43,9 @@ MAGIC = _codec.PREAMBLE_MAGIC
 SECT_MAGIC = _codec.SECTION_HEADER_MAGIC
 END_MAGIC = _codec.TRAILER_MAGIC
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 0
+FORMAT_MINOR = 1
 
-# Version of each section's payload layout in format 1.0.
+# Version of each section's payload layout in format 1.x.
 SECTION_VERSIONS: dict[int, int] = {t: 1 for t in SectionType}
 
 PREAMBLE_SIZE = _codec.PREAMBLE_SIZE

@@ -128,6 +128,14 @@ def enum_problems(rec: Any) -> list[str]:
     return out
 
 
+def _to_outside(entries: list[Any], inside: int) -> int | None:
+    """The host id of a namespace's id through a map (IdMap items); None: unmapped."""
+    for e in entries:
+        if e.inside <= inside < e.inside + e.count:
+            return int(e.outside + inside - e.inside)
+    return None
+
+
 # --------------------------------------------------------------------------- the walk
 
 
@@ -443,6 +451,7 @@ REFERENCES: list[tuple[str, str, str, bool]] = [
             "Vma",
             "Fd",
             "FileLock",
+            "NsCreds",
         )
     ),
     ("SeccompFilter", "tid", "tid", True),
@@ -484,7 +493,9 @@ SPACES: dict[str, tuple[tuple[str, ...], str]] = {
 }
 _NOUNS = {"pid": "process", "tid": "thread", "file": "open-file description"}
 # at most one of these per process
-PER_PROCESS = ("Creds", "Rlimits", "Sigactions", "TaskState", "Itimers", "Mm")
+PER_PROCESS = ("Creds", "Rlimits", "Sigactions", "TaskState", "Itimers", "Mm", "NsCreds")
+_ID_FIELDS = ("uid", "euid", "suid", "fsuid", "gid", "egid", "sgid", "fsgid")
+_MAX_ID_MAP_LINES = 340  # the kernel's limit per map (user_namespaces(7))
 _FILE_KINDS = (R.VmaKind.FILE_PRIVATE, R.VmaKind.FILE_SHARED)
 _SHMEM_KINDS = (R.VmaKind.SHMEM, R.VmaKind.SYSV_SHM)
 _RUN_KINDS = (R.PageFlags.PRESENT, R.PageFlags.PARENT, R.PageFlags.ZERO)
@@ -646,6 +657,8 @@ class _Structure:
         self._files(spaces)
         self._namespaces()
         self._ipc()
+        if self.readable("UserNs", "NsCreds", "Creds", "Process"):
+            self._userns()
 
     def _space(self, space: str, names: tuple[str, ...], field: str) -> dict[int, _Rec]:
         ids: dict[int, _Rec] = {}
@@ -1189,6 +1202,66 @@ class _Structure:
         for r in self.recs.get("SysvSem", []):
             if len(r.rec.values) > SEMMSL:
                 self.bad(r, f"{len(r.rec.values)} semaphores in one set; the kernel takes {SEMMSL}")
+
+    def _userns(self) -> None:
+        """A VE's user namespace: sane maps; then every process has its ids as the VE
+        sees them (NsCreds) and they are its host ids (Creds) through the maps."""
+        userns = self.recs.get("UserNs", [])
+        nscreds = self.recs.get("NsCreds", [])
+        flagged = bool(self.header.flags & R.HeaderFlags.USERNS)
+        if not userns:
+            if flagged:
+                self.v.add("NAMESPACES", "the header says USERNS, but there is no UserNs record")
+            for r in nscreds:
+                self.bad(r, "ids inside a user namespace, but the image has no UserNs")
+            return
+        if len(userns) > 1:
+            self.bad(userns[1], "a second UserNs: a VE has one user namespace")
+        u = userns[0]
+        if not self.header.flags & R.HeaderFlags.VE:
+            self.bad(u, "a user namespace in an image that is not a VE's")
+        elif not flagged:
+            self.bad(u, "a user namespace, but the header lacks the USERNS flag")
+        maps = {}
+        for name in ("uid_map", "gid_map"):
+            entries = getattr(u.rec, name)
+            maps[name] = entries
+            if not entries:
+                self.bad(u, f"{name} is empty")
+            if len(entries) > _MAX_ID_MAP_LINES:
+                self.bad(u, f"{name} has {len(entries)} lines, the kernel takes 340")
+            for side in ("inside", "outside"):
+                spans = sorted((getattr(e, side), e.count) for e in entries)
+                for (a, n), (b, _) in itertools.pairwise(spans):
+                    if a + n > b:
+                        self.bad(u, f"{name}: {side} ranges overlap at {b}")
+            for e in entries:
+                if e.count == 0 or e.inside + e.count > 1 << 32 or e.outside + e.count > 1 << 32:
+                    self.bad(u, f"{name}: {e.inside} {e.outside} {e.count} is not a range of ids")
+        creds = {r.rec.pid: r.rec for r in self.recs.get("Creds", [])}
+        have = {r.rec.pid for r in nscreds}
+        for r in self.recs.get("Process", []):
+            if (
+                r.rec.state != R.ProcessState.ZOMBIE
+                and r.rec.pid in creds
+                and r.rec.pid not in have
+            ):
+                self.bad(r, "no NsCreds: its ids inside the VE's user namespace are missing")
+        for r in nscreds:
+            c = creds.get(r.rec.pid)
+            if c is None:
+                continue
+            for f in _ID_FIELDS:
+                m = maps["uid_map" if "uid" in f else "gid_map"]
+                host = _to_outside(m, getattr(r.rec, f))
+                if host != getattr(c, f):
+                    self.bad(r, f"{f} {getattr(r.rec, f)} is host id {host}, Creds says "
+                             f"{getattr(c, f)}")  # fmt: skip
+                    break
+            else:
+                hosts = [_to_outside(maps["gid_map"], g) for g in r.rec.groups]
+                if hosts != list(c.groups):
+                    self.bad(r, "groups do not map to the Creds groups")
 
     def _threads(self) -> None:
         procs = {r.rec.pid: r.rec for r in self.recs.get("Process", [])}

@@ -704,3 +704,74 @@ def test_golden_and_bench_images_hold_every_invariant() -> None:
         lambda f: samples.many_image(f, 20, 20),
     ):
         assert verify(io.BytesIO(_bytes(build))) == []
+
+
+# --------------------------------------------------------------------------- user namespaces
+
+
+def _userns_problems(edit: Callable[[dict[str, Any]], None]) -> list[str]:
+    """verify's messages for the ve-userns sample after `edit` of its JSON form."""
+    from cptimage import jsonio
+
+    doc = jsonio.decode(io.BytesIO(_bytes(samples.ve_userns_image)))
+    edit(doc)
+    out = io.BytesIO()
+    jsonio.encode(doc, out)
+    return [p.message for p in verify(io.BytesIO(out.getvalue()))]
+
+
+def _records(doc: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    return [r for s in doc["sections"] for r in s.get("records", []) if r["record"] == name]
+
+
+def _drop(doc: dict[str, Any], name: str, **match: Any) -> None:
+    for s in doc["sections"]:
+        if "records" in s:
+            s["records"] = [
+                r
+                for r in s["records"]
+                if not (r["record"] == name and all(r[k] == v for k, v in match.items()))
+            ]
+
+
+def test_userns_sample_is_clean() -> None:
+    assert _userns_problems(lambda doc: None) == []
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (
+            lambda d: _records(d, "NsCreds")[1].update(uid=1001),
+            "uid 1001 is host id 301001, Creds says 301000",
+        ),
+        (
+            lambda d: _records(d, "NsCreds")[2].update(groups=[7]),
+            "groups do not map to the Creds groups",
+        ),
+        (lambda d: _drop(d, "NsCreds", pid=103), "no NsCreds: its ids inside the VE's user"),
+        (lambda d: _drop(d, "UserNs"), "ids inside a user namespace, but the image has no UserNs"),
+        (
+            lambda d: _records(d, "UserNs")[0]["uid_map"].append(
+                {"inside": 100, "outside": 500000, "count": 10}
+            ),
+            "uid_map: inside ranges overlap at 100",
+        ),
+        (
+            lambda d: _records(d, "UserNs")[0].update(gid_map=[]),
+            "gid_map is empty",
+        ),
+        (lambda d: d["header"].update(flags=0), "a user namespace in an image that is not a VE's"),
+        (
+            lambda d: d["header"].update(flags=12),  # VE | PIDNS
+            "a user namespace, but the header lacks the USERNS flag",
+        ),
+        (
+            lambda d: (_drop(d, "UserNs"), _drop(d, "NsCreds")),
+            "the header says USERNS, but there is no UserNs record",
+        ),
+    ],
+)
+def test_userns_problems(edit: Callable[[dict[str, Any]], None], expected: str) -> None:
+    problems = _userns_problems(edit)
+    assert any(expected in p for p in problems), problems

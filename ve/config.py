@@ -95,6 +95,11 @@ class VEConfig:
     ip: str = ""  # ADDR/PREFIX, "" for no network but loopback
     template: str = "host"
     command: list[str] = dataclasses.field(default_factory=list)
+    # True: the VE's root is the host's root (no user namespace, no seccomp filter), as
+    # every VE was before user namespaces; a config without the setting is such a VE
+    privileged: bool = True
+    # the VE's ids 0..ID_COUNT-1 are host ids id_base.. (ve/idmap.py); 0 when privileged
+    id_base: int = 0
 
     def __post_init__(self) -> None:
         check_veid(self.veid)
@@ -107,6 +112,12 @@ class VEConfig:
             raise InvalidValue(f"command {quote(self.command)}: not a list of strings without NUL")
         if not os.path.isabs(self.private) or os.path.normpath(self.private) != self.private:
             raise InvalidValue(f"private {quote(self.private)}: not an absolute, normal path")
+        if not isinstance(self.privileged, bool):
+            raise InvalidValue(f"privileged {quote(self.privileged)}: not true or false")
+        if not isinstance(self.id_base, int) or isinstance(self.id_base, bool):
+            raise InvalidValue(f"id_base {quote(self.id_base)}: not an integer")
+        if not self.privileged and self.id_base <= 0:
+            raise InvalidValue(f"VE {self.veid}: not privileged, but no id range (id_base)")
         if self.template not in TEMPLATES:
             raise InvalidValue(f"template {quote(self.template)}: one of {', '.join(TEMPLATES)}")
         if self.ip:
