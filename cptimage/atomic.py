@@ -25,7 +25,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import secrets
 import stat
 import sys
 from collections.abc import Iterator
@@ -40,7 +39,7 @@ _NO_TMPFILE = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENO
 
 
 def _temp_name(directory: str, base: str) -> str:
-    return os.path.join(directory, f".{base}.{secrets.token_hex(6)}.tmp")
+    return os.path.join(directory, f".{base}.{os.urandom(6).hex()}.tmp")
 
 
 def _create_temp(directory: str, base: str, mode: int) -> tuple[str, int]:

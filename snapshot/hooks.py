@@ -16,16 +16,19 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cpt.errors import CommandError
 from cptimage.records import FsSnapshot
 from storage import backend_for
 from storage.errors import FsError
-from ve.fssnap import FsCapture
 from ve.lifecycle import VEManager
 from ve.node import Node
 
 from .catalog import Catalog, Snap
+
+if TYPE_CHECKING:
+    from ve.fssnap import FsCapture
 
 
 class CatalogHooks:

@@ -15,7 +15,7 @@ import select
 import signal
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cpt.errors import AlreadyRunning, CptError, InvalidValue, NotRunning, SystemError_
 from cpt.procfs import IdMapping, format_id_map, write_id_maps
@@ -31,7 +31,9 @@ from .hooks import SnapshotHooks
 from .idmap import ID_COUNT, IdRegistry, range_text
 from .node import Node
 from .runtime import RunState, Runtime
-from .stages import VeStages
+
+if TYPE_CHECKING:  # the engine's stages: imported by the commands that run them
+    from .stages import VeStages
 
 BOOT_TIMEOUT = 30.0
 
@@ -155,6 +157,8 @@ class VEManager:
 
     def stages(self, veid: str) -> VeStages:
         """The chkpnt and restore stages of the VE."""
+        from .stages import VeStages
+
         return VeStages(veid, self.snapshots, self.node)
 
     # -- state
