@@ -120,7 +120,8 @@ class AtomicFile:
         self.tmp: str | None = None  # its temporary name in the directory, once it has one
         try:
             try:
-                flags = os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC
+                # read-write: a dump maps its page data in place (container.PageArea)
+                flags = os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC
                 fd = os.open(".", flags, 0o600, dir_fd=self._dir)
             except OSError as e:
                 if e.errno not in _NO_TMPFILE:

@@ -8,6 +8,7 @@ injection inject.py's (the Injection mixin); whole processes are seize.py's.
 from __future__ import annotations
 
 import errno
+import signal
 import time
 
 from cpt.errors import NoSuchProcess
@@ -18,6 +19,8 @@ from cpt.sys.task import tgkill
 
 from .inject import Injection
 from .memory import ThreadMemory
+
+_SIGKILL = signal.SIGKILL
 
 # Injected syscalls must not be filtered by the target's own seccomp filters.
 DEFAULT_OPTIONS = ptrace.PTRACE_O_SUSPEND_SECCOMP
@@ -164,7 +167,14 @@ class Tracee(Injection):
         return status
 
     def cont(self, sig: int = 0) -> None:
-        ptrace.cont(self.tid, self._deliverable(sig))
+        deliver = self._deliverable(sig)
+        try:
+            ptrace.cont(self.tid, deliver)
+        except (OSError, NoSuchProcess) as e:
+            gone = isinstance(e, NoSuchProcess) or e.errno == errno.ESRCH
+            if deliver == sig or sig != _SIGKILL or not gone:
+                raise
+            # SIGKILL queued with tgkill killed the thread at once: nothing to restart
         self.stopped = False
 
     def _deliverable(self, sig: int) -> int:
