@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from typing import Self
 
 from cpt import interrupts
-from cpt.errors import InjectionError, NoSuchProcess
+from cpt.errors import CptError, InjectionError, NoSuchProcess
 from cpt.procfs import Proc, VmaKind, read_mem
 from cpt.sys import ptrace
 from cpt.sys.arch import MAX_ERRNO, SYSCALL_INSN, Regs
@@ -30,11 +30,14 @@ from cpt.sys.syscalls import NR, syscall_name
 from .pinning import Pinned, pin_together
 
 ALL_SIGNALS = (1 << 64) - 1
-# The mask of a session: everything but SIGTRAP. The single-step trap that ends each injected
-# syscall is a forced signal, and the kernel resets a forced signal's handler to SIG_DFL when
-# the signal is blocked (force_sig_info_to_task): a blocked SIGTRAP would cost the process its
-# SIGTRAP handler at the first injection. A real SIGTRAP arriving meanwhile is told apart by
-# its si_code (user-sent: <= 0) and kept for detach like any other signal.
+# The mask of a session: every signal, but SIGTRAP for a process that catches it. The
+# single-step trap that ends each injected syscall is a forced signal, and the kernel resets a
+# forced signal's handler to SIG_DFL when the signal is blocked (force_sig_info_to_task): a
+# blocked SIGTRAP would cost such a process its handler at the first injection. For every
+# other process SIGTRAP stays blocked: should the tracer die in the middle of an injection,
+# the pending trap is then requeued, never delivered (its default action kills). A real
+# SIGTRAP arriving meanwhile is told apart by its si_code (user-sent: <= 0) and kept for
+# detach like any other signal.
 INJECT_MASK = ALL_SIGNALS & ~(1 << (signal.SIGTRAP - 1))
 # Signals the kernel forces through a blocked mask when the injected instruction faults; SIGSYS
 # is a seccomp RET_TRAP filter (the tracee was seized without PTRACE_O_SUSPEND_SECCOMP).
@@ -120,7 +123,7 @@ class Injection:
 
     @contextmanager
     def session(self, restore: bool = True, pin_cpu: bool = True) -> Iterator[Self]:
-        """Save registers and mask, block every signal but SIGTRAP (INJECT_MASK); restore both.
+        """Save registers and mask, block every signal (SIGTRAP: see INJECT_MASK); restore both.
 
         Nested sessions share the outer one.  A signal of interrupts.py arriving in a
         session is raised when it ends: the thread is never left half-injected.
@@ -138,11 +141,22 @@ class Injection:
         with interrupts.deferred():  # a signal never cuts a session (nor its undoing)
             yield from self._session(restore, pin_cpu)
 
+    def _catches_sigtrap(self) -> bool:
+        try:
+            return bool(_PROC.status(self.tid).sigcgt >> (signal.SIGTRAP - 1) & 1)
+        except CptError:
+            return False  # gone: the injection will say so
+
+    def keep_sigtrap_handler(self) -> None:
+        """In a session: the process now catches SIGTRAP (restore installed its handler):
+        unblock SIGTRAP so that the following injections keep the handler."""
+        self.set_sigmask(INJECT_MASK)
+
     def _session(self, restore: bool, pin_cpu: bool) -> Iterator[Self]:
         base = self.get_regs()
         mask = self.get_sigmask()
         try:
-            self.set_sigmask(INJECT_MASK)
+            self.set_sigmask(INJECT_MASK if self._catches_sigtrap() else ALL_SIGNALS)
             self._base = base
             self._frame = ptrace.SyscallFrame(self.tid, base)
             self._exec_seen = False
