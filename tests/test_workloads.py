@@ -145,6 +145,7 @@ SABOTAGE = [
     ("pyscript", "generator", "did not resume at F(60)"),
     ("pyscript", "file", "position 124"),
     ("pyscript", "thread", "SHA-256"),
+    ("novdso", "maps", "the special mappings are"),
     ("seccomp_tsync", "thread", "thread 1: uname() failed with errno 777"),
     ("procfiles", "offset", "stat is at offset 0, expected 10"),
     ("sigstate", "trap", "the SIGTRAP handler ran 0 times"),

@@ -48,7 +48,7 @@ PYTHON = sys.executable
 PYTHON_FLAGS = ("-E", "-s", "-B")  # no PYTHON* env, no user site, no .pyc in the repo
 
 C_WORKLOADS = ("counter", "tree", "threads", "memory", "files", "procstate", "restart", "sysvipc")
-C_WORKLOADS += ("eventfds", "epoll", "inotify", "ptimers", "seccomp_tsync")
+C_WORKLOADS += ("eventfds", "epoll", "inotify", "ptimers", "seccomp_tsync", "novdso")
 C_WORKLOADS += ("pty", "ghost")  # locks (--file-locks) and ttyjob (a shell): tests of their own
 C_WORKLOADS += ("scale",)
 PY_WORKLOADS = ("counter.py", "pyscript", "shmem.py", "unixzoo", "sigstate", "procfiles")

@@ -56,19 +56,33 @@ _PROC = Proc()
 
 
 def find_vdso_syscall(pid: int) -> int:
-    """Address of a `syscall` instruction inside the [vdso] of `pid` (read, never written)."""
-    for v in _PROC.maps(pid):
+    """Address of a `syscall` instruction of `pid` (read, never written): in its [vdso], or,
+    when the process unmapped its vDSO, anywhere in its executable mappings (the two bytes
+    0f 05 decode as `syscall` wherever they sit, even inside another instruction)."""
+    vmas = _PROC.maps(pid)
+    for v in vmas:
         if v.kind is VmaKind.VDSO:
-            code = read_mem(pid, v.start, v.size)
-            off = code.find(SYSCALL_INSN)
-            if off < 0:
-                break
-            return v.start + off
+            off = read_mem(pid, v.start, v.size).find(SYSCALL_INSN)
+            if off >= 0:
+                return v.start + off
+    for v in vmas:
+        if not v.exec or v.kind in (VmaKind.VDSO, VmaKind.VSYSCALL):
+            continue
+        for at in range(v.start, v.end, _SCAN_CHUNK):
+            size = min(_SCAN_CHUNK + 1, v.end - at)  # one byte more: an insn across chunks
+            try:
+                off = read_mem(pid, at, size).find(SYSCALL_INSN)
+            except OSError:
+                break  # a mapping whose pages cannot be read (beyond its file's end)
+            if off >= 0:
+                return at + off
     raise InjectionError(
-        f"process {pid} has no [vdso] with a syscall instruction; set the "
-        f"injection address explicitly",
+        f"process {pid} has no syscall instruction in its vDSO or any executable mapping",
         pid=pid,
     )
+
+
+_SCAN_CHUNK = 1 << 16
 
 
 class Injection:
