@@ -17,8 +17,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import ipaddress
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from cpt import interrupts
 from cpt.errors import SystemError_
 
 # pyroute2 is imported where it is used (see cpt/dump/netns.py): importing the package
@@ -50,10 +52,15 @@ def gateway(ip: str) -> str:
     return str(next(hosts) if first == iface.ip else first)
 
 
-def _iproute() -> IPRoute:
+@contextlib.contextmanager
+def _iproute() -> Iterator[IPRoute]:
+    """An IPRoute socket, with no signal raised while it is in use: pyroute2 runs an asyncio
+    loop, which turns an exception of a signal handler (cpt/interrupts.py) into
+    "RuntimeError: Event loop stopped"; the signal is raised once the block is left."""
     from pyroute2 import IPRoute
 
-    return IPRoute()
+    with interrupts.deferred(), IPRoute() as ipr:
+        yield ipr
 
 
 def _err(what: str, e: NetlinkError) -> SystemError_:
