@@ -44,7 +44,8 @@ class FileRestorer:
         self.local: dict[int, int] = {}  # description id -> fd in this process
         self.openers: list[Opener] = [cls() for cls in OPENERS]
         self._by_type = {rt: op for op in self.openers for rt in op.records}
-        self.own_proc: list[int] = []  # descriptions of /proc/PID files of the tree itself
+        # description id -> PID, for the /proc/PID files of the tree's own processes
+        self.own_proc: dict[int, int] = {}
 
     def open_all(self) -> None:
         """Open every description but those of /proc/PID files of the tree's own processes,
@@ -57,8 +58,9 @@ class FileRestorer:
             op = self._by_type.get(type(desc))
             if op is None:
                 raise RestoreError(f"cannot restore a {type(desc).__name__} yet")
-            if self._own_proc_pid(desc) is not None:
-                self.own_proc.append(ident)
+            pid = self._own_proc_pid(desc)
+            if pid is not None:
+                self.own_proc[ident] = pid
                 continue
             self.local[ident] = op.open(self.model, desc)
 
@@ -72,10 +74,8 @@ class FileRestorer:
         """Open the /proc/PID files of the tree's own processes, now that the tree is built
         (`host_pids`: image PID -> PID on this host). Outside a VE, under --pidns the host
         /proc shows the copy under another PID: refused rather than opening the original's."""
-        for ident in self.own_proc:
+        for ident, pid in self.own_proc.items():
             desc = self.model.files[ident]
-            pid = self._own_proc_pid(desc)
-            assert pid is not None
             if not self.model.root_prefix and host_pids.get(pid, pid) != pid:
                 raise RestoreError(
                     f"{self.model.path(desc.path_id).path}: a file of the tree's own process in "
