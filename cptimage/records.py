@@ -1,5 +1,5 @@
-"""Every record type of image format 1.2 (1.0; 1.1 added NsCreds and UserNs, a VE's user
-namespace; 1.2 the CHAIN section with its Parent record and the PREDUMP header flag:
+"""Every record type of image format 1.3 (1.0; 1.1 added NsCreds and UserNs, a VE's user
+namespace; 1.2 the Owner record; 1.3 the CHAIN section with its Parent record and the PREDUMP header flag:
 incremental images).  Declarations only: no logic lives here.
 
 A record's tag is u16; its high byte is the section type that holds it (0x00 = the
@@ -42,7 +42,7 @@ class SectionType(enum.IntEnum):
     IPC = 0x07  # SysV and POSIX IPC objects
     NAMESPACES = 0x08  # namespaces, network, mounts
     FSSNAP = 0x09  # the filesystem snapshot taken with the dump
-    CHAIN = 0x0A  # 1.2: the parent image an incremental image builds on
+    CHAIN = 0x0A  # 1.3: the parent image an incremental image builds on
     INDEX = 0xFF  # the trailer's section index
 
 
@@ -63,7 +63,7 @@ class HeaderFlags(enum.IntFlag):
     # 1.1: a VE in a user namespace of its own (UserNs); a reader that does not know the
     # flag reports it, so an older cpt refuses to restore such a VE without its namespace
     USERNS = 1 << 4
-    # 1.2: memory only,
+    # 1.3: memory only,
     # a pre-dump: the processes, their VMAs and their pages, taken while the tree ran;
     # restorable only as the parent of a later image
     PREDUMP = 1 << 5
@@ -399,7 +399,7 @@ class PagemapRun(Record):
 @record(0x0A01)
 class Parent(Record):
     """The image an INCREMENTAL image builds on: its PARENT runs' pages are there (or
-    further down its own chain).  One per incremental image (1.2)."""
+    further down its own chain).  One per incremental image (1.3)."""
 
     uuid: bytes = fbytes(16)  # the parent's Header.uuid (= this image's parent_uuid)
     digest: int = u64()  # the parent's file digest (its trailer's): a changed parent shows

@@ -743,7 +743,7 @@ def ve_userns_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
         w.add_section(R.SectionType.PAGEMAP, tree.pages(w))
 
 
-# --------------------------------------------------------------------------- format 1.2: chains
+# --------------------------------------------------------------------------- format 1.3: chains
 
 CHAIN_START = 0x7F5500000000
 CHAIN_PAGES = 16
@@ -893,13 +893,13 @@ def write_chain(directory: str, levels: int, *, final: bool = True) -> list[str]
 
 
 def _chain_predump(out: BinaryIO) -> None:
-    chain_image(out, 0, minor=2)
+    chain_image(out, 0, minor=3)
 
 
 def _chain_final(out: BinaryIO) -> None:
     base = io.BytesIO()
     _chain_predump(base)
-    chain_image(out, 1, base.getvalue(), predump=False, name="chain-predump.img", minor=2)
+    chain_image(out, 1, base.getvalue(), predump=False, name="chain-predump.img", minor=3)
 
 
 # --------------------------------------------------------------------------- benchmarks
@@ -1031,7 +1031,7 @@ def many_image(out: BinaryIO, nvmas: int, nfds: int) -> None:
 
 
 # name -> its writer; each golden is of the format version it was made for (1.0: the
-# first three; 1.1 added the user namespace of a VE; 1.2 incremental images: a pre-dump
+# first three; 1.1 added the user namespace of a VE; 1.3 incremental images: a pre-dump
 # and the final image on it), and stays so
 GOLDENS: dict[str, Callable[[BinaryIO], None]] = {
     "tree": lambda out: tree_image(out, minor=0),

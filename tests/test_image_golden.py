@@ -1,6 +1,6 @@
 """Golden images of every format version (fixtures/images/NAME.img with NAME.json beside
 it): tree, tree-zstd and every-record are of format 1.0, ve-userns of 1.1, chain-predump
-and chain-final (a pre-dump and the incremental image written on it) of 1.2.
+and chain-final (a pre-dump and the incremental image written on it) of 1.3.
 
 The writer's output for them must never change (SPEC.md section 7); their JSON form
 must decode and encode exactly, the older ones with this reader too.  A new format
@@ -68,7 +68,7 @@ def test_goldens_cover_the_format() -> None:
     assert userns["version"] == [1, 1]
     assert samples.missing_record_types(userns) & {"NsCreds", "UserNs"} == set()
     final = json.loads((GOLDEN / "chain-final.json").read_text())
-    assert final["version"] == [1, 2]
+    assert final["version"] == [1, 3]
     assert "Parent" not in samples.missing_record_types(final)
     zstd = json.loads((GOLDEN / "tree-zstd.json").read_text())
     assert {s["compression"] for s in zstd["sections"]} == {"zstd"}

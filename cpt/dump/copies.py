@@ -36,15 +36,28 @@ class SlotMap:
         self.pieces: list[tuple[int, int, int]] = []
 
     def put(self, new: list[tuple[int, int, int]]) -> None:
-        """Newer copies of some pages (pieces sorted by address, disjoint)."""
+        """Newer copies of some pages (pieces sorted by address, disjoint).  One pass
+        over the old pieces and the new ones: a round costs what the map holds, not that
+        times what the round copied."""
         if not new:
             return
-        old = self.pieces
         cover = normalize([(s, e) for s, e, _ in new])
         kept: list[tuple[int, int, int]] = []
-        for s, e, off in old:
-            for a, b in subtract([(s, e)], cover):
-                kept.append((a, b, off + (a - s)))
+        j, n = 0, len(cover)
+        for s, e, off in self.pieces:
+            cur = s
+            while j < n and cover[j][1] <= cur:
+                j += 1
+            k = j
+            while k < n and cover[k][0] < e:
+                if cover[k][0] > cur:
+                    kept.append((cur, cover[k][0], off + (cur - s)))
+                cur = max(cur, cover[k][1])
+                if cur >= e:
+                    break
+                k += 1
+            if cur < e:
+                kept.append((cur, e, off + (cur - s)))
         merged: list[tuple[int, int, int]] = []
         for s, e, off in sorted(kept + new):
             if merged and merged[-1][1] == s and merged[-1][2] + (s - merged[-1][0]) == off:
@@ -172,11 +185,24 @@ class PageCopies:
         or PARENT where `parent` (the parent image's pages) holds it; what is in neither
         is copied now (`strict`: the process is stopped; else a page that cannot be read
         any more is left out).  Runs are cut at VMA boundaries."""
-        slots = self.slots(pid)
-        missing = subtract(subtract(present, slots.covered()), parent)
+        self.settle(pid, present, parent, strict=strict)
+        return self.built_runs(pid, present, parent, vmas)
+
+    def settle(
+        self, pid: int, present: list[Range], parent: list[Range], *, strict: bool = True
+    ) -> None:
+        """Copy the pages of `present` that have no copy and are not in `parent` (the part
+        of `runs` that needs the process stopped)."""
+        missing = subtract(subtract(present, self.slots(pid).covered()), parent)
         if missing:
             self.copy(pid, missing, strict=strict)
-        have = slots.lookup(present)
+
+    def built_runs(
+        self, pid: int, present: list[Range], parent: list[Range], vmas: list[Vma]
+    ) -> list[PagemapRun]:
+        """The runs of a settled process (`settle`): nothing is read from it, so this may
+        come after it runs again."""
+        have = self.slots(pid).lookup(present)
         from_parent = intersect(subtract(present, normalize([(s, e) for s, e, _ in have])), parent)
         runs: list[PagemapRun] = []
         bounds = [(v.start, v.end) for v in vmas if dumpable(v)]

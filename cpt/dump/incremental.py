@@ -9,6 +9,8 @@ writes").
       .frozen(procs)                  the last round, every thread in a ptrace stop
       .runs(pid, vmas)                the PagemapRuns of a process: PRESENT at its newest
                                       copy, PARENT where the parent image has the page
+      .settle(pid, vmas)              the same in two steps: the copies now (frozen), the
+                                      runs later (after the release)
     write_predump(...)                a whole pre-dump image (memory only) of a live tree
 
 A page is copied only after the scan that found it written returned (a write after the
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from cptimage.chain import parent_for
@@ -136,6 +139,16 @@ class Rounds:
         pr = self.last.get(pid)
         present = pr.present if pr is not None else []
         return self.copies.runs(pid, present, self.parent.get(pid, []), vmas, strict=strict)
+
+    def settle(self, pid: int, vmas: list[Vma]) -> Callable[[], list[PagemapRun]]:
+        """`runs` in two steps, the tree stopped: what must be copied now is, and what is
+        returned makes the runs later (after the tree runs again: they read nothing
+        from it), so that their bookkeeping stays out of the frozen window."""
+        pr = self.last.get(pid)
+        present = pr.present if pr is not None else []
+        parent = self.parent.get(pid, [])
+        self.copies.settle(pid, present, parent)
+        return lambda: self.copies.built_runs(pid, present, parent, vmas)
 
     @property
     def bytes(self) -> int:

@@ -29,3 +29,6 @@ class DumpOptions:
     pre_dump: bool = False
     parent: str = ""
     parent_dir: str = ""
+    # after a leave-running dump the tracking goes on in a holder, relative to its image
+    # (snapshots of a running VE: the next one builds on this one)
+    keep_tracking: bool = False

@@ -18,7 +18,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import Any, BinaryIO
+from collections.abc import Callable
+from typing import Any
 
 from cptimage.atomic import AtomicFile, check_target
 from cptimage.chain import Chain, ChainError, parent_for, parent_name
@@ -28,8 +29,10 @@ from cptimage.records import Header, HeaderFlags, Vma
 from ..dump.dumper import Dumper, DumpStats, build_header, prepare_dump
 from ..dump.incremental import Rounds, parent_ranges, write_predump
 from ..dump.options import DumpOptions
+from ..dump.output import ImageOutput
 from ..dump.pstree import TaskInfo
 from ..dump.track import Tracker
+from ..dump.ve import dump_userns
 from ..errors import CptError, DumpError
 from .tracking import Tracking
 from .tree import Tree, fails_as
@@ -74,6 +77,7 @@ def predump(
         )
     check_target(dumpfile)
     prepare_dump()
+    opts = tree.dump_opts(opts)  # a VE's: its id goes into the header
     tracking = Tracking(tree, notice)
     chain = open_parent(tree, parent, parent_dir) if parent else None
     try:
@@ -115,9 +119,9 @@ def predump(
 
 
 class Incremental:
-    """The incremental side of one dump of `tree` (see the module text): `open` before the
-    freeze, then `pager` for Dumper.run in the frozen window, `done` after the image is
-    written."""
+    """The incremental side of one dump of `tree` (see the module text): `take` and `open`
+    before the freeze, then `dumper_args` for Dumper.run in the frozen window, `done`
+    after the image is written."""
 
     def __init__(
         self,
@@ -142,9 +146,9 @@ class Incremental:
         self.base: Chain | None = None
         self.dumpfile = ""
 
-    def open(self, out: BinaryIO, dumpfile: str, *, frozen: bool) -> None:
-        """Take the tracking (from the holder, relative to the parent) or start it, and
-        with `precopy` open the image and run the live rounds (the tree running)."""
+    def take(self, *, frozen: bool) -> None:
+        """Take the tracking (from the holder, relative to the parent) or, for live
+        rounds, start it; `tracker` stays None for a full dump."""
         tr: Tracker | None = None
         if self.chain is not None:
             tr = self.tracking.tracker(self.chain.image.header.uuid, self.parent or "")
@@ -161,16 +165,24 @@ class Incremental:
                 tr.close()
                 tr = None
                 notice(f"{self.tree.label} cannot be tracked: its memory is copied frozen")
+        self.tracker = tr  # None: a full dump, copied in the frozen window as always
+
+    def open(self, out: ImageOutput, dumpfile: str, *, frozen: bool) -> None:
+        """With live rounds (`precopy`, the tree running), open the image and copy the
+        memory in rounds until the stop rule says freeze."""
+        tr = self.tracker
         if tr is None:
-            return  # a full dump, copied in the frozen window as always
-        self.tracker = tr
+            return
         self.dumpfile = dumpfile
         if self.precopy and not frozen and tr.xstate:
+            userns = self.tree.ve_id and dump_userns(self.tree.root, self.tree.proc)
+            flags = HeaderFlags.USERNS if userns else 0  # as Dumper's header says
             # the header wants a thread's xstate size: an injection read one
             self.writer = ImageWriter(
-                out,
-                self._header(build_header(self.opts, self.tree.root, tr.xstate)),
+                out.file,
+                self._header(build_header(self.opts, self.tree.root, tr.xstate, flags=flags)),
                 compress_pages=self.opts.compress,
+                area=out.area,
             )
             self.rounds = self._rounds(self.writer)
             self.rounds.precopy()
@@ -194,19 +206,20 @@ class Incremental:
 
     def dumper_args(self, procs: dict[int, TaskInfo], dumper: Dumper) -> dict[str, Any]:
         """Dumper.run's keyword arguments in the frozen window (empty: a full dump).  The
-        frozen round runs when the first process's pages are asked for; the Parent
-        record goes into `dumper`'s extra records."""
+        frozen round runs when the first process's pages are asked for, and each
+        process's runs are made in Dumper.finish; the Parent record goes into `dumper`'s
+        extra records."""
         if self.tracker is None:
             return {}
         frozen: list[bool] = []
 
-        def pages(pid: int, vmas: list[Vma], writer: ImageWriter) -> list[Any]:
+        def pages(pid: int, vmas: list[Vma], writer: ImageWriter) -> Callable[[], list[Any]]:
             if self.rounds is None:
                 self.rounds = self._rounds(writer)
             if not frozen:
                 frozen.append(True)
                 self.rounds.frozen(procs)
-            return self.rounds.runs(pid, vmas)
+            return self.rounds.settle(pid, vmas)
 
         def header(h: Header) -> Header:
             h = self._header(h)
@@ -231,7 +244,9 @@ class Incremental:
                 self.tracking.end()
             return
         with tr:
-            if after == "kill" or (self.precopy and self.chain is None):
+            if after == "kill" or (
+                self.precopy and self.chain is None and not self.opts.keep_tracking
+            ):
                 # killed, or a leave-running dump that builds on nothing: one command
                 self.tracking.end()
             else:

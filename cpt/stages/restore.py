@@ -17,31 +17,30 @@ from collections.abc import Callable
 from cptimage.chain import Chain, flatten, verify_chain
 from cptimage.container import ImageReader
 from cptimage.errors import ImageError
-from cptimage.records import HeaderFlags
+from cptimage.records import Header, HeaderFlags
 from cptimage.verify import verify
 
+from .. import fault, interrupts
 from ..errors import CptError, RestoreError
 from ..host.verify import check_host
 from ..restore.options import RestoreOptions
 from ..restore.restorer import Restorer, RestoreStats
-from .store import TreeState
+from .store import RESTORING, TreeState
 from .tree import Tree, fails_as
 
 
 def open_for_restore(dumpfile: str, opts: RestoreOptions | None = None) -> ImageReader:
     """The image, after verify-before-restore: its checksums and structure, then this host.
 
-    Refuses with the first problems, precisely, before any process is created.
+    Refuses with the first problems, precisely, before any process is created: a damaged
+    image (or no image) as ImageError (exit 40), a host it cannot run on as RestoreError.
     """
     opts = opts or RestoreOptions()
     problems = verify(dumpfile)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise RestoreError(f"{dumpfile}: {problems[0]}{more}; refusing to restore")
-    try:
-        reader = ImageReader(dumpfile)
-    except ImageError as e:
-        raise RestoreError(f"{e}; refusing to restore") from None
+        raise ImageError(f"{problems[0]}{more}; refusing to restore", path=dumpfile)
+    reader = ImageReader(dumpfile)
     if reader.header.flags & (HeaderFlags.INCREMENTAL | HeaderFlags.PREDUMP):
         reader.close()
         reader = _flat_chain(dumpfile, opts.parent_dir or None)
@@ -54,20 +53,34 @@ def open_for_restore(dumpfile: str, opts: RestoreOptions | None = None) -> Image
     return reader
 
 
+def refuse_predump(dumpfile: str, header: Header | None = None) -> None:
+    """Refuse a pre-dump (exit 40): it holds memory only.  Without `header`, the file's
+    is read (an image that cannot be read is left to the checks that follow)."""
+    if header is None:
+        try:
+            with ImageReader(dumpfile) as r:
+                header = r.header
+        except (ImageError, OSError):
+            return
+    if header.flags & HeaderFlags.PREDUMP:
+        raise ImageError(
+            f"a pre-dump holds memory only; restore the final dump written on "
+            f"it (chkpnt --parent {dumpfile}); refusing to restore",
+            path=dumpfile,
+        )
+
+
 def _flat_chain(dumpfile: str, parent_dir: str | None) -> ImageReader:
     """An incremental image with its chain, as one image: every link checked and every
     image verified first (a broken chain is refused before anything is touched), then
     flattened into an unlinked temporary file: each page from the newest image holding it."""
     report = verify_chain(dumpfile, parent_dir)
-    if report.header is not None and report.header.flags & HeaderFlags.PREDUMP:
-        raise RestoreError(
-            f"{dumpfile}: a pre-dump holds memory only; restore the final dump written on "
-            f"it (chkpnt --parent {dumpfile}); refusing to restore"
-        )
+    if report.header is not None:
+        refuse_predump(dumpfile, report.header)
     if report.problems:
         n = len(report.problems)
         more = f" (and {n - 1} more)" if n > 1 else ""
-        raise RestoreError(f"{dumpfile}: {report.problems[0]}{more}; refusing to restore")
+        raise ImageError(f"{report.problems[0]}{more}; refusing to restore", path=dumpfile)
     where = os.path.dirname(os.path.abspath(dumpfile))
     try:
         tmp = tempfile.TemporaryFile(dir=where if os.access(where, os.W_OK) else None)  # noqa: SIM115
@@ -83,7 +96,7 @@ def _flat_chain(dumpfile: str, parent_dir: str | None) -> ImageReader:
         return reader
     except ImageError as e:
         tmp.close()
-        raise RestoreError(f"{dumpfile}: {e}; refusing to restore") from None
+        raise ImageError(f"{e}; refusing to restore") from None
     except BaseException:
         tmp.close()
         raise
@@ -107,18 +120,23 @@ def restore(
         return Restorer(reader, opts, tree.proc).run()
     here = tree.proc.cgroup2(os.getpid())
     tree.clear_stale()
-    tree.freezer.create()
+    tree.note(RESTORING)  # a command killed from here on: the next kills what it made
     try:
+        fault.point("restore:freezer")
+        tree.freezer.create()
         stats = Restorer(reader, opts, tree.proc).run(
             on_spawn=_freeze_later(tree), freeze=tree.freezer.freeze_request if undump else None
         )
     except BaseException:
         with contextlib.suppress(CptError):
             tree.freezer.remove()
+        tree.store.drop()
         raise
     if not undump:  # a VE, running
+        interrupts.no_return()
         if tree.link is not None:
             tree.link.up()
+        tree.store.drop()
         return stats
     tree.freezer.wait_frozen()
     origins = {} if tree.ve_id else dict.fromkeys(tree.freezer.procs(), here)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING, Protocol
 
-from ..errors import UsageError
+from ..errors import InvalidValue, UsageError
 
 if TYPE_CHECKING:
     from ..dump.dumper import DumpStats
@@ -60,6 +60,25 @@ def check_stage(stage: Stage, command: str) -> None:
     allowed = CHKPNT_STAGES if command == "chkpnt" else RESTORE_STAGES
     if stage not in allowed:
         raise UsageError(f"{command} has no stage {stage.value}")
+
+
+def check_dumpfile(given: str | None) -> None:
+    """Refuse an empty dump file name: it would silently mean the default (or a file
+    named after nothing); None is what asks for the default."""
+    if given is not None and not given:
+        raise InvalidValue(
+            "--dumpfile is empty: name the dump file, or leave the option out for the default"
+        )
+
+
+def check_chkpnt_options(stage: Stage, opts: DumpOptions) -> None:
+    """Refuse chkpnt options that do not go with `stage`."""
+    if opts.leave_running and stage is not Stage.CHKPNT:
+        raise UsageError("--leave-running is a full checkpoint; it takes no stage option")
+    if opts.pre_dump and (stage is not Stage.CHKPNT or opts.leave_running):
+        raise UsageError("--pre-dump takes no stage option and no --leave-running")
+    if opts.parent and stage not in (Stage.CHKPNT, Stage.DUMP):
+        raise UsageError("--parent is for a dump: chkpnt, --dump or --pre-dump")
 
 
 class Stages(Protocol):
