@@ -129,8 +129,6 @@ def chkpnt(
     stage = _stage(Stage.CHKPNT, suspend=suspend, dump=dump, kill=kill, resume=resume)
     if (veid is None) == (pid is None):
         raise UsageError("chkpnt needs a VEID or --pid PID (one of them)")
-    if veid is not None and pre_dump:
-        raise UsageError("--pre-dump of a VE is not supported yet")
     stages = _stages(veid, pid)
     opts = DumpOptions(
         leave_running=leave_running,

@@ -1204,7 +1204,9 @@ class _Structure:
         """The mount table: the root ("/") first, then each mount after its parent."""
         mounts = self.recs.get("Mount", [])
         if not mounts:
-            if self.header.flags & R.HeaderFlags.VE and self.readable("Mount"):
+            # a VE's pre-dump holds memory only: no namespaces
+            predump = self.header.flags & R.HeaderFlags.PREDUMP
+            if self.header.flags & R.HeaderFlags.VE and not predump and self.readable("Mount"):
                 self.v.add("NAMESPACES", "a VE's image without its mount table")
             return
         if mounts[0].rec.mountpoint != "/":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -277,3 +278,28 @@ def test_cli_exit_codes_through_main(tmp_path: Path) -> None:
     os.unlink(paths[1])
     assert run(["image", "flatten", paths[-1], "-o", str(tmp_path / "x.img")]) == 40
     assert run(["image", "verify", paths[-1]]) == 1
+
+
+def test_a_ve_predump_holds_no_namespaces() -> None:
+    """A VE's pre-dump is memory only too: no mount table, no network is asked of it (a VE's
+    full image without its mount table is a problem)."""
+
+    def ve_image(flags: int) -> Callable[[io.BytesIO], None]:
+        def build(out: io.BytesIO) -> None:
+            hdr = samples.header(
+                flags=R.HeaderFlags.VE | R.HeaderFlags.PIDNS | flags,
+                source_kind=R.SourceKind.VE,
+                source_id="101",
+            )
+            with ImageWriter(out, hdr) as w:
+                w.add_section(R.SectionType.PROCESS, [R.Process(pid=100, state=1, comm="x")])
+                w.add_section(
+                    R.SectionType.MM,
+                    [R.Vma(pid=100, kind=R.VmaKind.ANON, prot=3, flags=0x22, start=CHAIN_START,
+                           end=CHAIN_START + CHAIN_PAGES * PAGE)],
+                )  # fmt: skip
+
+        return build
+
+    assert _problems(ve_image(R.HeaderFlags.PREDUMP)) == []
+    assert any("a VE's image without its mount table" in p for p in _problems(ve_image(0)))

@@ -33,10 +33,11 @@ from cpt.errors import AlreadyRunning, NotRunning, RestoreError, UsageError
 from cpt.restore.options import RestoreOptions
 from cpt.restore.restorer import RestoreStats
 from cpt.stages.dump import checkpoint, dump
+from cpt.stages.incremental import closing_stage, predump
 from cpt.stages.kill import kill
-from cpt.stages.restore import open_for_restore, restore
+from cpt.stages.restore import open_for_restore, refuse_predump, restore
 from cpt.stages.resume import resume
-from cpt.stages.stage import Stage, check_dumpfile, check_stage
+from cpt.stages.stage import Stage, check_chkpnt_options, check_dumpfile, check_stage
 from cpt.stages.store import KILLING, TreeState
 from cpt.stages.suspend import suspend
 from cpt.stages.tree import RUNS_AGAIN, Tree
@@ -112,8 +113,7 @@ class VeStages:
         check_stage(stage, "chkpnt")
         check_dumpfile(dumpfile)
         opts = opts or DumpOptions()
-        if opts.leave_running and stage is not Stage.CHKPNT:
-            raise UsageError("--leave-running is a full checkpoint; it takes no stage option")
+        check_chkpnt_options(stage, opts)
         run = RunState(self.veid)
         with run.locked():
             cfg = self.node.config(self.veid)
@@ -126,6 +126,11 @@ class VeStages:
                 return None  # the repair of a killed cpt's suspend resumed it
             path = self.dumpfile(dumpfile)
             opts = ve_dump_options(opts)
+            if opts.pre_dump:  # memory only, the VE runs on: no filesystem snapshot
+                return predump(
+                    self.tree(cfg, rt.init_pid), path, opts, opts.parent or None,
+                    opts.parent_dir or None,
+                )  # fmt: skip
             if stage is Stage.SUSPEND:
                 capture = FsCapture(self.veid, cfg.private, "")  # its sync, before the freeze
                 suspend(self.tree(cfg, rt.init_pid, capture), opts)
@@ -136,8 +141,10 @@ class VeStages:
             elif stage is Stage.KILL:
                 kill(self.tree(cfg, rt.init_pid))
                 self._stopped(cfg)
+                closing_stage(self.tree(cfg, rt.init_pid), killed=True)
             else:
                 resume(self.tree(cfg, rt.init_pid))
+                closing_stage(self.tree(cfg, rt.init_pid), killed=False)
             return None
 
     def repair(self) -> str | None:
@@ -214,12 +221,20 @@ class VeStages:
             raise UsageError("--pidns, --ipcns, --shell-job and --pidfile are for process trees")
         with RunState(self.veid).locked():
             self.repair_locked(self.node.config(self.veid))
-            return self.restore_locked(stage, dumpfile, rollback_fs=opts.rollback_fs)
+            return self.restore_locked(
+                stage, dumpfile, rollback_fs=opts.rollback_fs, parent_dir=opts.parent_dir
+            )
 
     def restore_locked(
-        self, stage: Stage, dumpfile: str | None = None, *, rollback_fs: bool = False
+        self,
+        stage: Stage,
+        dumpfile: str | None = None,
+        *,
+        rollback_fs: bool = False,
+        parent_dir: str = "",
     ) -> RestoreStats | None:
-        """restore() with the VE's lock held."""
+        """restore() with the VE's lock held (`parent_dir`: where the parents of an
+        incremental image are, if not next to it)."""
         veid = self.veid
         cfg = self.node.config(veid)
         run = RunState(veid)
@@ -240,9 +255,10 @@ class VeStages:
             raise AlreadyRunning(f"VE {veid} is running: its restore is refused")
         run.forget_ended()
         path = self.dumpfile(dumpfile)
+        refuse_predump(path)
         self._check_ids(cfg, path)
         self._check_fs(path, rollback_fs)
-        reader = open_for_restore(path)
+        reader = open_for_restore(path, RestoreOptions(parent_dir=parent_dir))
         with reader:
             h = reader.header
             if h.source_kind != SourceKind.VE:
