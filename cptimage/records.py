@@ -1,4 +1,4 @@
-"""Every record type of image format 1.0.  Declarations only: no logic lives here.
+"""Every record type of image format 1.2 (1.0, and Owner since 1.2).  Declarations only: no logic lives here.
 
 A record's tag is u16; its high byte is the section type that holds it (0x00 = the
 container itself).  Retired tags stay in RETIRED_TAGS forever so a number is never
@@ -253,6 +253,31 @@ class PendingSignal(Record):
     tid: int = u32()  # 0: pending for the whole process (shared queue)
     signo: int = u32()
     siginfo: bytes = blob()  # 128-byte siginfo_t
+
+
+@record(0x010C)  # 1.2; 0x010B is left to the user-namespace records of format 1.1
+class Owner(Record):
+    """The credentials of a dumped tree's owner (its root process's, at the dump): a
+    restore refuses processes whose credentials are above them unless --trust.  Written
+    for a tree dumped by --pid (source_kind PID), one per image; a VE has none."""
+
+    pid: int = u32()  # the root process the credentials were read from
+    uid: int = u32()
+    euid: int = u32()
+    suid: int = u32()
+    fsuid: int = u32()
+    gid: int = u32()
+    egid: int = u32()
+    sgid: int = u32()
+    fsgid: int = u32()
+    cap_inh: int = u64()
+    cap_prm: int = u64()
+    cap_eff: int = u64()
+    cap_bnd: int = u64()
+    cap_amb: int = u64()
+    securebits: int = u32()
+    no_new_privs: int = u8()
+    groups: list[int] = u32s()
 
 
 # --------------------------------------------------------------------------- MM

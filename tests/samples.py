@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from cptimage import records as R
-from cptimage.container import ImageWriter
+from cptimage.container import FORMAT_MINOR, ImageWriter
 from cptimage.fields import REGISTRY
 from cptimage.jsonio import decode_to
 
@@ -417,10 +417,14 @@ class _Tree:
         w.add_section(R.SectionType.PAGEMAP, self.pages(w))
 
 
-def tree_image(out: BinaryIO, *, variant: int = 0, compress: bool = False) -> None:
+def tree_image(
+    out: BinaryIO, *, variant: int = 0, compress: bool = False, minor: int = FORMAT_MINOR
+) -> None:
     """The small realistic image; ``variant=1`` differs in a few places (for diff)."""
     hdr = header(created_ns=CREATED_NS + variant * 10**9)
-    with ImageWriter(out, hdr, compress_records=compress, compress_pages=compress, level=9) as w:
+    with ImageWriter(
+        out, hdr, compress_records=compress, compress_pages=compress, level=9, minor=minor
+    ) as w:
         _Tree(variant).write(w)
 
 
@@ -634,8 +638,9 @@ def _extras() -> dict[R.SectionType, list[Any]]:
     }
 
 
-def every_record_image(out: BinaryIO) -> None:
-    """The tree plus one record of every type the tree lacks (and a SysV shm object)."""
+def every_record_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
+    """The tree plus one record of every type of format 1.0 the tree lacks (and a SysV shm
+    object)."""
     tree = _Tree(0)
     extras = _extras()
     with ImageWriter(
@@ -645,6 +650,7 @@ def every_record_image(out: BinaryIO) -> None:
             source_kind=R.SourceKind.VE,
             source_id="100",
         ),
+        minor=minor,
     ) as w:
         w.add_section(R.SectionType.PROCESS, tree.process() + extras[R.SectionType.PROCESS])
         shm = R.Vma(
@@ -666,6 +672,29 @@ def every_record_image(out: BinaryIO) -> None:
         w.add_section(R.SectionType.FDS, tree.fds() + extras[R.SectionType.FDS])
         for st in (R.SectionType.IPC, R.SectionType.NAMESPACES, R.SectionType.FSSNAP):
             w.add_section(st, extras[st])
+        w.add_section(R.SectionType.PAGEMAP, tree.pages(w))
+
+
+# --------------------------------------------------------------------------- format 1.2
+
+
+def owner_record(pid: int = 100, uid: int = 1000) -> R.Owner:
+    """The tree's owner as a --pid dump records it: its root process's credentials."""
+    return R.Owner(
+        pid=pid, uid=uid, euid=uid, suid=uid, fsuid=uid, gid=uid, egid=uid, sgid=uid,
+        fsgid=uid, cap_bnd=(1 << 41) - 1, groups=[uid, 27],
+    )  # fmt: skip
+
+
+def tree_owner_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
+    """The tree as a --pid dump of format 1.2 writes it: with its owner's credentials
+    (Owner), which are its root process's."""
+    tree = _Tree(0)
+    with ImageWriter(out, header(), minor=minor) as w:
+        w.add_section(R.SectionType.PROCESS, [*tree.process(), owner_record()])
+        w.add_section(R.SectionType.MM, tree.mm())
+        w.add_section(R.SectionType.FILES, tree.files())
+        w.add_section(R.SectionType.FDS, tree.fds())
         w.add_section(R.SectionType.PAGEMAP, tree.pages(w))
 
 
@@ -772,10 +801,13 @@ def many_image(out: BinaryIO, nvmas: int, nfds: int) -> None:
 # --------------------------------------------------------------------------- goldens
 
 
+# name -> its writer; each golden is of the format version it was made for (1.0: the
+# first three; 1.2 added the tree's owner), and stays so
 GOLDENS: dict[str, Callable[[BinaryIO], None]] = {
-    "tree": tree_image,
-    "tree-zstd": lambda out: tree_image(out, variant=1, compress=True),
-    "every-record": every_record_image,
+    "tree": lambda out: tree_image(out, minor=0),
+    "tree-zstd": lambda out: tree_image(out, variant=1, compress=True, minor=0),
+    "every-record": lambda out: every_record_image(out, minor=0),
+    "tree-owner": lambda out: tree_owner_image(out, minor=2),
 }
 
 
