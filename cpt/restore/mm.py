@@ -22,7 +22,6 @@ from .. import procfs as P
 from ..errors import RestoreError
 from ..procfs import Proc
 from ..sys.arch import PAGE_SIZE, SYSCALL_INSN
-from ..sys.files import AT_FDCWD
 from ..sys.ipc import SHM_EXEC, SHM_RDONLY
 from ..sys.mem import (
     MADV_DONTDUMP,
@@ -42,6 +41,7 @@ from ..sys.mem import (
 from ..sys.syscalls import NR
 from ..sys.task import PR_SET_MM, PR_SET_MM_MAP, pack_prctl_mm_map
 from ..trace.scratch import Scratch, free_gap
+from .creds import as_holders
 from .model import ImageModel, ProcImage
 from .pstree import Task
 
@@ -64,26 +64,25 @@ _MADVISE = [
 def open_in_target(
     task: Task, model: ImageModel, path: PathObj, flags: int, pidfd_slot: int
 ) -> int:
-    """openat() the path inside the task (its fd, to be closed by the caller).  A ghost
-    is the restorer's fd: taken through the inherited pidfd and reopened with `flags`."""
-    sc = task.scratch
-    assert sc is not None
-    t = task.leader
-    local = model.ghost_fds.get(path.id)
-    if local is not None:
-        got = t.syscall_checked(NR.pidfd_getfd, pidfd_slot, local, 0)
-        addr = sc.push_str(P.fd_path("self", got))  # "self": the tracee
-        fd = t.syscall(NR.openat, AT_FDCWD, addr, flags | O_CLOEXEC, 0)
-        t.syscall(NR.close, got)
-    else:
-        addr = sc.push_str(path.path)
-        fd = t.syscall(NR.openat, AT_FDCWD, addr, flags | O_CLOEXEC, 0)
-    if fd < 0:
-        raise RestoreError(
-            f"process {task.pid}: cannot open {path.path} (errno {-fd}); was it changed "
-            f"since the checkpoint?",
-            pid=task.pid,
+    """The file `path` as an fd of the task (to be closed by the caller): opened by the
+    restorer with the task's own credentials (creds.py: a mapping or an executable is a
+    file the process could open itself; a VE's paths resolve inside its root), then
+    taken by the task through the inherited pidfd (pidfd_getfd: the same open file)."""
+    what = f"process {task.pid}: cannot open {path.path}"
+    try:
+        local = as_holders(
+            model, [task.pid], what, lambda: model.open_path(path, flags | O_CLOEXEC)
         )
+    except OSError as e:
+        raise RestoreError(
+            f"{what} ({e.strerror}); was it changed since the checkpoint?", pid=task.pid
+        ) from None
+    try:
+        fd = task.leader.syscall(NR.pidfd_getfd, pidfd_slot, local, 0)
+    finally:
+        os.close(local)
+    if fd < 0:
+        raise RestoreError(f"{what}: pidfd_getfd failed (errno {-fd})", pid=task.pid)
     return fd
 
 

@@ -163,6 +163,7 @@ class Restorer:
             files.close()
             ghosts.close()
             close_objects(self.model)
+            self.model.close()
             if image_map is not None:
                 image_map.close()
         st = self.stats
