@@ -21,6 +21,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 
+from cptimage.atomic import atomic_output
 from cptimage.container import ImageReader
 from cptimage.records import Compression
 
@@ -142,6 +143,8 @@ class Restorer:
             for task in live:
                 for th in task.img.threads:
                     set_registers(th, task.threads[th.tid])
+            if self.opts.pidfile:  # before the tree is released: a failure kills it
+                write_pidfile(self.opts.pidfile, self.stats.host_pid)
             fault.point("restore:detach")
             if freeze is not None:
                 freeze()
@@ -227,6 +230,18 @@ class Restorer:
         if first:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(first, 0)  # the root stub is this process's child
+
+
+def write_pidfile(path: str, pid: int) -> None:
+    """`pid` into `path`, atomically (a temporary file renamed over it: a symlink there is
+    replaced, never followed), mode 0644; RestoreError when it cannot be written."""
+    try:
+        with atomic_output(path, mode=0o644) as f:
+            f.write(f"{pid}\n".encode())
+    except OSError as e:
+        raise RestoreError(
+            f"cannot write the pidfile {path}: {e.strerror or e}; the restored tree was killed"
+        ) from None
 
 
 def _free_slot(lowest: int) -> int:

@@ -20,6 +20,7 @@ from ..errors import RestoreError, UsageError
 from ..procfs import Proc
 from ..restore.options import RestoreOptions
 from ..restore.restorer import RestoreStats
+from ..restore.trust import open_dumpfile
 from ..restore.tty import wait_shell_job
 from .dump import checkpoint, dump
 from .kill import kill
@@ -100,7 +101,7 @@ class TreeStages:
                 raise UsageError(
                     "--pidns, --ipcns and --shell-job belong to a full restore or --undump"
                 )
-            self.pid = _root_of(dumpfile)
+            self.pid = _root_of(dumpfile, trust=opts.trust)
             tree = self.tree()
             with tree.locked():
                 (resume if stage is Stage.RESUME else kill)(tree)
@@ -121,10 +122,11 @@ class TreeStages:
         wait_shell_job(stats.pidns_init or stats.host_pid)
 
 
-def _root_of(dumpfile: str) -> int:
-    """The root PID of the tree a dump file holds (from its header)."""
+def _root_of(dumpfile: str, *, trust: bool = False) -> int:
+    """The root PID of the tree a dump file holds (from its header; the file trusted as
+    for a restore)."""
     try:
-        with ImageReader(dumpfile) as r:
+        with ImageReader(open_dumpfile(dumpfile, trust=trust), own=True) as r:
             return r.header.root_pid
     except ImageError as e:
         raise RestoreError(str(e)) from None
