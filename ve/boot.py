@@ -73,6 +73,9 @@ def boot(cfg: VEConfig, go_fd: int, status_fd: int) -> None:
 def build_mounts(root: str, template: str) -> None:
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount leaks to the host
     mount(root, root, None, MS_BIND | MS_REC)  # the root must be a mount for pivot_root
+    # the host mounts the pool nosuid,nodev (storage/pool.py); the VE's own view of its
+    # area is a mount of its own that allows both, as its root expects
+    mount(None, root, None, MS_BIND | MS_REMOUNT)
     if template == "host":
         for d in host_dirs():
             if os.path.islink(f"/{d}"):

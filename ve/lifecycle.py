@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from cpt.errors import AlreadyRunning, CptError, InvalidValue, NotRunning, SystemError_
+from cpt.restore.trust import waiting
 from cpt.stages.stage import Stage
 from cpt.sys.cgroup import Freezer
 from cpt.sys.ns import VE_NAMESPACES, join, unshare
@@ -109,13 +110,15 @@ class VEManager:
         return RunState(veid).freezer()
 
     def status(self, veid: str) -> str:
-        """running, suspended (frozen, or a dump file waits: as vzctl says) or stopped."""
+        """running, suspended (frozen, or a dump file waits: as vzctl says) or stopped.
+        A dump file waits only if a restore would read it (cpt.restore.trust): a file
+        planted by a user at the default path does not make a stopped VE suspended."""
         self.config(veid)
         rt = self.runtime(veid)
         if rt is not None:
             fz = self.freezer(veid)
             return "suspended" if fz.exists() and fz.freeze_requested() else "running"
-        return "suspended" if os.path.exists(self.node.default_dumpfile(veid)) else "stopped"
+        return "suspended" if waiting(self.node.default_dumpfile(veid)) else "stopped"
 
     def list_ves(self) -> list[dict[str, Any]]:
         out = []
@@ -132,20 +135,23 @@ class VEManager:
 
     # -- start and stop
 
-    def start(self, veid: str) -> Runtime:
-        """Boot the VE, or restore it when a dump file of it waits (as vzctl start)."""
+    def start(self, veid: str, *, trust: bool = False) -> Runtime:
+        """Boot the VE, or restore it when a dump file of it waits (as vzctl start);
+        `trust`: the operator vouches for that dump file (cpt.restore.trust)."""
         with self.locked(veid):
-            return self.start_locked(veid)
+            return self.start_locked(veid, trust=trust)
 
-    def start_locked(self, veid: str, *, boot: bool = False) -> Runtime:
-        """start() with the VE's lock held; `boot`: boot even if a dump file waits."""
+    def start_locked(self, veid: str, *, boot: bool = False, trust: bool = False) -> Runtime:
+        """start() with the VE's lock held; `boot`: boot even if a dump file waits.  Any
+        file at the default dump path means a restore, which refuses one a user could
+        have planted (exit 17) rather than boot past it."""
         cfg = self.config(veid)
         run = RunState(veid)
         if run.runtime() is not None:
             raise AlreadyRunning(f"VE {veid} is already running")
         run.forget_ended()
-        if not boot and os.path.exists(self.node.default_dumpfile(veid)):
-            self.stages(veid).restore_locked(Stage.RESTORE)
+        if not boot and os.path.lexists(self.node.default_dumpfile(veid)):
+            self.stages(veid).restore_locked(Stage.RESTORE, trust=trust)
             rt = self.runtime(veid)
             assert rt is not None
             return rt

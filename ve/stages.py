@@ -33,7 +33,7 @@ from cpt.restore.options import RestoreOptions
 from cpt.restore.restorer import RestoreStats
 from cpt.stages.dump import checkpoint, dump
 from cpt.stages.kill import kill
-from cpt.stages.restore import open_for_restore, restore
+from cpt.stages.restore import check_restorable, open_image, restore
 from cpt.stages.resume import resume
 from cpt.stages.stage import Stage, check_stage
 from cpt.stages.store import TreeState
@@ -41,7 +41,7 @@ from cpt.stages.suspend import suspend
 from cpt.stages.tree import Tree
 from cptimage.container import ImageReader
 from cptimage.errors import ImageError
-from cptimage.records import FsSnapshot, SectionType, SourceKind
+from cptimage.records import FsSnapshot, Mount, SectionType, SourceKind
 
 from . import fssnap, net
 from .config import VEConfig
@@ -120,8 +120,8 @@ class VeStages:
                 capture = FsCapture(self.veid, cfg.private, "")  # its sync, before the freeze
                 suspend(self.tree(cfg, rt.init_pid, capture), opts)
             elif stage in (Stage.DUMP, Stage.CHKPNT):
-                if dumpfile is None:
-                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                if dumpfile is None:  # <root>/dump: root's alone, as the dumps in it
+                    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
                 return self.dump_with_fs(cfg, rt.init_pid, path, opts, staged=stage is Stage.DUMP)
             elif stage is Stage.KILL:
                 kill(self.tree(cfg, rt.init_pid))
@@ -176,12 +176,23 @@ class VeStages:
         if opts.pidns or opts.ipcns or opts.shell_job:
             raise UsageError("--pidns, --ipcns, --shell-job and --pidfile are for process trees")
         with RunState(self.veid).locked():
-            return self.restore_locked(stage, dumpfile, rollback_fs=opts.rollback_fs)
+            return self.restore_locked(
+                stage, dumpfile, rollback_fs=opts.rollback_fs, trust=opts.trust
+            )
 
     def restore_locked(
-        self, stage: Stage, dumpfile: str | None = None, *, rollback_fs: bool = False
+        self,
+        stage: Stage,
+        dumpfile: str | None = None,
+        *,
+        rollback_fs: bool = False,
+        trust: bool = False,
     ) -> RestoreStats | None:
-        """restore() with the VE's lock held."""
+        """restore() with the VE's lock held.  The dump file is opened once and trusted
+        as cpt.restore.trust says (`trust`: the operator vouches for it); the image must
+        be this VE's, carry its filesystem proof, and stand on its configured private
+        area (_check_image), before the area is proven or rolled back and the host is
+        checked."""
         veid = self.veid
         cfg = self.node.config(veid)
         run = RunState(veid)
@@ -202,8 +213,10 @@ class VeStages:
             raise AlreadyRunning(f"VE {veid} is running: its restore is refused")
         run.forget_ended()
         path = self.dumpfile(dumpfile)
-        self._check_fs(path, rollback_fs)
-        reader = open_for_restore(path)
+        try:
+            reader = open_image(path, trust=trust)
+        except ImageError as e:
+            raise RestoreError(f"{e}; refusing to restore") from None
         with reader:
             h = reader.header
             if h.source_kind != SourceKind.VE:
@@ -213,11 +226,14 @@ class VeStages:
                 )
             if h.source_id != veid:
                 raise RestoreError(f"{path} is the image of VE {h.source_id}, not of VE {veid}")
+            proofs = self._check_image(path, reader, cfg)
+            self._check_fs(proofs, rollback_fs)
 
             def links(pid: int) -> None:
                 net.setup_host(veid, cfg.ip, pid, up=False)
 
-            opts = RestoreOptions(ve_links=links)
+            opts = RestoreOptions(ve_links=links, trust=trust)
+            check_restorable(reader, opts)
             stats = restore(self.tree(cfg, 0), reader, opts, undump=stage is Stage.UNDUMP)
         run.record(stats.host_pid, net.host_ifname(veid))
         if stage is Stage.RESTORE and path == self.node.default_dumpfile(veid):
@@ -227,20 +243,54 @@ class VeStages:
             self.snapshots.spent(veid, path)
         return stats
 
-    def _check_fs(self, path: str, rollback_fs: bool) -> None:
+    def _check_image(self, path: str, reader: ImageReader, cfg: VEConfig) -> list[FsSnapshot]:
+        """The image must stand on this VE's configured private area: its root mount is
+        that area, and it carries the filesystem proof (FsSnapshot) of that area, whose
+        snapshots are this VE's in the node's pool (those are the paths a rollback
+        touches).  Returns the proofs, with the area and the snapshot paths as resolved
+        here."""
+        veid = self.veid
+        area = os.path.realpath(cfg.private)
+        mounts = [m for m in reader.records(SectionType.NAMESPACES) if isinstance(m, Mount)]
+        if mounts and os.path.realpath(mounts[0].source) != area:
+            raise RestoreError(
+                f"{path}: the image's root mount is {mounts[0].source}, not the private area "
+                f"{cfg.private} of VE {veid}; refusing to restore"
+            )
+        recs = [x for x in reader.records(SectionType.FSSNAP) if isinstance(x, FsSnapshot)]
+        if not recs:
+            raise RestoreError(
+                f"{path}: the image carries no filesystem snapshot (FsSnapshot): the private "
+                f"area {cfg.private} of VE {veid} cannot be proven to be the one it was dumped "
+                f"with; refusing to restore"
+            )
+        place = os.path.realpath(self.node.snapshots_dir(veid))
+        out = []
+        for rec in recs:
+            if rec.ve_id != veid or os.path.realpath(rec.subvolume) != area:
+                raise RestoreError(
+                    f"{path}: the image's filesystem snapshot is of {rec.subvolume} (VE "
+                    f"{rec.ve_id}), not of the private area {cfg.private} of VE {veid}; "
+                    f"refusing to restore"
+                )
+            snap = os.path.realpath(rec.snapshot_path)
+            if not snap.startswith(place + os.sep):
+                raise RestoreError(
+                    f"{path}: the image's filesystem snapshot {rec.snapshot_path} is not one of "
+                    f"VE {veid}'s snapshots in the node's pool ({place}); refusing to restore"
+                )
+            out.append(dataclasses.replace(rec, subvolume=area, snapshot_path=snap))
+        return out
+
+    def _check_fs(self, recs: list[FsSnapshot], rollback_fs: bool) -> None:
         """The private area must be what the dump's snapshot holds: refuse naming what
         changed, or (`rollback_fs`) roll it back, keeping the live contents.  Before
         anything is created."""
-        try:
-            with ImageReader(path) as r:
-                recs = [x for x in r.records(SectionType.FSSNAP) if isinstance(x, FsSnapshot)]
-        except ImageError as e:
-            raise RestoreError(f"{e}; refusing to restore") from None
         for rec in recs:
             diff = fssnap.changes(rec)
             if diff is None:
                 raise RestoreError(
-                    f"{path}: the filesystem snapshot {rec.snapshot_path} taken with this dump "
+                    f"the filesystem snapshot {rec.snapshot_path} taken with this dump "
                     f"is gone: the private area {rec.subvolume} cannot be proven unchanged"
                 )
             if not diff:
