@@ -257,8 +257,9 @@ class PendingSignal(Record):
 
 @record(0x010C)  # 1.2; 0x010B is left to the user-namespace records of format 1.1
 class Owner(Record):
-    """The credentials of a dumped tree's owner (its root process's, at the dump): a
-    restore refuses processes whose credentials are above them unless --trust.  Written
+    """The credentials of a --pid tree's owner: its root process's, at the dump.
+
+    A restore refuses processes whose credentials are above them unless --trust.  Written
     for a tree dumped by --pid (source_kind PID), one per image; a VE has none."""
 
     pid: int = u32()  # the root process the credentials were read from
