@@ -13,19 +13,27 @@ process could not make is skipped (the file stays the process's own).
 
 An open-file description shared by several processes (after fork) is opened with the
 credentials of the first of its holders, in tree order, for which the open succeeds: the
-description is then one that process could have opened.  The credentials a tree's
-processes may hold at all are trust.py's business.
+description is then one that process could have opened.  A file the process may open
+but whose directory it may not search (a tree started in a private directory) is
+reached by the restorer and opened through that fd, still with the process's
+credentials, when it is the very file the image names (device and inode).  A process
+that opened a file before giving up its privileges (a daemon's log) holds one it could
+not open now: only with --trust (the operator vouches for the image) is such a file
+opened as the restorer, and then only if it is that very file.  The
+credentials a tree's processes may hold at all are trust.py's business.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
-from cptimage.records import Creds
+from cptimage.records import Creds, PathObj
 
 from ..errors import RestoreError
+from ..procfs import fd_path
 from ..sys.creds import acting_as
 from ..sys.ns import in_child
 from .model import ImageModel
@@ -79,6 +87,58 @@ def as_holders(model: ImageModel, pids: Sequence[int], what: str, fn: Callable[[
     raise _refused(what, holders, last)
 
 
+def open_held(model: ImageModel, pids: Sequence[int], p: PathObj, flags: int, what: str) -> int:
+    """The file `p` opened with `flags` as one of `pids` would.  By its path first
+    (as_holders); a file in a directory they may not search (a tree started in a private
+    directory) is reached by the restorer and opened through that fd with their
+    credentials, if it is the very file the image names (device and inode): the kernel
+    then checks their right to the file itself.  With --trust, as the restorer when none
+    of them may, if it is that very file (a process that opened it before giving up its
+    privileges)."""
+    try:
+        return as_holders(model, pids, what, lambda: model.open_path(p, flags))
+    except RestoreError as e:
+        refused = e
+    if p.id in model.ghost_fds:
+        raise refused
+    reached = _reach(model, p)
+    if reached is not None:
+        try:
+            return as_holders(model, pids, what, lambda: os.open(fd_path("self", reached), flags))
+        except RestoreError as e:
+            refused = e
+        finally:
+            os.close(reached)
+    if not getattr(model, "trust", False):
+        raise RestoreError(
+            f"{refused}; if the process opened it before giving up its privileges and you "
+            f"vouch for the image, restore with --trust"
+        )
+    fd = model.open_path(p, flags)
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != (p.dev, p.ino):
+        os.close(fd)
+        raise RestoreError(
+            f"{what}: no process of the image may open it, and it is not the file the image "
+            f"names (device {st.st_dev}, inode {st.st_ino}; the image: {p.dev}, {p.ino})"
+        )
+    return fd
+
+
+def _reach(model: ImageModel, p: PathObj) -> int | None:
+    """An O_PATH fd of `p` as the restorer reaches it, if that is the inode the image
+    names (device and inode); None otherwise."""
+    try:
+        fd = model.open_path(p, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return None
+    st = os.fstat(fd)
+    if p.ino and (st.st_dev, st.st_ino) == (p.dev, p.ino):
+        return fd
+    os.close(fd)
+    return None
+
+
 def in_root_as_holders(
     model: ImageModel, pids: Sequence[int], what: str, fn: Callable[[], object], root: str
 ) -> None:
@@ -111,4 +171,4 @@ def _refused(what: str, holders: Sequence[tuple[int, Creds]], e: OSError) -> Res
     )
 
 
-__all__ = ["acting_for", "as_holders", "holders_creds", "in_root_as_holders", "who"]
+__all__ = ["acting_for", "as_holders", "holders_creds", "in_root_as_holders", "open_held", "who"]

@@ -9,7 +9,7 @@ from typing import Any
 from cptimage.records import RegFile
 
 from ..errors import RestoreError
-from .creds import as_holders
+from .creds import open_held
 from .fdbase import OPEN_IGNORE
 from .model import ImageModel
 from .pstree import Task
@@ -24,9 +24,7 @@ class Files:
         flags = (desc.flags & ~OPEN_IGNORE) | os.O_CLOEXEC
         what = f"cannot open {path}"
         try:
-            fd = as_holders(
-                model, model.holders_of_file(desc.id), what, lambda: model.open_path(p, flags)
-            )
+            fd = open_held(model, model.holders_of_file(desc.id), p, flags, what)
         except OSError as e:
             raise RestoreError(f"{what}: {e.strerror}") from None
         try:

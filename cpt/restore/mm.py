@@ -41,7 +41,7 @@ from ..sys.mem import (
 from ..sys.syscalls import NR
 from ..sys.task import PR_SET_MM, PR_SET_MM_MAP, pack_prctl_mm_map
 from ..trace.scratch import Scratch, free_gap
-from .creds import as_holders
+from .creds import open_held
 from .model import ImageModel, ProcImage
 from .pstree import Task
 
@@ -70,9 +70,7 @@ def open_in_target(
     taken by the task through the inherited pidfd (pidfd_getfd: the same open file)."""
     what = f"process {task.pid}: cannot open {path.path}"
     try:
-        local = as_holders(
-            model, [task.pid], what, lambda: model.open_path(path, flags | O_CLOEXEC)
-        )
+        local = open_held(model, [task.pid], path, flags | O_CLOEXEC, what)
     except OSError as e:
         raise RestoreError(
             f"{what} ({e.strerror}); was it changed since the checkpoint?", pid=task.pid

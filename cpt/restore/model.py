@@ -132,6 +132,7 @@ class ImageModel:
         # once a VE's root is built
         self.root_prefix = ""
         self.root_fd: int | None = None  # that root, open (O_PATH), once it is built
+        self.trust = False  # --trust: the operator vouches for the image (creds.py)
         self._file_pids: dict[int, list[int]] | None = None
         self._path_pids: dict[int, list[int]] | None = None
         self.ghost_fds: dict[int, int] = {}  # ghost PathObj id -> its fd in the restorer

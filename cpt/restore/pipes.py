@@ -16,7 +16,7 @@ from cptimage.records import Fifo, Pipe
 
 from ..errors import RestoreError
 from ..procfs import fd_path
-from .creds import as_holders
+from .creds import as_holders, open_held
 from .fdbase import O_ACCMODE, OPEN_IGNORE, SETFL_MASK
 from .model import ImageModel
 from .pstree import Task
@@ -60,9 +60,7 @@ class Pipes:
                     finally:
                         os.close(w)
             flags = (desc.flags & ~OPEN_IGNORE) | os.O_NONBLOCK | os.O_CLOEXEC
-            fd = as_holders(
-                model, holders, f"cannot open {where}", lambda: model.open_path(p, flags)
-            )
+            fd = open_held(model, holders, p, flags, f"cannot open {where}")
         except OSError as e:
             raise RestoreError(f"cannot open {where}: {e.strerror}") from None
         fcntl.fcntl(fd, fcntl.F_SETFL, desc.flags & SETFL_MASK)

@@ -5,7 +5,8 @@
 2. build the tree as stubs with the dumped PIDs, sessions, groups and zombies;
 3. per process: address space, pages, mm fields, fds, task state, signal dispositions,
    rlimits, threads, per-thread state and credentials, pending signals;
-4. registers of every thread, then detach (or freeze in the cgroup, then detach).
+4. registers of every thread, the pidfile (before the tree is released: a failure kills
+   it), then detach (or freeze in the cgroup, then detach).
 
 Any failure kills every task created so far (they are traced with PTRACE_O_EXITKILL too).
 """
@@ -72,6 +73,7 @@ class Restorer:
         self.opts = opts or RestoreOptions()
         self.proc = proc or Proc()
         self.model = ImageModel(reader)
+        self.model.trust = self.opts.trust
         # a tree that had its own IPC namespace gets a new one, as any with --ipcns
         self.new_ipc_ns = self.opts.ipcns or self.model.ipc_own
         self.tasks: dict[int, Task] = {}
