@@ -17,6 +17,7 @@ import traceback
 from cpt.sys.ns import (
     MNT_DETACH,
     MS_BIND,
+    MS_NOATIME,
     MS_NODEV,
     MS_NOEXEC,
     MS_NOSUID,
@@ -74,8 +75,9 @@ def build_mounts(root: str, template: str) -> None:
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount leaks to the host
     mount(root, root, None, MS_BIND | MS_REC)  # the root must be a mount for pivot_root
     # the host mounts the pool nosuid,nodev (storage/pool.py); the VE's own view of its
-    # area is a mount of its own that allows both, as its root expects
-    mount(None, root, None, MS_BIND | MS_REMOUNT)
+    # area is a mount of its own that allows both, as its root expects (noatime kept: a
+    # read must not count as a change of the area)
+    mount(None, root, None, MS_BIND | MS_REMOUNT | MS_NOATIME)
     if template == "host":
         for d in host_dirs():
             if os.path.islink(f"/{d}"):
