@@ -188,10 +188,13 @@ def test_a_ve_image_must_stand_on_the_ve_private_area(node: Node) -> None:
     """The image of a VE, edited as root could (a file that passes the ownership check):
     without its filesystem proof, with a proof of another area or a snapshot outside the
     VE's snapshots in the pool, or with its root mount elsewhere, it is refused (17) and
-    nothing runs; the unedited image restores.  The dump directory and the snapshots
+    nothing runs; the unedited image restores, once the operator vouches for it when it
+    is another user's file (`ve start --trust`).  The dump directory and the snapshots
     directory are root's alone."""
     node.create("313", "--ip", "198.18.43.2/24", "--", "/bin/sh", "-c", LOOP)
     assert node.cpt("ve", "start", "313")[0] == 0
+    (node.root / "dump").mkdir(exist_ok=True)
+    (node.root / "dump").chmod(0o755)  # as an older cpt made it
     rc, _, err = node.cpt("chkpnt", "313")
     assert rc == 0, err
     dump = node.root / "dump" / "Dump.313"
@@ -210,7 +213,11 @@ def test_a_ve_image_must_stand_on_the_ve_private_area(node: Node) -> None:
         assert status(node, "313") == "suspended", "nothing runs; the dump file waits"
     dump.write_bytes(original)
     dump.chmod(0o600)
-    rc, _, err = node.cpt("restore", "313", timeout=60)
+    os.chown(dump, 1001, 1001)  # the right image, but another user's file
+    assert status(node, "313") == "stopped", "not a dump file a restore would read"
+    rc, _, err = node.cpt("ve", "start", "313", timeout=60)
+    assert rc == 17 and "is owned by uid 1001" in err and "--trust" in err, (rc, err)
+    rc, _, err = node.cpt("ve", "start", "313", "--trust", timeout=60)
     assert rc == 0, err
-    assert status(node, "313") == "running"
+    assert status(node, "313") == "running" and not dump.exists()
     assert node.cpt("ve", "stop", "313", "--timeout", "2")[0] == 0

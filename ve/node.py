@@ -55,6 +55,12 @@ class Node:
             return f"/var/tmp/Dump.{veid}"
         return os.path.join(self.root, "dump", f"Dump.{veid}")
 
+    def make_dump_dir(self) -> None:
+        """<root>/dump, root's alone as the dumps in it (0700, also when an older cpt
+        made it); the default root's /var/tmp is left as it is."""
+        if self.root != DEFAULT_ROOT:
+            _root_only(os.path.join(self.root, "dump"))
+
     def private_dir(self) -> str:
         """Where private areas live: the node's btrfs (the embedded pool if need be)."""
         return self._pool_dir("private")
@@ -67,7 +73,12 @@ class Node:
     def _pool_dir(self, name: str) -> str:
         """The pool's directory `name`, there and root's alone (0700)."""
         d = os.path.join(pool.ensure(self.root), name)
-        os.makedirs(d, mode=0o700, exist_ok=True)
-        if stat.S_IMODE(os.stat(d).st_mode) != 0o700:  # made by an older cpt
-            os.chmod(d, 0o700)
+        _root_only(d)
         return d
+
+
+def _root_only(d: str) -> None:
+    """The directory `d`, there and 0700 (made so by an older cpt too)."""
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    if stat.S_IMODE(os.stat(d).st_mode) != 0o700:
+        os.chmod(d, 0o700)

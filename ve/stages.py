@@ -120,8 +120,8 @@ class VeStages:
                 capture = FsCapture(self.veid, cfg.private, "")  # its sync, before the freeze
                 suspend(self.tree(cfg, rt.init_pid, capture), opts)
             elif stage in (Stage.DUMP, Stage.CHKPNT):
-                if dumpfile is None:  # <root>/dump: root's alone, as the dumps in it
-                    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+                if dumpfile is None:
+                    self.node.make_dump_dir()
                 return self.dump_with_fs(cfg, rt.init_pid, path, opts, staged=stage is Stage.DUMP)
             elif stage is Stage.KILL:
                 kill(self.tree(cfg, rt.init_pid))
