@@ -675,6 +675,73 @@ def every_record_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
         w.add_section(R.SectionType.PAGEMAP, tree.pages(w))
 
 
+# --------------------------------------------------------------------------- format 1.1
+
+USERNS_BASE = 300000  # the host uid and gid of the VE's root
+
+
+def ve_userns_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
+    """The tree as a VE that contains its root (format 1.1): its user namespace (UserNs,
+    Namespace USER and CGROUP) and every process's ids as the VE sees them (NsCreds);
+    Creds hold the host's view, through the maps."""
+    tree = _Tree(0)
+    recs = tree.process()
+    for i, rec in enumerate(recs):
+        if isinstance(rec, R.Creds):
+            inside = 0 if rec.pid == 100 else 1000
+            host = USERNS_BASE + inside
+            recs[i] = R.Creds(
+                pid=rec.pid, uid=host, euid=host, suid=host, fsuid=host, gid=host, egid=host,
+                sgid=host, fsgid=host, cap_inh=0, cap_prm=rec.cap_bnd if not inside else 0,
+                cap_eff=rec.cap_bnd if not inside else 0, cap_bnd=rec.cap_bnd,
+                groups=[host],
+            )  # fmt: skip
+            recs.append(
+                R.NsCreds(
+                    pid=rec.pid, uid=inside, euid=inside, suid=inside, fsuid=inside,
+                    gid=inside, egid=inside, sgid=inside, fsgid=inside, groups=[inside],
+                )
+            )  # fmt: skip
+    ns = [
+        R.Namespace(kind=k, pid=100, flags=1, ino=4026532000 + k)
+        for k in (R.NsKind.MNT, R.NsKind.UTS, R.NsKind.PID, R.NsKind.NET, R.NsKind.USER,
+                  R.NsKind.CGROUP)
+    ]  # fmt: skip
+    ns.append(
+        R.Mount(
+            mnt_id=21,
+            parent_id=1,
+            dev=0x801,
+            root="/",
+            mountpoint="/",
+            fstype="btrfs",
+            source="/dev/loop0",
+            options="rw,relatime",
+            super_options="rw",
+        )
+    )
+    ns.append(
+        R.UserNs(
+            ns_ino=4026532000 + R.NsKind.USER,
+            setgroups=1,
+            uid_map=[R.IdMap(0, USERNS_BASE, 65536)],
+            gid_map=[R.IdMap(0, USERNS_BASE, 65536)],
+        )
+    )
+    hdr = header(
+        flags=R.HeaderFlags.PIDNS | R.HeaderFlags.VE | R.HeaderFlags.USERNS,
+        source_kind=R.SourceKind.VE,
+        source_id="100",
+    )
+    with ImageWriter(out, hdr, minor=minor) as w:
+        w.add_section(R.SectionType.PROCESS, recs)
+        w.add_section(R.SectionType.MM, tree.mm())
+        w.add_section(R.SectionType.FILES, tree.files())
+        w.add_section(R.SectionType.FDS, tree.fds())
+        w.add_section(R.SectionType.NAMESPACES, ns)
+        w.add_section(R.SectionType.PAGEMAP, tree.pages(w))
+
+
 # --------------------------------------------------------------------------- format 1.2
 
 
@@ -701,6 +768,16 @@ def tree_owner_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
 # --------------------------------------------------------------------------- benchmarks
 
 
+def _process_state(pid: int) -> list[Any]:
+    """The per-process records every live process has (SPEC.md section 11), minimal."""
+    return [
+        R.Creds(pid=pid),
+        R.Rlimits(pid=pid),
+        R.Sigactions(pid=pid),
+        R.TaskState(pid=pid),
+    ]
+
+
 def pages_image(out: BinaryIO, size: int, *, block: int = 16 << 20) -> None:
     """One process with one anonymous VMA of ``size`` bytes, all of it PRESENT."""
     start = 0x7F0000000000
@@ -708,14 +785,25 @@ def pages_image(out: BinaryIO, size: int, *, block: int = 16 << 20) -> None:
     with ImageWriter(out, header(), block_size=block) as w:
         w.add_section(
             R.SectionType.PROCESS,
-            [R.Process(pid=100, state=R.ProcessState.ALIVE, pgid=100, sid=100, comm="big")],
+            [
+                R.Process(pid=100, state=R.ProcessState.ALIVE, pgid=100, sid=100, comm="big"),
+                R.Thread(
+                    pid=100,
+                    tid=100,
+                    regs=_regs(0x401000, 0x7FFD0000F000),
+                    fpregs=bytes(512),
+                    comm="big",
+                ),
+                *_process_state(100),
+            ],
         )
         w.add_section(
             R.SectionType.MM,
             [
+                R.Mm(pid=100),
                 R.Vma(
                     pid=100, kind=R.VmaKind.ANON, prot=3, flags=0x22, start=start, end=start + size
-                )
+                ),
             ],
         )
         for pos in range(0, size, len(chunk)):
@@ -751,21 +839,25 @@ def many_image(out: BinaryIO, nvmas: int, nfds: int) -> None:
                     fpregs=bytes(512),
                     comm="many",
                 ),
+                *_process_state(100),
             ],
         )
         w.add_section(
             R.SectionType.MM,
             [
-                R.Vma(
-                    pid=100,
-                    kind=R.VmaKind.FILE_PRIVATE if i % 2 else R.VmaKind.ANON,
-                    prot=3,
-                    flags=2,
-                    start=base + 2 * i * PAGE,
-                    end=base + (2 * i + 1) * PAGE,
-                    file_id=1 if i % 2 else 0,
-                )
-                for i in range(nvmas)
+                R.Mm(pid=100),
+                *(
+                    R.Vma(
+                        pid=100,
+                        kind=R.VmaKind.FILE_PRIVATE if i % 2 else R.VmaKind.ANON,
+                        prot=3,
+                        flags=2,
+                        start=base + 2 * i * PAGE,
+                        end=base + (2 * i + 1) * PAGE,
+                        file_id=1 if i % 2 else 0,
+                    )
+                    for i in range(nvmas)
+                ),
             ],
         )
         files: list[Any] = [
@@ -802,11 +894,12 @@ def many_image(out: BinaryIO, nvmas: int, nfds: int) -> None:
 
 
 # name -> its writer; each golden is of the format version it was made for (1.0: the
-# first three; 1.2 added the tree's owner), and stays so
+# first three; 1.1 added the user namespace of a VE, 1.2 the tree's owner), and stays so
 GOLDENS: dict[str, Callable[[BinaryIO], None]] = {
     "tree": lambda out: tree_image(out, minor=0),
     "tree-zstd": lambda out: tree_image(out, variant=1, compress=True, minor=0),
     "every-record": lambda out: every_record_image(out, minor=0),
+    "ve-userns": lambda out: ve_userns_image(out, minor=1),
     "tree-owner": lambda out: tree_owner_image(out, minor=2),
 }
 

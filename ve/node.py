@@ -18,6 +18,7 @@ import os
 import stat
 
 from cpt.errors import InvalidValue
+from cptimage.errors import quote
 from storage import pool
 
 from .config import VEConfig, check_veid
@@ -41,7 +42,10 @@ class Node:
         path = self.config_path(check_veid(veid))
         if not os.path.exists(path):
             raise InvalidValue(f"VE {veid} does not exist (no {path}); create it first")
-        return VEConfig.load(path)
+        cfg = VEConfig.load(path)
+        if cfg.veid != veid:
+            raise InvalidValue(f"{path}: veid {quote(cfg.veid)} is not {veid}; correct the file")
+        return cfg
 
     def veids(self) -> list[str]:
         try:

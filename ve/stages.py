@@ -41,12 +41,13 @@ from cpt.stages.suspend import suspend
 from cpt.stages.tree import Tree
 from cptimage.container import ImageReader
 from cptimage.errors import ImageError
-from cptimage.records import FsSnapshot, Mount, SectionType, SourceKind
+from cptimage.records import FsSnapshot, IdMap, Mount, SectionType, SourceKind, UserNs
 
 from . import fssnap, net
 from .config import VEConfig
 from .fssnap import FsCapture
 from .hooks import SnapshotHooks
+from .idmap import ID_COUNT, IdRangeError, IdRegistry, range_text
 from .node import Node
 from .runtime import RunState
 
@@ -226,8 +227,9 @@ class VeStages:
                 )
             if h.source_id != veid:
                 raise RestoreError(f"{path} is the image of VE {h.source_id}, not of VE {veid}")
+            self._check_ids(cfg, path, reader)
             proofs = self._check_image(path, reader, cfg)
-            self._check_fs(proofs, rollback_fs)
+            self._check_fs(path, proofs, rollback_fs)
 
             def links(pid: int) -> None:
                 net.setup_host(veid, cfg.ip, pid, up=False)
@@ -282,7 +284,39 @@ class VeStages:
             out.append(dataclasses.replace(rec, subvolume=area, snapshot_path=snap))
         return out
 
-    def _check_fs(self, recs: list[FsSnapshot], rollback_fs: bool) -> None:
+    def _check_ids(self, cfg: VEConfig, path: str, reader: ImageReader) -> None:
+        """The image's user namespace must be the VE's (its configured range; none for a
+        privileged VE), and its range this VE's on this machine: refuse (naming the range
+        and who holds it) before anything is created."""
+        found = [x for x in reader.records(SectionType.NAMESPACES) if isinstance(x, UserNs)]
+        userns = found[0] if found else None
+        if userns is None and not cfg.privileged:
+            raise RestoreError(
+                f"{path} is the image of VE {cfg.veid} when it was privileged; it contains its "
+                f"root now (`cpt ve set {cfg.veid} --privileged` to restore it as it was)"
+            )
+        if userns is None:
+            return
+        if cfg.privileged:
+            raise RestoreError(
+                f"{path} is the image of VE {cfg.veid} in its user namespace; the VE is "
+                f"privileged now (`cpt ve set {cfg.veid} --no-privileged` first)"
+            )
+        want = [IdMap(0, cfg.id_base, ID_COUNT)]
+        for name in ("uid_map", "gid_map"):
+            got = getattr(userns, name)
+            if got != want:
+                shown = ", ".join(range_text(e.outside, e.count) for e in got) or "nothing"
+                raise RestoreError(
+                    f"{path}: its {name} maps the VE's ids to host ids {shown}; VE "
+                    f"{cfg.veid} has {range_text(cfg.id_base, ID_COUNT)}: refusing to restore"
+                )
+        try:
+            IdRegistry().ensure(cfg.veid, self.node.root, cfg.id_base)
+        except IdRangeError as e:
+            raise RestoreError(f"{e}; refusing to restore") from None
+
+    def _check_fs(self, path: str, recs: list[FsSnapshot], rollback_fs: bool) -> None:
         """The private area must be what the dump's snapshot holds: refuse naming what
         changed, or (`rollback_fs`) roll it back, keeping the live contents.  Before
         anything is created."""
@@ -290,7 +324,7 @@ class VeStages:
             diff = fssnap.changes(rec)
             if diff is None:
                 raise RestoreError(
-                    f"the filesystem snapshot {rec.snapshot_path} taken with this dump "
+                    f"{path}: the filesystem snapshot {rec.snapshot_path} taken with this dump "
                     f"is gone: the private area {rec.subvolume} cannot be proven unchanged"
                 )
             if not diff:
