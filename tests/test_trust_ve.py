@@ -117,7 +117,7 @@ def _plant_fifo(path: Path) -> None:
         (_plant_other_owner, "is owned by uid 1001"),
         (_plant_world_writable, "(uid 0 (root), mode 0666) is writable by its group or others"),
         (_plant_symlink, "is a symbolic link"),
-        (_plant_fifo, "is a FIFO, not a dump file"),
+        (_plant_fifo, "not a regular file but a FIFO"),
     ],
     ids=["other-owner", "mode-0666", "symlink", "fifo"],
 )

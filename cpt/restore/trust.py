@@ -5,15 +5,14 @@ named or the default one, and each parent of an image chain) opens it with
 `open_dumpfile`, which takes only
 
 - a regular file (not a FIFO, a device or a directory), reached without following a
-  symbolic link in its last component (O_PATH|O_NOFOLLOW: a planted symlink cannot send
-  root to another file, and nothing is opened that is not a regular file);
+  symbolic link in its last component (cptimage.container.open_regular: O_NOFOLLOW,
+  O_NONBLOCK; exit 40 otherwise, as for any image file);
 - owned by root (or by the user running cpt) and writable by no one else (neither its
-  group nor others): a file a user could have written is a user's program;
+  group nor others): a file a user could have written is a user's program (exit 17);
 
-checked with fstat on the open fd, and that same file is what is read: it is reopened
-through that fd, never by its path again, so nothing can change between the check and
-the read.  `trust` (--trust) waives the owner and mode check for a file the operator
-vouches for; the other two always hold.  `waiting` says whether such a file is there
+checked with fstat on the open fd, and that same fd is what is read, never the path
+again, so nothing can change between the check and the read.  `trust` (--trust) waives
+the owner and mode check for a file the operator vouches for; the first always holds.  `waiting` says whether such a file is there
 (what `ve status` calls a waiting dump).
 
 The credentials.  An image's processes get no more than its tree's owner had: a tree
@@ -35,11 +34,10 @@ import stat
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from cptimage.errors import ImageError
+from cptimage.container import open_regular
 from cptimage.records import Creds, Owner, SectionType, SourceKind
 
 from ..errors import RestoreError
-from ..procfs import fd_path
 from ..sys.creds import CAP_SETGID, CAP_SETUID, CAP_SYS_CHROOT, cap_names
 from .model import ImageModel
 
@@ -83,39 +81,19 @@ def refusal(path: str, st: os.stat_result, trust: bool = False) -> str | None:
     return None
 
 
-def _open_path(path: str) -> int:
-    """An O_PATH fd of `path`'s own inode (its last component never followed)."""
-    try:
-        return os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as e:
-        raise ImageError(f"cannot open: {e.strerror}", path=path) from None
-
-
 def open_dumpfile(path: str, *, trust: bool = False) -> BinaryIO:
-    """The dump file `path`, open for reading, after the checks above (RestoreError,
-    exit 17, naming its owner and mode; ImageError, exit 40, when it cannot be opened)."""
-    pfd = _open_path(path)
+    """The dump file `path`, open for reading, after the checks above: a symlink or a
+    file that is not regular is refused by cptimage's open_regular (ImageError, exit 40:
+    never followed, never waited on), a file another user could have written here
+    (RestoreError, exit 17, naming its owner and mode)."""
+    f = open_regular(path, what="a dump")
     try:
-        st = os.fstat(pfd)
-        if stat.S_ISLNK(st.st_mode):
-            raise RestoreError(
-                f"{path} is a symbolic link: a dump file is never reached through one "
-                f"(name the file itself)"
-            )
-        why = refusal(path, st, trust)
+        why = refusal(path, os.fstat(f.fileno()), trust)
         if why:
             raise RestoreError(why)
-        try:  # the same inode: reopened through the fd, not the path
-            fd = os.open(fd_path("self", pfd), os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
-        except OSError as e:
-            raise ImageError(f"cannot open: {e.strerror}", path=path) from None
-    finally:
-        os.close(pfd)
-    got = os.fstat(fd)
-    if (got.st_dev, got.st_ino) != (st.st_dev, st.st_ino):  # pragma: no cover
-        os.close(fd)  # the kernel's magic link names the same inode: never happens
-        raise RestoreError(f"{path} changed while it was opened")
-    f = os.fdopen(fd, "rb")
+    except BaseException:
+        f.close()
+        raise
     f.raw.name = path  # type: ignore[attr-defined]  # what ImageReader and verify name
     return f
 
