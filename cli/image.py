@@ -91,7 +91,7 @@ def _render_trust(con: Console, s: dict[str, Any]) -> None:
         creds.add_row(
             str(c["pid"]), _ids(c["uid"]), _ids(c["gid"]), ",".join(map(str, c["groups"])),
             c["cap_eff"], c["cap_prm"], c["cap_bnd"], "yes" if c["no_new_privs"] else "no",
-            c["comm"],
+            _t(c["comm"]),
         )  # fmt: skip
     con.print(creds)
     where = " (a VE's paths: inside its root)" if s.get("ve") else ""
@@ -99,7 +99,7 @@ def _render_trust(con: Console, s: dict[str, Any]) -> None:
     for col in ("PATH", "HOW", "PROCESSES"):
         paths.add_column(col, overflow="fold")
     for p in s["paths"]:
-        paths.add_row(p["path"], p["how"], ",".join(map(str, p["pids"])) or "-")
+        paths.add_row(_t(p["path"]), _t(p["how"]), ",".join(map(str, p["pids"])) or "-")
     con.print(paths)
 
 
