@@ -204,7 +204,7 @@ def test_planted_dump_file_is_refused(cpt: CptRunner, dumped, tmp_path: Path, ki
         assert "--trust" in err, err
     for stage in ("--resume", "--kill"):  # the other readers of a dump file
         rc, _, err = cpt("restore", "--dumpfile", img, stage)
-        assert rc == 17 and message in err, err
+        assert rc == code and message in err, err
 
 
 @pytest.mark.parametrize("kind", ["other-owner", "mode-0666"])
@@ -288,20 +288,26 @@ def _chroot(doc: Doc, pid: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("edit", "message"),
+    ("edit", "code", "message"),
     [
-        (_one_capability, "holds capabilities cap_sys_admin, beyond its tree's owner"),
-        (_no_owner, "does not record its tree's owner"),
-        (_no_creds, "has no credentials in the image (no Creds record): it would run as root"),
-        (_chroot, "root directory /tmp (chroot needs cap_sys_chroot)"),
+        (_one_capability, 17, "holds capabilities cap_sys_admin, beyond its tree's owner"),
+        (_no_owner, 17, "does not record its tree's owner"),
+        # verify's invariants (SPEC.md section 11) catch it first: a damaged image (40)
+        (_no_creds, 40, "has no Creds; refusing to restore"),
+        (_chroot, 17, "root directory /tmp (chroot needs cap_sys_chroot)"),
     ],
     ids=["a-capability", "owner-removed", "creds-removed", "chroot"],
 )
 def test_crafted_credentials_are_refused(
-    cpt: CptRunner, dumped, tmp_path: Path, edit: Callable[[Doc, int], None], message: str
+    cpt: CptRunner,
+    dumped,
+    tmp_path: Path,
+    edit: Callable[[Doc, int], None],
+    code: int,
+    message: str,
 ) -> None:
     pid, _ = dumped
-    err = refused(cpt, crafted(dumped, tmp_path / "c.img", edit), pid)
+    err = refused(cpt, crafted(dumped, tmp_path / "c.img", edit), pid, code=code)
     assert message in err, err
 
 

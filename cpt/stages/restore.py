@@ -20,29 +20,33 @@ from cptimage.container import ImageReader
 from cptimage.errors import ImageError
 from cptimage.verify import verify
 
+from .. import fault, interrupts
 from ..errors import CptError, RestoreError
 from ..host.verify import check_host
 from ..restore.model import ImageModel
 from ..restore.options import RestoreOptions
 from ..restore.restorer import Restorer, RestoreStats
 from ..restore.trust import check_credentials, open_dumpfile
-from .store import TreeState
+from .store import RESTORING, TreeState
 from .tree import Tree, fails_as
 
 
 def open_image(dumpfile: str, *, trust: bool = False) -> ImageReader:
     """The image of `dumpfile`, trusted (restore/trust.py) and verified (every checksum,
-    the structure): refuses with the first problems, precisely."""
+    the structure): refuses with the first problems, precisely, before any process is
+    created: a file another user could have written as RestoreError (exit 17), a damaged
+    image (or no image) as ImageError (exit 40)."""
     f = open_dumpfile(dumpfile, trust=trust)
     try:
         problems = verify(f)
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise RestoreError(f"{dumpfile}: {problems[0]}{more}; refusing to restore")
+            raise ImageError(f"{problems[0]}{more}; refusing to restore", path=dumpfile)
         try:
             return ImageReader(f, own=True)
         except ImageError as e:
-            raise RestoreError(f"{e}; refusing to restore") from None
+            e.msg += "; refusing to restore"
+            raise
     except BaseException:
         f.close()
         raise
@@ -51,7 +55,7 @@ def open_image(dumpfile: str, *, trust: bool = False) -> ImageReader:
 def check_restorable(reader: ImageReader, opts: RestoreOptions | None = None) -> None:
     """Refuse, before any process is created, an image whose processes would get
     credentials above its tree's owner's (unless opts.trust), or that this host cannot
-    restore."""
+    restore (RestoreError)."""
     opts = opts or RestoreOptions()
     check_credentials(ImageModel(reader), trust=opts.trust)
     host = check_host(reader, pids=not opts.pidns, ipcns=opts.ipcns)
@@ -92,18 +96,23 @@ def restore(
         return Restorer(reader, opts, tree.proc).run()
     here = tree.proc.cgroup2(os.getpid())
     tree.clear_stale()
-    tree.freezer.create()
+    tree.note(RESTORING)  # a command killed from here on: the next kills what it made
     try:
+        fault.point("restore:freezer")
+        tree.freezer.create()
         stats = Restorer(reader, opts, tree.proc).run(
             on_spawn=_freeze_later(tree), freeze=tree.freezer.freeze_request if undump else None
         )
     except BaseException:
         with contextlib.suppress(CptError):
             tree.freezer.remove()
+        tree.store.drop()
         raise
     if not undump:  # a VE, running
+        interrupts.no_return()
         if tree.link is not None:
             tree.link.up()
+        tree.store.drop()
         return stats
     tree.freezer.wait_frozen()
     origins = {} if tree.ve_id else dict.fromkeys(tree.freezer.procs(), here)

@@ -12,11 +12,10 @@ from __future__ import annotations
 import os
 
 from cptimage.container import ImageReader
-from cptimage.errors import ImageError
 
 from ..dump.dumper import DumpStats
 from ..dump.options import DumpOptions
-from ..errors import RestoreError, UsageError
+from ..errors import InvalidValue, UsageError
 from ..procfs import Proc
 from ..restore.options import RestoreOptions
 from ..restore.restorer import RestoreStats
@@ -26,10 +25,12 @@ from .dump import checkpoint, dump
 from .kill import kill
 from .restore import open_for_restore, restore
 from .resume import resume
-from .stage import Stage, check_stage
+from .stage import Stage, check_dumpfile, check_stage
 from .store import TreeState
 from .suspend import suspend
 from .tree import Tree, tree_name
+
+PID_MAX_LIMIT = 1 << 22  # the kernel's ceiling on pid_max (64-bit): no PID is above it
 
 
 def default_dumpfile(pid: int) -> str:
@@ -41,6 +42,10 @@ class TreeStages:
     (known once `restore` has read it)."""
 
     def __init__(self, pid: int | None = None, proc: Proc | None = None) -> None:
+        if pid is not None and not 0 < pid <= PID_MAX_LIMIT:
+            raise InvalidValue(
+                f"PID {str(pid)[:24]}: not a process ID (they run from 1 to {PID_MAX_LIMIT})"
+            )
         self.pid = pid
         self.proc = proc
 
@@ -67,6 +72,7 @@ class TreeStages:
         self, stage: Stage, dumpfile: str | None = None, opts: DumpOptions | None = None
     ) -> DumpStats | None:
         check_stage(stage, "chkpnt")
+        check_dumpfile(dumpfile)
         opts = opts or DumpOptions()
         if opts.leave_running and stage is not Stage.CHKPNT:
             raise UsageError("--leave-running is a full checkpoint; it takes no stage option")
@@ -91,6 +97,7 @@ class TreeStages:
         self, stage: Stage, dumpfile: str | None = None, opts: RestoreOptions | None = None
     ) -> RestoreStats | None:
         check_stage(stage, "restore")
+        check_dumpfile(dumpfile)
         opts = opts or RestoreOptions()
         if opts.rollback_fs:
             raise UsageError("--rollback-fs is for a VE: cpt restore VEID --rollback-fs")
@@ -124,9 +131,13 @@ class TreeStages:
 
 def _root_of(dumpfile: str, *, trust: bool = False) -> int:
     """The root PID of the tree a dump file holds (from its header; the file trusted as
-    for a restore)."""
+    for a restore: exit 17 for one another user could have written); ImageError (exit
+    40) when the file is no image."""
+    f = open_dumpfile(dumpfile, trust=trust)
     try:
-        with ImageReader(open_dumpfile(dumpfile, trust=trust), own=True) as r:
-            return r.header.root_pid
-    except ImageError as e:
-        raise RestoreError(str(e)) from None
+        r = ImageReader(f, own=True)
+    except BaseException:
+        f.close()
+        raise
+    with r:
+        return r.header.root_pid
