@@ -146,7 +146,7 @@ class Restorer:
                      *self.model.ghost_fds.values()]
                 )  # fmt: skip
             for task in live:
-                self._process(task, files, slot, image_map)
+                self._process(task, files, slot, image_map, donor)
             if donor is not None:
                 donor.close()
                 donor = None
@@ -207,15 +207,24 @@ class Restorer:
         )
 
     def _process(
-        self, task: Task, files: FileRestorer, slot: int, image_map: mmap.mmap | None
+        self,
+        task: Task,
+        files: FileRestorer,
+        slot: int,
+        image_map: mmap.mmap | None,
+        donor: Donor | None = None,
     ) -> None:
         t = task.leader
+        # the stub pulls what is opened for it now (its mappings, its executable) through
+        # the pidfd at `slot`: the donor's, for a VE that contains its root, which must be
+        # handed each such file first
+        share = donor.mirror if donor is not None else None
         with t.session(restore=False):
             take_over(task, self.proc)
-            written = map_vmas(task, self.model, slot)
+            written = map_vmas(task, self.model, slot, share)
             self.stats.pages_bytes += write_pages(task, self.reader, image_map)
             finish_vmas(task, written)
-            set_mm(task, self.model, slot)
+            set_mm(task, self.model, slot, share)
             files.install(task, slot)
             restore_task_state(task, self.model)
             restore_sigactions(task)
