@@ -56,7 +56,9 @@ def test_a_setuid_copy_in_a_private_area_gives_a_host_user_nothing(node: Node) -
     """The VE's root makes a set-uid copy of `id` in its area (inside, it works: the VE's
     own view allows set-uid); pool/private is 0700, and the pool is mounted nosuid,nodev
     on the host side, so a host user who reaches it anyway runs it as itself."""
-    node.create("311", "--ip", "198.18.41.2/24", "--", "/bin/sh", "-c", LOOP)
+    # privileged: the VE's root is the host's root (a VE that contains its root makes
+    # a set-uid program of its range's first id, 100000 here, not of root)
+    node.create("311", "--ip", "198.18.41.2/24", "--privileged", "--", "/bin/sh", "-c", LOOP)
     assert node.cpt("ve", "start", "311")[0] == 0
     pool = node.root / "pool"
     private = pool / "private"
