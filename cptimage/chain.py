@@ -436,15 +436,21 @@ def verify_chain(
     parent_dir: str | None = None,
     *,
     chunk_size: int = 1 << 20,
+    open_file: Callable[[str], BinaryIO] | None = None,
+    name: str | None = None,
 ) -> Any:
     """`verify` of an image and of every parent below it, and of every link: the parent
     is there, is the one the child names (UUID, size, digest), and holds every page the
     child's PARENT runs leave to it.  Returns the newest image's Report with every
-    problem found in the chain (a parent's own problems prefixed with its path)."""
+    problem found in the chain (a parent's own problems prefixed with its path).
+    `open_file` opens each parent (once: what is checked is what is read; a restore's
+    trust check); `name`: the path of a `source` given as an open file."""
     from .verify import Problem, verify_report
 
+    if not isinstance(source, (str, os.PathLike)):
+        source.seek(0)  # verify reads the file from its start
     report = verify_report(source, chunk_size=chunk_size)
-    child = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
+    child = os.fspath(source) if isinstance(source, (str, os.PathLike)) else name
     if report.problems or report.parent is None:
         return report
     seen = {report.header.uuid} if report.header is not None else set()
@@ -454,10 +460,18 @@ def verify_chain(
         if parent is None:
             break
         where = locate_parent(child, parent, parent_dir)
+        f: BinaryIO | None = None
         try:
-            reader: ImageReader | None = open_image(where)
+            if open_file is None:
+                reader: ImageReader | None = open_image(where)
+            else:
+                f = open_file(where)
+                reader = ImageReader(f)
         except ImageError as e:
             reader = None
+            if f is not None:
+                f.close()
+                f = None
             if os.path.exists(where):
                 report.problems.append(Problem("chain", "", None, f"{where}: {e.msg}"))
                 break
@@ -470,7 +484,9 @@ def verify_chain(
                 break
             assert reader is not None
             seen.add(parent.uuid)
-            below = verify_report(where, chunk_size=chunk_size)
+            if f is not None:
+                f.seek(0)
+            below = verify_report(where if f is None else f, chunk_size=chunk_size)
             for p in below.problems:
                 report.problems.append(Problem("chain", "", None, f"parent {where}: {p}"))
             if below.problems:
@@ -479,6 +495,8 @@ def verify_chain(
         finally:
             if reader is not None:
                 reader.close()
+            if f is not None:
+                f.close()
         rep, child = below, where
     return report
 

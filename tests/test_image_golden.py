@@ -1,6 +1,7 @@
 """Golden images of every format version (fixtures/images/NAME.img with NAME.json beside
-it): tree, tree-zstd and every-record are of format 1.0, ve-userns of 1.1, chain-predump
-and chain-final (a pre-dump and the incremental image written on it) of 1.3.
+it): tree, tree-zstd and every-record are of format 1.0, ve-userns of 1.1, tree-owner of
+1.2, chain-predump and chain-final (a pre-dump and the incremental image written on it) of
+1.3.
 
 The writer's output for them must never change (SPEC.md section 7); their JSON form
 must decode and encode exactly, the older ones with this reader too.  A new format
@@ -63,10 +64,15 @@ def test_goldens_verify_clean(name: str) -> None:
 def test_goldens_cover_the_format() -> None:
     every = json.loads((GOLDEN / "every-record.json").read_text())
     assert every["version"] == [1, 0]
-    assert samples.missing_record_types(every) == {"NsCreds", "UserNs", "Parent"}
+    assert samples.missing_record_types(every) == {"NsCreds", "UserNs", "Owner", "Parent"}, (
+        "1.1, 1.2, 1.3"
+    )
     userns = json.loads((GOLDEN / "ve-userns.json").read_text())
     assert userns["version"] == [1, 1]
     assert samples.missing_record_types(userns) & {"NsCreds", "UserNs"} == set()
+    owner = json.loads((GOLDEN / "tree-owner.json").read_text())
+    assert owner["version"] == [1, 2]
+    assert "Owner" not in samples.missing_record_types(owner)
     final = json.loads((GOLDEN / "chain-final.json").read_text())
     assert final["version"] == [1, 3]
     assert "Parent" not in samples.missing_record_types(final)

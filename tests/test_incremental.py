@@ -19,7 +19,7 @@ from test_engine_e2e import pid_exists, traced_by
 from workloads import Workload, reaping, workloads_fixture  # noqa: F401
 
 from cptimage.container import ImageReader
-from cptimage.records import PathObj, SectionType
+from cptimage.records import HeaderFlags, PathObj, SectionType
 
 pytestmark = [
     pytest.mark.root,
@@ -296,3 +296,24 @@ def test_leave_running_in_rounds(workloads, cpt, tmp_path: Path) -> None:
         _ok(cpt("chkpnt", "--pid", wl.pid, "--dumpfile", tmp_path / "kill.img"))
     _rewind_files(img, wl)
     _restore_passes(cpt, wl, img)
+
+
+def test_every_parent_of_a_chain_is_trusted(tmp_path: Path) -> None:
+    """A restore opens each parent of a chain as it opens the dump file (restore/trust.py):
+    a parent others may write is refused (17) naming it, before anything is restored;
+    --trust vouches for it."""
+    import samples
+
+    from cpt.errors import RestoreError
+    from cpt.stages.restore import open_image
+
+    paths = samples.write_chain(str(tmp_path), 3)
+    for p in paths:
+        os.chmod(p, 0o600)
+    with open_image(paths[-1]) as r:  # the chain, flattened: a full image of its memory
+        assert not r.header.flags & HeaderFlags.INCREMENTAL
+    os.chmod(paths[0], 0o666)
+    with pytest.raises(RestoreError, match=f"{paths[0]} .*writable by its group or others"):
+        open_image(paths[-1])
+    with open_image(paths[-1], trust=True) as r:
+        assert r.header.uuid == samples.chain_uuid(2)

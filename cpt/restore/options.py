@@ -19,3 +19,9 @@ class RestoreOptions:
     ve_links: Callable[[int], None] | None = None
     # where the parents of an incremental image are (default: next to it)
     parent_dir: str = ""
+    # the operator vouches for the image: its file's owner and mode are not checked, and
+    # its processes may hold credentials above its tree's owner's (restore/trust.py)
+    trust: bool = False
+    # write the restored root's PID (as this host knows it) here, atomically and before
+    # the tree is released; a failure kills the tree (restore fails)
+    pidfile: str | None = None
