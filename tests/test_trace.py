@@ -21,9 +21,9 @@ from helpers_proc import Procs, compile_c, proc_state, wait_until
 from cpt.errors import InjectionError, NoSuchProcess
 from cpt.sys import mem, ptrace
 from cpt.sys.syscalls import NR
+from cpt.trace import guard
 from cpt.trace.inject import ALL_SIGNALS, find_vdso_syscall
 from cpt.trace.seize import detach_all, freeze_process
-from cpt.trace import guard
 from cpt.trace.tracee import DEFAULT_OPTIONS, Tracee
 
 PAGE = 4096
