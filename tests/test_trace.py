@@ -547,3 +547,13 @@ def _tell_and_wait() -> None:
     """In the tracer child: tell the parent (on _tracer_child's pipe) and wait to be killed."""
     os.write(_TOLD[0], b"k")
     time.sleep(60)
+
+
+def test_a_ve_init_carries_what_the_guard_needs() -> None:
+    """A VE's init is a static program without libc: its code carries the `syscall; ret`
+    and the rt_sigreturn restorer the sigreturn guard injects with, in its text."""
+    from cpt.restore.stub import build_reaper
+
+    elf = build_reaper()
+    assert guard.SYSCALL_RET in elf
+    assert any(seq in elf for seq in guard.RESTORERS)
