@@ -368,10 +368,17 @@ def route_of(addr: str) -> str:
 
 
 def orphan_snapshots(root: Path, veid: str) -> list[Path]:
-    from snapshot.catalog import Catalog
+    """Snapshot slots of the VE that no catalog entry names and no committed dump needs
+    (a chkpnt killed between its dump's commit and the catalog's update leaves one the
+    dump needs: `snapshot cleanup --orphans` keeps it while the dump is there)."""
+    from snapshot.catalog import FS, Catalog
+    from snapshot.manager import snapshots_needed_by
 
     d = root / "pool" / "snapshots" / veid
-    return Catalog(veid, d).orphans() if d.is_dir() else []
+    if not d.is_dir():
+        return []
+    needed = snapshots_needed_by(str(root / "dump" / f"Dump.{veid}"))
+    return [p for p in Catalog(veid, d).orphans() if str(p / FS) not in needed]
 
 
 def env_with(**kv: str) -> dict[str, str]:
