@@ -447,8 +447,8 @@ def verify_chain(
     trust check); `name`: the path of a `source` given as an open file."""
     from .verify import Problem, verify_report
 
-    if not isinstance(source, (str, os.PathLike)):
-        source.seek(0)  # verify reads the file from its start
+    if not isinstance(source, (str, os.PathLike)) and source.seekable():
+        source.seek(0)  # verify reads the file from its start (a stream: from where it is)
     report = verify_report(source, chunk_size=chunk_size)
     child = os.fspath(source) if isinstance(source, (str, os.PathLike)) else name
     if report.problems or report.parent is None:
