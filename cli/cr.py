@@ -21,6 +21,10 @@ DumpfileOpt = Annotated[
 ]
 VeidArg = Annotated[str | None, Argument(metavar="[VEID]", help="the VE (else --pid / --dumpfile)")]
 JsonOpt = Annotated[bool, Option("--json", help="print the statistics as JSON")]
+ParentDirOpt = Annotated[
+    str | None,
+    Option("--parent-dir", help="where the parent images are (default: next to the image)"),
+]
 TrustOpt = Annotated[
     bool,
     Option(
@@ -115,6 +119,15 @@ def chkpnt(
     skip_arpdetect: Annotated[
         bool, Option("--skip-arpdetect", help="accepted for vzctl compatibility")
     ] = False,
+    pre_dump: Annotated[
+        bool,
+        Option("--pre-dump", help="copy the memory while the tree runs; track its writes"),
+    ] = False,
+    parent: Annotated[
+        str | None,
+        Option("--parent", help="an earlier dump of the tree: write only what changed"),
+    ] = None,
+    parent_dir: ParentDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Checkpoint a VE or a process tree: suspend, dump, kill (or one stage of it)."""
@@ -133,6 +146,9 @@ def chkpnt(
         shell_job=shell_job,
         file_locks=file_locks,
         ghost_limit=parse_size(ghost_limit, "--ghost-limit"),
+        pre_dump=pre_dump,
+        parent=parent or "",
+        parent_dir=parent_dir or "",
     )
     stats = stages.chkpnt(stage, dumpfile, opts)
     if stats is None:
@@ -179,6 +195,7 @@ def restore(
             "snapshot first (the live contents are kept as a snapshot)",
         ),
     ] = False,
+    parent_dir: ParentDirOpt = None,
     trust: TrustOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -194,7 +211,7 @@ def restore(
     # the pidfile gets the PID this host knows the root by (another one inside a --pidns)
     opts = RestoreOptions(
         pidns=pidns, ipcns=ipcns, shell_job=shell_job, rollback_fs=rollback_fs, trust=trust,
-        pidfile=pidfile,
+        pidfile=pidfile, parent_dir=parent_dir or "",
     )  # fmt: skip
     stats = stages.restore(stage, dumpfile, opts)
     if stats is None:

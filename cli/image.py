@@ -32,6 +32,14 @@ app = Group(
 
 FileArg = Annotated[str, Argument(metavar="FILE", help="a dump file", show_default=False)]
 JsonOpt = Annotated[bool, Option("--json", help="print JSON for scripts")]
+ParentDirOpt = Annotated[
+    str | None,
+    Option(
+        "--parent-dir",
+        metavar="DIR",
+        help="where the parents of an incremental image are (default: next to it)",
+    ),
+]
 
 
 def _console() -> Console:
@@ -196,6 +204,19 @@ def _render_summary(s: dict[str, Any]) -> None:
             r["type"], str(r["sections"]), str(r["records"]), _size(r["stored"]), _size(r["raw"])
         )
     con.print(secs)
+    if len(s["chain"]) > 1:
+        con.print("chain (newest first): KIND SIZE PAGE-DATA UUID PATH")
+        for row in s["chain"]:
+            if "problem" in row:
+                con.print(f"  broken: {row['problem']}", style="red", markup=False)
+            else:
+                con.print(
+                    f"  {row['kind']:<11} {_size(row['size']):>10} {_size(row['page_data']):>10} "
+                    f"{row['uuid'][:8]} {row['path']}",
+                    overflow="ignore",
+                    crop=False,
+                    markup=False,
+                )
     for w in s["warnings"]:
         _warn(w)
 
@@ -222,8 +243,9 @@ def show(
         int | None,
         Option("--fds", metavar="PID", help="the fds of PID, like ls -l /proc/PID/fd"),
     ] = None,
+    parent_dir: ParentDirOpt = None,
 ) -> None:
-    """Header, process tree and sections of a dump file; or one process's maps or fds.
+    """Header, process tree, sections and chain of a dump file; or one process's maps or fds.
 
     The file digest and every checksum are checked first: a damaged image is shown with a
     warning on stderr (and "integrity" in --json), as far as it can be read.
@@ -244,7 +266,7 @@ def show(
         if fds is not None:
             doc["fds"] = showmod.fds(reader, fds)
         if not doc or as_json:
-            summary = showmod.summary(reader, damage)
+            summary = showmod.summary(reader, damage, parent_dir)
             doc = {**summary, **doc} if as_json else summary
     if as_json:
         _print_json(doc)
@@ -365,14 +387,16 @@ def diff(
     a: Annotated[str, Argument(metavar="A", help="a dump file")],
     b: Annotated[str, Argument(metavar="B", help="another dump file")],
     as_json: JsonOpt = False,
+    parent_dir: ParentDirOpt = None,
 ) -> None:
-    """What differs between two images: processes, threads, VMAs, fds, files, pages.
+    """What differs between two images: processes, threads, VMAs, fds, files, pages
+    (of incremental images: the memory their chains give).
 
     Exit 0 when they are the same, 1 when they differ.
     """
     from cptimage.diff import diff as diff_images
 
-    diffs = diff_images(a, b)
+    diffs = diff_images(a, b, parent_dir)
     if as_json:
         _print_json([d.to_json() for d in diffs])
     else:
@@ -390,16 +414,18 @@ def verify(
     file: Annotated[str, Argument(metavar="FILE", help="a dump file, or - for stdin")],
     as_json: JsonOpt = False,
     host: Annotated[bool, Option("--host", help="also check the image against this host")] = False,
+    parent_dir: ParentDirOpt = None,
 ) -> None:
-    """Check checksums, digest, index and structure; one line per problem.
+    """Check checksums, digest, index and structure; of an incremental image, every image
+    of its chain and every link; one line per problem.
 
     Exit 0 when the image is clean, 1 when problems were found.
     """
     if host and file == STDOUT:
         raise UsageError("image verify --host needs a file, not standard input")
-    from cptimage.verify import verify_report
+    from cptimage.chain import verify_chain
 
-    report = verify_report(_input(file))
+    report = verify_chain(_input(file), parent_dir)
     problems = list(report.problems)
     if host and not problems:
         # the engine's verify-before-restore: kernel, CPU, PIDs, referenced files
@@ -427,3 +453,33 @@ def verify(
             print(f"{name}: ok")
     if problems:
         raise Exit(1)
+
+
+# --------------------------------------------------------------------------- flatten
+
+
+@app.command()
+def flatten(
+    file: FileArg,
+    output: Annotated[
+        str,
+        Option("-o", "--output", metavar="OUT", help="the image to write (atomically, mode 0600)"),
+    ],
+    parent_dir: ParentDirOpt = None,
+    compress: Annotated[bool, Option("--compress", help="zstd-compress the pages")] = False,
+) -> None:
+    """Write an incremental image as one self-contained image: every page it takes from
+    its parents copied into it (the same UUID: the same memory state)."""
+    from cptimage.atomic import atomic_output
+    from cptimage.chain import Chain, verify_chain
+    from cptimage.chain import flatten as flatten_chain
+    from cptimage.errors import ImageError
+
+    problems = verify_chain(file, parent_dir).problems
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ImageError(f"{problems[0]}{more}; not flattened", path=file)
+    with Chain(file, parent_dir) as chain, atomic_output(output) as out:
+        flatten_chain(chain, out, compress_pages=compress)
+        n = len(chain)
+    print(f"{output}: {n} image(s) flattened")

@@ -29,6 +29,18 @@ def _size(n: int) -> str:
     return str(n)
 
 
+def _memory(d: dict[str, object]) -> str:
+    """The MEMORY column: no, or the image's bytes (and what it builds on, what is kept)."""
+    if not d["memory"]:
+        return "no"
+    out = _size(int(d["image_size"]))  # type: ignore[call-overload]
+    if d["image_parent"] is not None:
+        out += f" on {d['image_parent']}"
+    if d["held"]:
+        out += f" + {_size(int(d['held']))} kept"  # type: ignore[call-overload]
+    return out
+
+
 @app.command()
 def create(
     veid: VeidArg,
@@ -49,12 +61,16 @@ def create(
 
 @app.command("list")
 def list_(veid: VeidArg, as_json: JsonOpt = False) -> None:
-    """The snapshots of a VE: id, time, name, kind, size, memory, parent."""
+    """The snapshots of a VE: id, time, name, kind, size, memory, parent.
+
+    SIZE is what a snapshot really holds: its filesystem snapshot's own bytes and its
+    image's (an incremental image: the pages written since the snapshot it builds on,
+    "on N"), with images of deleted snapshots kept for its chain ("+ kept")."""
     from snapshot.manager import SnapshotManager
 
-    snaps = SnapshotManager().snapshots(veid)
+    docs = SnapshotManager().listing(veid)
     if as_json:
-        print(json.dumps([s.to_json() for s in snaps]))
+        print(json.dumps(docs))
         return
     from rich.console import Console
     from rich.table import Table
@@ -63,10 +79,9 @@ def list_(veid: VeidArg, as_json: JsonOpt = False) -> None:
     t = Table(title=f"snapshots of VE {veid}", title_justify="left")
     for col in ("ID", "TIME", "NAME", "KIND", "SIZE", "MEMORY", "PARENT"):
         t.add_column(col, justify="right" if col in ("ID", "SIZE", "PARENT") else "left")
-    for s in snaps:
-        d = s.to_json()
-        t.add_row(str(s.id), d["time"], Text(printable(s.name)), s.kind, _size(d["size"]),
-                  "yes" if s.memory else "no", str(s.parent or "-"))  # fmt: skip
+    for d in docs:
+        t.add_row(str(d["id"]), d["time"], Text(printable(d["name"])), d["kind"],
+                  _size(d["size"]), _memory(d), str(d["parent"] or "-"))  # fmt: skip
     Console(highlight=False).print(t)
 
 

@@ -4293,6 +4293,79 @@ def FsSnapshot(_cls, _items):
     return __init__, __repr__, __eq__, encode, decode
 
 
+_S_Parent = _Struct('<16sQQQL')
+
+
+def Parent(_cls, _items):
+    """The record Parent (tag 0x0a01, fixed part 44 bytes)."""
+    _new = object.__new__
+    _pack = _S_Parent.pack
+    _unpack = _S_Parent.unpack
+    _get_fixed = _attrgetter('uuid', 'digest', 'size', 'created_ns', 'flags')
+    _get_var = lambda o: (o.name,)
+
+    def __init__(self, uuid=b'\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00', digest=0, size=0, created_ns=0, flags=0, name=_FACTORY):
+        self.uuid = uuid
+        self.digest = digest
+        self.size = size
+        self.created_ns = created_ns
+        self.flags = flags
+        self.name = '' if name is _FACTORY else name
+
+    __repr__, __eq__ = _repr_eq(('uuid', 'digest', 'size', 'created_ns', 'flags', 'name'))
+
+    def encode(self):
+        vals = _get_fixed(self)
+        if not isinstance(vals[0], (bytes, bytearray)) or len(vals[0]) != 16:
+            raise ImageError("cannot encode Parent: uuid must be 16 bytes", record="Parent")
+        try:
+            fixed = _pack(*vals)
+        except (_StructError, TypeError) as e:
+            raise ImageError(f"cannot encode Parent: {e}", record="Parent") from None
+        ext_fixed, ext_var = getattr(self, "_ext", _NO_EXT)
+        fixed += ext_fixed
+        out = []
+        v = _get_var(self)
+        try:
+            field = "name"
+            _w_text(out, v[0])
+        except _ENCODE_ERRORS as e:
+            raise ImageError(f"cannot encode field {field}: {e}", record="Parent") from None
+        out.append(ext_var)
+        body = b"".join(out)
+        n = len(fixed)
+        size = 8 + n + len(body)
+        if n > 0xFFFF:
+            raise ImageError("fixed part exceeds 65535 bytes", record="Parent")
+        return _RHDR(size, 0x0a01, n) + fixed + body + _PADS[size & 7]
+
+    def decode(fixed, var):
+        if len(fixed) == 44:
+            ext_fixed = b""
+        else:
+            fixed, ext_fixed = _fit(fixed, 44)
+        (f_uuid, f_digest, f_size, f_created_ns, f_flags,) = _unpack(fixed)
+        end = len(var)
+        pos = 0
+        if pos < end:
+            f_name, pos = _r_text(var, pos, "name", "Parent")
+        else:
+            # an older minor version: the remaining fields keep their defaults
+            f_name = ''
+        o = _new(_cls)
+        o.uuid = f_uuid
+        o.digest = f_digest
+        o.size = f_size
+        o.created_ns = f_created_ns
+        o.flags = f_flags
+        o.name = f_name
+        if pos < end or ext_fixed:
+            o._ext = (ext_fixed, var[pos:])
+        return o
+
+    return __init__, __repr__, __eq__, encode, decode
+
+
 # class name -> (fingerprint of the declaration it was generated from, factory)
 ITEMS = {
     'Rlimit': ('Rlimit resource:u32=0 cur:u64=0 max:u64=0', Rlimit),
@@ -4352,4 +4425,5 @@ RECORDS = {
     'MountData': ('MountData@0x0807 mnt_id:u32=0 data:blob', MountData),
     'UserNs': ('UserNs@0x0808 ns_ino:u64=0 setgroups:u8=0 uid_map:items[IdMap inside:u32=0 outside:u32=0 count:u32=0] gid_map:items[IdMap inside:u32=0 outside:u32=0 count:u32=0]', UserNs),
     'FsSnapshot': ("FsSnapshot@0x0901 backend:u8=0 generation:u64=0 created_ns:u64=0 uuid:bytes[16]=b'\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00' parent_uuid:bytes[16]=b'\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00' subvolume:text snapshot_path:text ve_id:text manifest_digest:blob", FsSnapshot),
+    'Parent': ("Parent@0x0a01 uuid:bytes[16]=b'\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00' digest:u64=0 size:u64=0 created_ns:u64=0 flags:u32=0 name:text", Parent),
 }

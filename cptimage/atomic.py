@@ -154,9 +154,8 @@ class AtomicFile:
         """Give the synced file the target's name (rename over it: a symbolic link there
         is replaced, never followed), then fsync the directory."""
         try:
-            if self.tmp is None:
-                self.tmp = self._link()
-            os.rename(self.tmp, self.base, src_dir_fd=self._dir, dst_dir_fd=self._dir)
+            tmp = self.tmp if self.tmp is not None else self._link()
+            os.rename(tmp, self.base, src_dir_fd=self._dir, dst_dir_fd=self._dir)
             self.tmp = None
             self.file.close()
             os.fsync(self._dir)
@@ -164,14 +163,17 @@ class AtomicFile:
             self.abort()
 
     def _link(self) -> str:
-        """A temporary name for the unnamed file (linkat AT_SYMLINK_FOLLOW of its fd)."""
+        """A temporary name for the unnamed file (linkat AT_SYMLINK_FOLLOW of its fd), in
+        `tmp`.  The name is kept before the link is made: a signal that interrupts the
+        command as the link returns leaves no named file behind (abort unlinks it)."""
         src = f"{_FD_DIR}/{self.file.fileno()}"
         for _ in range(100):
-            tmp = os.path.basename(_temp_name(self.directory, self.base))
+            self.tmp = os.path.basename(_temp_name(self.directory, self.base))
             try:
-                os.link(src, tmp, dst_dir_fd=self._dir, follow_symlinks=True)
-                return tmp
+                os.link(src, self.tmp, dst_dir_fd=self._dir, follow_symlinks=True)
+                return self.tmp
             except FileExistsError:
+                self.tmp = None  # another file's random name: never ours to unlink
                 continue
         raise FileExistsError(f"cannot name a temporary file in {self.directory}")
 

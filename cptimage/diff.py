@@ -6,7 +6,9 @@ Records are matched by identity, not position: processes by pid, threads by tid,
 by (pid, start), fds by (pid, fd), open-file descriptions and paths by id (see KEYS).
 A record present on one side only is one difference with None on the other side; a
 matched record contributes one difference per differing field.  Page contents are
-compared by digest per VMA (pagestore.vma_digests) and per shared-memory object.
+compared by digest per VMA (pagestore.vma_digests) and per shared-memory object; when
+either image is incremental, by the memory each one's chain gives (chain.memory_digests:
+an image and its flattened copy have no page difference).
 Values are in their JSON form (jsonio.record_to_json), so a result is JSON-able.
 """
 
@@ -21,7 +23,7 @@ from .container import ImageReader
 from .fields import REGISTRY, UnknownRecord
 from .jsonio import record_to_json
 from .pagestore import owner_digest, vma_digests
-from .records import OwnerKind, SectionType, ShmemObject
+from .records import HeaderFlags, OwnerKind, SectionType, ShmemObject
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +68,7 @@ KEYS: dict[str, Callable[[Any], str]] = {
     "MountData": lambda r: str(r.mnt_id),
 }
 # Compared through page digests instead of run by run.
-_SKIP = {"Header", "IndexEntry", "PagemapRun"}
+_SKIP = {"Header", "IndexEntry", "PagemapRun", "Parent"}
 
 
 def _key_of(name: str, rec: Any, pos: int) -> str:
@@ -119,7 +121,19 @@ def _page_digests(reader: ImageReader) -> dict[str, str]:
     return out
 
 
-def diff_readers(a: ImageReader, b: ImageReader) -> list[Difference]:
+def _chain_digests(reader: ImageReader, parent_dir: str | None) -> dict[str, str]:
+    from .chain import Chain, memory_digests
+
+    with Chain(reader, parent_dir) as chain:
+        digests = memory_digests(chain)
+    out = {f"{pid}:{start:#x}-{end:#x}": d for (pid, start, end), d in digests.items()}
+    for obj in reader.records(SectionType.MM):
+        if isinstance(obj, ShmemObject):  # stored whole in every image
+            out[f"shmem:{obj.id}"] = owner_digest(reader, OwnerKind.SHMEM, obj.id)
+    return out
+
+
+def diff_readers(a: ImageReader, b: ImageReader, parent_dir: str | None = None) -> list[Difference]:
     ha, hb = record_to_json(a.header), record_to_json(b.header)
     out = _diff_fields("header", ha, hb)
     if (a.major, a.minor) != (b.major, b.minor):
@@ -128,7 +142,11 @@ def diff_readers(a: ImageReader, b: ImageReader) -> list[Difference]:
     for name in sorted(set(ka) | set(kb), key=_type_order):
         if name not in _SKIP:
             out += _diff_groups(name, ka.get(name, {}), kb.get(name, {}))
-    out += _diff_groups("pages", _page_digests(a), _page_digests(b))
+    if (a.header.flags | b.header.flags) & HeaderFlags.INCREMENTAL:
+        pa, pb = _chain_digests(a, parent_dir), _chain_digests(b, parent_dir)
+    else:
+        pa, pb = _page_digests(a), _page_digests(b)
+    out += _diff_groups("pages", pa, pb)
     return out
 
 
@@ -140,14 +158,17 @@ def _type_order(name: str) -> tuple[int, str]:
 
 
 def diff(
-    a: str | os.PathLike[str] | ImageReader, b: str | os.PathLike[str] | ImageReader
+    a: str | os.PathLike[str] | ImageReader,
+    b: str | os.PathLike[str] | ImageReader,
+    parent_dir: str | None = None,
 ) -> list[Difference]:
-    """Every structural difference between two images (empty: the same)."""
+    """Every structural difference between two images (empty: the same).  Incremental
+    images are compared with their chains (found next to them, or in `parent_dir`)."""
     ra = a if isinstance(a, ImageReader) else ImageReader(a)
     try:
         rb = b if isinstance(b, ImageReader) else ImageReader(b)
         try:
-            return diff_readers(ra, rb)
+            return diff_readers(ra, rb, parent_dir)
         finally:
             if rb is not b:
                 rb.close()

@@ -1,5 +1,6 @@
-"""Every record type of image format 1.2 (1.0; NsCreds and UserNs since 1.1, a VE's user
-namespace; Owner since 1.2).  Declarations only: no logic lives here.
+"""Every record type of image format 1.3 (1.0; NsCreds and UserNs since 1.1, a VE's user
+namespace; Owner since 1.2; the CHAIN section with its Parent record and the PREDUMP
+header flag since 1.3: incremental images).  Declarations only: no logic lives here.
 
 A record's tag is u16; its high byte is the section type that holds it (0x00 = the
 container itself).  Retired tags stay in RETIRED_TAGS forever so a number is never
@@ -41,6 +42,7 @@ class SectionType(enum.IntEnum):
     IPC = 0x07  # SysV and POSIX IPC objects
     NAMESPACES = 0x08  # namespaces, network, mounts
     FSSNAP = 0x09  # the filesystem snapshot taken with the dump
+    CHAIN = 0x0A  # 1.3: the parent image an incremental image builds on
     INDEX = 0xFF  # the trailer's section index
 
 
@@ -61,6 +63,10 @@ class HeaderFlags(enum.IntFlag):
     # 1.1: a VE in a user namespace of its own (UserNs); a reader that does not know the
     # flag reports it, so an older cpt refuses to restore such a VE without its namespace
     USERNS = 1 << 4
+    # 1.3: memory only,
+    # a pre-dump: the processes, their VMAs and their pages, taken while the tree ran;
+    # restorable only as the parent of a later image
+    PREDUMP = 1 << 5
 
 
 class SourceKind(enum.IntEnum):
@@ -411,6 +417,22 @@ class PagemapRun(Record):
     vaddr: int = u64()
     nr_pages: int = u64()
     data_offset: int = u64()  # byte offset in the page data stream (PRESENT only)
+
+
+# --------------------------------------------------------------------------- CHAIN
+
+
+@record(0x0A01)
+class Parent(Record):
+    """The image an INCREMENTAL image builds on: its PARENT runs' pages are there (or
+    further down its own chain).  One per incremental image (1.3)."""
+
+    uuid: bytes = fbytes(16)  # the parent's Header.uuid (= this image's parent_uuid)
+    digest: int = u64()  # the parent's file digest (its trailer's): a changed parent shows
+    size: int = u64()  # the parent's file size
+    created_ns: int = u64()  # the parent's Header.created_ns
+    flags: int = u32(flags=HeaderFlags)  # the parent's Header.flags
+    name: str = text()  # where it is: a path relative to this image's directory
 
 
 # --------------------------------------------------------------------------- FILES

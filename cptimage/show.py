@@ -1,8 +1,8 @@
 """What `cpt image show` displays, as plain data (the CLI renders it).
 
-summary(reader)     header, process tree, per-section counts and sizes, and what a
-                    restore would grant: the credentials (credentials) and every path
-                    outside the image it would open or create (external_paths)
+summary(reader)     header, process tree, per-section counts and sizes, what a restore
+                    would grant: the credentials (credentials) and every path outside the
+                    image it would open or create (external_paths), and the chain
 maps(reader, pid)   rows like /proc/PID/maps
 fds(reader, pid)    rows like ls -l /proc/PID/fd
 """
@@ -14,6 +14,7 @@ from collections import defaultdict
 from typing import Any
 
 from .container import ImageReader
+from .errors import ImageError
 from .jsonio import record_to_json
 from .records import (
     Creds,
@@ -118,6 +119,50 @@ def sections(reader: ImageReader) -> list[dict[str, Any]]:
     return list(acc.values())
 
 
+def chain(reader: ImageReader, parent_dir: str | None = None) -> list[dict[str, Any]]:
+    """The image and the parents below it, newest first (one row: an image on no parent).
+    A link that cannot be followed ends the list with a row naming the file and why."""
+    from .chain import MAX_DEPTH, kind, link_problem, locate_parent, open_image, parent_record
+
+    rows: list[dict[str, Any]] = []
+    r, path, opened = reader, reader.path or "-", []
+    try:
+        for _ in range(MAX_DEPTH):
+            rows.append(
+                dict(
+                    path=path,
+                    kind=kind(r.header),
+                    uuid=r.header.uuid.hex(),
+                    created_ns=r.header.created_ns,
+                    size=r.size,
+                    page_data=r.page_data_len,
+                )
+            )
+            p = parent_record(r) if r.header.parent_uuid != bytes(16) else None
+            if p is None:
+                break
+            where = locate_parent(r.path, p, parent_dir)
+            try:
+                nxt: ImageReader | None = open_image(where)
+            except ImageError as e:
+                nxt = None
+                if os.path.exists(where):
+                    rows.append(dict(path=where, problem=e.msg))
+                    break
+            why = link_problem(p, where, nxt)
+            if why or nxt is None:
+                rows.append(dict(path=where, problem=why))
+                if nxt is not None:
+                    nxt.close()
+                break
+            opened.append(nxt)
+            r, path = nxt, where
+    finally:
+        for o in opened:
+            o.close()
+    return rows
+
+
 def integrity(reader: ImageReader) -> dict[str, Any]:
     """Whether every byte of the file is as written: ``{"ok": bool, "problems": [...]}``
     (the file digest and every section checksum, page data included)."""
@@ -125,7 +170,9 @@ def integrity(reader: ImageReader) -> dict[str, Any]:
     return dict(ok=not problems, problems=problems)
 
 
-def summary(reader: ImageReader, checked: dict[str, Any] | None = None) -> dict[str, Any]:
+def summary(
+    reader: ImageReader, checked: dict[str, Any] | None = None, parent_dir: str | None = None
+) -> dict[str, Any]:
     """``checked``: what ``integrity(reader)`` gave, if the caller has it already."""
     header = record_to_json(reader.header)
     header.pop("record")
@@ -141,6 +188,7 @@ def summary(reader: ImageReader, checked: dict[str, Any] | None = None) -> dict[
         credentials=credentials(reader),
         paths=external_paths(reader),
         sections=sections(reader),
+        chain=chain(reader, parent_dir),
         warnings=list(reader.warnings),
     )
 
@@ -431,6 +479,7 @@ def format_fd_line(row: dict[str, Any]) -> str:
 
 
 __all__ = [
+    "chain",
     "credentials",
     "external_paths",
     "fds",

@@ -500,6 +500,8 @@ _MAX_ID_MAP_LINES = 340  # the kernel's limit per map (user_namespaces(7))
 _FILE_KINDS = (R.VmaKind.FILE_PRIVATE, R.VmaKind.FILE_SHARED)
 _SHMEM_KINDS = (R.VmaKind.SHMEM, R.VmaKind.SYSV_SHM)
 _RUN_KINDS = (R.PageFlags.PRESENT, R.PageFlags.PARENT, R.PageFlags.ZERO)
+# what a pre-dump (HeaderFlags.PREDUMP) may hold: its processes, their VMAs and pages
+PREDUMP_RECORDS = frozenset({"Process", "Vma", "ShmemObject", "PagemapRun", "Parent"})
 # what a live process always has (SPEC.md section 11); Itimers may be absent
 REQUIRED = ("Creds", "Rlimits", "Sigactions", "TaskState", "Mm")
 # (record, field, the kinds of PathObj it may name)
@@ -661,6 +663,38 @@ class _Structure:
         self._ipc()
         if self.readable("UserNs", "NsCreds", "Creds", "Process"):
             self._userns()
+        self._kind()
+
+    def _kind(self) -> None:
+        """What each kind of image must and must not hold (SPEC.md 5, "Chains")."""
+        h = self.header
+        incremental = bool(h.flags & R.HeaderFlags.INCREMENTAL)
+        orphan = h.parent_uuid == bytes(16)
+        parents = self.recs.get("Parent", [])
+        if incremental and orphan:
+            self.v.add("header", "INCREMENTAL, but the parent UUID is zero", "Header")
+        if not incremental and not orphan:
+            self.v.add("header", "a parent UUID in an image that is not INCREMENTAL", "Header")
+        if self.readable("Parent"):
+            if incremental and len(parents) != 1:
+                self.v.add(
+                    "CHAIN",
+                    f"an incremental image holds one Parent record, this one {len(parents)}",
+                )
+            elif not incremental and parents:
+                self.bad(parents[0], "a Parent record in an image that is not INCREMENTAL")
+        for r in parents:
+            if r.rec.uuid != h.parent_uuid:
+                self.bad(
+                    r,
+                    f"names the parent {r.rec.uuid.hex()}, the header {h.parent_uuid.hex()}",
+                )
+            if not r.rec.name:
+                self.bad(r, "the parent's file name is empty")
+        if h.flags & R.HeaderFlags.PREDUMP:
+            for name, recs in self.recs.items():
+                if name not in PREDUMP_RECORDS and recs:
+                    self.bad(recs[0], f"a pre-dump holds memory only: no {name} records")
 
     def _space(self, space: str, names: tuple[str, ...], field: str) -> dict[int, _Rec]:
         ids: dict[int, _Rec] = {}
@@ -799,7 +833,10 @@ class _Structure:
 
     def _complete(self) -> None:
         """A live process has its threads (its leader among them) and one of each
-        per-process record: a missing Creds would leave it the restorer's root."""
+        per-process record: a missing Creds would leave it the restorer's root.  (A
+        pre-dump holds memory only: none of them.)"""
+        if self.header.flags & R.HeaderFlags.PREDUMP:
+            return
         has: dict[str, set[int]] = {
             name: {r.rec.pid for r in self.recs.get(name, [])} for name in REQUIRED
         }
@@ -1181,7 +1218,9 @@ class _Structure:
         """The mount table: the root ("/") first, then each mount after its parent."""
         mounts = self.recs.get("Mount", [])
         if not mounts:
-            if self.header.flags & R.HeaderFlags.VE and self.readable("Mount"):
+            # a VE's pre-dump holds memory only: no namespaces
+            predump = self.header.flags & R.HeaderFlags.PREDUMP
+            if self.header.flags & R.HeaderFlags.VE and not predump and self.readable("Mount"):
                 self.v.add("NAMESPACES", "a VE's image without its mount table")
             return
         if mounts[0].rec.mountpoint != "/":
@@ -1382,8 +1421,12 @@ class _Structure:
         if flags not in _RUN_KINDS:
             self.bad(r, f"flags {flags:#x}: a run is exactly one of PRESENT, PARENT, ZERO")
             return False
-        if flags == R.PageFlags.PARENT and not self.header.flags & R.HeaderFlags.INCREMENTAL:
-            self.bad(r, "a PARENT run in an image that is not INCREMENTAL")
+        if flags == R.PageFlags.PARENT:
+            if not self.header.flags & R.HeaderFlags.INCREMENTAL:
+                self.bad(r, "a PARENT run in an image that is not INCREMENTAL")
+            if r.rec.owner_kind != R.OwnerKind.PROCESS:
+                # shared memory objects are numbered per image, and stored whole in each
+                self.bad(r, "a PARENT run of a shared memory object")
         return True
 
     def _run_in_vma(
@@ -1415,6 +1458,8 @@ class Report:
     problems: list[Problem]
     warnings: list[str]  # what a newer minor version added and verify skipped
     header: R.Header | None  # None if unreadable
+    parent: R.Parent | None = None  # an incremental image's Parent record
+    parent_runs: list[R.PagemapRun] = dataclasses.field(default_factory=list)  # its PARENT runs
 
 
 def verify(
@@ -1446,7 +1491,9 @@ def _verify(f: BinaryIO, path: str | None, chunk_size: int) -> Report:
     v.run(f, chunk_size)
     if v.complete and v.header is not None:
         _Structure(v).run()
-    return Report(v.problems, v.warnings, v.header)
+    parents = [r.rec for r in v.recs.get("Parent", [])]
+    runs = [r.rec for r in v.recs.get("PagemapRun", []) if r.rec.flags == R.PageFlags.PARENT]
+    return Report(v.problems, v.warnings, v.header, parents[0] if parents else None, runs)
 
 
 __all__ = ["Problem", "Report", "enum_problems", "verify", "verify_report"]

@@ -1,9 +1,16 @@
 """The snapshot catalog of one VE: what snapshots it has, in one JSON file.
 
-    <pool>/snapshots/<VEID>/catalog.json    {"veid", "next_id", "current", "snapshots": [...]}
+    <pool>/snapshots/<VEID>/catalog.json    {"veid", "next_id", "current", "snapshots": [...],
+                                             "kept": [...]}
     <pool>/snapshots/<VEID>/<ID>/fs         the filesystem snapshot (a read-only subvolume)
     <pool>/snapshots/<VEID>/<ID>/fs.nested  btrfs: those of the subvolumes nested in the area
     <pool>/snapshots/<VEID>/<ID>/Dump       the memory image, for a snapshot with memory
+
+A snapshot with memory of a running VE is incremental on the one before it (its image
+holds the pages written since, the others are in the images below it: SPEC.md section 5,
+"Chains").  Deleting a snapshot whose image another one's chain needs keeps that image
+(and its slot) until no remaining snapshot needs it: `kept` in the catalog, counted in the
+bytes of the snapshots that need it (`held`).
 
 A snapshot has an id (never reused), an optional name (unique within the VE), a kind
 ("snapshot": `cpt snapshot create`; "checkpoint": the filesystem snapshot of a `cpt
@@ -29,7 +36,9 @@ from typing import TYPE_CHECKING, Any
 
 from cpt.errors import InvalidValue
 from cptimage.atomic import atomic_output
-from cptimage.errors import quote, shorten
+from cptimage.chain import locate_parent, parent_record
+from cptimage.container import ImageReader
+from cptimage.errors import ImageError, quote, shorten
 from storage import backend_for
 
 if TYPE_CHECKING:
@@ -109,6 +118,8 @@ class Catalog:
         self.next_id = 1
         self.current: int | None = None
         self.snaps: list[Snap] = []
+        # images of deleted snapshots the chains of others need: {"id", "image", "size"}
+        self.kept: list[dict[str, Any]] = []
         self._load()
 
     def _load(self) -> None:
@@ -121,6 +132,7 @@ class Catalog:
         self.next_id = int(doc.get("next_id", 1))
         self.current = doc.get("current")
         self.snaps = [Snap.from_json(d) for d in doc.get("snapshots", [])]
+        self.kept = [dict(k) for k in doc.get("kept", [])]
 
     def save(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -129,6 +141,7 @@ class Catalog:
             "next_id": self.next_id,
             "current": self.current,
             "snapshots": [dataclasses.asdict(s) for s in self.snaps],
+            "kept": self.kept,
         }
         with atomic_output(str(self.path), mode=0o644) as f:
             f.write(json.dumps(doc, indent=1).encode() + b"\n")
@@ -154,7 +167,7 @@ class Catalog:
         """The slots no snapshot of the catalog names: left by a command killed after its
         filesystem snapshot was taken and before the catalog took it in (a killed VE
         dump).  Only meaningful with the VE's lock held (a slot being filled is none)."""
-        known = {s.id for s in self.snaps}
+        known = {s.id for s in self.snaps} | {int(k["id"]) for k in self.kept}
         try:
             slots = [p for p in self.dir.iterdir() if p.name.isdigit() and p.is_dir()]
         except FileNotFoundError:
@@ -192,7 +205,13 @@ class Catalog:
 
     def forget(self, snap: Snap, *, keep_image: bool = False) -> None:
         """Remove a snapshot: out of the catalog first, then its filesystem snapshot, its
-        image (unless `keep_image`: a dump file is not the catalog's) and its slot."""
+        image (unless `keep_image`: a dump file is not the catalog's; or while the chain of
+        another snapshot's image needs it: then it is kept, see the module text) and its
+        slot; then the kept images no snapshot needs any more."""
+        needed = self.needed(exclude=snap.id)
+        if snap.image and not keep_image and _real(snap.image) in needed:
+            self.kept.append({"id": snap.id, "image": snap.image, "size": _size(snap.image)})
+            keep_image = True
         self.remove(snap)
         backend_for(snap.fs).delete_snapshot(snap.fs)
         if snap.image and not keep_image:
@@ -200,6 +219,38 @@ class Catalog:
                 os.unlink(snap.image)
         with contextlib.suppress(OSError):
             os.rmdir(os.path.dirname(snap.fs))
+        self.release(needed)
+
+    def needed(self, exclude: int | None = None) -> set[str]:
+        """The images (real paths) below the images of the snapshots (but `exclude`):
+        the parents their chains read pages from."""
+        out: set[str] = set()
+        for s in self.snaps:
+            if s.image and s.id != exclude:
+                out.update(chain_below(s.image))
+        return out
+
+    def release(self, needed: set[str] | None = None) -> None:
+        """Remove the kept images no snapshot needs any more, and their slots."""
+        needed = self.needed() if needed is None else needed
+        keep = [k for k in self.kept if _real(k["image"]) in needed]
+        if len(keep) == len(self.kept):
+            return
+        gone = [k for k in self.kept if k not in keep]
+        self.kept = keep
+        self.save()
+        for k in gone:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(k["image"])
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.dirname(k["image"]))
+
+    def held(self, snap: Snap) -> int:
+        """Bytes of kept images (of deleted snapshots) the chain of `snap`'s image needs."""
+        if not snap.image or not self.kept:
+            return 0
+        below = chain_below(snap.image)
+        return sum(int(k["size"]) for k in self.kept if _real(k["image"]) in below)
 
     def find(self, ref: str) -> Snap:
         """A snapshot by id or name; InvalidValue naming what exists otherwise."""
@@ -218,3 +269,35 @@ class Catalog:
             if s.kind == "checkpoint" and s.image and os.path.realpath(s.image) == real:
                 return s
         return None
+
+
+def chain_below(image: str) -> list[str]:
+    """The real paths of the parents of `image`, nearest first, as far as they can be
+    followed (a missing or unreadable one ends the list: verify says why)."""
+    out: list[str] = []
+    path = image
+    for _ in range(4096):
+        try:
+            with ImageReader(path) as r:
+                rec = parent_record(r)
+        except (OSError, ImageError):
+            break
+        if rec is None:
+            break
+        path = locate_parent(path, rec)
+        real = _real(path)
+        if real in out:
+            break  # a loop: verify says so
+        out.append(real)
+    return out
+
+
+def _real(path: str) -> str:
+    return os.path.realpath(path)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0

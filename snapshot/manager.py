@@ -1,9 +1,12 @@
 """The snapshot manager of VEs: create, list, show, diff, delete, cleanup, rollback.
 
     create     a running VE: a checkpoint with leave-running whose private area is
-               snapshotted in the same frozen window (one snapshot, with memory); a
-               stopped VE, or --no-memory: the filesystem alone (a running VE is frozen
-               for the snapshot: its files are consistent with each other)
+               snapshotted in the same frozen window (one snapshot, with memory),
+               incremental on the previous one with memory while the VE's writes have
+               been tracked since that one (its image holds only the pages written
+               since; the tracking goes on in a holder between snapshots); a stopped VE,
+               or --no-memory: the filesystem alone (a running VE is frozen for the
+               snapshot: its files are consistent with each other)
     rollback   stop the VE, keep its live area as a "pre-rollback" snapshot, roll the area
                back, and restore the processes from the snapshot's image when it has one:
                the VE runs exactly as it did at snapshot time
@@ -12,7 +15,8 @@
 A snapshot is named by its id or its name.  Every operation holds the VE's lock (a second
 one at the same time fails, exit 9); the catalog (catalog.py) is replaced atomically.  A
 snapshot is in use while a dump file waits for restore with it (a "checkpoint" snapshot):
-deleting it would make that restore impossible, so it is refused.
+deleting it would make that restore impossible, so it is refused.  Deleting a snapshot
+whose image the chain of another one needs keeps that image until none does (catalog.py).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from ve.lifecycle import VEManager
 from ve.node import Node
 from ve.stages import ve_dump_options
 
-from .catalog import FS, Catalog, Snap
+from .catalog import FS, Catalog, Snap, chain_below
 from .hooks import CatalogHooks, adopt
 
 IMAGE = "Dump"
@@ -94,7 +98,10 @@ class SnapshotManager:
                 slot = dest.parent  # the image goes beside the filesystem snapshot
                 slot.mkdir(parents=True, exist_ok=True)
                 image = str(slot / IMAGE)
-                opts = ve_dump_options(DumpOptions(leave_running=True))
+                parent = self._tracked_parent(veid, catalog, rt.init_pid)
+                opts = ve_dump_options(
+                    DumpOptions(leave_running=True, parent=parent, keep_tracking=True)
+                )
 
                 def keep(capture: fssnap.FsCapture) -> Snap:
                     return adopt(
@@ -120,6 +127,26 @@ class SnapshotManager:
             catalog.save()
             return snap
 
+    def _tracked_parent(self, veid: str, catalog: Catalog, init_pid: int) -> str:
+        """The image of the snapshot the VE's writes are tracked since (the last one with
+        memory, while its holder keeps the tracking), or "" (the snapshot is full)."""
+        from cpt.stages.incremental import notice
+        from cpt.stages.tracking import Tracking
+
+        st = Tracking(self.mgr.stages(veid).tree(self.mgr.config(veid), init_pid), notice).live()
+        if st is None:
+            return ""
+        for s in sorted(catalog.snaps, key=lambda s: s.id, reverse=True):
+            if not s.image or s.kind != "snapshot":
+                continue
+            try:
+                with ImageReader(s.image) as r:
+                    if r.header.uuid.hex() == st.uuid:
+                        return s.image
+            except (OSError, ImageError):
+                continue
+        return ""
+
     def _fs_only(
         self, veid: str, area: str, catalog: Catalog, name: str, description: str, running: bool
     ) -> Snap:
@@ -141,10 +168,28 @@ class SnapshotManager:
     def snapshots(self, veid: str) -> list[Snap]:
         return sorted(self.catalog(veid).snaps, key=lambda s: s.id)
 
+    def listing(self, veid: str) -> list[dict[str, Any]]:
+        """The snapshots as `snapshot list` shows them: with `image_parent` (the snapshot
+        whose image this one's builds on) and `held` (bytes of images of deleted snapshots
+        its chain still needs)."""
+        catalog = self.catalog(veid)
+        return [self._doc(catalog, s) for s in sorted(catalog.snaps, key=lambda s: s.id)]
+
+    def _doc(self, catalog: Catalog, snap: Snap) -> dict[str, Any]:
+        doc = snap.to_json()
+        doc["held"] = catalog.held(snap)
+        doc["image_parent"] = None
+        if snap.image:
+            below = chain_below(snap.image)[:1]
+            for s in catalog.snaps:
+                if below and s.image and os.path.realpath(s.image) == below[0]:
+                    doc["image_parent"] = s.id
+        return doc
+
     def show(self, veid: str, ref: str) -> dict[str, Any]:
         catalog = self.catalog(veid)
         snap = catalog.find(ref)
-        doc = snap.to_json()
+        doc = self._doc(catalog, snap)
         doc["current"] = catalog.current == snap.id
         doc["in_use"] = self.in_use(snap)
         if snap.image and os.path.exists(snap.image):

@@ -9,6 +9,7 @@ Test data, not library: the tests import it as ``samples``, bench/ from tests/.
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import sys
@@ -765,6 +766,165 @@ def tree_owner_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
         w.add_section(R.SectionType.PAGEMAP, tree.pages(w))
 
 
+# --------------------------------------------------------------------------- format 1.3: chains
+
+CHAIN_START = 0x7F5500000000
+CHAIN_PAGES = 16
+
+
+def chain_page(level: int, i: int) -> bytes:
+    """Page i as image `level` of a sample chain stores it."""
+    return pattern(1000 * level + i, PAGE)
+
+
+def chain_memory(levels: int) -> bytes:
+    """The process's memory after `levels` images of a sample chain: image 0 writes every
+    page, image L >= 1 rewrites pages L % 16 and (L + 1) % 16 and discards page 15 - L % 16
+    (a ZERO run), the rest stays as the parents have it."""
+    pages = [chain_page(0, i) for i in range(CHAIN_PAGES)]
+    for lv in range(1, levels):
+        for i in (lv % CHAIN_PAGES, (lv + 1) % CHAIN_PAGES):
+            pages[i] = chain_page(lv, i)
+        z = CHAIN_PAGES - 1 - lv % CHAIN_PAGES
+        if z not in (lv % CHAIN_PAGES, (lv + 1) % CHAIN_PAGES):
+            pages[z] = bytes(PAGE)
+    return b"".join(pages)
+
+
+def chain_uuid(level: int) -> bytes:
+    return bytes([0xC0 + level % 64]) + bytes(15 - 2) + level.to_bytes(2, "big")
+
+
+def chain_image(
+    out: BinaryIO,
+    level: int,
+    parent: bytes | None = None,
+    *,
+    predump: bool = True,
+    name: str = "",
+    minor: int = FORMAT_MINOR,
+) -> None:
+    """Image `level` of a sample chain of one process (pid 100, one anonymous VMA of 16
+    pages; chain_memory says what each holds).  `parent`: the parent image's bytes (level
+    >= 1), named `name` in the Parent record.  A pre-dump holds memory only; a final
+    image its thread too."""
+    flags = R.HeaderFlags.PREDUMP if predump else 0
+    if level:
+        flags |= R.HeaderFlags.INCREMENTAL
+    hdr = header(
+        created_ns=CREATED_NS + level * 10**9,
+        flags=flags,
+        root_pid=100,
+        uuid=chain_uuid(level),
+        parent_uuid=chain_uuid(level - 1) if level else bytes(16),
+    )
+    procs: list[Any] = [
+        R.Process(pid=100, state=R.ProcessState.ALIVE, pgid=100, sid=100, comm="chain")
+    ]
+    if not predump:
+        procs.append(
+            R.Thread(
+                pid=100,
+                tid=100,
+                regs=_regs(0x401000, 0x7FFD0000F000),
+                fpregs=bytes(512),
+                comm="chain",
+            )
+        )
+        procs += [
+            R.Creds(pid=100, groups=[]),
+            R.Rlimits(pid=100, limits=[]),
+            R.Sigactions(pid=100, actions=[]),
+            R.TaskState(pid=100, umask=0o22),
+        ]
+    vma = R.Vma(
+        pid=100,
+        kind=R.VmaKind.ANON,
+        prot=3,
+        flags=0x22,
+        start=CHAIN_START,
+        end=CHAIN_START + CHAIN_PAGES * PAGE,
+    )
+
+    def run(i: int, n: int, flag: int, off: int = 0) -> R.PagemapRun:
+        return R.PagemapRun(
+            owner_kind=R.OwnerKind.PROCESS,
+            flags=flag,
+            owner=100,
+            vaddr=CHAIN_START + i * PAGE,
+            nr_pages=n,
+            data_offset=off,
+        )
+
+    with ImageWriter(out, hdr, minor=minor) as w:
+        runs: list[R.PagemapRun] = []
+        if not level:
+            off = w.write_pages(b"".join(chain_page(0, i) for i in range(CHAIN_PAGES)))
+            runs.append(run(0, CHAIN_PAGES, R.PageFlags.PRESENT, off))
+        else:
+            new = {level % CHAIN_PAGES, (level + 1) % CHAIN_PAGES}
+            zero = CHAIN_PAGES - 1 - level % CHAIN_PAGES
+            for i in range(CHAIN_PAGES):
+                if i in new:
+                    runs.append(run(i, 1, R.PageFlags.PRESENT, w.write_pages(chain_page(level, i))))
+                elif i == zero:
+                    runs.append(run(i, 1, R.PageFlags.ZERO))
+                else:
+                    runs.append(run(i, 1, R.PageFlags.PARENT))
+        w.add_section(R.SectionType.PROCESS, procs)
+        w.add_section(R.SectionType.MM, [vma] if predump else [R.Mm(pid=100), vma])
+        if parent is not None:
+            from cptimage.container import ImageReader
+
+            pr = ImageReader(io.BytesIO(parent))
+            w.add_section(
+                R.SectionType.CHAIN,
+                [
+                    R.Parent(
+                        uuid=pr.header.uuid,
+                        digest=pr.digest,
+                        size=pr.size,
+                        created_ns=pr.header.created_ns,
+                        flags=pr.header.flags,
+                        name=name,
+                    )
+                ],
+            )
+        w.add_section(R.SectionType.PAGEMAP, runs)
+
+
+def write_chain(directory: str, levels: int, *, final: bool = True) -> list[str]:
+    """A sample chain of `levels` images in `directory` (chain-0.img, chain-1.img, ...),
+    pre-dumps but the last one when `final`; returns their paths, oldest first."""
+    paths: list[str] = []
+    parent: bytes | None = None
+    for lv in range(levels):
+        buf = io.BytesIO()
+        chain_image(
+            buf,
+            lv,
+            parent,
+            predump=not (final and lv == levels - 1),
+            name=f"chain-{lv - 1}.img" if lv else "",
+        )
+        parent = buf.getvalue()
+        path = os.path.join(directory, f"chain-{lv}.img")
+        with open(path, "wb") as f:
+            f.write(parent)
+        paths.append(path)
+    return paths
+
+
+def _chain_predump(out: BinaryIO) -> None:
+    chain_image(out, 0, minor=3)
+
+
+def _chain_final(out: BinaryIO) -> None:
+    base = io.BytesIO()
+    _chain_predump(base)
+    chain_image(out, 1, base.getvalue(), predump=False, name="chain-predump.img", minor=3)
+
+
 # --------------------------------------------------------------------------- benchmarks
 
 
@@ -894,13 +1054,16 @@ def many_image(out: BinaryIO, nvmas: int, nfds: int) -> None:
 
 
 # name -> its writer; each golden is of the format version it was made for (1.0: the
-# first three; 1.1 added the user namespace of a VE, 1.2 the tree's owner), and stays so
+# first three; 1.1 added the user namespace of a VE, 1.2 the tree's owner; 1.3 incremental
+# images: a pre-dump and the final image on it), and stays so
 GOLDENS: dict[str, Callable[[BinaryIO], None]] = {
     "tree": lambda out: tree_image(out, minor=0),
     "tree-zstd": lambda out: tree_image(out, variant=1, compress=True, minor=0),
     "every-record": lambda out: every_record_image(out, minor=0),
     "ve-userns": lambda out: ve_userns_image(out, minor=1),
     "tree-owner": lambda out: tree_owner_image(out, minor=2),
+    "chain-predump": _chain_predump,
+    "chain-final": _chain_final,
 }
 
 

@@ -35,6 +35,9 @@ def test_check_passes_on_this_machine_kind() -> None:
         if required:
             assert by_name[name]["ok"], by_name[name]
     assert by_name["ptrace + clone3(set_tid)"]["detail"].startswith("seize")
+    # incremental dumps (issue 15): this kernel tracks writes with userfaultfd WP_ASYNC
+    assert by_name["write tracking"]["ok"], by_name["write tracking"]
+    assert "WP_ASYNC" in by_name["write tracking"]["detail"]
     assert not [f for f in doc["features"] if f["name"].startswith("cgroup") and not f["ok"]]
 
 

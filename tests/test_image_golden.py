@@ -1,6 +1,7 @@
 """Golden images of every format version (fixtures/images/NAME.img with NAME.json beside
 it): tree, tree-zstd and every-record are of format 1.0, ve-userns of 1.1, tree-owner of
-1.2.
+1.2, chain-predump and chain-final (a pre-dump and the incremental image written on it) of
+1.3.
 
 The writer's output for them must never change (SPEC.md section 7); their JSON form
 must decode and encode exactly, the older ones with this reader too.  A new format
@@ -63,15 +64,32 @@ def test_goldens_verify_clean(name: str) -> None:
 def test_goldens_cover_the_format() -> None:
     every = json.loads((GOLDEN / "every-record.json").read_text())
     assert every["version"] == [1, 0]
-    assert samples.missing_record_types(every) == {"NsCreds", "UserNs", "Owner"}, "1.1, 1.2"
+    assert samples.missing_record_types(every) == {"NsCreds", "UserNs", "Owner", "Parent"}, (
+        "1.1, 1.2, 1.3"
+    )
     userns = json.loads((GOLDEN / "ve-userns.json").read_text())
     assert userns["version"] == [1, 1]
     assert samples.missing_record_types(userns) & {"NsCreds", "UserNs"} == set()
     owner = json.loads((GOLDEN / "tree-owner.json").read_text())
     assert owner["version"] == [1, 2]
     assert "Owner" not in samples.missing_record_types(owner)
+    final = json.loads((GOLDEN / "chain-final.json").read_text())
+    assert final["version"] == [1, 3]
+    assert "Parent" not in samples.missing_record_types(final)
     zstd = json.loads((GOLDEN / "tree-zstd.json").read_text())
     assert {s["compression"] for s in zstd["sections"]} == {"zstd"}
     tree = json.loads((GOLDEN / "tree.json").read_text())
     procs = [r for s in tree["sections"] for r in s.get("records", []) if r["record"] == "Process"]
     assert len(procs) == 3
+
+
+def test_the_chain_goldens_are_a_chain(tmp_path: Path) -> None:
+    """chain-final builds on chain-predump: its Parent record names it, by its file name,
+    UUID, size and digest, and verify follows the link."""
+    from cptimage.chain import Chain, verify_chain
+
+    for name in ("chain-predump", "chain-final"):
+        (tmp_path / f"{name}.img").write_bytes((GOLDEN / f"{name}.img").read_bytes())
+    assert verify_chain(tmp_path / "chain-final.img").problems == []
+    with Chain(str(tmp_path / "chain-final.img")) as chain:
+        assert [r["kind"] for r in chain.describe()] == ["incremental", "pre-dump"]

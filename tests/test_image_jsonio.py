@@ -69,7 +69,7 @@ def test_samples_round_trip(name: str) -> None:
 
 
 def _newer_minor_image() -> bytes:
-    """What a 1.1 writer could produce: an unknown section, an unknown tag, _ext bytes."""
+    """What a writer of a newer minor version could produce: an unknown section, an unknown tag, _ext bytes."""
     fd = R.Fd(pid=1, fd=0, file_id=1)
     fd._ext = (b"\x07\0\0\0", b"\x03\0\0\0abc")  # type: ignore[attr-defined]
     lim = R.Rlimits(pid=1, limits=[R.Rlimit(1, 2, 3)])
@@ -79,7 +79,7 @@ def _newer_minor_image() -> bytes:
     with ImageWriter(buf, samples.header(), minor=FORMAT_MINOR + 1, compress_records=True) as w:
         w.add_section(R.SectionType.PROCESS, [lim])
         w.add_section(R.SectionType.FDS, [fd, unknown], compress=False)
-        w.add_raw_section(0x0A, 1, b"future payload\0\0", count=3, compression=1, level=7)
+        w.add_raw_section(0x7A, 1, b"future payload\0\0", count=3, compression=1, level=7)
     return buf.getvalue()
 
 
@@ -92,7 +92,7 @@ def test_newer_minor_extensions_survive_the_round_trip() -> None:
     assert fds[1]["record"] is None and fds[1]["tag"] == 0x06F0
     assert doc["sections"][0]["records"][0]["limits"][0]["_ext"] == "0102"
     assert doc["sections"][2] == {
-        "type": 0x0A,
+        "type": 0x7A,
         "version": 1,
         "compression": "zstd",
         "level": 7,

@@ -33,10 +33,11 @@ from cpt.errors import AlreadyRunning, NotRunning, RestoreError, UsageError
 from cpt.restore.options import RestoreOptions
 from cpt.restore.restorer import RestoreStats
 from cpt.stages.dump import checkpoint, dump
+from cpt.stages.incremental import closing_stage, predump
 from cpt.stages.kill import kill
 from cpt.stages.restore import check_restorable, open_image, restore
 from cpt.stages.resume import resume
-from cpt.stages.stage import Stage, check_dumpfile, check_stage
+from cpt.stages.stage import Stage, check_chkpnt_options, check_dumpfile, check_stage
 from cpt.stages.store import KILLING, TreeState
 from cpt.stages.suspend import suspend
 from cpt.stages.tree import RUNS_AGAIN, Tree
@@ -111,8 +112,7 @@ class VeStages:
         check_stage(stage, "chkpnt")
         check_dumpfile(dumpfile)
         opts = opts or DumpOptions()
-        if opts.leave_running and stage is not Stage.CHKPNT:
-            raise UsageError("--leave-running is a full checkpoint; it takes no stage option")
+        check_chkpnt_options(stage, opts)
         run = RunState(self.veid)
         with run.locked():
             cfg = self.node.config(self.veid)
@@ -125,6 +125,11 @@ class VeStages:
                 return None  # the repair of a killed cpt's suspend resumed it
             path = self.dumpfile(dumpfile)
             opts = ve_dump_options(opts)
+            if opts.pre_dump:  # memory only, the VE runs on: no filesystem snapshot
+                return predump(
+                    self.tree(cfg, rt.init_pid), path, opts, opts.parent or None,
+                    opts.parent_dir or None,
+                )  # fmt: skip
             if stage is Stage.SUSPEND:
                 capture = FsCapture(self.veid, cfg.private, "")  # its sync, before the freeze
                 suspend(self.tree(cfg, rt.init_pid, capture), opts)
@@ -135,8 +140,10 @@ class VeStages:
             elif stage is Stage.KILL:
                 kill(self.tree(cfg, rt.init_pid))
                 self._stopped(cfg)
+                closing_stage(self.tree(cfg, rt.init_pid), killed=True)
             else:
                 resume(self.tree(cfg, rt.init_pid))
+                closing_stage(self.tree(cfg, rt.init_pid), killed=False)
             return None
 
     def repair(self) -> str | None:
@@ -214,7 +221,11 @@ class VeStages:
         with RunState(self.veid).locked():
             self.repair_locked(self.node.config(self.veid))
             return self.restore_locked(
-                stage, dumpfile, rollback_fs=opts.rollback_fs, trust=opts.trust
+                stage,
+                dumpfile,
+                rollback_fs=opts.rollback_fs,
+                trust=opts.trust,
+                parent_dir=opts.parent_dir,
             )
 
     def restore_locked(
@@ -224,12 +235,14 @@ class VeStages:
         *,
         rollback_fs: bool = False,
         trust: bool = False,
+        parent_dir: str = "",
     ) -> RestoreStats | None:
         """restore() with the VE's lock held.  The dump file is opened once and trusted
-        as cpt.restore.trust says (`trust`: the operator vouches for it); the image must
-        be this VE's, carry its filesystem proof, and stand on its configured private
-        area (_check_image), before the area is proven or rolled back and the host is
-        checked."""
+        as cpt.restore.trust says (`trust`: the operator vouches for it), an incremental
+        one with its chain (each parent trusted too; `parent_dir`: where the parents are,
+        if not next to it); the image must be this VE's, carry its filesystem proof, and
+        stand on its configured private area (_check_image), before the area is proven or
+        rolled back and the host is checked."""
         veid = self.veid
         cfg = self.node.config(veid)
         run = RunState(veid)
@@ -250,7 +263,8 @@ class VeStages:
             raise AlreadyRunning(f"VE {veid} is running: its restore is refused")
         run.forget_ended()
         path = self.dumpfile(dumpfile)
-        reader = open_image(path, trust=trust)  # a damaged image: ImageError, exit 40
+        # a damaged image: ImageError, exit 40 (a pre-dump too); an incremental one flattened
+        reader = open_image(path, trust=trust, parent_dir=parent_dir)
         with reader:
             h = reader.header
             if h.source_kind != SourceKind.VE:

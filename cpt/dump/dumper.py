@@ -11,6 +11,7 @@ import socket
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from cptimage.container import ImageWriter
@@ -102,12 +103,25 @@ class Dumper:
         self.stats = DumpStats()
         self.writer: ImageWriter | None = None
         self.others: list[Any] = []  # records beside the processes', collected by run()
+        self.later_runs: list[Callable[[], list[Any]]] = []  # runs made by finish()
         # a VE that contains its root: its ids as the VE sees them go into the image too
         self.userns = dump_userns(root, proc) if opts.ve_id else None
 
-    def run(self, out: ImageOutput) -> DumpStats:
+    def run(
+        self,
+        out: ImageOutput,
+        *,
+        writer: ImageWriter | None = None,
+        pages: Callable[[int, list[Vma], ImageWriter], Callable[[], list[Any]]] | None = None,
+        header: Callable[[Header], Header] | None = None,
+    ) -> DumpStats:
         """The frozen part: every process's state, then the pages into the image (into
-        its page area, if `out` has one).  `finish` writes the rest."""
+        its page area, if `out` has one).  `finish` writes the rest.  An incremental dump
+        or one with pre-copy rounds (cpt/dump/incremental.py) gives `pages(pid, vmas,
+        writer)`, which writes a process's remaining pages and returns what makes its
+        PagemapRuns in `finish` (after the freeze), instead of copying them all here; and the `writer` it opened before (pages of the
+        rounds in it), or `header`, which makes the header this one writes its own (an
+        incremental one)."""
         t0 = time.perf_counter()
         out.stats = self.stats
         for info in self.tree.values():
@@ -125,10 +139,15 @@ class Dumper:
         t1 = time.perf_counter()
         fault.point("dump:pages")
         try:
-            self.writer = writer = ImageWriter(
-                out.file, self._header(), compress_pages=self.opts.compress, area=out.area
-            )
+            if writer is None:
+                h = self._header()
+                h = header(h) if header is not None else h
+                writer = ImageWriter(out.file, h, compress_pages=self.opts.compress, area=out.area)
+            self.writer = writer
             for pid, vmas in self.vmas.items():
+                if pages is not None:
+                    self.later_runs.append(pages(pid, vmas, writer))
+                    continue
                 pd = PageDumper(pid, writer)
                 self.recs[SectionType.PAGEMAP] += pd.dump(vmas)
                 self.stats.pages_bytes += pd.bytes
@@ -154,6 +173,8 @@ class Dumper:
         t0 = time.perf_counter()
         writer = self.writer
         assert writer is not None, "finish() before run()"
+        made = [r for make in self.later_runs for r in make()]
+        self.recs[SectionType.PAGEMAP][:0] = made  # the processes' runs first, as run() has
         # every other record goes to the section its tag names
         for rec in self.others + self.extra:
             self.recs[section_of_tag(rec.TAG)].append(rec)
@@ -211,27 +232,35 @@ class Dumper:
 
     def _header(self) -> Header:
         first = next(r for r in self.recs[SectionType.PROCESS] if type(r).__name__ == "Thread")
-        arch, release, version = hostinfo.kernel()
-        flags = HeaderFlags.LEAVE_RUNNING if self.opts.leave_running else 0
-        if self.opts.ve_id:
-            flags |= HeaderFlags.VE | HeaderFlags.PIDNS
-        if self.userns is not None:
-            flags |= HeaderFlags.USERNS
-        return Header(
-            created_ns=time.time_ns(),
-            page_size=os.sysconf("SC_PAGE_SIZE"),
-            flags=flags,
-            xcr0=hostinfo.xfeatures_of(first.xstate),
-            xstate_size=len(first.xstate),
-            source_kind=SourceKind.VE if self.opts.ve_id else SourceKind.PID,
-            root_pid=self.root,
-            uuid=uuid.uuid4().bytes,
-            vdso_digest=hostinfo.vdso_digest(),
-            arch=arch,
-            kernel_release=release,
-            kernel_version=version,
-            cpu_flags=hostinfo.isa_flags(),
-            hostname=socket.gethostname(),
-            tool_version=TOOL_VERSION,
-            source_id=self.opts.ve_id or str(self.root),
-        )
+        flags = HeaderFlags.USERNS if self.userns is not None else 0
+        return build_header(self.opts, self.root, first.xstate, flags=flags)
+
+
+def build_header(
+    opts: DumpOptions, root: int, xstate: bytes, flags: int = 0, parent_uuid: bytes = b""
+) -> Header:
+    """The header of a dump of the tree rooted at `root`; `xstate`: an NT_X86_XSTATE of
+    one of its threads (b"" for a pre-dump, which holds no threads)."""
+    arch, release, version = hostinfo.kernel()
+    flags |= HeaderFlags.LEAVE_RUNNING if opts.leave_running else 0
+    if opts.ve_id:
+        flags |= HeaderFlags.VE | HeaderFlags.PIDNS
+    return Header(
+        created_ns=time.time_ns(),
+        page_size=os.sysconf("SC_PAGE_SIZE"),
+        flags=flags,
+        xcr0=hostinfo.xfeatures_of(xstate) if xstate else 0,
+        xstate_size=len(xstate),
+        source_kind=SourceKind.VE if opts.ve_id else SourceKind.PID,
+        root_pid=root,
+        uuid=uuid.uuid4().bytes,
+        parent_uuid=parent_uuid or bytes(16),
+        vdso_digest=hostinfo.vdso_digest(),
+        arch=arch,
+        kernel_release=release,
+        kernel_version=version,
+        cpu_flags=hostinfo.isa_flags(),
+        hostname=socket.gethostname(),
+        tool_version=TOOL_VERSION,
+        source_id=opts.ve_id or str(root),
+    )

@@ -24,3 +24,11 @@ class DumpOptions:
     # down): no drop rules are needed for its TCP connections, and a staged dump of them
     # stays consistent until the kill
     net_isolated: bool = False
+    # incremental dumps (cpt/stages/incremental.py): a pre-dump (memory only, the tree
+    # runs on), the image this one builds on, and where its parents are when not next to it
+    pre_dump: bool = False
+    parent: str = ""
+    parent_dir: str = ""
+    # after a leave-running dump the tracking goes on in a holder, relative to its image
+    # (snapshots of a running VE: the next one builds on this one)
+    keep_tracking: bool = False

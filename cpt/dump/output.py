@@ -69,6 +69,13 @@ class ImageOutput:
             page_buffer()
         self.reserve_s = time.perf_counter() - t0
 
+    def stream(self) -> None:
+        """No page area: the pages are streamed through the page buffer (a dump that
+        copies only the pages a tracking found written)."""
+        t0 = time.perf_counter()
+        page_buffer()
+        self.reserve_s = time.perf_counter() - t0
+
     def commit(self) -> None:
         """fsync the image, give it the dump file's name, fsync the directory."""
         self.sync()

@@ -33,6 +33,7 @@ from ..sys.task import (
     prctl,
     prctl_mm_map_size,
 )
+from ..sys.uffd import probe_tracking
 
 
 @dataclasses.dataclass
@@ -163,6 +164,10 @@ def _userfaultfd() -> str:
     return "userfaultfd (user-mode faults)"
 
 
+def _write_tracking() -> str:
+    return probe_tracking()
+
+
 def _tcp_repair() -> str:
     s = socket.socket()
     try:
@@ -222,6 +227,7 @@ CHECKS: list[tuple[str, bool, str, Callable[[], str]]] = [
     ("TCP_REPAIR", False, "--tcp-established", _tcp_repair),
     ("POSIX timer ids", False, "POSIX timers", _timer_ids),
     ("userfaultfd", False, "memory tracking, lazy restore", _userfaultfd),
+    ("write tracking", False, "--pre-dump, --parent, short leave-running freezes", _write_tracking),
     ("soft-dirty", False, "memory tracking (CRIU's way)", _soft_dirty),
     ("nftables", False, "--tcp-established (drop rules)", _nftables),
     ("btrfs", False, "filesystem snapshots", _btrfs),

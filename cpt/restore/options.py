@@ -17,6 +17,8 @@ class RestoreOptions:
     # a VE: called with its init's PID once its namespaces exist, to create what links
     # them to this host (the veth pair, its VE end inside)
     ve_links: Callable[[int], None] | None = None
+    # where the parents of an incremental image are (default: next to it)
+    parent_dir: str = ""
     # the operator vouches for the image: its file's owner and mode are not checked, and
     # its processes may hold credentials above its tree's owner's (restore/trust.py)
     trust: bool = False

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from cptimage.atomic import check_target
@@ -32,6 +33,7 @@ from ..dump.pstree import TaskInfo, collect_tree
 from ..errors import CptError, DumpError, NoSuchProcess
 from ..trace.seize import detach_all, freeze_process
 from ..trace.tracee import DEFAULT_OPTIONS, Tracee
+from .incremental import Incremental
 from .kill import forget_ve, kill_traced, wait_exited
 from .resume import run_again
 from .store import CHECKPOINTING, DUMPING, KILLING, RESUMING, SUSPENDED
@@ -41,7 +43,8 @@ from .tree import Tree, fails_as
 
 @fails_as(DumpError, "dump")
 def dump(tree: Tree, dumpfile: str, opts: DumpOptions) -> DumpStats:
-    """Dump the suspended tree; it stays suspended (`--dump`), also when this fails."""
+    """Dump the suspended tree; it stays suspended (`--dump`), also when this fails.
+    With opts.parent: only the pages written since that image (incremental.py)."""
     st = tree.suspended()
     if st is None or st.state != SUSPENDED:
         flag = f"{tree.ve_id}" if tree.ve_id else f"--pid {tree.root}"
@@ -51,8 +54,38 @@ def dump(tree: Tree, dumpfile: str, opts: DumpOptions) -> DumpStats:
         )
     check_target(dumpfile)
     opts = tree.dump_opts(opts, staged=True)
-    out = _output(tree, dumpfile, collect_tree(tree.root, tree.proc), opts)
-    return _dump_frozen(tree, out, opts, after="freeze", origins=st.origins)
+    procs = collect_tree(tree.root, tree.proc)
+    if not opts.parent:
+        out = _output(tree, dumpfile, procs, opts)
+        return _dump_frozen(tree, out, opts, after="freeze", origins=st.origins)
+    with _incremental(tree, opts, dumpfile, procs, frozen=True) as (inc, out):
+        return _dump_frozen(tree, out, opts, after="freeze", origins=st.origins, inc=inc)
+
+
+@contextlib.contextmanager
+def _incremental(
+    tree: Tree, opts: DumpOptions, dumpfile: str, procs: dict[int, TaskInfo], *, frozen: bool
+) -> Iterator[tuple[Incremental, ImageOutput]]:
+    """The incremental side of a dump (a parent, or live rounds first): the tracking
+    taken or started and, with live rounds, the image opened and the memory copied before
+    the freeze; the tracking handed on, or ended, once the dump is done.  A dump that
+    copies only what a tracking found written reserves no page area for the whole tree."""
+    inc = Incremental(
+        tree, opts, opts.parent or None, opts.parent_dir or None, precopy=opts.leave_running
+    )
+    try:
+        inc.take(frozen=frozen)
+        out = _output(tree, dumpfile, procs, opts, reserve=inc.tracker is None or inc.precopy)
+        try:
+            inc.open(out, dumpfile, frozen=frozen)
+            yield inc, out
+        except BaseException:
+            out.abort()
+            inc.failed()
+            raise
+        inc.done(dumpfile, after="freeze" if frozen else "resume" if opts.leave_running else "kill")
+    finally:
+        inc.close()
 
 
 @fails_as(DumpError, "checkpoint")
@@ -64,6 +97,9 @@ def checkpoint(tree: Tree, dumpfile: str, opts: DumpOptions) -> DumpStats:
     command dies, the kernel detaches the tree, which runs on.  If the dump fails the
     tree is resumed and no dump file is left behind.  A VE is frozen in its cgroup and
     cut off first, as by `--suspend`, journalled as "checkpointing" until its commit.
+    With opts.parent, only the pages written since that image; with leave_running the
+    memory is copied in live rounds first and the freeze is only for the last dirty pages
+    (incremental.py).
     """
     if tree.suspended():
         raise DumpError(
@@ -74,23 +110,19 @@ def checkpoint(tree: Tree, dumpfile: str, opts: DumpOptions) -> DumpStats:
     prepare_dump()  # one-time costs of a process's first dump, before the freeze
     after = "resume" if opts.leave_running else "kill"
     if tree.ve_id:
-        out = _output(tree, dumpfile, tree.live_tree(), opts)
-        try:
-            suspend(tree, opts, then=CHECKPOINTING)
-        except BaseException:
-            out.abort()
-            raise
-        try:
-            stats = _dump_frozen(tree, out, tree.dump_opts(opts), after=after)
-        except BaseException:
-            if tree.journal() is not None:  # the dump failed: the VE runs on
-                with contextlib.suppress(CptError):
-                    run_again(tree, {})
-            raise
-        return stats
+        procs = tree.live_tree()
+        if opts.parent or opts.leave_running:
+            with _incremental(tree, opts, dumpfile, procs, frozen=False) as (inc, out):
+                return _checkpoint_ve(tree, out, opts, after, inc)
+        return _checkpoint_ve(tree, _output(tree, dumpfile, procs, opts), opts, after, None)
     procs = tree.live_tree()
     _refuse_frozen(tree, procs)
     precheck(procs, tree.root, tree.proc, opts)
+    if opts.parent or opts.leave_running:
+        with _incremental(tree, opts, dumpfile, procs, frozen=False) as (inc, out):
+            tree.frozen_at = time.perf_counter()
+            procs = _seize_tree(tree)
+            return _dump_seized(tree, procs, out, opts, after=after, inc=inc)
     out = _output(tree, dumpfile, procs, opts)
     try:
         tree.frozen_at = time.perf_counter()
@@ -101,14 +133,42 @@ def checkpoint(tree: Tree, dumpfile: str, opts: DumpOptions) -> DumpStats:
     return _dump_seized(tree, procs, out, opts, after=after)
 
 
+def _checkpoint_ve(
+    tree: Tree, out: ImageOutput, opts: DumpOptions, after: str, inc: Incremental | None
+) -> DumpStats:
+    """A VE is frozen in its cgroup and cut off first, as by `--suspend` (journalled as
+    "checkpointing" until its commit), then dumped; if the dump fails it runs on."""
+    try:
+        suspend(tree, opts, then=CHECKPOINTING)
+    except BaseException:
+        out.abort()
+        raise
+    try:
+        return _dump_frozen(tree, out, tree.dump_opts(opts), after=after, inc=inc)
+    except BaseException:
+        if tree.journal() is not None:  # the dump failed: the VE runs on
+            with contextlib.suppress(CptError):
+                run_again(tree, {})
+        raise
+
+
 def _output(
-    tree: Tree, dumpfile: str, procs: dict[int, TaskInfo], opts: DumpOptions
+    tree: Tree,
+    dumpfile: str,
+    procs: dict[int, TaskInfo],
+    opts: DumpOptions,
+    *,
+    reserve: bool = True,
 ) -> ImageOutput:
     """The dump file, its page area sized for the tree's pages and faulted in: the
-    frozen window then only copies (dump/output.py)."""
+    frozen window then only copies (dump/output.py).  Without `reserve`, the pages are
+    streamed (an incremental dump: only the pages a tracking found written)."""
     out = ImageOutput(dumpfile)
     try:
-        out.reserve([p for p, i in procs.items() if not i.zombie], opts, tree.proc)
+        if reserve:
+            out.reserve([p for p, i in procs.items() if not i.zombie], opts, tree.proc)
+        else:
+            out.stream()
     except BaseException:
         out.abort()
         raise
@@ -122,6 +182,7 @@ def _dump_frozen(
     *,
     after: str,
     origins: dict[int, str] | None = None,
+    inc: Incremental | None = None,
 ) -> DumpStats:
     """Seize the frozen tree (frozen tasks enter their ptrace stops at once; the stops
     hold them then, and the cgroup is thawed for injected syscalls to run), dump it.
@@ -151,7 +212,9 @@ def _dump_frozen(
         if after == "freeze":
             tree.note(DUMPING, origins)
         tree.freezer.thaw()
-        return _dump_seized(tree, procs, out, opts, after=after, extra=extra, origins=origins)
+        return _dump_seized(
+            tree, procs, out, opts, after=after, extra=extra, origins=origins, inc=inc
+        )
     except BaseException:
         if tree.in_freeze is not None:
             tree.in_freeze.discard()
@@ -193,6 +256,7 @@ def _dump_seized(
     after: str,
     extra: list[Any] | None = None,
     origins: dict[int, str] | None = None,
+    inc: Incremental | None = None,
 ) -> DumpStats:
     """Write the image of a tree whose threads are all in ptrace stops, then `after`:
     "kill", "resume" (detach) or "freeze" (refreeze the cgroup and detach).
@@ -210,7 +274,11 @@ def _dump_seized(
     try:
         with tree.inside():
             dumper = Dumper(procs, tree.root, opts, tree.proc, extra)
-            stats = dumper.run(out)
+            if inc is not None and inc.tracker is not None:
+                stats = dumper.run(out, **inc.dumper_args(procs, dumper))
+                stats.pages_bytes = inc.pages_bytes
+            else:
+                stats = dumper.run(out)
         if after == "kill":
             dumper.finish()
             fault.point("dump:fsync")

@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from collections.abc import Callable
+from typing import BinaryIO
 
+from cptimage.chain import Chain, flatten, verify_chain
 from cptimage.container import ImageReader
 from cptimage.errors import ImageError
+from cptimage.records import Header, HeaderFlags
 from cptimage.verify import verify
 
 from .. import fault, interrupts
@@ -31,11 +35,13 @@ from .store import RESTORING, TreeState
 from .tree import Tree, fails_as
 
 
-def open_image(dumpfile: str, *, trust: bool = False) -> ImageReader:
+def open_image(dumpfile: str, *, trust: bool = False, parent_dir: str = "") -> ImageReader:
     """The image of `dumpfile`, trusted (restore/trust.py) and verified (every checksum,
     the structure): refuses with the first problems, precisely, before any process is
     created: a file another user could have written as RestoreError (exit 17), a damaged
-    image (or no image) as ImageError (exit 40)."""
+    image (or no image) as ImageError (exit 40).  An incremental image comes with its
+    chain, flattened (each parent trusted and verified the same way; `parent_dir`: where
+    the parents are, if not next to it); a pre-dump is refused (exit 40)."""
     f = open_dumpfile(dumpfile, trust=trust)
     try:
         problems = verify(f)
@@ -43,13 +49,17 @@ def open_image(dumpfile: str, *, trust: bool = False) -> ImageReader:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise ImageError(f"{problems[0]}{more}; refusing to restore", path=dumpfile)
         try:
-            return ImageReader(f, own=True)
+            reader = ImageReader(f, own=True)
         except ImageError as e:
             e.msg += "; refusing to restore"
             raise
     except BaseException:
         f.close()
         raise
+    if not reader.header.flags & (HeaderFlags.INCREMENTAL | HeaderFlags.PREDUMP):
+        return reader
+    with reader:
+        return _flat_chain(reader, dumpfile, parent_dir or None, trust)
 
 
 def check_restorable(reader: ImageReader, opts: RestoreOptions | None = None) -> None:
@@ -69,13 +79,68 @@ def open_for_restore(dumpfile: str, opts: RestoreOptions | None = None) -> Image
     """The image, after verify-before-restore: the file's trust, its checksums and
     structure, its credentials, then this host."""
     opts = opts or RestoreOptions()
-    reader = open_image(dumpfile, trust=opts.trust)
+    reader = open_image(dumpfile, trust=opts.trust, parent_dir=opts.parent_dir)
     try:
         check_restorable(reader, opts)
     except BaseException:
         reader.close()
         raise
     return reader
+
+
+def refuse_predump(dumpfile: str, header: Header | None = None) -> None:
+    """Refuse a pre-dump (exit 40): it holds memory only.  Without `header`, the file's
+    is read (an image that cannot be read is left to the checks that follow)."""
+    if header is None:
+        try:
+            with ImageReader(dumpfile) as r:
+                header = r.header
+        except (ImageError, OSError):
+            return
+    if header.flags & HeaderFlags.PREDUMP:
+        raise ImageError(
+            f"a pre-dump holds memory only; restore the final dump written on "
+            f"it (chkpnt --parent {dumpfile}); refusing to restore",
+            path=dumpfile,
+        )
+
+
+def _flat_chain(
+    top: ImageReader, dumpfile: str, parent_dir: str | None, trust: bool
+) -> ImageReader:
+    """An incremental image (`top`, open) with its chain, as one image: every link checked
+    and every image trusted and verified first (a broken chain is refused before anything
+    is touched), then flattened into an unlinked temporary file: each page from the newest
+    image holding it."""
+    refuse_predump(dumpfile, top.header)
+
+    def open_file(path: str) -> BinaryIO:
+        return open_dumpfile(path, trust=trust)
+
+    report = verify_chain(top.f, parent_dir, open_file=open_file, name=dumpfile)
+    if report.problems:
+        n = len(report.problems)
+        more = f" (and {n - 1} more)" if n > 1 else ""
+        raise ImageError(f"{report.problems[0]}{more}; refusing to restore", path=dumpfile)
+    where = os.path.dirname(os.path.abspath(dumpfile))
+    try:
+        tmp = tempfile.TemporaryFile(dir=where if os.access(where, os.W_OK) else None)  # noqa: SIM115
+    except OSError:
+        tmp = tempfile.TemporaryFile()  # noqa: SIM115 - the reader closes it
+    try:
+        with Chain(top, parent_dir, opener=lambda p: ImageReader(open_file(p), own=True)) as chain:
+            flatten(chain, tmp)
+        tmp.flush()
+        tmp.seek(0)
+        reader = ImageReader(tmp)
+        reader._own = True  # closing the reader closes (and so frees) the temporary file
+        return reader
+    except ImageError as e:
+        tmp.close()
+        raise ImageError(f"{e}; refusing to restore") from None
+    except BaseException:
+        tmp.close()
+        raise
 
 
 @fails_as(RestoreError, "restore")

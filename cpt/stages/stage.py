@@ -71,6 +71,16 @@ def check_dumpfile(given: str | None) -> None:
         )
 
 
+def check_chkpnt_options(stage: Stage, opts: DumpOptions) -> None:
+    """Refuse chkpnt options that do not go with `stage`."""
+    if opts.leave_running and stage is not Stage.CHKPNT:
+        raise UsageError("--leave-running is a full checkpoint; it takes no stage option")
+    if opts.pre_dump and (stage is not Stage.CHKPNT or opts.leave_running):
+        raise UsageError("--pre-dump takes no stage option and no --leave-running")
+    if opts.parent and stage not in (Stage.CHKPNT, Stage.DUMP):
+        raise UsageError("--parent is for a dump: chkpnt, --dump or --pre-dump")
+
+
 class Stages(Protocol):
     """The chkpnt and restore stages of one process tree or VE."""
 

@@ -22,10 +22,11 @@ from ..restore.restorer import RestoreStats
 from ..restore.trust import open_dumpfile
 from ..restore.tty import wait_shell_job
 from .dump import checkpoint, dump
+from .incremental import closing_stage, predump
 from .kill import kill
 from .restore import open_for_restore, restore
 from .resume import resume
-from .stage import Stage, check_dumpfile, check_stage
+from .stage import Stage, check_chkpnt_options, check_dumpfile, check_stage
 from .store import TreeState
 from .suspend import suspend
 from .tree import Tree, tree_name
@@ -74,8 +75,7 @@ class TreeStages:
         check_stage(stage, "chkpnt")
         check_dumpfile(dumpfile)
         opts = opts or DumpOptions()
-        if opts.leave_running and stage is not Stage.CHKPNT:
-            raise UsageError("--leave-running is a full checkpoint; it takes no stage option")
+        check_chkpnt_options(stage, opts)
         if stage is Stage.DUMP and dumpfile is None:
             raise UsageError("chkpnt --dump needs --dumpfile F")
         tree = self.tree()
@@ -85,10 +85,17 @@ class TreeStages:
             elif stage is Stage.DUMP:
                 assert dumpfile is not None
                 return dump(tree, dumpfile, opts)
-            elif stage is Stage.KILL:
-                kill(tree)
-            elif stage is Stage.RESUME:
-                resume(tree)
+            elif stage in (Stage.KILL, Stage.RESUME):
+                (kill if stage is Stage.KILL else resume)(tree)
+                closing_stage(tree, killed=stage is Stage.KILL)
+            elif opts.pre_dump:
+                return predump(
+                    tree,
+                    self.dumpfile(dumpfile),
+                    opts,
+                    opts.parent or None,
+                    opts.parent_dir or None,
+                )
             else:
                 return checkpoint(tree, self.dumpfile(dumpfile), opts)
         return None
