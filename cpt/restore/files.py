@@ -8,7 +8,7 @@ from typing import Any
 from cptimage.records import RegFile
 
 from ..errors import RestoreError
-from .fdbase import OPEN_IGNORE
+from .fdbase import open_flags
 from .model import ImageModel
 from .pstree import Task
 
@@ -20,7 +20,7 @@ class Files:
         p = model.path(desc.path_id)
         path = p.path
         try:
-            fd = os.open(model.host_path(p), (desc.flags & ~OPEN_IGNORE) | os.O_CLOEXEC)
+            fd = os.open(model.host_path(p), open_flags(desc.flags) | os.O_CLOEXEC)
         except OSError as e:
             raise RestoreError(f"cannot open {path}: {e.strerror}") from None
         try:
