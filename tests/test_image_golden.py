@@ -1,5 +1,6 @@
 """Golden images of every format version (fixtures/images/NAME.img with NAME.json beside
-it): tree, tree-zstd and every-record are of format 1.0, ve-userns of 1.1.
+it): tree, tree-zstd and every-record are of format 1.0, ve-userns of 1.1, task-extra of
+1.5.
 
 The writer's output for them must never change (SPEC.md section 7); their JSON form
 must decode and encode exactly, the 1.0 ones with this 1.1 reader too.  A new format
@@ -62,7 +63,10 @@ def test_goldens_verify_clean(name: str) -> None:
 def test_goldens_cover_the_format() -> None:
     every = json.loads((GOLDEN / "every-record.json").read_text())
     assert every["version"] == [1, 0]
-    assert samples.missing_record_types(every) == {"NsCreds", "UserNs"}, "1.1 added those"
+    assert samples.missing_record_types(every) == {"NsCreds", "UserNs", "ThreadSched", "TaskExtra"}
+    extra = json.loads((GOLDEN / "task-extra.json").read_text())
+    assert extra["version"] == [1, 5]
+    assert samples.missing_record_types(extra) & {"ThreadSched", "TaskExtra"} == set()
     userns = json.loads((GOLDEN / "ve-userns.json").read_text())
     assert userns["version"] == [1, 1]
     assert samples.missing_record_types(userns) & {"NsCreds", "UserNs"} == set()

@@ -140,6 +140,11 @@ def singlestep(tid: int, sig: int = 0) -> None:
     _ptrace(PTRACE_SINGLESTEP, tid, 0, sig)
 
 
+def syscall(tid: int, sig: int = 0) -> None:
+    """PTRACE_SYSCALL: resume until the next syscall-enter or syscall-exit stop."""
+    _ptrace(PTRACE_SYSCALL, tid, 0, sig)
+
+
 def listen(tid: int) -> None:
     """PTRACE_LISTEN: leave a group-stop without resuming (seized tracees only)."""
     _ptrace(PTRACE_LISTEN, tid)

@@ -26,10 +26,13 @@ from cpt.procfs import Proc, VmaKind, read_mem
 from cpt.sys import ptrace
 from cpt.sys.arch import MAX_ERRNO, SYSCALL_INSN, Regs
 from cpt.sys.syscalls import NR, syscall_name
+from cpt.sys.task import SIGACTION
 
+from .memory import ThreadMemory
 from .pinning import Pinned, pin_together
 
 ALL_SIGNALS = (1 << 64) - 1
+SIG_IGN = 1
 # The mask of a session: every signal, but SIGTRAP for a process that catches it. The
 # single-step trap that ends each injected syscall is a forced signal, and the kernel resets a
 # forced signal's handler to SIG_DFL when the signal is blocked (force_sig_info_to_task): a
@@ -90,6 +93,7 @@ class Injection:
 
     # The thread, as Tracee keeps it.
     tid: int
+    memory: ThreadMemory
     stopped: bool
     dead: bool
     stop_status: int
@@ -123,6 +127,7 @@ class Injection:
         self._pinned: Pinned | None = None
         self._exec_seen = False
         self._stepped = False  # single-stepped since the thread's last interrupt stop
+        self._no_trap = False  # inject through syscall stops, not a single-step trap
 
     @property
     def syscall_addr(self) -> int:
@@ -244,6 +249,41 @@ class Injection:
             )
         return ret
 
+    def syscall_without_trap(self, nr: int, *args: int) -> int:
+        """syscall() run to its syscall-exit stop (PTRACE_SYSCALL) instead of a single-step
+        trap: a ptrace stop, not a signal.  The single-step trap is a forced SIGTRAP, and
+        the kernel resets an ignored (or blocked) SIGTRAP to SIG_DFL when it forces one
+        (force_sig_info_to_task): the injections that give back an ignored SIGTRAP go
+        this way.  For calls without fork, exec or exit events."""
+        self._no_trap = True
+        try:
+            return self.syscall(nr, *args)
+        finally:
+            self._no_trap = False
+
+    def ignore_sigtrap(self, flags: int, restorer: int, mask: int) -> None:
+        """Set SIGTRAP's action back to SIG_IGN (with its flags, restorer and mask) as the
+        last injection into a process that ignored it: each earlier injection's forced
+        trap reset it to SIG_DFL.  The struct goes below the thread's stack pointer (past
+        the red zone; the bytes there are put back), as a scratch mapping would need
+        injections of its own."""
+        with self.session():
+            memory = self.memory
+            addr = (self.session_regs.rsp - 4096) & ~63
+            act = SIGACTION.pack(SIG_IGN, flags, restorer, mask)
+            saved = memory.read(addr, len(act))
+            memory.write(addr, act)
+            try:
+                ret = self.syscall_without_trap(NR.rt_sigaction, signal.SIGTRAP, addr, 0, 8)
+            finally:
+                memory.write(addr, saved)
+            if ret < 0:
+                raise InjectionError(
+                    f"process {self.tid}: cannot give SIGTRAP back its SIG_IGN action "
+                    f"({os.strerror(-ret)})",
+                    pid=self.tid,
+                )
+
     def _inject(self, nr: int, args: tuple[int, ...]) -> int:
         frame = self._frame
         assert frame is not None
@@ -253,8 +293,13 @@ class Injection:
         events: list[tuple[int, int]] = []
         self.last_events = events
         self.stopped = False
-        self._stepped = True
-        ptrace.singlestep(tid, 0)
+        no_trap = self._no_trap
+        entered = False  # no_trap: the syscall-enter stop was seen
+        if no_trap:
+            ptrace.syscall(tid, 0)
+        else:
+            self._stepped = True
+            ptrace.singlestep(tid, 0)
         deadline = time.monotonic() + INJECT_TIMEOUT
         while True:
             status = self._wait_step(nr, deadline)
@@ -273,7 +318,12 @@ class Injection:
             sig = ptrace.stop_signal(status)
             if event == 0:
                 if sig == signal.SIGTRAP and _is_step_trap(tid):
-                    break  # the single-step trap at syscall exit
+                    if no_trap and not entered:
+                        entered = True  # the syscall-enter stop: on to its exit stop
+                        self.stopped = False
+                        ptrace.syscall(tid, 0)
+                        continue
+                    break  # the single-step trap (or syscall-exit stop) at syscall exit
                 if sig in _FATAL_SIGNALS:
                     raise InjectionError(
                         f"injected {syscall_name(nr)} in pid {tid} at {rip:#x} got "
@@ -303,7 +353,10 @@ class Injection:
                 self._syscall_addr = None
             # PTRACE_EVENT_STOP here is a stale interrupt or group-stop trap: step on.
             self.stopped = False
-            ptrace.singlestep(tid, 0)
+            if no_trap:
+                ptrace.syscall(tid, 0)
+            else:
+                ptrace.singlestep(tid, 0)
         return frame.result()
 
     def _wait_step(self, nr: int, deadline: float) -> int:
