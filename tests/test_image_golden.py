@@ -1,9 +1,9 @@
 """Golden images of every format version (fixtures/images/NAME.img with NAME.json beside
-it): tree, tree-zstd and every-record are of format 1.0, ve-userns of 1.1, task-extra of
-1.5.
+it): tree, tree-zstd and every-record are of format 1.0, ve-userns of 1.1, tree-owner of
+1.2, task-extra of 1.5.
 
 The writer's output for them must never change (SPEC.md section 7); their JSON form
-must decode and encode exactly, the 1.0 ones with this 1.1 reader too.  A new format
+must decode and encode exactly, the older ones with this reader too.  A new format
 version adds goldens; `python tests/samples.py fixtures/images` rewrites them all, and
 the old ones must come out unchanged.
 """
@@ -63,13 +63,17 @@ def test_goldens_verify_clean(name: str) -> None:
 def test_goldens_cover_the_format() -> None:
     every = json.loads((GOLDEN / "every-record.json").read_text())
     assert every["version"] == [1, 0]
-    assert samples.missing_record_types(every) == {"NsCreds", "UserNs", "ThreadSched", "TaskExtra"}
+    every_missing = {"NsCreds", "UserNs", "Owner", "ThreadSched", "TaskExtra"}
+    assert samples.missing_record_types(every) == every_missing, "1.1, 1.2, 1.5"
     extra = json.loads((GOLDEN / "task-extra.json").read_text())
     assert extra["version"] == [1, 5]
     assert samples.missing_record_types(extra) & {"ThreadSched", "TaskExtra"} == set()
     userns = json.loads((GOLDEN / "ve-userns.json").read_text())
     assert userns["version"] == [1, 1]
     assert samples.missing_record_types(userns) & {"NsCreds", "UserNs"} == set()
+    owner = json.loads((GOLDEN / "tree-owner.json").read_text())
+    assert owner["version"] == [1, 2]
+    assert "Owner" not in samples.missing_record_types(owner)
     zstd = json.loads((GOLDEN / "tree-zstd.json").read_text())
     assert {s["compression"] for s in zstd["sections"]} == {"zstd"}
     tree = json.loads((GOLDEN / "tree.json").read_text())

@@ -14,6 +14,13 @@ Order (each step needs the previous ones):
      stand-in), so each message lands in the right queue with its boundaries;
   5. close the stand-ins, apply shutdowns, then SO_PASSCRED (an unnamed socket with it
      would autobind on send) and the file flags.
+
+Every lookup of a socket file (the removal of a stale one, bind, connect, a send to a
+name) is made with the credentials of a process holding the socket (creds.py), inside a
+VE's root for a VE: a socket file is created only where that process could create it,
+and owned by it.  Its dumped owner and mode are then set through an O_PATH|O_NOFOLLOW fd
+of the very socket file (never by a path that could be a symlink), the owner only when
+that process could give it.
 """
 
 from __future__ import annotations
@@ -29,9 +36,9 @@ from typing import Any
 from cptimage.records import SockState, UnixSocket
 
 from ..errors import RestoreError
-from ..procfs import decode_kdev
+from ..procfs import decode_kdev, fd_path
 from ..sys.net import SO_PASSCRED, SO_RCVBUFFORCE, SO_SNDBUFFORCE, set_int, unix_diag
-from ..sys.ns import in_child
+from .creds import as_holders, in_root_as_holders
 from .fdbase import SETFL_MASK
 from .model import ImageModel
 from .pstree import Task
@@ -43,20 +50,50 @@ def _show(name: bytes) -> str:
     return "@" + name[1:].decode(errors="replace") if name[:1] == b"\0" else name.decode()
 
 
-def free_path(path: bytes) -> None:
-    """Make room for binding `path`: remove a stale socket file that no socket is bound to;
-    refuse anything else in the way."""
+def free_path(path: bytes, model: ImageModel | None = None) -> None:
+    """Make room for binding `path` (where `model`'s processes see it): remove a stale
+    socket file that no socket is bound to; refuse anything else in the way."""
+    d, name = os.path.split(os.fsdecode(path))
     try:
-        st = os.lstat(path)
+        dfd = model.open(d, _DIR) if model is not None else os.open(d, _DIR)
     except FileNotFoundError:
-        return
-    where = f"cannot bind a unix socket to {path.decode()}"
-    if not stat.S_ISSOCK(st.st_mode):
-        raise RestoreError(f"{where}: a file that is not a socket is in the way")
-    for d in unix_diag().values():
-        if d.vfs and d.vfs[0] == st.st_ino and os.makedev(*decode_kdev(d.vfs[1])) == st.st_dev:
-            raise RestoreError(f"{where}: a live socket (inode {d.ino}) is bound to it")
-    os.unlink(path)
+        return  # bind will say
+    try:
+        try:
+            st = os.lstat(name, dir_fd=dfd)
+        except FileNotFoundError:
+            return
+        where = f"cannot bind a unix socket to {path.decode()}"
+        if not stat.S_ISSOCK(st.st_mode):
+            raise RestoreError(f"{where}: a file that is not a socket is in the way")
+        for diag in unix_diag().values():
+            vfs = diag.vfs
+            if vfs and vfs[0] == st.st_ino and os.makedev(*decode_kdev(vfs[1])) == st.st_dev:
+                raise RestoreError(f"{where}: a live socket (inode {diag.ino}) is bound to it")
+        os.unlink(name, dir_fd=dfd)
+    finally:
+        os.close(dfd)
+
+
+_DIR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def set_owner(path: bytes, uid: int, gid: int, mode: int, model: ImageModel | None = None) -> None:
+    """Give the socket file `path` its dumped owner and mode through an O_PATH|O_NOFOLLOW
+    fd of it: never through a symlink put in its place.  A chown the caller may not make
+    (another owner, for a process that could not give it) is skipped."""
+    flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+    name = os.fsdecode(path)
+    fd = model.open(name, flags) if model is not None else os.open(name, flags)
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise RestoreError(f"{name} is no longer the socket just bound there")
+        via = fd_path("self", fd)  # chown/chmod of an O_PATH fd: through its magic link
+        with contextlib.suppress(PermissionError):
+            os.chown(via, uid, gid)
+        os.chmod(via, mode)
+    finally:
+        os.close(fd)
 
 
 class UnixSockets:
@@ -68,11 +105,15 @@ class UnixSockets:
         self._fds: dict[int, int] = {}  # description id -> fd
         self._standins: list[socket.socket] = []
         self._root = ""  # a VE's root as the restorer reaches it (/proc/<init>/root)
+        self._model: ImageModel | None = None
+        self._ids: dict[int, int] = {}  # ino -> description id (whose holders act)
 
     def open(self, model: ImageModel, desc: Any) -> int:
         if not self._built:
             self._built = True
             self._root = model.root_prefix
+            self._model = model
+            self._ids = {r.ino: r.id for r in model.files.values() if isinstance(r, UnixSocket)}
             self._build([r for r in model.files.values() if isinstance(r, UnixSocket)])
         return self._fds.pop(desc.id)
 
@@ -107,12 +148,13 @@ class UnixSockets:
                 continue
             elif r.peer_ino in by_ino:
                 p = by_ino[r.peer_ino]
-                self._connect(s, p.name, f"its peer {_show(p.name)}")
+                self._connect(r, s, p.name, f"its peer {_show(p.name)}")
             elif r.peer_name:
-                self._connect(s, r.peer_name, f"the outside peer {_show(r.peer_name)}")
+                self._connect(r, s, r.peer_name, f"the outside peer {_show(r.peer_name)}")
         for r in recs:
             for c in r.icons if r.state == SockState.LISTEN else ():
-                self._connect(self._socks[c], r.name, f"the listener {_show(r.name)}")
+                # a client still in the accept queue: the listener's holders connect it
+                self._connect(r, self._socks[c], r.name, f"the listener {_show(r.name)}")
         for r in recs:
             s = self._socks[r.ino]
             set_int(s, socket.SOL_SOCKET, SO_SNDBUFFORCE, r.sndbuf // 2)
@@ -134,39 +176,47 @@ class UnixSockets:
             self._fds[r.id] = fd
         self._socks.clear()
 
-    def _at(self, name: bytes | None, fn: Callable[[], object]) -> None:
-        """Run `fn`, which looks up the path `name`, where the tree's paths resolve: in a
-        child chrooted into a VE's root (a socket keeps the name it was bound with, so the
-        name must be the VE's own); here for an abstract name or the host's root."""
-        if self._root and name and name[0] != 0:
+    def _holders(self, r: UnixSocket) -> list[int]:
+        assert self._model is not None
+        return self._model.holders_of_file(self._ids.get(r.ino, r.id))
 
-            def run() -> None:
-                fn()
-
-            in_child(run, root=self._root)
+    def _at(self, r: UnixSocket, name: bytes, what: str, fn: Callable[[], object]) -> None:
+        """Run `fn`, which looks up the path `name`, as a process holding `r` and where
+        the tree's paths resolve: in a child chrooted into a VE's root (a socket keeps the
+        name it was bound with, so the name must be the VE's own); here for an abstract
+        name or the host's root."""
+        model = self._model
+        assert model is not None
+        if name[:1] == b"\0":
+            fn()  # an abstract name: no file, no permission to check
+        elif self._root:
+            in_root_as_holders(model, self._holders(r), what, fn, self._root)
         else:
-            fn()
+            as_holders(model, self._holders(r), what, fn)
 
     def _bind(self, r: UnixSocket) -> None:
         s = self._socks[r.ino]
-        host = self._root.encode() + r.name if r.name[0] != 0 else r.name
-        if r.name[0] != 0:
-            free_path(host)
+        model = self._model
+        assert model is not None
+        what = f"cannot bind a unix socket to {_show(r.name)}"
         try:
-            self._at(r.name, lambda: s.bind(r.name))
+            if r.name[0] != 0:
+                as_holders(model, self._holders(r), what, lambda: free_path(r.name, model))
+            self._at(r, r.name, what, lambda: s.bind(r.name))
+            if r.name[0] != 0:
+                as_holders(
+                    model, self._holders(r), what,
+                    lambda: set_owner(r.name, r.fuid, r.fgid, r.fmode, model),
+                )  # fmt: skip
         except OSError as e:
-            raise RestoreError(
-                f"cannot bind a unix socket to {_show(r.name)}: {e.strerror}"
-            ) from None
-        if r.name[0] != 0:
-            os.chown(host, r.fuid, r.fgid)
-            os.chmod(host, r.fmode)
+            raise RestoreError(f"{what}: {e.strerror}") from None
 
-    def _connect(self, s: socket.socket, name: bytes, what: str) -> None:
+    def _connect(self, r: UnixSocket, s: socket.socket, name: bytes, what: str) -> None:
+        msg = f"cannot reconnect a unix socket to {what}"
         try:
-            self._at(name, lambda: s.connect(name))
+            self._at(r, name, msg, lambda: s.connect(name))
         except OSError as e:
-            raise RestoreError(f"cannot reconnect a unix socket to {what}: {e.strerror}") from None
+            raise RestoreError(f"{msg}: {e.strerror}") from None
 
     def _refill(
         self, r: UnixSocket, by_ino: dict[int, UnixSocket], peer_of: dict[int, socket.socket]
@@ -186,19 +236,21 @@ class UnixSockets:
                 elif sender is not None and r.ino in peer_of:
                     _send_one(sender, msg, None)
                 elif sender is not None and r.peer_ino in by_ino:
-                    self._send_to(sender, msg, r.name)
+                    self._send_to(r, sender, msg)
                 elif src and src in named:
-                    self._send_to(named[src], msg, r.name)
+                    self._send_to(r, named[src], msg)
                 else:
                     with socket.socket(socket.AF_UNIX, r.type) as tmp:
-                        self._send_to(tmp, msg, r.name)
+                        self._send_to(r, tmp, msg)
             except OSError as e:
                 raise RestoreError(
                     f"{where}: cannot refill queued message {i + 1} of {len(r.queue)}: {e.strerror}"
                 ) from None
 
-    def _send_to(self, s: socket.socket, msg: bytes, to: bytes) -> None:
-        self._at(to, lambda: _send_one(s, msg, to))
+    def _send_to(self, r: UnixSocket, s: socket.socket, msg: bytes) -> None:
+        """Send `msg` to `r`'s name (its queue), as a process holding `r`."""
+        what = f"unix socket {r.ino}: cannot refill a queued message"
+        self._at(r, r.name, what, lambda: _send_one(s, msg, r.name))
 
     def after_install(self, model: ImageModel, task: Task, local: dict[int, int]) -> None:
         pass
