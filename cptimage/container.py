@@ -47,7 +47,7 @@ MAGIC = _codec.PREAMBLE_MAGIC
 SECT_MAGIC = _codec.SECTION_HEADER_MAGIC
 END_MAGIC = _codec.TRAILER_MAGIC
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 3
+FORMAT_MINOR = 5
 
 # Version of each section's payload layout in format 1.x.
 SECTION_VERSIONS: dict[int, int] = {t: 1 for t in SectionType}

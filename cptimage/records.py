@@ -308,6 +308,34 @@ class Owner(Record):
     groups: list[int] = u32s()
 
 
+@record(0x01C0)
+class ThreadSched(Record):
+    """A thread's scheduling (format 1.5): sched_getattr(2)'s policy, RESET_ON_FORK flag,
+    nice, real-time priority, and a SCHED_DEADLINE thread's runtime/deadline/period (ns)."""
+
+    pid: int = u32()
+    tid: int = u32()
+    policy: int = u32()
+    flags: int = u32()
+    nice: int = i32()
+    priority: int = u32()
+    runtime_ns: int = u64()
+    deadline_ns: int = u64()
+    period_ns: int = u64()
+
+
+@record(0x01C1)
+class TaskExtra(Record):
+    """Per-process state of format 1.5: the audit login uid (/proc/PID/loginuid;
+    4294967295 unset), the signal of a job-control stop in effect (0: not stopped), and
+    the membarrier(2) registrations (MEMBARRIER_CMD_REGISTER_* bits)."""
+
+    pid: int = u32()
+    loginuid: int = u32(0xFFFFFFFF)
+    stop_signal: int = u32()
+    membarrier: int = u32()
+
+
 # --------------------------------------------------------------------------- MM
 
 

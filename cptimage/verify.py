@@ -452,6 +452,8 @@ REFERENCES: list[tuple[str, str, str, bool]] = [
             "Fd",
             "FileLock",
             "NsCreds",
+            "ThreadSched",
+            "TaskExtra",
             "Owner",
         )
     ),
@@ -494,7 +496,12 @@ SPACES: dict[str, tuple[tuple[str, ...], str]] = {
 }
 _NOUNS = {"pid": "process", "tid": "thread", "file": "open-file description"}
 # at most one of these per process
-PER_PROCESS = ("Creds", "Rlimits", "Sigactions", "TaskState", "Itimers", "Mm", "NsCreds")
+PER_PROCESS = (
+    "Creds", "Rlimits", "Sigactions", "TaskState", "Itimers", "Mm", "NsCreds", "TaskExtra",
+)  # fmt: skip
+_SCHED_POLICIES = (0, 1, 2, 3, 5, 6)  # NORMAL, FIFO, RR, BATCH, IDLE, DEADLINE
+_STOP_SIGNALS = (0, 19, 20, 21, 22)  # none, SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU
+_MEMBARRIER_BITS = (1 << 2) | (1 << 4) | (1 << 6) | (1 << 8)  # the REGISTER_* commands
 _ID_FIELDS = ("uid", "euid", "suid", "fsuid", "gid", "egid", "sgid", "fsgid")
 _MAX_ID_MAP_LINES = 340  # the kernel's limit per map (user_namespaces(7))
 _FILE_KINDS = (R.VmaKind.FILE_PRIVATE, R.VmaKind.FILE_SHARED)
@@ -973,10 +980,29 @@ class _Structure:
                 self.bad(r, f"dumpable {t.dumpable} is not 0, 1 or 2")
             if not -1000 <= t.oom_score_adj <= 1000:
                 self.bad(r, f"oom_score_adj {t.oom_score_adj} is outside -1000..1000")
+        for r in self.recs.get("ThreadSched", []):
+            t = r.rec
+            if t.policy not in _SCHED_POLICIES:
+                self.bad(r, f"scheduling policy {t.policy} is unknown")
+            if t.flags & ~1:
+                self.bad(r, f"scheduling flags {t.flags:#x} beyond SCHED_FLAG_RESET_ON_FORK")
+            if not -20 <= t.nice <= 19:
+                self.bad(r, f"nice {t.nice} is outside -20..19")
+            if t.policy in (1, 2) and not 1 <= t.priority <= 99:
+                self.bad(r, f"real-time priority {t.priority} is outside 1..99")
+            elif t.policy not in (1, 2) and t.priority:
+                self.bad(r, f"priority {t.priority} for a policy that has none")
+        for r in self.recs.get("TaskExtra", []):
+            t = r.rec
+            if t.stop_signal not in _STOP_SIGNALS:
+                self.bad(r, f"stop_signal {t.stop_signal} is no stop signal")
+            if t.membarrier & ~_MEMBARRIER_BITS:
+                self.bad(r, f"membarrier registrations {t.membarrier:#x} has unknown bits")
         tids: dict[int, set[int]] = defaultdict(set)
         for r in self.recs.get("Thread", []):
             tids[r.rec.pid].add(r.rec.tid)
         for name, field in (
+            ("ThreadSched", "tid"),
             ("PendingSignal", "tid"),
             ("SeccompFilter", "tid"),
             ("PosixTimer", "notify_tid"),

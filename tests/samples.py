@@ -923,6 +923,39 @@ def _chain_final(out: BinaryIO) -> None:
     base = io.BytesIO()
     _chain_predump(base)
     chain_image(out, 1, base.getvalue(), predump=False, name="chain-predump.img", minor=3)
+def task_extra_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
+    """The tree with format 1.5's per-thread scheduling (ThreadSched: nice, SCHED_IDLE,
+    SCHED_FIFO with RESET_ON_FORK) and per-process TaskExtra (login uid, a process stopped
+    by SIGTSTP, a membarrier registration)."""
+    tree = _Tree(0)
+    recs = tree.process()
+    scheds = [
+        dict(policy=0, nice=5),
+        dict(policy=5, nice=5),
+        dict(policy=1, flags=1, priority=7),
+        dict(policy=3, nice=-3),
+    ]
+    n = 0
+    for rec in list(recs):
+        if isinstance(rec, R.Thread):
+            recs.append(R.ThreadSched(pid=rec.pid, tid=rec.tid, **scheds[n % len(scheds)]))
+            n += 1
+        elif isinstance(rec, R.Process):
+            stopped = rec.pid == 102
+            recs.append(
+                R.TaskExtra(
+                    pid=rec.pid,
+                    loginuid=4242,
+                    stop_signal=20 if stopped else 0,
+                    membarrier=1 << 4 if rec.pid == 100 else 0,
+                )
+            )
+    with ImageWriter(out, header(), minor=minor) as w:
+        w.add_section(R.SectionType.PROCESS, recs)
+        w.add_section(R.SectionType.MM, tree.mm())
+        w.add_section(R.SectionType.FILES, tree.files())
+        w.add_section(R.SectionType.FDS, tree.fds())
+        w.add_section(R.SectionType.PAGEMAP, tree.pages(w))
 
 
 # --------------------------------------------------------------------------- benchmarks
@@ -1064,6 +1097,7 @@ GOLDENS: dict[str, Callable[[BinaryIO], None]] = {
     "tree-owner": lambda out: tree_owner_image(out, minor=2),
     "chain-predump": _chain_predump,
     "chain-final": _chain_final,
+    "task-extra": lambda out: task_extra_image(out, minor=5),
 }
 
 

@@ -1,7 +1,7 @@
 """Golden images of every format version (fixtures/images/NAME.img with NAME.json beside
 it): tree, tree-zstd and every-record are of format 1.0, ve-userns of 1.1, tree-owner of
 1.2, chain-predump and chain-final (a pre-dump and the incremental image written on it) of
-1.3.
+1.3, task-extra of 1.5.
 
 The writer's output for them must never change (SPEC.md section 7); their JSON form
 must decode and encode exactly, the older ones with this reader too.  A new format
@@ -64,9 +64,11 @@ def test_goldens_verify_clean(name: str) -> None:
 def test_goldens_cover_the_format() -> None:
     every = json.loads((GOLDEN / "every-record.json").read_text())
     assert every["version"] == [1, 0]
-    assert samples.missing_record_types(every) == {"NsCreds", "UserNs", "Owner", "Parent"}, (
-        "1.1, 1.2, 1.3"
-    )
+    every_missing = {"NsCreds", "UserNs", "Owner", "Parent", "ThreadSched", "TaskExtra"}
+    assert samples.missing_record_types(every) == every_missing, "1.1, 1.2, 1.3, 1.5"
+    extra = json.loads((GOLDEN / "task-extra.json").read_text())
+    assert extra["version"] == [1, 5]
+    assert samples.missing_record_types(extra) & {"ThreadSched", "TaskExtra"} == set()
     userns = json.loads((GOLDEN / "ve-userns.json").read_text())
     assert userns["version"] == [1, 1]
     assert samples.missing_record_types(userns) & {"NsCreds", "UserNs"} == set()

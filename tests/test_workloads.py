@@ -150,6 +150,7 @@ SABOTAGE = [
     ("procfiles", "offset", "stat is at offset 0, expected 10"),
     ("sigstate", "trap", "the SIGTRAP handler ran 0 times"),
     ("sigstate", "zombie", "is not a reapable zombie"),
+    ("sigign", "ignore", "SIGTRAP is not ignored"),
     ("unixzoo", "queue", "dgram pair: fewer messages queued than sent"),
     ("unixzoo", "pending", "no connection waits in the listener's accept queue"),
     ("unixzoo", "passcred", "SO_PASSCRED is off"),
@@ -169,6 +170,14 @@ SABOTAGE = [
     ("scale", "vma", "mapping 0 at"),
     ("scale", "fd", "is at offset 300, not 299"),
     ("scale", "member", "member 11 (pid"),
+    ("taskstate", "nice", "main thread: nice 0, want 5"),
+    ("taskstate", "policy", "thread I: policy 0 flags 0 priority 0, want policy 5"),
+    ("taskstate", "rtprio", "thread F: policy 1 flags 0x1 priority 8, want policy 1 flags 0x1"),
+    ("taskstate", "loginuid", "loginuid 4343, want 4242"),
+    ("taskstate", "membarrier", "membarrier: not registered in a re-executed child's new mm"),
+    ("taskstate", "subreaper", "child_subreaper 0, want 1"),
+    ("taskstate", "pdeathsig", "P did not report"),
+    ("taskstate", "stopped", "is not stopped"),
 ]
 
 

@@ -50,10 +50,11 @@ PYTHON_FLAGS = ("-E", "-s", "-B")  # no PYTHON* env, no user site, no .pyc in th
 C_WORKLOADS = ("counter", "tree", "threads", "memory", "files", "procstate", "restart", "sysvipc")
 C_WORKLOADS += ("eventfds", "epoll", "inotify", "ptimers", "seccomp_tsync", "novdso")
 C_WORKLOADS += ("pty", "ghost")  # locks (--file-locks) and ttyjob (a shell): tests of their own
-C_WORKLOADS += ("scale",)
+C_WORKLOADS += ("scale", "taskstate")
 PY_WORKLOADS = ("counter.py", "pyscript", "shmem.py", "unixzoo", "sigstate", "procfiles")
+PY_WORKLOADS += ("sigign",)
 ALL_WORKLOADS = C_WORKLOADS + PY_WORKLOADS
-NEEDS_ROOT = frozenset({"procstate"})  # changes its credentials
+NEEDS_ROOT = frozenset({"procstate", "taskstate"})  # credentials, login uid, SCHED_FIFO
 
 SABOTAGE_ENV = "CPT_WL_SABOTAGE"
 READY_TIMEOUT = 10.0

@@ -43,8 +43,8 @@ from .probe import probe
 from .pstree import TaskInfo, process_record
 from .seccomp import dump_seccomp
 from .shmem import ShmemTable
-from .signals import dump_pending, dump_sigactions
-from .task import dump_itimers, dump_rlimits, dump_task_state
+from .signals import dump_pending, dump_sigactions, ignored_sigtrap
+from .task import dump_itimers, dump_rlimits, dump_sched, dump_task_extra, dump_task_state
 from .threads import dump_thread
 from .timers import dump_timers
 from .tty import dump_ttys
@@ -199,6 +199,7 @@ class Dumper:
             pid, maps, proc.smaps_vmflags(pid), self.paths, self.shmem, self.ipc.ns_ino
         )
         pr = probe(info.tracees, [(v.start, v.end) for v in maps])
+        trap = ignored_sigtrap(status.sigign, pr)
         rec = self.recs[SectionType.PROCESS]
         threads = [dump_thread(pid, t, pr, proc) for t in info.tracees]
         self.stats.threads += len(threads)
@@ -210,6 +211,8 @@ class Dumper:
         rec.append(dump_sigactions(pid, pr))
         rec.append(dump_task_state(pid, status, pr, proc, self.paths))
         rec.append(dump_itimers(pid, pr))
+        rec += dump_sched(pid, info.tracees)
+        rec.append(dump_task_extra(pid, info.tracees, pr, proc))
         rec += dump_seccomp(pid, info.tracees, status.seccomp)
         rec += dump_pending(pid, info.tracees)
         rec += dump_timers(pid, info.tracees, proc, [(v.start, v.end) for v in maps])
@@ -221,6 +224,8 @@ class Dumper:
         infos = proc.fdinfos(pid)
         for fd, ft in sorted(proc.fd_targets(pid).items()):
             self.recs[SectionType.FDS].append(self.files.dump_fd(pid, fd, ft, infos[fd]))
+        if trap is not None:  # the last injection: each one reset it to SIG_DFL
+            info.leader.ignore_sigtrap(trap.flags, trap.restorer, trap.mask)
 
     def _owner(self) -> list[Owner]:
         """The tree's owner: its root process's credentials, which restore holds every

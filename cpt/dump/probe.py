@@ -17,6 +17,8 @@ from cptimage.records import Sigaction
 from ..sys.syscalls import NR
 from ..sys.task import (
     ITIMERVAL,
+    MEMBARRIER_CMD_GET_REGISTRATIONS,
+    MEMBARRIER_REGISTRATIONS,
     PR_GET_CHILD_SUBREAPER,
     PR_GET_DUMPABLE,
     PR_GET_PDEATHSIG,
@@ -51,6 +53,7 @@ class Probe:
     child_subreaper: int
     dumpable: int
     thp_disable: int
+    membarrier: int  # MEMBARRIER_CMD_REGISTER_* bits of the process's mm
     threads: dict[int, ThreadProbe]
 
 
@@ -84,6 +87,8 @@ def probe(tracees: list[Tracee], occupied: Iterable[tuple[int, int]]) -> Probe:
             subreaper = scratch.i32()
             dumpable = call(NR.prctl, PR_GET_DUMPABLE)
             thp = call(NR.prctl, PR_GET_THP_DISABLE)
+            # a kernel without GET_REGISTRATIONS (before 6.3) answers EINVAL: none known
+            barrier = max(leader.syscall(NR.membarrier, MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0), 0)
             threads = {}
             for t in tracees:
                 with t.session():
@@ -103,5 +108,6 @@ def probe(tracees: list[Tracee], occupied: Iterable[tuple[int, int]]) -> Probe:
         child_subreaper=subreaper,
         dumpable=dumpable,
         thp_disable=thp,
+        membarrier=barrier & MEMBARRIER_REGISTRATIONS,
         threads=threads,
     )

@@ -1,11 +1,14 @@
 """Per-process state that is neither memory nor files: rlimits, itimers, cwd/root, umask,
-personality, oom_score_adj, timer slack and a few prctl values."""
+personality, oom_score_adj, timer slack and a few prctl values; each thread's scheduling,
+the login uid, a job-control stop in effect and membarrier registrations."""
 
 from __future__ import annotations
 
-from cptimage.records import Itimers, Rlimit, Rlimits, TaskState
+from cptimage.records import Itimers, Rlimit, Rlimits, TaskExtra, TaskState, ThreadSched
 
 from ..procfs import Proc, ProcStatus
+from ..sys.task import sched_getattr
+from ..trace.tracee import Tracee
 from .paths import PathTable
 from .probe import Probe
 
@@ -52,4 +55,35 @@ def dump_task_state(
         pdeath_sig=probe.pdeath_sig,
         dumpable=probe.dumpable,
         child_subreaper=probe.child_subreaper,
+    )
+
+
+def dump_sched(pid: int, tracees: list[Tracee]) -> list[ThreadSched]:
+    """Each thread's sched_getattr(2), read from outside."""
+    out = []
+    for t in tracees:
+        a = sched_getattr(t.tid)
+        out.append(
+            ThreadSched(
+                pid=pid,
+                tid=t.tid,
+                policy=a.policy,
+                flags=a.flags,
+                nice=a.nice,
+                priority=a.priority,
+                runtime_ns=a.runtime,
+                deadline_ns=a.deadline,
+                period_ns=a.period,
+            )
+        )
+    return out
+
+
+def dump_task_extra(pid: int, tracees: list[Tracee], probe: Probe, proc: Proc) -> TaskExtra:
+    """The stop signal is the leader's: a group stop holds every thread of the process."""
+    return TaskExtra(
+        pid=pid,
+        loginuid=proc.loginuid(pid),
+        stop_signal=tracees[0].group_stop if tracees else 0,
+        membarrier=probe.membarrier,
     )

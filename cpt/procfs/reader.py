@@ -238,6 +238,10 @@ class Proc:
     def timerslack_ns(self, pid: int) -> int:
         return int(self._read(pid, "timerslack_ns"))
 
+    def loginuid(self, pid: int) -> int:
+        """The audit login uid (4294967295: unset)."""
+        return int(self._read(pid, "loginuid"))
+
     def cgroup2(self, pid: int) -> str:
         """The process's cgroup v2 path ("0::PATH" line), relative to the cgroup2 mount."""
         for line in self._read(pid, "cgroup").decode().splitlines():

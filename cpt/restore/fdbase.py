@@ -19,6 +19,22 @@ O_ACCMODE = 0o3
 # flags F_SETFL can change; the rest are fixed at open
 SETFL_MASK = os.O_APPEND | os.O_NONBLOCK | os.O_ASYNC | os.O_DIRECT | os.O_NOATIME
 OPEN_IGNORE = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY
+# a file created with O_TMPFILE keeps __O_TMPFILE and O_DIRECTORY in its flags (fdinfo):
+# reopened by path with them, the regular file it is would fail with ENOTDIR
+O_TMPFILE_BIT = os.O_TMPFILE & ~os.O_DIRECTORY
+
+
+def open_flags(flags: int) -> int:
+    """The flags to reopen a description by path with (O_CLOEXEC added by the caller)."""
+    flags &= ~OPEN_IGNORE
+    if flags & O_TMPFILE_BIT:
+        flags &= ~os.O_TMPFILE
+    if not flags & os.O_PATH:
+        # it had its effect at open (the path was no symlink); a ghost's path is the
+        # restorer's /proc/PID/fd/N, a symlink O_NOFOLLOW would refuse (ELOOP).  O_PATH
+        # keeps it: such an fd may be one of a symlink itself
+        flags &= ~os.O_NOFOLLOW
+    return flags
 
 
 class Opener(Protocol):

@@ -10,7 +10,7 @@ from cptimage.records import RegFile
 
 from ..errors import RestoreError
 from .creds import open_held
-from .fdbase import OPEN_IGNORE
+from .fdbase import open_flags
 from .model import ImageModel
 from .pstree import Task
 
@@ -21,7 +21,7 @@ class Files:
     def open(self, model: ImageModel, desc: Any) -> int:
         p = model.path(desc.path_id)
         path = p.path
-        flags = (desc.flags & ~OPEN_IGNORE) | os.O_CLOEXEC
+        flags = open_flags(desc.flags) | os.O_CLOEXEC
         what = f"cannot open {path}"
         try:
             fd = open_held(model, model.holders_of_file(desc.id), p, flags, what)

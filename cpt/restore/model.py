@@ -44,8 +44,10 @@ from cptimage.records import (
     SysvMsq,
     SysvSem,
     SysvShm,
+    TaskExtra,
     TaskState,
     Thread,
+    ThreadSched,
     TtyInfo,
     UserNs,
     Uts,
@@ -68,6 +70,8 @@ class ProcImage:
     sigactions: Sigactions | None = None
     task: TaskState | None = None
     itimers: Itimers | None = None
+    extra: TaskExtra | None = None
+    sched: list[ThreadSched] = dataclasses.field(default_factory=list)
     seccomp: list[SeccompFilter] = dataclasses.field(default_factory=list)
     pending: list[PendingSignal] = dataclasses.field(default_factory=list)
     timers: list[PosixTimer] = dataclasses.field(default_factory=list)
@@ -93,10 +97,12 @@ _PER_PROCESS = {
     Sigactions: "sigactions",
     TaskState: "task",
     Itimers: "itimers",
+    TaskExtra: "extra",
     Mm: "mm",
 }
 _LISTS = {
     Thread: "threads",
+    ThreadSched: "sched",
     SeccompFilter: "seccomp",
     PendingSignal: "pending",
     PosixTimer: "timers",

@@ -30,8 +30,8 @@ from .. import fault
 from ..errors import CptError, NoSuchProcess, RestoreError, os_error_text
 from ..procfs import Proc, pid_exists
 from ..sys.ns import entered, unshared
-from ..sys.syscalls import NR
-from ..sys.task import PR_SET_DUMPABLE, pidfd_open
+from ..sys.syscalls import NR, syscall_name
+from ..sys.task import PR_SET_DUMPABLE, SIGACTION, pidfd_open
 from ..trace.seize import reap_traced
 from ..trace.tracee import Tracee
 from .fds import FileRestorer, max_fd
@@ -43,8 +43,8 @@ from .options import RestoreOptions
 from .pidns import PidNamespace
 from .pstree import Task, TreeBuilder
 from .shmem import close_objects, create_objects
-from .signals import restore_pending, restore_sigactions
-from .task import restore_outside, restore_task_state
+from .signals import ignored_sigtrap, restore_pending, restore_sigactions
+from .task import queue_stop, restore_outside, restore_sched, restore_task_state, stop_signal
 from .threads import create_threads, set_registers, setup_thread
 from .timers import restore_timers
 from .tty import prepare as prepare_ttys
@@ -156,9 +156,14 @@ class Restorer:
             for task in live:
                 for th in task.img.threads:
                     set_registers(th, task.threads[th.tid])
+            for task in live:
+                restore_sched(task)
             if self.opts.pidfile:  # before the tree is released: a failure kills it
                 write_pidfile(self.opts.pidfile, self.stats.host_pid)
             fault.point("restore:detach")
+            for task in live:
+                if sig := stop_signal(task, self.model):
+                    queue_stop(task, sig)
             if freeze is not None:
                 freeze()
             files.finish()  # before the tree runs: TCP connections leave repair mode
@@ -239,7 +244,20 @@ class Restorer:
             sc = task.scratch
             assert sc is not None
             # the last injection unmaps the page it runs from: the step stops at syscall exit
-            t.syscall_checked(NR.munmap, sc.addr, sc.size)
+            if (trap := ignored_sigtrap(task)) is not None:
+                # every injection's forced trap reset the ignored SIGTRAP to SIG_DFL: the
+                # last two give it back and unmap through syscall stops, without a trap
+                act = sc.push(SIGACTION.pack(trap.handler, trap.flags, trap.restorer, trap.mask))
+                for nr, args in ((NR.rt_sigaction, (signal.SIGTRAP, act, 0, 8)),
+                                 (NR.munmap, (sc.addr, sc.size))):  # fmt: skip
+                    if (err := t.syscall_without_trap(nr, *args)) < 0:
+                        raise RestoreError(
+                            f"process {task.pid}: injected {syscall_name(nr)} failed "
+                            f"({os.strerror(-err)})",
+                            pid=task.pid,
+                        )
+            else:
+                t.syscall_checked(NR.munmap, sc.addr, sc.size)
             task.scratch = None
 
     def _kill_all(self) -> None:

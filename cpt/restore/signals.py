@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import signal
 
+from cptimage.records import Sigaction
+
 from ..sys.syscalls import NR
 from ..sys.task import SIGACTION
 from .pstree import Task
@@ -25,6 +27,16 @@ def restore_sigactions(task: Task) -> None:
         if a.signo == signal.SIGTRAP and a.handler not in (SIG_DFL, SIG_IGN):
             t.keep_sigtrap_handler()  # else the next injection's trap resets it
     sc.reset()
+
+
+def ignored_sigtrap(task: Task) -> Sigaction | None:
+    """The image's SIGTRAP action when it is SIG_IGN (to be set again after the last
+    injection, see Injection.syscall_without_trap), else None."""
+    sa = task.img.sigactions
+    for a in sa.actions if sa is not None else ():
+        if a.signo == signal.SIGTRAP and a.handler == SIG_IGN:
+            return a
+    return None
 
 
 def restore_pending(task: Task) -> None:

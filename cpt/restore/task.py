@@ -1,14 +1,25 @@
 """Per-process state: cwd and root, umask, personality, prctl values, itimers, rlimits,
-oom_score_adj and timer slack."""
+oom_score_adj and timer slack; the login uid, membarrier registrations, each thread's
+scheduling and a job-control stop."""
 
 from __future__ import annotations
 
+import os
 import resource
+import signal
 
-from ..errors import RestoreError
-from ..procfs import write_pid_file
+from ..errors import NoSuchProcess, RestoreError
+from ..procfs import Proc, pid_dir, write_pid_file
 from ..sys.syscalls import NR
-from ..sys.task import ITIMERVAL, PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, PR_SET_THP_DISABLE
+from ..sys.task import (
+    ITIMERVAL,
+    PR_SET_CHILD_SUBREAPER,
+    PR_SET_PDEATHSIG,
+    PR_SET_THP_DISABLE,
+    SCHED_NORMAL,
+    SchedAttr,
+    sched_setattr,
+)
 from .model import ImageModel
 from .pstree import Task
 
@@ -60,6 +71,94 @@ def restore_task_state(task: Task, model: ImageModel) -> None:
                 arg = ITIMERVAL.pack(*divmod(interval, 1_000_000), *divmod(value, 1_000_000))
                 call(NR.setitimer, which, sc.push(arg), 0)
         sc.reset()
+    _restore_extra(task, model)
+
+
+O_WRONLY = 0o1
+
+
+def _restore_extra(task: Task, model: ImageModel) -> None:
+    """The login uid (only the process itself may write /proc/self/loginuid) and the
+    membarrier registrations, by injection, while the process still has the restorer's
+    credentials."""
+    ex = task.img.extra
+    if ex is None:
+        return
+    t = task.leader
+    sc = task.scratch
+    assert sc is not None
+    # a VE in a user namespace of its own: CAP_AUDIT_CONTROL is the host's; its processes
+    # keep the login uid they inherit from the restorer, as ones started there would
+    if model.userns is None and Proc().loginuid(task.host_pid) != ex.loginuid:
+        text = str(ex.loginuid).encode()
+        fd = t.syscall(NR.open, sc.push_str(pid_dir("self") + "/loginuid"), O_WRONLY, 0)
+        err = fd if fd < 0 else t.syscall(NR.write, fd, sc.push(text), len(text))
+        if fd >= 0:
+            t.syscall(NR.close, fd)
+        sc.reset()
+        if err < 0:
+            raise RestoreError(
+                f"process {task.pid}: cannot set its login uid to {ex.loginuid} "
+                f"({os.strerror(-err)}): changing a set login uid needs CAP_AUDIT_CONTROL",
+                pid=task.pid,
+            )
+    bit = 1
+    while bit <= ex.membarrier:
+        if ex.membarrier & bit and (err := t.syscall(NR.membarrier, bit, 0, 0)) < 0:
+            raise RestoreError(
+                f"process {task.pid}: membarrier registration {bit:#x} failed "
+                f"({os.strerror(-err)})",
+                pid=task.pid,
+            )
+        bit <<= 1
+
+
+def restore_sched(task: Task) -> None:
+    """Each thread's scheduling policy, flags, nice and priority, from outside; the last
+    step before the tree runs (a SCHED_IDLE thread injected into would crawl)."""
+    for rec in task.img.sched:
+        tr = task.threads.get(rec.tid)
+        if tr is None:
+            continue
+        attr = SchedAttr(
+            rec.policy, rec.flags, rec.nice, rec.priority,
+            rec.runtime_ns, rec.deadline_ns, rec.period_ns,
+        )  # fmt: skip
+        try:
+            if attr.policy != SCHED_NORMAL:
+                # sched_setattr sets nice only for SCHED_NORMAL/BATCH: an idle thread keeps
+                # the nice it had before (sched_getattr reports it), so it goes first
+                sched_setattr(tr.tid, SchedAttr(SCHED_NORMAL, 0, rec.nice))
+            sched_setattr(tr.tid, attr)
+        except OSError as e:
+            raise RestoreError(
+                f"process {task.pid} thread {rec.tid}: cannot set scheduling policy "
+                f"{rec.policy} priority {rec.priority} nice {rec.nice} "
+                f"({os.strerror(e.errno or 0)})",
+                pid=task.pid,
+            ) from None
+
+
+def stop_signal(task: Task, model: ImageModel) -> int:
+    """The signal that stops a process that was stopped by job control at the dump
+    (queued before the detach: it stops as soon as it runs), 0 for a running one.
+    A stop by SIGTSTP/SIGTTIN/SIGTTOU is discarded in an orphaned process group: the
+    root's group (its leader's parent is outside) gets SIGSTOP instead."""
+    ex = task.img.extra
+    if ex is None or not ex.stop_signal:
+        return 0
+    if ex.stop_signal != signal.SIGSTOP:
+        root = model.procs[model.root].proc
+        if task.img.proc.pgid == root.pgid:
+            return signal.SIGSTOP
+    return ex.stop_signal
+
+
+def queue_stop(task: Task, sig: int) -> None:
+    try:
+        os.kill(task.host_pid, sig)
+    except ProcessLookupError:
+        raise NoSuchProcess(task.host_pid) from None
 
 
 def restore_outside(task: Task) -> None:

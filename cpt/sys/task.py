@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import struct
 
 from cpt.sys._libc import checked_syscall
@@ -199,3 +200,65 @@ def prctl_mm_map_size() -> int:
         0,
     )
     return size.value
+
+
+# struct sched_attr (include/uapi/linux/sched/types.h), SCHED_ATTR_SIZE_VER0: size, policy,
+# flags, nice, priority, runtime, deadline, period.
+SCHED_ATTR = struct.Struct("<IIQiIQQQ")
+SCHED_NORMAL = 0
+SCHED_FIFO = 1
+SCHED_RR = 2
+SCHED_BATCH = 3
+SCHED_IDLE = 5
+SCHED_DEADLINE = 6
+SCHED_FLAG_RESET_ON_FORK = 0x01
+
+
+@dataclasses.dataclass(frozen=True)
+class SchedAttr:
+    policy: int = SCHED_NORMAL
+    flags: int = 0  # SCHED_FLAG_RESET_ON_FORK only: the rest are not the thread's own state
+    nice: int = 0
+    priority: int = 0
+    runtime: int = 0
+    deadline: int = 0
+    period: int = 0
+
+
+def sched_getattr(tid: int) -> SchedAttr:
+    """sched_getattr(2) of any thread (no permission needed)."""
+    buf = ctypes.create_string_buffer(SCHED_ATTR.size)
+    checked_syscall(
+        "sched_getattr", tid, NR.sched_getattr, tid, ctypes.addressof(buf), SCHED_ATTR.size, 0
+    )
+    _size, policy, flags, nice, prio, runtime, deadline, period = SCHED_ATTR.unpack(buf.raw)
+    flags &= SCHED_FLAG_RESET_ON_FORK
+    if policy != SCHED_DEADLINE:
+        # a fair thread's runtime is its slice: set, it would become a custom slice
+        return SchedAttr(policy, flags, nice, prio)
+    return SchedAttr(policy, flags, nice, prio, runtime, deadline, period)
+
+
+def sched_setattr(tid: int, a: SchedAttr) -> None:
+    """sched_setattr(2) of thread `tid` (raising its priority needs CAP_SYS_NICE or the
+    thread's RLIMIT_NICE/RLIMIT_RTPRIO)."""
+    raw = SCHED_ATTR.pack(
+        SCHED_ATTR.size, a.policy, a.flags, a.nice, a.priority, a.runtime, a.deadline, a.period
+    )
+    buf = ctypes.create_string_buffer(raw, len(raw))
+    checked_syscall("sched_setattr", tid, NR.sched_setattr, tid, ctypes.addressof(buf), 0)
+
+
+# membarrier(2) commands (include/uapi/linux/membarrier.h): the REGISTER_* bits are what
+# MEMBARRIER_CMD_GET_REGISTRATIONS reports, per mm.
+MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED = 1 << 2
+MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED = 1 << 4
+MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE = 1 << 6
+MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ = 1 << 8
+MEMBARRIER_CMD_GET_REGISTRATIONS = 1 << 9
+MEMBARRIER_REGISTRATIONS = (
+    MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED
+    | MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED
+    | MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE
+    | MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ
+)

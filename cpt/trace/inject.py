@@ -29,11 +29,14 @@ from cpt.procfs import Proc, VmaKind, read_mem
 from cpt.sys import ptrace
 from cpt.sys.arch import MAX_ERRNO, SYSCALL_INSN, Regs
 from cpt.sys.syscalls import NR, syscall_name
+from cpt.sys.task import SIGACTION
 
 from . import guard
+from .memory import ThreadMemory
 from .pinning import Pinned, pin_together
 
 ALL_SIGNALS = (1 << 64) - 1
+SIG_IGN = 1
 # The mask of a session: every signal, but SIGTRAP for a process that catches it. The
 # single-step trap that ends each injected syscall is a forced signal, and the kernel resets a
 # forced signal's handler to SIG_DFL when the signal is blocked (force_sig_info_to_task): a
@@ -106,6 +109,7 @@ class Injection:
 
     # The thread, as Tracee keeps it.
     tid: int
+    memory: ThreadMemory
     stopped: bool
     dead: bool
     stop_status: int
@@ -159,6 +163,7 @@ class Injection:
         self._unsettled = False  # an injected syscall whose registers and mask are not back
         self._mask = 0  # the thread's own mask, saved by the session
         self._inject_mask = ALL_SIGNALS
+        self._no_trap = False  # inject through syscall stops, not a single-step trap
 
     @property
     def syscall_addr(self) -> int:
@@ -366,6 +371,41 @@ class Injection:
             )
         return ret
 
+    def syscall_without_trap(self, nr: int, *args: int) -> int:
+        """syscall() run to its syscall-exit stop (PTRACE_SYSCALL) instead of a single-step
+        trap: a ptrace stop, not a signal.  The single-step trap is a forced SIGTRAP, and
+        the kernel resets an ignored (or blocked) SIGTRAP to SIG_DFL when it forces one
+        (force_sig_info_to_task): the injections that give back an ignored SIGTRAP go
+        this way.  For calls without fork, exec or exit events."""
+        self._no_trap = True
+        try:
+            return self.syscall(nr, *args)
+        finally:
+            self._no_trap = False
+
+    def ignore_sigtrap(self, flags: int, restorer: int, mask: int) -> None:
+        """Set SIGTRAP's action back to SIG_IGN (with its flags, restorer and mask) as the
+        last injection into a process that ignored it: each earlier injection's forced
+        trap reset it to SIG_DFL.  The struct goes below the thread's stack pointer (past
+        the red zone; the bytes there are put back), as a scratch mapping would need
+        injections of its own."""
+        with self.session():
+            memory = self.memory
+            addr = (self.session_regs.rsp - 4096) & ~63
+            act = SIGACTION.pack(SIG_IGN, flags, restorer, mask)
+            saved = memory.read(addr, len(act))
+            memory.write(addr, act)
+            try:
+                ret = self.syscall_without_trap(NR.rt_sigaction, signal.SIGTRAP, addr, 0, 8)
+            finally:
+                memory.write(addr, saved)
+            if ret < 0:
+                raise InjectionError(
+                    f"process {self.tid}: cannot give SIGTRAP back its SIG_IGN action "
+                    f"({os.strerror(-ret)})",
+                    pid=self.tid,
+                )
+
     def _inject(self, nr: int, args: tuple[int, ...]) -> int:
         frame = self._frame
         assert frame is not None
@@ -374,7 +414,10 @@ class Injection:
         # Guarded: at the process's `syscall; ret`, run to the syscall's exit stop; else at
         # a `syscall` instruction, single-stepped over.
         rip = self._syscall_ret if guarded else self.syscall_addr
-        resume = ptrace.resume_syscall if guarded else ptrace.singlestep
+        # By syscall stops (PTRACE_SYSCALL), not a single-step trap: guarded, or asked for
+        # (syscall_without_trap: a forced step trap resets an ignored SIGTRAP).
+        stops = guarded or self._no_trap
+        resume = ptrace.resume_syscall if stops else ptrace.singlestep
         frame.load(rip, nr, *args)
         events: list[tuple[int, int]] = []
         self.last_events = events
@@ -383,7 +426,7 @@ class Injection:
             self._unsettled = True  # until _settle: the session's end puts things back
         self.stopped = False
         self._stepped = True
-        entered = False  # guarded: the syscall-entry stop was seen
+        entered = False  # by syscall stops: the syscall-entry stop was seen
         resume(tid, 0)
         deadline = time.monotonic() + INJECT_TIMEOUT
         while True:
@@ -402,11 +445,13 @@ class Injection:
             event = ptrace.stop_event(status)
             sig = ptrace.stop_signal(status)
             if event == 0:
-                if guarded and sig == _SYSCALL_STOP:
+                if stops and (
+                    sig == _SYSCALL_STOP or (sig == signal.SIGTRAP and _is_step_trap(tid))
+                ):
                     if entered:
                         break  # the syscall's exit stop
                     entered = True
-                elif not guarded and sig == signal.SIGTRAP and _is_step_trap(tid):
+                elif not stops and sig == signal.SIGTRAP and _is_step_trap(tid):
                     break  # the single-step trap at syscall exit
                 elif sig in _FATAL_SIGNALS:
                     raise InjectionError(

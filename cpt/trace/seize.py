@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import signal
 import time
 from collections.abc import Iterable
 
@@ -73,10 +74,15 @@ def freeze_process(
                     pass  # it died after the seize: the wait below collects its exit
             for t in batch:
                 try:
-                    t.wait_interrupted(timeout)
+                    status = t.wait_interrupted(timeout)
                 except NoSuchProcess:
                     del tracees[t.tid]
                     gone.add(t.tid)
+                    continue
+                # a thread seized in a group stop traps with the stop's signal, any
+                # other with SIGTRAP (kernel do_jobctl_trap)
+                sig = ptrace.stop_signal(status)
+                t.group_stop = sig if sig != signal.SIGTRAP else 0
         if not tracees:
             raise NoSuchProcess(pid)
         if options != seize_opts:

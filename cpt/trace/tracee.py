@@ -53,6 +53,8 @@ class Tracee(Injection):
         self.dead = False
         self.exit_status: int | None = None
         self.stop_status = 0
+        # the signal of the job-control (group) stop the thread was in when seized; 0: none
+        self.group_stop = 0
         # (event, message) of PTRACE_EVENT stops seen while interrupting (fork/clone: new tid).
         self.events: list[tuple[int, int]] = []
         self.memory = ThreadMemory(tid)
