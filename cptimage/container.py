@@ -40,7 +40,7 @@ MAGIC = _codec.PREAMBLE_MAGIC
 SECT_MAGIC = _codec.SECTION_HEADER_MAGIC
 END_MAGIC = _codec.TRAILER_MAGIC
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 0
+FORMAT_MINOR = 2  # 1.1: user namespaces (branch userns); 1.2: socket records
 
 # Version of each section's payload layout in format 1.0.
 SECTION_VERSIONS: dict[int, int] = {t: 1 for t in SectionType}

@@ -420,7 +420,9 @@ class _Tree:
 def tree_image(out: BinaryIO, *, variant: int = 0, compress: bool = False) -> None:
     """The small realistic image; ``variant=1`` differs in a few places (for diff)."""
     hdr = header(created_ns=CREATED_NS + variant * 10**9)
-    with ImageWriter(out, hdr, compress_records=compress, compress_pages=compress, level=9) as w:
+    with ImageWriter(
+        out, hdr, minor=0, compress_records=compress, compress_pages=compress, level=9
+    ) as w:
         _Tree(variant).write(w)
 
 
@@ -635,7 +637,8 @@ def _extras() -> dict[R.SectionType, list[Any]]:
 
 
 def every_record_image(out: BinaryIO) -> None:
-    """The tree plus one record of every type the tree lacks (and a SysV shm object)."""
+    """The tree plus one record of every format 1.0 type the tree lacks (and a SysV shm
+    object): a 1.0 golden, written as 1.0."""
     tree = _Tree(0)
     extras = _extras()
     with ImageWriter(
@@ -645,6 +648,7 @@ def every_record_image(out: BinaryIO) -> None:
             source_kind=R.SourceKind.VE,
             source_id="100",
         ),
+        minor=0,
     ) as w:
         w.add_section(R.SectionType.PROCESS, tree.process() + extras[R.SectionType.PROCESS])
         shm = R.Vma(
@@ -666,6 +670,57 @@ def every_record_image(out: BinaryIO) -> None:
         w.add_section(R.SectionType.FDS, tree.fds() + extras[R.SectionType.FDS])
         for st in (R.SectionType.IPC, R.SectionType.NAMESPACES, R.SectionType.FSSNAP):
             w.add_section(st, extras[st])
+        w.add_section(R.SectionType.PAGEMAP, tree.pages(w))
+
+
+# --------------------------------------------------------------------------- format 1.2
+
+# the record types format 1.2 added (sockets): the 1.0 goldens lack them
+SOCKET_RECORDS_1_2 = ("SockOpts", "UnixBind", "UnixScm", "PacketSocket", "NetlinkSocket")
+
+
+def _socket_records() -> list[Any]:
+    return [
+        R.UnixSocket(
+            id=20, flags=2, type=2, state=R.SockState.ESTABLISHED, ino=9001, name=b"rel.sock",
+            queue=[b"with files", b"plain"], senders=[b"", b""], fmode=0o755,
+        ),
+        R.UnixBind(file_id=20, flags=R.UnixBindFlags.DELETED, dir="/srv/app"),
+        R.UnixScm(
+            file_id=20, index=0, flags=R.ScmFlags.CREDS, pid=100, uid=0, gid=0, fds=[21, 22]
+        ),
+        R.InetSocket(
+            id=21, flags=2, family=2, type=1, proto=6, state=R.SockState.LISTEN, backlog=8,
+            src_port=8080, src_addr=bytes([127, 0, 0, 1]) + bytes(12), ino=9002,
+        ),
+        R.SockOpts(
+            file_id=21,
+            keys=[(1 << 32) | 25, (6 << 32) | 13, (1 << 32) | 26],
+            values=[b"lo", b"reno", bytes.fromhex("80000000000000001600000000000000")],
+        ),
+        R.PacketSocket(
+            id=22, flags=2, type=3, proto=0x0300, ifindex=1, ino=9003, ifname="lo",
+            rx_ring=[65536, 4, 2048, 128, 0, 0, 0],
+            mclist=[bytes.fromhex("0100000001000000") + bytes(8)],
+        ),
+        R.SockOpts(file_id=22, keys=[(263 << 32) | 10], values=[b"\x01\0\0\0"]),
+        R.NetlinkSocket(
+            id=23, flags=2, type=3, proto=0, portid=0x40000064, ino=9004, groups=[0x11, 1]
+        ),
+    ]  # fmt: skip
+
+
+def sockets_image(out: BinaryIO) -> None:
+    """Format 1.2: the tree plus a unix socket bound to a removed relative name with a
+    message carrying credentials and two files in flight (a TCP listener with options and
+    a packet socket with a ring and a membership), and a netlink socket."""
+    tree = _Tree(0)
+    extra = _socket_records()
+    with ImageWriter(out, header(), minor=2) as w:
+        w.add_section(R.SectionType.PROCESS, tree.process())
+        w.add_section(R.SectionType.MM, tree.mm())
+        w.add_section(R.SectionType.FILES, tree.files() + extra)
+        w.add_section(R.SectionType.FDS, [*tree.fds(), R.Fd(pid=100, fd=40, file_id=20)])
         w.add_section(R.SectionType.PAGEMAP, tree.pages(w))
 
 
@@ -776,6 +831,7 @@ GOLDENS: dict[str, Callable[[BinaryIO], None]] = {
     "tree": tree_image,
     "tree-zstd": lambda out: tree_image(out, variant=1, compress=True),
     "every-record": every_record_image,
+    "sockets-1.2": sockets_image,
 }
 
 
