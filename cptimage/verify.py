@@ -422,6 +422,8 @@ DESCRIPTIONS = (
     "Tty",
     "MemfdFile",
     "PosixMq",
+    "PacketSocket",
+    "NetlinkSocket",
 )
 # (record, field, id space, 0 allowed)
 REFERENCES: list[tuple[str, str, str, bool]] = [
@@ -456,6 +458,9 @@ REFERENCES: list[tuple[str, str, str, bool]] = [
     ("Tty", "tty_id", "tty", True),
     ("Fd", "file_id", "file", False),
     ("FileLock", "file_id", "file", False),
+    ("SockOpts", "file_id", "file", False),
+    ("UnixBind", "file_id", "file", False),
+    ("UnixScm", "file_id", "file", False),
     ("EpollTarget", "epoll_id", "epoll", False),
     ("EpollTarget", "target_id", "file", False),
     ("InotifyWatch", "inotify_id", "inotify", False),
