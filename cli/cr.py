@@ -91,6 +91,12 @@ def chkpnt(
     tcp_established: Annotated[
         bool, typer.Option("--tcp-established", help="checkpoint established TCP connections")
     ] = False,
+    tcp_close: Annotated[
+        bool,
+        typer.Option(
+            "--tcp-close", help="connected TCP sockets are saved without state: restored closed"
+        ),
+    ] = False,
     shell_job: Annotated[
         bool, typer.Option("--shell-job", help="the tree was started from this shell")
     ] = False,
@@ -115,6 +121,7 @@ def chkpnt(
         compress=compress,
         ext_unix_sk=ext_unix_sk,
         tcp_established=tcp_established,
+        tcp_close=tcp_close,
         shell_job=shell_job,
         file_locks=file_locks,
         ghost_limit=parse_size(ghost_limit, "--ghost-limit"),
@@ -159,6 +166,12 @@ def restore(
             "snapshot first (the live contents are kept as a snapshot)",
         ),
     ] = False,
+    tcp_close: Annotated[
+        bool,
+        typer.Option(
+            "--tcp-close", help="restore TCP connections closed (for programs that reconnect)"
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Restore a VE or a process tree from a dump file: undump, resume (or one stage)."""
@@ -166,7 +179,13 @@ def restore(
     if veid is not None and pidfile:
         raise UsageError("--pidns, --ipcns, --shell-job and --pidfile are for process trees")
     stages = _stages(veid, None)
-    opts = RestoreOptions(pidns=pidns, ipcns=ipcns, shell_job=shell_job, rollback_fs=rollback_fs)
+    opts = RestoreOptions(
+        pidns=pidns,
+        ipcns=ipcns,
+        shell_job=shell_job,
+        rollback_fs=rollback_fs,
+        tcp_close=tcp_close,
+    )
     stats = stages.restore(stage, dumpfile, opts)
     if stats is None:
         print(f"{stages.label} {stage.done}")

@@ -50,9 +50,9 @@ PYTHON_FLAGS = ("-E", "-s", "-B")  # no PYTHON* env, no user site, no .pyc in th
 C_WORKLOADS = ("counter", "tree", "threads", "memory", "files", "procstate", "restart", "sysvipc")
 C_WORKLOADS += ("eventfds", "epoll", "inotify", "ptimers")
 C_WORKLOADS += ("pty", "ghost")  # locks (--file-locks) and ttyjob (a shell): tests of their own
-PY_WORKLOADS = ("counter.py", "pyscript", "shmem.py", "unixzoo")
+PY_WORKLOADS = ("counter.py", "pyscript", "shmem.py", "unixzoo", "sockopts")
 ALL_WORKLOADS = C_WORKLOADS + PY_WORKLOADS
-NEEDS_ROOT = frozenset({"procstate"})  # changes its credentials
+NEEDS_ROOT = frozenset({"procstate", "sockopts"})  # changes its credentials; raw sockets
 
 SABOTAGE_ENV = "CPT_WL_SABOTAGE"
 READY_TIMEOUT = 10.0

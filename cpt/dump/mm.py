@@ -52,6 +52,8 @@ def unsupported_vma(
             return ghost.problem(where, link, v.path, ghost_limit, pid, root)
         if v.path.startswith("/dev/"):
             return f"{where}: device mapping {v.path} is not supported"
+        if v.path.startswith("socket:["):
+            return f"{where}: a mapping of {v.path} (a packet socket's ring) is not supported"
     return None
 
 

@@ -1,4 +1,5 @@
-"""Sockets: the handler of every socket fd; unix sockets here, TCP and UDP in inet.py.
+"""Sockets: the handler of every socket fd; unix sockets here, TCP, UDP and raw ones in
+inet.py, packet and netlink sockets in packet.py and netlink.py, options in sockopts.py.
 
 A socket's state is read from a duplicate of it in the dumper (pidfd_getfd: the same
 socket), so nothing is injected: sock_diag for a unix socket's peer, name, accept queue
@@ -41,7 +42,7 @@ from ..procfs import (
 )
 from ..sys.net import SIOCINQ, SO_PASSCRED, SO_PEEK_OFF, UnixDiag, ioctl_int, unix_diag
 from ..sys.task import pidfd_getfd, pidfd_open
-from . import inet
+from . import inet, netlink, packet, sockopts
 from .fdbase import FdContext, file_flags
 from .options import DumpOptions
 from .pstree import TaskInfo
@@ -160,7 +161,11 @@ class Sockets:
                 assert ft.inode is not None
                 return _unix_unsupported(where, pid, fd, s, ft.inode, opts.root)
             if s.family in (socket.AF_INET, socket.AF_INET6):
-                return inet.unsupported(where, s, opts)
+                return inet.unsupported(where, s, opts) or sockopts.unsupported(where, s)
+            if s.family == socket.AF_PACKET:
+                return packet.unsupported(where, s) or sockopts.unsupported(where, s)
+            if s.family == socket.AF_NETLINK:
+                return netlink.unsupported(where, s) or sockopts.unsupported(where, s)
             return f"{where}: socket of address family {s.family} is not supported"
 
     def key(self, pid: int, fd: int, ft: FdTarget, fi: FdInfo) -> tuple[Any, ...]:
@@ -177,6 +182,10 @@ class Sockets:
                 rec = _dump_unix(ident, s, ft.inode, fi, ctx.opts.root)
                 ctx.cache.setdefault("unix", {})[rec.ino] = (rec, pid, fd)
                 return rec
+            if s.family == socket.AF_PACKET:
+                return packet.dump(ctx, ident, s, ft.inode, fi)
+            if s.family == socket.AF_NETLINK:
+                return netlink.dump(ctx, ident, s, ft.inode, fi)
             return inet.dump(ctx, ident, pid, fd, s, fi)
 
     def finalize(self, ctx: FdContext) -> None:

@@ -12,10 +12,25 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+from collections.abc import Callable
 
 from ..errors import RestoreError
 from ..sys.syscalls import NR
-from . import epoll, eventfds, files, inet, inotify, ipc, locks, pipes, shmem, sockets, tty
+from . import (
+    epoll,
+    eventfds,
+    files,
+    inet,
+    inotify,
+    ipc,
+    locks,
+    netlink,
+    packet,
+    pipes,
+    shmem,
+    sockets,
+    tty,
+)
 from .fdbase import Opener
 from .model import ImageModel
 from .pstree import Task
@@ -30,6 +45,8 @@ OPENERS: tuple[type, ...] = (
     epoll.Epolls,
     sockets.UnixSockets,
     inet.InetSockets,
+    packet.PacketSockets,
+    netlink.NetlinkSockets,
     tty.Ttys,
     locks.Locks,  # last: see locks.py
 )
@@ -44,6 +61,7 @@ class FileRestorer:
 
     def open_all(self) -> None:
         used = {fd.file_id for pi in self.model.procs.values() for fd in pi.fds}
+        used |= self.model.in_flight()  # carried in a unix socket's queue
         for ident in sorted(used):
             desc = self.model.files.get(ident)
             if desc is None:
@@ -52,6 +70,15 @@ class FileRestorer:
             if op is None:
                 raise RestoreError(f"cannot restore a {type(desc).__name__} yet")
             self.local[ident] = op.open(self.model, desc)
+
+    def after_build(self, host_pid: Callable[[int], int]) -> None:
+        """The tree's processes exist (stubs): openers with an `after_build` (unix sockets:
+        their queues carry files and credentials naming processes) complete their
+        descriptions.  `host_pid` maps a pid of the image to this host's."""
+        for op in self.openers:
+            fin = getattr(op, "after_build", None)
+            if fin is not None:
+                fin(self.model, self.local, host_pid)
 
     def install(self, task: Task, pidfd_slot: int) -> None:
         """Give the task exactly its dumped fd table; closes the inherited pidfd last."""

@@ -71,6 +71,7 @@ class Restorer:
         self.opts = opts or RestoreOptions()
         self.proc = proc or Proc()
         self.model = ImageModel(reader)
+        self.model.tcp_close = self.opts.tcp_close
         # a tree that had its own IPC namespace gets a new one, as any with --ipcns
         self.new_ipc_ns = self.opts.ipcns or self.model.ipc_own
         self.tasks: dict[int, Task] = {}
@@ -126,6 +127,8 @@ class Restorer:
                     )
                     self.tasks = builder.tasks
                     builder.build()
+                    # queued messages name the tree's processes: they exist now
+                    files.after_build(self._host_pid)
             if builder.external_session:
                 self.stats.warnings.append(
                     f"the root's process group {self.model.procs[self.model.root].proc.pgid} "
@@ -170,6 +173,11 @@ class Restorer:
         st.threads = sum(len(p.threads) for p in self.model.procs.values())
         st.tasks_s, st.memory_s, st.total_s = t1 - t0, t2 - t1, time.perf_counter() - t0
         return st
+
+    def _host_pid(self, pid: int) -> int:
+        """A pid of the image as this host sees it (differs under --pidns)."""
+        task = self.tasks.get(pid)
+        return task.host_pid if task is not None else pid
 
     def _map_image(self) -> mmap.mmap | None:
         """The whole image, mapped and populated, when its pages are stored uncompressed."""
