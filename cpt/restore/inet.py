@@ -130,8 +130,13 @@ class InetSockets:
 
     def _options(self, s: socket.socket, r: InetSocket) -> None:
         o = r.opts
-        if r.family == socket.AF_INET6:
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, bool(o & InetFlags.V6ONLY))
+        v6only = bool(o & InetFlags.V6ONLY)
+        # only where it differs: a raw socket (its "port" is its protocol) refuses any set
+        if (
+            r.family == socket.AF_INET6
+            and s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) != v6only
+        ):
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
         if o & InetFlags.REUSEPORT:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if o & InetFlags.KEEPALIVE:
