@@ -50,7 +50,7 @@ PYTHON_FLAGS = ("-E", "-s", "-B")  # no PYTHON* env, no user site, no .pyc in th
 C_WORKLOADS = ("counter", "tree", "threads", "memory", "files", "procstate", "restart", "sysvipc")
 C_WORKLOADS += ("eventfds", "epoll", "inotify", "ptimers")
 C_WORKLOADS += ("pty", "ghost")  # locks (--file-locks) and ttyjob (a shell): tests of their own
-PY_WORKLOADS = ("counter.py", "pyscript", "shmem.py", "unixzoo", "sockopts")
+PY_WORKLOADS = ("counter.py", "pyscript", "shmem.py", "unixzoo", "sockopts", "unixfid")
 ALL_WORKLOADS = C_WORKLOADS + PY_WORKLOADS
 NEEDS_ROOT = frozenset({"procstate", "sockopts"})  # changes its credentials; raw sockets
 
