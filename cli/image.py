@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import io
 import json
+import os
+import stat
 import sys
 from typing import Annotated, Any, BinaryIO
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from cpt.errors import InvalidValue, UsageError
 from cpt.host.verify import check_host
 from cptimage import jsonio
 from cptimage import show as showmod
 from cptimage.atomic import STDOUT, atomic_output
-from cptimage.container import ImageReader
+from cptimage.container import ImageReader, open_regular
 from cptimage.diff import Difference
 from cptimage.diff import diff as diff_images
-from cptimage.errors import ImageError
+from cptimage.errors import printable, shorten
 from cptimage.records import HeaderFlags, SourceKind
 from cptimage.verify import verify_report
 
@@ -36,6 +40,16 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
 
 def _console() -> Console:
     return Console(highlight=False, soft_wrap=False)
+
+
+def _t(v: Any) -> Text:
+    """A value of the image as rich text: no markup, control characters escaped (a comm
+    or a host name is whatever the dumped process or the image's author made it)."""
+    return Text(printable(str(v)))
+
+
+def _warn(message: str) -> None:
+    print(f"cpt: warning: {message}", file=sys.stderr)
 
 
 def _print_json(doc: Any) -> None:
@@ -59,7 +73,7 @@ def _flag_names(v: int) -> str:
 
 def _has_pid(reader: ImageReader, pid: int) -> None:
     if not any(p["pid"] == pid for p in showmod.process_tree(reader)):
-        raise InvalidValue(f"process {pid} is not in the image {reader.path}")
+        raise InvalidValue(f"process {pid} is not in the image {shorten(str(reader.path))}")
 
 
 def _header_value(key: str, v: Any) -> str:
@@ -78,7 +92,8 @@ def _header_value(key: str, v: Any) -> str:
 def _render_summary(s: dict[str, Any]) -> None:
     con = _console()
     h = s["header"]
-    con.print(f"[bold]{s['path']}[/]: cpt image {s['version']}, {_size(s['size'])}")
+    title = Text(printable(str(s["path"])), style="bold")
+    con.print(title + Text(f": cpt image {s['version']}, {_size(s['size'])}"))
     info = Table.grid(padding=(0, 2))
     for key in (
         "created_ns",
@@ -96,18 +111,18 @@ def _render_summary(s: dict[str, Any]) -> None:
         "parent_uuid",
         "tool_version",
     ):
-        info.add_row(key, _header_value(key, h[key]))
-    info.add_row("cpu_flags", " ".join(h["cpu_flags"]))
+        info.add_row(key, _t(_header_value(key, h[key])))
+    info.add_row("cpu_flags", _t(" ".join(h["cpu_flags"])))
     con.print(info)
     ve = s.get("ve")
     if ve:
-        con.print(f"VE {ve['id']}: hostname {ve['hostname'] or '-'}, "
-                  f"addresses {', '.join(ve['addresses']) or '-'}")  # fmt: skip
-        mounts = Table(title=f"mounts of VE {ve['id']}", title_justify="left")
+        con.print(_t(f"VE {ve['id']}: hostname {ve['hostname'] or '-'}, "
+                     f"addresses {', '.join(ve['addresses']) or '-'}"))  # fmt: skip
+        mounts = Table(title=_t(f"mounts of VE {ve['id']}"), title_justify="left")
         for col in ("MOUNTPOINT", "TYPE", "SOURCE"):
             mounts.add_column(col)
         for m in ve["mounts"]:
-            mounts.add_row(m["mountpoint"], m["fstype"], m["source"])
+            mounts.add_row(_t(m["mountpoint"]), _t(m["fstype"]), _t(m["source"]))
         con.print(mounts)
     tree = Table(title="processes", title_justify="left")
     cols = ["pid", "ppid", "pgid", "sid", "threads", "state"]
@@ -120,7 +135,7 @@ def _render_summary(s: dict[str, Any]) -> None:
     tree.add_column("COMMAND")
     for p in s["processes"]:
         indent = "  " * p["depth"] + ("\\_ " if p["depth"] else "")
-        tree.add_row(*(str(p[k]) for k in cols), indent + p["comm"])
+        tree.add_row(*(str(p[k]) for k in cols), _t(indent + p["comm"]))
     con.print(tree)
     secs = Table(title="sections", title_justify="left")
     for col in ("TYPE", "SECTIONS", "RECORDS", "STORED", "RAW"):
@@ -131,7 +146,17 @@ def _render_summary(s: dict[str, Any]) -> None:
         )
     con.print(secs)
     for w in s["warnings"]:
-        print(f"cpt: warning: {w}", file=sys.stderr)
+        _warn(w)
+
+
+def _damaged(path: str, problems: list[str]) -> None:
+    """The warning `show` prints first, on stderr, for an image whose bytes changed."""
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    name = shorten(path)
+    _warn(
+        f"{name}: the image is damaged: {problems[0]}{more}; what follows may be wrong "
+        f"(`cpt image verify {name}` lists every problem)"
+    )
 
 
 @app.command()
@@ -147,8 +172,15 @@ def show(
         typer.Option("--fds", metavar="PID", help="the fds of PID, like ls -l /proc/PID/fd"),
     ] = None,
 ) -> None:
-    """Header, process tree and sections of a dump file; or one process's maps or fds."""
+    """Header, process tree and sections of a dump file; or one process's maps or fds.
+
+    The file digest and every checksum are checked first: a damaged image is shown with a
+    warning on stderr (and "integrity" in --json), as far as it can be read.
+    """
     with ImageReader(file) as reader:
+        damage = showmod.integrity(reader)
+        if damage["problems"] and not as_json:
+            _damaged(file, damage["problems"])
         for pid in (maps, fds):
             if pid is not None:
                 _has_pid(reader, pid)
@@ -158,14 +190,15 @@ def show(
         if fds is not None:
             doc["fds"] = showmod.fds(reader, fds)
         if not doc or as_json:
-            doc = {**showmod.summary(reader), **doc} if as_json else showmod.summary(reader)
+            summary = showmod.summary(reader, damage)
+            doc = {**summary, **doc} if as_json else summary
     if as_json:
         _print_json(doc)
     elif "maps" in doc or "fds" in doc:
         for row in doc.get("maps", []):
-            print(showmod.format_maps_line(row))
+            print(printable(showmod.format_maps_line(row)))
         for row in doc.get("fds", []):
-            print(showmod.format_fd_line(row))
+            print(printable(showmod.format_fd_line(row)))
     else:
         _render_summary(doc)
 
@@ -177,21 +210,57 @@ def _input(path: str) -> str | BinaryIO:
     return sys.stdin.buffer if path == STDOUT else path
 
 
+def _exposed_stdout() -> str | None:
+    """Why JSON written to standard output could be read by others, or None: a terminal,
+    or a regular file that others may read (`> f.json` under umask 022)."""
+    try:
+        fd = sys.stdout.fileno()
+        st = os.fstat(fd)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return None  # not a file descriptor (a test's capture): nothing to say
+    if os.isatty(fd):
+        return "standard output is a terminal"
+    if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:
+        return f"standard output is a file of mode {stat.S_IMODE(st.st_mode):04o}"
+    return None
+
+
 @app.command()
 def decode(
     file: Annotated[str, typer.Argument(metavar="FILE", help="a dump file, or - for stdin")],
     output: Annotated[
-        str, typer.Option("-o", "--output", metavar="OUT", help="write the JSON here (atomically)")
+        str,
+        typer.Option(
+            "-o",
+            "--output",
+            metavar="OUT",
+            help="write the JSON to OUT, created mode 0600 and written atomically (it holds "
+            "every page of memory of the dumped processes); default: standard output",
+        ),
     ] = STDOUT,
 ) -> None:
-    """The image as JSON (lossless: `encode` gives back the same bytes)."""
-    with atomic_output(output) as out:  # 0600: the JSON holds memory pages
-        text = io.TextIOWrapper(out, encoding="utf-8", newline="\n")
-        try:
-            jsonio.decode_to(_input(file), text)
-            text.flush()
-        finally:
-            text.detach()
+    """The image as JSON (lossless: `encode` gives back the same bytes).
+
+    The JSON holds the processes' memory, secrets included: write it with -o OUT (mode
+    0600) rather than through a shell redirection, which creates the file with the
+    shell's umask (often readable by every user).
+    """
+    src = sys.stdin.buffer if file == STDOUT else open_regular(file)  # refused before writing
+    with contextlib.nullcontext() if file == STDOUT else src:
+        if output == STDOUT:
+            why = _exposed_stdout()
+            if why:
+                _warn(
+                    f"{why}: the JSON holds the memory of the dumped processes; "
+                    "use -o FILE to write it mode 0600"
+                )
+        with atomic_output(output) as out:  # 0600: the JSON holds memory pages
+            text = io.TextIOWrapper(out, encoding="utf-8", newline="\n")
+            try:
+                jsonio.decode_to(src, text, path=None if file == STDOUT else file)
+                text.flush()
+            finally:
+                text.detach()
 
 
 @app.command()
@@ -208,11 +277,7 @@ def encode(
     if input_ == STDOUT:
         doc = jsonio.load(sys.stdin)
     else:
-        try:
-            f = open(input_, encoding="utf-8")  # noqa: SIM115 - closed below
-        except OSError as e:
-            raise ImageError(f"cannot open: {e.strerror}", path=input_) from None
-        with f:
+        with io.TextIOWrapper(open_regular(input_, what="a JSON"), encoding="utf-8") as f:
             doc = jsonio.load(f)
     with atomic_output(output) as out:
         jsonio.encode(doc, out)
@@ -222,7 +287,7 @@ def encode(
 
 
 def _short(v: Any) -> str:
-    s = v if isinstance(v, str) else json.dumps(v)
+    s = printable(v if isinstance(v, str) else json.dumps(v))
     return s if len(s) <= 40 else f"{s[:32]}...({len(s)} chars)"
 
 
@@ -278,7 +343,7 @@ def verify(
         # the engine's verify-before-restore: kernel, CPU, PIDs, referenced files
         with ImageReader(file) as reader:
             problems += check_host(reader)
-    name = "-" if file == STDOUT else file
+    name = "-" if file == STDOUT else printable(file)
     if as_json:
         _print_json(
             {

@@ -14,6 +14,8 @@ from typing import Annotated
 
 import typer
 
+from cptimage.errors import printable, shorten
+
 from . import check, cr, exitcodes, ve
 from . import pool as pool_cli
 from . import snapshot as snapshot_cli
@@ -53,7 +55,9 @@ def _global(
 
 
 def _say(message: str) -> None:
-    print(f"cpt: {message}", file=sys.stderr)
+    """The one line of an error: control characters a value brought in are escaped, so a
+    newline in a VE id, a path or a tool's output cannot make it two."""
+    print(f"cpt: {printable(message)}", file=sys.stderr)
 
 
 def _usage(e: click_exc.UsageError) -> int:
@@ -68,7 +72,7 @@ def _usage(e: click_exc.UsageError) -> int:
 
 def _message(e: BaseException) -> str:
     if isinstance(e, OSError) and e.strerror:
-        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+        return f"{shorten(str(e.filename), 160)}: {e.strerror}" if e.filename else e.strerror
     return str(e) or type(e).__name__
 
 
@@ -89,7 +93,10 @@ def run(argv: list[str] | None = None) -> int:
         if code is None:
             if os.environ.get("CPT_DEBUG"):
                 raise
-            _say(f"internal error: {type(e).__name__}: {e} (CPT_DEBUG=1 shows the traceback)")
+            _say(
+                f"internal error: {type(e).__name__}: {shorten(str(e), 200)} "
+                "(CPT_DEBUG=1 shows the traceback)"
+            )
             return exitcodes.SYSTEM
         _say(_message(e))
         return code

@@ -8,9 +8,11 @@ from typing import Annotated
 import typer
 
 from cpt.errors import InvalidValue
+from cptimage.errors import quote
 from storage import pool
 from ve.node import Node
 
+MAX_SIZE = 1 << 50  # 1 PiB: far beyond a loop-file pool, far below what overflows
 app = typer.Typer(
     help="The node's storage: a loop-file btrfs in the state directory when it is not on "
     "btrfs (made on first use).",
@@ -28,7 +30,9 @@ def init(
     except ValueError as e:
         raise InvalidValue(f"--size: {e}") from None
     if nbytes < 256 << 20:
-        raise InvalidValue(f"--size {size}: a btrfs pool needs at least 256M")
+        raise InvalidValue(f"--size {quote(size)}: a btrfs pool needs at least 256M")
+    if nbytes > MAX_SIZE:  # the sparse image's size: the kernel's limit is 2^63 - 1
+        raise InvalidValue(f"--size {quote(size)}: at most {MAX_SIZE >> 40}T")
     path = pool.init(Node().root, nbytes)
     print(f"pool ready: {path}")
 

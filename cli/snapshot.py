@@ -8,8 +8,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from cpt.errors import InvalidValue, UsageError
+from cptimage.errors import printable
 from snapshot.manager import Policy, SnapshotManager, parse_age
 from storage.pool import parse_size
 
@@ -61,7 +63,7 @@ def list_(veid: VeidArg, as_json: JsonOpt = False) -> None:
         t.add_column(col, justify="right" if col in ("ID", "SIZE", "PARENT") else "left")
     for s in snaps:
         d = s.to_json()
-        t.add_row(str(s.id), d["time"], s.name, s.kind, _size(d["size"]),
+        t.add_row(str(s.id), d["time"], Text(printable(s.name)), s.kind, _size(d["size"]),
                   "yes" if s.memory else "no", str(s.parent or "-"))  # fmt: skip
     Console(highlight=False).print(t)
 
@@ -74,7 +76,7 @@ def show(veid: VeidArg, snap: SnapArg, as_json: JsonOpt = False) -> None:
         print(json.dumps(doc))
         return
     for key, value in doc.items():
-        print(f"{key:12} {value if value not in (None, '') else '-'}")
+        print(f"{key:12} {printable(str(value)) if value not in (None, '') else '-'}")
 
 
 @app.command()
@@ -84,7 +86,7 @@ def diff(veid: VeidArg, a: SnapArg, b: SnapArg) -> None:
     sa, sb, changes, images = SnapshotManager().diff(veid, a, b)
     for mark, paths in (("+", changes.added), ("-", changes.removed), ("~", changes.changed)):
         for p in paths:
-            print(f"{mark} {p}")
+            print(f"{mark} {printable(str(p))}")  # a file name may hold anything but / and NUL
     if sa.image and sb.image:
         print(f"images: {len(images)} difference(s)")
         for d in images:
@@ -121,7 +123,8 @@ def cleanup(
         free = parse_size(min_free) if min_free is not None else None
     except ValueError as e:
         raise InvalidValue(f"--min-free: {e}") from None
-    policy = Policy(keep=keep, max_age=parse_age(max_age) if max_age else None, min_free=free)
+    age = parse_age(max_age) if max_age is not None else None
+    policy = Policy(keep=keep, max_age=age, min_free=free)
     gone = SnapshotManager().cleanup(veid, policy)
     print(f"deleted {len(gone)} snapshot(s) of VE {veid}" + (
         ": " + ", ".join(s.label for s in gone) if gone else ""))  # fmt: skip

@@ -10,13 +10,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cpt.errors import UsageError
+from cpt.errors import InvalidValue, UsageError
 from snapshot.hooks import ve_manager
 
 app = typer.Typer(
     help="VEs: containers with their own processes, namespaces, address and private area.",
     no_args_is_help=True,
 )
+MAX_TIMEOUT = 86400.0
 VeidArg = Annotated[str, typer.Argument(metavar="VEID", help="the VE's id")]
 CmdArg = Annotated[list[str] | None, typer.Argument(metavar="-- CMD...", help="the command")]
 
@@ -28,10 +29,21 @@ def create(
     hostname: Annotated[str, typer.Option("--hostname", help="default ve<VEID>")] = "",
     ip: Annotated[str, typer.Option("--ip", help="ADDR/PREFIX inside the VE")] = "",
     template: Annotated[str, typer.Option("--template", help="host or busybox")] = "host",
+    privileged: Annotated[
+        bool,
+        typer.Option(
+            "--privileged",
+            help="the VE's root is the host's root: no user namespace, no seccomp filter",
+        ),
+    ] = False,
 ) -> None:
-    """Create a VE: a private area with a minimal root, and its configuration."""
-    cfg = ve_manager().create(veid, hostname=hostname, ip=ip, template=template, command=command)
-    print(f"VE {veid} created: {cfg.private}")
+    """Create a VE: a private area with a minimal root, and its configuration.  Its root
+    is root inside it only (a user namespace with ids of its own), unless --privileged."""
+    cfg = ve_manager().create(
+        veid, hostname=hostname, ip=ip, template=template, command=command, privileged=privileged
+    )
+    how = "privileged" if cfg.privileged else f"ids {cfg.id_base}-{cfg.id_base + 65535}"
+    print(f"VE {veid} created ({how}): {cfg.private}")
 
 
 @app.command("set")
@@ -41,9 +53,20 @@ def set_(
     hostname: Annotated[str | None, typer.Option("--hostname")] = None,
     ip: Annotated[str | None, typer.Option("--ip")] = None,
     template: Annotated[str | None, typer.Option("--template")] = None,
+    privileged: Annotated[
+        bool | None,
+        typer.Option(
+            "--privileged/--no-privileged",
+            help="make a stopped VE privileged, or make it contain its root (its files' "
+            "owners move to its own id range)",
+        ),
+    ] = None,
 ) -> None:
     """Change a VE's configuration (applied at its next start)."""
-    ve_manager().set(veid, hostname=hostname, ip=ip, template=template, command=command or None)
+    ve_manager().set(
+        veid, hostname=hostname, ip=ip, template=template, command=command or None,
+        privileged=privileged,
+    )  # fmt: skip
     print(f"VE {veid} configured")
 
 
@@ -60,14 +83,21 @@ def stop(
     timeout: Annotated[float, typer.Option("--timeout", help="seconds before SIGKILL")] = 10.0,
 ) -> None:
     """Stop a VE: SIGTERM its processes, SIGKILL what is left after --timeout."""
+    if not 0 <= timeout <= MAX_TIMEOUT:  # also nan (no comparison holds) and inf
+        raise InvalidValue(f"--timeout {timeout}: use 0 to {MAX_TIMEOUT:.0f} seconds")
     ve_manager().stop(veid, timeout=timeout)
     print(f"VE {veid} stopped")
 
 
 @app.command()
-def status(veid: VeidArg) -> None:
-    """running, suspended or stopped (as vzctl status says)."""
-    print(f"VE {veid} {ve_manager().status(veid)}")
+def status(veid: VeidArg, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """running, suspended or stopped (as vzctl status says); "(privileged)" after it for a
+    VE whose root is the host's."""
+    info = ve_manager().info(veid)
+    if as_json:
+        print(json.dumps(info))
+        return
+    print(f"VE {veid} {info['status']}" + (" (privileged)" if info["privileged"] else ""))
 
 
 @app.command("list")
@@ -78,12 +108,13 @@ def list_(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         print(json.dumps(rows))
         return
     t = Table()
-    for col in ("VEID", "STATUS", "IP", "HOSTNAME", "TEMPLATE", "INIT"):
+    for col in ("VEID", "STATUS", "IP", "HOSTNAME", "TEMPLATE", "IDS", "INIT"):
         t.add_column(col)
     for r in rows:
         t.add_row(
-            r["veid"], r["status"], r["ip"], r["hostname"], r["template"], str(r["init_pid"] or "-")
-        )
+            r["veid"], r["status"], r["ip"], r["hostname"], r["template"],
+            "privileged" if r["privileged"] else r["ids"], str(r["init_pid"] or "-"),
+        )  # fmt: skip
     Console(highlight=False).print(t)
 
 

@@ -302,6 +302,47 @@ def Sigaction(_cls):
     return __init__, __repr__, __eq__, encode, decode
 
 
+_S_IdMap = _Struct('<LLL')
+
+
+def IdMap(_cls):
+    """The item IdMap (12 bytes)."""
+    _new = object.__new__
+    _pack = _S_IdMap.pack
+    _unpack = _S_IdMap.unpack
+    _get_fixed = _attrgetter('inside', 'outside', 'count')
+
+    def __init__(self, inside=0, outside=0, count=0):
+        self.inside = inside
+        self.outside = outside
+        self.count = count
+
+    __repr__, __eq__ = _repr_eq(('inside', 'outside', 'count'))
+
+    def encode(it):
+        vals = _get_fixed(it)
+        try:
+            return _pack(*vals)
+        except (_StructError, TypeError) as e:
+            raise ImageError(f"cannot encode IdMap: {e}", record="IdMap") from None
+
+    def decode(raw):
+        if len(raw) == 12:
+            ext_fixed = b""
+        else:
+            raw, ext_fixed = _fit(raw, 12)
+        (f_inside, f_outside, f_count,) = _unpack(raw)
+        o = _new(_cls)
+        o.inside = f_inside
+        o.outside = f_outside
+        o.count = f_count
+        if ext_fixed:
+            o._ext = ext_fixed
+        return o
+
+    return __init__, __repr__, __eq__, encode, decode
+
+
 # --------------------------------------------------------------------------- records
 
 
@@ -1287,6 +1328,85 @@ def PendingSignal(_cls, _items):
         o.tid = f_tid
         o.signo = f_signo
         o.siginfo = f_siginfo
+        if pos < end or ext_fixed:
+            o._ext = (ext_fixed, var[pos:])
+        return o
+
+    return __init__, __repr__, __eq__, encode, decode
+
+
+_S_NsCreds = _Struct('<LLLLLLLLL')
+
+
+def NsCreds(_cls, _items):
+    """The record NsCreds (tag 0x010b, fixed part 36 bytes)."""
+    _new = object.__new__
+    _pack = _S_NsCreds.pack
+    _unpack = _S_NsCreds.unpack
+    _get_fixed = _attrgetter('pid', 'uid', 'euid', 'suid', 'fsuid', 'gid', 'egid', 'sgid', 'fsgid')
+    _get_var = lambda o: (o.groups,)
+
+    def __init__(self, pid=0, uid=0, euid=0, suid=0, fsuid=0, gid=0, egid=0, sgid=0, fsgid=0, groups=_FACTORY):
+        self.pid = pid
+        self.uid = uid
+        self.euid = euid
+        self.suid = suid
+        self.fsuid = fsuid
+        self.gid = gid
+        self.egid = egid
+        self.sgid = sgid
+        self.fsgid = fsgid
+        self.groups = [] if groups is _FACTORY else groups
+
+    __repr__, __eq__ = _repr_eq(('pid', 'uid', 'euid', 'suid', 'fsuid', 'gid', 'egid', 'sgid', 'fsgid', 'groups'))
+
+    def encode(self):
+        vals = _get_fixed(self)
+        try:
+            fixed = _pack(*vals)
+        except (_StructError, TypeError) as e:
+            raise ImageError(f"cannot encode NsCreds: {e}", record="NsCreds") from None
+        ext_fixed, ext_var = getattr(self, "_ext", _NO_EXT)
+        fixed += ext_fixed
+        out = []
+        v = _get_var(self)
+        try:
+            field = "groups"
+            _w_ints(out, v[0], "I")
+        except _ENCODE_ERRORS as e:
+            raise ImageError(f"cannot encode field {field}: {e}", record="NsCreds") from None
+        out.append(ext_var)
+        body = b"".join(out)
+        n = len(fixed)
+        size = 8 + n + len(body)
+        if n > 0xFFFF:
+            raise ImageError("fixed part exceeds 65535 bytes", record="NsCreds")
+        return _RHDR(size, 0x010b, n) + fixed + body + _PADS[size & 7]
+
+    def decode(fixed, var):
+        if len(fixed) == 36:
+            ext_fixed = b""
+        else:
+            fixed, ext_fixed = _fit(fixed, 36)
+        (f_pid, f_uid, f_euid, f_suid, f_fsuid, f_gid, f_egid, f_sgid, f_fsgid,) = _unpack(fixed)
+        end = len(var)
+        pos = 0
+        if pos < end:
+            f_groups, pos = _r_ints(var, pos, "groups", "NsCreds", 4, "I")
+        else:
+            # an older minor version: the remaining fields keep their defaults
+            f_groups = []
+        o = _new(_cls)
+        o.pid = f_pid
+        o.uid = f_uid
+        o.euid = f_euid
+        o.suid = f_suid
+        o.fsuid = f_fsuid
+        o.gid = f_gid
+        o.egid = f_egid
+        o.sgid = f_sgid
+        o.fsgid = f_fsgid
+        o.groups = f_groups
         if pos < end or ext_fixed:
             o._ext = (ext_fixed, var[pos:])
         return o
@@ -4285,6 +4405,86 @@ def MountData(_cls, _items):
     return __init__, __repr__, __eq__, encode, decode
 
 
+_S_UserNs = _Struct('<QB')
+
+
+def UserNs(_cls, _items):
+    """The record UserNs (tag 0x0808, fixed part 9 bytes)."""
+    _new = object.__new__
+    _pack = _S_UserNs.pack
+    _unpack = _S_UserNs.unpack
+    _encode_uid_map = _items[0].__codec__.encode
+    _decode_uid_map = _items[0].__codec__.decode
+    _size_uid_map = _items[0].__codec__.size
+    _encode_gid_map = _items[1].__codec__.encode
+    _decode_gid_map = _items[1].__codec__.decode
+    _size_gid_map = _items[1].__codec__.size
+    _get_fixed = _attrgetter('ns_ino', 'setgroups')
+    _get_var = _attrgetter('uid_map', 'gid_map')
+
+    def __init__(self, ns_ino=0, setgroups=0, uid_map=_FACTORY, gid_map=_FACTORY):
+        self.ns_ino = ns_ino
+        self.setgroups = setgroups
+        self.uid_map = [] if uid_map is _FACTORY else uid_map
+        self.gid_map = [] if gid_map is _FACTORY else gid_map
+
+    __repr__, __eq__ = _repr_eq(('ns_ino', 'setgroups', 'uid_map', 'gid_map'))
+
+    def encode(self):
+        vals = _get_fixed(self)
+        try:
+            fixed = _pack(*vals)
+        except (_StructError, TypeError) as e:
+            raise ImageError(f"cannot encode UserNs: {e}", record="UserNs") from None
+        ext_fixed, ext_var = getattr(self, "_ext", _NO_EXT)
+        fixed += ext_fixed
+        out = []
+        v = _get_var(self)
+        try:
+            field = "uid_map"
+            _w_items(out, v[0], _encode_uid_map, _size_uid_map)
+            field = "gid_map"
+            _w_items(out, v[1], _encode_gid_map, _size_gid_map)
+        except _ENCODE_ERRORS as e:
+            raise ImageError(f"cannot encode field {field}: {e}", record="UserNs") from None
+        out.append(ext_var)
+        body = b"".join(out)
+        n = len(fixed)
+        size = 8 + n + len(body)
+        if n > 0xFFFF:
+            raise ImageError("fixed part exceeds 65535 bytes", record="UserNs")
+        return _RHDR(size, 0x0808, n) + fixed + body + _PADS[size & 7]
+
+    def decode(fixed, var):
+        if len(fixed) == 9:
+            ext_fixed = b""
+        else:
+            fixed, ext_fixed = _fit(fixed, 9)
+        (f_ns_ino, f_setgroups,) = _unpack(fixed)
+        end = len(var)
+        pos = 0
+        if pos < end:
+            f_uid_map, pos = _r_items(var, pos, "uid_map", "UserNs", _decode_uid_map)
+        else:
+            # an older minor version: the remaining fields keep their defaults
+            f_uid_map = []
+        if pos < end:
+            f_gid_map, pos = _r_items(var, pos, "gid_map", "UserNs", _decode_gid_map)
+        else:
+            # an older minor version: the remaining fields keep their defaults
+            f_gid_map = []
+        o = _new(_cls)
+        o.ns_ino = f_ns_ino
+        o.setgroups = f_setgroups
+        o.uid_map = f_uid_map
+        o.gid_map = f_gid_map
+        if pos < end or ext_fixed:
+            o._ext = (ext_fixed, var[pos:])
+        return o
+
+    return __init__, __repr__, __eq__, encode, decode
+
+
 _S_FsSnapshot = _Struct('<BQQ16s16s')
 
 
@@ -4391,6 +4591,7 @@ def FsSnapshot(_cls, _items):
 ITEMS = {
     'Rlimit': ('Rlimit resource:u32=0 cur:u64=0 max:u64=0', Rlimit),
     'Sigaction': ('Sigaction signo:u32=0 handler:u64=0 flags:u64=0 restorer:u64=0 mask:u64=0', Sigaction),
+    'IdMap': ('IdMap inside:u32=0 outside:u32=0 count:u32=0', IdMap),
 }
 RECORDS = {
     'Header': ("Header@0x0001 created_ns:u64=0 page_size:u32=4096 flags:u32=0 xcr0:u64=0 xstate_size:u32=0 source_kind:u8=0 root_pid:u32=0 uuid:bytes[16]=b'\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00' parent_uuid:bytes[16]=b'\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00' vdso_digest:u64=0 arch:text kernel_release:text kernel_version:text cpu_flags:strs hostname:text tool_version:text source_id:text", Header),
@@ -4405,6 +4606,7 @@ RECORDS = {
     'PosixTimer': ('PosixTimer@0x0108 pid:u32=0 timer_id:i32=0 clockid:i32=0 sigev_notify:i32=0 signo:i32=0 notify_tid:u32=0 overrun:i32=0 sigev_value:u64=0 interval_ns:u64=0 value_ns:u64=0', PosixTimer),
     'SeccompFilter': ('SeccompFilter@0x0109 pid:u32=0 tid:u32=0 index:u32=0 flags:u32=0 program:blob', SeccompFilter),
     'PendingSignal': ('PendingSignal@0x010a pid:u32=0 tid:u32=0 signo:u32=0 siginfo:blob', PendingSignal),
+    'NsCreds': ('NsCreds@0x010b pid:u32=0 uid:u32=0 euid:u32=0 suid:u32=0 fsuid:u32=0 gid:u32=0 egid:u32=0 sgid:u32=0 fsgid:u32=0 groups:u32s', NsCreds),
     'Mm': ('Mm@0x0201 pid:u32=0 exe_id:u32=0 flags:u32=0 start_code:u64=0 end_code:u64=0 start_data:u64=0 end_data:u64=0 start_brk:u64=0 brk:u64=0 start_stack:u64=0 arg_start:u64=0 arg_end:u64=0 env_start:u64=0 env_end:u64=0 auxv:u64s', Mm),
     'Vma': ('Vma@0x0202 pid:u32=0 kind:u8=0 prot:u8=0 flags:u32=0 start:u64=0 end:u64=0 pgoff:u64=0 vmflags:u64=0 file_id:u32=0 shmem_id:u32=0 name:text', Vma),
     'ShmemObject': ('ShmemObject@0x0203 id:u32=0 kind:u8=0 seals:u32=0 flags:u32=0 size:u64=0 ino:u64=0 name:text', ShmemObject),
@@ -4446,5 +4648,6 @@ RECORDS = {
     'NetRoute': ('NetRoute@0x0805 ns_ino:u64=0 family:u8=0 dst_len:u8=0 protocol:u8=0 scope:u8=0 type:u8=0 table:u32=0 oif:u32=0 priority:u32=0 dst:blob gateway:blob prefsrc:blob', NetRoute),
     'Mount': ('Mount@0x0806 mnt_id:u32=0 parent_id:u32=0 flags:u32=0 shared_group:u32=0 master_group:u32=0 external:u8=0 dev:u64=0 root:text mountpoint:text fstype:text source:text options:text super_options:text', Mount),
     'MountData': ('MountData@0x0807 mnt_id:u32=0 data:blob', MountData),
+    'UserNs': ('UserNs@0x0808 ns_ino:u64=0 setgroups:u8=0 uid_map:items[IdMap inside:u32=0 outside:u32=0 count:u32=0] gid_map:items[IdMap inside:u32=0 outside:u32=0 count:u32=0]', UserNs),
     'FsSnapshot': ("FsSnapshot@0x0901 backend:u8=0 generation:u64=0 created_ns:u64=0 uuid:bytes[16]=b'\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00' parent_uuid:bytes[16]=b'\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00' subvolume:text snapshot_path:text ve_id:text manifest_digest:blob", FsSnapshot),
 }

@@ -16,8 +16,11 @@ are padded (inside their header) so their payload starts on a page boundary.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import io
 import os
+import stat
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
@@ -25,7 +28,7 @@ from typing import Any, BinaryIO
 import xxhash
 
 from . import _codec
-from .errors import ImageError, ImageVersionError, MagicError
+from .errors import ImageError, ImageVersionError, MagicError, shorten
 from .fields import align8, decode_records, encode_records
 from .records import (
     ChecksumAlgo,
@@ -40,9 +43,9 @@ MAGIC = _codec.PREAMBLE_MAGIC
 SECT_MAGIC = _codec.SECTION_HEADER_MAGIC
 END_MAGIC = _codec.TRAILER_MAGIC
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 2  # 1.1: user namespaces (branch userns); 1.2: socket records
+FORMAT_MINOR = 2  # 1.1: user namespaces; 1.2: socket records
 
-# Version of each section's payload layout in format 1.0.
+# Version of each section's payload layout in format 1.x.
 SECTION_VERSIONS: dict[int, int] = {t: 1 for t in SectionType}
 
 PREAMBLE_SIZE = _codec.PREAMBLE_SIZE
@@ -482,6 +485,69 @@ def parse_header_record(raw: bytes, *, path: str | None = None, plain: bool = Fa
     return recs[0]
 
 
+# --------------------------------------------------------------------------- opening
+
+_FILE_TYPES = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFLNK: "a symbolic link",
+}
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def file_type(mode: int) -> str:
+    """What a non-regular file is, in words ("a FIFO", "a directory", ...)."""
+    return _FILE_TYPES.get(stat.S_IFMT(mode), f"of type {stat.S_IFMT(mode):#o}")
+
+
+def open_regular(path: str, *, what: str = "an image", buffering: int = -1) -> BinaryIO:
+    """Open a named file for reading, refusing anything but a regular file.
+
+    A FIFO would block open() (and every read) forever, a device may never end, a
+    directory fails half-way: each is refused with one line naming the file and its
+    type.  The last component is never followed if it is a symbolic link, the open never
+    blocks (O_NONBLOCK, cleared once the fd is known to be a regular file), and the
+    check is made on the open fd (fstat), so a file swapped after the lstat is caught
+    too.  Raises ImageError (exit 40).
+    """
+    refuse = f"give {what} file, or - to read standard input"
+    if not path:
+        raise ImageError(f"the file name is empty: {refuse}")
+    try:
+        st = os.lstat(path)  # first, so that a device is not even opened
+    except OSError as e:
+        raise ImageError(f"cannot open: {e.strerror}", path=path) from None
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            target = f" (to {shorten(os.readlink(path))})"
+        except OSError:
+            target = ""
+        raise ImageError(
+            f"is a symbolic link{target}; refusing to follow it: give the file itself",
+            path=path,
+        )
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageError(f"not a regular file but {file_type(st.st_mode)}: {refuse}", path=path)
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ImageError("became a symbolic link; refusing to follow it", path=path) from None
+        raise ImageError(f"cannot open: {e.strerror}", path=path) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageError(f"not a regular file but {file_type(st.st_mode)}: {refuse}", path=path)
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        return os.fdopen(fd, "rb", buffering=buffering)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 class ImageReader:
     """Random access to an image through its index.
 
@@ -493,10 +559,7 @@ class ImageReader:
         self.warnings: list[str] = []
         if isinstance(source, (str, os.PathLike)):
             self.path: str | None = os.fspath(source)
-            try:
-                self.f: BinaryIO = open(self.path, "rb")  # noqa: SIM115 - closed in close()
-            except OSError as e:
-                raise ImageError(f"cannot open: {e.strerror}", path=self.path) from None
+            self.f: BinaryIO = open_regular(self.path)  # closed in close()
             self._own = True
         else:
             self.path = (
@@ -669,6 +732,50 @@ class ImageReader:
                     self._cache[s.offset] = block
                 out += block[lo:hi]
         return bytes(out)
+
+    def integrity(self, chunk_size: int = 1 << 20) -> list[str]:
+        """What is wrong with the bytes of the file: the file digest and each section's
+        checksum, in one sequential read of the whole file (the sections a command reads
+        are checked anyway; this also covers those it does not, page data above all).
+
+        Returns one message per problem, empty when every byte is as it was written.
+        """
+        end = self.size - TRAILER_SIZE + _DIGESTED_TRAILER  # the digest covers this much
+        sections = sorted([*self.sections, self.index_info], key=lambda s: s.payload_offset)
+        hashers = [xxhash.xxh3_64() for _ in sections]
+        digest = xxhash.xxh3_64()
+        buf = memoryview(bytearray(chunk_size))
+        pos, first = 0, 0
+        self.f.seek(0)
+        while pos < end:
+            view = buf[: min(chunk_size, end - pos)]
+            got = self.f.readinto(view)  # type: ignore[attr-defined]
+            if not got:
+                return [f"file ends at {pos} of {end} bytes: truncated"]
+            view = view[:got]
+            digest.update(view)
+            # feed the part of this chunk inside each section payload it overlaps
+            while (
+                first < len(sections)
+                and sections[first].payload_offset + sections[first].payload_len <= pos
+            ):
+                first += 1
+            for i in range(first, len(sections)):
+                s = sections[i]
+                lo, hi = s.payload_offset, s.payload_offset + s.payload_len
+                if lo >= pos + got:
+                    break
+                a, b = max(lo, pos) - pos, min(hi, pos + got) - pos
+                if a < b:
+                    hashers[i].update(view[a:b])
+            pos += got
+        out = []
+        if digest.intdigest() != self.digest:
+            out.append("the file digest is wrong: the file was changed after it was written")
+        for s, h in zip(sections, hashers, strict=True):
+            if h.intdigest() != s.checksum:
+                out.append(f"section {s.name} at offset {s.offset}: checksum mismatch")
+        return out
 
     def page_file_ranges(self, offset: int, length: int) -> list[tuple[int, int]] | None:
         """File (offset, length) pieces holding a page data range, or None if compressed.

@@ -18,6 +18,7 @@ import base64
 import binascii
 import json
 import os
+import struct
 from collections.abc import Iterator
 from typing import IO, Any, BinaryIO
 
@@ -29,12 +30,13 @@ from .container import (
     StreamedSection,
     StreamedTrailer,
     decompress,
+    open_regular,
     parse_header_record,
     walk,
 )
-from .errors import ImageError, ImageVersionError
+from .errors import ImageError, ImageVersionError, quote
 from .fields import BY_NAME, REGISTRY, FixedSpec, UnknownRecord, VarSpec, decode_records, fields_of
-from .records import Compression, Header, SectionType
+from .records import Compression, Header, SectionType, section_of_tag
 
 FORMAT_NAME = "cpt-image"
 Source = str | os.PathLike[str] | BinaryIO | ImageReader
@@ -63,10 +65,48 @@ def _unb64(s: Any, where: str) -> bytes:
 
 
 def _unhex(s: Any, where: str) -> bytes:
+    if not isinstance(s, str):
+        raise _JsonError(f"{where}: expected hex text, got {type(s).__name__}")
     try:
         return bytes.fromhex(s)
-    except (TypeError, ValueError) as e:
+    except ValueError as e:
         raise _JsonError(f"{where}: invalid hex ({e})") from None
+
+
+# the values each wire type holds
+_RANGES = {
+    "u8": (0, 0xFF),
+    "u16": (0, 0xFFFF),
+    "u32": (0, 0xFFFF_FFFF),
+    "u64": (0, 0xFFFF_FFFF_FFFF_FFFF),
+    "i32": (-(1 << 31), (1 << 31) - 1),
+    "i64": (-(1 << 63), (1 << 63) - 1),
+}
+
+
+def _int_in(v: Any, wire: str, where: str, owner: str = "") -> int:
+    """An integer of a wire type's range, or _JsonError naming the place and the range
+    (and the record or item, ``owner``, it would not fit)."""
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise _JsonError(f"{where}: expected an integer, got {quote(v)}")
+    lo, hi = _RANGES[wire]
+    if not lo <= v <= hi:
+        what = f"cannot encode {owner}: " if owner else ""
+        raise _JsonError(f"{where}: {what}{quote(v)} is out of range for {wire} ({lo}..{hi})")
+    return v
+
+
+def _text_in(v: Any, where: str) -> str:
+    if not isinstance(v, str):
+        raise _JsonError(f"{where}: expected text, got {quote(v)}")
+    try:
+        v.encode("utf-8", "surrogateescape")  # how records store text
+    except UnicodeEncodeError as e:
+        raise _JsonError(
+            f"{where}: {quote(v)} cannot be stored: {quote(e.object[e.start : e.end])} "
+            f"at {e.start} is not a character"
+        ) from None
+    return v
 
 
 def _fixed_out(spec: FixedSpec, v: Any) -> Any:
@@ -77,17 +117,18 @@ def _fixed_out(spec: FixedSpec, v: Any) -> Any:
     return v
 
 
-def _fixed_in(spec: FixedSpec, v: Any, where: str) -> Any:
+def _fixed_in(spec: FixedSpec, v: Any, where: str, owner: str = "") -> Any:
     if spec.is_bytes:
-        return _unhex(v, where)
+        b = _unhex(v, where)
+        if len(b) != spec.size:
+            raise _JsonError(f"{where}: {len(b)} bytes, {spec.wire} holds {spec.size}")
+        return b
     if isinstance(v, str) and spec.enum is not None:
         try:
             return spec.enum[v].value
         except KeyError:
-            raise _JsonError(f"{where}: {v!r} is not a {spec.enum.__name__}") from None
-    if not isinstance(v, int) or isinstance(v, bool):
-        raise _JsonError(f"{where}: expected an integer, got {v!r}")
-    return v
+            raise _JsonError(f"{where}: {quote(v)} is not a {spec.enum.__name__}") from None
+    return _int_in(v, spec.wire, where, owner)
 
 
 def _item_out(it: Any) -> dict[str, Any]:
@@ -108,8 +149,8 @@ def _item_in(cls: type, d: Any, where: str) -> Any:
             continue
         spec = specs.get(k)
         if not isinstance(spec, FixedSpec):
-            raise _JsonError(f"{where}: {cls.__name__} has no field {k!r}")
-        kw[k] = _fixed_in(spec, v, f"{where}.{k}")
+            raise _JsonError(f"{where}: {cls.__name__} has no field {quote(k)}")
+        kw[k] = _fixed_in(spec, v, f"{where}.{k}", cls.__name__)
     it = cls(**kw)
     if d.get("_ext"):
         it._ext = _unhex(d["_ext"], f"{where}._ext")
@@ -127,18 +168,23 @@ def _var_out(spec: VarSpec, v: Any) -> Any:
     return list(v) if k in ("u32s", "u64s", "strs") else v
 
 
-def _var_in(spec: VarSpec, v: Any, where: str) -> Any:
+def _var_in(spec: VarSpec, v: Any, where: str, owner: str = "") -> Any:
     k = spec.kind
     if k == "blob":
         return _unb64(v, where)
-    if not isinstance(v, list if k != "text" else str):
-        raise _JsonError(f"{where}: expected {'text' if k == 'text' else 'an array'}")
+    if k == "text":
+        return _text_in(v, where)
+    if not isinstance(v, list):
+        raise _JsonError(f"{where}: expected an array, got {quote(v)}")
     if k == "blobs":
         return [_unb64(b, f"{where}[{i}]") for i, b in enumerate(v)]
     if k == "items":
         assert spec.item is not None
         return [_item_in(spec.item, d, f"{where}[{i}]") for i, d in enumerate(v)]
-    return v
+    if k == "strs":
+        return [_text_in(x, f"{where}[{i}]") for i, x in enumerate(v)]
+    wire = "u32" if k == "u32s" else "u64"
+    return [_int_in(x, wire, f"{where}[{i}]", owner) for i, x in enumerate(v)]
 
 
 def record_to_json(rec: Any) -> dict[str, Any]:
@@ -165,10 +211,17 @@ def record_from_json(d: Any, where: str = "record") -> Any:
         raw = _unb64(d.get("raw"), f"{where}.raw")
         if not isinstance(tag, int) or tag in REGISTRY or len(raw) < 8:
             raise _JsonError(f"{where}: an unknown record needs an unknown tag and its raw bytes")
+        _int_in(tag, "u16", f"{where}.tag")
+        size, rtag, fsize = struct.unpack_from("<IHH", raw)
+        if (size, rtag) != (len(raw), tag) or fsize > size - 8:
+            raise _JsonError(
+                f"{where}.raw: its record header (size {size}, tag {rtag}, fixed part {fsize}) "
+                f"does not describe {len(raw)} bytes of tag {tag}"
+            )
         return UnknownRecord(tag, raw)
     codec = BY_NAME.get(name) if isinstance(name, str) else None
     if codec is None:
-        raise _JsonError(f"{where}: unknown record type {name!r}")
+        raise _JsonError(f"{where}: unknown record type {quote(name)}")
     specs = dict(fields_of(codec.cls))
     kw = {}
     for k, v in d.items():
@@ -176,9 +229,12 @@ def record_from_json(d: Any, where: str = "record") -> Any:
             continue
         spec = specs.get(k)
         if spec is None:
-            raise _JsonError(f"{where}: {name} has no field {k!r}")
+            raise _JsonError(f"{where}: {name} has no field {quote(k)}")
         at = f"{where}.{k}"
-        kw[k] = _fixed_in(spec, v, at) if isinstance(spec, FixedSpec) else _var_in(spec, v, at)
+        if isinstance(spec, FixedSpec):
+            kw[k] = _fixed_in(spec, v, at, name)
+        else:
+            kw[k] = _var_in(spec, v, at, name)
     rec = codec.cls(**kw)
     ext = d.get("_ext")
     if ext:
@@ -241,17 +297,17 @@ def _open(src: Source) -> tuple[BinaryIO, str | None, bool]:
         return src.f, src.path, False
     if isinstance(src, (str, os.PathLike)):
         path = os.fspath(src)
-        try:
-            return open(path, "rb"), path, True  # closed by iter_doc
-        except OSError as e:
-            raise ImageError(f"cannot open: {e.strerror}", path=path) from None
+        return open_regular(path), path, True  # closed by iter_doc
     name = getattr(src, "name", None)
     return src, name if isinstance(name, str) else None, False
 
 
-def iter_doc(src: Source) -> Iterator[dict[str, Any]]:
-    """The document's head (format, version, header), then one object per section."""
-    f, path, own = _open(src)
+def iter_doc(src: Source, *, path: str | None = None) -> Iterator[dict[str, Any]]:
+    """The document's head (format, version, header), then one object per section.
+
+    ``path`` names an open file ``src`` in messages."""
+    f, name, own = _open(src)
+    path = path or name
     try:
         minor = FORMAT_MINOR
         index_at = -1
@@ -286,9 +342,9 @@ def decode(src: Source) -> dict[str, Any]:
     return doc
 
 
-def decode_to(src: Source, out: IO[str]) -> None:
+def decode_to(src: Source, out: IO[str], *, path: str | None = None) -> None:
     """Write the JSON document to a text stream, one section (and one record) per line."""
-    parts = iter_doc(src)
+    parts = iter_doc(src, path=path)
     head = next(parts)
     head["header"].pop("record")
     out.write(
@@ -315,17 +371,22 @@ def _section_type(v: Any, where: str) -> int:
         try:
             return SectionType[v].value
         except KeyError:
-            raise _JsonError(f"{where}.type: unknown section type {v!r}") from None
+            raise _JsonError(f"{where}.type: unknown section type {quote(v)}") from None
     if isinstance(v, int) and not isinstance(v, bool) and 0 < v < 0xFFFF:
         return v
     raise _JsonError(f"{where}.type: expected a section type name or number")
 
 
-def _int(d: dict[str, Any], key: str, where: str, default: int | None = None) -> int:
+def _int(
+    d: dict[str, Any], key: str, where: str, default: int | None = None, wire: str = "u64"
+) -> int:
     v = d.get(key, default)
     if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-        raise _JsonError(f"{where}.{key}: expected a non-negative integer")
-    return v
+        raise _JsonError(f"{where}.{key}: expected a non-negative integer, got {quote(v)}")
+    return _int_in(v, wire, f"{where}.{key}")
+
+
+MAX_ZSTD_LEVEL = 22
 
 
 def _write_section(w: ImageWriter, sec: Any, where: str) -> None:
@@ -334,26 +395,60 @@ def _write_section(w: ImageWriter, sec: Any, where: str) -> None:
     stype = _section_type(sec.get("type"), where)
     if stype == SectionType.INDEX:
         raise _JsonError(f"{where}: the index is derived, not part of the JSON form")
-    comp = _COMPRESSION.get(sec.get("compression", "none"))
+    name = sec.get("compression", "none")
+    comp = _COMPRESSION.get(name) if isinstance(name, str) else None
     if comp is None:
         raise _JsonError(f"{where}.compression: expected 'none' or 'zstd'")
-    version = _int(sec, "version", where, 1)
-    level = _int(sec, "level", where, 0)
+    version = _int(sec, "version", where, 1, "u16")
+    level = _int(sec, "level", where, 0, "u8")
+    if comp == Compression.ZSTD and level > MAX_ZSTD_LEVEL:
+        raise _JsonError(f"{where}.level: zstd levels go up to {MAX_ZSTD_LEVEL}, not {level}")
+    known = stype in SectionType._value2member_map_
     if "records" in sec:
         recs = sec["records"]
         if not isinstance(recs, list):
             raise _JsonError(f"{where}.records: expected an array")
-        payload = b"".join(
-            record_from_json(r, f"{where}.records[{i}]").encode() for i, r in enumerate(recs)
-        )
+        if not known or stype == SectionType.PAGES:
+            raise _JsonError(f"{where}: a {_type_name(stype)} section holds data, not records")
+        if len(recs) > 0xFFFF_FFFF:
+            raise _JsonError(f"{where}.records: more records than a section counts")
+        parts = []
+        for i, r in enumerate(recs):
+            rec = record_from_json(r, f"{where}.records[{i}]")
+            home = section_of_tag(rec.TAG if not isinstance(rec, UnknownRecord) else rec.tag)
+            if home != stype:
+                raise _JsonError(
+                    f"{where}.records[{i}]: a {type(rec).__name__} record belongs in section "
+                    f"{_type_name(home)}, not {_type_name(stype)}"
+                )
+            parts.append(_encode(rec, f"{where}.records[{i}]"))
+        payload = b"".join(parts)
         count = len(recs)
     else:
+        if known and stype != SectionType.PAGES:
+            raise _JsonError(f"{where}: a {_type_name(stype)} section holds records, not data")
         payload = _unb64(sec.get("data"), f"{where}.data")
-        count = 0 if stype == SectionType.PAGES else _int(sec, "count", where)
+        count = 0 if stype == SectionType.PAGES else _int(sec, "count", where, wire="u32")
     base = _int(sec, "base", where, 0)
     w.add_raw_section(
         stype, version, payload, count=count, compression=comp, level=level, base=base
     )
+
+
+def _type_name(stype: int) -> str:
+    try:
+        return SectionType(stype).name
+    except ValueError:
+        return f"0x{stype:04x}"
+
+
+def _encode(rec: Any, where: str) -> bytes:
+    """A record's bytes; what the codec refuses (a value the JSON checks let through)
+    becomes an error naming the place."""
+    try:
+        return bytes(rec.encode())
+    except ImageError as e:
+        raise _JsonError(f"{where}: {e.msg}") from None
 
 
 def _header(doc: Any) -> tuple[Header, int]:
@@ -361,10 +456,13 @@ def _header(doc: Any) -> tuple[Header, int]:
         raise _JsonError(f'not a cpt image document (expected "format": "{FORMAT_NAME}")')
     version = doc.get("version")
     if not (
-        isinstance(version, list) and len(version) == 2 and all(isinstance(v, int) for v in version)
+        isinstance(version, list)
+        and len(version) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in version)
     ):
         raise _JsonError('"version": expected [major, minor]')
     major, minor = version
+    _int_in(minor, "u16", "version[1]")
     if major != FORMAT_MAJOR:
         raise ImageVersionError(
             f"image format {major}.{minor} is not {FORMAT_MAJOR}.x: this cpt cannot encode it"
@@ -373,6 +471,9 @@ def _header(doc: Any) -> tuple[Header, int]:
     if not isinstance(hdr, dict):
         raise _JsonError('"header": expected an object')
     header = record_from_json({**hdr, "record": "Header"}, "header")
+    ps = header.page_size
+    if ps < 512 or ps & (ps - 1):
+        raise _JsonError(f"header.page_size: {ps} is not a power of two >= 512")
     return header, minor
 
 
@@ -382,6 +483,7 @@ def encode(doc: dict[str, Any], out: BinaryIO) -> None:
     sections = doc.get("sections")
     if not isinstance(sections, list):
         raise _JsonError('"sections": expected an array')
+    _encode(header, "header")
     w = ImageWriter(out, header, minor=minor)
     for i, sec in enumerate(sections):
         _write_section(w, sec, f"sections[{i}]")
@@ -394,6 +496,12 @@ def load(f: IO[str]) -> dict[str, Any]:
         doc = json.load(f)
     except json.JSONDecodeError as e:
         raise _JsonError(f"invalid JSON: {e}") from None
+    except UnicodeDecodeError as e:
+        raise _JsonError(f"invalid JSON: not UTF-8 (byte {e.start})") from None
+    except ValueError as e:  # a number of more than sys.get_int_max_str_digits() digits
+        raise _JsonError(f"invalid JSON: {e}") from None
+    except RecursionError:
+        raise _JsonError("invalid JSON: arrays or objects nested too deeply") from None
     if not isinstance(doc, dict):
         raise _JsonError("not a cpt image document (expected an object)")
     return doc

@@ -1,4 +1,5 @@
-"""Every record type of image format 1.0.  Declarations only: no logic lives here.
+"""Every record type of image format 1.1 (1.0 plus NsCreds and UserNs, a VE's user
+namespace).  Declarations only: no logic lives here.
 
 A record's tag is u16; its high byte is the section type that holds it (0x00 = the
 container itself).  Retired tags stay in RETIRED_TAGS forever so a number is never
@@ -57,6 +58,9 @@ class HeaderFlags(enum.IntFlag):
     LEAVE_RUNNING = 1 << 1  # the workload kept running after the dump
     VE = 1 << 2  # the source is a VE (container), not a bare process tree
     PIDNS = 1 << 3  # the tree's root is the init of its own PID namespace
+    # 1.1: a VE in a user namespace of its own (UserNs); a reader that does not know the
+    # flag reports it, so an older cpt refuses to restore such a VE without its namespace
+    USERNS = 1 << 4
 
 
 class SourceKind(enum.IntEnum):
@@ -253,6 +257,23 @@ class PendingSignal(Record):
     tid: int = u32()  # 0: pending for the whole process (shared queue)
     signo: int = u32()
     siginfo: bytes = blob()  # 128-byte siginfo_t
+
+
+@record(0x010B)
+class NsCreds(Record):
+    """A process's ids as its own user namespace sees them (a VE with a user namespace:
+    Creds holds them as the dumping host sees them)."""
+
+    pid: int = u32()
+    uid: int = u32()
+    euid: int = u32()
+    suid: int = u32()
+    fsuid: int = u32()
+    gid: int = u32()
+    egid: int = u32()
+    sgid: int = u32()
+    fsgid: int = u32()
+    groups: list[int] = u32s()
 
 
 # --------------------------------------------------------------------------- MM
@@ -906,6 +927,24 @@ class MountData(Record):
     data: bytes = blob()  # a POSIX ustar stream of a tmpfs's contents
 
 
+@item
+class IdMap:
+    inside: int = u32()  # first id in the namespace
+    outside: int = u32()  # the host id it is (in the dumping host's user namespace)
+    count: int = u32()
+
+
+@record(0x0808)
+class UserNs(Record):
+    """The user namespace of a VE that contains its root: its maps, as /proc/PID/uid_map
+    and gid_map show them to the dumping host, and whether setgroups(2) is allowed."""
+
+    ns_ino: int = u64()
+    setgroups: int = u8()  # 1 allow, 0 deny
+    uid_map: list[IdMap] = items(IdMap)
+    gid_map: list[IdMap] = items(IdMap)
+
+
 # --------------------------------------------------------------------------- FSSNAP
 
 
@@ -929,7 +968,7 @@ class FsSnapshot(Record):
     manifest_digest: bytes = blob()
 
 
-# Tags once used and withdrawn: never reuse them.  (None yet in format 1.0.)
+# Tags once used and withdrawn: never reuse them.  (None yet in format 1.1.)
 RETIRED_TAGS: dict[int, str] = {}
 
 # Section types once used and withdrawn.

@@ -112,11 +112,20 @@ def sections(reader: ImageReader) -> list[dict[str, Any]]:
     return list(acc.values())
 
 
-def summary(reader: ImageReader) -> dict[str, Any]:
+def integrity(reader: ImageReader) -> dict[str, Any]:
+    """Whether every byte of the file is as written: ``{"ok": bool, "problems": [...]}``
+    (the file digest and every section checksum, page data included)."""
+    problems = reader.integrity()
+    return dict(ok=not problems, problems=problems)
+
+
+def summary(reader: ImageReader, checked: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``checked``: what ``integrity(reader)`` gave, if the caller has it already."""
     header = record_to_json(reader.header)
     header.pop("record")
     return dict(
         path=reader.path,
+        integrity=checked if checked is not None else integrity(reader),
         version=f"{reader.major}.{reader.minor}",
         size=reader.size,
         page_data=reader.page_data_len,
@@ -126,6 +135,15 @@ def summary(reader: ImageReader) -> dict[str, Any]:
         sections=sections(reader),
         warnings=list(reader.warnings),
     )
+
+
+def _address(r: NetAddr) -> str:
+    """ADDR/PREFIX of an address record; its raw bytes in hex when they are no address
+    of its family (verify reports it)."""
+    size = {int(socket.AF_INET): 4, int(socket.AF_INET6): 16}.get(r.family, -1)
+    if len(r.address) != size:
+        return f"(family {r.family}) {r.address.hex()}/{r.prefixlen}"
+    return f"{socket.inet_ntop(r.family, r.address)}/{r.prefixlen}"
 
 
 def ve_summary(reader: ImageReader) -> dict[str, Any] | None:
@@ -144,11 +162,7 @@ def ve_summary(reader: ImageReader) -> dict[str, Any] | None:
         for r in recs
         if isinstance(r, Mount)
     ]
-    addrs = []
-    for r in recs:
-        if isinstance(r, NetAddr):
-            fam = socket.AF_INET if r.family == socket.AF_INET else socket.AF_INET6
-            addrs.append(f"{socket.inet_ntop(fam, r.address)}/{r.prefixlen}")
+    addrs = [_address(r) for r in recs if isinstance(r, NetAddr)]
     return dict(
         id=reader.header.source_id,
         hostname=uts.hostname if uts else "",
@@ -298,6 +312,7 @@ __all__ = [
     "fds",
     "format_fd_line",
     "format_maps_line",
+    "integrity",
     "maps",
     "process_tree",
     "sections",

@@ -22,6 +22,7 @@ import dataclasses
 import enum
 import itertools
 import os
+import stat
 import struct
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -37,10 +38,11 @@ from .container import (
     StreamedSection,
     StreamedTrailer,
     decompress,
+    open_regular,
     parse_header_record,
     walk,
 )
-from .errors import ImageError, ImageVersionError
+from .errors import ImageError, ImageVersionError, quote
 from .fields import (
     BY_NAME,
     RECORD_HEADER_SIZE,
@@ -124,6 +126,14 @@ def enum_problems(rec: Any) -> list[str]:
         for i, it in enumerate(getattr(rec, name)):
             out += (f"{name}[{i}].{m}" for m in _bad_values(it, checks))
     return out
+
+
+def _to_outside(entries: list[Any], inside: int) -> int | None:
+    """The host id of a namespace's id through a map (IdMap items); None: unmapped."""
+    for e in entries:
+        if e.inside <= inside < e.inside + e.count:
+            return int(e.outside + inside - e.inside)
+    return None
 
 
 # --------------------------------------------------------------------------- the walk
@@ -443,6 +453,7 @@ REFERENCES: list[tuple[str, str, str, bool]] = [
             "Vma",
             "Fd",
             "FileLock",
+            "NsCreds",
         )
     ),
     ("SeccompFilter", "tid", "tid", True),
@@ -487,10 +498,131 @@ SPACES: dict[str, tuple[tuple[str, ...], str]] = {
 }
 _NOUNS = {"pid": "process", "tid": "thread", "file": "open-file description"}
 # at most one of these per process
-PER_PROCESS = ("Creds", "Rlimits", "Sigactions", "TaskState", "Itimers", "Mm")
+PER_PROCESS = ("Creds", "Rlimits", "Sigactions", "TaskState", "Itimers", "Mm", "NsCreds")
+_ID_FIELDS = ("uid", "euid", "suid", "fsuid", "gid", "egid", "sgid", "fsgid")
+_MAX_ID_MAP_LINES = 340  # the kernel's limit per map (user_namespaces(7))
 _FILE_KINDS = (R.VmaKind.FILE_PRIVATE, R.VmaKind.FILE_SHARED)
 _SHMEM_KINDS = (R.VmaKind.SHMEM, R.VmaKind.SYSV_SHM)
 _RUN_KINDS = (R.PageFlags.PRESENT, R.PageFlags.PARENT, R.PageFlags.ZERO)
+# what a live process always has (SPEC.md section 11); Itimers may be absent
+REQUIRED = ("Creds", "Rlimits", "Sigactions", "TaskState", "Mm")
+# (record, field, the kinds of PathObj it may name)
+_REG, _DIR, _DEVS = R.PathKind.REG, R.PathKind.DIR, (R.PathKind.CHR, R.PathKind.BLK)
+PATH_KINDS: list[tuple[str, str, tuple[R.PathKind, ...]]] = [
+    ("TaskState", "cwd_id", (_DIR,)),
+    ("TaskState", "root_id", (_DIR,)),
+    ("Mm", "exe_id", (_REG,)),
+    ("Vma", "file_id", (_REG, *_DEVS)),
+    ("RegFile", "path_id", (_REG, _DIR, *_DEVS, R.PathKind.LNK)),
+    ("Fifo", "path_id", (R.PathKind.FIFO,)),
+    ("Tty", "path_id", (R.PathKind.CHR,)),
+]
+# (record, field, the kinds of ShmemObject it may name); a Vma's depends on its kind
+SHMEM_KINDS: list[tuple[str, str, tuple[R.ShmemKind, ...]]] = [
+    ("MemfdFile", "shmem_id", (R.ShmemKind.MEMFD,)),
+    ("SysvShm", "shmem_id", (R.ShmemKind.SYSV,)),
+    ("Vma", "shmem_id", ()),
+]
+_SHMEM_VMA_KINDS = {
+    R.VmaKind.SHMEM: (R.ShmemKind.SHARED_ANON, R.ShmemKind.MEMFD),
+    R.VmaKind.SYSV_SHM: (R.ShmemKind.SYSV,),
+}
+_MODE_KINDS = {
+    stat.S_IFREG: R.PathKind.REG,
+    stat.S_IFDIR: R.PathKind.DIR,
+    stat.S_IFCHR: R.PathKind.CHR,
+    stat.S_IFBLK: R.PathKind.BLK,
+    stat.S_IFIFO: R.PathKind.FIFO,
+    stat.S_IFSOCK: R.PathKind.SOCK,
+    stat.S_IFLNK: R.PathKind.LNK,
+}
+# Linux values the kernel holds restored values to
+COMM_MAX = 15  # TASK_COMM_LEN - 1
+ROBUST_LIST_HEAD_SIZE = 24  # sizeof(struct robust_list_head), 64-bit
+RSEQ_MIN = 32  # ORIG_RSEQ_SIZE, and the alignment of struct rseq
+SS_FLAGS = 1 | 2 | 1 << 31  # SS_ONSTACK, SS_DISABLE, SS_AUTODISARM
+PROT_RWX = 7
+SECUREBITS = 0xFFF  # SECBIT_* and their locks (Linux 6.14: up to EXEC_DENY_INTERACTIVE)
+# every flag open(2) keeps (VALID_OPEN_FLAGS), as fdinfo shows a description's flags
+OPEN_FLAGS = (
+    os.O_ACCMODE
+    | os.O_CREAT
+    | os.O_EXCL
+    | os.O_NOCTTY
+    | os.O_TRUNC
+    | os.O_APPEND
+    | os.O_NONBLOCK
+    | os.O_DSYNC
+    | 0o20000
+    | os.O_DIRECT
+    | 0o100000
+    | os.O_DIRECTORY
+    | os.O_NOFOLLOW
+    | os.O_NOATIME
+    | os.O_CLOEXEC
+    | os.O_SYNC
+    | os.O_PATH
+    | os.O_TMPFILE
+)  # fmt: skip  (0o20000 FASYNC, 0o100000 O_LARGEFILE: 0 in Python's os on x86_64)
+TASK_SIZE_MAX = 1 << 56  # the user address space, 5-level paging (4-level: 1 << 47)
+MM_PAIRS = (
+    ("start_code", "end_code"),
+    ("start_data", "end_data"),
+    ("start_brk", "brk"),
+    ("arg_start", "arg_end"),
+    ("env_start", "env_end"),
+)
+NO_ID = 0xFFFF_FFFF  # (uid_t)-1
+NGROUPS_MAX = 65536
+RLIM_NLIMITS = 16
+RLIM_INFINITY = (1 << 64) - 1
+NSIG = 64
+UNCATCHABLE = (9, 19)  # SIGKILL, SIGSTOP
+SIGINFO_SIZE = 128
+BPF_INSN_SIZE, BPF_MAXINSNS = 8, 4096
+FD_MAX = 1 << 30  # above the largest fs.nr_open
+FD_CLOEXEC = 1
+PIPE_MAX = 1 << 30  # the largest power of two F_SETPIPE_SZ's int argument holds
+SOCK_TYPES_UNIX = (1, 2, 5)  # SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET
+INET_FAMILIES = (2, 10)
+ADDR_SIZES = {2: 4, 10: 16}
+TIMERFD_CLOCKS = (0, 1, 7, 8, 9)  # REALTIME, MONOTONIC, BOOTTIME, *_ALARM
+HOST_NAME_MAX = 64
+IFNAMSIZ = 16
+NAME_MAX = 255
+SEMMSL = 32000
+# a mount point, a snapshot path, a file's path: absolute, one name per component
+_MAX_PATH = 4096
+
+
+def _wait_status(status: int) -> bool:
+    """Whether wait(2) could give ``status`` for a process that ended: exited with a code,
+    or killed by a signal 1-64 (with or without a core dump)."""
+    if status & ~0xFFFF or status < 0:
+        return False
+    sig = status & 0x7F
+    return (sig == 0 and not status & 0x80) or (1 <= sig <= NSIG and not status >> 8)
+
+
+def _path_problem(path: str) -> str:
+    """Why ``path`` is not an absolute, canonical path (what the kernel shows), or ""."""
+    if not path.startswith("/"):
+        return "is not absolute"
+    if "\0" in path:
+        return "holds a NUL byte"
+    if len(path.encode("utf-8", "surrogateescape")) >= _MAX_PATH:
+        return f"is longer than {_MAX_PATH} bytes"
+    if path != "/" and any(c in ("", ".", "..") for c in path[1:].split("/")):
+        return "has an empty, '.' or '..' component"
+    return ""
+
+
+def _name(e: type[enum.IntEnum], v: int) -> str:
+    return e(v).name if v in e._value2member_map_ else str(v)
+
+
+def _ids(chain: list[int]) -> str:
+    return "[" + ", ".join(map(str, chain[:8])) + (", ...]" if len(chain) > 8 else "]")
 
 
 class _Structure:
@@ -514,13 +646,24 @@ class _Structure:
         self._unique_per("Fd", lambda r: (r.pid, r.fd), "fd {1} of process {0} is listed twice")
         for name in PER_PROCESS:
             self._unique_per(name, lambda r: r.pid, "a second " + name + " for process {}")
+        self._header_flags()
         if self.readable("Process"):
             self._tree()
         if self.readable("Process", "Thread"):
             self._threads()
+            self._thread_ids()
+        if self.readable("Process", "Thread", *PER_PROCESS):
+            self._complete()
         vmas = self._vmas(spaces["shmem"])
         if self.readable("Process", "Vma", "ShmemObject", "PagemapRun"):
             self._pagemap(vmas)
+        self._task_values()
+        self._kinds(spaces)
+        self._files(spaces)
+        self._namespaces()
+        self._ipc()
+        if self.readable("UserNs", "NsCreds", "Creds", "Process"):
+            self._userns()
 
     def _space(self, space: str, names: tuple[str, ...], field: str) -> dict[int, _Rec]:
         ids: dict[int, _Rec] = {}
@@ -558,14 +701,28 @@ class _Structure:
     def _tree(self) -> None:
         procs = {r.rec.pid: r for r in self.recs.get("Process", [])}
         if not procs:
+            self.v.add("PROCESS", "the image holds no process")
             return
+        for r in procs.values():
+            p = r.rec
+            if p.state == R.ProcessState.ZOMBIE and p.ppid == 0:
+                self.bad(r, "the root of the tree is a zombie")
+            if p.state == R.ProcessState.ZOMBIE and not _wait_status(p.exit_status):
+                self.bad(r, f"exit_status {p.exit_status:#x} is no status of a dead process")
+            if p.exit_signal > NSIG:
+                self.bad(r, f"exit_signal {p.exit_signal} is no signal")
+            parent = procs.get(p.ppid)
+            if parent is not None and parent.rec.state == R.ProcessState.ZOMBIE:
+                self.bad(r, f"its parent {p.ppid} is a zombie, which has no children")
         roots = [r for r in procs.values() if r.rec.ppid == 0]
         if len(roots) != 1:
             self.v.add("PROCESS", f"{len(roots)} root processes (ppid 0); a tree has exactly one")
-        elif self.header.root_pid and roots[0].rec.pid != self.header.root_pid:
+        elif roots[0].rec.pid != self.header.root_pid:
             self.bad(
                 roots[0], f"the root is {roots[0].rec.pid}, the header says {self.header.root_pid}"
             )
+        else:
+            self._sessions(procs, roots[0].rec)
         state: dict[int, int] = {}  # 1: on the current path, 2: done
         for pid in procs:
             path: list[int] = []
@@ -582,6 +739,537 @@ class _Structure:
             for q in path:
                 state[q] = 2
 
+    # -- the header
+
+    def _header_flags(self) -> None:
+        h = self.header
+        ve_flag = bool(h.flags & R.HeaderFlags.VE)
+        if ve_flag != (h.source_kind == R.SourceKind.VE):
+            self.v.add(
+                "header",
+                f"flags {'have' if ve_flag else 'lack'} VE but the source kind is "
+                f"{_name(R.SourceKind, h.source_kind)}",
+                "Header",
+            )
+        if ve_flag and not h.flags & R.HeaderFlags.PIDNS:
+            self.v.add("header", "a VE's image without PIDNS: its init is the VE's pid 1", "Header")
+        incremental = bool(h.flags & R.HeaderFlags.INCREMENTAL)
+        if incremental != any(h.parent_uuid):
+            self.v.add(
+                "header",
+                "an INCREMENTAL image needs its parent's uuid"
+                if incremental
+                else "a parent uuid in an image that is not INCREMENTAL",
+                "Header",
+            )
+
+    # -- processes
+
+    def _sessions(self, procs: dict[int, _Rec], root: Any) -> None:
+        """Restore makes sessions by setsid() in their leader and groups by setpgid(): a
+        session or group led from outside the tree can only be the root's own."""
+        for r in procs.values():
+            p = r.rec
+            for what, ident, outside in (
+                ("session", p.sid, root.sid),
+                ("process group", p.pgid, root.pgid),
+            ):
+                if ident not in procs and ident != outside:
+                    self.bad(
+                        r,
+                        f"{what} {ident} has its leader neither in the tree nor is it the "
+                        f"root's own ({outside})",
+                    )
+            leader = procs.get(p.pgid)
+            if leader is not None and leader.rec.sid != p.sid:
+                self.bad(
+                    r,
+                    f"process group {p.pgid} is led by a process of session {leader.rec.sid}, "
+                    f"not of its session {p.sid}",
+                )
+
+    def _complete(self) -> None:
+        """A live process has its threads (its leader among them) and one of each
+        per-process record: a missing Creds would leave it the restorer's root."""
+        has: dict[str, set[int]] = {
+            name: {r.rec.pid for r in self.recs.get(name, [])} for name in REQUIRED
+        }
+        threads: dict[int, set[int]] = defaultdict(set)
+        for r in self.recs.get("Thread", []):
+            threads[r.rec.pid].add(r.rec.tid)
+        for r in self.recs.get("Process", []):
+            p = r.rec
+            if p.state != R.ProcessState.ALIVE:
+                continue
+            if not threads.get(p.pid):
+                self.bad(r, f"process {p.pid} has no Thread")
+            elif p.pid not in threads[p.pid]:
+                self.bad(r, f"process {p.pid} has no leader thread (tid {p.pid})")
+            missing = [name for name in REQUIRED if p.pid not in has[name]]
+            if missing:
+                self.bad(r, f"process {p.pid} has no {', '.join(missing)}")
+
+    def _thread_ids(self) -> None:
+        """pid/tid as the dumper saw them come first in the namespace id chains; a VE's
+        processes get back the ids they had inside, which must be unique there."""
+        procs = {r.rec.pid: r for r in self.recs.get("Process", [])}
+        for r in procs.values():
+            p = r.rec
+            if p.nspid and p.nspid[0] != p.pid:
+                self.bad(r, f"nspid {_ids(p.nspid)} does not start with its pid {p.pid}")
+            self._comm(r, p.comm)
+        for r in self.recs.get("Thread", []):
+            t = r.rec
+            self._comm(r, t.comm)
+            proc = procs.get(t.pid)
+            if proc is None or not t.nstid:
+                continue
+            nspid = proc.rec.nspid
+            if t.nstid[0] != t.tid:
+                self.bad(r, f"nstid {_ids(t.nstid)} does not start with its tid {t.tid}")
+            elif nspid and len(t.nstid) != len(nspid):
+                self.bad(r, f"nstid {_ids(t.nstid)} and its process's nspid differ in depth")
+            elif t.tid == t.pid and nspid and t.nstid != nspid:
+                self.bad(r, f"the leader's nstid {_ids(t.nstid)} is not its nspid")
+        root = procs.get(self.header.root_pid)
+        if not self.header.flags & R.HeaderFlags.PIDNS or root is None or not root.rec.nspid:
+            return
+        depth = len(root.rec.nspid) - 1
+        if root.rec.nspid[-1] != 1:
+            self.bad(root, f"the root of a PIDNS image is pid {root.rec.nspid[-1]} inside, not 1")
+        for name, field, ids in (
+            ("Process", "nspid", "pid"),
+            ("Thread", "nstid", "tid"),
+        ):
+            seen: dict[int, _Rec] = {}
+            for r in self.recs.get(name, []):
+                chain = getattr(r.rec, field)
+                if len(chain) <= depth:
+                    if chain:
+                        self.bad(r, f"{field} {_ids(chain)} does not reach the tree's namespace")
+                    continue
+                inner = chain[depth]
+                if inner in seen:
+                    self.bad(r, f"{ids} {inner} inside is used twice (also {seen[inner].label})")
+                seen[inner] = r
+
+    def _mm(self, r: _Rec) -> None:
+        """What prctl(PR_SET_MM_MAP) takes back: ordered pairs in the user address space,
+        and an auxiliary vector of (type, value) pairs ending with AT_NULL."""
+        m = r.rec
+        for lo, hi in MM_PAIRS:
+            a, b = getattr(m, lo), getattr(m, hi)
+            if a > b:
+                self.bad(r, f"{lo} {a:#x} is above {hi} {b:#x}")
+        for f in (*(p for pair in MM_PAIRS for p in pair), "start_stack"):
+            if getattr(m, f) >= TASK_SIZE_MAX:
+                self.bad(r, f"{f} {getattr(m, f):#x} is beyond the user address space")
+        aux = m.auxv
+        if aux and (len(aux) % 2 or aux[-2:] != [0, 0]):
+            self.bad(r, f"auxv holds {len(aux)} words, not (type, value) pairs ending in AT_NULL")
+
+    def _comm(self, r: _Rec, comm: str) -> None:
+        n = len(comm.encode("utf-8", "surrogateescape"))
+        if n > COMM_MAX:
+            self.bad(r, f"comm {quote(comm)} holds {n} bytes; the kernel keeps {COMM_MAX}")
+
+    def _task_values(self) -> None:
+        """Values restore hands to the kernel: each must be one it takes back."""
+        for r in self.recs.get("Creds", []):
+            c = r.rec
+            for f in ("uid", "euid", "suid", "fsuid", "gid", "egid", "sgid", "fsgid"):
+                if getattr(c, f) == NO_ID:
+                    self.bad(r, f"{f} {NO_ID} is (uid_t)-1, which set*id() reads as 'unchanged'")
+            if c.securebits & ~SECUREBITS:
+                self.bad(r, f"securebits {c.securebits:#x} hold unknown bits")
+            if c.cap_eff & ~c.cap_prm:
+                self.bad(r, f"effective capabilities {c.cap_eff:#x} beyond the permitted ones")
+            if c.cap_amb & ~(c.cap_prm & c.cap_inh):
+                self.bad(
+                    r, f"ambient capabilities {c.cap_amb:#x} beyond the permitted and inheritable"
+                )
+            if NO_ID in c.groups:
+                self.bad(r, f"groups hold {NO_ID}, which is no group")
+            if len(c.groups) > NGROUPS_MAX:
+                self.bad(r, f"{len(c.groups)} groups; the kernel takes {NGROUPS_MAX}")
+        for r in self.recs.get("Rlimits", []):
+            seen: set[int] = set()
+            for i, lim in enumerate(r.rec.limits):
+                at = f"limits[{i}]"
+                if lim.resource >= RLIM_NLIMITS:
+                    self.bad(r, f"{at}: resource {lim.resource} is not one of the {RLIM_NLIMITS}")
+                elif lim.resource in seen:
+                    self.bad(r, f"{at}: resource {lim.resource} is listed twice")
+                seen.add(lim.resource)
+                for f in ("cur", "max"):
+                    v = getattr(lim, f)
+                    if (1 << 63) <= v < RLIM_INFINITY:
+                        self.bad(r, f"{at}.{f} {v} is neither a limit (< 2^63) nor unlimited")
+                if lim.cur > lim.max:
+                    self.bad(r, f"{at}: soft limit {lim.cur} is above the hard limit {lim.max}")
+        for r in self.recs.get("Sigactions", []):
+            seen = set()
+            for i, a in enumerate(r.rec.actions):
+                if not 1 <= a.signo <= NSIG or a.signo in UNCATCHABLE:
+                    self.bad(r, f"actions[{i}]: signal {a.signo} has no action to restore")
+                elif a.signo in seen:
+                    self.bad(r, f"actions[{i}]: signal {a.signo} is listed twice")
+                seen.add(a.signo)
+        for r in self.recs.get("Mm", []):
+            self._mm(r)
+        for r in self.recs.get("TaskState", []):
+            t = r.rec
+            if t.umask > 0o777:
+                self.bad(r, f"umask {t.umask:#o} has bits beyond 0777")
+            if t.pdeath_sig > NSIG:
+                self.bad(r, f"pdeath_sig {t.pdeath_sig} is no signal")
+            if t.dumpable > 2:
+                self.bad(r, f"dumpable {t.dumpable} is not 0, 1 or 2")
+            if not -1000 <= t.oom_score_adj <= 1000:
+                self.bad(r, f"oom_score_adj {t.oom_score_adj} is outside -1000..1000")
+        tids: dict[int, set[int]] = defaultdict(set)
+        for r in self.recs.get("Thread", []):
+            tids[r.rec.pid].add(r.rec.tid)
+        for name, field in (
+            ("PendingSignal", "tid"),
+            ("SeccompFilter", "tid"),
+            ("PosixTimer", "notify_tid"),
+        ):
+            for r in self.recs.get(name, []):
+                tid = getattr(r.rec, field)
+                if tid and r.rec.pid in tids and tid not in tids[r.rec.pid]:
+                    self.bad(r, f"{field} {tid} is not a thread of process {r.rec.pid}")
+        for r in self.recs.get("PendingSignal", []):
+            if not 1 <= r.rec.signo <= NSIG:
+                self.bad(r, f"signo {r.rec.signo} is no signal")
+            if len(r.rec.siginfo) != SIGINFO_SIZE:
+                self.bad(r, f"siginfo holds {len(r.rec.siginfo)} bytes, expected {SIGINFO_SIZE}")
+        for r in self.recs.get("PosixTimer", []):
+            if not 0 <= r.rec.signo <= NSIG:
+                self.bad(r, f"signo {r.rec.signo} is no signal")
+        self._unique_per(
+            "SeccompFilter",
+            lambda f: (f.pid, f.tid, f.index),
+            "filter {2} of thread {1} of process {0} is listed twice",
+        )
+        for r in self.recs.get("SeccompFilter", []):
+            n = len(r.rec.program)
+            if not n or n % BPF_INSN_SIZE or n // BPF_INSN_SIZE > BPF_MAXINSNS:
+                self.bad(
+                    r,
+                    f"a program of {n} bytes is not 1..{BPF_MAXINSNS} instructions of "
+                    f"{BPF_INSN_SIZE} bytes",
+                )
+
+    # -- what refers to what kind of thing
+
+    def _kinds(self, spaces: dict[str, dict[int, _Rec]]) -> None:
+        """A reference resolves to a record of the right kind (the id checks say that it
+        resolves at all)."""
+        paths, shmem = spaces["path"], spaces["shmem"]
+        for name, field, kinds in PATH_KINDS:
+            if not self.readable(name, "PathObj"):
+                continue
+            for r in self.recs.get(name, []):
+                target = paths.get(getattr(r.rec, field))
+                if target is not None and target.rec.kind not in kinds:
+                    self.bad(
+                        r,
+                        f"{field} {target.rec.id} is a {_name(R.PathKind, target.rec.kind)}, "
+                        f"not a {' or '.join(k.name for k in kinds)}",
+                    )
+        for name, field, skinds in SHMEM_KINDS:
+            if not self.readable(name, "ShmemObject"):
+                continue
+            for r in self.recs.get(name, []):
+                if name == "Vma" and r.rec.kind not in _SHMEM_VMA_KINDS:
+                    continue
+                want = _SHMEM_VMA_KINDS.get(r.rec.kind, skinds) if name == "Vma" else skinds
+                target = shmem.get(getattr(r.rec, field))
+                if target is not None and target.rec.kind not in want:
+                    self.bad(
+                        r,
+                        f"{field} {target.rec.id} is a {_name(R.ShmemKind, target.rec.kind)} "
+                        f"object, not a {' or '.join(k.name for k in want)}",
+                    )
+        if self.readable("Process", "Vma", "Fd", "PagemapRun"):
+            alive = {
+                r.rec.pid
+                for r in self.recs.get("Process", [])
+                if r.rec.state == R.ProcessState.ALIVE
+            }
+            known = {r.rec.pid for r in self.recs.get("Process", [])}
+            for name in ("Vma", "Fd", "Mm"):
+                for r in self.recs.get(name, []):
+                    if r.rec.pid in known and r.rec.pid not in alive:
+                        self.bad(r, f"process {r.rec.pid} is not alive: it has no {name}")
+
+    # -- files
+
+    def _files(self, spaces: dict[str, dict[int, _Rec]]) -> None:
+        for r in self.recs.get("PathObj", []):
+            p = r.rec
+            why = _path_problem(p.path)
+            if why:
+                self.bad(r, f"path {quote(p.path)} {why}")
+            fmt = stat.S_IFMT(p.mode)
+            if fmt and _MODE_KINDS.get(fmt) != p.kind:
+                self.bad(r, f"mode {p.mode:#o} is not that of a {_name(R.PathKind, p.kind)} path")
+            ghost = bool(p.flags & R.PathFlags.GHOST)
+            if ghost and not p.flags & R.PathFlags.DELETED:
+                self.bad(r, "a GHOST path that is not DELETED")
+            if ghost and len(p.contents) != p.size:
+                self.bad(r, f"a ghost of {p.size} bytes holds {len(p.contents)}")
+            if p.contents and not ghost:
+                self.bad(r, "contents in a path that is not a GHOST")
+            if p.mtime_ns >= 1 << 63:
+                self.bad(r, f"mtime_ns {p.mtime_ns} is beyond any time (a signed 64-bit count)")
+        for name in DESCRIPTIONS:
+            for r in self.recs.get(name, []):
+                if r.rec.flags & ~OPEN_FLAGS:
+                    self.bad(r, f"flags {r.rec.flags:#o} hold bits that are no open(2) flag")
+        for name in ("RegFile", "MemfdFile"):
+            for r in self.recs.get(name, []):
+                if r.rec.pos >= 1 << 63:
+                    self.bad(r, f"pos {r.rec.pos} is beyond any file offset (off_t)")
+        for r in self.recs.get("Fd", []):
+            if r.rec.fd >= FD_MAX:
+                self.bad(r, f"fd {r.rec.fd} is beyond any fd table ({FD_MAX})")
+            if r.rec.flags & ~FD_CLOEXEC:
+                self.bad(r, f"fd flags {r.rec.flags:#x}: FD_CLOEXEC is the only one")
+        if self.readable(*DESCRIPTIONS, "Fd"):
+            used = {r.rec.file_id for r in self.recs.get("Fd", [])}
+            # files in flight: carried in a unix socket's queue, held by no fd
+            used |= {f for r in self.recs.get("UnixScm", []) for f in r.rec.fds}
+            for name in DESCRIPTIONS:
+                for r in self.recs.get(name, []):
+                    if r.rec.id not in used:
+                        self.bad(r, f"open-file description {r.rec.id} is in no fd table")
+        if self.readable("Fd", "FileLock"):
+            fds = {(r.rec.pid, r.rec.fd): r.rec.file_id for r in self.recs.get("Fd", [])}
+            for r in self.recs.get("FileLock", []):
+                lk = r.rec
+                got = fds.get((lk.pid, lk.fd))
+                if got is None:
+                    self.bad(r, f"fd {lk.fd} of process {lk.pid} is not in the image")
+                elif got != lk.file_id:
+                    self.bad(r, f"fd {lk.fd} of process {lk.pid} is description {got}")
+        self._pipes()
+        for r in self.recs.get("UnixSocket", []):
+            if r.rec.type not in SOCK_TYPES_UNIX:
+                self.bad(r, f"type {r.rec.type} is not a unix socket type")
+            fmt = stat.S_IFMT(r.rec.fmode)
+            if r.rec.fmode & ~0o177777 or fmt not in (0, stat.S_IFSOCK):
+                self.bad(r, f"fmode {r.rec.fmode:#o} is not the mode of a socket file")
+        for r in self.recs.get("ShmemObject", []):
+            if r.rec.size >= 1 << 63:
+                self.bad(r, f"size {r.rec.size} is beyond any file size (off_t)")
+        self._unique_per("UnixSocket", lambda u: u.ino, "socket inode {} is listed twice")
+        for r in self.recs.get("InetSocket", []):
+            if r.rec.family not in INET_FAMILIES:
+                self.bad(r, f"family {r.rec.family} is not AF_INET or AF_INET6")
+        for r in self.recs.get("TimerFd", []):
+            if r.rec.clockid not in TIMERFD_CLOCKS:
+                self.bad(r, f"clockid {r.rec.clockid} is not a clock a timerfd takes")
+        for r in self.recs.get("Tty", []):
+            if r.rec.kind in (R.TtyKind.PTY_MASTER, R.TtyKind.PTY_SLAVE) and not r.rec.tty_id:
+                self.bad(r, "a pseudo-terminal end without its TtyInfo")
+        self._unique_per(
+            "EpollTarget", lambda t: (t.epoll_id, t.tfd), "fd {1} is in epoll {0} twice"
+        )
+        for r in self.recs.get("EpollTarget", []):
+            if r.rec.target_id == r.rec.epoll_id:
+                self.bad(r, f"epoll {r.rec.epoll_id} watches itself")
+        self._unique_per(
+            "InotifyWatch", lambda w: (w.inotify_id, w.wd), "watch {1} is in inotify {0} twice"
+        )
+
+    def _pipes(self) -> None:
+        """Every pipe has its buffer (PipeData, empty or not); every buffer a pipe or
+        FIFO of the image, and no more bytes than its capacity."""
+        if not self.readable("Pipe", "Fifo", "PipeData"):
+            return
+        data = {}
+        for r in self.recs.get("PipeData", []):
+            d = r.rec
+            if d.ino in data:
+                self.bad(r, f"pipe inode {d.ino} has a second PipeData")
+            data[d.ino] = r
+            cap = d.capacity
+            if cap and (cap < self.ps or cap & (cap - 1) or cap > PIPE_MAX):
+                self.bad(r, f"capacity {cap} is not a power of two from one page to {PIPE_MAX}")
+            if cap and len(d.data) > cap:
+                self.bad(r, f"{len(d.data)} bytes pending in a pipe of {cap}")
+        inos = {r.rec.ino for name in ("Pipe", "Fifo") for r in self.recs.get(name, [])}
+        for r in self.recs.get("Pipe", []):
+            if r.rec.ino not in data:
+                self.bad(r, f"pipe inode {r.rec.ino} has no PipeData")
+        for ino, r in data.items():
+            if ino not in inos:
+                self.bad(r, f"pipe inode {ino} is no Pipe's or Fifo's")
+
+    # -- namespaces
+
+    def _namespaces(self) -> None:
+        procs = {r.rec.pid for r in self.recs.get("Process", [])}
+        self._unique_per("Namespace", lambda n: n.kind, "a second namespace of kind {}")
+        for r in self.recs.get("Namespace", []):
+            if r.rec.pid not in procs and self.readable("Process"):
+                self.bad(r, f"pid {r.rec.pid} refers to no process")
+        utss = self.recs.get("Uts", [])
+        for r in utss[1:]:
+            self.bad(r, "a second Uts record")
+        for r in utss:
+            for f in ("hostname", "domainname"):
+                v = getattr(r.rec, f)
+                n = len(v.encode("utf-8", "surrogateescape"))
+                if n > HOST_NAME_MAX:
+                    self.bad(r, f"{f} {quote(v)} holds {n} bytes; the kernel takes {HOST_NAME_MAX}")
+        links: dict[int, _Rec] = {}
+        for r in self.recs.get("NetLink", []):
+            if r.rec.ifindex in links:
+                self.bad(r, f"ifindex {r.rec.ifindex} is used twice")
+            links[r.rec.ifindex] = r
+            n = len(r.rec.name.encode("utf-8", "surrogateescape"))
+            if not 0 < n < IFNAMSIZ or "/" in r.rec.name or r.rec.name.strip() != r.rec.name:
+                self.bad(r, f"name {quote(r.rec.name)} is no interface name")
+        for r in self.recs.get("NetAddr", []):
+            a = r.rec
+            if a.ifindex not in links:
+                self.bad(r, f"ifindex {a.ifindex} refers to no NetLink")
+            self._address(r, a.family, a.address, a.prefixlen, "address")
+        for r in self.recs.get("NetRoute", []):
+            rt = r.rec
+            if rt.oif and rt.oif not in links:
+                self.bad(r, f"oif {rt.oif} refers to no NetLink")
+            self._address(r, rt.family, rt.dst, rt.dst_len, "dst", empty=True)
+            for f in ("gateway", "prefsrc"):
+                self._address(r, rt.family, getattr(rt, f), 0, f, empty=True)
+        self._mounts()
+        for r in self.recs.get("FsSnapshot", []):
+            for f in ("subvolume", "snapshot_path"):
+                v = getattr(r.rec, f)
+                why = _path_problem(v)
+                if why:
+                    self.bad(r, f"{f} {quote(v)} {why}")
+            if self.header.source_kind == R.SourceKind.VE and r.rec.ve_id != self.header.source_id:
+                self.bad(
+                    r,
+                    f"ve_id {quote(r.rec.ve_id)} is not the image's VE "
+                    f"{quote(self.header.source_id)}",
+                )
+
+    def _address(
+        self, r: _Rec, family: int, addr: bytes, prefix: int, field: str, empty: bool = False
+    ) -> None:
+        size = ADDR_SIZES.get(family)
+        if size is None:
+            self.bad(r, f"family {family} is not AF_INET or AF_INET6")
+        elif not (empty and not addr) and len(addr) != size:
+            self.bad(r, f"{field} holds {len(addr)} bytes, an address of its family {size}")
+        elif prefix > 8 * size:
+            self.bad(r, f"prefix length {prefix} is longer than the address")
+
+    def _mounts(self) -> None:
+        """The mount table: the root ("/") first, then each mount after its parent."""
+        mounts = self.recs.get("Mount", [])
+        if not mounts:
+            if self.header.flags & R.HeaderFlags.VE and self.readable("Mount"):
+                self.v.add("NAMESPACES", "a VE's image without its mount table")
+            return
+        if mounts[0].rec.mountpoint != "/":
+            self.bad(mounts[0], f"the first mount is {quote(mounts[0].rec.mountpoint)}, not /")
+        seen: set[int] = set()
+        for i, r in enumerate(mounts):
+            m = r.rec
+            if i and m.parent_id not in seen:
+                self.bad(r, f"parent_id {m.parent_id} is no mount before it")
+            seen.add(m.mnt_id)
+            for f in ("mountpoint", "root"):
+                why = _path_problem(getattr(m, f))
+                if why:
+                    self.bad(r, f"{f} {quote(getattr(m, f))} {why}")
+        fstypes = {r.rec.mnt_id: r.rec.fstype for r in mounts}
+        self._unique_per("MountData", lambda d: d.mnt_id, "a second MountData for mount {}")
+        for r in self.recs.get("MountData", []):
+            fs = fstypes.get(r.rec.mnt_id)
+            if fs is not None and fs != "tmpfs":
+                self.bad(r, f"mount {r.rec.mnt_id} is {quote(fs)}, not a tmpfs")
+
+    # -- IPC
+
+    def _ipc(self) -> None:
+        for r in self.recs.get("PosixMq", []):
+            name = r.rec.name
+            n = len(name.encode("utf-8", "surrogateescape"))
+            if not name or "/" in name or "\0" in name or n > NAME_MAX or name in (".", ".."):
+                self.bad(r, f"name {quote(name)} is no message queue name")
+        self._unique_per("SysvShm", lambda x: x.shmid, "shmid {} is used twice")
+        self._unique_per("SysvSem", lambda x: x.semid, "semid {} is used twice")
+        for r in self.recs.get("SysvSem", []):
+            if len(r.rec.values) > SEMMSL:
+                self.bad(r, f"{len(r.rec.values)} semaphores in one set; the kernel takes {SEMMSL}")
+
+    def _userns(self) -> None:
+        """A VE's user namespace: sane maps; then every process has its ids as the VE
+        sees them (NsCreds) and they are its host ids (Creds) through the maps."""
+        userns = self.recs.get("UserNs", [])
+        nscreds = self.recs.get("NsCreds", [])
+        flagged = bool(self.header.flags & R.HeaderFlags.USERNS)
+        if not userns:
+            if flagged:
+                self.v.add("NAMESPACES", "the header says USERNS, but there is no UserNs record")
+            for r in nscreds:
+                self.bad(r, "ids inside a user namespace, but the image has no UserNs")
+            return
+        if len(userns) > 1:
+            self.bad(userns[1], "a second UserNs: a VE has one user namespace")
+        u = userns[0]
+        if not self.header.flags & R.HeaderFlags.VE:
+            self.bad(u, "a user namespace in an image that is not a VE's")
+        elif not flagged:
+            self.bad(u, "a user namespace, but the header lacks the USERNS flag")
+        maps = {}
+        for name in ("uid_map", "gid_map"):
+            entries = getattr(u.rec, name)
+            maps[name] = entries
+            if not entries:
+                self.bad(u, f"{name} is empty")
+            if len(entries) > _MAX_ID_MAP_LINES:
+                self.bad(u, f"{name} has {len(entries)} lines, the kernel takes 340")
+            for side in ("inside", "outside"):
+                spans = sorted((getattr(e, side), e.count) for e in entries)
+                for (a, n), (b, _) in itertools.pairwise(spans):
+                    if a + n > b:
+                        self.bad(u, f"{name}: {side} ranges overlap at {b}")
+            for e in entries:
+                if e.count == 0 or e.inside + e.count > 1 << 32 or e.outside + e.count > 1 << 32:
+                    self.bad(u, f"{name}: {e.inside} {e.outside} {e.count} is not a range of ids")
+        creds = {r.rec.pid: r.rec for r in self.recs.get("Creds", [])}
+        have = {r.rec.pid for r in nscreds}
+        for r in self.recs.get("Process", []):
+            if (
+                r.rec.state != R.ProcessState.ZOMBIE
+                and r.rec.pid in creds
+                and r.rec.pid not in have
+            ):
+                self.bad(r, "no NsCreds: its ids inside the VE's user namespace are missing")
+        for r in nscreds:
+            c = creds.get(r.rec.pid)
+            if c is None:
+                continue
+            for f in _ID_FIELDS:
+                m = maps["uid_map" if "uid" in f else "gid_map"]
+                host = _to_outside(m, getattr(r.rec, f))
+                if host != getattr(c, f):
+                    self.bad(r, f"{f} {getattr(r.rec, f)} is host id {host}, Creds says "
+                             f"{getattr(c, f)}")  # fmt: skip
+                    break
+            else:
+                hosts = [_to_outside(maps["gid_map"], g) for g in r.rec.groups]
+                if hosts != list(c.groups):
+                    self.bad(r, "groups do not map to the Creds groups")
+
     def _threads(self) -> None:
         procs = {r.rec.pid: r.rec for r in self.recs.get("Process", [])}
         xsize = self.header.xstate_size
@@ -595,6 +1283,20 @@ class _Structure:
                     self.bad(r, f"{field} holds {n} bytes, expected {size}")
             if t.xstate and xsize and len(t.xstate) != xsize:
                 self.bad(r, f"xstate holds {len(t.xstate)} bytes, the header says {xsize}")
+            if t.robust_len != ROBUST_LIST_HEAD_SIZE and (t.robust_head or t.robust_len):
+                self.bad(
+                    r,
+                    f"robust_len {t.robust_len}: set_robust_list takes "
+                    f"{ROBUST_LIST_HEAD_SIZE} (struct robust_list_head)",
+                )
+            if t.rseq_ptr and (t.rseq_ptr % RSEQ_MIN or t.rseq_len < RSEQ_MIN):
+                self.bad(
+                    r,
+                    f"rseq area {t.rseq_ptr:#x}+{t.rseq_len}: rseq takes {RSEQ_MIN} bytes or "
+                    f"more, aligned to {RSEQ_MIN}",
+                )
+            if t.sas_flags & ~SS_FLAGS:
+                self.bad(r, f"sas_flags {t.sas_flags:#x}: unknown sigaltstack flags")
 
     def _vmas(self, shmem: dict[int, _Rec]) -> dict[int, list[Any]]:
         """Check VMAs; returns each process's VMAs sorted by start."""
@@ -605,8 +1307,12 @@ class _Structure:
             per_pid[v.pid].append(r)
             if v.start >= v.end:
                 self.bad(r, f"empty or inverted range {v.start:#x}-{v.end:#x}")
+            if v.prot & ~PROT_RWX:
+                self.bad(r, f"prot {v.prot:#x} is more than read, write and execute")
             if v.start % ps or v.end % ps or v.pgoff % ps:
                 self.bad(r, f"{v.start:#x}-{v.end:#x} (offset {v.pgoff:#x}) is not page-aligned")
+            if v.end > TASK_SIZE_MAX and v.kind != R.VmaKind.VSYSCALL:
+                self.bad(r, f"{v.start:#x}-{v.end:#x} is beyond the user address space")
             if v.kind in _FILE_KINDS and not v.file_id:
                 self.bad(r, "a file mapping without a file")
             if v.kind in _SHMEM_KINDS and v.shmem_id not in shmem:
@@ -721,10 +1427,7 @@ def verify_report(
     """Problems, warnings and the header (for host checks) of one image."""
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
-        try:
-            f: BinaryIO = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
-        except OSError as e:
-            raise ImageError(f"cannot open: {e.strerror}", path=path) from None
+        f = open_regular(path, buffering=0)
         with f:
             return _verify(f, path, chunk_size)
     name = getattr(source, "name", None)

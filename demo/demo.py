@@ -4,7 +4,8 @@ A node root of its own (a temporary directory under /var/tmp), whose storage is 
 embedded default: a loop-file btrfs pool (`cpt pool init`).  A VE on it runs a CPython
 counter with 16 MiB of memory, a second thread and a pipe with unread messages
 (fixtures/workloads/counter.py) and a TCP echo server; a client on this host holds a
-connection to it.  The VE is checkpointed (suspend, dump, kill) to one dump file, which
+connection to it.  The VE contains its root: a user namespace maps its ids to a range of
+the host's (from id files of the demo's own: a node uses /etc/subuid and /etc/subgid).  The VE is checkpointed (suspend, dump, kill) to one dump file, which
 is shown and verified; it is restored: the same in-VE PIDs, the counter continues where
 it stopped, the client's connection carries on.  Then a snapshot with memory is taken,
 the VE runs on and writes a file, and is rolled back: the file is gone, the processes are
@@ -16,6 +17,7 @@ runs the real `cpt` command line, as a user would type it.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -69,7 +71,9 @@ class Demo:
     def __init__(self, con: Console, root: Path) -> None:
         self.con = con
         self.root = root
-        self.env = dict(os.environ, CPT_ROOT=str(root))
+        # the VE's id range comes from files of the demo's own (a node uses the machine's
+        # /etc/subuid and /etc/subgid): the demo leaves nothing behind in /etc
+        self.env = dict(os.environ, CPT_ROOT=str(root), CPT_IDMAP_DIR=str(root / "ids"))
         self.timings: list[tuple[str, float]] = []
         self.private = root / "pool" / "private" / VEID
         self.wl = self.private / "root" / "wl"
@@ -148,7 +152,13 @@ class Demo:
             time.sleep(0.05)
         self.cpt("ve", "exec", VEID, "--", "/bin/sh", "-c",
                  "echo \"inside: $(hostname), PIDs: $(ls /proc | grep -E '^[0-9]+$' | "
-                 "tr '\\n' ' ')\"")  # fmt: skip
+                 "tr '\\n' ' ')\"; echo \"root inside: $(id), uid_map $(cat /proc/self/uid_map)\"")  # fmt: skip
+        st = (self.wl / "ready").stat()
+        self.con.print(
+            f"the VE's root is root inside only: its files are uid {st.st_uid} on this host "
+            f"({json.loads(self.cpt('ve', 'status', VEID, '--json', show=False))['ids']}, "
+            f"its own id range)"
+        )
         deadline = time.monotonic() + 10
         while True:
             try:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from cpt.errors import InvalidValue
 from cptimage.atomic import atomic_output
+from cptimage.errors import quote, shorten
 from storage import backend_for
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ class Snap:
 
     @property
     def label(self) -> str:
-        return f"{self.id} ({self.name})" if self.name else str(self.id)
+        return f"{self.id} ({shorten(self.name, 40)})" if self.name else str(self.id)
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -186,8 +187,10 @@ class Catalog:
         for s in self.snaps:
             if ref == str(s.id) or (s.name and ref == s.name):
                 return s
-        have = ", ".join(s.label for s in self.snaps) or "none"
-        raise InvalidValue(f"VE {self.veid} has no snapshot {ref!r} (it has: {have})")
+        have = ", ".join(s.label for s in self.snaps[:10]) or "none"
+        if len(self.snaps) > 10:
+            have += f" and {len(self.snaps) - 10} more: `cpt snapshot list {self.veid}`"
+        raise InvalidValue(f"VE {self.veid} has no snapshot {quote(ref)} (it has: {have})")
 
     def by_image(self, image: str) -> Snap | None:
         """The checkpoint snapshot that goes with the dump file `image`."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import time
 from typing import Any
@@ -29,6 +30,7 @@ from cpt.stages.stage import Stage
 from cptimage.container import ImageReader
 from cptimage.diff import Difference
 from cptimage.diff import diff as diff_images
+from cptimage.errors import quote
 from cptimage.records import Process, SectionType
 from storage import backend_for
 from storage.base import Changes
@@ -77,10 +79,14 @@ class SnapshotManager:
             cfg = self.mgr.config(veid)
             catalog = self.hooks.catalog(veid)
             if name:
-                if name.isdigit():
-                    raise InvalidValue(f"--name {name!r}: a name cannot be a number (ids are)")
+                check_name(name)
                 if any(s.name == name for s in catalog.snaps):
-                    raise InvalidValue(f"VE {veid} has a snapshot named {name!r} already")
+                    raise InvalidValue(f"VE {veid} has a snapshot named {quote(name)} already")
+            if len(description) > DESCRIPTION_MAX or not description.isprintable():
+                raise InvalidValue(
+                    f"--description {quote(description)}: at most {DESCRIPTION_MAX} printable "
+                    "characters on one line"
+                )
             rt = self.mgr.runtime(veid)
             if rt is not None and memory:
                 dest = catalog.reserve()
@@ -254,7 +260,25 @@ def parse_age(text: str) -> float:
     try:
         value = float(num)
     except ValueError:
-        raise InvalidValue(f"--max-age {text!r}: use e.g. 30d, 12h, 90m") from None
+        raise InvalidValue(f"--max-age {quote(text)}: use e.g. 30d, 12h, 90m") from None
+    if not math.isfinite(value * units[unit]):  # nan, inf, 1e999
+        raise InvalidValue(f"--max-age {quote(text)}: not a finite age")
     if value < 0:
-        raise InvalidValue(f"--max-age {text!r}: an age cannot be negative")
+        raise InvalidValue(f"--max-age {quote(text)}: an age cannot be negative")
     return value * units[unit]
+
+
+NAME_MAX = 64
+DESCRIPTION_MAX = 1024
+
+
+def check_name(name: str) -> str:
+    """A snapshot's name: 1-64 printable characters, not only digits (ids are)."""
+    if name.isdigit():
+        raise InvalidValue(f"--name {quote(name)}: a name cannot be a number (ids are)")
+    if len(name) > NAME_MAX or not name.isprintable() or name.strip() != name:
+        raise InvalidValue(
+            f"--name {quote(name)}: use 1-{NAME_MAX} printable characters, without blanks "
+            "around them"
+        )
+    return name

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cpt.sys import runner
+from cptimage.errors import quote
 from storage import atomic
 from storage.errors import PoolError
 from storage.mounts import is_mount_point, mount_of, mounts
@@ -49,7 +50,7 @@ def parse_size(text: str) -> int:
     """Bytes from "4G", "512M", "1T", "1048576" (binary units; "GiB" and "GB" alike)."""
     m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*", text.upper())
     if not m:
-        raise ValueError(f"invalid size {text!r}: use a number with K, M, G or T")
+        raise ValueError(f"invalid size {quote(text)}: use a number with K, M, G or T")
     return int(m.group(1)) * _UNITS[m.group(2)]
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from cptimage import records as R
-from cptimage.container import ImageWriter
+from cptimage.container import FORMAT_MINOR, ImageWriter
 from cptimage.fields import REGISTRY
 from cptimage.jsonio import decode_to
 
@@ -417,11 +417,13 @@ class _Tree:
         w.add_section(R.SectionType.PAGEMAP, self.pages(w))
 
 
-def tree_image(out: BinaryIO, *, variant: int = 0, compress: bool = False) -> None:
+def tree_image(
+    out: BinaryIO, *, variant: int = 0, compress: bool = False, minor: int = FORMAT_MINOR
+) -> None:
     """The small realistic image; ``variant=1`` differs in a few places (for diff)."""
     hdr = header(created_ns=CREATED_NS + variant * 10**9)
     with ImageWriter(
-        out, hdr, minor=0, compress_records=compress, compress_pages=compress, level=9
+        out, hdr, compress_records=compress, compress_pages=compress, level=9, minor=minor
     ) as w:
         _Tree(variant).write(w)
 
@@ -636,9 +638,9 @@ def _extras() -> dict[R.SectionType, list[Any]]:
     }
 
 
-def every_record_image(out: BinaryIO) -> None:
-    """The tree plus one record of every format 1.0 type the tree lacks (and a SysV shm
-    object): a 1.0 golden, written as 1.0."""
+def every_record_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
+    """The tree plus one record of every type of format 1.0 the tree lacks (and a SysV shm
+    object)."""
     tree = _Tree(0)
     extras = _extras()
     with ImageWriter(
@@ -648,7 +650,7 @@ def every_record_image(out: BinaryIO) -> None:
             source_kind=R.SourceKind.VE,
             source_id="100",
         ),
-        minor=0,
+        minor=minor,
     ) as w:
         w.add_section(R.SectionType.PROCESS, tree.process() + extras[R.SectionType.PROCESS])
         shm = R.Vma(
@@ -670,6 +672,73 @@ def every_record_image(out: BinaryIO) -> None:
         w.add_section(R.SectionType.FDS, tree.fds() + extras[R.SectionType.FDS])
         for st in (R.SectionType.IPC, R.SectionType.NAMESPACES, R.SectionType.FSSNAP):
             w.add_section(st, extras[st])
+        w.add_section(R.SectionType.PAGEMAP, tree.pages(w))
+
+
+# --------------------------------------------------------------------------- format 1.1
+
+USERNS_BASE = 300000  # the host uid and gid of the VE's root
+
+
+def ve_userns_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
+    """The tree as a VE that contains its root (format 1.1): its user namespace (UserNs,
+    Namespace USER and CGROUP) and every process's ids as the VE sees them (NsCreds);
+    Creds hold the host's view, through the maps."""
+    tree = _Tree(0)
+    recs = tree.process()
+    for i, rec in enumerate(recs):
+        if isinstance(rec, R.Creds):
+            inside = 0 if rec.pid == 100 else 1000
+            host = USERNS_BASE + inside
+            recs[i] = R.Creds(
+                pid=rec.pid, uid=host, euid=host, suid=host, fsuid=host, gid=host, egid=host,
+                sgid=host, fsgid=host, cap_inh=0, cap_prm=rec.cap_bnd if not inside else 0,
+                cap_eff=rec.cap_bnd if not inside else 0, cap_bnd=rec.cap_bnd,
+                groups=[host],
+            )  # fmt: skip
+            recs.append(
+                R.NsCreds(
+                    pid=rec.pid, uid=inside, euid=inside, suid=inside, fsuid=inside,
+                    gid=inside, egid=inside, sgid=inside, fsgid=inside, groups=[inside],
+                )
+            )  # fmt: skip
+    ns = [
+        R.Namespace(kind=k, pid=100, flags=1, ino=4026532000 + k)
+        for k in (R.NsKind.MNT, R.NsKind.UTS, R.NsKind.PID, R.NsKind.NET, R.NsKind.USER,
+                  R.NsKind.CGROUP)
+    ]  # fmt: skip
+    ns.append(
+        R.Mount(
+            mnt_id=21,
+            parent_id=1,
+            dev=0x801,
+            root="/",
+            mountpoint="/",
+            fstype="btrfs",
+            source="/dev/loop0",
+            options="rw,relatime",
+            super_options="rw",
+        )
+    )
+    ns.append(
+        R.UserNs(
+            ns_ino=4026532000 + R.NsKind.USER,
+            setgroups=1,
+            uid_map=[R.IdMap(0, USERNS_BASE, 65536)],
+            gid_map=[R.IdMap(0, USERNS_BASE, 65536)],
+        )
+    )
+    hdr = header(
+        flags=R.HeaderFlags.PIDNS | R.HeaderFlags.VE | R.HeaderFlags.USERNS,
+        source_kind=R.SourceKind.VE,
+        source_id="100",
+    )
+    with ImageWriter(out, hdr, minor=minor) as w:
+        w.add_section(R.SectionType.PROCESS, recs)
+        w.add_section(R.SectionType.MM, tree.mm())
+        w.add_section(R.SectionType.FILES, tree.files())
+        w.add_section(R.SectionType.FDS, tree.fds())
+        w.add_section(R.SectionType.NAMESPACES, ns)
         w.add_section(R.SectionType.PAGEMAP, tree.pages(w))
 
 
@@ -710,21 +779,34 @@ def _socket_records() -> list[Any]:
     ]  # fmt: skip
 
 
-def sockets_image(out: BinaryIO) -> None:
+def sockets_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
     """Format 1.2: the tree plus a unix socket bound to a removed relative name with a
     message carrying credentials and two files in flight (a TCP listener with options and
     a packet socket with a ring and a membership), and a netlink socket."""
     tree = _Tree(0)
     extra = _socket_records()
-    with ImageWriter(out, header(), minor=2) as w:
+    with ImageWriter(out, header(), minor=minor) as w:
         w.add_section(R.SectionType.PROCESS, tree.process())
         w.add_section(R.SectionType.MM, tree.mm())
         w.add_section(R.SectionType.FILES, tree.files() + extra)
-        w.add_section(R.SectionType.FDS, [*tree.fds(), R.Fd(pid=100, fd=40, file_id=20)])
+        w.add_section(
+            R.SectionType.FDS,
+            [*tree.fds(), R.Fd(pid=100, fd=40, file_id=20), R.Fd(pid=100, fd=41, file_id=23)],
+        )
         w.add_section(R.SectionType.PAGEMAP, tree.pages(w))
 
 
 # --------------------------------------------------------------------------- benchmarks
+
+
+def _process_state(pid: int) -> list[Any]:
+    """The per-process records every live process has (SPEC.md section 11), minimal."""
+    return [
+        R.Creds(pid=pid),
+        R.Rlimits(pid=pid),
+        R.Sigactions(pid=pid),
+        R.TaskState(pid=pid),
+    ]
 
 
 def pages_image(out: BinaryIO, size: int, *, block: int = 16 << 20) -> None:
@@ -734,14 +816,25 @@ def pages_image(out: BinaryIO, size: int, *, block: int = 16 << 20) -> None:
     with ImageWriter(out, header(), block_size=block) as w:
         w.add_section(
             R.SectionType.PROCESS,
-            [R.Process(pid=100, state=R.ProcessState.ALIVE, pgid=100, sid=100, comm="big")],
+            [
+                R.Process(pid=100, state=R.ProcessState.ALIVE, pgid=100, sid=100, comm="big"),
+                R.Thread(
+                    pid=100,
+                    tid=100,
+                    regs=_regs(0x401000, 0x7FFD0000F000),
+                    fpregs=bytes(512),
+                    comm="big",
+                ),
+                *_process_state(100),
+            ],
         )
         w.add_section(
             R.SectionType.MM,
             [
+                R.Mm(pid=100),
                 R.Vma(
                     pid=100, kind=R.VmaKind.ANON, prot=3, flags=0x22, start=start, end=start + size
-                )
+                ),
             ],
         )
         for pos in range(0, size, len(chunk)):
@@ -777,21 +870,25 @@ def many_image(out: BinaryIO, nvmas: int, nfds: int) -> None:
                     fpregs=bytes(512),
                     comm="many",
                 ),
+                *_process_state(100),
             ],
         )
         w.add_section(
             R.SectionType.MM,
             [
-                R.Vma(
-                    pid=100,
-                    kind=R.VmaKind.FILE_PRIVATE if i % 2 else R.VmaKind.ANON,
-                    prot=3,
-                    flags=2,
-                    start=base + 2 * i * PAGE,
-                    end=base + (2 * i + 1) * PAGE,
-                    file_id=1 if i % 2 else 0,
-                )
-                for i in range(nvmas)
+                R.Mm(pid=100),
+                *(
+                    R.Vma(
+                        pid=100,
+                        kind=R.VmaKind.FILE_PRIVATE if i % 2 else R.VmaKind.ANON,
+                        prot=3,
+                        flags=2,
+                        start=base + 2 * i * PAGE,
+                        end=base + (2 * i + 1) * PAGE,
+                        file_id=1 if i % 2 else 0,
+                    )
+                    for i in range(nvmas)
+                ),
             ],
         )
         files: list[Any] = [
@@ -827,11 +924,14 @@ def many_image(out: BinaryIO, nvmas: int, nfds: int) -> None:
 # --------------------------------------------------------------------------- goldens
 
 
+# name -> its writer; each golden is of the format version it was made for (1.0: the
+# first three; 1.1 added the user namespace of a VE), and stays so
 GOLDENS: dict[str, Callable[[BinaryIO], None]] = {
-    "tree": tree_image,
-    "tree-zstd": lambda out: tree_image(out, variant=1, compress=True),
-    "every-record": every_record_image,
-    "sockets-1.2": sockets_image,
+    "tree": lambda out: tree_image(out, minor=0),
+    "tree-zstd": lambda out: tree_image(out, variant=1, compress=True, minor=0),
+    "every-record": lambda out: every_record_image(out, minor=0),
+    "ve-userns": lambda out: ve_userns_image(out, minor=1),
+    "sockets-1.2": lambda out: sockets_image(out, minor=2),
 }
 
 

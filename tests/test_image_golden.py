@@ -1,8 +1,10 @@
-"""Golden images of format 1.0 (fixtures/images/NAME.img with NAME.json beside it).
+"""Golden images of every format version (fixtures/images/NAME.img with NAME.json beside
+it): tree, tree-zstd and every-record are of format 1.0, ve-userns of 1.1.
 
 The writer's output for them must never change (SPEC.md section 7); their JSON form
-must decode and encode exactly.  Regenerate (only with a format version change!) with
-`python tests/samples.py fixtures/images`.
+must decode and encode exactly, the 1.0 ones with this 1.1 reader too.  A new format
+version adds goldens; `python tests/samples.py fixtures/images` rewrites them all, and
+the old ones must come out unchanged.
 """
 
 from __future__ import annotations
@@ -59,8 +61,13 @@ def test_goldens_verify_clean(name: str) -> None:
 
 def test_goldens_cover_the_format() -> None:
     every = json.loads((GOLDEN / "every-record.json").read_text())
-    assert samples.missing_record_types(every) == set(samples.SOCKET_RECORDS_1_2)
     assert every["version"] == [1, 0]
+    assert samples.missing_record_types(every) == {"NsCreds", "UserNs"} | set(
+        samples.SOCKET_RECORDS_1_2
+    ), "1.1 and 1.2 added those"
+    userns = json.loads((GOLDEN / "ve-userns.json").read_text())
+    assert userns["version"] == [1, 1]
+    assert samples.missing_record_types(userns) & {"NsCreds", "UserNs"} == set()
     sockets = json.loads((GOLDEN / "sockets-1.2.json").read_text())
     assert sockets["version"] == [1, 2]
     assert not set(samples.SOCKET_RECORDS_1_2) & samples.missing_record_types(sockets)

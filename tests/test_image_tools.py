@@ -11,7 +11,7 @@ import xxhash
 
 from cptimage import pagestore, show
 from cptimage import records as R
-from cptimage.container import ImageReader
+from cptimage.container import FORMAT_MINOR, ImageReader
 from cptimage.diff import Difference, diff
 
 PAGE = 4096
@@ -43,7 +43,7 @@ def test_summary_is_json_able(tree: ImageReader) -> None:
     json.dumps(s)
     by_type = {r["type"]: r for r in s["sections"]}
     assert by_type["PAGES"]["raw"] == 10 * PAGE and by_type["FDS"]["records"] == 15
-    assert s["version"] == "1.0" and s["header"]["source_kind"] == "PID"
+    assert s["version"] == f"1.{FORMAT_MINOR}" and s["header"]["source_kind"] == "PID"
 
 
 def test_maps_like_proc(tree: ImageReader) -> None:

@@ -255,3 +255,29 @@ def test_inet_sockets(zoo: Proc) -> None:
     )
     s = sock("udp6", "udp6")
     assert (s.family, s.local, s.remote) == (10, ("::1", ports["udp6"]), ("::", 0))
+
+
+def test_id_maps_parse_map_and_format() -> None:
+    from cpt.procfs import IdMapping, format_id_map, map_id, parse_id_map
+
+    text = b"         0     300000      65536\n     65536     900000          1\n"
+    maps = parse_id_map(text)
+    assert maps == (IdMapping(0, 300000, 65536), IdMapping(65536, 900000, 1))
+    assert map_id(maps, 300000) == 0 and map_id(maps, 365535) == 65535
+    assert map_id(maps, 900000) == 65536
+    assert map_id(maps, 0) is None and map_id(maps, 365536) is None
+    assert format_id_map(maps) == "0 300000 65536\n65536 900000 1\n"
+    assert parse_id_map(b"") == ()
+
+
+def test_id_maps_of_this_process() -> None:
+    """This process lives in the initial user namespace (or a test's): a map that maps
+    its own ids, and setgroups allow or deny."""
+    import os
+
+    from cpt.procfs import map_id
+
+    p = Proc()
+    assert map_id(p.uid_map(os.getpid()), os.getuid()) is not None
+    assert map_id(p.gid_map(os.getpid()), os.getgid()) is not None
+    assert p.setgroups(os.getpid()) in ("allow", "deny")

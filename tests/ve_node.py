@@ -1,6 +1,7 @@
 """A cpt node for VE tests: its own root (CPT_ROOT) on an embedded loop-file btrfs pool,
-cpt run as a command in it, and cleanup of every VE the test created (stopped,
-destroyed: routes gone), then of the pool (unmounted, loop device detached)."""
+its own scratch id-range files (CPT_IDMAP_DIR: never the machine's /etc/subuid), cpt run
+as a command in it, and cleanup of every VE the test created (stopped, destroyed: routes
+gone), then of the pool (unmounted, loop device detached)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from cptcli import CPT, REPO
 class Node:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.env = dict(os.environ, CPT_ROOT=str(root))
+        self.ids = root / "ids"
+        self.env = dict(os.environ, CPT_ROOT=str(root), CPT_IDMAP_DIR=str(self.ids))
         self.created: list[str] = []
 
     def cpt(

@@ -18,15 +18,17 @@ from collections.abc import Iterator
 from typing import Any
 
 from cpt.errors import AlreadyRunning, CptError, InvalidValue, NotRunning, SystemError_
+from cpt.procfs import IdMapping, format_id_map, write_id_maps
 from cpt.stages.stage import Stage
 from cpt.sys.cgroup import Freezer
-from cpt.sys.ns import VE_NAMESPACES, join, unshare
+from cpt.sys.ns import VE_NAMESPACES, entered, join, unshare
 from storage import backend_for
 
-from . import net, rootfs
-from .boot import ENV, boot
+from . import net, rootfs, seccomp
+from .boot import ENV, boot, contain
 from .config import VEConfig, check_veid
 from .hooks import SnapshotHooks
+from .idmap import ID_COUNT, IdRegistry, range_text
 from .node import Node
 from .runtime import RunState, Runtime
 from .stages import VeStages
@@ -60,41 +62,94 @@ class VEManager:
         ip: str = "",
         template: str = "host",
         command: list[str] | None = None,
+        privileged: bool = False,
     ) -> VEConfig:
+        """A new VE.  It contains its root (a user namespace whose ids 0..65535 are a range
+        of host ids taken for it machine-wide, a seccomp filter) unless `privileged`: then
+        its root is the host's root, as every VE was before user namespaces."""
         check_veid(veid)
+        # every value is checked before anything is made (the node's pool, first of all)
+        VEConfig(veid=veid, private="/", hostname=hostname, ip=ip, template=template,
+                 command=list(command or []))  # fmt: skip
         with self.locked(veid):
             path = self.node.config_path(veid)
             if os.path.exists(path):
                 raise InvalidValue(f"VE {veid} already exists ({path})")
             private = os.path.join(self.node.private_dir(), veid)
-            cfg = VEConfig(
-                veid=veid, private=private, hostname=hostname, ip=ip, template=template,
-                command=list(command or []),
-            )  # fmt: skip
-            backend = backend_for(os.path.dirname(private))
-            backend.create_area(private)
+            VEConfig(veid=veid, private=private, ip=ip, template=template)  # bad input: now
+            ids = None if privileged else IdRegistry()
+            base = ids.allocate(veid, self.node.root) if ids else 0
             try:
-                rootfs.populate(private, cfg.template, cfg.hostname, cfg.address)
-                os.makedirs(self.node.ve_dir, exist_ok=True)
-                cfg.save(path)
+                cfg = VEConfig(
+                    veid=veid, private=private, hostname=hostname, ip=ip, template=template,
+                    command=list(command or []), privileged=privileged, id_base=base,
+                )  # fmt: skip
+                backend = backend_for(os.path.dirname(private))
+                backend.create_area(private)
+                try:
+                    rootfs.populate(private, cfg.template, cfg.hostname, cfg.address)
+                    if not privileged:
+                        rootfs.shift_ids(private, 0, base, ID_COUNT)
+                    os.makedirs(self.node.ve_dir, exist_ok=True)
+                    cfg.save(path)
+                except BaseException:
+                    backend.delete_area(private)
+                    raise
             except BaseException:
-                backend.delete_area(private)
+                if ids is not None:
+                    ids.release(veid, self.node.root)
                 raise
+            if ids is not None:
+                ids.commit(veid, self.node.root)
             net.blackhole(cfg.ip)  # stopped: its address is held on this host
             return cfg
 
     def set(self, veid: str, **changes: Any) -> VEConfig:
+        """Change settings; `privileged` converts a stopped VE (the ownership of its
+        private area moves to its new id range, or back to the host's ids)."""
         with self.locked(veid):
             cfg = self.config(veid)
-            if self.status(veid) != "stopped" and set(changes) & {"ip", "template"}:
-                raise AlreadyRunning(f"VE {veid} is running: stop it to change its ip or template")
+            changes = {k: v for k, v in changes.items() if v is not None}
+            if self.status(veid) != "stopped" and set(changes) & {"ip", "template", "privileged"}:
+                if self.runtime(veid) is None:
+                    raise AlreadyRunning(
+                        f"VE {veid} has a dump file waiting ({self.node.default_dumpfile(veid)}): "
+                        f"restore it, or remove the dump, before changing its ip, template or "
+                        f"privileged"
+                    )
+                raise AlreadyRunning(
+                    f"VE {veid} is running: stop it to change its ip, template or privileged"
+                )
+            privileged = changes.pop("privileged", cfg.privileged)
             old_ip = cfg.ip
-            new = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
+            new = dataclasses.replace(cfg, **changes)
+            if privileged != cfg.privileged:
+                new = self._convert(new, privileged)
             new.save(self.node.config_path(veid))
             if new.ip != old_ip:
                 net.release(veid, old_ip)
                 net.blackhole(new.ip)
             return new
+
+    def _convert(self, cfg: VEConfig, privileged: bool) -> VEConfig:
+        """A stopped VE becomes privileged, or contains its root: the private area's
+        owners move between the host's ids 0.. and the VE's range."""
+        ids = IdRegistry()
+        if privileged:
+            rootfs.shift_ids(cfg.private, cfg.id_base, 0, ID_COUNT)
+            ids.release(cfg.veid, self.node.root)
+            return dataclasses.replace(cfg, privileged=True, id_base=0)
+        base = ids.allocate(cfg.veid, self.node.root)
+        try:
+            rootfs.shift_ids(cfg.private, 0, base, ID_COUNT)
+            new = dataclasses.replace(cfg, privileged=False, id_base=base)
+            new.save(self.node.config_path(cfg.veid))
+        except BaseException:
+            rootfs.shift_ids(cfg.private, base, 0, ID_COUNT)
+            ids.release(cfg.veid, self.node.root)
+            raise
+        ids.commit(cfg.veid, self.node.root)
+        return new
 
     def stages(self, veid: str) -> VeStages:
         """The chkpnt and restore stages of the VE."""
@@ -117,18 +172,19 @@ class VEManager:
             return "suspended" if fz.exists() and fz.freeze_requested() else "running"
         return "suspended" if os.path.exists(self.node.default_dumpfile(veid)) else "stopped"
 
+    def info(self, veid: str) -> dict[str, Any]:
+        """What `ve status --json` and `ve list --json` say of a VE."""
+        cfg = self.config(veid)
+        rt = self.runtime(veid)
+        return dict(
+            veid=veid, status=self.status(veid), ip=cfg.ip, hostname=cfg.hostname,
+            template=cfg.template, init_pid=rt.init_pid if rt else None,
+            privileged=cfg.privileged,
+            ids=None if cfg.privileged else range_text(cfg.id_base, ID_COUNT),
+        )  # fmt: skip
+
     def list_ves(self) -> list[dict[str, Any]]:
-        out = []
-        for veid in self.node.veids():
-            cfg = self.config(veid)
-            rt = self.runtime(veid)
-            out.append(
-                dict(
-                    veid=veid, status=self.status(veid), ip=cfg.ip, hostname=cfg.hostname,
-                    template=cfg.template, init_pid=rt.init_pid if rt else None,
-                )
-            )  # fmt: skip
-        return out
+        return [self.info(veid) for veid in self.node.veids()]
 
     # -- start and stop
 
@@ -152,38 +208,77 @@ class VEManager:
         return self._boot(cfg)
 
     def _boot(self, cfg: VEConfig) -> Runtime:
+        """Fork the VE's init in its new namespaces (through a middle process that makes
+        them: boot.contain for a VE that contains its root), set up the host's side, let
+        it boot, wait for its word."""
+        if not cfg.privileged:
+            IdRegistry().ensure(cfg.veid, self.node.root, cfg.id_base)  # its own, here
+        run = RunState(cfg.veid)
+        fz = run.freezer()
         go_r, go_w = os.pipe()
         st_r, st_w = os.pipe2(os.O_CLOEXEC)
         pid_r, pid_w = os.pipe()
+        ask_r, ask_w = os.pipe()  # middle -> host: the user namespace exists
+        ans_r, ans_w = os.pipe()  # host -> middle: its maps are written
+        if not cfg.privileged:
+            fz.create()  # the middle joins it before it makes the cgroup namespace
         mid = os.fork()
         if mid == 0:  # in the middle: new namespaces, then their PID 1
             try:
-                os.close(go_w)
-                os.close(st_r)
-                os.close(pid_r)
-                unshare(VE_NAMESPACES)
+                for fd in (go_w, st_r, pid_r, ask_r, ans_w):
+                    os.close(fd)
+
+                def ask_host() -> None:
+                    os.write(ask_w, b"u")
+                    if os.read(ans_r, 1) != b"g":
+                        raise SystemError_("the host did not map the user namespace")
+
+                if cfg.privileged:
+                    unshare(VE_NAMESPACES)
+                else:
+                    seccomp.program()  # computed now, while this is the host's root
+                    contain(cfg, ask_host)
                 g = os.fork()
                 if g == 0:
                     boot(cfg, go_r, st_w)
                 os.write(pid_w, str(g).encode())
+            except BaseException as e:
+                with contextlib.suppress(OSError):
+                    os.write(pid_w, f"E{type(e).__name__}: {e}".encode()[:4000])
             finally:
                 os._exit(0)
-        for fd in (go_r, st_w, pid_w):
+        for fd in (go_r, st_w, pid_w, ask_w, ans_r):
             os.close(fd)
-        os.waitpid(mid, 0)
-        got = os.read(pid_r, 32)
-        os.close(pid_r)
-        if not got:
+        try:
+            if not cfg.privileged:
+                self._map_ids(cfg, mid, ask_r, ans_w, fz)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(mid, signal.SIGKILL)
+            run.kill_all()
+            raise
+        finally:
+            os.close(ask_r)
+            os.close(ans_w)
+            os.waitpid(mid, 0)
+            # one message (the init's pid, or E and the error), then the middle is gone;
+            # the init keeps a copy of the pipe until it execs: no waiting for EOF
+            got = _read_all(pid_r, BOOT_TIMEOUT, 4000, once=True)
+            os.close(pid_r)
+        if not got or got.startswith(b"E"):
             os.close(go_w)
             os.close(st_r)
-            raise SystemError_(f"VE {cfg.veid}: could not create its namespaces")
+            if not cfg.privileged:
+                run.kill_all()
+            why = got[1:].decode(errors="replace") if got else "no answer"
+            raise SystemError_(f"VE {cfg.veid}: could not create its namespaces: {why}")
         init = int(got)
-        run = RunState(cfg.veid)
-        fz = run.freezer()
         try:
             fz.create()
             fz.add([init])
             host_if = net.setup_host(cfg.veid, cfg.ip, init)
+            with entered(init, ("net",)):  # this thread, in the VE's network namespace
+                net.setup_inside(cfg.ip)
             os.write(go_w, b"go")
             os.close(go_w)
             status = _read_all(st_r, BOOT_TIMEOUT)
@@ -200,6 +295,16 @@ class VEManager:
         finally:
             os.close(st_r)
         return run.record(init, host_if)
+
+    def _map_ids(self, cfg: VEConfig, mid: int, ask_r: int, ans_w: int, fz: Freezer) -> None:
+        """The middle process made its user namespace: put it in the VE's cgroup (before
+        it makes the cgroup namespace, which is rooted where it is), write the maps."""
+        if _read_all(ask_r, BOOT_TIMEOUT, 1) != b"u":
+            return  # it failed before: its error comes on the pid pipe
+        fz.add([mid])
+        idmap = format_id_map([IdMapping(0, cfg.id_base, ID_COUNT)])
+        write_id_maps(mid, idmap, idmap, "allow")
+        os.write(ans_w, b"g")
 
     def stop(self, veid: str, timeout: float = 10.0) -> None:
         """SIGTERM every process but the init (which exits once they are gone), then
@@ -243,12 +348,15 @@ class VEManager:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.node.default_dumpfile(veid))
             os.unlink(self.node.config_path(veid))
+            if not cfg.privileged:
+                IdRegistry().release(veid, self.node.root)
 
     # -- exec
 
     def exec(self, veid: str, argv: list[str]) -> int:
         """Run a command inside the VE (all its namespaces, its root); stdio passes through;
         returns its exit code."""
+        cfg = self.config(veid)
         rt = self.runtime(veid)
         if rt is None:
             raise NotRunning(f"VE {veid} is not running")
@@ -259,10 +367,10 @@ class VEManager:
         if pid == 0:
             try:
                 os.close(go_w)
-                _enter(rt.init_pid)
+                os.read(go_r, 1)  # in the VE's cgroup now: what it forks is too
+                _enter(rt.init_pid, contained=not cfg.privileged)
                 child = os.fork()  # a PID namespace applies to children
                 if child == 0:
-                    os.read(go_r, 1)
                     os.execvpe(argv[0], argv, _ve_env())
                 os.close(go_r)
                 _, status = os.waitpid(child, 0)
@@ -280,10 +388,20 @@ class VEManager:
         return os.waitstatus_to_exitcode(status)
 
 
-def _enter(init: int) -> None:
-    """Join the namespaces of the VE's init (the mount namespace last: it changes root)."""
-    join(init, ("ipc", "uts", "net", "pid", "mnt"))
+def _enter(init: int, *, contained: bool) -> None:
+    """Join the namespaces of the VE's init (the mount namespace last: it changes root).
+    In a VE that contains its root: its user namespace first (the others are its), then
+    its root's ids there, its cgroup namespace, and its seccomp filter."""
+    if not contained:
+        join(init, ("ipc", "uts", "net", "pid", "mnt"))
+        os.chdir("/")
+        return
+    join(init, ("user", "cgroup", "ipc", "uts", "net", "pid", "mnt"))
+    os.setresgid(0, 0, 0)
+    os.setgroups([0])
+    os.setresuid(0, 0, 0)
     os.chdir("/")
+    seccomp.apply()
 
 
 def _ve_env() -> dict[str, str]:
@@ -293,17 +411,22 @@ def _ve_env() -> dict[str, str]:
     return env
 
 
-def _read_all(fd: int, timeout: float) -> bytes:
+def _read_all(fd: int, timeout: float, want: int = 0, *, once: bool = False) -> bytes:
+    """What `fd` gives until EOF (or `want` bytes, if given; or its first read, `once`),
+    for at most `timeout` s."""
     out = b""
     deadline = time.monotonic() + timeout
-    while True:
+    while not want or len(out) < want:
         left = deadline - time.monotonic()
         if left <= 0:
             return out
         ready, _, _ = select.select([fd], [], [], left)
         if not ready:
             return out
-        chunk = os.read(fd, 4096)
+        chunk = os.read(fd, want - len(out) if want else 4096)
         if not chunk:
             return out
         out += chunk
+        if once:
+            break
+    return out

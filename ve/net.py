@@ -56,12 +56,6 @@ def _iproute() -> IPRoute:
     return IPRoute()
 
 
-def load() -> None:
-    """Import pyroute2 now: a VE's boot must, before it pivot_roots away from the host's
-    filesystem (and from the Python environment pyroute2 lives in)."""
-    import pyroute2  # noqa: F401
-
-
 def _err(what: str, e: NetlinkError) -> SystemError_:
     return SystemError_(f"{what}: {e.args[1] if len(e.args) > 1 else e}")
 
@@ -96,7 +90,8 @@ def setup_host(veid: str, ip: str, init_pid: int, *, up: bool = True) -> str:
 
 
 def setup_inside(ip: str) -> None:
-    """In the VE's network namespace: loopback and eth0 up, the address, the gateway route."""
+    """In the VE's network namespace (the calling thread is there: cpt.sys.ns.entered):
+    loopback and eth0 up, the address, the gateway route."""
     with _iproute() as ipr:
         lo = ipr.link_lookup(ifname="lo")[0]
         ipr.link("set", index=lo, state="up")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 
 from cpt.errors import InvalidValue
+from cptimage.errors import quote
 from storage import pool
 
 from .config import VEConfig, check_veid
@@ -37,7 +38,10 @@ class Node:
         path = self.config_path(check_veid(veid))
         if not os.path.exists(path):
             raise InvalidValue(f"VE {veid} does not exist (no {path}); create it first")
-        return VEConfig.load(path)
+        cfg = VEConfig.load(path)
+        if cfg.veid != veid:
+            raise InvalidValue(f"{path}: veid {quote(cfg.veid)} is not {veid}; correct the file")
+        return cfg
 
     def veids(self) -> list[str]:
         try:

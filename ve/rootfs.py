@@ -5,12 +5,19 @@ Either template gives /root, /tmp, /etc (hostname, hosts, passwd, group), /proc,
 `host` leaves /usr, /lib*, /bin and /sbin to read-only bind mounts of the host's (done at
 start, see boot.py): what the host has is what C and Python programs find inside.
 `busybox` installs busybox-static and a link per applet.
+
+A VE that contains its root sees its files through its user namespace: `shift_ids` moves
+the ownership of a private area from one id range to another (host root's files of a new
+area to the VE's range, or a privileged VE's area to its new range), never following a
+symlink, keeping set-id bits and file capabilities.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import stat
 
 from cpt.errors import CptError
 from cpt.restore.stub import build_reaper
@@ -79,3 +86,65 @@ def _busybox(root: str) -> None:
 def _write(path: str, text: str) -> None:
     with open(path, "w") as f:
         f.write(text)
+
+
+_CAPS_XATTR = "security.capability"
+
+
+def shift_ids(root: str, old_base: int, new_base: int, count: int) -> int:
+    """Every file of the tree `root` (one filesystem: mountpoints are not crossed) whose
+    uid or gid is in old_base..old_base+count-1 gets the same offset in new_base..; other
+    ids stay (a host file placed in the area shows as nobody inside).  chown(2) clears
+    set-id bits and file capabilities: both are put back.  Returns the files changed."""
+    changed = 0
+
+    def new(i: int) -> int:
+        return i - old_base + new_base if old_base <= i < old_base + count else i
+
+    def fix(name: str, dfd: int) -> None:
+        nonlocal changed
+        st = os.lstat(name, dir_fd=dfd)
+        if st.st_dev != dev:
+            return
+        uid, gid = new(st.st_uid), new(st.st_gid)
+        if (uid, gid) == (st.st_uid, st.st_gid):
+            return
+        mode = st.st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # never open a device or FIFO
+            os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
+            changed += 1
+            return
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        try:
+            if os.fstat(fd).st_ino != st.st_ino:
+                raise CptError(f"{root}: {name} changed while its owner was shifted")
+            try:
+                caps = os.getxattr(fd, _CAPS_XATTR)
+            except OSError as e:
+                if e.errno not in (errno.ENODATA, errno.EOPNOTSUPP):
+                    raise
+                caps = None
+            os.chown(fd, uid, gid)
+            if stat.S_IMODE(mode) & (stat.S_ISUID | stat.S_ISGID):
+                os.chmod(fd, stat.S_IMODE(mode))
+            if caps is not None:
+                os.setxattr(fd, _CAPS_XATTR, caps)
+        finally:
+            os.close(fd)
+        changed += 1
+
+    try:
+        dev = os.lstat(root).st_dev
+        top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            fix(".", top)
+        finally:
+            os.close(top)
+        for _, dirs, files, dfd in os.fwalk(root, follow_symlinks=False):
+            for name in dirs + files:
+                fix(name, dfd)
+            # do not descend into another filesystem (a nested mount)
+            dirs[:] = [d for d in dirs if os.lstat(d, dir_fd=dfd).st_dev == dev]
+    except OSError as e:
+        raise CptError(f"shifting the owners of {root}: {e}") from None
+    return changed

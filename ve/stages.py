@@ -41,12 +41,13 @@ from cpt.stages.suspend import suspend
 from cpt.stages.tree import Tree
 from cptimage.container import ImageReader
 from cptimage.errors import ImageError
-from cptimage.records import FsSnapshot, SectionType, SourceKind
+from cptimage.records import FsSnapshot, IdMap, SectionType, SourceKind, UserNs
 
 from . import fssnap, net
 from .config import VEConfig
 from .fssnap import FsCapture
 from .hooks import SnapshotHooks
+from .idmap import ID_COUNT, IdRangeError, IdRegistry, range_text
 from .node import Node
 from .runtime import RunState
 
@@ -202,6 +203,7 @@ class VeStages:
             raise AlreadyRunning(f"VE {veid} is running: its restore is refused")
         run.forget_ended()
         path = self.dumpfile(dumpfile)
+        self._check_ids(cfg, path)
         self._check_fs(path, rollback_fs)
         reader = open_for_restore(path)
         with reader:
@@ -226,6 +228,42 @@ class VeStages:
                 os.unlink(path)
             self.snapshots.spent(veid, path)
         return stats
+
+    def _check_ids(self, cfg: VEConfig, path: str) -> None:
+        """The image's user namespace must be the VE's (its configured range; none for a
+        privileged VE), and its range this VE's on this machine: refuse (naming the range
+        and who holds it) before anything is created."""
+        try:
+            with ImageReader(path) as r:
+                found = [x for x in r.records(SectionType.NAMESPACES) if isinstance(x, UserNs)]
+        except ImageError as e:
+            raise RestoreError(f"{e}; refusing to restore") from None
+        userns = found[0] if found else None
+        if userns is None and not cfg.privileged:
+            raise RestoreError(
+                f"{path} is the image of VE {cfg.veid} when it was privileged; it contains its "
+                f"root now (`cpt ve set {cfg.veid} --privileged` to restore it as it was)"
+            )
+        if userns is None:
+            return
+        if cfg.privileged:
+            raise RestoreError(
+                f"{path} is the image of VE {cfg.veid} in its user namespace; the VE is "
+                f"privileged now (`cpt ve set {cfg.veid} --no-privileged` first)"
+            )
+        want = [IdMap(0, cfg.id_base, ID_COUNT)]
+        for name in ("uid_map", "gid_map"):
+            got = getattr(userns, name)
+            if got != want:
+                shown = ", ".join(range_text(e.outside, e.count) for e in got) or "nothing"
+                raise RestoreError(
+                    f"{path}: its {name} maps the VE's ids to host ids {shown}; VE "
+                    f"{cfg.veid} has {range_text(cfg.id_base, ID_COUNT)}: refusing to restore"
+                )
+        try:
+            IdRegistry().ensure(cfg.veid, self.node.root, cfg.id_base)
+        except IdRangeError as e:
+            raise RestoreError(f"{e}; refusing to restore") from None
 
     def _check_fs(self, path: str, rollback_fs: bool) -> None:
         """The private area must be what the dump's snapshot holds: refuse naming what

@@ -26,7 +26,7 @@ from cptimage.records import (
 from .. import fault
 from ..procfs import Proc
 from ..sys import host as hostinfo
-from .creds import dump_creds
+from .creds import dump_creds, dump_ns_creds
 from .fds import FdTable
 from .ipc import IpcDumper
 from .mm import dump_mm, dump_vmas
@@ -42,7 +42,7 @@ from .task import dump_itimers, dump_rlimits, dump_task_state
 from .threads import dump_thread
 from .timers import dump_timers
 from .tty import dump_ttys
-from .ve import dump_namespaces
+from .ve import dump_namespaces, dump_userns
 
 TOOL_VERSION = "cpt 0.1.0"
 
@@ -93,6 +93,8 @@ class Dumper:
         self.ipc = IpcDumper(root, proc, self.shmem)
         self.vmas: dict[int, list[Vma]] = {}
         self.stats = DumpStats()
+        # a VE that contains its root: its ids as the VE sees them go into the image too
+        self.userns = dump_userns(root, proc) if opts.ve_id else None
 
     def run(self, out: BinaryIO) -> DumpStats:
         t0 = time.perf_counter()
@@ -105,7 +107,7 @@ class Dumper:
         }
         self.ipc.dump({self.shmem.sysv_id(i) for i in attached})
         if self.opts.ve_id:
-            self.recs[SectionType.NAMESPACES] += dump_namespaces(self.root, self.proc)
+            self.recs[SectionType.NAMESPACES] += dump_namespaces(self.root, self.proc, self.userns)
         t1 = time.perf_counter()
         fault.point("dump:pages")
         try:
@@ -150,6 +152,8 @@ class Dumper:
         self.stats.threads += len(threads)
         rec += threads
         rec.append(dump_creds(pid, status, pr))
+        if self.userns is not None:
+            rec.append(dump_ns_creds(pid, status, self.userns))
         rec.append(dump_rlimits(pid, proc))
         rec.append(dump_sigactions(pid, pr))
         rec.append(dump_task_state(pid, status, pr, proc, self.paths))
@@ -172,6 +176,8 @@ class Dumper:
         flags = HeaderFlags.LEAVE_RUNNING if self.opts.leave_running else 0
         if self.opts.ve_id:
             flags |= HeaderFlags.VE | HeaderFlags.PIDNS
+        if self.userns is not None:
+            flags |= HeaderFlags.USERNS
         return Header(
             created_ns=time.time_ns(),
             page_size=os.sysconf("SC_PAGE_SIZE"),

@@ -25,19 +25,24 @@ bytes of file data, a mount hidden under a later one.
 
 Propagation (shared:N, master:N) is recorded; restore makes every mount private.
 
-How the VE's side is read: a forked helper joins the VE's mount namespace and takes a
-private copy of it (unshare), so it sees what the VE's init sees without changing
-anything of the VE.  Walking the records backwards, it stats each mountpoint, archives a
-tmpfs, then unmounts that mount in its copy: the tmpfs underneath a child mount then
-shows its own directory (e.g. /dev/pts of the /dev tmpfs), and every mount is seen at
-its place exactly as restore, mounting forwards, will recreate it.
+How the VE's side is read: a forked helper joins the VE's mount namespace (and first its
+user namespace, for a VE that contains its root) and takes a private copy of it
+(unshare), so it sees what the VE's init sees without changing anything of the VE.
+Walking the records backwards, it stats each mountpoint, hands the dumper an fd of each
+tmpfs's root (the dumper archives it, seeing owners as this host does), then unmounts
+that mount in its copy: the tmpfs underneath a child mount then shows its own directory
+(e.g. /dev/pts of the /dev tmpfs), and every mount is seen at its place exactly as
+restore, mounting forwards, will recreate it.  A mount the host made for a VE that
+contains its root is locked and stays (it cannot hide anything of the VE's).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import io
 import os
+import socket
 import stat
 import struct
 import tarfile
@@ -45,9 +50,10 @@ import tarfile
 from cptimage.records import Mount, MountData
 
 from ..errors import CptError, DumpError, UnsupportedError
-from ..procfs import MountInfo, Proc, ns_path, root_path
+from ..procfs import MountInfo, Proc, fd_path, ns_path, root_path
 from ..sys.ns import (
     CLONE_NEWNS,
+    CLONE_NEWUSER,
     MNT_DETACH,
     MS_NOATIME,
     MS_NODEV,
@@ -99,7 +105,7 @@ _NETWORK_FS = frozenset(
 # helper -> dumper frames: kind u8, mnt_id u32, payload length u64, payload
 _FRAME = struct.Struct("<BIQ")
 _STAT = struct.Struct("<QQI")  # st_dev, st_ino, st_mode
-_F_STAT, _F_TAR, _F_ERROR = 1, 2, 3
+_F_STAT, _F_ROOT, _F_ERROR = 1, 2, 3  # _F_ROOT carries an fd of a tmpfs's root
 
 
 @dataclasses.dataclass
@@ -301,27 +307,34 @@ def _inspect(
     pid: int, ordered: list[MountInfo], tmpfs: dict[int, int], limit: int
 ) -> tuple[dict[int, tuple[int, int, int]], dict[int, bytes]]:
     """For each mount, (st_dev, st_ino, st_mode) of its root as seen at its mountpoint,
-    and the tar stream of each tmpfs in `tmpfs` (mnt_id -> its dev)."""
+    and the tar stream of each tmpfs in `tmpfs` (mnt_id -> its dev).
+
+    The helper sends an fd of each tmpfs's root (its later mounts gone) and this process
+    archives it: the owners in the archive are then as THIS host sees them, also when the
+    helper works in the VE's user namespace."""
     ns_fd = os.open(ns_path(pid, "mnt"), os.O_RDONLY | os.O_CLOEXEC)
+    user_fd = -1
     try:
+        if Proc().ns(pid).get("user") != Proc().ns(os.getpid()).get("user"):
+            user_fd = os.open(ns_path(pid, "user"), os.O_RDONLY | os.O_CLOEXEC)
         st = os.stat(root_path(pid))
-        r, w = os.pipe2(os.O_CLOEXEC)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             child = os.fork()
         except BaseException:
-            os.close(r)
-            os.close(w)
+            ours.close()
+            theirs.close()
             raise
         if child == 0:  # pragma: no cover - runs in the helper
             code = 0
             try:
-                os.close(r)
-                _helper(w, ns_fd, (st.st_dev, st.st_ino), ordered, tmpfs, limit, pid)
+                ours.close()
+                _helper(theirs, ns_fd, user_fd, (st.st_dev, st.st_ino), ordered, tmpfs, pid)
             except BaseException as e:
                 kind = b"U" if isinstance(e, UnsupportedError) else b"D"
                 msg = str(e) if isinstance(e, CptError) else f"{type(e).__name__}: {e}"
                 try:
-                    _write_frame(w, _F_ERROR, 0, kind + msg.encode(errors="replace"))
+                    _write_frame(theirs, _F_ERROR, 0, kind + msg.encode(errors="replace"))
                 except BaseException:
                     pass
                 code = 1
@@ -329,27 +342,44 @@ def _inspect(
                 os._exit(code)
     finally:
         os.close(ns_fd)
-    os.close(w)
-    chunks = []
+        if user_fd >= 0:
+            os.close(user_fd)
+    theirs.close()
+    chunks: list[bytes] = []
+    fds: list[int] = []
     try:
-        while chunk := os.read(r, 1 << 20):
-            chunks.append(chunk)
-    finally:
-        os.close(r)
+        with ours:
+            while True:
+                data, got, _, _ = socket.recv_fds(ours, 1 << 20, 16)
+                fds += got
+                if not data:
+                    break
+                chunks.append(data)
         _, status = os.waitpid(child, 0)
-    stats, tars = _parse_frames(b"".join(chunks), pid)  # raises the helper's error
-    if status != 0 or len(stats) != len(ordered):
-        raise DumpError(
-            f"reading the mounts of VE init {pid}: the helper process ended with status "
-            f"{status:#x} after {len(stats)} of {len(ordered)} mounts",
-            pid=pid,
-        )
+        stats, roots = _parse_frames(b"".join(chunks), pid)  # raises the helper's error
+        if status != 0 or len(stats) != len(ordered) or len(roots) != len(fds):
+            raise DumpError(
+                f"reading the mounts of VE init {pid}: the helper process ended with status "
+                f"{status:#x} after {len(stats)} of {len(ordered)} mounts",
+                pid=pid,
+            )
+        # "/.": through the fd's magic link to the directory itself (an lstat of the
+        # link alone would stat the link)
+        where = {m.mount_id: m.mount_point for m in ordered}
+        tars = {
+            mnt_id: tar_tree(fd_path("self", fd) + "/.", limit, where[mnt_id])
+            for mnt_id, fd in zip(roots, fds, strict=True)
+        }
+    finally:
+        for fd in fds:
+            os.close(fd)
     return stats, tars
 
 
-def _parse_frames(buf: bytes, pid: int) -> tuple[dict[int, tuple[int, int, int]], dict[int, bytes]]:
+def _parse_frames(buf: bytes, pid: int) -> tuple[dict[int, tuple[int, int, int]], list[int]]:
+    """The helper's frames: the stats, and the mnt_ids whose root fds came, in order."""
     stats: dict[int, tuple[int, int, int]] = {}
-    tars: dict[int, bytes] = {}
+    roots: list[int] = []
     off = 0
     while off < len(buf):
         kind, mnt_id, n = _FRAME.unpack_from(buf, off)
@@ -358,31 +388,39 @@ def _parse_frames(buf: bytes, pid: int) -> tuple[dict[int, tuple[int, int, int]]
         off += n
         if kind == _F_STAT:
             stats[mnt_id] = _STAT.unpack(payload)
-        elif kind == _F_TAR:
-            tars[mnt_id] = payload
+        elif kind == _F_ROOT:
+            roots.append(mnt_id)
         else:
             msg = payload[1:].decode(errors="replace")
             if payload[:1] == b"U":
                 raise UnsupportedError(msg, pid=pid)
             raise DumpError(f"reading the mounts of VE init {pid}: {msg}", pid=pid)
-    return stats, tars
+    return stats, roots
 
 
-def _write_frame(fd: int, kind: int, mnt_id: int, payload: bytes) -> None:
-    data = memoryview(_FRAME.pack(kind, mnt_id, len(payload)) + payload)
-    while data:
-        data = data[os.write(fd, data) :]
+def _write_frame(
+    sock: socket.socket, kind: int, mnt_id: int, payload: bytes, fd: int | None = None
+) -> None:
+    data = _FRAME.pack(kind, mnt_id, len(payload)) + payload
+    if fd is not None:  # the fd goes with the frame's first byte
+        sent = socket.send_fds(sock, [data], [fd])
+        data = data[sent:]
+    sock.sendall(data)
 
 
 def _helper(
-    w: int,
+    sock: socket.socket,
     ns_fd: int,
+    user_fd: int,
     root: tuple[int, int],
     ordered: list[MountInfo],
     tmpfs: dict[int, int],
-    limit: int,
     pid: int,
 ) -> None:  # pragma: no cover - runs in the helper
+    if user_fd >= 0:
+        # a VE that contains its root: its user namespace first, so that the copy below
+        # is owned by it too (a copy made from the host's would lock every mount)
+        setns(user_fd, CLONE_NEWUSER)
     setns(ns_fd, CLONE_NEWNS)
     unshare(CLONE_NEWNS)  # a copy of the VE's mounts: what we unmount is ours only
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # no unmount propagates to the VE's peers
@@ -394,22 +432,33 @@ def _helper(
         )
     for m in reversed(ordered):
         st = os.lstat(m.mount_point)
-        _write_frame(w, _F_STAT, m.mount_id, _STAT.pack(st.st_dev, st.st_ino, st.st_mode))
+        _write_frame(sock, _F_STAT, m.mount_id, _STAT.pack(st.st_dev, st.st_ino, st.st_mode))
         if m.mount_id in tmpfs:
             if st.st_dev != tmpfs[m.mount_id]:
                 raise UnsupportedError(
                     f"VE mount {m.mount_point} (tmpfs): hidden under another mount "
                     f"(its path shows device {_devtext(st.st_dev)})"
                 )
-            _write_frame(w, _F_TAR, m.mount_id, tar_tree(m.mount_point, limit))
+            fd = os.open(m.mount_point, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                _write_frame(sock, _F_ROOT, m.mount_id, b"", fd)
+            finally:
+                os.close(fd)
         if m is not ordered[0]:
-            umount2(m.mount_point, MNT_DETACH)
+            try:
+                umount2(m.mount_point, MNT_DETACH)
+            except OSError as e:
+                # a mount the host made for a VE that contains its root is locked: it
+                # stays, and hides nothing the VE made (else a later stat says so)
+                if e.errno != errno.EINVAL:
+                    raise
 
 
-def tar_tree(top: str, limit: int) -> bytes:
+def tar_tree(top: str, limit: int, name: str = "") -> bytes:
     """The files of the filesystem mounted at `top` (no other filesystem: submounts are
     skipped by st_dev) as a pax tar stream; "." is `top` itself.  UnsupportedError past
-    `limit` bytes of file data."""
+    `limit` bytes of file data, naming the mount `name` (default: `top`)."""
+    shown = name or top
     dev = os.lstat(top).st_dev
     buf = io.BytesIO()
     links: dict[int, str] = {}  # inode -> first name, for hard links
@@ -441,14 +490,14 @@ def tar_tree(top: str, limit: int) -> bytes:
         elif stat.S_ISREG(mode):
             if total + st.st_size > limit:
                 raise UnsupportedError(
-                    f"VE mount {top} (tmpfs): holds more than {limit} bytes of file data "
+                    f"VE mount {shown} (tmpfs): holds more than {limit} bytes of file data "
                     f"(the tmpfs limit, tmpfs_limit)"
                 )
             content = _read_file(path)
             total += len(content)
             if total > limit:  # it grew since the stat
                 raise UnsupportedError(
-                    f"VE mount {top} (tmpfs): holds more than {limit} bytes of file data "
+                    f"VE mount {shown} (tmpfs): holds more than {limit} bytes of file data "
                     f"(the tmpfs limit, tmpfs_limit)"
                 )
             ti.type, ti.size = tarfile.REGTYPE, len(content)

@@ -1,5 +1,6 @@
-"""A VE's namespaces in its image: which namespaces are the VE's own, its mount table
-(mounts.py), hostname and network configuration (netns.py).  The IPC namespace's
+"""A VE's namespaces in its image: which namespaces are the VE's own, its user namespace
+(a VE that contains its root: its maps), its mount table (mounts.py), hostname and
+network configuration (netns.py).  The IPC namespace's
 objects are ipc.py's; the PID namespace is implied (the tree's ids inside it are the
 innermost of each NSpid chain).
 
@@ -10,9 +11,10 @@ is refused.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from cptimage.records import Namespace, NsKind
+from cptimage.records import IdMap, Namespace, NsKind, UserNs
 
 from ..errors import UnsupportedError
 from ..procfs import Proc
@@ -23,6 +25,8 @@ from .pstree import TaskInfo
 
 # the namespaces a VE restore recreates (IPC: ipc.py records it)
 VE_KINDS = {"mnt": NsKind.MNT, "uts": NsKind.UTS, "pid": NsKind.PID, "net": NsKind.NET}
+# and those of a VE that contains its root
+USERNS_KINDS = {"user": NsKind.USER, "cgroup": NsKind.CGROUP}
 # what every process must share with the VE's init
 SHARED = ("mnt", "uts", "ipc", "net", "pid", "user", "cgroup", "time")
 
@@ -45,14 +49,37 @@ def namespace_problems(tree: dict[int, TaskInfo], root: int, proc: Proc) -> list
     return out
 
 
-def dump_namespaces(init: int, proc: Proc) -> list[Any]:
-    """The records of the VE whose init is `init`: its namespaces, mounts, hostname and
-    network (the tree is stopped)."""
+def dump_userns(init: int, proc: Proc) -> UserNs | None:
+    """The user namespace of the VE whose init is `init`, if it has one of its own (a VE
+    that contains its root): its maps as this host sees them, and setgroups."""
+    here = proc.ns(os.getpid()).get("user")
+    ns = proc.ns(init).get("user")
+    if ns is None or ns == here:
+        return None
+    uid_map, gid_map = proc.uid_map(init), proc.gid_map(init)
+    if not uid_map or not gid_map:
+        raise UnsupportedError(
+            f"VE init {init}: its user namespace has no uid or gid map", pid=init
+        )
+    return UserNs(
+        ns_ino=ns,
+        setgroups=1 if proc.setgroups(init) == "allow" else 0,
+        uid_map=[IdMap(m.inside, m.outside, m.count) for m in uid_map],
+        gid_map=[IdMap(m.inside, m.outside, m.count) for m in gid_map],
+    )
+
+
+def dump_namespaces(init: int, proc: Proc, userns: UserNs | None = None) -> list[Any]:
+    """The records of the VE whose init is `init`: its namespaces (with `userns`: also its
+    user and cgroup namespaces), mounts, hostname and network (the tree is stopped)."""
     ns = proc.ns(init)
+    kinds = dict(VE_KINDS, **USERNS_KINDS) if userns is not None else VE_KINDS
     recs: list[Any] = [
         Namespace(kind=kind, pid=init, flags=NS_OWN, ino=ns.get(name, 0))
-        for name, kind in VE_KINDS.items()
+        for name, kind in kinds.items()
     ]
+    if userns is not None:
+        recs.append(userns)
     table = dump_mounts(init)
     recs += table.mounts
     recs += table.data

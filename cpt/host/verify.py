@@ -20,6 +20,7 @@ import os
 import stat
 
 from cptimage.container import ImageReader
+from cptimage.errors import shorten
 from cptimage.records import PathFlags, PathKind, PathObj
 from cptimage.verify import Problem
 
@@ -52,12 +53,13 @@ def check_host(reader: ImageReader, *, pids: bool = True, ipcns: bool = False) -
     out: list[Problem] = []
     arch, release, version = hostinfo.kernel()
     if h.arch != arch:
-        out.append(_problem("kernel", f"the image is for {h.arch}, this host is {arch}"))
+        out.append(_problem("kernel", f"the image is for {shorten(h.arch)}, this host is {arch}"))
     if (h.kernel_release, h.kernel_version) != (release, version):
         out.append(
             _problem(
                 "kernel",
-                f"the image was dumped on kernel {h.kernel_release} ({h.kernel_version}); this "
+                f"the image was dumped on kernel {shorten(h.kernel_release)} "
+                f"({shorten(h.kernel_version)}); this "
                 f"host runs {release} ({version}): the same kernel is needed (vDSO, layout)",
             )
         )
@@ -65,7 +67,9 @@ def check_host(reader: ImageReader, *, pids: bool = True, ipcns: bool = False) -
         out.append(_problem("kernel", "this kernel's vDSO differs from the image's"))
     missing = sorted(set(h.cpu_flags) - hostinfo.cpu_flags())
     if missing:
-        out.append(_problem("cpu", f"this CPU lacks {', '.join(missing)}, which the image uses"))
+        out.append(
+            _problem("cpu", f"this CPU lacks {shorten(', '.join(missing))}, which the image uses")
+        )
     if h.xcr0 and h.xcr0 & ~host_xcr0():
         out.append(
             _problem(
@@ -91,7 +95,7 @@ def check_host(reader: ImageReader, *, pids: bool = True, ipcns: bool = False) -
     for p in model.paths.values():
         why = changed(p)
         if why:
-            out.append(_problem("file", f"{p.path}: {why}"))
+            out.append(_problem("file", f"{shorten(p.path, 160)}: {why}"))
     return out
 
 
@@ -103,7 +107,7 @@ def _ve_problems(model: ImageModel) -> list[Problem]:
             continue  # on a filesystem the restore recreates
         why = changed(p, where)
         if why:
-            out.append(_problem("file", f"{p.path}: {why}"))
+            out.append(_problem("file", f"{shorten(p.path, 160)}: {why}"))
     return out
 
 

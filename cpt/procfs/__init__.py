@@ -14,7 +14,7 @@ One module per family of files; the grammar of each file is at the top of its mo
     maps      maps, smaps
     fds       fd/N link targets
     fdinfo    fdinfo/N (eventfd, timerfd, signalfd, epoll, inotify, fanotify, locks, ...)
-    ns        ns/* links, mountinfo
+    ns        ns/* links, mountinfo, uid_map/gid_map/setgroups
     limits    limits
     timers    timers (POSIX timers)
     auxv      auxv
@@ -60,7 +60,15 @@ from .net import (
     parse_inet_sockets,
     parse_unix_sockets,
 )
-from .ns import MountInfo, parse_mountinfo, parse_ns_link
+from .ns import (
+    IdMapping,
+    MountInfo,
+    format_id_map,
+    map_id,
+    parse_id_map,
+    parse_mountinfo,
+    parse_ns_link,
+)
 from .paths import (
     ROOT,
     clear_refs,
@@ -76,6 +84,7 @@ from .paths import (
     pid_exists,
     read_mem,
     root_path,
+    write_id_maps,
     write_pid_file,
 )
 from .reader import Proc
@@ -131,6 +140,7 @@ __all__ = [
     "FdKind",
     "FdTarget",
     "FileLock",
+    "IdMapping",
     "InetSocket",
     "InotifyInfo",
     "InotifyWatch",
@@ -154,8 +164,10 @@ __all__ = [
     "fd_dir",
     "fd_path",
     "filesystems",
+    "format_id_map",
     "link_path",
     "map_files_path",
+    "map_id",
     "mem_path",
     "ns_path",
     "open_mem",
@@ -166,6 +178,7 @@ __all__ = [
     "parse_fd_target",
     "parse_fdinfo",
     "parse_filesystems",
+    "parse_id_map",
     "parse_inet_sockets",
     "parse_limits",
     "parse_maps",
@@ -189,6 +202,7 @@ __all__ = [
     "status_tgid",
     "sysctl_path",
     "sysvipc",
+    "write_id_maps",
     "write_pid_file",
     "write_sysctl",
 ]

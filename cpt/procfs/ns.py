@@ -2,6 +2,10 @@
 
 Grammar:
   ns/KIND     a link "KIND:[INODE]"
+  uid_map, gid_map
+              lines "INSIDE OUTSIDE COUNT" (right-aligned in 10-wide columns): COUNT ids
+              from INSIDE in the process's user namespace are OUTSIDE.. in the READER's
+  setgroups   "allow" or "deny"
   mountinfo   ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS,
               " \\t\\n\\\\" octal-escaped (\\040)
 """
@@ -91,3 +95,35 @@ def parse_ns_link(target: str) -> tuple[str, int]:
     if not m:
         raise ValueError(f"not a namespace link: {target!r}")
     return m.group(1), int(m.group(2))
+
+
+@dataclass(frozen=True, slots=True)
+class IdMapping:
+    """One line of uid_map or gid_map."""
+
+    inside: int  # first id in the process's user namespace
+    outside: int  # the id it is in the reader's user namespace
+    count: int
+
+
+def parse_id_map(data: bytes) -> tuple[IdMapping, ...]:
+    out = []
+    for line in data.split(b"\n"):
+        f = line.split()
+        if f:
+            out.append(IdMapping(int(f[0]), int(f[1]), int(f[2])))
+    return tuple(out)
+
+
+def map_id(maps: tuple[IdMapping, ...], outside: int) -> int | None:
+    """The id inside the namespace of the reader's id `outside`; None if unmapped (the
+    kernel shows it as the overflow id, 65534)."""
+    for m in maps:
+        if m.outside <= outside < m.outside + m.count:
+            return m.inside + outside - m.outside
+    return None
+
+
+def format_id_map(maps: tuple[IdMapping, ...] | list[IdMapping]) -> str:
+    """The text to write to uid_map or gid_map (one write(2) of every line)."""
+    return "".join(f"{m.inside} {m.outside} {m.count}\n" for m in maps)

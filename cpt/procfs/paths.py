@@ -92,3 +92,20 @@ def write_pid_file(pid: Pid, name: str, value: int) -> None:
     """Write a number to /proc/PID/NAME (oom_score_adj, timerslack_ns, ...)."""
     with open(f"{ROOT}/{pid}/{name}", "w") as f:
         f.write(str(value))
+
+
+def write_id_maps(pid: Pid, uid_map: str, gid_map: str, setgroups: str | None = None) -> None:
+    """Give the user namespace of process `pid` its maps (text as ns.format_id_map makes
+    it), setgroups first ("allow"/"deny"; the kernel takes it only before gid_map).  Each
+    file is written once, whole: the kernel accepts one write per map."""
+    if setgroups is not None:
+        with open(f"{ROOT}/{pid}/setgroups", "w") as f:
+            f.write(setgroups)
+    for name, text in (("uid_map", uid_map), ("gid_map", gid_map)):
+        fd = os.open(f"{ROOT}/{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            data = text.encode()
+            if os.write(fd, data) != len(data):
+                raise OSError(f"{ROOT}/{pid}/{name}: short write")
+        finally:
+            os.close(fd)

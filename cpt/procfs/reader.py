@@ -25,7 +25,7 @@ from .fds import FdTarget, parse_fd_target
 from .limits import RLimit, parse_limits
 from .maps import Vma, parse_maps, parse_smaps_vmflags
 from .net import INET_FAMILY, InetSocket, UnixSocket, parse_inet_sockets, parse_unix_sockets
-from .ns import MountInfo, parse_mountinfo, parse_ns_link
+from .ns import IdMapping, MountInfo, parse_id_map, parse_mountinfo, parse_ns_link
 from .paths import ROOT
 from .stat import (
     ProcStat,
@@ -256,6 +256,18 @@ class Proc:
             for name in sorted(os.listdir(path)):
                 out[name] = parse_ns_link(os.readlink(f"{path}/{name}"))[1]
         return out
+
+    def uid_map(self, pid: int) -> tuple[IdMapping, ...]:
+        """The process's user namespace's uid map, as the READER's namespace sees it (the
+        initial namespace's identity map "0 0 4294967295" when it has none of its own)."""
+        return parse_id_map(self._read(pid, "uid_map"))
+
+    def gid_map(self, pid: int) -> tuple[IdMapping, ...]:
+        return parse_id_map(self._read(pid, "gid_map"))
+
+    def setgroups(self, pid: int) -> str:
+        """ "allow" or "deny": may the process's user namespace call setgroups(2)?"""
+        return dec(self._read(pid, "setgroups")).strip()
 
     def ns_inode(self, pid: int, kind: str) -> int:
         """The inode of one namespace of the process (``kind``: net, ipc, mnt, ...)."""

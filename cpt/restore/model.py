@@ -22,6 +22,7 @@ from cptimage.records import (
     NetAddr,
     NetLink,
     NetRoute,
+    NsCreds,
     NsKind,
     OwnerKind,
     PagemapRun,
@@ -48,6 +49,7 @@ from cptimage.records import (
     TtyInfo,
     UnixBind,
     UnixScm,
+    UserNs,
     Uts,
     Vma,
 )
@@ -60,6 +62,8 @@ class ProcImage:
     proc: Process
     threads: list[Thread] = dataclasses.field(default_factory=list)
     creds: Creds | None = None
+    ns_creds: NsCreds | None = None  # a VE with a user namespace: the ids inside it
+    setgroups_denied: bool = False  # its user namespace denies setgroups(2)
     rlimits: Rlimits | None = None
     sigactions: Sigactions | None = None
     task: TaskState | None = None
@@ -84,6 +88,7 @@ class ProcImage:
 
 _PER_PROCESS = {
     Creds: "creds",
+    NsCreds: "ns_creds",
     Rlimits: "rlimits",
     Sigactions: "sigactions",
     TaskState: "task",
@@ -128,6 +133,7 @@ class ImageModel:
         self.mount_data: dict[int, bytes] = {}
         self.uts: Uts | None = None
         self.net: list[NetLink | NetAddr | NetRoute] = []
+        self.userns: UserNs | None = None  # a VE that contains its root: its user namespace
         # where the restorer reaches the tree's root: "" (its own), or /proc/<init>/root
         # once a VE's root is built
         self.root_prefix = ""
@@ -190,6 +196,8 @@ class ImageModel:
                 self.mount_data[rec.mnt_id] = rec.data
             elif isinstance(rec, Uts):
                 self.uts = rec
+            elif isinstance(rec, UserNs):
+                self.userns = rec
             elif isinstance(rec, (NetLink, NetAddr, NetRoute)):
                 self.net.append(rec)
         for rec in records(SectionType.FILES):
@@ -214,6 +222,7 @@ class ImageModel:
             elif hasattr(rec, "id"):
                 self.files[rec.id] = rec
         for pi in self.procs.values():
+            pi.setgroups_denied = self.userns is not None and not self.userns.setgroups
             pi.vmas.sort(key=lambda v: v.start)
             pi.runs.sort(key=lambda x: x.vaddr)
             pi.fds.sort(key=lambda f: f.fd)

@@ -4,6 +4,19 @@
     host_path(mounts, p)   where a VE path is on the host before restore
     build(mounts, data)    mount everything in record order, then pivot_root into it
 
+A VE that contains its root (a user namespace) is built in two parts, so that what comes
+from the host comes back LOCKED, as when it started (ve/boot.py):
+
+    host_side(mounts, data)            which mounts are the host's part: the root, the
+                                       external binds, a tmpfs holding device nodes (the
+                                       VE's root may not create them), a bind of part of
+                                       one of those
+    build_host_side(mounts, data, ids) those, in a mount namespace of the host's user
+                                       namespace, before the VE's user namespace exists
+    build(mounts, data, host_side=ids) the rest, in the VE's mount namespace (a copy,
+                                       owned by the VE's user namespace, where the host's
+                                       part is locked), over a second bind of the root
+
 The kinds of mount are those of cpt/dump/mounts.py: external binds from the host (the
 VE's root first), filesystems mounted afresh (proc, sysfs, devpts, mqueue, cgroup2, tmpfs
 with its files from a tar stream), and binds of a part of one of those.
@@ -46,7 +59,7 @@ from ..sys.ns import (
     umount2,
 )
 
-__all__ = ["build", "host_path", "problems"]
+__all__ = ["build", "build_host_side", "host_path", "host_side", "problems"]
 
 # superblock flags shown among mountinfo's super options (show_sb_opts)
 _SB_FLAGS = {"sync": MS_SYNCHRONOUS, "dirsync": MS_DIRSYNC, "lazytime": MS_LAZYTIME}
@@ -138,7 +151,78 @@ def host_path(mounts: list[Mount], path: str) -> str | None:
     return os.path.join(best.source, rest) if rest else best.source
 
 
-def build(mounts: list[Mount], data: dict[int, bytes]) -> None:
+def host_side(mounts: list[Mount], data: dict[int, bytes]) -> set[int]:
+    """The mnt_ids of a VE's mounts that are made before its user namespace (see the
+    module's docstring); RestoreError when one of them hangs below a mount the VE makes
+    itself (it could not be made first)."""
+    if not mounts:
+        return set()
+    ids = {mounts[0].mnt_id}
+    devs: set[int] = set()  # filesystems of the host's part
+    for m in mounts[1:]:
+        if m.external:
+            ids.add(m.mnt_id)
+        elif m.root == "/" and m.fstype == "tmpfs" and _has_devices(data.get(m.mnt_id)):
+            ids.add(m.mnt_id)
+            devs.add(m.dev)
+        elif m.root != "/" and m.dev in devs:
+            ids.add(m.mnt_id)
+        else:
+            continue
+        if m.parent_id not in ids:
+            parent = next((p for p in mounts if p.mnt_id == m.parent_id), None)
+            where = f" ({parent.mountpoint}, {parent.fstype})" if parent else ""
+            raise RestoreError(
+                f"VE mount {m.mountpoint} ({m.fstype}): comes from the host but hangs below "
+                f"a mount the VE makes itself{where}; a VE with a user namespace cannot "
+                f"have it"
+            )
+    return ids
+
+
+def _has_devices(blob: bytes | None) -> bool:
+    if not blob:
+        return False
+    try:
+        with tarfile.open(fileobj=io.BytesIO(blob), mode="r:") as tf:
+            return any(ti.ischr() or ti.isblk() for ti in tf.getmembers())
+    except tarfile.TarError as e:
+        raise RestoreError(f"a tmpfs's data of the VE image is not a tar stream: {e}") from None
+
+
+def build_host_side(mounts: list[Mount], data: dict[int, bytes], ids: set[int]) -> None:
+    """The host's part of a VE's mounts (`ids`, from host_side), in this process's mount
+    namespace (a new one of the host's user namespace: called in a forked helper), in
+    record order, below the root's source path.  RestoreError on any failure."""
+    errs = problems(mounts)
+    if errs:
+        raise RestoreError(f"{errs[0]}" + (f" (and {len(errs) - 1} more)" if errs[1:] else ""))
+    root = mounts[0]
+    try:
+        mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing below leaks to the host
+        mount(root.source, root.source, None, MS_BIND)
+        mount(None, root.source, None, MS_BIND | MS_REMOUNT | root.flags)
+        root_fd = os.open(root.source, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise RestoreError(f"VE mount / (bind of {root.source}): {e}") from None
+    fds = [root_fd]
+    firsts: dict[int, tuple[Mount, int]] = {}
+    try:
+        for m in mounts[1:]:
+            if m.mnt_id not in ids:
+                continue
+            try:
+                _mount_one(m, root_fd, data, firsts, fds)
+            except OSError as e:
+                raise RestoreError(f"VE mount {m.mountpoint} ({m.fstype}): {e}") from None
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def build(
+    mounts: list[Mount], data: dict[int, bytes], *, host_side: set[int] | None = None
+) -> None:
     """Recreate the VE's mount table and make it the root of this process's mount
     namespace.
 
@@ -148,14 +232,20 @@ def build(mounts: list[Mount], data: dict[int, bytes]) -> None:
     /proc/self/fd).  "/" is made recursively private first; the root mount's source is
     bound onto itself, every other mount follows in record order below it, and
     pivot_root(".", ".") + umount2(".", MNT_DETACH) makes it the root with no directory
-    needed for the old one.  Ends with the cwd at "/".  RestoreError on any failure."""
+    needed for the old one.  Ends with the cwd at "/".  RestoreError on any failure.
+
+    With `host_side` (a VE with a user namespace), the mounts it names are there already,
+    locked, below the root's source: the root is bound again, recursively (the top of a
+    new bind is not locked, and pivot_root refuses a locked root), and they are skipped."""
     errs = problems(mounts)
     if errs:
         raise RestoreError(f"{errs[0]}" + (f" (and {len(errs) - 1} more)" if errs[1:] else ""))
     root = mounts[0]
+    made = host_side or set()
     try:
         mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing below leaks to the host
-        mount(root.source, root.source, None, MS_BIND)  # pivot_root needs a mount
+        # pivot_root needs a mount
+        mount(root.source, root.source, None, MS_BIND | (MS_REC if made else 0))
         mount(None, root.source, None, MS_BIND | MS_REMOUNT | root.flags)
         root_fd = os.open(root.source, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
@@ -164,6 +254,8 @@ def build(mounts: list[Mount], data: dict[int, bytes]) -> None:
     firsts: dict[int, tuple[Mount, int]] = {}  # dev -> first fresh mount, fd of its root
     try:
         for m in mounts[1:]:
+            if m.mnt_id in made:
+                continue
             try:
                 _mount_one(m, root_fd, data, firsts, fds)
             except OSError as e:

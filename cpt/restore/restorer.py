@@ -46,6 +46,7 @@ from .task import restore_outside, restore_task_state
 from .threads import create_threads, set_registers, setup_thread
 from .timers import restore_timers
 from .tty import prepare as prepare_ttys
+from .userns import Donor
 from .ve import spawn_init
 
 
@@ -91,13 +92,14 @@ class Restorer:
         image_map = None
         ns: PidNamespace | None = None
         ve_init: Tracee | None = None
+        donor: Donor | None = None
         try:
             slot = _free_slot(max_fd(self.model) + 1)
             with _inherited_pidfd(slot):
                 inside: contextlib.AbstractContextManager[None]
                 if self.model.ve:
                     # the VE's init first: its namespaces and root hold everything else
-                    ve_init = spawn_init(self.model, on_spawn, self.opts.ve_links)
+                    ve_init, donor = spawn_init(self.model, on_spawn, self.opts.ve_links, slot)
                     self._ve_init = ve_init
                     inside = entered(ve_init.pid, ("ipc", "net"))
                 elif self.new_ipc_ns:
@@ -137,8 +139,16 @@ class Restorer:
             self.stats.host_pid = self.tasks[self.model.root].host_pid
             t1 = time.perf_counter()
             live = [self.tasks[p] for p in self.model.order if not self.tasks[p].img.zombie]
+            if donor is not None:  # the stubs take their files from it (userns.py)
+                donor.mirror(
+                    [*files.local.values(), *self.model.shmem_fds.values(),
+                     *self.model.ghost_fds.values()]
+                )  # fmt: skip
             for task in live:
                 self._process(task, files, slot, image_map)
+            if donor is not None:
+                donor.close()
+                donor = None
             ipc.release()
             t2 = time.perf_counter()
             fault.point("restore:memory")
@@ -159,6 +169,8 @@ class Restorer:
             self._kill_all()
             if ns is not None:
                 ns.destroy()
+            if donor is not None:
+                donor.close()
             if isinstance(e, CptError) or not isinstance(e, OSError) or os.environ.get("CPT_DEBUG"):
                 raise
             raise RestoreError(f"restore failed: {e}") from e

@@ -135,6 +135,17 @@ _memfds: dict[str, tuple[int, int]] = {}  # name -> (fd, owner pid)
 def _exec_path(name: str, build: Callable[[], bytes]) -> str:
     """A path any process may execve: a sealed memfd of THIS process, /proc/<pid>/fd/<n>,
     valid while this process lives (created once per process)."""
+    return fd_path(os.getpid(), _exec_fd(name, build))
+
+
+def stub_exec_fd() -> int:
+    """The stub's sealed memfd in THIS process: a child that inherits it may execve
+    /proc/self/fd/<it> (a child in another user namespace may not reach this process's
+    /proc/<pid>/fd, and this process may be gone by the time it execs)."""
+    return _exec_fd("cpt-stub", build_stub)
+
+
+def _exec_fd(name: str, build: Callable[[], bytes]) -> int:
     fd, owner = _memfds.get(name, (-1, -1))
     if owner != os.getpid():
         if fd >= 0:
@@ -149,7 +160,7 @@ def _exec_path(name: str, build: Callable[[], bytes]) -> str:
         )
         owner = os.getpid()
         _memfds[name] = (fd, owner)
-    return fd_path(owner, fd)
+    return fd
 
 
 def stub_exec_path() -> str:
@@ -180,7 +191,12 @@ def spawn_stub(
     """Start a stub, PTRACE_SEIZE it and stop it once it runs stub code (normally asleep in
     pause()). The returned Tracee injects through STUB_SYSCALL. On failure the stub is
     killed and reaped."""
-    pid = start_stub(set_tid, flags, path)
+    return attach_stub(start_stub(set_tid, flags, path), options, timeout)
+
+
+def attach_stub(pid: int, options: int = STUB_OPTIONS, timeout: float = 5.0) -> Tracee:
+    """PTRACE_SEIZE the stub `pid` (a child of this process that is about to run, or runs,
+    the stub's code) and stop it in the stub's code; see spawn_stub."""
     try:
         t = Tracee(pid, pid=pid)
         t.seize(options)

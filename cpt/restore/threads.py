@@ -13,6 +13,7 @@ import struct
 
 from cptimage.records import Thread
 
+from ..errors import RestoreError
 from ..procfs import read_sysctl_int
 from ..sys.arch import ERESTART_RESTARTBLOCK, ERESTARTNOHAND, ERESTARTNOINTR, ERESTARTSYS, Regs
 from ..sys.syscalls import NR
@@ -93,12 +94,22 @@ def _creds(task: Task, tr: Tracee) -> None:
     c = task.img.creds
     if c is None:
         return
+    # in a VE with a user namespace the ids are set inside it, as the VE sees them
+    ids = task.img.ns_creds or c
     sc = task.scratch
     assert sc is not None
     call = tr.syscall_checked
-    call(NR.setgroups, len(c.groups), sc.push(struct.pack(f"<{len(c.groups)}I", *c.groups)))
-    call(NR.setresgid, c.gid, c.egid, c.sgid)
-    tr.syscall(NR.setfsgid, c.fsgid)  # returns the previous fsgid, never an error
+    if not task.img.setgroups_denied:
+        groups = ids.groups
+        call(NR.setgroups, len(groups), sc.push(struct.pack(f"<{len(groups)}I", *groups)))
+    elif ids.groups:
+        raise RestoreError(
+            f"process {task.pid}: its user namespace denies setgroups(2), so its groups "
+            f"{ids.groups} cannot be given back",
+            pid=task.pid,
+        )
+    call(NR.setresgid, ids.gid, ids.egid, ids.sgid)
+    tr.syscall(NR.setfsgid, ids.fsgid)  # returns the previous fsgid, never an error
     # the bounding set and securebits need CAP_SETPCAP: before the uid changes
     for cap in range(_cap_last() + 1):
         if not c.cap_bnd >> cap & 1:
@@ -107,8 +118,8 @@ def _creds(task: Task, tr: Tracee) -> None:
         call(NR.prctl, PR_SET_SECUREBITS, c.securebits & ~SECBIT_KEEP_CAPS, 0, 0, 0)
     # keep the permitted set across setresuid (PR_SET_KEEPCAPS needs no privilege)
     call(NR.prctl, PR_SET_KEEPCAPS, 1, 0, 0, 0)
-    call(NR.setresuid, c.uid, c.euid, c.suid)
-    tr.syscall(NR.setfsuid, c.fsuid)
+    call(NR.setresuid, ids.uid, ids.euid, ids.suid)
+    tr.syscall(NR.setfsuid, ids.fsuid)
     header = struct.pack("<Ii", _LINUX_CAPABILITY_VERSION_3, 0)
     data = struct.pack(
         "<6I",

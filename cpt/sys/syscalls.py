@@ -3,6 +3,8 @@
 `NR.mmap` is an int (IntEnum); `syscall_name(nr)` names a number for error messages.
 Numbers up to 450 were generated from <asm/unistd_64.h>; 451-469 added by hand from the
 kernel table (6.18). x32 numbers (512+) are not listed: the engine handles 64-bit tasks only.
+`NR_I386` holds the i386 numbers of the few calls cpt names for 32-bit programs (a VE's
+seccomp filter denies them in both ABIs; from <asm/unistd_32.h>).
 """
 
 from __future__ import annotations
@@ -393,6 +395,47 @@ class NR(IntEnum):
     open_tree_attr = 467
     file_getattr = 468
     file_setattr = 469
+
+
+class NR_I386(IntEnum):
+    """Syscall numbers of the i386 ABI (int 0x80): only those cpt names."""
+
+    stime = 25
+    acct = 51
+    settimeofday = 79
+    uselib = 86
+    swapon = 87
+    reboot = 88
+    ioperm = 101
+    syslog = 103
+    iopl = 110
+    vm86old = 113
+    swapoff = 115
+    adjtimex = 124
+    init_module = 128
+    delete_module = 129
+    quotactl = 131
+    vm86 = 166
+    nfsservctl = 169
+    lookup_dcookie = 253
+    clock_settime = 264
+    kexec_load = 283
+    add_key = 286
+    request_key = 287
+    keyctl = 288
+    perf_event_open = 336
+    name_to_handle_at = 341
+    open_by_handle_at = 342
+    clock_adjtime = 343
+    finit_module = 350
+    bpf = 357
+    userfaultfd = 374
+    clock_settime64 = 404
+    clock_adjtime64 = 405
+    io_uring_setup = 425
+    io_uring_enter = 426
+    io_uring_register = 427
+    quotactl_fd = 443
 
 
 _NAMES: dict[int, str] = {int(m): m.name for m in NR}
