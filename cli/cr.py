@@ -6,25 +6,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import typer
-
-from cpt.dump.options import DumpOptions
 from cpt.errors import InvalidValue, UsageError
-from cpt.restore.options import RestoreOptions
-from cpt.stages.stage import Stage, Stages
-from cpt.stages.trees import TreeStages
-from snapshot.hooks import ve_manager
+
+from .params import Argument, Option
+
+if TYPE_CHECKING:
+    from cpt.stages.stage import Stage, Stages
 
 DumpfileOpt = Annotated[
     str | None,
-    typer.Option("--dumpfile", help="the dump file (default /var/tmp/Dump.VEID, or Dump.pid-PID)"),
+    Option("--dumpfile", help="the dump file (default /var/tmp/Dump.VEID, or Dump.pid-PID)"),
 ]
-VeidArg = Annotated[
-    str | None, typer.Argument(metavar="[VEID]", help="the VE (else --pid / --dumpfile)")
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print the statistics as JSON")]
+VeidArg = Annotated[str | None, Argument(metavar="[VEID]", help="the VE (else --pid / --dumpfile)")]
+JsonOpt = Annotated[bool, Option("--json", help="print the statistics as JSON")]
 
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -45,6 +41,8 @@ def parse_size(text: str, option: str) -> int:
 
 def _stage(full: Stage, **flags: bool) -> Stage:
     """The stage the options ask for: `full` without one, at most one of them."""
+    from cpt.stages.stage import Stage
+
     chosen = [name for name, on in flags.items() if on]
     if len(chosen) > 1:
         raise UsageError(
@@ -54,7 +52,13 @@ def _stage(full: Stage, **flags: bool) -> Stage:
 
 
 def _stages(veid: str | None, pid: int | None) -> Stages:
-    return ve_manager().stages(veid) if veid is not None else TreeStages(pid)
+    if veid is not None:
+        from snapshot.hooks import ve_manager
+
+        return ve_manager().stages(veid)
+    from cpt.stages.trees import TreeStages
+
+    return TreeStages(pid)
 
 
 def _report(what: str, stats: object, as_json: bool) -> None:
@@ -75,43 +79,46 @@ def _report(what: str, stats: object, as_json: bool) -> None:
 
 def chkpnt(
     veid: VeidArg = None,
-    pid: Annotated[int | None, typer.Option("--pid", help="root of the process tree")] = None,
+    pid: Annotated[int | None, Option("--pid", help="root of the process tree")] = None,
     dumpfile: DumpfileOpt = None,
-    suspend: Annotated[bool, typer.Option("--suspend", help="stage: freeze the tree")] = False,
-    dump: Annotated[bool, typer.Option("--dump", help="stage: dump the suspended tree")] = False,
-    kill: Annotated[bool, typer.Option("--kill", help="stage: kill the suspended tree")] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="stage: resume the tree")] = False,
+    suspend: Annotated[bool, Option("--suspend", help="stage: freeze the tree")] = False,
+    dump: Annotated[bool, Option("--dump", help="stage: dump the suspended tree")] = False,
+    kill: Annotated[bool, Option("--kill", help="stage: kill the suspended tree")] = False,
+    resume: Annotated[bool, Option("--resume", help="stage: resume the tree")] = False,
     leave_running: Annotated[
-        bool, typer.Option("--leave-running", help="suspend, dump, resume: a snapshot")
+        bool, Option("--leave-running", help="suspend, dump, resume: a snapshot")
     ] = False,
-    compress: Annotated[bool, typer.Option("--compress", help="zstd-compress the pages")] = False,
+    compress: Annotated[bool, Option("--compress", help="zstd-compress the pages")] = False,
     ext_unix_sk: Annotated[
-        bool, typer.Option("--ext-unix-sk", help="allow unix sockets with a peer outside")
+        bool, Option("--ext-unix-sk", help="allow unix sockets with a peer outside")
     ] = False,
     tcp_established: Annotated[
-        bool, typer.Option("--tcp-established", help="checkpoint established TCP connections")
+        bool, Option("--tcp-established", help="checkpoint established TCP connections")
     ] = False,
     tcp_close: Annotated[
         bool,
-        typer.Option(
+        Option(
             "--tcp-close", help="connected TCP sockets are saved without state: restored closed"
         ),
     ] = False,
     shell_job: Annotated[
-        bool, typer.Option("--shell-job", help="the tree was started from this shell")
+        bool, Option("--shell-job", help="the tree was started from this shell")
     ] = False,
     file_locks: Annotated[
-        bool, typer.Option("--file-locks", help="checkpoint flock, POSIX and OFD locks")
+        bool, Option("--file-locks", help="checkpoint flock, POSIX and OFD locks")
     ] = False,
     ghost_limit: Annotated[
-        str, typer.Option("--ghost-limit", help="largest deleted file kept (e.g. 1M)")
+        str, Option("--ghost-limit", help="largest deleted file kept (e.g. 1M)")
     ] = "1M",
     skip_arpdetect: Annotated[
-        bool, typer.Option("--skip-arpdetect", help="accepted for vzctl compatibility")
+        bool, Option("--skip-arpdetect", help="accepted for vzctl compatibility")
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Checkpoint a VE or a process tree: suspend, dump, kill (or one stage of it)."""
+    from cpt.dump.options import DumpOptions
+    from cpt.stages.stage import Stage
+
     stage = _stage(Stage.CHKPNT, suspend=suspend, dump=dump, kill=kill, resume=resume)
     if (veid is None) == (pid is None):
         raise UsageError("chkpnt needs a VEID or --pid PID (one of them)")
@@ -137,30 +144,30 @@ def restore(
     veid: VeidArg = None,
     dumpfile: Annotated[
         str | None,
-        typer.Option("--dumpfile", help="the dump file (a VE's default: /var/tmp/Dump.VEID)"),
+        Option("--dumpfile", help="the dump file (a VE's default: /var/tmp/Dump.VEID)"),
     ] = None,
-    undump: Annotated[bool, typer.Option("--undump", help="stage: restore, left frozen")] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="stage: resume")] = False,
-    kill: Annotated[bool, typer.Option("--kill", help="stage: kill the frozen tree")] = False,
+    undump: Annotated[bool, Option("--undump", help="stage: restore, left frozen")] = False,
+    resume: Annotated[bool, Option("--resume", help="stage: resume")] = False,
+    kill: Annotated[bool, Option("--kill", help="stage: kill the frozen tree")] = False,
     pidfile: Annotated[
-        str | None, typer.Option("--pidfile", help="write the restored root PID here")
+        str | None, Option("--pidfile", help="write the restored root PID here")
     ] = None,
     pidns: Annotated[
-        bool, typer.Option("--pidns", help="restore into a new PID namespace (PIDs in use here)")
+        bool, Option("--pidns", help="restore into a new PID namespace (PIDs in use here)")
     ] = False,
     ipcns: Annotated[
-        bool, typer.Option("--ipcns", help="restore SysV/POSIX IPC into a new IPC namespace")
+        bool, Option("--ipcns", help="restore SysV/POSIX IPC into a new IPC namespace")
     ] = False,
     shell_job: Annotated[
         bool,
-        typer.Option(
+        Option(
             "--shell-job",
             help="attach the tree to this shell's terminal; wait until the tree's root exits",
         ),
     ] = False,
     rollback_fs: Annotated[
         bool,
-        typer.Option(
+        Option(
             "--rollback-fs",
             help="a VE whose private area changed since the dump: roll it back to the dump's "
             "snapshot first (the live contents are kept as a snapshot)",
@@ -168,13 +175,15 @@ def restore(
     ] = False,
     tcp_close: Annotated[
         bool,
-        typer.Option(
-            "--tcp-close", help="restore TCP connections closed (for programs that reconnect)"
-        ),
+        Option("--tcp-close", help="restore TCP connections closed (for programs that reconnect)"),
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Restore a VE or a process tree from a dump file: undump, resume (or one stage)."""
+    from cpt.restore.options import RestoreOptions
+    from cpt.stages.stage import Stage
+    from cpt.stages.trees import TreeStages
+
     stage = _stage(Stage.RESTORE, undump=undump, resume=resume, kill=kill)
     if veid is not None and pidfile:
         raise UsageError("--pidns, --ipcns, --shell-job and --pidfile are for process trees")

@@ -9,42 +9,42 @@ import json
 import os
 import stat
 import sys
-from typing import Annotated, Any, BinaryIO
-
-import typer
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
 
 from cpt.errors import InvalidValue, UsageError
-from cpt.host.verify import check_host
-from cptimage import jsonio
-from cptimage import show as showmod
-from cptimage.atomic import STDOUT, atomic_output
-from cptimage.container import ImageReader, open_regular
-from cptimage.diff import Difference
-from cptimage.diff import diff as diff_images
+from cptimage.atomic import STDOUT
 from cptimage.errors import printable, shorten
-from cptimage.records import HeaderFlags, SourceKind
-from cptimage.verify import verify_report
 
-app = typer.Typer(
+from .params import Argument, Exit, Group, Option
+
+if TYPE_CHECKING:  # the others are imported by the commands that use them
+    from rich.console import Console
+    from rich.text import Text
+
+    from cptimage.container import ImageReader
+    from cptimage.diff import Difference
+
+app = Group(
     help="Inspect, convert, compare and check dump files.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
 
-FileArg = Annotated[str, typer.Argument(metavar="FILE", help="a dump file", show_default=False)]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
+FileArg = Annotated[str, Argument(metavar="FILE", help="a dump file", show_default=False)]
+JsonOpt = Annotated[bool, Option("--json", help="print JSON for scripts")]
 
 
 def _console() -> Console:
+    from rich.console import Console
+
     return Console(highlight=False, soft_wrap=False)
 
 
 def _t(v: Any) -> Text:
     """A value of the image as rich text: no markup, control characters escaped (a comm
     or a host name is whatever the dumped process or the image's author made it)."""
+    from rich.text import Text
+
     return Text(printable(str(v)))
 
 
@@ -67,11 +67,15 @@ def _size(n: int) -> str:
 
 
 def _flag_names(v: int) -> str:
+    from cptimage.records import HeaderFlags
+
     names = [f.name for f in HeaderFlags if v & f and f.name]
     return f"{v:#x} ({'|'.join(names)})" if names else f"{v:#x}"
 
 
 def _has_pid(reader: ImageReader, pid: int) -> None:
+    from cptimage import show as showmod
+
     if not any(p["pid"] == pid for p in showmod.process_tree(reader)):
         raise InvalidValue(f"process {pid} is not in the image {shorten(str(reader.path))}")
 
@@ -82,6 +86,8 @@ def _header_value(key: str, v: Any) -> str:
     if key == "xcr0":
         return f"{v:#x}"
     if key == "source_kind":
+        from cptimage.records import SourceKind
+
         return SourceKind(v).name if v in SourceKind._value2member_map_ else str(v)
     if key == "created_ns":
         stamp = datetime.datetime.fromtimestamp(v / 1e9, datetime.UTC)
@@ -90,6 +96,9 @@ def _header_value(key: str, v: Any) -> str:
 
 
 def _render_summary(s: dict[str, Any]) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
     con = _console()
     h = s["header"]
     title = Text(printable(str(s["path"])), style="bold")
@@ -165,11 +174,11 @@ def show(
     as_json: JsonOpt = False,
     maps: Annotated[
         int | None,
-        typer.Option("--maps", metavar="PID", help="the VMAs of PID, like /proc/PID/maps"),
+        Option("--maps", metavar="PID", help="the VMAs of PID, like /proc/PID/maps"),
     ] = None,
     fds: Annotated[
         int | None,
-        typer.Option("--fds", metavar="PID", help="the fds of PID, like ls -l /proc/PID/fd"),
+        Option("--fds", metavar="PID", help="the fds of PID, like ls -l /proc/PID/fd"),
     ] = None,
 ) -> None:
     """Header, process tree and sections of a dump file; or one process's maps or fds.
@@ -177,6 +186,9 @@ def show(
     The file digest and every checksum are checked first: a damaged image is shown with a
     warning on stderr (and "integrity" in --json), as far as it can be read.
     """
+    from cptimage import show as showmod
+    from cptimage.container import ImageReader
+
     with ImageReader(file) as reader:
         damage = showmod.integrity(reader)
         if damage["problems"] and not as_json:
@@ -227,10 +239,10 @@ def _exposed_stdout() -> str | None:
 
 @app.command()
 def decode(
-    file: Annotated[str, typer.Argument(metavar="FILE", help="a dump file, or - for stdin")],
+    file: Annotated[str, Argument(metavar="FILE", help="a dump file, or - for stdin")],
     output: Annotated[
         str,
-        typer.Option(
+        Option(
             "-o",
             "--output",
             metavar="OUT",
@@ -245,6 +257,10 @@ def decode(
     0600) rather than through a shell redirection, which creates the file with the
     shell's umask (often readable by every user).
     """
+    from cptimage import jsonio
+    from cptimage.atomic import atomic_output
+    from cptimage.container import open_regular
+
     src = sys.stdin.buffer if file == STDOUT else open_regular(file)  # refused before writing
     with contextlib.nullcontext() if file == STDOUT else src:
         if output == STDOUT:
@@ -265,15 +281,17 @@ def decode(
 
 @app.command()
 def encode(
-    input_: Annotated[str, typer.Argument(metavar="IN", help="a JSON document, or - for stdin")],
+    input_: Annotated[str, Argument(metavar="IN", help="a JSON document, or - for stdin")],
     output: Annotated[
         str,
-        typer.Option(
-            "-o", "--output", metavar="FILE", help="the image to write (atomically, mode 0600)"
-        ),
+        Option("-o", "--output", metavar="FILE", help="the image to write (atomically, mode 0600)"),
     ],
 ) -> None:
     """Write the image a JSON document (from `decode`) describes."""
+    from cptimage import jsonio
+    from cptimage.atomic import atomic_output
+    from cptimage.container import open_regular
+
     if input_ == STDOUT:
         doc = jsonio.load(sys.stdin)
     else:
@@ -302,14 +320,16 @@ def diff_line(d: Difference) -> str:
 
 @app.command()
 def diff(
-    a: Annotated[str, typer.Argument(metavar="A", help="a dump file")],
-    b: Annotated[str, typer.Argument(metavar="B", help="another dump file")],
+    a: Annotated[str, Argument(metavar="A", help="a dump file")],
+    b: Annotated[str, Argument(metavar="B", help="another dump file")],
     as_json: JsonOpt = False,
 ) -> None:
     """What differs between two images: processes, threads, VMAs, fds, files, pages.
 
     Exit 0 when they are the same, 1 when they differ.
     """
+    from cptimage.diff import diff as diff_images
+
     diffs = diff_images(a, b)
     if as_json:
         _print_json([d.to_json() for d in diffs])
@@ -317,7 +337,7 @@ def diff(
         for d in diffs:
             print(diff_line(d))
     if diffs:
-        raise typer.Exit(1)
+        raise Exit(1)
 
 
 # --------------------------------------------------------------------------- verify
@@ -325,11 +345,9 @@ def diff(
 
 @app.command()
 def verify(
-    file: Annotated[str, typer.Argument(metavar="FILE", help="a dump file, or - for stdin")],
+    file: Annotated[str, Argument(metavar="FILE", help="a dump file, or - for stdin")],
     as_json: JsonOpt = False,
-    host: Annotated[
-        bool, typer.Option("--host", help="also check the image against this host")
-    ] = False,
+    host: Annotated[bool, Option("--host", help="also check the image against this host")] = False,
 ) -> None:
     """Check checksums, digest, index and structure; one line per problem.
 
@@ -337,10 +355,15 @@ def verify(
     """
     if host and file == STDOUT:
         raise UsageError("image verify --host needs a file, not standard input")
+    from cptimage.verify import verify_report
+
     report = verify_report(_input(file))
     problems = list(report.problems)
     if host and not problems:
         # the engine's verify-before-restore: kernel, CPU, PIDs, referenced files
+        from cpt.host.verify import check_host
+        from cptimage.container import ImageReader
+
         with ImageReader(file) as reader:
             problems += check_host(reader)
     name = "-" if file == STDOUT else printable(file)
@@ -361,4 +384,4 @@ def verify(
         if not problems:
             print(f"{name}: ok")
     if problems:
-        raise typer.Exit(1)
+        raise Exit(1)

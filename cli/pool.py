@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
-import typer
-
 from cpt.errors import InvalidValue
 from cptimage.errors import quote
-from storage import pool
-from ve.node import Node
+
+from .params import Group, Option
 
 MAX_SIZE = 1 << 50  # 1 PiB: far beyond a loop-file pool, far below what overflows
-app = typer.Typer(
+app = Group(
     help="The node's storage: a loop-file btrfs in the state directory when it is not on "
     "btrfs (made on first use).",
     no_args_is_help=True,
@@ -22,9 +20,12 @@ app = typer.Typer(
 
 @app.command()
 def init(
-    size: Annotated[str, typer.Option("--size", help="size of a new pool image")] = "4G",
+    size: Annotated[str, Option("--size", help="size of a new pool image")] = "4G",
 ) -> None:
     """Create and mount the pool (idempotent: an existing pool keeps its size)."""
+    from storage import pool
+    from ve.node import Node
+
     try:
         nbytes = pool.parse_size(size)
     except ValueError as e:
@@ -39,9 +40,12 @@ def init(
 
 @app.command()
 def status(
-    as_json: Annotated[bool, typer.Option("--json", help="print it as JSON")] = False,
+    as_json: Annotated[bool, Option("--json", help="print it as JSON")] = False,
 ) -> None:
     """Where the pool is, how it is set up, its size and use."""
+    from storage import pool
+    from ve.node import Node
+
     st = pool.status(Node().root)
     if as_json:
         print(json.dumps(st))

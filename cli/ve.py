@@ -4,34 +4,43 @@ snapshot.hooks.ve_manager)."""
 from __future__ import annotations
 
 import json
-from typing import Annotated
-
-import typer
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Annotated
 
 from cpt.errors import InvalidValue, UsageError
-from snapshot.hooks import ve_manager
 
-app = typer.Typer(
+from .params import Argument, Exit, Group, Option
+
+if TYPE_CHECKING:
+    from ve.lifecycle import VEManager
+
+app = Group(
     help="VEs: containers with their own processes, namespaces, address and private area.",
     no_args_is_help=True,
 )
 MAX_TIMEOUT = 86400.0
-VeidArg = Annotated[str, typer.Argument(metavar="VEID", help="the VE's id")]
-CmdArg = Annotated[list[str] | None, typer.Argument(metavar="-- CMD...", help="the command")]
+
+
+def ve_manager() -> VEManager:
+    """The VE layer with its snapshot hooks (imported by the command that runs)."""
+    from snapshot.hooks import ve_manager as make
+
+    return make()
+
+
+VeidArg = Annotated[str, Argument(metavar="VEID", help="the VE's id")]
+CmdArg = Annotated[list[str] | None, Argument(metavar="-- CMD...", help="the command")]
 
 
 @app.command()
 def create(
     veid: VeidArg,
     command: CmdArg = None,
-    hostname: Annotated[str, typer.Option("--hostname", help="default ve<VEID>")] = "",
-    ip: Annotated[str, typer.Option("--ip", help="ADDR/PREFIX inside the VE")] = "",
-    template: Annotated[str, typer.Option("--template", help="host or busybox")] = "host",
+    hostname: Annotated[str, Option("--hostname", help="default ve<VEID>")] = "",
+    ip: Annotated[str, Option("--ip", help="ADDR/PREFIX inside the VE")] = "",
+    template: Annotated[str, Option("--template", help="host or busybox")] = "host",
     privileged: Annotated[
         bool,
-        typer.Option(
+        Option(
             "--privileged",
             help="the VE's root is the host's root: no user namespace, no seccomp filter",
         ),
@@ -50,12 +59,12 @@ def create(
 def set_(
     veid: VeidArg,
     command: CmdArg = None,
-    hostname: Annotated[str | None, typer.Option("--hostname")] = None,
-    ip: Annotated[str | None, typer.Option("--ip")] = None,
-    template: Annotated[str | None, typer.Option("--template")] = None,
+    hostname: Annotated[str | None, Option("--hostname")] = None,
+    ip: Annotated[str | None, Option("--ip")] = None,
+    template: Annotated[str | None, Option("--template")] = None,
     privileged: Annotated[
         bool | None,
-        typer.Option(
+        Option(
             "--privileged/--no-privileged",
             help="make a stopped VE privileged, or make it contain its root (its files' "
             "owners move to its own id range)",
@@ -80,7 +89,7 @@ def start(veid: VeidArg) -> None:
 @app.command()
 def stop(
     veid: VeidArg,
-    timeout: Annotated[float, typer.Option("--timeout", help="seconds before SIGKILL")] = 10.0,
+    timeout: Annotated[float, Option("--timeout", help="seconds before SIGKILL")] = 10.0,
 ) -> None:
     """Stop a VE: SIGTERM its processes, SIGKILL what is left after --timeout."""
     if not 0 <= timeout <= MAX_TIMEOUT:  # also nan (no comparison holds) and inf
@@ -90,7 +99,7 @@ def stop(
 
 
 @app.command()
-def status(veid: VeidArg, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def status(veid: VeidArg, as_json: Annotated[bool, Option("--json")] = False) -> None:
     """running, suspended or stopped (as vzctl status says); "(privileged)" after it for a
     VE whose root is the host's."""
     info = ve_manager().info(veid)
@@ -101,12 +110,15 @@ def status(veid: VeidArg, as_json: Annotated[bool, typer.Option("--json")] = Fal
 
 
 @app.command("list")
-def list_(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def list_(as_json: Annotated[bool, Option("--json")] = False) -> None:
     """Every VE of this node."""
     rows = ve_manager().list_ves()
     if as_json:
         print(json.dumps(rows))
         return
+    from rich.console import Console
+    from rich.table import Table
+
     t = Table()
     for col in ("VEID", "STATUS", "IP", "HOSTNAME", "TEMPLATE", "IDS", "INIT"):
         t.add_column(col)
@@ -126,12 +138,10 @@ def destroy(veid: VeidArg) -> None:
 
 
 @app.command("exec", context_settings={"allow_interspersed_args": False})
-def exec_(
-    veid: VeidArg, command: Annotated[list[str], typer.Argument(metavar="-- CMD...")]
-) -> None:
+def exec_(veid: VeidArg, command: Annotated[list[str], Argument(metavar="-- CMD...")]) -> None:
     """Run a command inside a running VE; its exit code is cpt's."""
     if command[:1] == ["--"]:  # options end here; click hands the marker on
         command = command[1:]
     if not command:
         raise UsageError("ve exec needs a command: cpt ve exec VEID -- CMD...")
-    raise typer.Exit(ve_manager().exec(veid, command))
+    raise Exit(ve_manager().exec(veid, command))

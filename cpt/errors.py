@@ -7,7 +7,11 @@ Every error carries what a user needs in one line: the process (pid), the resour
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Sequence
+
+from cptimage.errors import shorten
 
 
 class CptError(Exception):
@@ -105,3 +109,17 @@ class CommandError(SystemError_):
 
 class CommandTimeout(CommandError):
     """An external tool ran longer than its timeout and was killed."""
+
+
+def os_error_text(e: OSError) -> str:
+    """An OSError in words, never Python's bare "[Errno 22] Invalid argument": the file(s)
+    it names, what the kernel said and the errno's name ("Invalid argument (EINVAL)")."""
+    why = e.strerror or str(e)
+    name = errno.errorcode.get(e.errno) if e.errno is not None else None
+    if name and e.strerror == os.strerror(e.errno or 0):  # not a message of cpt's own
+        why = f"{why} ({name})"
+    files = [str(f) for f in (e.filename, e.filename2) if f is not None]
+    if not files:
+        return why
+    names = " -> ".join(shorten(f, 160) for f in files)
+    return f"{names}: {why}"

@@ -2,9 +2,21 @@
 
 At a named point the engine raises (a failure half-way, whose rollback tests then check)
 or, with `:stall`, announces itself on stderr and sleeps until killed (so a test can kill
-cpt at an exact moment).  Points: dump:pages (state dumped, pages not yet), restore:memory
-(every address space rebuilt), restore:detach (the whole tree restored, still traced).
-Unset in normal use: one environment lookup per point.
+cpt at an exact moment).  Unset in normal use: one environment lookup per point.
+
+    suspend:freezer   suspend journalled, nothing frozen yet
+    suspend:state     the tree frozen (a VE: its link down), its stage state not final yet
+    ve:link-down      a VE frozen, its link about to go down
+    ve:fs-snapshot    a VE frozen, its private area about to be snapshotted
+    dump:seize        the tree about to be seized (ptrace)
+    dump:pages        state dumped, pages not yet
+    dump:fsync        the image written, not yet durable
+    dump:rename       the image durable, not yet at its name (the commit)
+    ve:link-up        a VE thawed, its link about to come up (resume, a failed dump)
+    kill:signal       kill journalled, nothing killed yet
+    restore:freezer   an undump (or a VE's restore) journalled, its freezer not made yet
+    restore:memory    every address space rebuilt
+    restore:detach    the whole tree restored, still traced
 """
 
 from __future__ import annotations
@@ -13,11 +25,28 @@ import os
 import sys
 import time
 
-POINTS = ("dump:pages", "restore:memory", "restore:detach")
+from .errors import CptError
+
+POINTS = (
+    "suspend:freezer",
+    "suspend:state",
+    "ve:link-down",
+    "ve:fs-snapshot",
+    "dump:seize",
+    "dump:pages",
+    "dump:fsync",
+    "dump:rename",
+    "ve:link-up",
+    "kill:signal",
+    "restore:freezer",
+    "restore:memory",
+    "restore:detach",
+)
 
 
-class InjectedFault(Exception):
-    """Raised at a fault point named in CPT_FAULT."""
+class InjectedFault(CptError):
+    """Raised at a fault point named in CPT_FAULT: a CptError, so that the command fails
+    with the one line and the exit code of the stage it interrupted."""
 
 
 def point(name: str) -> None:

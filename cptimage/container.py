@@ -11,7 +11,10 @@ Grammar of a file (SPEC.md, "File layout"):
     trailer  := index_offset:u64 file_size:u64 digest:u64 END_MAGIC              (32 bytes)
 
 The writer never seeks, so an image can be written to a pipe or a socket.  PAGES sections
-are padded (inside their header) so their payload starts on a page boundary.
+are padded (inside their header) so their payload starts on a page boundary.  A writer to
+a regular file may instead place the page data in the file first and fill in the PAGES
+section headers afterwards (``PageArea``): the bytes are the same, only the order in
+which they are written differs.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import io
+import mmap
 import os
 import stat
 import struct
@@ -43,7 +47,7 @@ MAGIC = _codec.PREAMBLE_MAGIC
 SECT_MAGIC = _codec.SECTION_HEADER_MAGIC
 END_MAGIC = _codec.TRAILER_MAGIC
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 2  # 1.1: user namespaces; 1.2: socket records
+FORMAT_MINOR = 4  # 1.1: user namespaces; 1.2: owner; 1.3: chain; 1.4: socket records
 
 # Version of each section's payload layout in format 1.x.
 SECTION_VERSIONS: dict[int, int] = {t: 1 for t in SectionType}
@@ -54,6 +58,7 @@ TRAILER_SIZE = _codec.TRAILER_SIZE
 _DIGESTED_TRAILER = 16  # index_offset and file_size are covered by the digest
 
 DEFAULT_ZSTD_LEVEL = 3
+BLOCK_SIZE = 16 << 20  # page data per PAGES section
 Buffer = bytes | bytearray | memoryview
 # a section payload larger than this is refused before allocating it
 MAX_SECTION = 1 << 40
@@ -227,6 +232,117 @@ def build_preamble(header: Header, minor: int = FORMAT_MINOR) -> bytes:
     return pre + rec + b"\0" * (hdr_len - PREAMBLE_SIZE - len(rec))
 
 
+# --------------------------------------------------------------------------- page area
+
+
+class PageArea:
+    """The page data of an image written to a regular file, placed in the file in place.
+
+    The file is sized for ``capacity`` bytes of page data and mapped (MAP_SHARED) before
+    the data exists, so that a caller can fault the mapping in ahead of time (allocating
+    page cache costs far more than copying into it) and then read pages straight into it
+    (``claim``).  The layout is the one the streaming writer produces from full blocks:
+    the preamble, then PAGES sections of ``block_size`` bytes (the last one shorter), each
+    payload on a page boundary right after its header page.  More data than the capacity
+    makes the area grow (the file is extended and the new part mapped, not faulted in).
+    ``ImageWriter(area=...)`` fills in the section headers, checksums and digest once the
+    page data is complete, truncates the file to what was used and writes the records
+    after it.  The caller owns ``fd``, which must be open for reading and writing.
+    """
+
+    def __init__(
+        self, fd: int, capacity: int, *, page_size: int, block_size: int = BLOCK_SIZE
+    ) -> None:
+        if block_size % page_size or page_size % mmap.ALLOCATIONGRANULARITY:
+            raise ValueError(f"block size {block_size} is not a multiple of the page size")
+        self.fd = fd
+        self.page_size = page_size
+        self.block_size = block_size
+        self.first = page_size  # payload of block 0: the preamble and its header before it
+        self.used = 0  # page data bytes claimed
+        self.capacity = 0  # page data bytes the mapped file holds
+        # (file offset, end, mapping, view of it) of each mapped piece of the file
+        self.segments: list[tuple[int, int, mmap.mmap, memoryview]] = []
+        self._claims: list[memoryview] = []
+        self.grow(max(capacity, page_size))
+
+    @property
+    def map(self) -> mmap.mmap:
+        """The first mapping: the file as sized at creation (for the caller to fault in)."""
+        return self.segments[0][2]
+
+    def file_offset(self, pos: int) -> int:
+        """Where byte ``pos`` of the page data stream is in the file."""
+        block, within = divmod(pos, self.block_size)
+        return self.first + block * (self.block_size + self.page_size) + within
+
+    def grow(self, capacity: int) -> None:
+        """Extend the file and its mapping to hold ``capacity`` bytes of page data."""
+        capacity = -(-capacity // self.page_size) * self.page_size
+        if capacity <= self.capacity:
+            return
+        start = self.segments[-1][1] if self.segments else 0
+        end = self.file_offset(capacity - 1) + 1
+        os.ftruncate(self.fd, end)
+        m = mmap.mmap(self.fd, end - start, flags=mmap.MAP_SHARED, offset=start)
+        self.segments.append((start, end, m, memoryview(m)))
+        self.capacity = capacity
+
+    def room(self) -> int:
+        """Bytes the next ``claim`` may take: up to the end of the current block and of
+        the mapping it is in (the area grows when it is full)."""
+        if self.used >= self.capacity:
+            self.grow(max(2 * self.capacity, self.used + self.block_size))
+        off = self.file_offset(self.used)
+        seg_end = next(e for s, e, _, _ in self.segments if s <= off < e)
+        return min(self.block_size - self.used % self.block_size, seg_end - off)
+
+    def claim(self, n: int) -> tuple[int, memoryview]:
+        """The next ``n`` bytes of page data (at most ``room()``): their offset in the page
+        data stream and the writable view of the file where they go, to be filled by the
+        caller before the writer seals the area."""
+        if n <= 0 or n > self.room():
+            raise ValueError(f"claim of {n} bytes, room for {self.room()}")
+        off = self.file_offset(self.used)
+        start, _, _, view = next(seg for seg in self.segments if seg[0] <= off < seg[1])
+        piece = view[off - start : off - start + n]
+        self._claims.append(piece)
+        pos, self.used = self.used, self.used + n
+        return pos, piece
+
+    def views(self, offset: int, length: int) -> Iterator[memoryview]:
+        """Views of the file's bytes [offset, offset+length), one per mapping they are in;
+        each is released when the next is asked for."""
+        end = offset + length
+        for start, seg_end, _, view in self.segments:
+            if offset < end and start <= offset < seg_end:
+                take = min(end, seg_end) - offset
+                piece = view[offset - start : offset - start + take]
+                try:
+                    yield piece
+                finally:
+                    piece.release()
+                offset += take
+
+    def close(self) -> None:
+        """Unmap the file."""
+        for piece in self._claims:
+            piece.release()
+        self._claims.clear()
+        for _, _, m, view in self.segments:
+            view.release()
+            try:
+                m.close()
+            except BufferError:  # pragma: no cover - a view kept: unmapped when it goes
+                pass
+        self.segments.clear()
+
+    def discard(self) -> None:
+        """Not used after all: unmap and empty the file."""
+        self.close()
+        os.ftruncate(self.fd, 0)
+
+
 # --------------------------------------------------------------------------- writing
 
 
@@ -240,6 +356,14 @@ class ImageWriter:
 
     ``minor`` is for re-encoders only (``jsonio.encode`` reproducing a newer-minor file
     it decoded); everything else writes the current version.
+
+    With ``area`` (a ``PageArea`` of ``out``'s file, which must then be a regular file
+    opened for writing at offset 0) page data goes into the file in place: a caller
+    reads pages straight into ``claim_pages`` views, ``write_pages`` copies into the
+    area, and the first record section (or ``close``) seals it: the PAGES headers, the
+    checksums and the digest are computed then, outside the caller's time-critical
+    copy.  An area that does not fit (compressed pages, another page or block size, a
+    preamble longer than its first page) is discarded and the image streamed as usual.
     """
 
     def __init__(
@@ -250,8 +374,9 @@ class ImageWriter:
         compress_records: bool = False,
         compress_pages: bool = False,
         level: int = DEFAULT_ZSTD_LEVEL,
-        block_size: int = 16 << 20,
+        block_size: int = BLOCK_SIZE,
         minor: int = FORMAT_MINOR,
+        area: PageArea | None = None,
     ) -> None:
         if header.page_size < 512 or header.page_size & (header.page_size - 1):
             raise ImageError(f"page size {header.page_size} is not a power of two >= 512")
@@ -269,7 +394,25 @@ class ImageWriter:
         self._pending = bytearray()  # small page writes coalesced into one block
         self._pages_flushed = 0  # page data bytes already in PAGES sections
         self._closed = False
-        self._emit(build_preamble(header, minor))
+        preamble = build_preamble(header, minor)
+        self.area: PageArea | None = None
+        if area is not None:
+            if (
+                compress_pages
+                or area.used
+                or (area.page_size, area.block_size) != (self.page_size, block_size)
+                or len(preamble) + SECTION_HEADER_SIZE > area.first
+            ):
+                area.discard()
+            else:
+                self.area = area
+        if self.area is not None:
+            # the file position stays at 0 until the area is sealed
+            os.pwrite(self.area.fd, preamble, 0)
+            self.digest.update(preamble)
+            self.pos = len(preamble)
+        else:
+            self._emit(preamble)
 
     # -- low level
 
@@ -384,11 +527,37 @@ class ImageWriter:
 
     # -- pages
 
+    def page_room(self) -> int:
+        """Bytes ``claim_pages`` may take now (the end of a block); 0 when page data is
+        streamed (no area, or it was sealed by a record section)."""
+        return self.area.room() if self.area is not None else 0
+
+    def claim_pages(self, n: int) -> tuple[int, memoryview]:
+        """Page data written in place: the offset in the page data stream of the next
+        ``n`` bytes (at most ``page_room()``) and the view of the file where the caller
+        puts them.  The view is valid until the area is sealed."""
+        if self.area is None:
+            raise ValueError("claim_pages without a page area")
+        pos, view = self.area.claim(n)
+        self.page_data_len += n
+        return pos, view
+
     def write_pages(self, data: bytes | bytearray | memoryview) -> int:
         """Append page data; returns its offset in the page data stream."""
         off = self.page_data_len
         n = len(data)
         if n == 0:
+            return off
+        if self.area is not None:
+            view = memoryview(data).cast("B")
+            done = 0
+            while done < n:
+                take = min(self.area.room(), n - done)
+                self.claim_pages(take)
+                pos = self.area.file_offset(self.area.used - take)
+                # pwrite, not a store into the mapping: an error stays an OSError
+                _pwrite_all(self.area.fd, view[done : done + take], pos)
+                done += take
             return off
         if n >= self.block_size:
             self._flush_pages()
@@ -411,7 +580,57 @@ class ImageWriter:
         )
         self._pages_flushed += len(data)
 
+    def _seal(self) -> None:
+        """The area's page data is complete: write the PAGES headers (checksums of the
+        data in the file), feed the digest in file order, unmap, cut the file after the
+        last block and continue writing there."""
+        area, self.area = self.area, None
+        assert area is not None
+        block = area.block_size
+        try:
+            for base in range(0, area.used, block):
+                n = min(block, area.used - base)
+                payload = area.file_offset(base)
+                h = xxhash.xxh3_64()
+                for piece in area.views(payload, n):
+                    h.update(piece)
+                info = SectionInfo(
+                    type=SectionType.PAGES,
+                    version=SECTION_VERSIONS[SectionType.PAGES],
+                    offset=self.pos,
+                    hdr_len=payload - self.pos,
+                    compression=Compression.NONE,
+                    level=0,
+                    count=0,
+                    payload_len=n,
+                    raw_len=n,
+                    checksum=h.intdigest(),
+                    base=base,
+                )
+                hdr = _codec.build_section_header(
+                    info.type, info.version, info.hdr_len, Compression.NONE, 0,
+                    ChecksumAlgo.XXH3_64, 0, 0, 0, n, n, info.checksum, base,
+                )  # fmt: skip
+                hdr += b"\0" * (info.hdr_len - SECTION_HEADER_SIZE)
+                _pwrite_all(area.fd, hdr, self.pos)
+                self.digest.update(hdr)
+                for piece in area.views(payload, n):
+                    self.digest.update(piece)
+                pad = b"\0" * ((-n) % 8)
+                if pad:
+                    _pwrite_all(area.fd, pad, payload + n)
+                    self.digest.update(pad)
+                self.pos = payload + n + len(pad)
+                self.sections.append(info)
+        finally:
+            area.close()
+        self._pages_flushed = area.used
+        os.ftruncate(area.fd, self.pos)
+        self.out.seek(self.pos)
+
     def _flush_pages(self) -> None:
+        if self.area is not None:
+            self._seal()
         if self._pending:
             self._page_block(bytes(self._pending))
             self._pending.clear()
@@ -440,6 +659,13 @@ class ImageWriter:
     def __exit__(self, exc_type: Any, *rest: Any) -> None:
         if exc_type is None:
             self.close()
+
+
+def _pwrite_all(fd: int, data: Buffer, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        k = os.pwrite(fd, view, offset)
+        view, offset = view[k:], offset + k
 
 
 # --------------------------------------------------------------------------- reading

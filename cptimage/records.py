@@ -672,8 +672,8 @@ class MemfdFile(Record):
     pos: int = u64()
 
 
-# --------------------------------------------------------------------------- FILES: sockets (1.2)
-# Format 1.2 adds these socket records in 0x05A0-0x05BF.
+# --------------------------------------------------------------------------- FILES: sockets (1.4)
+# Format 1.4 adds these socket records in 0x05A0-0x05BF.
 
 
 @record(0x05A0)

@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -148,6 +149,24 @@ class Catalog:
         ident = self.new_id()
         self.save()
         return self.slot(ident) / FS
+
+    def orphans(self) -> list[Path]:
+        """The slots no snapshot of the catalog names: left by a command killed after its
+        filesystem snapshot was taken and before the catalog took it in (a killed VE
+        dump).  Only meaningful with the VE's lock held (a slot being filled is none)."""
+        known = {s.id for s in self.snaps}
+        try:
+            slots = [p for p in self.dir.iterdir() if p.name.isdigit() and p.is_dir()]
+        except FileNotFoundError:
+            return []
+        return sorted((p for p in slots if int(p.name) not in known), key=lambda p: int(p.name))
+
+    def sweep(self, slot: Path) -> None:
+        """Remove an orphan slot: its filesystem snapshot, then whatever else it holds."""
+        fs = slot / FS
+        if fs.is_dir():
+            backend_for(fs).delete_snapshot(fs)
+        shutil.rmtree(slot)
 
     def ident_of(self, fs: str | os.PathLike[str]) -> int:
         """The id `reserve` gave with the path `fs`."""

@@ -16,16 +16,19 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cpt.errors import CommandError
 from cptimage.records import FsSnapshot
 from storage import backend_for
 from storage.errors import FsError
-from ve.fssnap import FsCapture
 from ve.lifecycle import VEManager
 from ve.node import Node
 
 from .catalog import Catalog, Snap
+
+if TYPE_CHECKING:
+    from ve.fssnap import FsCapture
 
 
 class CatalogHooks:
@@ -70,6 +73,8 @@ class CatalogHooks:
         if not os.path.isdir(d):
             return
         catalog = Catalog(veid, d)
+        for slot in catalog.orphans():  # a killed dump's, which no catalog entry names
+            catalog.sweep(slot)
         for snap in list(catalog.snaps):
             catalog.remove(snap)
             if os.path.exists(snap.fs):

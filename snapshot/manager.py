@@ -22,6 +22,7 @@ import dataclasses
 import math
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from cpt.dump.options import DumpOptions
@@ -30,8 +31,8 @@ from cpt.stages.stage import Stage
 from cptimage.container import ImageReader
 from cptimage.diff import Difference
 from cptimage.diff import diff as diff_images
-from cptimage.errors import quote
-from cptimage.records import Process, SectionType
+from cptimage.errors import ImageError, quote
+from cptimage.records import FsSnapshot, Process, SectionType
 from storage import backend_for
 from storage.base import Changes
 from ve import fssnap
@@ -39,7 +40,7 @@ from ve.lifecycle import VEManager
 from ve.node import Node
 from ve.stages import ve_dump_options
 
-from .catalog import Catalog, Snap
+from .catalog import FS, Catalog, Snap
 from .hooks import CatalogHooks, adopt
 
 IMAGE = "Dump"
@@ -182,6 +183,17 @@ class SnapshotManager:
             catalog.forget(snap, keep_image=snap.kind == "checkpoint")
             return snap
 
+    def orphans(self, veid: str) -> list[Path]:
+        """Remove the orphan snapshots of the VE (taken by a dump killed before the catalog
+        took them in: no catalog entry names them); returns their slots."""
+        with self.mgr.locked(veid):
+            catalog = self.catalog(veid)
+            needed = _snapshots_of(self.hooks.node.default_dumpfile(veid))
+            slots = [p for p in catalog.orphans() if str(p / FS) not in needed]
+            for slot in slots:
+                catalog.sweep(slot)
+            return slots
+
     def cleanup(self, veid: str, policy: Policy, *, now: float | None = None) -> list[Snap]:
         """Delete what the policy does not keep (oldest first, never what is in use);
         returns what was deleted."""
@@ -244,6 +256,18 @@ class SnapshotManager:
             if was_running:
                 self.mgr.start_locked(veid, boot=True)
             return snap, pre, False
+
+
+def _snapshots_of(image: str) -> set[str]:
+    """The filesystem snapshots the dump file `image` needs for its restore (a dump
+    committed by a chkpnt killed before the catalog took its snapshot in)."""
+    try:
+        with ImageReader(image) as r:
+            return {
+                x.snapshot_path for x in r.records(SectionType.FSSNAP) if isinstance(x, FsSnapshot)
+            }
+    except (OSError, ImageError):
+        return set()
 
 
 def _free(path: os.PathLike[str] | str) -> int:

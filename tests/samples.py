@@ -742,10 +742,10 @@ def ve_userns_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
         w.add_section(R.SectionType.PAGEMAP, tree.pages(w))
 
 
-# --------------------------------------------------------------------------- format 1.2
+# --------------------------------------------------------------------------- format 1.4
 
-# the record types format 1.2 added (sockets): the 1.0 goldens lack them
-SOCKET_RECORDS_1_2 = ("SockOpts", "UnixBind", "UnixScm", "PacketSocket", "NetlinkSocket")
+# the record types format 1.4 added (sockets): the 1.0 goldens lack them
+SOCKET_RECORDS_1_4 = ("SockOpts", "UnixBind", "UnixScm", "PacketSocket", "NetlinkSocket")
 
 
 def _socket_records() -> list[Any]:
@@ -780,7 +780,7 @@ def _socket_records() -> list[Any]:
 
 
 def sockets_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
-    """Format 1.2: the tree plus a unix socket bound to a removed relative name with a
+    """Format 1.4: the tree plus a unix socket bound to a removed relative name with a
     message carrying credentials and two files in flight (a TCP listener with options and
     a packet socket with a ring and a membership), and a netlink socket."""
     tree = _Tree(0)
@@ -931,7 +931,7 @@ GOLDENS: dict[str, Callable[[BinaryIO], None]] = {
     "tree-zstd": lambda out: tree_image(out, variant=1, compress=True, minor=0),
     "every-record": lambda out: every_record_image(out, minor=0),
     "ve-userns": lambda out: ve_userns_image(out, minor=1),
-    "sockets-1.2": lambda out: sockets_image(out, minor=2),
+    "sockets-1.4": lambda out: sockets_image(out, minor=4),
 }
 
 

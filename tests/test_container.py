@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
+import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import samples
 
 from cptimage import records as R
-from cptimage.atomic import atomic_output
+from cptimage.atomic import AtomicFile, atomic_output, check_target
 from cptimage.container import (
     FORMAT_MINOR,
     ImageReader,
     ImageWriter,
+    PageArea,
     StreamedSection,
     StreamedTrailer,
     walk,
@@ -63,6 +67,60 @@ def test_pages_span_blocks_and_map_in_place(tmp_path: Path) -> None:
         pieces = r.page_file_ranges(2 * PAGE, 3 * PAGE)
         assert pieces is not None
         assert b"".join(raw[o : o + n] for o, n in pieces) == data[2 * PAGE : 5 * PAGE]
+
+
+def _pages_image(f: io.BufferedIOBase, block: int, area: PageArea | None, mode: str) -> None:
+    """Ten pages (and a record section after them) written the way `mode` says: "claim"
+    (read into the area in place, as a dump does) or "write" (write_pages)."""
+    data = samples.pattern(5, 10 * PAGE)
+    w = ImageWriter(f, samples.header(), block_size=block, area=area)  # type: ignore[arg-type]
+    for i in range(10):
+        page = data[i * PAGE : (i + 1) * PAGE]
+        if mode == "claim" and w.page_room():
+            pos, view = w.claim_pages(PAGE)
+            assert pos == i * PAGE
+            view[:] = page
+            view.release()
+        else:
+            assert w.write_pages(page) == i * PAGE
+    w.add_section(R.SectionType.PROCESS, [R.Process(pid=100, ppid=1, pgid=100, sid=100)])
+    w.close()
+
+
+@pytest.mark.parametrize("block", [3 * PAGE, 16 * PAGE])
+@pytest.mark.parametrize("capacity", [0, 4 * PAGE, 10 * PAGE, 40 * PAGE])
+@pytest.mark.parametrize("mode", ["claim", "write"])
+def test_page_area_writes_the_bytes_the_stream_writes(
+    tmp_path: Path, block: int, capacity: int, mode: str
+) -> None:
+    """Page data placed in the file first, its headers and checksums filled in after: the
+    same file, byte for byte, as the streaming writer's, whether the area was sized right,
+    too large (the file is cut) or too small (it grows)."""
+    streamed = io.BytesIO()
+    _pages_image(streamed, block, None, "write")
+    path = tmp_path / "area.img"
+    with open(path, "w+b") as f:
+        area = PageArea(f.fileno(), capacity, page_size=PAGE, block_size=block)
+        _pages_image(f, block, area, mode)
+        assert not area.segments, "the writer unmaps the area when it seals it"
+    assert path.read_bytes() == streamed.getvalue()
+    with ImageReader(path) as r:
+        assert r.read_pages(0, 10 * PAGE) == samples.pattern(5, 10 * PAGE)
+        assert all(b.payload_offset % PAGE == 0 for b in r.page_blocks())
+
+
+def test_page_area_is_dropped_where_it_cannot_serve(tmp_path: Path) -> None:
+    """Compressed pages are streamed: the area is discarded, the file emptied first."""
+    path = tmp_path / "z.img"
+    with open(path, "w+b") as f:
+        area = PageArea(f.fileno(), 8 * PAGE, page_size=PAGE, block_size=4 * PAGE)
+        w = ImageWriter(f, samples.header(), compress_pages=True, area=area)  # type: ignore[arg-type]
+        assert w.page_room() == 0 and not area.segments
+        w.write_pages(bytes(8 * PAGE))
+        w.close()
+    with ImageReader(path) as r:
+        assert r.read_pages(0, 8 * PAGE) == bytes(8 * PAGE)
+        assert {b.compression for b in r.page_blocks()} == {R.Compression.ZSTD}
 
 
 def test_compressed_pages(tmp_path: Path) -> None:
@@ -123,7 +181,7 @@ def test_newer_major_is_refused_with_the_message(tmp_path: Path) -> None:
     struct.pack_into("<HH", raw, 8, 2, 3)
     with pytest.raises(
         ImageVersionError,
-        match=r"image format 2\.3 is newer than this cpt reads \(1\.2\): upgrade cpt",
+        match=r"image format 2\.3 is newer than this cpt reads \(1\.4\): upgrade cpt",
     ):
         ImageReader(_write(tmp_path, bytes(raw)))
 
@@ -190,7 +248,7 @@ def test_atomic_output_appears_complete_with_mode_0600(tmp_path: Path) -> None:
     with atomic_output(dest) as f:
         f.write(b"partial")
         assert not dest.exists()
-        assert next(p.name for p in tmp_path.iterdir()).endswith(".tmp")
+        assert list(tmp_path.iterdir()) == [], "unnamed (O_TMPFILE) until it is complete"
     assert dest.read_bytes() == b"partial"
     assert dest.stat().st_mode & 0o777 == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["out.img"]
@@ -210,3 +268,60 @@ def test_atomic_output_mode(tmp_path: Path) -> None:
     with atomic_output(tmp_path / "a.json", mode=0o644) as f:
         f.write(b"{}")
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_atomic_output_of_a_killed_writer_leaves_nothing(tmp_path: Path) -> None:
+    dest = tmp_path / "out.img"
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a writer killed half-way (SIGKILL: no unwinding)
+        try:
+            af = AtomicFile(dest)
+            af.file.write(b"x" * 65536)
+            af.file.flush()
+            os.write(w, b"k")
+            time.sleep(60)
+        finally:
+            os._exit(0)
+    os.close(w)
+    assert os.read(r, 1) == b"k"
+    os.close(r)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_output_sweeps_the_named_temp_file_of_a_dead_writer(tmp_path: Path) -> None:
+    dest = tmp_path / "out.img"
+    dead = tmp_path / ".out.img.0123456789ab.tmp"  # a filesystem without O_TMPFILE's
+    dead.write_bytes(b"memory of a killed dump")
+    live = tmp_path / ".out.img.ba9876543210.tmp"  # one whose writer holds its flock
+    live.write_bytes(b"in progress")
+    with open(live, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with atomic_output(dest) as f:
+            f.write(b"new")
+        assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "out.img"]
+    assert dest.read_bytes() == b"new"
+
+
+def test_atomic_output_replaces_a_symlink_never_its_target(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    (tmp_path / "dir").mkdir()
+    for target in (victim, tmp_path / "dir", Path("/dev/null")):
+        link = tmp_path / "out.img"
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
+        with atomic_output(link) as f:
+            f.write(b"new")
+        assert not link.is_symlink() and link.read_bytes() == b"new"
+    assert victim.read_bytes() == b"keep me" and (tmp_path / "dir").is_dir()
+
+
+@pytest.mark.parametrize("kind", ["dir", "fifo"])
+def test_atomic_output_refuses_a_directory_or_fifo(tmp_path: Path, kind: str) -> None:
+    dest = tmp_path / "out.img"
+    dest.mkdir() if kind == "dir" else os.mkfifo(dest)
+    with pytest.raises(FileExistsError, match="not a regular file"):
+        check_target(str(dest))

@@ -327,7 +327,7 @@ def test_restore_refuses_corrupted_image(workloads, cpt, tmp_path: Path) -> None
     data[len(data) // 2] ^= 0x40  # inside the page data
     img.write_bytes(bytes(data))
     rc, _, err = cpt("restore", "--dumpfile", img)
-    assert rc == 17
+    assert rc == 40  # SPEC.md section 9: a corrupted image is exit 40, not a failed restore
     assert "checksum" in err and "refusing to restore" in err
     assert not pid_exists(wl.pid)
 

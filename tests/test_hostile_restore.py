@@ -1,7 +1,8 @@
 """Hostile images against `cpt restore` of a real dump (issue 11): sealed mutants (every
 checksum and the digest right) that only the invariants of SPEC.md section 11 catch are
-refused before any process exists, with one line naming the section and the record; a
-FIFO given as the dump file is refused, not waited on; and after all of them the
+refused before any process exists, with one line naming the section and the record (exit
+40: the image is damaged); a FIFO given as the dump file is refused, not waited on; a fault
+injected half-way is reported in one plain line; and after all of them the
 unmutated image still restores a workload that passes its own checks.
 
 fixtures/workloads/files.c (files, a pipe holding data, a FIFO, fds sharing descriptions)
@@ -111,7 +112,7 @@ def test_sealed_mutants_are_refused_before_any_process(
     img.write_bytes(out.getvalue())
     before = _alive(dumped["pids"])
     rc, _, err = dumped["cpt"]("restore", "--dumpfile", img, timeout=60)
-    assert rc == 17, err
+    assert rc == 40, err  # a damaged image (SPEC.md section 9), not a failed restore (17)
     assert err.startswith("cpt: ") and err.count("\n") == 1 and "Traceback" not in err, err
     assert expected in err and "refusing to restore" in err, err
     assert _alive(dumped["pids"]) == before == set()
@@ -122,6 +123,50 @@ def test_a_fifo_dump_file_is_refused(dumped: dict[str, Any]) -> None:
     os.mkfifo(fifo)
     rc, _, err = dumped["cpt"]("restore", "--dumpfile", fifo, timeout=20)
     assert rc == 40 and "not a regular file but a FIFO" in err, err
+
+
+def _file_pages_beyond_the_file(doc: Doc) -> None:
+    """A private file mapping's offset moved 2 GiB past the file's end, where pages were
+    written: the restore's page write faults half-way (the soak found it hidden behind a
+    BufferError: the image map could not be closed while the fault's traceback held a
+    view of it)."""
+    runs = [r for r in _records(doc, "PagemapRun") if r["owner_kind"] == "PROCESS"]
+    for v in _records(doc, "Vma"):
+        if v["kind"] == "FILE_PRIVATE" and any(
+            r["owner"] == v["pid"] and v["start"] <= r["vaddr"] < v["end"] and r["flags"] & 1
+            for r in runs
+        ):
+            v["pgoff"] = 2**31
+            return
+    raise AssertionError("no private file mapping with pages in the image")
+
+
+def test_a_page_write_that_faults_is_one_plain_line(dumped: dict[str, Any]) -> None:
+    doc = json.loads(json.dumps(dumped["doc"]))
+    _file_pages_beyond_the_file(doc)
+    out = io.BytesIO()
+    jsonio.encode(doc, out)
+    img = dumped["tmp"] / "pgoff.img"
+    img.write_bytes(out.getvalue())
+    with reaping(dumped["wl"]):
+        rc, _, err = dumped["cpt"]("restore", "--dumpfile", img, timeout=60)
+    assert rc == 17, err
+    assert err.startswith("cpt: ") and err.count("\n") == 1, err
+    assert "BufferError" not in err and "[Errno" not in err, err
+    assert _alive(dumped["pids"]) == set()
+
+
+def test_an_injected_fault_is_one_plain_line(dumped: dict[str, Any]) -> None:
+    """CPT_FAULT's exception is a CptError: the line names the point, not the class."""
+    with reaping(dumped["wl"]):
+        rc, _, err = dumped["cpt"](
+            "restore", "--dumpfile", dumped["img"], fault="restore:memory", timeout=60
+        )
+    assert rc == 17, err
+    assert err.startswith("cpt: ") and err.count("\n") == 1, err
+    assert "failed: fault injected at restore:memory (CPT_FAULT)" in err, err
+    assert "InjectedFault" not in err, err
+    assert _alive(dumped["pids"]) == set()
 
 
 def test_the_unmutated_image_still_restores(dumped: dict[str, Any]) -> None:

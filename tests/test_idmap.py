@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -174,7 +175,19 @@ def _create(directory: str, root: str, veid: str, q: multiprocessing.Queue) -> N
     q.put((veid, base))
 
 
-def test_concurrent_creates_get_distinct_ranges(reg: IdRegistry, tmp_path: Path) -> None:
+def test_concurrent_creates_get_distinct_ranges(
+    reg: IdRegistry, tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Twelve creates at once; each dwells between reading the ranges and writing its own,
+    so that without the lock they would read the same state and take the same range."""
+    read = IdRegistry._holders
+
+    def slow_read(self: IdRegistry) -> dict[str, idmap.Holder]:
+        got = read(self)
+        time.sleep(0.05)
+        return got
+
+    monkeypatch.setattr(IdRegistry, "_holders", slow_read)
     root = node(tmp_path, "n1")
     ctx = multiprocessing.get_context("fork")
     q = ctx.Queue()

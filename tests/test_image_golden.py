@@ -63,14 +63,14 @@ def test_goldens_cover_the_format() -> None:
     every = json.loads((GOLDEN / "every-record.json").read_text())
     assert every["version"] == [1, 0]
     assert samples.missing_record_types(every) == {"NsCreds", "UserNs"} | set(
-        samples.SOCKET_RECORDS_1_2
-    ), "1.1 and 1.2 added those"
+        samples.SOCKET_RECORDS_1_4
+    ), "1.1 and 1.4 added those"
     userns = json.loads((GOLDEN / "ve-userns.json").read_text())
     assert userns["version"] == [1, 1]
     assert samples.missing_record_types(userns) & {"NsCreds", "UserNs"} == set()
-    sockets = json.loads((GOLDEN / "sockets-1.2.json").read_text())
-    assert sockets["version"] == [1, 2]
-    assert not set(samples.SOCKET_RECORDS_1_2) & samples.missing_record_types(sockets)
+    sockets = json.loads((GOLDEN / "sockets-1.4.json").read_text())
+    assert sockets["version"] == [1, 4]
+    assert not set(samples.SOCKET_RECORDS_1_4) & samples.missing_record_types(sockets)
     zstd = json.loads((GOLDEN / "tree-zstd.json").read_text())
     assert {s["compression"] for s in zstd["sections"]} == {"zstd"}
     tree = json.loads((GOLDEN / "tree.json").read_text())

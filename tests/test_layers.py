@@ -135,7 +135,7 @@ def test_private_system_modules_stay_private() -> None:
 # cptimage, beside the engine: the engine never imports it (NEVER).
 LAYERS: list[tuple[str, ...]] = [
     ("cptimage",),
-    ("cpt", "cpt.errors", "cpt.fault"),
+    ("cpt", "cpt.errors", "cpt.fault", "cpt.interrupts"),
     ("cpt.procfs",),
     ("cpt.sys",),
     ("storage",),

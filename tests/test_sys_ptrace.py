@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import mmap
 import os
@@ -461,6 +462,38 @@ def test_pagemap_scan_touched_pages(procs: Procs, helpers: dict[str, Path]) -> N
         assert sum((e - s) // PAGE for s, e, _ in capped) == 2
     finally:
         os.close(fd)
+
+
+def test_populate_write_faults_a_shared_file_mapping_in(tmp_path: Path) -> None:
+    """MADV_POPULATE_WRITE from two threads: every page of the mapping is present (in the
+    page cache behind it) afterwards, none before, and the file still reads as zeros."""
+    npages = 64
+    with open(tmp_path / "area", "w+b") as f:
+        os.ftruncate(f.fileno(), npages * PAGE)
+        m = mmap.mmap(f.fileno(), npages * PAGE, flags=mmap.MAP_SHARED)
+        anchor = ctypes.c_char.from_buffer(m)
+        addr = ctypes.addressof(anchor)
+        del anchor
+        fd = open_pagemap("self")
+        try:
+
+            def present() -> int:
+                got = mem.pagemap_scan(
+                    fd,
+                    addr,
+                    addr + npages * PAGE,
+                    category_mask=mem.PAGE_IS_PRESENT,
+                    return_mask=mem.PAGE_IS_PRESENT,
+                )
+                return sum((e - s) // PAGE for s, e, _ in got)
+
+            assert present() == 0
+            mem.populate_write(m, threads=2)
+            assert present() == npages
+        finally:
+            os.close(fd)
+            m.close()
+        assert os.pread(f.fileno(), npages * PAGE, 0) == bytes(npages * PAGE)
 
 
 # ---- namespaces (in a child process: never in the test process itself) ---------------------------

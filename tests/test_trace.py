@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -374,3 +374,58 @@ def test_freeze_group_stopped_process_stays_stopped(procs: Procs) -> None:
     wait_until(lambda: proc_state(p.pid) == "T", what="still stopped")
     os.kill(p.pid, signal.SIGCONT)
     wait_until(lambda: proc_state(p.pid) == "S", what="continued")
+
+
+def _tracer_child(work: Callable[[], None]) -> tuple[int, int]:
+    """Fork a child that does `work` (seize and inject, as the engine does), then tells the
+    parent on a pipe and sleeps: (its pid, the read end)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the tracer: its tracees are detached by the kernel when it dies
+        try:
+            os.close(r)
+            work()
+            os.write(w, b"k")
+            time.sleep(60)
+        finally:
+            os._exit(0)
+    os.close(w)
+    return pid, r
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("how", ["one-shot", "session", "probe"])
+def test_tracer_killed_after_injecting_leaves_tracee_running(
+    procs: Procs, bins: dict[str, Path], how: str
+) -> None:
+    """SIGKILL of the tracer between injections (as of a `cpt chkpnt` copying pages):
+    the kernel detaches the tracees, which run on with their own registers and mask; a
+    thread left in the single-step SIGTRAP stop of its last injection would die of it."""
+    p, _ = procs.start_ready([str(bins["mt"]), "2"])
+
+    def work() -> None:
+        tracees = freeze_process(p.pid)
+        if how == "one-shot":
+            for t in tracees:
+                t.syscall(NR.getpid)
+        elif how == "session":
+            with tracees[0].session():
+                for _ in range(10):
+                    tracees[0].syscall(NR.getppid)
+        else:
+            from cpt.dump.probe import probe
+            from cpt.procfs import Proc
+
+            probe(tracees, [(v.start, v.end) for v in Proc().maps(p.pid)])
+
+    tracer, r = _tracer_child(work)
+    try:
+        assert os.read(r, 1) == b"k"
+        os.kill(tracer, signal.SIGKILL)
+        os.waitpid(tracer, 0)
+    finally:
+        os.close(r)
+    wait_until(lambda: proc_state(p.pid) in ("S", "R"), what="the tracee running again")
+    time.sleep(0.05)
+    assert proc_state(p.pid) in ("S", "R")
+    assert _finish(p).startswith(b"PASS")

@@ -461,6 +461,34 @@ def test_destroy_gives_the_range_back(node: Node) -> None:
     assert "1205" not in json.loads((node.ids / "cpt-idmap.json").read_text())["ranges"]
 
 
+def test_start_refuses_a_range_held_by_another_ve(node: Node) -> None:
+    """`ve start` checks the VE's range before it makes anything: taken meanwhile by a VE
+    of another node root on this machine, the start is refused, naming the range and
+    its holder; given back, the VE starts and its range is registered for it again."""
+    from ve.idmap import IdRegistry
+
+    node.create("1208", "--", "/bin/sh", "-c", "sleep 1000")
+    base = base_of(node, "1208")
+    reg = IdRegistry(str(node.ids))
+    reg.release("1208", str(node.root))
+    other = node.root.parent / "third-node"
+    (other / "ve").mkdir(parents=True, exist_ok=True)
+    (other / "ve" / "1298.toml").write_text("")
+    reg.ensure("1298", str(other), base)
+    try:
+        rc, _, err = node.cpt("ve", "start", "1208")
+        assert rc == 21 and err.count("\n") == 1, err
+        assert f"ids {base}-{base + COUNT - 1}" in err and "VE 1298" in err, err
+        assert node.cpt("ve", "status", "1208")[1].split()[-1] == "stopped"
+    finally:
+        reg.release("1298", str(other))
+    rc, _, err = node.cpt("ve", "start", "1208")
+    assert rc == 0, err
+    assert reg.holders()["1208"].base == base
+    assert probe(node, "1208", "ids")["uid_map"] == ["0", str(base), str(COUNT)]
+    assert node.cpt("ve", "stop", "1208", "--timeout", "1")[0] == 0
+
+
 def test_concurrent_creates_get_distinct_ranges(node: Node) -> None:
     """Two `cpt ve create` commands at the same moment on one machine (two node roots
     sharing its id files): two ranges, both in subuid and subgid."""

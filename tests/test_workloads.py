@@ -145,6 +145,11 @@ SABOTAGE = [
     ("pyscript", "generator", "did not resume at F(60)"),
     ("pyscript", "file", "position 124"),
     ("pyscript", "thread", "SHA-256"),
+    ("novdso", "maps", "the special mappings are"),
+    ("seccomp_tsync", "thread", "thread 1: uname() failed with errno 777"),
+    ("procfiles", "offset", "stat is at offset 0, expected 10"),
+    ("sigstate", "trap", "the SIGTRAP handler ran 0 times"),
+    ("sigstate", "zombie", "is not a reapable zombie"),
     ("unixzoo", "queue", "dgram pair: fewer messages queued than sent"),
     ("unixzoo", "pending", "no connection waits in the listener's accept queue"),
     ("unixzoo", "passcred", "SO_PASSCRED is off"),
@@ -168,6 +173,9 @@ SABOTAGE = [
     ("inotify", "mask", "in1: watch 1 is inode"),
     ("ptimers", "disarm", "timer 0 (every 25 ms) did not fire"),
     ("ptimers", "thread", "timer 3's signal ran on thread"),
+    ("scale", "vma", "mapping 0 at"),
+    ("scale", "fd", "is at offset 300, not 299"),
+    ("scale", "member", "member 11 (pid"),
 ]
 
 

@@ -48,9 +48,11 @@ PYTHON = sys.executable
 PYTHON_FLAGS = ("-E", "-s", "-B")  # no PYTHON* env, no user site, no .pyc in the repo
 
 C_WORKLOADS = ("counter", "tree", "threads", "memory", "files", "procstate", "restart", "sysvipc")
-C_WORKLOADS += ("eventfds", "epoll", "inotify", "ptimers")
+C_WORKLOADS += ("eventfds", "epoll", "inotify", "ptimers", "seccomp_tsync", "novdso")
 C_WORKLOADS += ("pty", "ghost")  # locks (--file-locks) and ttyjob (a shell): tests of their own
-PY_WORKLOADS = ("counter.py", "pyscript", "shmem.py", "unixzoo", "sockopts", "unixfid")
+C_WORKLOADS += ("scale",)
+PY_WORKLOADS = ("counter.py", "pyscript", "shmem.py", "unixzoo", "sigstate", "procfiles")
+PY_WORKLOADS += ("sockopts", "unixfid")
 ALL_WORKLOADS = C_WORKLOADS + PY_WORKLOADS
 NEEDS_ROOT = frozenset({"procstate", "sockopts"})  # changes its credentials; raw sockets
 

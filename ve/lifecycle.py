@@ -15,7 +15,7 @@ import select
 import signal
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cpt.errors import AlreadyRunning, CptError, InvalidValue, NotRunning, SystemError_
 from cpt.procfs import IdMapping, format_id_map, write_id_maps
@@ -31,7 +31,9 @@ from .hooks import SnapshotHooks
 from .idmap import ID_COUNT, IdRegistry, range_text
 from .node import Node
 from .runtime import RunState, Runtime
-from .stages import VeStages
+
+if TYPE_CHECKING:  # the engine's stages: imported by the commands that run them
+    from .stages import VeStages
 
 BOOT_TIMEOUT = 30.0
 
@@ -52,6 +54,8 @@ class VEManager:
     @contextlib.contextmanager
     def locked(self, veid: str) -> Iterator[None]:
         with RunState(veid).locked():
+            if os.path.exists(self.node.config_path(veid)):  # not a VE being created
+                self.stages(veid).repair_locked(self.config(veid))
             yield
 
     def create(
@@ -153,6 +157,8 @@ class VEManager:
 
     def stages(self, veid: str) -> VeStages:
         """The chkpnt and restore stages of the VE."""
+        from .stages import VeStages
+
         return VeStages(veid, self.snapshots, self.node)
 
     # -- state
@@ -164,12 +170,32 @@ class VEManager:
         return RunState(veid).freezer()
 
     def status(self, veid: str) -> str:
-        """running, suspended (frozen, or a dump file waits: as vzctl says) or stopped."""
+        """running, suspended (frozen, or a dump file waits: as vzctl says) or stopped;
+        what a killed cpt command left is said after it (frozen or cut off without a
+        stage state, a stage half-done), with the command that repairs it."""
         self.config(veid)
         rt = self.runtime(veid)
         if rt is not None:
-            fz = self.freezer(veid)
-            return "suspended" if fz.exists() and fz.freeze_requested() else "running"
+            run = RunState(veid)
+            fz = run.freezer()
+            frozen = fz.exists() and fz.freeze_requested()
+            try:
+                st = run.stage_state().load()
+            except (ValueError, KeyError, TypeError):
+                st = None
+            fix = f"`cpt chkpnt {veid} --resume` repairs it"
+            if st is not None and not st.stable:
+                if st.state in ("killing", "restoring"):
+                    fix = f"`cpt ve stop {veid}` finishes it"
+                base = "suspended" if frozen else "running"
+                return f"{base}, a cpt command was killed while {st.state} ({fix})"
+            if frozen:
+                return (
+                    "suspended" if st is not None else f"suspended, without a stage state ({fix})"
+                )
+            if net.host_link_up(veid) is False:
+                return f"running, link down ({fix})"
+            return "running"
         return "suspended" if os.path.exists(self.node.default_dumpfile(veid)) else "stopped"
 
     def info(self, veid: str) -> dict[str, Any]:

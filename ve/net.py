@@ -17,8 +17,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import ipaddress
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from cpt import interrupts
 from cpt.errors import SystemError_
 
 # pyroute2 is imported where it is used (see cpt/dump/netns.py): importing the package
@@ -50,10 +52,15 @@ def gateway(ip: str) -> str:
     return str(next(hosts) if first == iface.ip else first)
 
 
-def _iproute() -> IPRoute:
+@contextlib.contextmanager
+def _iproute() -> Iterator[IPRoute]:
+    """An IPRoute socket, with no signal raised while it is in use: pyroute2 runs an asyncio
+    loop, which turns an exception of a signal handler (cpt/interrupts.py) into
+    "RuntimeError: Event loop stopped"; the signal is raised once the block is left."""
     from pyroute2 import IPRoute
 
-    return IPRoute()
+    with interrupts.deferred(), IPRoute() as ipr:
+        yield ipr
 
 
 def _err(what: str, e: NetlinkError) -> SystemError_:
@@ -112,6 +119,16 @@ def set_host_link(veid: str, up: bool) -> None:
         found = ipr.link_lookup(ifname=host_ifname(veid))
         if found:
             ipr.link("set", index=found[0], state="up" if up else "down")
+
+
+def host_link_up(veid: str) -> bool | None:
+    """Is the VE's host end of its veth administratively up (None: there is none)?"""
+    with _iproute() as ipr:
+        found = ipr.link_lookup(ifname=host_ifname(veid))
+        if not found:
+            return None
+        link = ipr.get_links(found[0])[0]
+        return bool(link["flags"] & 1)  # IFF_UP
 
 
 def route_to_ve(veid: str, ip: str) -> None:

@@ -26,6 +26,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from cpt import interrupts
 from cpt.dump.dumper import DumpStats
 from cpt.dump.options import DumpOptions
 from cpt.errors import AlreadyRunning, NotRunning, RestoreError, UsageError
@@ -35,10 +36,10 @@ from cpt.stages.dump import checkpoint, dump
 from cpt.stages.kill import kill
 from cpt.stages.restore import open_for_restore, restore
 from cpt.stages.resume import resume
-from cpt.stages.stage import Stage, check_stage
-from cpt.stages.store import TreeState
+from cpt.stages.stage import Stage, check_dumpfile, check_stage
+from cpt.stages.store import KILLING, TreeState
 from cpt.stages.suspend import suspend
-from cpt.stages.tree import Tree
+from cpt.stages.tree import RUNS_AGAIN, Tree
 from cptimage.container import ImageReader
 from cptimage.errors import ImageError
 from cptimage.records import FsSnapshot, IdMap, SectionType, SourceKind, UserNs
@@ -66,6 +67,9 @@ class VeLink:
         net.set_host_link(self.cfg.veid, True)
         net.route_to_ve(self.cfg.veid, self.cfg.ip)
 
+    def is_up(self) -> bool:
+        return net.host_link_up(self.cfg.veid) is not False
+
 
 def ve_dump_options(base: DumpOptions | None = None) -> DumpOptions:
     """What a VE's image holds: everything a VE may have open (vzctl asks for nothing)."""
@@ -88,7 +92,8 @@ class VeStages:
         return f"VE {self.veid}"
 
     def dumpfile(self, given: str | None = None) -> str:
-        return given or self.node.default_dumpfile(self.veid)
+        check_dumpfile(given)  # "" is refused, never taken for the default
+        return given if given is not None else self.node.default_dumpfile(self.veid)
 
     def tree(self, cfg: VEConfig, init_pid: int, capture: FsCapture | None = None) -> Tree:
         return RunState(cfg.veid).tree(init_pid, link=VeLink(cfg), in_freeze=capture)
@@ -105,16 +110,20 @@ class VeStages:
         statistics when there was a dump.  Every dump snapshots the private area in the
         same frozen window, and the snapshot hooks keep it with the dump file."""
         check_stage(stage, "chkpnt")
+        check_dumpfile(dumpfile)
         opts = opts or DumpOptions()
         if opts.leave_running and stage is not Stage.CHKPNT:
             raise UsageError("--leave-running is a full checkpoint; it takes no stage option")
         run = RunState(self.veid)
         with run.locked():
             cfg = self.node.config(self.veid)
+            repaired = self.repair_locked(cfg)
             rt = run.runtime()
             if rt is None:
                 run.forget_ended()
                 raise NotRunning(f"VE {self.veid} is not running")
+            if stage is Stage.RESUME and repaired in RUNS_AGAIN:
+                return None  # the repair of a killed cpt's suspend resumed it
             path = self.dumpfile(dumpfile)
             opts = ve_dump_options(opts)
             if stage is Stage.SUSPEND:
@@ -130,6 +139,32 @@ class VeStages:
             else:
                 resume(self.tree(cfg, rt.init_pid))
             return None
+
+    def repair(self) -> str | None:
+        """repair_locked() with the VE's lock taken."""
+        with RunState(self.veid).locked():
+            return self.repair_locked(self.node.config(self.veid))
+
+    def repair_locked(self, cfg: VEConfig) -> str | None:
+        """Finish or undo what a cpt command killed half-way left on the VE, as its journal
+        says (cpt.stages.tree.Tree.repair): frozen or cut off, it runs again; killed past
+        its dump's commit, its runtime and link go.  Returns the state found, or None."""
+        with interrupts.deferred():  # a repair is never left half-done
+            return self._repair(cfg)
+
+    def _repair(self, cfg: VEConfig) -> str | None:
+        run = RunState(cfg.veid)
+        rt = run.runtime()
+        if rt is None:  # its processes are gone: what is left is forget_ended()'s
+            st = run.tree().journal()
+            if st is None or st.stable:
+                return None
+            run.stage_state().drop()
+            return st.state
+        found = self.tree(cfg, rt.init_pid).repair()
+        if found == KILLING:
+            self._stopped(cfg)
+        return found
 
     def dump_with_fs(
         self,
@@ -173,10 +208,12 @@ class VeStages:
     ) -> RestoreStats | None:
         """UNDUMP, RESUME, KILL, or the full RESTORE (undump, resume)."""
         check_stage(stage, "restore")
+        check_dumpfile(dumpfile)
         opts = opts or RestoreOptions()
         if opts.pidns or opts.ipcns or opts.shell_job:
             raise UsageError("--pidns, --ipcns, --shell-job and --pidfile are for process trees")
         with RunState(self.veid).locked():
+            self.repair_locked(self.node.config(self.veid))
             return self.restore_locked(stage, dumpfile, rollback_fs=opts.rollback_fs)
 
     def restore_locked(
@@ -272,8 +309,9 @@ class VeStages:
         try:
             with ImageReader(path) as r:
                 recs = [x for x in r.records(SectionType.FSSNAP) if isinstance(x, FsSnapshot)]
-        except ImageError as e:
-            raise RestoreError(f"{e}; refusing to restore") from None
+        except ImageError as e:  # exit 40 (41 for a newer version), as open_for_restore's
+            e.msg += "; refusing to restore"
+            raise
         for rec in recs:
             diff = fssnap.changes(rec)
             if diff is None:

@@ -1,5 +1,6 @@
-"""The dump of a stopped tree into one image: per-process state first, then the pages,
-then the record sections.  Every thread of the tree is in a ptrace-stop while this runs.
+"""The dump of a stopped tree into one image: per-process state first, then the pages
+(`run`: every thread of the tree is in a ptrace-stop while it runs), then the record
+sections, the index and the trailer (`finish`: the tree may run again by then).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import socket
 import time
 import uuid
 from collections import defaultdict
-from typing import Any, BinaryIO
+from typing import Any
 
 from cptimage.container import ImageWriter
 from cptimage.records import (
@@ -31,7 +32,8 @@ from .fds import FdTable
 from .ipc import IpcDumper
 from .mm import dump_mm, dump_vmas
 from .options import DumpOptions
-from .pages import PageDumper, page_buffer
+from .output import ImageOutput
+from .pages import PageDumper
 from .paths import PathTable
 from .probe import probe
 from .pstree import TaskInfo, process_record
@@ -53,17 +55,19 @@ class DumpStats:
     threads: int = 0
     pages_bytes: int = 0
     image_bytes: int = 0
+    reserve_s: float = 0.0  # the image's page area sized and faulted in, before the freeze
     state_s: float = 0.0  # per-process state (probe, threads, fds, ...)
     pages_s: float = 0.0  # page scan and copy
+    finish_s: float = 0.0  # records, page checksums, index: after the frozen window
+    sync_s: float = 0.0  # fsync of the image, rename, fsync of its directory
     frozen_s: float = 0.0  # freeze to resume or kill (full checkpoints)
     fs_snapshot_s: float = 0.0  # a VE's filesystem snapshot, inside the frozen window
 
 
 def prepare_dump() -> None:
     """Pay the one-time costs of a process's first dump before the tree is frozen rather
-    than inside the frozen window: the page buffer (16 MiB faulted in, ~5 ms here) and
-    the host facts of the header (vDSO digest, CPU flags: ~2 ms).  Each is cached."""
-    page_buffer()
+    than inside the frozen window: the host facts of the header (vDSO digest, CPU flags:
+    ~2 ms).  Each is cached.  (The page area or buffer: ImageOutput.reserve.)"""
     hostinfo.vdso_digest()
     hostinfo.isa_flags()
 
@@ -93,11 +97,16 @@ class Dumper:
         self.ipc = IpcDumper(root, proc, self.shmem)
         self.vmas: dict[int, list[Vma]] = {}
         self.stats = DumpStats()
+        self.writer: ImageWriter | None = None
+        self.others: list[Any] = []  # records beside the processes', collected by run()
         # a VE that contains its root: its ids as the VE sees them go into the image too
         self.userns = dump_userns(root, proc) if opts.ve_id else None
 
-    def run(self, out: BinaryIO) -> DumpStats:
+    def run(self, out: ImageOutput) -> DumpStats:
+        """The frozen part: every process's state, then the pages into the image (into
+        its page area, if `out` has one).  `finish` writes the rest."""
         t0 = time.perf_counter()
+        out.stats = self.stats
         for info in self.tree.values():
             self.recs[SectionType.PROCESS].append(process_record(info))
             if not info.zombie:
@@ -111,7 +120,9 @@ class Dumper:
         t1 = time.perf_counter()
         fault.point("dump:pages")
         try:
-            writer = ImageWriter(out, self._header(), compress_pages=self.opts.compress)
+            self.writer = writer = ImageWriter(
+                out.file, self._header(), compress_pages=self.opts.compress, area=out.area
+            )
             for pid, vmas in self.vmas.items():
                 pd = PageDumper(pid, writer)
                 self.recs[SectionType.PAGEMAP] += pd.dump(vmas)
@@ -119,19 +130,34 @@ class Dumper:
             self.recs[SectionType.PAGEMAP] += self.shmem.dump_pages(writer)
         finally:
             self.ipc.close()
+        # what needs the tree still stopped (the TCP repair state: FdTable.records runs
+        # the fds' finish steps) is collected here, not in finish(), which may come
+        # after the tree runs again
+        self.others = (
+            self.shmem.records + self.ipc.records + self.paths.records + self.files.records
+        )
         t2 = time.perf_counter()
+        self.stats.processes = len(self.tree)
+        self.stats.reserve_s = out.reserve_s
+        self.stats.state_s = t1 - t0
+        self.stats.pages_s = t2 - t1
+        return self.stats
+
+    def finish(self) -> DumpStats:
+        """The records, the page area's headers and checksums, the index and the trailer:
+        nothing that needs the tree stopped (the caller fsyncs)."""
+        t0 = time.perf_counter()
+        writer = self.writer
+        assert writer is not None, "finish() before run()"
         # every other record goes to the section its tag names
-        others = self.shmem.records + self.ipc.records + self.paths.records + self.files.records
-        for rec in others + self.extra:
+        for rec in self.others + self.extra:
             self.recs[section_of_tag(rec.TAG)].append(rec)
         for stype in SectionType:
             if stype not in (SectionType.PAGES, SectionType.INDEX):
                 writer.add_section(stype, self.recs.get(stype, []))
         writer.close()
-        self.stats.processes = len(self.tree)
         self.stats.image_bytes = writer.pos
-        self.stats.state_s = t1 - t0
-        self.stats.pages_s = t2 - t1
+        self.stats.finish_s = time.perf_counter() - t0
         return self.stats
 
     def release(self, killed: bool) -> None:

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from cptimage.records import NetAddr, NetLink, NetRoute, Uts
 
+from .. import interrupts
 from ..errors import DumpError, UnsupportedError
 from ..sys.ns import in_namespace
 from ..sys.uts import uname
@@ -315,7 +316,8 @@ def dump_net(pid: int) -> list[NetRecord]:
     from pyroute2.netlink.exceptions import NetlinkError
 
     try:
-        with in_namespace(pid, "net") as ino, IPRoute() as ipr:
+        # no signal raised inside pyroute2's asyncio loop (it would become a RuntimeError)
+        with interrupts.deferred(), in_namespace(pid, "net") as ino, IPRoute() as ipr:
             links = sorted(ipr.get_links(), key=lambda m: int(m["index"]))
             addrs = list(ipr.get_addr())
             routes = list(ipr.route("dump"))

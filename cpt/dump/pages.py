@@ -3,8 +3,10 @@
 Selection: one PAGEMAP_SCAN over the address space picks pages that are present or
 swapped and neither file pages (page cache of unmodified file mappings) nor the shared
 zero page: private anonymous memory and the COW'd pages of private file mappings.
-Contents: process_vm_readv, up to 1024 ranges per call, into one reused, pre-faulted
-16 MiB buffer, then straight into the image writer.  Pages the target cannot read
+Contents: process_vm_readv, up to 1024 ranges per call, straight into the image file
+when the writer has a page area (the file's page cache, sized from `estimate` and faulted
+in before the freeze: then the copy is all the frozen window pays for), else into one
+reused, pre-faulted 16 MiB buffer that is then written out.  Pages the target cannot read
 (PROT_NONE, or VMAs without PROT_READ) come through /proc/PID/mem, which reads with
 FOLL_FORCE.
 """
@@ -13,11 +15,13 @@ from __future__ import annotations
 
 import mmap
 import os
+from collections.abc import Iterable
 
 from cptimage.container import ImageWriter
 from cptimage.records import OwnerKind, PageFlags, PagemapRun, Vma, VmaKind, VmFlags
 
-from ..procfs import mem_path, open_mem, open_pagemap
+from ..errors import CptError
+from ..procfs import Proc, mem_path, open_mem, open_pagemap
 from ..sys.arch import PAGE_SIZE
 from ..sys.mem import (
     MAP_SHARED,
@@ -44,6 +48,39 @@ def page_buffer() -> mmap.mmap:
             -1, BUF_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE
         )
     return _buf
+
+
+def estimate(pids: Iterable[int], proc: Proc | None = None) -> int:
+    """Bytes of page data a dump of these processes would hold now: one PAGEMAP_SCAN of
+    each with the dump's selection (shared memory objects not included).  Read before
+    the freeze, so only an estimate: a running process changes it."""
+    proc = proc or Proc()
+    total = 0
+    for pid in pids:
+        try:
+            maps = [m for m in proc.maps(pid) if m.path != "[vsyscall]"]
+            if not maps:
+                continue
+            fd = open_pagemap(pid)
+        except (OSError, CptError):
+            continue  # gone, or a kernel thread: the dump decides
+        try:
+            for start, end, _ in pagemap_scan(
+                fd,
+                maps[0].start,
+                maps[-1].end,
+                category_mask=_SKIP,
+                category_inverted=_SKIP,
+                category_anyof_mask=_WANT,
+                return_mask=_WANT,
+                pid=pid,
+            ):
+                total += end - start
+        except (OSError, CptError):
+            pass
+        finally:
+            os.close(fd)
+    return total
 
 
 def dumpable(v: Vma) -> bool:
@@ -96,11 +133,11 @@ class PageDumper:
     def __init__(self, pid: int, writer: ImageWriter) -> None:
         self.pid = pid
         self.writer = writer
-        self.buf = page_buffer()
-        self.view = memoryview(self.buf)
         self.runs: list[PagemapRun] = []
         self.bytes = 0
         self._mem: int | None = None
+        self._buf: mmap.mmap | None = None
+        self._view: memoryview | None = None
 
     def dump(self, vmas: list[Vma]) -> list[PagemapRun]:
         ranges = page_ranges(self.pid, vmas)
@@ -112,33 +149,53 @@ class PageDumper:
         finally:
             if self._mem is not None:
                 os.close(self._mem)
+            if self._view is not None:
+                self._view.release()
         return self.runs
+
+    def _limit(self) -> int:
+        """How much the next batch may hold: the room left in the writer's current block
+        of the page area, or the buffer."""
+        return self.writer.page_room() or BUF_SIZE
 
     def _copy(self, ranges: list[tuple[int, int, int]], force: bool) -> None:
         batch: list[tuple[int, int, int]] = []
         fill = 0
+        limit = 0  # asked only when there is something to place
         for start, end, vi in ranges:
             while start < end:
-                take = min(end - start, BUF_SIZE - fill)
+                limit = limit or self._limit()
+                take = min(end - start, limit - fill)
                 batch.append((start, take, vi))
                 fill += take
                 start += take
-                if fill == BUF_SIZE:
+                if fill == limit:
                     self._flush(batch, fill, force)
-                    batch, fill = [], 0
+                    batch, fill, limit = [], 0, 0
         if batch:
             self._flush(batch, fill, force)
 
     def _flush(self, batch: list[tuple[int, int, int]], fill: int, force: bool) -> None:
-        if force:
-            self._read_forced(batch)
+        if self.writer.page_room():
+            base, view = self.writer.claim_pages(fill)  # straight into the image file
         else:
-            try:
-                process_vm_readv(self.pid, [(a, n) for a, n, _ in batch], self.buf)
-            except MemoryFault:
-                # a page turned unreadable (guard, mprotect race): FOLL_FORCE reads it
-                self._read_forced(batch)
-        base = self.writer.write_pages(self.view[:fill])
+            if self._view is None:
+                self._buf = page_buffer()
+                self._view = memoryview(self._buf)
+            base, view = -1, self._view[:fill]
+        try:
+            if force:
+                self._read_forced(batch, view)
+            else:
+                try:
+                    process_vm_readv(self.pid, [(a, n) for a, n, _ in batch], view)
+                except MemoryFault:
+                    # a page turned unreadable (guard, mprotect race): FOLL_FORCE reads it
+                    self._read_forced(batch, view)
+            if base < 0:
+                base = self.writer.write_pages(view)
+        finally:
+            view.release()
         self.bytes += fill
         off = base
         runs = self.runs
@@ -165,12 +222,12 @@ class PageDumper:
                 runs.append(run)
             off += n
 
-    def _read_forced(self, batch: list[tuple[int, int, int]]) -> None:
+    def _read_forced(self, batch: list[tuple[int, int, int]], view: memoryview) -> None:
         if self._mem is None:
             self._mem = open_mem(self.pid)
         pos = 0
         for addr, n, _ in batch:
-            got = os.preadv(self._mem, [self.view[pos : pos + n]], addr)
+            got = os.preadv(self._mem, [view[pos : pos + n]], addr)
             if got != n:
                 raise OSError(f"{mem_path(self.pid)}: short read at {addr:#x}")
             pos += n

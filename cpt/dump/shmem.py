@@ -77,22 +77,34 @@ class ShmemTable:
         return next(k[1] for k, v in self._by_inode.items() if v == shmem_id)
 
     def dump_pages(self, writer: ImageWriter) -> list[PagemapRun]:
-        """Every object's allocated pages into the page store (the tree still stopped)."""
+        """Every object's allocated pages into the page store (the tree still stopped):
+        read straight into the image's page area, or through the page buffer."""
         runs: list[PagemapRun] = []
-        buf = page_buffer()
-        view = memoryview(buf)
+        view: memoryview | None = None
         for obj in self.records:
             fd = os.open(self._source[obj.id], os.O_RDONLY | os.O_CLOEXEC)
             try:
                 for start, end in data_ranges(fd, obj.size):
                     off = start
                     while off < end:
-                        n = min(end - off, BUF_SIZE)
-                        got = os.preadv(fd, [view[:n]], off)
-                        if got != n:
-                            if off + got != obj.size:
-                                raise OSError(f"short read of shared memory object {obj.id}")
-                            view[got:n] = bytes(n - got)  # the tail of the last page
+                        room = writer.page_room()
+                        n = min(end - off, room or BUF_SIZE)
+                        if room:  # a claimed piece of a new file reads as zeros already
+                            base, dst = writer.claim_pages(n)
+                        else:
+                            view = view or memoryview(page_buffer())
+                            base, dst = -1, view[:n]
+                        try:
+                            got = os.preadv(fd, [dst], off)
+                            if got != n:
+                                if off + got != obj.size:
+                                    raise OSError(f"short read of shared memory object {obj.id}")
+                                if base < 0:
+                                    dst[got:n] = bytes(n - got)  # the tail of the last page
+                            if base < 0:
+                                base = writer.write_pages(dst)
+                        finally:
+                            dst.release()
                         runs.append(
                             PagemapRun(
                                 owner_kind=OwnerKind.SHMEM,
@@ -100,12 +112,14 @@ class ShmemTable:
                                 owner=obj.id,
                                 vaddr=off,
                                 nr_pages=n // PAGE_SIZE,
-                                data_offset=writer.write_pages(view[:n]),
+                                data_offset=base,
                             )
                         )
                         off += n
             finally:
                 os.close(fd)
+        if view is not None:
+            view.release()
         return runs
 
 

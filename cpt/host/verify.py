@@ -24,6 +24,7 @@ from cptimage.errors import shorten
 from cptimage.records import PathFlags, PathKind, PathObj
 from cptimage.verify import Problem
 
+from ..procfs.paths import pid_of_path
 from ..restore import mounts
 from ..restore.ipc import IpcObjects
 from ..restore.model import ImageModel
@@ -92,11 +93,22 @@ def check_host(reader: ImageReader, *, pids: bool = True, ipcns: bool = False) -
     if not (ipcns or model.ipc_own):
         for conflict in IpcObjects(model, reader, None).conflicts():
             out.append(_problem("ipc", conflict))
+    own = _tree_ids(model)
     for p in model.paths.values():
+        if pid_of_path(p.path) in own:
+            continue  # a /proc file of the tree's own processes: there once the tree is
         why = changed(p)
         if why:
             out.append(_problem("file", f"{shorten(p.path, 160)}: {why}"))
     return out
+
+
+def _tree_ids(model: ImageModel) -> set[int]:
+    """Every PID and TID of the image's tree (as seen by the restorer)."""
+    ids = set(model.procs)
+    for proc in model.procs.values():
+        ids.update(th.tid for th in proc.threads)
+    return ids
 
 
 def _ve_problems(model: ImageModel) -> list[Problem]:

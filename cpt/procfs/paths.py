@@ -25,6 +25,16 @@ def pid_dir(pid: Pid) -> str:
     return f"{ROOT}/{pid}"
 
 
+def pid_of_path(path: str) -> int | None:
+    """The PID (or TID) a path /proc/PID or /proc/PID/... names, else None (/proc/self is
+    never in a dump's paths: the kernel resolves it to the number)."""
+    head, sep, rest = path.partition(f"{ROOT}/")
+    if head or not sep:
+        return None
+    num = rest.split("/", 1)[0]
+    return int(num) if num.isdigit() and num.isascii() else None
+
+
 def pid_exists(pid: int) -> bool:
     """Is there a /proc/PID (a process, a zombie, or a thread id)?"""
     return os.path.exists(f"{ROOT}/{pid}")

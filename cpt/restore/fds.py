@@ -14,7 +14,10 @@ import fcntl
 import os
 from collections.abc import Callable
 
+from cptimage.records import RegFile
+
 from ..errors import RestoreError
+from ..procfs.paths import pid_of_path
 from ..sys.syscalls import NR
 from . import (
     epoll,
@@ -58,8 +61,12 @@ class FileRestorer:
         self.local: dict[int, int] = {}  # description id -> fd in this process
         self.openers: list[Opener] = [cls() for cls in OPENERS]
         self._by_type = {rt: op for op in self.openers for rt in op.records}
+        # description id -> PID, for the /proc/PID files of the tree's own processes
+        self.own_proc: dict[int, int] = {}
 
     def open_all(self) -> None:
+        """Open every description but those of /proc/PID files of the tree's own processes,
+        which exist once the tree is built: open_own_proc() opens them then."""
         used = {fd.file_id for pi in self.model.procs.values() for fd in pi.fds}
         used |= self.model.in_flight()  # carried in a unix socket's queue
         for ident in sorted(used):
@@ -69,6 +76,10 @@ class FileRestorer:
             op = self._by_type.get(type(desc))
             if op is None:
                 raise RestoreError(f"cannot restore a {type(desc).__name__} yet")
+            pid = self._own_proc_pid(desc)
+            if pid is not None:
+                self.own_proc[ident] = pid
+                continue
             self.local[ident] = op.open(self.model, desc)
 
     def after_build(self, host_pid: Callable[[int], int]) -> None:
@@ -79,6 +90,25 @@ class FileRestorer:
             fin = getattr(op, "after_build", None)
             if fin is not None:
                 fin(self.model, self.local, host_pid)
+
+    def _own_proc_pid(self, desc: object) -> int | None:
+        if not isinstance(desc, RegFile):
+            return None
+        pid = pid_of_path(self.model.path(desc.path_id).path)
+        return pid if pid in self.model.procs else None
+
+    def open_own_proc(self, host_pids: dict[int, int]) -> None:
+        """Open the /proc/PID files of the tree's own processes, now that the tree is built
+        (`host_pids`: image PID -> PID on this host). Outside a VE, under --pidns the host
+        /proc shows the copy under another PID: refused rather than opening the original's."""
+        for ident, pid in self.own_proc.items():
+            desc = self.model.files[ident]
+            if not self.model.root_prefix and host_pids.get(pid, pid) != pid:
+                raise RestoreError(
+                    f"{self.model.path(desc.path_id).path}: a file of the tree's own process in "
+                    "procfs cannot be reopened under --pidns; restore without --pidns"
+                )
+            self.local[ident] = self._by_type[type(desc)].open(self.model, desc)
 
     def install(self, task: Task, pidfd_slot: int) -> None:
         """Give the task exactly its dumped fd table; closes the inherited pidfd last."""

@@ -107,11 +107,15 @@ def _move_vdso(task: Task, stub_trio: list[P.Vma], occupied: list[tuple[int, int
     dumped = [
         v for v in task.img.vmas if v.kind in (VmaKind.VVAR, VmaKind.VVAR_VCLOCK, VmaKind.VDSO)
     ]
-    have = sorted((m.start, m.end, _TRIO[m.path]) for m in stub_trio)
     want = sorted((v.start, v.end, v.kind) for v in dumped)
+    kinds = {k for _, _, k in want}
+    have = []
+    for m in sorted(stub_trio, key=lambda m: m.start):
+        if _TRIO[m.path] in kinds:
+            have.append((m.start, m.end, _TRIO[m.path]))
+        else:  # the process had unmapped it (all of the trio, or only its [vdso])
+            t.syscall_checked(NR.munmap, m.start, m.end - m.start)
     if not want:
-        for s, e, _ in have:
-            t.syscall_checked(NR.munmap, s, e - s)
         return
     shape_have = [(s - have[0][0], e - s, k) for s, e, k in have]
     shape_want = [(s - want[0][0], e - s, k) for s, e, k in want]

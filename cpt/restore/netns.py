@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from cptimage.records import NetAddr, NetLink, NetRoute, Uts
 
+from .. import interrupts
 from ..dump.netns import (
     IFA_F_SETTABLE,
     IFF_SETTABLE,
@@ -238,7 +239,8 @@ def restore_net(pid: int, records: list[NetRecord]) -> None:
                 f"ifindex {a.ifindex}, which is not in the image",
                 pid=pid,
             )
-    with in_namespace(pid, "net"), IPRoute() as ipr:
+    # no signal raised inside pyroute2's asyncio loop (it would become a RuntimeError)
+    with interrupts.deferred(), in_namespace(pid, "net"), IPRoute() as ipr:
         new_index = _find_links(pid, ipr, links)
         for link in links:
             idx = new_index[link.ifindex]

@@ -147,9 +147,11 @@ class TreeBuilder:
                 if not sig:
                     t.syscall(NR.exit_group, (status >> 8) & 0xFF)
                 else:
-                    # die of the same signal, without a core file
+                    # die of the same signal, without a core file (SIGKILL's action is
+                    # always to kill and cannot be set: rt_sigaction(SIGKILL) is EINVAL)
                     t.write_mem(self._cscratch, SIGACTION.pack(SIG_DFL, 0, 0, 0) + bytes(16))
-                    t.syscall_checked(NR.rt_sigaction, sig, self._cscratch, 0, 8)
+                    if sig not in (signal.SIGKILL, signal.SIGSTOP):
+                        t.syscall_checked(NR.rt_sigaction, sig, self._cscratch, 0, 8)
                     t.syscall_checked(NR.prlimit64, 0, RLIMIT_CORE, self._cscratch + 32, 0)
             if sig:
                 # a signal passed by a ptrace restart is requeued if blocked: unblock all

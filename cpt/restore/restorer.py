@@ -25,7 +25,7 @@ from cptimage.container import ImageReader
 from cptimage.records import Compression
 
 from .. import fault
-from ..errors import CptError, NoSuchProcess, RestoreError
+from ..errors import CptError, NoSuchProcess, RestoreError, os_error_text
 from ..procfs import Proc, pid_exists
 from ..sys.ns import entered, unshared
 from ..sys.syscalls import NR
@@ -129,6 +129,7 @@ class Restorer:
                     )
                     self.tasks = builder.tasks
                     builder.build()
+                    files.open_own_proc({p: t.host_pid for p, t in self.tasks.items()})
                     # queued messages name the tree's processes: they exist now
                     files.after_build(self._host_pid)
             if builder.external_session:
@@ -173,13 +174,16 @@ class Restorer:
                 donor.close()
             if isinstance(e, CptError) or not isinstance(e, OSError) or os.environ.get("CPT_DEBUG"):
                 raise
-            raise RestoreError(f"restore failed: {e}") from e
+            raise RestoreError(f"restore failed: {os_error_text(e)}") from e
         finally:
             files.close()
             ghosts.close()
             close_objects(self.model)
             if image_map is not None:
-                image_map.close()
+                # a failed page write leaves a view of the map in its traceback: closing
+                # then raises BufferError, which would hide the error; it goes with them
+                with contextlib.suppress(BufferError):
+                    image_map.close()
         st = self.stats
         st.processes = len(self.model.procs)
         st.threads = sum(len(p.threads) for p in self.model.procs.values())

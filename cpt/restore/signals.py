@@ -3,9 +3,13 @@ SIGXFSZ through execve) and pending signals with their siginfo."""
 
 from __future__ import annotations
 
+import signal
+
 from ..sys.syscalls import NR
 from ..sys.task import SIGACTION
 from .pstree import Task
+
+SIG_DFL, SIG_IGN = 0, 1
 
 
 def restore_sigactions(task: Task) -> None:
@@ -18,6 +22,8 @@ def restore_sigactions(task: Task) -> None:
     for a in sa.actions:
         addr = sc.push(SIGACTION.pack(a.handler, a.flags, a.restorer, a.mask))
         t.syscall_checked(NR.rt_sigaction, a.signo, addr, 0, 8)
+        if a.signo == signal.SIGTRAP and a.handler not in (SIG_DFL, SIG_IGN):
+            t.keep_sigtrap_handler()  # else the next injection's trap resets it
     sc.reset()
 
 

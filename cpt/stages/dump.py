@@ -6,11 +6,13 @@
     checkpoint  (chkpnt) suspend, dump, then kill, or resume with leave_running; one
                 command needs no freezer cgroup: ptrace stops hold the tree
 
-If the dump fails no dump file is left, and the tree is resumed (a full checkpoint) or
-stays suspended (dump).  The file is written atomically, and made durable before a kill
-and after the tree is released otherwise, so the final fsync stays out of the frozen
-window.  What the tree's `in_freeze` makes in the frozen window goes into the image, or
-is undone.
+If the dump fails (or a signal interrupts it) no dump file is left, and the tree is
+resumed (a full checkpoint) or stays suspended (dump).  The file is written atomically,
+and made durable before a kill and after the tree is released otherwise, so the final
+fsync stays out of the frozen window.  What the tree's `in_freeze` makes in the frozen
+window goes into the image, or is undone.  Whatever changes a command killed half-way
+would leave (a VE frozen or cut off, a tree thawed for --dump) is journalled first in
+the stage state, and repaired by the next command on the tree (Tree.repair).
 """
 
 from __future__ import annotations
@@ -19,32 +21,38 @@ import contextlib
 import time
 from typing import Any
 
-from cptimage.atomic import AtomicFile, check_target
+from cptimage.atomic import check_target
 
+from .. import fault, interrupts
 from ..dump.check import precheck
 from ..dump.dumper import Dumper, DumpStats, prepare_dump
 from ..dump.options import DumpOptions
+from ..dump.output import ImageOutput
 from ..dump.pstree import TaskInfo, collect_tree
 from ..errors import CptError, DumpError, NoSuchProcess
 from ..trace.seize import detach_all, freeze_process
 from ..trace.tracee import DEFAULT_OPTIONS, Tracee
-from .kill import forget_ve, kill_traced, wait_gone
-from .resume import resume
-from .suspend import suspend
+from .kill import forget_ve, kill_traced, wait_exited
+from .resume import run_again
+from .store import CHECKPOINTING, DUMPING, KILLING, RESUMING, SUSPENDED
+from .suspend import _refuse_frozen, suspend
 from .tree import Tree, fails_as
 
 
 @fails_as(DumpError, "dump")
 def dump(tree: Tree, dumpfile: str, opts: DumpOptions) -> DumpStats:
     """Dump the suspended tree; it stays suspended (`--dump`), also when this fails."""
-    if tree.suspended() is None:
+    st = tree.suspended()
+    if st is None or st.state != SUSPENDED:
         flag = f"{tree.ve_id}" if tree.ve_id else f"--pid {tree.root}"
         raise DumpError(
             f"{tree.label} is not suspended: run `cpt chkpnt {flag} --suspend` first",
             pid=tree.root,
         )
     check_target(dumpfile)
-    return _dump_frozen(tree, dumpfile, tree.dump_opts(opts, staged=True), after="freeze")
+    opts = tree.dump_opts(opts, staged=True)
+    out = _output(tree, dumpfile, collect_tree(tree.root, tree.proc), opts)
+    return _dump_frozen(tree, out, opts, after="freeze", origins=st.origins)
 
 
 @fails_as(DumpError, "checkpoint")
@@ -52,9 +60,10 @@ def checkpoint(tree: Tree, dumpfile: str, opts: DumpOptions) -> DumpStats:
     """Full chkpnt: suspend, dump, then kill (or resume with leave_running).
 
     One command needs no freezer cgroup: ptrace stops hold the tree (seized until no
-    new process appears), which spares the cgroup moves (10-40 ms each here).  If the
-    dump fails the tree is resumed and no dump file is left behind.  A VE is frozen
-    in its cgroup and cut off first, as by `--suspend`.
+    new process appears), which spares the cgroup moves (10-40 ms each here); if the
+    command dies, the kernel detaches the tree, which runs on.  If the dump fails the
+    tree is resumed and no dump file is left behind.  A VE is frozen in its cgroup and
+    cut off first, as by `--suspend`, journalled as "checkpointing" until its commit.
     """
     if tree.suspended():
         raise DumpError(
@@ -65,42 +74,84 @@ def checkpoint(tree: Tree, dumpfile: str, opts: DumpOptions) -> DumpStats:
     prepare_dump()  # one-time costs of a process's first dump, before the freeze
     after = "resume" if opts.leave_running else "kill"
     if tree.ve_id:
-        suspend(tree, opts)
+        out = _output(tree, dumpfile, tree.live_tree(), opts)
         try:
-            stats = _dump_frozen(tree, dumpfile, tree.dump_opts(opts), after=after)
+            suspend(tree, opts, then=CHECKPOINTING)
         except BaseException:
-            with contextlib.suppress(CptError):
-                resume(tree)  # the dump failed: the VE runs on
+            out.abort()
             raise
-        if after == "kill":
-            forget_ve(tree)
-        else:
-            resume(tree)
+        try:
+            stats = _dump_frozen(tree, out, tree.dump_opts(opts), after=after)
+        except BaseException:
+            if tree.journal() is not None:  # the dump failed: the VE runs on
+                with contextlib.suppress(CptError):
+                    run_again(tree, {})
+            raise
         return stats
-    precheck(tree.live_tree(), tree.root, tree.proc, opts)
-    tree.frozen_at = time.perf_counter()
-    procs = _seize_tree(tree)
-    return _dump_seized(tree, procs, dumpfile, opts, after=after)
+    procs = tree.live_tree()
+    _refuse_frozen(tree, procs)
+    precheck(procs, tree.root, tree.proc, opts)
+    out = _output(tree, dumpfile, procs, opts)
+    try:
+        tree.frozen_at = time.perf_counter()
+        procs = _seize_tree(tree)
+    except BaseException:
+        out.abort()
+        raise
+    return _dump_seized(tree, procs, out, opts, after=after)
 
 
-def _dump_frozen(tree: Tree, dumpfile: str, opts: DumpOptions, *, after: str) -> DumpStats:
+def _output(
+    tree: Tree, dumpfile: str, procs: dict[int, TaskInfo], opts: DumpOptions
+) -> ImageOutput:
+    """The dump file, its page area sized for the tree's pages and faulted in: the
+    frozen window then only copies (dump/output.py)."""
+    out = ImageOutput(dumpfile)
+    try:
+        out.reserve([p for p, i in procs.items() if not i.zombie], opts, tree.proc)
+    except BaseException:
+        out.abort()
+        raise
+    return out
+
+
+def _dump_frozen(
+    tree: Tree,
+    out: ImageOutput,
+    opts: DumpOptions,
+    *,
+    after: str,
+    origins: dict[int, str] | None = None,
+) -> DumpStats:
     """Seize the frozen tree (frozen tasks enter their ptrace stops at once; the stops
     hold them then, and the cgroup is thawed for injected syscalls to run), dump it.
-    What `in_freeze` makes in the frozen window goes into the image, or is undone."""
-    extra = tree.in_freeze.take() if tree.in_freeze is not None else []
+    What `in_freeze` makes in the frozen window goes into the image, or is undone.
+    A `--dump` (after "freeze") journals "dumping" before the thaw: a command killed
+    meanwhile leaves the tree thawed, and the next one freezes it again."""
+    try:
+        if tree.in_freeze is not None:
+            fault.point("ve:fs-snapshot")
+        extra = tree.in_freeze.take() if tree.in_freeze is not None else []
+    except BaseException:
+        out.abort()
+        raise
     try:
         procs = collect_tree(tree.root, tree.proc)
         tracees: list[Tracee] = []
         try:
+            fault.point("dump:seize")
             for info in procs.values():
                 if not info.zombie:
                     info.tracees = freeze_process(info.pid, DEFAULT_OPTIONS)
                     tracees += info.tracees
         except BaseException:
             detach_all(tracees)
+            out.abort()
             raise
+        if after == "freeze":
+            tree.note(DUMPING, origins)
         tree.freezer.thaw()
-        return _dump_seized(tree, procs, dumpfile, opts, after=after, extra=extra)
+        return _dump_seized(tree, procs, out, opts, after=after, extra=extra, origins=origins)
     except BaseException:
         if tree.in_freeze is not None:
             tree.in_freeze.discard()
@@ -112,6 +163,7 @@ def _seize_tree(tree: Tree) -> dict[int, TaskInfo]:
     appears that is not stopped yet (a stopped process cannot fork)."""
     seized: dict[int, TaskInfo] = {}
     try:
+        fault.point("dump:seize")
         for _ in range(1000):
             procs = tree.live_tree()
             new = [i for p, i in procs.items() if not i.zombie and p not in seized]
@@ -135,62 +187,91 @@ def _seize_tree(tree: Tree) -> dict[int, TaskInfo]:
 def _dump_seized(
     tree: Tree,
     procs: dict[int, TaskInfo],
-    dumpfile: str,
+    out: ImageOutput,
     opts: DumpOptions,
     *,
     after: str,
     extra: list[Any] | None = None,
+    origins: dict[int, str] | None = None,
 ) -> DumpStats:
     """Write the image of a tree whose threads are all in ptrace stops, then `after`:
     "kill", "resume" (detach) or "freeze" (refreeze the cgroup and detach).
 
-    On failure the tree is resumed ("kill", "resume") or stays suspended ("freeze"),
-    and no dump file is left.  The file is made durable before a kill, and after the
-    tree is released otherwise, so the final fsync stays out of the frozen window.
+    On failure (or an interrupt) the tree is resumed ("kill", "resume") or stays
+    suspended ("freeze"), and no dump file is left.  The file is finished (records,
+    checksums) and made durable before a kill, and after the tree is released otherwise,
+    so that work and the final fsync stay out of the frozen window.  For "kill" the point of no return is the file's rename: from there
+    on the command completes whatever signal comes (interrupts.no_return), and a VE's
+    journal says "killing" (the next command finishes the kill if this one dies).
     """
     live = [i for i in procs.values() if not i.zombie]
     tracees = [t for i in live for t in i.tracees]
-    out = AtomicFile(dumpfile)
-    ok = False
+    dumper: Dumper | None = None
     try:
         with tree.inside():
             dumper = Dumper(procs, tree.root, opts, tree.proc, extra)
+            stats = dumper.run(out)
+        if after == "kill":
+            dumper.finish()
+            fault.point("dump:fsync")
+            out.sync()  # durable before the workload dies
+            fault.point("dump:rename")
+            interrupts.no_return()
+            out.publish()
+            if tree.ve_id:
+                tree.note(KILLING)
     except BaseException:
-        out.abort()
-        detach_all(tracees)
-        raise
-    try:
-        try:
-            with tree.inside():
-                stats = dumper.run(out.file)
-            if after == "kill":
-                out.commit()  # durable before the workload dies
-            ok = True
-        finally:
-            if ok and after == "kill":
-                try:
-                    kill_traced(live)
-                finally:
-                    dumper.release(killed=True)  # TCP sockets died in repair mode
-            elif after == "freeze":
-                tree.freezer.freeze_request()
-                try:
-                    dumper.release(killed=False)
-                finally:
-                    detach_all(tracees)
-                tree.freezer.wait_frozen()
-            else:  # resume, or a failed full checkpoint: the tree runs on
-                try:
+        with interrupts.deferred():  # the undoing runs to its end
+            try:
+                out.abort()
+                if dumper is not None:
                     dumper.release(killed=False)  # before the tree runs
-                finally:
-                    detach_all(tracees)
+            finally:
+                _let_go(tree, tracees, after, origins)
+        raise
+    if after == "kill":
+        try:
+            kill_traced(live)
+        finally:
+            dumper.release(killed=True)  # TCP sockets died in repair mode
         if tree.frozen_at:
             stats.frozen_s = time.perf_counter() - tree.frozen_at
-        if after != "kill":
-            out.commit()
-    except BaseException:
-        out.abort()
-        raise
-    if after == "kill" and not tree.ve_id:  # a VE's PIDs were its own namespace's
-        wait_gone(tree, procs)
+        if tree.ve_id:  # a VE's PIDs were its own namespace's: its cgroup empties
+            forget_ve(tree)
+        else:
+            wait_exited(tree, procs)
+    else:
+        with interrupts.deferred():  # the tree runs again whatever signal comes meanwhile
+            try:
+                dumper.release(killed=False)  # before the tree runs
+            finally:
+                _let_go(tree, tracees, after, origins)
+            if after == "resume" and tree.ve_id:
+                tree.note(RESUMING)
+                run_again(tree, {})  # its network back before the fsync
+        if tree.frozen_at:
+            stats.frozen_s = time.perf_counter() - tree.frozen_at
+        try:
+            dumper.finish()
+            fault.point("dump:fsync")
+            out.sync()
+            fault.point("dump:rename")
+            out.publish()
+        except BaseException:
+            out.abort()
+            raise
     return stats
+
+
+def _let_go(tree: Tree, tracees: list[Tracee], after: str, origins: dict[int, str] | None) -> None:
+    """Detach the tree: it runs on (a full checkpoint's tree; a VE's is thawed already
+    and its cgroup released by the caller), or it is frozen again ("freeze": --dump)."""
+    if after != "freeze":
+        detach_all(tracees)
+        return
+    tree.freezer.freeze_request()
+    try:
+        detach_all(tracees)
+    finally:
+        tree.freezer.wait_frozen()
+        tree.note(SUSPENDED, origins)

@@ -2,10 +2,12 @@
 (chkpnt --kill, restore --kill); and the kill that ends a full checkpoint, of a tree
 whose threads sit in ptrace stops.
 
-A kill is not done while a restore of the same PIDs would fail: it waits until every
-PID of the tree is free (zombies reaped by their parents).  A VE's PIDs were its own
-namespace's: its kill waits until its cgroup is empty, and its connections die silently
-first (their peers wait for the restore).
+A kill is done when every process of the tree has exited: a zombie its parent has not
+reaped yet counts as exited (the workload is gone; a restore that needs the PID waits a
+bounded time for the parent, and names it).  A VE's PIDs were its own namespace's: its
+kill waits until its cgroup is empty, and its connections die silently first (their
+peers wait for the restore).  Once a kill began, no signal stops the command: the
+journal says "killing", and a command killed half-way is finished by the next.
 """
 
 from __future__ import annotations
@@ -16,22 +18,27 @@ import signal
 import time
 from collections.abc import Iterable
 
+from .. import fault, interrupts
 from ..dump.inet import silence
 from ..dump.pstree import TaskInfo
-from ..errors import CptError, NotRunning, SystemError_
-from ..procfs import Proc, pid_exists
+from ..errors import NotRunning, SystemError_
+from ..procfs import Proc
 from ..trace.seize import reap_traced
+from .store import KILLING
 from .tree import Tree
 
 KILL_TIMEOUT = 30.0
 
 
 def kill(tree: Tree) -> None:
-    """Kill the suspended (or undumped) tree and wait until its PIDs are gone (a VE:
-    until its cgroup is empty; its PIDs were its own namespace's)."""
+    """Kill the suspended (or undumped) tree and wait until its processes have exited
+    (a VE: until its cgroup is empty; its PIDs were its own namespace's)."""
     st = tree.suspended()
     if st is None:
         raise NotRunning(f"{tree.label} is not suspended; nothing to kill", pid=tree.root)
+    interrupts.no_return()  # the tree dies now, whatever signal comes
+    tree.note(KILLING, st.origins)
+    fault.point("kill:signal")
     if tree.ve_id:
         # its connections die silently (their peers wait for the restore), then it
         held = silence(tree.freezer.procs(), tree.proc)
@@ -42,10 +49,8 @@ def kill(tree: Tree) -> None:
                 s.close()
         forget_ve(tree)
         return
-    for pid in tree.freezer.procs():
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    wait_gone(tree, st.origins)
+    tree.freezer.kill_all(timeout=KILL_TIMEOUT)
+    wait_exited(tree, st.origins)
     tree.freezer.remove()
     tree.store.drop()
 
@@ -67,30 +72,24 @@ def kill_traced(live: list[TaskInfo]) -> None:
     reap_traced([t for info in live for t in info.tracees])
 
 
-def wait_gone(tree: Tree, pids: Iterable[int]) -> None:
-    """Wait until every PID of the tree is gone (zombies reaped by their parents)."""
+def wait_exited(tree: Tree, pids: Iterable[int]) -> None:
+    """Wait until every process of the killed tree has exited.  A zombie its parent has
+    not reaped yet has exited: the kill is done (ENGINE-NOTES, "PID 1 reaps orphans
+    late"); a restore that needs its PID waits for it, and names that parent."""
     pids = set(pids)
     deadline = time.monotonic() + KILL_TIMEOUT
     delay = 0.0005
+    proc = Proc()
     while True:
-        left = [p for p in pids if pid_exists(p)]
+        left = [p for p in pids if proc.state(p) not in (None, "Z", "X")]
         if not left:
             return
         if time.monotonic() > deadline:
-            held = ", ".join(f"{p} ({_holder(p)})" for p in left[:5])
+            held = ", ".join(f"{p} (state {proc.state(p)})" for p in left[:5])
             raise SystemError_(
-                f"tree {tree.root} was killed but PIDs are still in use: {held}",
+                f"{tree.label} was killed but its processes did not exit within "
+                f"{KILL_TIMEOUT:.0f} s: {held}",
                 pid=tree.root,
             )
         time.sleep(delay)
         delay = min(delay * 2, 0.01)
-
-
-def _holder(pid: int) -> str:
-    try:
-        st = Proc().stat(pid)
-    except CptError:
-        return "gone"
-    if st.state == "Z":
-        return f"a zombie not yet reaped by its parent {st.ppid}"
-    return f"state {st.state}"

@@ -17,27 +17,26 @@ from cptimage.container import ImageReader
 from cptimage.errors import ImageError
 from cptimage.verify import verify
 
+from .. import fault, interrupts
 from ..errors import CptError, RestoreError
 from ..host.verify import check_host
 from ..restore.options import RestoreOptions
 from ..restore.restorer import Restorer, RestoreStats
-from .store import TreeState
+from .store import RESTORING, TreeState
 from .tree import Tree, fails_as
 
 
 def open_for_restore(dumpfile: str, opts: RestoreOptions | None = None) -> ImageReader:
     """The image, after verify-before-restore: its checksums and structure, then this host.
 
-    Refuses with the first problems, precisely, before any process is created.
+    Refuses with the first problems, precisely, before any process is created: a damaged
+    image (or no image) as ImageError (exit 40), a host it cannot run on as RestoreError.
     """
     problems = verify(dumpfile)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise RestoreError(f"{dumpfile}: {problems[0]}{more}; refusing to restore")
-    try:
-        reader = ImageReader(dumpfile)
-    except ImageError as e:
-        raise RestoreError(f"{e}; refusing to restore") from None
+        raise ImageError(f"{problems[0]}{more}; refusing to restore", path=dumpfile)
+    reader = ImageReader(dumpfile)
     opts = opts or RestoreOptions()
     host = check_host(reader, pids=not opts.pidns, ipcns=opts.ipcns)
     if host:
@@ -66,18 +65,23 @@ def restore(
         return Restorer(reader, opts, tree.proc).run()
     here = tree.proc.cgroup2(os.getpid())
     tree.clear_stale()
-    tree.freezer.create()
+    tree.note(RESTORING)  # a command killed from here on: the next kills what it made
     try:
+        fault.point("restore:freezer")
+        tree.freezer.create()
         stats = Restorer(reader, opts, tree.proc).run(
             on_spawn=_freeze_later(tree), freeze=tree.freezer.freeze_request if undump else None
         )
     except BaseException:
         with contextlib.suppress(CptError):
             tree.freezer.remove()
+        tree.store.drop()
         raise
     if not undump:  # a VE, running
+        interrupts.no_return()
         if tree.link is not None:
             tree.link.up()
+        tree.store.drop()
         return stats
     tree.freezer.wait_frozen()
     origins = {} if tree.ve_id else dict.fromkeys(tree.freezer.procs(), here)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING, Protocol
 
-from ..errors import UsageError
+from ..errors import InvalidValue, UsageError
 
 if TYPE_CHECKING:
     from ..dump.dumper import DumpStats
@@ -60,6 +60,15 @@ def check_stage(stage: Stage, command: str) -> None:
     allowed = CHKPNT_STAGES if command == "chkpnt" else RESTORE_STAGES
     if stage not in allowed:
         raise UsageError(f"{command} has no stage {stage.value}")
+
+
+def check_dumpfile(given: str | None) -> None:
+    """Refuse an empty dump file name: it would silently mean the default (or a file
+    named after nothing); None is what asks for the default."""
+    if given is not None and not given:
+        raise InvalidValue(
+            "--dumpfile is empty: name the dump file, or leave the option out for the default"
+        )
 
 
 class Stages(Protocol):

@@ -67,6 +67,7 @@ def locked(name: str, what: str) -> Iterator[None]:
             pass
         os.close(fd)
     try:
+        sweep_locks(keep=path)
         yield
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -74,13 +75,89 @@ def locked(name: str, what: str) -> Iterator[None]:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def try_lock(name: str) -> Iterator[bool]:
+    """Take the lock of object `name` if nobody holds it (yields False if somebody does);
+    the lock file goes with the release, as locked()'s."""
+    path = run_path(name, ".lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            mine = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except OSError:
+            mine = False
+        try:
+            yield mine
+        finally:
+            if mine:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+    finally:
+        os.close(fd)
+
+
+SWEEP_MAX = 64  # lock files looked at per command
+
+
+def sweep_locks(keep: str = "") -> int:
+    """Remove lock files nobody holds (a cpt command killed by SIGKILL leaves its own):
+    each is taken with a non-blocking flock first, so a held one stays.  Returns how
+    many went."""
+    d = run_dir()
+    gone = 0
+    try:
+        names = [n for n in os.listdir(d) if n.endswith(".lock")][:SWEEP_MAX]
+    except FileNotFoundError:
+        return 0
+    for n in names:
+        path = os.path.join(d, n)
+        if path == keep:
+            continue
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                os.unlink(path)
+                gone += 1
+        except OSError:
+            pass  # held by a live command, or gone meanwhile
+        finally:
+            os.close(fd)
+    return gone
+
+
+# The stage state is also the journal of a stage at work: written BEFORE the stage
+# changes anything (freezes, moves a process, cuts a link, thaws for a dump, kills), so
+# that whatever kills the command, the next one on the tree or VE (which holds the lock,
+# so the command that wrote a transient state is gone) finds what was under way and
+# repairs it (Tree.repair).
+SUSPENDED = "suspended"  # by chkpnt --suspend: frozen until --dump, --kill or --resume
+UNDUMPED = "undumped"  # by restore --undump: frozen until --resume or --kill
+STABLE = frozenset({SUSPENDED, UNDUMPED})
+SUSPENDING = "suspending"  # freezing, moving into the freezer, cutting the link: undone
+DUMPING = "dumping"  # a suspended tree thawed under ptrace for --dump: frozen again
+CHECKPOINTING = "checkpointing"  # a VE's full chkpnt before its commit: resumed
+KILLING = "killing"  # past the commit of a full chkpnt, or a kill stage: killed
+RESUMING = "resuming"  # thawing, moving back, link up: finished
+RESTORING = "restoring"  # undump or a VE's restore into the freezer: killed, removed
+TRANSIENT = frozenset({SUSPENDING, DUMPING, CHECKPOINTING, KILLING, RESUMING, RESTORING})
+
+
 @dataclasses.dataclass
 class TreeState:
-    """A frozen tree between two stage commands."""
+    """A frozen tree between two stage commands, or the journal of a stage at work."""
 
     root: int
-    state: str  # "suspended" (by chkpnt --suspend) or "undumped" (by restore --undump)
+    state: str  # one of STABLE or TRANSIENT
     origins: dict[int, str]  # pid -> original cgroup v2 path (resume moves it back)
+
+    @property
+    def stable(self) -> bool:
+        return self.state in STABLE
 
     def to_json(self) -> str:
         return json.dumps({"root": self.root, "state": self.state, "origins": self.origins})

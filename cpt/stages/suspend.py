@@ -14,28 +14,37 @@ from __future__ import annotations
 import contextlib
 import time
 
+from .. import fault, interrupts
 from ..dump.check import precheck
 from ..dump.options import DumpOptions
 from ..dump.pstree import TaskInfo, collect_tree
 from ..errors import DumpError, NoSuchProcess, NotRunning
-from .store import TreeState
+from .store import SUSPENDED, SUSPENDING, TreeState
 from .tree import Tree, comm_of, fails_as
 
 
 @fails_as(DumpError, "suspend")
-def suspend(tree: Tree, opts: DumpOptions | None = None) -> TreeState:
+def suspend(tree: Tree, opts: DumpOptions | None = None, *, then: str = SUSPENDED) -> TreeState:
     """Freeze the live tree in its own cgroup (refusing unsupported resources first:
-    what is supported depends on the dump options, e.g. --tcp-established)."""
+    what is supported depends on the dump options, e.g. --tcp-established).
+
+    Journalled: the state file says "suspending", with the original cgroup of every
+    process about to move, before anything changes; `then` when done ("suspended", or
+    "checkpointing" for a VE's full chkpnt).  On failure (or an interrupt) everything
+    is undone; a command killed half-way is undone by the next (Tree.repair)."""
     if tree.suspended():
         raise DumpError(f"{tree.label} is already suspended", pid=tree.root)
     if tree.ve_id:
-        return _suspend_ve(tree, tree.dump_opts(opts, staged=True))
+        return _suspend_ve(tree, tree.dump_opts(opts, staged=True), then)
     tree.clear_stale()
     procs = tree.live_tree()
+    _refuse_frozen(tree, procs)
     precheck(procs, tree.root, tree.proc, tree.dump_opts(opts, staged=True))
     origins: dict[int, str] = {}
-    tree.freezer.create()
+    tree.note(SUSPENDING)
     try:
+        fault.point("suspend:freezer")
+        tree.freezer.create()
         for _ in range(1000):
             new = [p for p, i in procs.items() if not i.zombie and p not in origins]
             if not new:
@@ -43,21 +52,23 @@ def suspend(tree: Tree, opts: DumpOptions | None = None) -> TreeState:
             for pid in new:
                 with contextlib.suppress(NoSuchProcess):
                     origins[pid] = tree.proc.cgroup2(pid)
+            tree.note(SUSPENDING, origins)  # before they move
             tree.freezer.add(new)
             procs = collect_tree(tree.root, tree.proc)
         else:  # pragma: no cover - a fork bomb
             raise DumpError(f"tree {tree.root} keeps forking; cannot freeze it", pid=tree.root)
         tree.frozen_at = time.perf_counter()
         tree.freezer.freeze()
-        st = TreeState(tree.root, "suspended", origins)
-        tree.store.save(st)
-        return st
+        fault.point("suspend:state")
+        return tree.note(then, origins)
     except BaseException:
-        tree.release(origins)
+        with interrupts.deferred():  # the undoing runs to its end
+            tree.release(origins)
+            tree.store.drop()
         raise
 
 
-def _suspend_ve(tree: Tree, opts: DumpOptions) -> TreeState:
+def _suspend_ve(tree: Tree, opts: DumpOptions, then: str) -> TreeState:
     """A VE's processes are in its cgroup already: freeze it in place, then cut the
     link (frozen first: nothing inside notices the link go down)."""
     if not tree.freezer.exists():
@@ -67,20 +78,44 @@ def _suspend_ve(tree: Tree, opts: DumpOptions) -> TreeState:
         precheck(tree.live_tree(), tree.root, tree.proc, opts)
     if tree.in_freeze is not None:
         tree.in_freeze.prepare()
-    tree.frozen_at = time.perf_counter()
-    tree.freezer.freeze()
+    tree.note(SUSPENDING)
     try:
+        fault.point("suspend:freezer")
+        tree.frozen_at = time.perf_counter()
+        tree.freezer.freeze()
         _strangers(tree, collect_tree(tree.root, tree.proc))  # stable now
         if tree.link is not None:
+            fault.point("ve:link-down")
             tree.link.down()
-        st = TreeState(tree.root, "suspended", {})
-        tree.store.save(st)
-        return st
+        fault.point("suspend:state")
+        return tree.note(then)
     except BaseException:
-        tree.release({})
-        if tree.link is not None:
-            tree.link.up()
+        with interrupts.deferred():  # the undoing runs to its end
+            tree.release({})
+            if tree.link is not None:
+                tree.link.up()
+            tree.store.drop()
         raise
+
+
+def _refuse_frozen(tree: Tree, procs: dict[int, TaskInfo]) -> None:
+    """Refuse a tree a freezer holds (its processes would never run an injected syscall):
+    cpt's own freezer of the tree without a stage state, or someone else's."""
+    held = tree.frozen_by(p for p, i in procs.items() if not i.zombie)
+    if held is None:
+        return
+    pid, where = held
+    if where == tree.freezer.rel:
+        raise DumpError(
+            f"{tree.label} is frozen in {tree.freezer.path} without a stage state (a killed "
+            f"cpt left it): `cpt chkpnt --pid {tree.root} --resume` thaws it",
+            pid=pid,
+        )
+    raise DumpError(
+        f"process {pid} of {tree.label} is frozen by the cgroup freezer of {where} (not "
+        f"cpt's): thaw it (echo 0 > {tree.freezer.mount}{where}/cgroup.freeze), then retry",
+        pid=pid,
+    )
 
 
 def _strangers(tree: Tree, procs: dict[int, TaskInfo]) -> None:

@@ -12,11 +12,10 @@ from __future__ import annotations
 import os
 
 from cptimage.container import ImageReader
-from cptimage.errors import ImageError
 
 from ..dump.dumper import DumpStats
 from ..dump.options import DumpOptions
-from ..errors import RestoreError, UsageError
+from ..errors import InvalidValue, UsageError
 from ..procfs import Proc
 from ..restore.options import RestoreOptions
 from ..restore.restorer import RestoreStats
@@ -25,10 +24,12 @@ from .dump import checkpoint, dump
 from .kill import kill
 from .restore import open_for_restore, restore
 from .resume import resume
-from .stage import Stage, check_stage
+from .stage import Stage, check_dumpfile, check_stage
 from .store import TreeState
 from .suspend import suspend
 from .tree import Tree, tree_name
+
+PID_MAX_LIMIT = 1 << 22  # the kernel's ceiling on pid_max (64-bit): no PID is above it
 
 
 def default_dumpfile(pid: int) -> str:
@@ -40,6 +41,10 @@ class TreeStages:
     (known once `restore` has read it)."""
 
     def __init__(self, pid: int | None = None, proc: Proc | None = None) -> None:
+        if pid is not None and not 0 < pid <= PID_MAX_LIMIT:
+            raise InvalidValue(
+                f"PID {str(pid)[:24]}: not a process ID (they run from 1 to {PID_MAX_LIMIT})"
+            )
         self.pid = pid
         self.proc = proc
 
@@ -66,6 +71,7 @@ class TreeStages:
         self, stage: Stage, dumpfile: str | None = None, opts: DumpOptions | None = None
     ) -> DumpStats | None:
         check_stage(stage, "chkpnt")
+        check_dumpfile(dumpfile)
         opts = opts or DumpOptions()
         if opts.leave_running and stage is not Stage.CHKPNT:
             raise UsageError("--leave-running is a full checkpoint; it takes no stage option")
@@ -90,6 +96,7 @@ class TreeStages:
         self, stage: Stage, dumpfile: str | None = None, opts: RestoreOptions | None = None
     ) -> RestoreStats | None:
         check_stage(stage, "restore")
+        check_dumpfile(dumpfile)
         opts = opts or RestoreOptions()
         if opts.rollback_fs:
             raise UsageError("--rollback-fs is for a VE: cpt restore VEID --rollback-fs")
@@ -122,9 +129,7 @@ class TreeStages:
 
 
 def _root_of(dumpfile: str) -> int:
-    """The root PID of the tree a dump file holds (from its header)."""
-    try:
-        with ImageReader(dumpfile) as r:
-            return r.header.root_pid
-    except ImageError as e:
-        raise RestoreError(str(e)) from None
+    """The root PID of the tree a dump file holds (from its header); ImageError (exit
+    40) when the file is no image."""
+    with ImageReader(dumpfile) as r:
+        return r.header.root_pid

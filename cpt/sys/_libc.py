@@ -13,10 +13,8 @@ import errno
 import os
 
 from cpt.errors import NoSuchProcess, ZombieProcess
-from cpt.procfs import Proc
 
 libc = ctypes.CDLL(None, use_errno=True)
-_PROC = Proc()
 
 _syscall = libc.syscall
 _syscall.restype = ctypes.c_long
@@ -40,7 +38,9 @@ def errno_error(err: int, what: str, pid: int | None = None) -> Exception:
     ptrace's ESRCH on a live task means "not a stopped tracee of this thread" and stays OSError.
     """
     if err == errno.ESRCH and pid is not None:
-        state = _PROC.state(pid)
+        from cpt.procfs import Proc  # here: every system call module imports this one
+
+        state = Proc().state(pid)
         if state is None or state == "X":
             return NoSuchProcess(pid, f"{what}: process {pid} does not exist")
         if state == "Z":

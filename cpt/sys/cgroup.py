@@ -33,6 +33,31 @@ def cgroup2_mount(proc: Proc | None = None) -> str:
     raise SystemError_("no cgroup2 hierarchy is mounted; cpt needs the cgroup v2 freezer")
 
 
+def frozen_cgroup(rel: str, mount: str | None = None) -> str | None:
+    """The cgroup that holds cgroup `rel` (a v2 path, as /proc/PID/cgroup gives it)
+    frozen: `rel` itself or the ancestor whose cgroup.freeze is 1; None when it runs."""
+    mount = mount or cgroup2_mount()
+    parts = [p for p in rel.split("/") if p]
+    for i in range(len(parts) + 1):  # the top-most freezer wins: it must be thawed
+        path = "/" + "/".join(parts[:i])
+        try:
+            with open(os.path.join(mount + path, "cgroup.freeze")) as f:
+                if f.read().strip() == "1":
+                    return path
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # the root has no cgroup.freeze; a cgroup may vanish meanwhile
+    return None
+
+
+def cpt_freezers(mount: str | None = None) -> list[str]:
+    """The names of every freezer cgroup cpt made (<cgroup2>/cpt/<name>)."""
+    mount = mount or cgroup2_mount()
+    try:
+        return sorted(e.name for e in os.scandir(os.path.join(mount, CPT_CGROUP)) if e.is_dir())
+    except FileNotFoundError:
+        return []
+
+
 class Freezer:
     def __init__(self, name: str, *, mount: str | None = None) -> None:
         self.mount = mount or cgroup2_mount()

@@ -86,6 +86,7 @@ PM_SCAN_WP_MATCHING = 1 << 0
 PM_SCAN_CHECK_WPASYNC = 1 << 1
 
 _NR_READV = int(NR.process_vm_readv)
+_NR_MADVISE = int(NR.madvise)
 _NR_WRITEV = int(NR.process_vm_writev)
 _NR_IOCTL = int(NR.ioctl)
 
@@ -188,6 +189,41 @@ def process_vm_writev(pid: int, local: object, remote: Sequence[tuple[int, int]]
     /proc/PID/mem, which uses FOLL_FORCE, or mprotect it first).
     """
     return _vm_rw(_NR_WRITEV, "process_vm_writev", pid, local, remote, False)
+
+
+def populate_write(buf: object, *, threads: int = 0) -> None:
+    """Fault every page of `buf` (a writable mapping) in for writing: MADV_POPULATE_WRITE.
+
+    For a shared file mapping this allocates the page cache behind it (and reserves its
+    blocks), which is what writing a file costs on a VM whose free memory went back to
+    its host.  The range is split between `threads` threads (default: one per CPU, at
+    most 4): the allocation scales across CPUs, and the GIL is released during the call.
+    Raises OSError (EINVAL where the kernel has no MADV_POPULATE_WRITE, EFAULT or ENOMEM
+    when a page cannot be had, e.g. the filesystem is full).
+    """
+    with PinnedBuffer(buf, True) as pb:
+        page = 1 << PAGE_SHIFT
+        pages = pb.length // page
+        n = max(1, min(threads or min(os.cpu_count() or 1, 4), pages))
+        bounds = [pb.address + page * (pages * i // n) for i in range(n + 1)]
+        bounds[-1] = pb.address + pb.length
+        errors: list[int] = []
+
+        def run(lo: int, hi: int) -> None:
+            if hi > lo and raw_syscall(_NR_MADVISE, lo, hi - lo, MADV_POPULATE_WRITE) == -1:
+                errors.append(get_errno())
+
+        helpers = [
+            threading.Thread(target=run, args=(bounds[i], bounds[i + 1]), name="cpt-populate")
+            for i in range(1, n)
+        ]
+        for t in helpers:
+            t.start()
+        run(bounds[0], bounds[1])
+        for t in helpers:
+            t.join()
+        if errors:
+            raise errno_error(errors[0], f"madvise(MADV_POPULATE_WRITE, {pb.length} bytes)")
 
 
 # ---- PAGEMAP_SCAN ------------------------------------------------------------------------------

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Self
 
-from cpt.errors import InjectionError, NoSuchProcess
+from cpt import interrupts
+from cpt.errors import CptError, InjectionError, NoSuchProcess
 from cpt.procfs import Proc, VmaKind, read_mem
 from cpt.sys import ptrace
 from cpt.sys.arch import MAX_ERRNO, SYSCALL_INSN, Regs
@@ -28,6 +30,15 @@ from cpt.sys.syscalls import NR, syscall_name
 from .pinning import Pinned, pin_together
 
 ALL_SIGNALS = (1 << 64) - 1
+# The mask of a session: every signal, but SIGTRAP for a process that catches it. The
+# single-step trap that ends each injected syscall is a forced signal, and the kernel resets a
+# forced signal's handler to SIG_DFL when the signal is blocked (force_sig_info_to_task): a
+# blocked SIGTRAP would cost such a process its handler at the first injection. For every
+# other process SIGTRAP stays blocked: should the tracer die in the middle of an injection,
+# the pending trap is then requeued, never delivered (its default action kills). A real
+# SIGTRAP arriving meanwhile is told apart by its si_code (user-sent: <= 0) and kept for
+# detach like any other signal.
+INJECT_MASK = ALL_SIGNALS & ~(1 << (signal.SIGTRAP - 1))
 # Signals the kernel forces through a blocked mask when the injected instruction faults; SIGSYS
 # is a seccomp RET_TRAP filter (the tracee was seized without PTRACE_O_SUSPEND_SECCOMP).
 _FATAL_SIGNALS = frozenset(
@@ -37,23 +48,41 @@ CHILD_EVENTS = frozenset(
     {ptrace.PTRACE_EVENT_FORK, ptrace.PTRACE_EVENT_VFORK, ptrace.PTRACE_EVENT_CLONE}
 )
 _NO_RETURN = frozenset({int(NR.exit), int(NR.exit_group)})
+# The bound on one injected syscall (a frozen or stuck thread never finishes it), and how
+# long its wait spins (yielding the CPU to the thread) before it sleeps between polls.
+INJECT_TIMEOUT = 30.0
+_SPIN = 0.002
 _PROC = Proc()
 
 
 def find_vdso_syscall(pid: int) -> int:
-    """Address of a `syscall` instruction inside the [vdso] of `pid` (read, never written)."""
-    for v in _PROC.maps(pid):
+    """Address of a `syscall` instruction of `pid` (read, never written): in its [vdso], or,
+    when the process unmapped its vDSO, anywhere in its executable mappings (the two bytes
+    0f 05 decode as `syscall` wherever they sit, even inside another instruction)."""
+    vmas = _PROC.maps(pid)
+    for v in vmas:
         if v.kind is VmaKind.VDSO:
-            code = read_mem(pid, v.start, v.size)
-            off = code.find(SYSCALL_INSN)
-            if off < 0:
-                break
-            return v.start + off
+            off = read_mem(pid, v.start, v.size).find(SYSCALL_INSN)
+            if off >= 0:
+                return v.start + off
+    for v in vmas:
+        if not v.exec or v.kind in (VmaKind.VDSO, VmaKind.VSYSCALL):
+            continue
+        for at in range(v.start, v.end, _SCAN_CHUNK):
+            size = min(_SCAN_CHUNK + 1, v.end - at)  # one byte more: an insn across chunks
+            try:
+                off = read_mem(pid, at, size).find(SYSCALL_INSN)
+            except OSError:
+                break  # a mapping whose pages cannot be read (beyond its file's end)
+            if off >= 0:
+                return at + off
     raise InjectionError(
-        f"process {pid} has no [vdso] with a syscall instruction; set the "
-        f"injection address explicitly",
+        f"process {pid} has no syscall instruction in its vDSO or any executable mapping",
         pid=pid,
     )
+
+
+_SCAN_CHUNK = 1 << 16
 
 
 class Injection:
@@ -93,6 +122,7 @@ class Injection:
         self._frame: ptrace.SyscallFrame | None = None
         self._pinned: Pinned | None = None
         self._exec_seen = False
+        self._stepped = False  # single-stepped since the thread's last interrupt stop
 
     @property
     def syscall_addr(self) -> int:
@@ -107,11 +137,13 @@ class Injection:
 
     @contextmanager
     def session(self, restore: bool = True, pin_cpu: bool = True) -> Iterator[Self]:
-        """Save registers and mask, block all signals; restore both on exit.
+        """Save registers and mask, block every signal (SIGTRAP: see INJECT_MASK); restore both.
 
-        Nested sessions share the outer one. `restore=False` leaves the last injected
-        register state and the all-blocked mask in place (restore sets its own at the end).
-        The registers to restore are `session_regs`, which the caller may edit.
+        Nested sessions share the outer one.  A signal of interrupts.py arriving in a
+        session is raised when it ends: the thread is never left half-injected.
+        `restore=False` leaves the last injected register state and the all-blocked mask
+        in place (restore sets its own at the end).  The registers to restore are
+        `session_regs`, which the caller may edit.
 
         `pin_cpu` runs tracer and tracee on one CPU for the session (pinning.py).
         """
@@ -120,10 +152,25 @@ class Injection:
             return
         if not self.stopped:
             raise InjectionError(f"thread {self.tid} is not in a ptrace-stop", pid=self.tid)
+        with interrupts.deferred():  # a signal never cuts a session (nor its undoing)
+            yield from self._session(restore, pin_cpu)
+
+    def _catches_sigtrap(self) -> bool:
+        try:
+            return bool(_PROC.status(self.tid).sigcgt >> (signal.SIGTRAP - 1) & 1)
+        except CptError:
+            return False  # gone: the injection will say so
+
+    def keep_sigtrap_handler(self) -> None:
+        """In a session: the process now catches SIGTRAP (restore installed its handler):
+        unblock SIGTRAP so that the following injections keep the handler."""
+        self.set_sigmask(INJECT_MASK)
+
+    def _session(self, restore: bool, pin_cpu: bool) -> Iterator[Self]:
         base = self.get_regs()
         mask = self.get_sigmask()
         try:
-            self.set_sigmask(ALL_SIGNALS)
+            self.set_sigmask(INJECT_MASK if self._catches_sigtrap() else ALL_SIGNALS)
             self._base = base
             self._frame = ptrace.SyscallFrame(self.tid, base)
             self._exec_seen = False
@@ -133,17 +180,40 @@ class Injection:
         finally:
             self._base = None
             self._frame = None
-            if self._pinned is not None:
-                pinned, self._pinned = self._pinned, None
-                pinned.undo(tracee_alive=not self.dead)
-            if restore and not self.dead:
-                try:
+            try:
+                if restore and not self.dead:
                     # After an injected execve the old registers belong to a gone image.
                     if not self._exec_seen:
                         self.set_regs(base)
                     self.set_sigmask(mask)
-                except NoSuchProcess:
-                    self.dead = True
+                    self._park()
+            except NoSuchProcess:
+                self.dead = True
+            finally:
+                if self._pinned is not None:
+                    pinned, self._pinned = self._pinned, None
+                    pinned.undo(tracee_alive=not self.dead)
+
+    def _park(self) -> None:
+        """Move the thread from the single-step trap of its last injected syscall into a
+        PTRACE_EVENT_STOP, once its registers and mask are back.
+
+        The trap is a SIGTRAP signal-delivery-stop with the single-step flag still set:
+        if the tracer died there (SIGKILL), the kernel would detach the thread and deliver
+        it that SIGTRAP, which kills it.  From an interrupt stop a tracer's death just lets
+        it run on.  PTRACE_INTERRUPT, then PTRACE_CONT(0) cancels the SIGTRAP and clears
+        the step flag, and the pending interrupt traps before any user instruction runs.
+        """
+        if not self._stepped:
+            return
+        self._stepped = False
+        ptrace.interrupt(self.tid)
+        self.stopped = False
+        ptrace.cont(self.tid, 0)
+        self.wait_interrupted(INJECT_TIMEOUT)
+
+    def wait_interrupted(self, timeout: float | None = None) -> int:
+        raise NotImplementedError
 
     @property
     def session_regs(self) -> Regs:
@@ -183,9 +253,11 @@ class Injection:
         events: list[tuple[int, int]] = []
         self.last_events = events
         self.stopped = False
+        self._stepped = True
         ptrace.singlestep(tid, 0)
+        deadline = time.monotonic() + INJECT_TIMEOUT
         while True:
-            _, status = ptrace.waitpid(tid, ptrace.WALL)
+            status = self._wait_step(nr, deadline)
             if ptrace.is_dead(status):
                 self._mark_dead(status)
                 if nr in _NO_RETURN:
@@ -200,7 +272,7 @@ class Injection:
             event = ptrace.stop_event(status)
             sig = ptrace.stop_signal(status)
             if event == 0:
-                if sig == signal.SIGTRAP:
+                if sig == signal.SIGTRAP and _is_step_trap(tid):
                     break  # the single-step trap at syscall exit
                 if sig in _FATAL_SIGNALS:
                     raise InjectionError(
@@ -209,7 +281,7 @@ class Injection:
                         pid=tid,
                         signal=sig,
                     )
-                # Only SIGSTOP/SIGKILL get past the all-blocked mask; keep it for detach().
+                # Only SIGSTOP/SIGKILL (and a sent SIGTRAP) get past the mask; keep it for detach().
                 self.pending_signals.append(sig)
             elif event in CHILD_EVENTS:
                 # fork/clone events come before the step trap; the message is the new tid.
@@ -234,6 +306,39 @@ class Injection:
             ptrace.singlestep(tid, 0)
         return frame.result()
 
+    def _wait_step(self, nr: int, deadline: float) -> int:
+        """The next wait status of the thread running injected syscall `nr`, waited for
+        with a bound: a thread frozen by a cgroup freezer, or asleep in the kernel, never
+        comes back from its step.  Polled: a blocking waitpid has no timeout, and the
+        thread, pinned to our CPU, runs as soon as we yield (as fast as blocking here)."""
+        tid = self.tid
+        spin_until = time.monotonic() + _SPIN
+        delay = 0.0001
+        while True:
+            got, status = ptrace.waitpid(tid, ptrace.WALL | ptrace.WNOHANG)
+            if got:
+                return status
+            now = time.monotonic()
+            if now < spin_until:
+                os.sched_yield()
+                continue
+            if now > deadline:
+                raise InjectionError(
+                    f"thread {tid} did not come back from injected {syscall_name(nr)} "
+                    f"within {INJECT_TIMEOUT:.0f} s: frozen by a cgroup freezer, or stuck in "
+                    f"the kernel (state {_PROC.state(tid) or '?'})",
+                    pid=tid,
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.005)
+
     def new_tids(self) -> list[int]:
         """Tids created by the last injected syscall (clone3/fork/vfork events)."""
         return [msg for ev, msg in self.last_events if ev in CHILD_EVENTS]
+
+
+def _is_step_trap(tid: int) -> bool:
+    """Whether the thread's SIGTRAP stop is the kernel's trap (si_code > 0: TRAP_TRACE, ...)
+    rather than a SIGTRAP sent by kill/tgkill/sigqueue (si_code <= 0)."""
+    si_code = int.from_bytes(ptrace.getsiginfo(tid)[8:12], "little", signed=True)
+    return si_code > 0

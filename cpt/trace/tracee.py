@@ -8,6 +8,7 @@ injection inject.py's (the Injection mixin); whole processes are seize.py's.
 from __future__ import annotations
 
 import errno
+import signal
 import time
 
 from cpt.errors import NoSuchProcess
@@ -18,6 +19,8 @@ from cpt.sys.task import tgkill
 
 from .inject import Injection
 from .memory import ThreadMemory
+
+_SIGKILL = signal.SIGKILL
 
 # Injected syscalls must not be filtered by the target's own seccomp filters.
 DEFAULT_OPTIONS = ptrace.PTRACE_O_SUSPEND_SECCOMP
@@ -164,8 +167,24 @@ class Tracee(Injection):
         return status
 
     def cont(self, sig: int = 0) -> None:
-        ptrace.cont(self.tid, sig)
+        deliver = self._deliverable(sig)
+        try:
+            ptrace.cont(self.tid, deliver)
+        except (OSError, NoSuchProcess) as e:
+            gone = isinstance(e, NoSuchProcess) or e.errno == errno.ESRCH
+            if deliver == sig or sig != _SIGKILL or not gone:
+                raise
+            # SIGKILL queued with tgkill killed the thread at once: nothing to restart
         self.stopped = False
+
+    def _deliverable(self, sig: int) -> int:
+        """The signal to pass to a ptrace restart.  Only a signal-delivery stop takes one:
+        from an event or group stop (where a session parks a thread, inject.py) the kernel
+        ignores it, so it is queued to the thread instead, and the restart passes none."""
+        if sig and self.stopped and ptrace.stop_event(self.stop_status) != 0:
+            tgkill(self.pid, self.tid, sig)
+            return 0
+        return sig
 
     def detach(self, sig: int = 0) -> None:
         """PTRACE_DETACH; re-delivers signals swallowed during injections."""
@@ -173,7 +192,7 @@ class Tracee(Injection):
         self.pending_signals = []
         if not sig and pending:
             sig = pending.pop(0)
-        ptrace.detach(self.tid, sig)
+        ptrace.detach(self.tid, self._deliverable(sig))
         self.stopped = False
         self.attached = False
         for s in pending:
