@@ -29,7 +29,15 @@ def unsupported(where: str, s: socket.socket) -> str | None:
 def dump(ctx: FdContext, ident: int, s: socket.socket, ino: int, fi: FdInfo) -> Any:
     d = net.netlink_diag().get(ino)
     if d is None:
-        raise UnsupportedError(f"netlink socket {ino} vanished")
+        # netlink_diag lists the sockets in the port table and those in groups: one never
+        # bound (no port id yet: bind, connect and send give it one) has only its protocol
+        if s.getsockname()[0] != 0:
+            raise UnsupportedError(f"netlink socket {ino} vanished")
+        rec = NetlinkSocket(
+            id=ident, flags=file_flags(fi), type=s.type, proto=s.proto, ino=ino, groups=[]
+        )
+        sockopts.dump(ctx, ident, s, family=socket.AF_NETLINK)
+        return rec
     groups = list(d.groups)
     while groups and not groups[-1]:
         groups.pop()
