@@ -312,6 +312,7 @@ class VmaKind(enum.IntEnum):
     VVAR = 7
     VVAR_VCLOCK = 8
     VSYSCALL = 9
+    PACKET_RING = 10  # (1.4) the rings of the packet socket description `file_id`
 
 
 class VmFlags(enum.IntFlag):

@@ -502,6 +502,13 @@ PER_PROCESS = ("Creds", "Rlimits", "Sigactions", "TaskState", "Itimers", "Mm", "
 _ID_FIELDS = ("uid", "euid", "suid", "fsuid", "gid", "egid", "sgid", "fsgid")
 _MAX_ID_MAP_LINES = 340  # the kernel's limit per map (user_namespaces(7))
 _FILE_KINDS = (R.VmaKind.FILE_PRIVATE, R.VmaKind.FILE_SHARED)
+
+
+def _ring(name: str, field: str, rec: Any) -> bool:
+    """A Vma mapping a packet socket's rings: its file_id names a description, not a path."""
+    return name == "Vma" and field == "file_id" and rec.kind == R.VmaKind.PACKET_RING
+
+
 _SHMEM_KINDS = (R.VmaKind.SHMEM, R.VmaKind.SYSV_SHM)
 _RUN_KINDS = (R.PageFlags.PRESENT, R.PageFlags.PARENT, R.PageFlags.ZERO)
 # what a live process always has (SPEC.md section 11); Itimers may be absent
@@ -683,7 +690,7 @@ class _Structure:
             ids = spaces[space]
             for r in self.recs.get(name, []):
                 v = getattr(r.rec, field)
-                if v == 0 and zero_ok:
+                if (v == 0 and zero_ok) or _ring(name, field, r.rec):
                     continue
                 if v not in ids:
                     self.bad(
@@ -971,6 +978,8 @@ class _Structure:
             if not self.readable(name, "PathObj"):
                 continue
             for r in self.recs.get(name, []):
+                if _ring(name, field, r.rec):
+                    continue
                 target = paths.get(getattr(r.rec, field))
                 if target is not None and target.rec.kind not in kinds:
                     self.bad(
@@ -978,6 +987,12 @@ class _Structure:
                         f"{field} {target.rec.id} is a {_name(R.PathKind, target.rec.kind)}, "
                         f"not a {' or '.join(k.name for k in kinds)}",
                     )
+        if self.readable("Vma", *DESCRIPTIONS):
+            for r in self.recs.get("Vma", []):
+                if r.rec.kind == R.VmaKind.PACKET_RING:
+                    target = spaces["file"].get(r.rec.file_id)
+                    if target is None or not isinstance(target.rec, R.PacketSocket):
+                        self.bad(r, f"file_id {r.rec.file_id} (rings mapped) is no packet socket")
         for name, field, skinds in SHMEM_KINDS:
             if not self.readable(name, "ShmemObject"):
                 continue

@@ -782,16 +782,26 @@ def _socket_records() -> list[Any]:
 def sockets_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
     """Format 1.4: the tree plus a unix socket bound to a removed relative name with a
     message carrying credentials and two files in flight (a TCP listener with options and
-    a packet socket with a ring and a membership), and a netlink socket."""
+    a packet socket with a ring and a membership, the packet socket also held by an fd and
+    its ring mapped), and a netlink socket."""
     tree = _Tree(0)
     extra = _socket_records()
+    ring = R.Vma(
+        pid=100, kind=R.VmaKind.PACKET_RING, prot=3, flags=1,
+        start=0x7F0000100000, end=0x7F0000140000, file_id=22,
+    )  # fmt: skip
     with ImageWriter(out, header(), minor=minor) as w:
         w.add_section(R.SectionType.PROCESS, tree.process())
-        w.add_section(R.SectionType.MM, tree.mm())
+        w.add_section(R.SectionType.MM, tree.mm(extra=(ring,)))
         w.add_section(R.SectionType.FILES, tree.files() + extra)
         w.add_section(
             R.SectionType.FDS,
-            [*tree.fds(), R.Fd(pid=100, fd=40, file_id=20), R.Fd(pid=100, fd=41, file_id=23)],
+            [
+                *tree.fds(),
+                R.Fd(pid=100, fd=40, file_id=20),
+                R.Fd(pid=100, fd=41, file_id=23),
+                R.Fd(pid=100, fd=42, file_id=22),
+            ],
         )
         w.add_section(R.SectionType.PAGEMAP, tree.pages(w))
 

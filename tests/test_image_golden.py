@@ -71,6 +71,10 @@ def test_goldens_cover_the_format() -> None:
     sockets = json.loads((GOLDEN / "sockets-1.4.json").read_text())
     assert sockets["version"] == [1, 4]
     assert not set(samples.SOCKET_RECORDS_1_4) & samples.missing_record_types(sockets)
+    kinds = {
+        r["kind"] for s in sockets["sections"] for r in s.get("records", []) if r["record"] == "Vma"
+    }
+    assert "PACKET_RING" in kinds, kinds
     zstd = json.loads((GOLDEN / "tree-zstd.json").read_text())
     assert {s["compression"] for s in zstd["sections"]} == {"zstd"}
     tree = json.loads((GOLDEN / "tree.json").read_text())

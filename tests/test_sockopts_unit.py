@@ -22,6 +22,7 @@ from cpt.errors import RestoreError
 from cpt.restore import privilege
 from cpt.restore import sockopts as restore_sockopts
 from cpt.sys import sockopt
+from cptimage.records import VmaKind
 
 FILTER = struct.pack("HBBI", 0x80, 0, 0, 0) + struct.pack("HBBI", 0x16, 0, 0, 0)
 
@@ -187,20 +188,30 @@ def test_seqpacket_walk_ends_on_a_socket_shut_down_for_reading() -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="a packet socket needs CAP_NET_RAW")
-def test_a_mapped_packet_ring_is_refused_before_freezing() -> None:
-    import mmap
+def test_a_mapped_packet_ring_is_carried_only_with_its_socket() -> None:
+    """The rings of a packet socket an fd holds are mapped again at restore; once no fd
+    holds the socket (closed after mmap), the dump refuses before freezing."""
+    import ctypes
 
-    from cpt.dump.mm import unsupported_vma
+    from cpt.dump.mm import unsupported_vma, vma_kind
     from cpt.procfs import Proc
 
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, *[ctypes.c_int] * 3, ctypes.c_long)
+    libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     s.setsockopt(263, 5, struct.pack("4I", 1 << 16, 1, 1 << 11, 32))  # PACKET_RX_RING
-    ring = mmap.mmap(s.fileno(), 1 << 16)
+    ring = libc.mmap(None, 1 << 16, 3, 1, s.fileno(), 0)  # rw, MAP_SHARED (no dup of the fd)
+    assert ring not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
     try:
         (v,) = [v for v in Proc().maps(os.getpid()) if v.path.startswith("socket:[")]
+        assert unsupported_vma(os.getpid(), v) is None
+        assert vma_kind(v) == VmaKind.PACKET_RING
+        s.close()
         why = unsupported_vma(os.getpid(), v)
         assert why is not None and f"mapping {v.start:x}-{v.end:x}" in why, why
-        assert "a packet socket's ring) is not supported" in why, why
+        assert "no fd of the process holds the socket" in why, why
     finally:
-        ring.close()
+        libc.munmap(ring, 1 << 16)
         s.close()

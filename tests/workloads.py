@@ -52,9 +52,9 @@ C_WORKLOADS += ("eventfds", "epoll", "inotify", "ptimers", "seccomp_tsync", "nov
 C_WORKLOADS += ("pty", "ghost")  # locks (--file-locks) and ttyjob (a shell): tests of their own
 C_WORKLOADS += ("scale",)
 PY_WORKLOADS = ("counter.py", "pyscript", "shmem.py", "unixzoo", "sigstate", "procfiles")
-PY_WORKLOADS += ("sockopts", "unixfid")
+PY_WORKLOADS += ("sockopts", "unixfid", "pktring")
 ALL_WORKLOADS = C_WORKLOADS + PY_WORKLOADS
-NEEDS_ROOT = frozenset({"procstate", "sockopts"})  # changes its credentials; raw sockets
+NEEDS_ROOT = frozenset({"procstate", "sockopts", "pktring"})  # its credentials; raw sockets
 
 SABOTAGE_ENV = "CPT_WL_SABOTAGE"
 READY_TIMEOUT = 10.0

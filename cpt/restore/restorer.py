@@ -214,7 +214,7 @@ class Restorer:
         t = task.leader
         with t.session(restore=False):
             take_over(task, self.proc)
-            written = map_vmas(task, self.model, slot)
+            written = map_vmas(task, self.model, slot, files.local)
             self.stats.pages_bytes += write_pages(task, self.reader, image_map)
             finish_vmas(task, written)
             set_mm(task, self.model, slot)
