@@ -156,6 +156,7 @@ SABOTAGE = [
     ("unixfid", "rights", "rights: first message b'plain after' with 0 files, expected 2"),
     ("unixfid", "creds", "creds: message b'cred two' carries credentials"),
     ("unixfid", "name", "sub/rel.sock does not reach it"),
+    ("unixfid", "fifo", "the FIFO at held.sock lost its data"),
     ("sockopts", "option", "lsn TCP_KEEPINTVL is 14, was set to 13"),
     ("sockopts", "filter", "lsn SO_GET_FILTER gives 06000000ffffffff"),
     ("sockopts", "address", "free is bound to ('0.0.0.0', 0)"),
