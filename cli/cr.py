@@ -21,6 +21,14 @@ DumpfileOpt = Annotated[
 ]
 VeidArg = Annotated[str | None, Argument(metavar="[VEID]", help="the VE (else --pid / --dumpfile)")]
 JsonOpt = Annotated[bool, Option("--json", help="print the statistics as JSON")]
+TrustOpt = Annotated[
+    bool,
+    Option(
+        "--trust",
+        help="vouch for the dump file: restore it although it is not root's or others may "
+        "write it, and although its processes hold credentials above its tree's owner's",
+    ),
+]
 
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -150,7 +158,12 @@ def restore(
     resume: Annotated[bool, Option("--resume", help="stage: resume")] = False,
     kill: Annotated[bool, Option("--kill", help="stage: kill the frozen tree")] = False,
     pidfile: Annotated[
-        str | None, Option("--pidfile", help="write the restored root PID here")
+        str | None,
+        Option(
+            "--pidfile",
+            help="write the restored root PID here (atomically, before the tree runs; "
+            "a symlink there is replaced, not followed)",
+        ),
     ] = None,
     pidns: Annotated[
         bool, Option("--pidns", help="restore into a new PID namespace (PIDs in use here)")
@@ -177,6 +190,7 @@ def restore(
         bool,
         Option("--tcp-close", help="restore TCP connections closed (for programs that reconnect)"),
     ] = False,
+    trust: TrustOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Restore a VE or a process tree from a dump file: undump, resume (or one stage)."""
@@ -188,20 +202,15 @@ def restore(
     if veid is not None and pidfile:
         raise UsageError("--pidns, --ipcns, --shell-job and --pidfile are for process trees")
     stages = _stages(veid, None)
+    # the pidfile gets the PID this host knows the root by (another one inside a --pidns)
     opts = RestoreOptions(
-        pidns=pidns,
-        ipcns=ipcns,
-        shell_job=shell_job,
-        rollback_fs=rollback_fs,
-        tcp_close=tcp_close,
-    )
+        pidns=pidns, ipcns=ipcns, shell_job=shell_job, rollback_fs=rollback_fs, trust=trust,
+        pidfile=pidfile, tcp_close=tcp_close,
+    )  # fmt: skip
     stats = stages.restore(stage, dumpfile, opts)
     if stats is None:
         print(f"{stages.label} {stage.done}")
         return
-    if pidfile:  # the PID this host knows the root by (another one inside a --pidns)
-        with open(pidfile, "w") as f:
-            f.write(f"{stats.host_pid}\n")
     _report(f"{stage.done} {stages.label} from {stages.dumpfile(dumpfile)}", stats, as_json)
     if shell_job and stage is Stage.RESTORE and isinstance(stages, TreeStages):
         sys.stdout.flush()

@@ -66,6 +66,47 @@ def _size(n: int) -> str:
 # --------------------------------------------------------------------------- show
 
 
+def _ids(v: list[int]) -> str:
+    return str(v[0]) if len(set(v)) == 1 else "/".join(map(str, v))
+
+
+def _render_trust(con: Console, s: dict[str, Any]) -> None:
+    """What a restore would grant: credentials (and the owner they are held to) and
+    every path outside the image it would open or create."""
+    from rich.table import Table
+
+    from cptimage.records import SourceKind
+
+    cr = s["credentials"]
+    owner = cr["owner"]
+    if owner is not None:
+        con.print(
+            f"owner of the tree (process {owner['pid']}): uid {_ids(owner['uid'])}, "
+            f"gid {_ids(owner['gid'])}, groups {','.join(map(str, owner['groups'])) or '-'}, "
+            f"permitted capabilities {owner['cap_prm']}"
+        )
+    elif s["header"]["source_kind"] != SourceKind.VE:
+        con.print("owner of the tree: not recorded (format 1.0): a restore needs --trust")
+    creds = Table(title="credentials (uid/gid: real/effective/saved/fs)", title_justify="left")
+    for col in ("PID", "UID", "GID", "GROUPS", "CAP_EFF", "CAP_PRM", "CAP_BND", "NNP"):
+        creds.add_column(col, justify="right" if col == "PID" else "left", overflow="fold")
+    creds.add_column("COMMAND")
+    for c in cr["processes"]:
+        creds.add_row(
+            str(c["pid"]), _ids(c["uid"]), _ids(c["gid"]), ",".join(map(str, c["groups"])),
+            c["cap_eff"], c["cap_prm"], c["cap_bnd"], "yes" if c["no_new_privs"] else "no",
+            _t(c["comm"]),
+        )  # fmt: skip
+    con.print(creds)
+    where = " (a VE's paths: inside its root)" if s.get("ve") else ""
+    paths = Table(title=f"paths a restore opens or creates{where}", title_justify="left")
+    for col in ("PATH", "HOW", "PROCESSES"):
+        paths.add_column(col, overflow="fold")
+    for p in s["paths"]:
+        paths.add_row(_t(p["path"]), _t(p["how"]), ",".join(map(str, p["pids"])) or "-")
+    con.print(paths)
+
+
 def _flag_names(v: int) -> str:
     from cptimage.records import HeaderFlags
 
@@ -146,6 +187,7 @@ def _render_summary(s: dict[str, Any]) -> None:
         indent = "  " * p["depth"] + ("\\_ " if p["depth"] else "")
         tree.add_row(*(str(p[k]) for k in cols), _t(indent + p["comm"]))
     con.print(tree)
+    _render_trust(con, s)
     secs = Table(title="sections", title_justify="left")
     for col in ("TYPE", "SECTIONS", "RECORDS", "STORED", "RAW"):
         secs.add_column(col, justify="left" if col == "TYPE" else "right")

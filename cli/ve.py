@@ -80,9 +80,19 @@ def set_(
 
 
 @app.command()
-def start(veid: VeidArg) -> None:
+def start(
+    veid: VeidArg,
+    trust: Annotated[
+        bool,
+        Option(
+            "--trust",
+            help="vouch for the waiting dump file: restore it although it is not root's "
+            "or others may write it",
+        ),
+    ] = False,
+) -> None:
     """Start a VE (or restore it, when a dump file of it waits)."""
-    rt = ve_manager().start(veid)
+    rt = ve_manager().start(veid, trust=trust)
     print(f"VE {veid} started (init {rt.init_pid}, {rt.host_if})")
 
 

@@ -1414,6 +1414,99 @@ def NsCreds(_cls, _items):
     return __init__, __repr__, __eq__, encode, decode
 
 
+_S_Owner = _Struct('<LLLLLLLLLQQQQQLB')
+
+
+def Owner(_cls, _items):
+    """The record Owner (tag 0x010c, fixed part 81 bytes)."""
+    _new = object.__new__
+    _pack = _S_Owner.pack
+    _unpack = _S_Owner.unpack
+    _get_fixed = _attrgetter('pid', 'uid', 'euid', 'suid', 'fsuid', 'gid', 'egid', 'sgid', 'fsgid', 'cap_inh', 'cap_prm', 'cap_eff', 'cap_bnd', 'cap_amb', 'securebits', 'no_new_privs')
+    _get_var = lambda o: (o.groups,)
+
+    def __init__(self, pid=0, uid=0, euid=0, suid=0, fsuid=0, gid=0, egid=0, sgid=0, fsgid=0, cap_inh=0, cap_prm=0, cap_eff=0, cap_bnd=0, cap_amb=0, securebits=0, no_new_privs=0, groups=_FACTORY):
+        self.pid = pid
+        self.uid = uid
+        self.euid = euid
+        self.suid = suid
+        self.fsuid = fsuid
+        self.gid = gid
+        self.egid = egid
+        self.sgid = sgid
+        self.fsgid = fsgid
+        self.cap_inh = cap_inh
+        self.cap_prm = cap_prm
+        self.cap_eff = cap_eff
+        self.cap_bnd = cap_bnd
+        self.cap_amb = cap_amb
+        self.securebits = securebits
+        self.no_new_privs = no_new_privs
+        self.groups = [] if groups is _FACTORY else groups
+
+    __repr__, __eq__ = _repr_eq(('pid', 'uid', 'euid', 'suid', 'fsuid', 'gid', 'egid', 'sgid', 'fsgid', 'cap_inh', 'cap_prm', 'cap_eff', 'cap_bnd', 'cap_amb', 'securebits', 'no_new_privs', 'groups'))
+
+    def encode(self):
+        vals = _get_fixed(self)
+        try:
+            fixed = _pack(*vals)
+        except (_StructError, TypeError) as e:
+            raise ImageError(f"cannot encode Owner: {e}", record="Owner") from None
+        ext_fixed, ext_var = getattr(self, "_ext", _NO_EXT)
+        fixed += ext_fixed
+        out = []
+        v = _get_var(self)
+        try:
+            field = "groups"
+            _w_ints(out, v[0], "I")
+        except _ENCODE_ERRORS as e:
+            raise ImageError(f"cannot encode field {field}: {e}", record="Owner") from None
+        out.append(ext_var)
+        body = b"".join(out)
+        n = len(fixed)
+        size = 8 + n + len(body)
+        if n > 0xFFFF:
+            raise ImageError("fixed part exceeds 65535 bytes", record="Owner")
+        return _RHDR(size, 0x010c, n) + fixed + body + _PADS[size & 7]
+
+    def decode(fixed, var):
+        if len(fixed) == 81:
+            ext_fixed = b""
+        else:
+            fixed, ext_fixed = _fit(fixed, 81)
+        (f_pid, f_uid, f_euid, f_suid, f_fsuid, f_gid, f_egid, f_sgid, f_fsgid, f_cap_inh, f_cap_prm, f_cap_eff, f_cap_bnd, f_cap_amb, f_securebits, f_no_new_privs,) = _unpack(fixed)
+        end = len(var)
+        pos = 0
+        if pos < end:
+            f_groups, pos = _r_ints(var, pos, "groups", "Owner", 4, "I")
+        else:
+            # an older minor version: the remaining fields keep their defaults
+            f_groups = []
+        o = _new(_cls)
+        o.pid = f_pid
+        o.uid = f_uid
+        o.euid = f_euid
+        o.suid = f_suid
+        o.fsuid = f_fsuid
+        o.gid = f_gid
+        o.egid = f_egid
+        o.sgid = f_sgid
+        o.fsgid = f_fsgid
+        o.cap_inh = f_cap_inh
+        o.cap_prm = f_cap_prm
+        o.cap_eff = f_cap_eff
+        o.cap_bnd = f_cap_bnd
+        o.cap_amb = f_cap_amb
+        o.securebits = f_securebits
+        o.no_new_privs = f_no_new_privs
+        o.groups = f_groups
+        if pos < end or ext_fixed:
+            o._ext = (ext_fixed, var[pos:])
+        return o
+
+    return __init__, __repr__, __eq__, encode, decode
+
+
 _S_Mm = _Struct('<LLLQQQQQQQQQQQ')
 
 
@@ -4607,6 +4700,7 @@ RECORDS = {
     'SeccompFilter': ('SeccompFilter@0x0109 pid:u32=0 tid:u32=0 index:u32=0 flags:u32=0 program:blob', SeccompFilter),
     'PendingSignal': ('PendingSignal@0x010a pid:u32=0 tid:u32=0 signo:u32=0 siginfo:blob', PendingSignal),
     'NsCreds': ('NsCreds@0x010b pid:u32=0 uid:u32=0 euid:u32=0 suid:u32=0 fsuid:u32=0 gid:u32=0 egid:u32=0 sgid:u32=0 fsgid:u32=0 groups:u32s', NsCreds),
+    'Owner': ('Owner@0x010c pid:u32=0 uid:u32=0 euid:u32=0 suid:u32=0 fsuid:u32=0 gid:u32=0 egid:u32=0 sgid:u32=0 fsgid:u32=0 cap_inh:u64=0 cap_prm:u64=0 cap_eff:u64=0 cap_bnd:u64=0 cap_amb:u64=0 securebits:u32=0 no_new_privs:u8=0 groups:u32s', Owner),
     'Mm': ('Mm@0x0201 pid:u32=0 exe_id:u32=0 flags:u32=0 start_code:u64=0 end_code:u64=0 start_data:u64=0 end_data:u64=0 start_brk:u64=0 brk:u64=0 start_stack:u64=0 arg_start:u64=0 arg_end:u64=0 env_start:u64=0 env_end:u64=0 auxv:u64s', Mm),
     'Vma': ('Vma@0x0202 pid:u32=0 kind:u8=0 prot:u8=0 flags:u32=0 start:u64=0 end:u64=0 pgoff:u64=0 vmflags:u64=0 file_id:u32=0 shmem_id:u32=0 name:text', Vma),
     'ShmemObject': ('ShmemObject@0x0203 id:u32=0 kind:u8=0 seals:u32=0 flags:u32=0 size:u64=0 ino:u64=0 name:text', ShmemObject),

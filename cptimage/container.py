@@ -781,7 +781,9 @@ class ImageReader:
     demand, their checksum checked on every read (cheap: xxh3 runs at memory speed).
     """
 
-    def __init__(self, source: str | os.PathLike[str] | BinaryIO) -> None:
+    def __init__(self, source: str | os.PathLike[str] | BinaryIO, *, own: bool = False) -> None:
+        """`source`: a path (opened and closed here) or a seekable binary file, which
+        `own` makes the reader close with itself."""
         self.warnings: list[str] = []
         if isinstance(source, (str, os.PathLike)):
             self.path: str | None = os.fspath(source)
@@ -794,7 +796,7 @@ class ImageReader:
                 else None
             )
             self.f = source
-            self._own = False
+            self._own = own
         try:
             self._open()
         except BaseException:

@@ -1,5 +1,5 @@
-"""Every record type of image format 1.1 (1.0 plus NsCreds and UserNs, a VE's user
-namespace).  Declarations only: no logic lives here.
+"""Every record type of image format 1.2 (1.0; NsCreds and UserNs since 1.1, a VE's user
+namespace; Owner since 1.2).  Declarations only: no logic lives here.
 
 A record's tag is u16; its high byte is the section type that holds it (0x00 = the
 container itself).  Retired tags stay in RETIRED_TAGS forever so a number is never
@@ -273,6 +273,32 @@ class NsCreds(Record):
     egid: int = u32()
     sgid: int = u32()
     fsgid: int = u32()
+    groups: list[int] = u32s()
+
+
+@record(0x010C)  # 1.2
+class Owner(Record):
+    """The credentials of a --pid tree's owner: its root process's, at the dump.
+
+    A restore refuses processes whose credentials are above them unless --trust.  Written
+    for a tree dumped by --pid (source_kind PID), one per image; a VE has none."""
+
+    pid: int = u32()  # the root process the credentials were read from
+    uid: int = u32()
+    euid: int = u32()
+    suid: int = u32()
+    fsuid: int = u32()
+    gid: int = u32()
+    egid: int = u32()
+    sgid: int = u32()
+    fsgid: int = u32()
+    cap_inh: int = u64()
+    cap_prm: int = u64()
+    cap_eff: int = u64()
+    cap_bnd: int = u64()
+    cap_amb: int = u64()
+    securebits: int = u32()
+    no_new_privs: int = u8()
     groups: list[int] = u32s()
 
 

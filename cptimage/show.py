@@ -1,6 +1,8 @@
 """What `cpt image show` displays, as plain data (the CLI renders it).
 
-summary(reader)     header, process tree, per-section counts and sizes
+summary(reader)     header, process tree, per-section counts and sizes, and what a
+                    restore would grant: the credentials (credentials) and every path
+                    outside the image it would open or create (external_paths)
 maps(reader, pid)   rows like /proc/PID/maps
 fds(reader, pid)    rows like ls -l /proc/PID/fd
 """
@@ -14,15 +16,19 @@ from typing import Any
 from .container import ImageReader
 from .jsonio import record_to_json
 from .records import (
+    Creds,
     Epoll,
     EventFd,
     Fd,
     Fifo,
+    FsSnapshot,
     InetSocket,
     Inotify,
+    InotifyWatch,
     MemfdFile,
     Mount,
     NetAddr,
+    Owner,
     PathFlags,
     PathObj,
     Pipe,
@@ -34,6 +40,7 @@ from .records import (
     ShmemObject,
     SignalFd,
     SourceKind,
+    TaskState,
     Thread,
     TimerFd,
     Tty,
@@ -131,6 +138,8 @@ def summary(reader: ImageReader, checked: dict[str, Any] | None = None) -> dict[
         header=header,
         processes=process_tree(reader),
         ve=ve_summary(reader),
+        credentials=credentials(reader),
+        paths=external_paths(reader),
         sections=sections(reader),
         warnings=list(reader.warnings),
     )
@@ -170,6 +179,118 @@ def ve_summary(reader: ImageReader) -> dict[str, Any] | None:
         mounts=mounts,
         addresses=addrs,
     )
+
+
+# --------------------------------------------------------------------------- trust
+
+
+def _creds_row(c: Creds | Owner) -> dict[str, Any]:
+    return dict(
+        uid=[c.uid, c.euid, c.suid, c.fsuid],
+        gid=[c.gid, c.egid, c.sgid, c.fsgid],
+        groups=list(c.groups),
+        cap_eff=f"{c.cap_eff:#x}",
+        cap_prm=f"{c.cap_prm:#x}",
+        cap_inh=f"{c.cap_inh:#x}",
+        cap_bnd=f"{c.cap_bnd:#x}",
+        cap_amb=f"{c.cap_amb:#x}",
+        no_new_privs=bool(c.no_new_privs),
+    )
+
+
+def credentials(reader: ImageReader) -> dict[str, Any]:
+    """What a restore would make each process: its ids (real, effective, saved, fs),
+    groups and capability sets; and the tree's owner (format 1.2; None for a VE or an
+    older image), whom a restore holds them to."""
+    recs = reader.records(SectionType.PROCESS)
+    comm = {r.pid: r.comm for r in recs if isinstance(r, Process)}
+    owner = next((r for r in recs if isinstance(r, Owner)), None)
+    rows = [
+        dict(pid=r.pid, comm=comm.get(r.pid, ""), **_creds_row(r))
+        for r in sorted((r for r in recs if isinstance(r, Creds)), key=lambda r: r.pid)
+    ]
+    return dict(
+        owner=dict(pid=owner.pid, **_creds_row(owner)) if owner else None,
+        processes=rows,
+    )
+
+
+def external_paths(reader: ImageReader) -> list[dict[str, Any]]:
+    """Every path outside the image a restore opens, maps, creates, binds, connects to,
+    watches, mounts or rolls back, with how and for which processes (a VE's paths are
+    inside its root, `in_ve`).  Rows sorted by path."""
+    files = reader.records(SectionType.FILES)
+    paths = {r.id: r for r in files if isinstance(r, PathObj)}
+    fds = [r for r in reader.records(SectionType.FDS) if isinstance(r, Fd)]
+    holders: dict[int, set[int]] = defaultdict(set)
+    for fd in fds:
+        holders[fd.file_id].add(fd.pid)
+    ve = reader.header.source_kind == SourceKind.VE
+    rows: dict[tuple[str, str], set[int]] = defaultdict(set)
+
+    def add(path: str, how: str, pids: set[int] | list[int]) -> None:
+        rows[(path, how)].update(pids)
+
+    def path_of(ident: int) -> PathObj | None:
+        return paths.get(ident) if ident else None
+
+    for r in files:
+        if isinstance(r, (RegFile, Fifo, Tty)):
+            p = path_of(r.path_id)
+            if p is not None and not p.flags & PathFlags.GHOST:
+                mode = ("read", "write", "read-write", "?")[r.flags & 3]
+                kind = {RegFile: "open", Fifo: "open FIFO", Tty: "open terminal"}[type(r)]
+                add(p.path, f"{kind} {mode}", holders.get(r.id, set()))
+        elif isinstance(r, UnixSocket):
+            if r.name and r.name[:1] != b"\0":
+                add(r.name.decode(errors="replace"), "bind unix socket", holders.get(r.id, set()))
+            if r.peer_name and r.peer_name[:1] != b"\0":
+                add(
+                    r.peer_name.decode(errors="replace"),
+                    "connect to unix socket",
+                    holders.get(r.id, set()),
+                )
+        elif isinstance(r, InotifyWatch):
+            add(r.path, "watch (inotify)", holders.get(r.inotify_id, set()))
+    for r in reader.records(SectionType.MM):
+        if isinstance(r, Vma) and r.file_id:
+            p = path_of(r.file_id)
+            if p is not None and not p.flags & PathFlags.GHOST:
+                shared = r.kind == VmaKind.FILE_SHARED and r.prot & 2
+                add(p.path, "map read-write shared" if shared else "map", [r.pid])
+        elif getattr(r, "exe_id", 0):
+            p = path_of(r.exe_id)
+            if p is not None and not p.flags & PathFlags.GHOST:
+                add(p.path, "executable", [r.pid])
+    for r in reader.records(SectionType.PROCESS):
+        if isinstance(r, TaskState):
+            for ident, how in ((r.cwd_id, "cwd"), (r.root_id, "root directory")):
+                p = path_of(ident)
+                if p is not None and (how == "cwd" or p.path != "/"):
+                    add(p.path, how, [r.pid])
+    for p in paths.values():
+        if p.flags & PathFlags.GHOST:
+            add(p.path, "create (a deleted file, from the image)", [])
+    for r in reader.records(SectionType.IPC):
+        if isinstance(r, PosixMq):
+            add(f"/{r.name}", "open POSIX message queue", holders.get(r.id, set()))
+    out = [
+        dict(path=path, how=how, pids=sorted(pids), in_ve=ve) for (path, how), pids in rows.items()
+    ]
+    for r in reader.records(SectionType.NAMESPACES):
+        if isinstance(r, Mount) and r.external:
+            out.append(
+                dict(path=r.source, how=f"bind-mount at {r.mountpoint}", pids=[], in_ve=False)
+            )
+    for r in reader.records(SectionType.FSSNAP):
+        if isinstance(r, FsSnapshot):
+            out.append(
+                dict(
+                    path=r.subvolume, how="private area (proven, rolled back)", pids=[], in_ve=False
+                )
+            )
+            out.append(dict(path=r.snapshot_path, how="filesystem snapshot", pids=[], in_ve=False))
+    return sorted(out, key=lambda x: (x["path"], x["how"]))
 
 
 # --------------------------------------------------------------------------- maps
@@ -314,6 +435,8 @@ def format_fd_line(row: dict[str, Any]) -> str:
 
 
 __all__ = [
+    "credentials",
+    "external_paths",
     "fds",
     "format_fd_line",
     "format_maps_line",

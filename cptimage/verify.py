@@ -454,6 +454,7 @@ REFERENCES: list[tuple[str, str, str, bool]] = [
             "Fd",
             "FileLock",
             "NsCreds",
+            "Owner",
         )
     ),
     ("SeccompFilter", "tid", "tid", True),
@@ -654,6 +655,7 @@ class _Structure:
         for name in PER_PROCESS:
             self._unique_per(name, lambda r: r.pid, "a second " + name + " for process {}")
         self._header_flags()
+        self._owner()
         if self.readable("Process"):
             self._tree()
         if self.readable("Process", "Thread"):
@@ -745,6 +747,18 @@ class _Structure:
                 self.bad(procs[path[-1]], f"parent {p} is not in the image")
             for q in path:
                 state[q] = 2
+
+    def _owner(self) -> None:
+        """The tree's owner (format 1.2): one, the root's, and only for a tree dumped by
+        --pid (a VE has none)."""
+        owners = self.recs.get("Owner", [])
+        for r in owners[1:]:
+            self.bad(r, "a second Owner: an image records one owner")
+        for r in owners[:1]:
+            if self.header.source_kind == R.SourceKind.VE:
+                self.bad(r, "an Owner in the image of a VE (only a tree dumped by --pid has one)")
+            elif self.header.root_pid and r.rec.pid != self.header.root_pid:
+                self.bad(r, f"the owner's pid is {r.rec.pid}, the root is {self.header.root_pid}")
 
     # -- the header
 

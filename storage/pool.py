@@ -2,8 +2,11 @@
 so that cpt works on an ext4 host with no preparation.
 
     STATE/pool.img    a sparse file holding the btrfs (only when STATE is not on btrfs)
-    STATE/pool/       where it is mounted (noatime: a read must not count as a change);
-                      when STATE is itself on btrfs, a plain directory on it
+    STATE/pool/       where it is mounted (noatime: a read must not count as a change;
+                      nosuid,nodev: a VE's root may make set-id programs and device
+                      nodes in its private area, and a host user must gain nothing by
+                      them; the VE's own view of its area is mounted apart, see
+                      ve/boot.py); when STATE is itself on btrfs, a plain directory on it
     STATE/pool.json   what was set up: mode (loop or direct), image, loop device, size
     STATE/pool.lock   flock: one cpt at a time sets the pool up
 
@@ -40,6 +43,7 @@ IMAGE = "pool.img"
 RECORD = "pool.json"
 LOCK = "pool.lock"
 LABEL = "cpt-pool"
+MOUNT_OPTIONS = "noatime,nosuid,nodev"
 # The primary btrfs superblock is at 64 KiB; its magic at offset 0x40 in it.
 _MAGIC_AT = 0x10040
 _MAGIC = b"_BHRfS_M"
@@ -126,6 +130,8 @@ def _ensure(state: Path, size: int) -> Path:
         m = mount_of(pool, table)
         if m.fstype != "btrfs":
             raise PoolError(f"{pool} is a mount of {m.fstype}, not of the pool", path=pool)
+        if not {"nosuid", "nodev"} <= set(m.options.split(",")):  # mounted by an older cpt
+            runner.run(["mount", "-o", f"remount,{MOUNT_OPTIONS}", pool])
         _write_record(state, _loop_record(pool, image, m.source))
         return pool
     if not image.exists():
@@ -137,7 +143,7 @@ def _ensure(state: Path, size: int) -> Path:
         if not _formatted(image):
             runner.run(["mkfs.btrfs", "-q", "-f", "-L", LABEL, device])
         pool.mkdir(exist_ok=True)
-        runner.run(["mount", "-o", "noatime", device, pool])
+        runner.run(["mount", "-o", MOUNT_OPTIONS, device, pool])
     except BaseException:
         if not attached:
             runner.run(["losetup", "--detach", device], check=False)

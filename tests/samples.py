@@ -742,6 +742,29 @@ def ve_userns_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
         w.add_section(R.SectionType.PAGEMAP, tree.pages(w))
 
 
+# --------------------------------------------------------------------------- format 1.2
+
+
+def owner_record(pid: int = 100, uid: int = 1000) -> R.Owner:
+    """The tree's owner as a --pid dump records it: its root process's credentials."""
+    return R.Owner(
+        pid=pid, uid=uid, euid=uid, suid=uid, fsuid=uid, gid=uid, egid=uid, sgid=uid,
+        fsgid=uid, cap_bnd=(1 << 41) - 1, groups=[uid, 27],
+    )  # fmt: skip
+
+
+def tree_owner_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
+    """The tree as a --pid dump of format 1.2 writes it: with its owner's credentials
+    (Owner), which are its root process's."""
+    tree = _Tree(0)
+    with ImageWriter(out, header(), minor=minor) as w:
+        w.add_section(R.SectionType.PROCESS, [*tree.process(), owner_record()])
+        w.add_section(R.SectionType.MM, tree.mm())
+        w.add_section(R.SectionType.FILES, tree.files())
+        w.add_section(R.SectionType.FDS, tree.fds())
+        w.add_section(R.SectionType.PAGEMAP, tree.pages(w))
+
+
 # --------------------------------------------------------------------------- format 1.4
 
 # the record types format 1.4 added (sockets): the 1.0 goldens lack them
@@ -791,7 +814,7 @@ def sockets_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
         start=0x7F0000100000, end=0x7F0000140000, file_id=22,
     )  # fmt: skip
     with ImageWriter(out, header(), minor=minor) as w:
-        w.add_section(R.SectionType.PROCESS, tree.process())
+        w.add_section(R.SectionType.PROCESS, [*tree.process(), owner_record()])
         w.add_section(R.SectionType.MM, tree.mm(extra=(ring,)))
         w.add_section(R.SectionType.FILES, tree.files() + extra)
         w.add_section(
@@ -935,12 +958,13 @@ def many_image(out: BinaryIO, nvmas: int, nfds: int) -> None:
 
 
 # name -> its writer; each golden is of the format version it was made for (1.0: the
-# first three; 1.1 added the user namespace of a VE), and stays so
+# first three; 1.1 added the user namespace of a VE, 1.2 the tree's owner), and stays so
 GOLDENS: dict[str, Callable[[BinaryIO], None]] = {
     "tree": lambda out: tree_image(out, minor=0),
     "tree-zstd": lambda out: tree_image(out, variant=1, compress=True, minor=0),
     "every-record": lambda out: every_record_image(out, minor=0),
     "ve-userns": lambda out: ve_userns_image(out, minor=1),
+    "tree-owner": lambda out: tree_owner_image(out, minor=2),
     "sockets-1.4": lambda out: sockets_image(out, minor=4),
 }
 

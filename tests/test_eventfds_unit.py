@@ -8,9 +8,9 @@ import os
 import select
 import signal
 import time
-from types import SimpleNamespace
 
 import pytest
+from fake_model import fake_model
 
 from cpt.dump.epoll import numbered
 from cpt.dump.eventfds import TIMERFD
@@ -170,9 +170,7 @@ def test_inotify_opener_reproduces_watch_descriptors(tmp_path, fds) -> None:
         return InotifyWatch(inotify_id=1, wd=wd, mask=0x300, ino=p.stat().st_ino,
                             dev=p.stat().st_dev, path=str(p))  # fmt: skip
 
-    model = SimpleNamespace(
-        inotify_watches={1: [watch(9, "c"), watch(2, "a"), watch(3, "b")]}, root_prefix=""
-    )
+    model = fake_model(inotify_watches={1: [watch(9, "c"), watch(2, "a"), watch(3, "b")]})
     op = Inotifies()
     try:
         fd = op.open(model, Inotify(id=1, flags=0))

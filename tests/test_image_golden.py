@@ -1,8 +1,9 @@
 """Golden images of every format version (fixtures/images/NAME.img with NAME.json beside
-it): tree, tree-zstd and every-record are of format 1.0, ve-userns of 1.1.
+it): tree, tree-zstd and every-record are of format 1.0, ve-userns of 1.1, tree-owner of
+1.2.
 
 The writer's output for them must never change (SPEC.md section 7); their JSON form
-must decode and encode exactly, the 1.0 ones with this 1.1 reader too.  A new format
+must decode and encode exactly, the older ones with this reader too.  A new format
 version adds goldens; `python tests/samples.py fixtures/images` rewrites them all, and
 the old ones must come out unchanged.
 """
@@ -62,12 +63,15 @@ def test_goldens_verify_clean(name: str) -> None:
 def test_goldens_cover_the_format() -> None:
     every = json.loads((GOLDEN / "every-record.json").read_text())
     assert every["version"] == [1, 0]
-    assert samples.missing_record_types(every) == {"NsCreds", "UserNs"} | set(
+    assert samples.missing_record_types(every) == {"NsCreds", "UserNs", "Owner"} | set(
         samples.SOCKET_RECORDS_1_4
-    ), "1.1 and 1.4 added those"
+    ), "1.1, 1.2 and 1.4 added those"
     userns = json.loads((GOLDEN / "ve-userns.json").read_text())
     assert userns["version"] == [1, 1]
     assert samples.missing_record_types(userns) & {"NsCreds", "UserNs"} == set()
+    owner = json.loads((GOLDEN / "tree-owner.json").read_text())
+    assert owner["version"] == [1, 2]
+    assert "Owner" not in samples.missing_record_types(owner)
     sockets = json.loads((GOLDEN / "sockets-1.4.json").read_text())
     assert sockets["version"] == [1, 4]
     assert not set(samples.SOCKET_RECORDS_1_4) & samples.missing_record_types(sockets)

@@ -314,6 +314,9 @@ P, M, F, D, PM = (
         (_set(P, 2, fpregs=b""), "fpregs holds 0 bytes, expected 512"),
         (_set(P, 4, cwd_id=7), "cwd_id 7 refers to no PathObj"),
         (_add(P, R.Creds(pid=10), R.Creds(pid=10)), "a second Creds for process 10"),
+        (_add(P, R.Owner(pid=10), R.Owner(pid=10)), "a second Owner"),
+        (_add(P, R.Owner(pid=11)), "the owner's pid is 11, the root is 10"),
+        (_add(P, R.Owner(pid=12)), "pid 12 refers to no process"),
         (lambda r: r[M].reverse(), "not sorted"),
         (_set(M, 1, start=0x2000), "overlaps"),
         (_set(M, 0, end=0x2800), "not page-aligned"),
@@ -343,6 +346,14 @@ P, M, F, D, PM = (
 def test_structural_problems(edit: Callable[[dict[int, list[Any]]], None], expected: str) -> None:
     problems = _problems(edit)
     assert any(expected in p for p in problems), problems
+
+
+def test_an_owner_belongs_to_a_tree_not_to_a_ve() -> None:
+    recs = _base()
+    recs[P].append(R.Owner(pid=10))
+    assert [str(p) for p in verify(io.BytesIO(_build(recs)))] == []
+    ve = _build(recs, source_kind=R.SourceKind.VE, flags=R.HeaderFlags.VE | R.HeaderFlags.PIDNS)
+    assert any("an Owner in the image of a VE" in str(p) for p in verify(io.BytesIO(ve)))
 
 
 def test_problem_names_section_and_record() -> None:

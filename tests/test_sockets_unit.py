@@ -8,9 +8,9 @@ import fcntl
 import os
 import socket
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
+from fake_model import fake_model
 
 from cpt.dump.sockets import peek_queue, show_name, sun_name
 from cpt.errors import RestoreError
@@ -105,8 +105,12 @@ def test_rebuild_pairs_listener_and_queues(tmp_path: Path) -> None:
         rec(4, type=1, state=SockState.ESTABLISHED, flags=os.O_RDWR | os.O_NONBLOCK),
         rec(5, type=2, state=SockState.ESTABLISHED, queue=[b"orphan"]),  # its peer was closed
     ]
-    model = SimpleNamespace(
-        files={r.id: r for r in recs}, root_prefix="", unix_bind={}, unix_scm={}, sock_opts={}
+    model = fake_model(
+        files={r.id: r for r in recs},
+        unix_bind={},
+        unix_scm={},
+        sock_opts={},
+        holders=lambda ident: [1],
     )
     op = UnixSockets()
     try:

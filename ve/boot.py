@@ -45,6 +45,7 @@ from cpt.sys.ns import (
     CLONE_NEWUTS,
     MNT_DETACH,
     MS_BIND,
+    MS_NOATIME,
     MS_NODEV,
     MS_NOEXEC,
     MS_NOSUID,
@@ -123,6 +124,10 @@ def host_mounts(root: str, template: str, owner: int = 0) -> None:
     its device nodes (owned by host id `owner`: the VE's root)."""
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount leaks to the host
     mount(root, root, None, MS_BIND | MS_REC)
+    # the host mounts the pool nosuid,nodev (storage/pool.py); the VE's own view of its
+    # area is a mount of its own that allows both, as its root expects (noatime kept: a
+    # read must not count as a change of the area)
+    mount(None, root, None, MS_BIND | MS_REMOUNT | MS_NOATIME)
     if template == "host":
         for d in host_dirs():
             if os.path.islink(f"/{d}"):

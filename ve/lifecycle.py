@@ -172,7 +172,9 @@ class VEManager:
     def status(self, veid: str) -> str:
         """running, suspended (frozen, or a dump file waits: as vzctl says) or stopped;
         what a killed cpt command left is said after it (frozen or cut off without a
-        stage state, a stage half-done), with the command that repairs it."""
+        stage state, a stage half-done), with the command that repairs it.  A dump file
+        waits only if a restore would read it (cpt.restore.trust): a file planted by a
+        user at the default path does not make a stopped VE suspended."""
         self.config(veid)
         rt = self.runtime(veid)
         if rt is not None:
@@ -196,7 +198,9 @@ class VEManager:
             if net.host_link_up(veid) is False:
                 return f"running, link down ({fix})"
             return "running"
-        return "suspended" if os.path.exists(self.node.default_dumpfile(veid)) else "stopped"
+        from cpt.restore.trust import waiting  # the image and creds modules: here only
+
+        return "suspended" if waiting(self.node.default_dumpfile(veid)) else "stopped"
 
     def info(self, veid: str) -> dict[str, Any]:
         """What `ve status --json` and `ve list --json` say of a VE."""
@@ -214,20 +218,23 @@ class VEManager:
 
     # -- start and stop
 
-    def start(self, veid: str) -> Runtime:
-        """Boot the VE, or restore it when a dump file of it waits (as vzctl start)."""
+    def start(self, veid: str, *, trust: bool = False) -> Runtime:
+        """Boot the VE, or restore it when a dump file of it waits (as vzctl start);
+        `trust`: the operator vouches for that dump file (cpt.restore.trust)."""
         with self.locked(veid):
-            return self.start_locked(veid)
+            return self.start_locked(veid, trust=trust)
 
-    def start_locked(self, veid: str, *, boot: bool = False) -> Runtime:
-        """start() with the VE's lock held; `boot`: boot even if a dump file waits."""
+    def start_locked(self, veid: str, *, boot: bool = False, trust: bool = False) -> Runtime:
+        """start() with the VE's lock held; `boot`: boot even if a dump file waits.  Any
+        file at the default dump path means a restore, which refuses one a user could
+        have planted (exit 17) rather than boot past it."""
         cfg = self.config(veid)
         run = RunState(veid)
         if run.runtime() is not None:
             raise AlreadyRunning(f"VE {veid} is already running")
         run.forget_ended()
-        if not boot and os.path.exists(self.node.default_dumpfile(veid)):
-            self.stages(veid).restore_locked(Stage.RESTORE)
+        if not boot and os.path.lexists(self.node.default_dumpfile(veid)):
+            self.stages(veid).restore_locked(Stage.RESTORE, trust=trust)
             rt = self.runtime(veid)
             assert rt is not None
             return rt

@@ -5,6 +5,9 @@
     <root>/pool/snapshots/<VEID>   snapshots of a VE and their catalog (snapshot/catalog.py)
     <root>/dump/Dump.<VEID>        dump files (the default root uses /var/tmp/Dump.<VEID>,
                                    as the OpenVZ documentation gives it)
+pool/private, pool/snapshots and dump are root's alone (0700, as OpenVZ's /vz/private):
+what a VE's root puts in its area (a set-uid program, a device node) is out of a host
+user's reach; the areas themselves keep the VE root's mode, being the VEs' "/".
 The root is /var/lib/cpt, or --root / CPT_ROOT.  What a running VE leaves in the run
 directory is runtime.py's.
 """
@@ -12,6 +15,7 @@ directory is runtime.py's.
 from __future__ import annotations
 
 import os
+import stat
 
 from cpt.errors import InvalidValue
 from cptimage.errors import quote
@@ -55,11 +59,30 @@ class Node:
             return f"/var/tmp/Dump.{veid}"
         return os.path.join(self.root, "dump", f"Dump.{veid}")
 
+    def make_dump_dir(self) -> None:
+        """<root>/dump, root's alone as the dumps in it (0700, also when an older cpt
+        made it); the default root's /var/tmp is left as it is."""
+        if self.root != DEFAULT_ROOT:
+            _root_only(os.path.join(self.root, "dump"))
+
     def private_dir(self) -> str:
         """Where private areas live: the node's btrfs (the embedded pool if need be)."""
-        return os.path.join(pool.ensure(self.root), "private")
+        return self._pool_dir("private")
 
     def snapshots_dir(self, veid: str) -> str:
         """Where snapshot/ keeps a VE's snapshots and their catalog: beside the private
         areas, on the same filesystem (a btrfs snapshot cannot leave it)."""
-        return os.path.join(pool.ensure(self.root), "snapshots", veid)
+        return os.path.join(self._pool_dir("snapshots"), veid)
+
+    def _pool_dir(self, name: str) -> str:
+        """The pool's directory `name`, there and root's alone (0700)."""
+        d = os.path.join(pool.ensure(self.root), name)
+        _root_only(d)
+        return d
+
+
+def _root_only(d: str) -> None:
+    """The directory `d`, there and 0700 (made so by an older cpt too)."""
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    if stat.S_IMODE(os.stat(d).st_mode) != 0o700:
+        os.chmod(d, 0o700)

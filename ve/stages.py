@@ -34,15 +34,14 @@ from cpt.restore.options import RestoreOptions
 from cpt.restore.restorer import RestoreStats
 from cpt.stages.dump import checkpoint, dump
 from cpt.stages.kill import kill
-from cpt.stages.restore import open_for_restore, restore
+from cpt.stages.restore import check_restorable, open_image, restore
 from cpt.stages.resume import resume
 from cpt.stages.stage import Stage, check_dumpfile, check_stage
 from cpt.stages.store import KILLING, TreeState
 from cpt.stages.suspend import suspend
 from cpt.stages.tree import RUNS_AGAIN, Tree
 from cptimage.container import ImageReader
-from cptimage.errors import ImageError
-from cptimage.records import FsSnapshot, IdMap, SectionType, SourceKind, UserNs
+from cptimage.records import FsSnapshot, IdMap, Mount, SectionType, SourceKind, UserNs
 
 from . import fssnap, net
 from .config import VEConfig
@@ -131,7 +130,7 @@ class VeStages:
                 suspend(self.tree(cfg, rt.init_pid, capture), opts)
             elif stage in (Stage.DUMP, Stage.CHKPNT):
                 if dumpfile is None:
-                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    self.node.make_dump_dir()
                 return self.dump_with_fs(cfg, rt.init_pid, path, opts, staged=stage is Stage.DUMP)
             elif stage is Stage.KILL:
                 kill(self.tree(cfg, rt.init_pid))
@@ -214,12 +213,23 @@ class VeStages:
             raise UsageError("--pidns, --ipcns, --shell-job and --pidfile are for process trees")
         with RunState(self.veid).locked():
             self.repair_locked(self.node.config(self.veid))
-            return self.restore_locked(stage, dumpfile, rollback_fs=opts.rollback_fs)
+            return self.restore_locked(
+                stage, dumpfile, rollback_fs=opts.rollback_fs, trust=opts.trust
+            )
 
     def restore_locked(
-        self, stage: Stage, dumpfile: str | None = None, *, rollback_fs: bool = False
+        self,
+        stage: Stage,
+        dumpfile: str | None = None,
+        *,
+        rollback_fs: bool = False,
+        trust: bool = False,
     ) -> RestoreStats | None:
-        """restore() with the VE's lock held."""
+        """restore() with the VE's lock held.  The dump file is opened once and trusted
+        as cpt.restore.trust says (`trust`: the operator vouches for it); the image must
+        be this VE's, carry its filesystem proof, and stand on its configured private
+        area (_check_image), before the area is proven or rolled back and the host is
+        checked."""
         veid = self.veid
         cfg = self.node.config(veid)
         run = RunState(veid)
@@ -240,9 +250,7 @@ class VeStages:
             raise AlreadyRunning(f"VE {veid} is running: its restore is refused")
         run.forget_ended()
         path = self.dumpfile(dumpfile)
-        self._check_ids(cfg, path)
-        self._check_fs(path, rollback_fs)
-        reader = open_for_restore(path)
+        reader = open_image(path, trust=trust)  # a damaged image: ImageError, exit 40
         with reader:
             h = reader.header
             if h.source_kind != SourceKind.VE:
@@ -252,11 +260,15 @@ class VeStages:
                 )
             if h.source_id != veid:
                 raise RestoreError(f"{path} is the image of VE {h.source_id}, not of VE {veid}")
+            self._check_ids(cfg, path, reader)
+            proofs = self._check_image(path, reader, cfg)
+            self._check_fs(path, proofs, rollback_fs)
 
             def links(pid: int) -> None:
                 net.setup_host(veid, cfg.ip, pid, up=False)
 
-            opts = RestoreOptions(ve_links=links)
+            opts = RestoreOptions(ve_links=links, trust=trust)
+            check_restorable(reader, opts)
             stats = restore(self.tree(cfg, 0), reader, opts, undump=stage is Stage.UNDUMP)
         run.record(stats.host_pid, net.host_ifname(veid))
         if stage is Stage.RESTORE and path == self.node.default_dumpfile(veid):
@@ -266,15 +278,50 @@ class VeStages:
             self.snapshots.spent(veid, path)
         return stats
 
-    def _check_ids(self, cfg: VEConfig, path: str) -> None:
+    def _check_image(self, path: str, reader: ImageReader, cfg: VEConfig) -> list[FsSnapshot]:
+        """The image must stand on this VE's configured private area: its root mount is
+        that area, and it carries the filesystem proof (FsSnapshot) of that area, whose
+        snapshots are this VE's in the node's pool (those are the paths a rollback
+        touches).  Returns the proofs, with the area and the snapshot paths as resolved
+        here."""
+        veid = self.veid
+        area = os.path.realpath(cfg.private)
+        mounts = [m for m in reader.records(SectionType.NAMESPACES) if isinstance(m, Mount)]
+        if mounts and os.path.realpath(mounts[0].source) != area:
+            raise RestoreError(
+                f"{path}: the image's root mount is {mounts[0].source}, not the private area "
+                f"{cfg.private} of VE {veid}; refusing to restore"
+            )
+        recs = [x for x in reader.records(SectionType.FSSNAP) if isinstance(x, FsSnapshot)]
+        if not recs:
+            raise RestoreError(
+                f"{path}: the image carries no filesystem snapshot (FsSnapshot): the private "
+                f"area {cfg.private} of VE {veid} cannot be proven to be the one it was dumped "
+                f"with; refusing to restore"
+            )
+        place = os.path.realpath(self.node.snapshots_dir(veid))
+        out = []
+        for rec in recs:
+            if rec.ve_id != veid or os.path.realpath(rec.subvolume) != area:
+                raise RestoreError(
+                    f"{path}: the image's filesystem snapshot is of {rec.subvolume} (VE "
+                    f"{rec.ve_id}), not of the private area {cfg.private} of VE {veid}; "
+                    f"refusing to restore"
+                )
+            snap = os.path.realpath(rec.snapshot_path)
+            if not snap.startswith(place + os.sep):
+                raise RestoreError(
+                    f"{path}: the image's filesystem snapshot {rec.snapshot_path} is not one of "
+                    f"VE {veid}'s snapshots in the node's pool ({place}); refusing to restore"
+                )
+            out.append(dataclasses.replace(rec, subvolume=area, snapshot_path=snap))
+        return out
+
+    def _check_ids(self, cfg: VEConfig, path: str, reader: ImageReader) -> None:
         """The image's user namespace must be the VE's (its configured range; none for a
         privileged VE), and its range this VE's on this machine: refuse (naming the range
         and who holds it) before anything is created."""
-        try:
-            with ImageReader(path) as r:
-                found = [x for x in r.records(SectionType.NAMESPACES) if isinstance(x, UserNs)]
-        except ImageError as e:
-            raise RestoreError(f"{e}; refusing to restore") from None
+        found = [x for x in reader.records(SectionType.NAMESPACES) if isinstance(x, UserNs)]
         userns = found[0] if found else None
         if userns is None and not cfg.privileged:
             raise RestoreError(
@@ -302,16 +349,10 @@ class VeStages:
         except IdRangeError as e:
             raise RestoreError(f"{e}; refusing to restore") from None
 
-    def _check_fs(self, path: str, rollback_fs: bool) -> None:
+    def _check_fs(self, path: str, recs: list[FsSnapshot], rollback_fs: bool) -> None:
         """The private area must be what the dump's snapshot holds: refuse naming what
         changed, or (`rollback_fs`) roll it back, keeping the live contents.  Before
         anything is created."""
-        try:
-            with ImageReader(path) as r:
-                recs = [x for x in r.records(SectionType.FSSNAP) if isinstance(x, FsSnapshot)]
-        except ImageError as e:  # exit 40 (41 for a newer version), as open_for_restore's
-            e.msg += "; refusing to restore"
-            raise
         for rec in recs:
             diff = fssnap.changes(rec)
             if diff is None:

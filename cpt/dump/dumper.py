@@ -14,9 +14,12 @@ from collections import defaultdict
 from typing import Any
 
 from cptimage.container import ImageWriter
+from cptimage.fields import fields_of
 from cptimage.records import (
+    Creds,
     Header,
     HeaderFlags,
+    Owner,
     PacketSocket,
     SectionType,
     SourceKind,
@@ -120,6 +123,8 @@ class Dumper:
         self.ipc.dump({self.shmem.sysv_id(i) for i in attached})
         if self.opts.ve_id:
             self.recs[SectionType.NAMESPACES] += dump_namespaces(self.root, self.proc, self.userns)
+        else:
+            self.recs[SectionType.PROCESS] += self._owner()
         t1 = time.perf_counter()
         fault.point("dump:pages")
         try:
@@ -218,6 +223,14 @@ class Dumper:
                 pid=pid,
             )
         return ident
+
+    def _owner(self) -> list[Owner]:
+        """The tree's owner: its root process's credentials, which restore holds every
+        process of the image to (a root that is a zombie has none: no Owner)."""
+        for rec in self.recs[SectionType.PROCESS]:
+            if isinstance(rec, Creds) and rec.pid == self.root:
+                return [Owner(**{name: getattr(rec, name) for name, _ in fields_of(Owner)})]
+        return []
 
     def _header(self) -> Header:
         first = next(r for r in self.recs[SectionType.PROCESS] if type(r).__name__ == "Thread")

@@ -1,4 +1,5 @@
-"""Files opened by path: regular files, directories, simple character devices."""
+"""Files opened by path: regular files, directories, simple character devices; opened
+with the credentials of a process that holds them (creds.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 from cptimage.records import RegFile
 
 from ..errors import RestoreError
+from .creds import open_held
 from .fdbase import OPEN_IGNORE
 from .model import ImageModel
 from .pstree import Task
@@ -19,10 +21,12 @@ class Files:
     def open(self, model: ImageModel, desc: Any) -> int:
         p = model.path(desc.path_id)
         path = p.path
+        flags = (desc.flags & ~OPEN_IGNORE) | os.O_CLOEXEC
+        what = f"cannot open {path}"
         try:
-            fd = os.open(model.host_path(p), (desc.flags & ~OPEN_IGNORE) | os.O_CLOEXEC)
+            fd = open_held(model, model.holders_of_file(desc.id), p, flags, what)
         except OSError as e:
-            raise RestoreError(f"cannot open {path}: {e.strerror}") from None
+            raise RestoreError(f"{what}: {e.strerror}") from None
         try:
             os.lseek(fd, desc.pos, os.SEEK_SET)
         except OSError:

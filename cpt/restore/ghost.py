@@ -5,7 +5,9 @@ Each ghost becomes a new unlinked file with the dumped contents, mode, owner and
 created under its old name when that is free and unlinked at once (so /proc/PID/fd and
 /proc/PID/maps show "<old name> (deleted)" as before), else as an O_TMPFILE in the same
 directory, else under a temporary name there (or in the temporary directory when its own
-is gone or refuses), unlinked right after opening.  The restorer keeps it open read-only
+is gone or refuses), unlinked right after opening: as a process that holds it would
+(creds.py), so it belongs to that process unless the chown to its dumped owner is one the
+process could make, and it is made where that process may write.  The restorer keeps it open read-only
 (a writer would make PR_SET_MM_MAP refuse it as an executable: ETXTBSY) for as long as it
 runs, and THIS is the one place a ghost path resolves: the model's PathObj then names
 /proc/<restorer>/fd/N, which the restorer's openers (Files.open) open by path; a stub
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import os
 import stat
 import tempfile
@@ -26,6 +29,7 @@ from cptimage.records import PathFlags, PathObj
 
 from ..errors import RestoreError
 from ..procfs import fd_path
+from .creds import as_holders
 from .model import ImageModel
 
 O_NEW = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
@@ -37,12 +41,17 @@ class Ghosts:
         self.fds: list[int] = []
 
     def create(self) -> None:
-        for p in list(self.model.paths.values()):
+        """Recreate every ghost as a process that holds it (creds.py): in a directory it
+        may write to, owned by it; a chown to another owner it could not make is skipped."""
+        model = self.model
+        for p in list(model.paths.values()):
             if p.flags & PathFlags.GHOST:
-                fd = recreate(p, self.model.root_prefix + p.path)
+                holders = model.holders_of_path(p.id)
+                what = f"cannot recreate the deleted file {p.path}"
+                fd = as_holders(model, holders, what, functools.partial(recreate, p, model))
                 self.fds.append(fd)
-                self.model.paths[p.id] = dataclasses.replace(p, path=fd_path(os.getpid(), fd))
-                self.model.ghost_fds[p.id] = fd
+                model.paths[p.id] = dataclasses.replace(p, path=fd_path(os.getpid(), fd))
+                model.ghost_fds[p.id] = fd
 
     def close(self) -> None:
         for fd in self.fds:
@@ -50,43 +59,70 @@ class Ghosts:
         self.fds.clear()
 
 
-def recreate(p: PathObj, where: str | None = None) -> int:
-    """The ghost `p` as a new unlinked file near `where` (its path where the restorer
-    reaches it; p.path by default); returns a read-only fd of it."""
+def recreate(p: PathObj, model: ImageModel | None = None) -> int:
+    """The ghost `p` as a new unlinked file near its path (where `model`'s processes see
+    it; this host's root without one); returns a read-only fd of it.  Its owner and mode
+    are set on the fd (never through a path), after it is reopened read-only."""
     try:
-        fd = _unlinked(where or p.path)
+        fd = _unlinked(p.path, model)
+    except PermissionError:
+        raise
     except OSError as e:
         raise RestoreError(f"cannot recreate the deleted file {p.path}: {e.strerror}") from None
     try:
         view = memoryview(p.contents)
         while view:
             view = view[os.write(fd, view) :]
-        os.fchown(fd, p.uid, p.gid)
-        os.fchmod(fd, stat.S_IMODE(p.mode))  # after chown, which clears set-id bits
-        os.utime(fd, ns=(p.mtime_ns, p.mtime_ns))
-        return os.open(fd_path("self", fd), os.O_RDONLY | os.O_CLOEXEC)
+        ro = os.open(fd_path("self", fd), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with contextlib.suppress(PermissionError):  # not the process's to give away
+                os.fchown(fd, p.uid, p.gid)
+            os.fchmod(fd, stat.S_IMODE(p.mode))  # after chown, which clears set-id bits
+            os.utime(fd, ns=(p.mtime_ns, p.mtime_ns))
+        except BaseException:
+            os.close(ro)
+            raise
+        return ro
     finally:
         os.close(fd)
 
 
-def _unlinked(path: str) -> int:
-    """A new empty file, already unlinked, near `path`."""
+def _unlinked(path: str, model: ImageModel | None) -> int:
+    """A new empty file, already unlinked, near `path`: under that very name when it is
+    free, else an O_TMPFILE or a temporary name in its directory, else in the temporary
+    directory."""
     d, name = os.path.split(path)
-    if os.path.isdir(d):
+    where: list[tuple[str, str | None]] = [(d, name), (tempfile.gettempdir(), None)]
+    for i, (directory, own) in enumerate(where):
         try:
-            fd = os.open(path, O_NEW, 0o600)
+            if i == 0 and model is not None:
+                dfd = model.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            else:
+                dfd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            continue  # gone, or not a directory now
+        try:
+            fd = _in_dir(dfd, own)
+        finally:
+            os.close(dfd)
+        if fd is not None:
+            return fd
+    raise OSError(errno.ENOENT, "no directory to recreate it in")
+
+
+def _in_dir(dfd: int, name: str | None) -> int | None:
+    if name:
+        try:
+            fd = os.open(name, O_NEW, 0o600, dir_fd=dfd)
         except OSError:
             pass  # taken by a new file, or not writable: another way
         else:
-            os.unlink(path)
+            os.unlink(name, dir_fd=dfd)
             return fd
-    for where in (d, tempfile.gettempdir()):
-        if not os.path.isdir(where):
-            continue
-        with contextlib.suppress(OSError):
-            return os.open(where, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
-        with contextlib.suppress(OSError):
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=where)
-            os.unlink(tmp)
-            return fd
-    raise OSError(errno.ENOENT, "no directory to recreate it in")
+    with contextlib.suppress(OSError):
+        return os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+    with contextlib.suppress(OSError):
+        fd, tmp = tempfile.mkstemp(prefix=f".{name or 'ghost'}.", dir=fd_path("self", dfd))
+        os.unlink(tmp)
+        return fd
+    return None

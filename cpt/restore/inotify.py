@@ -6,7 +6,9 @@ are added in wd order, and before each one the allocator is stepped to its wd by
 and removing a placeholder watch (on a private memfd) once per missing number.  Each
 removal queues an IN_IGNORED event: the queue is drained before the fd is handed over,
 and it is left empty, as it was at the dump.  The watches count against the restorer's
-user (root), not the process's.
+user (root), not the process's.  Each watch is added with the credentials of a process
+holding the instance (creds.py; inotify_add_watch needs read permission on the inode),
+inside a VE's root for a VE.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from ..sys.fsnotify import (
     inotify_init1,
     inotify_rm_watch,
 )
+from .creds import as_holders, in_root_as_holders
 from .fdbase import SETFL_MASK
 from .model import ImageModel
 from .pstree import Task
@@ -49,7 +52,7 @@ class Inotifies:
             next_wd = 1  # what a new instance gives first
             for w in sorted(model.inotify_watches.get(desc.id, []), key=lambda w: w.wd):
                 self._skip(fd, w.wd - next_wd)
-                self._add(fd, desc.id, w, model.root_prefix + w.path)
+                self._watch(model, fd, desc.id, w)
                 next_wd = w.wd + 1
             _drain(fd)
             fcntl.fcntl(fd, fcntl.F_SETFL, desc.flags & SETFL_MASK)
@@ -68,25 +71,22 @@ class Inotifies:
             if i % _DRAIN_EVERY == 0:
                 _drain(fd)
 
-    def _add(self, fd: int, ident: int, w: InotifyWatch, path: str) -> None:
-        """Add watch `w` on `path` (its path where the restorer reaches it)."""
+    def _watch(self, model: ImageModel, fd: int, ident: int, w: InotifyWatch) -> None:
+        """Add watch `w` as a process holding the instance would, where the tree's paths
+        resolve (a VE: in a child chrooted into its root)."""
         where = f"inotify {ident} watch {w.wd} ({w.path})"
+        holders = model.holders_of_file(ident)
         try:
-            st = os.lstat(path)
+            if model.root_prefix:
+                in_root_as_holders(
+                    model, holders, where, lambda: _add(fd, w, w.path), model.root_prefix
+                )
+            else:
+                as_holders(model, holders, where, lambda: _add(fd, w, w.path))
+        except (_Changed, RuntimeError) as e:  # RuntimeError: a _Changed in the child
+            raise RestoreError(f"{where}: {e}") from None
         except OSError as e:
             raise RestoreError(f"{where}: {e.strerror}") from None
-        if st.st_ino != w.ino:
-            raise RestoreError(
-                f"{where}: the path names another file now (inode {st.st_ino}, was {w.ino})"
-            )
-        # the watched inode itself is a symlink: it was added with IN_DONT_FOLLOW
-        mask = w.mask | (IN_DONT_FOLLOW if stat.S_ISLNK(st.st_mode) else 0)
-        try:
-            got = inotify_add_watch(fd, path, mask)
-        except OSError as e:
-            raise RestoreError(f"{where}: {e.strerror}") from None
-        if got != w.wd:
-            raise RestoreError(f"{where}: the kernel gave watch descriptor {got}")
 
     def after_install(self, model: ImageModel, task: Task, local: dict[int, int]) -> None:
         pass
@@ -95,6 +95,22 @@ class Inotifies:
         if self._placeholder is not None:
             os.close(self._placeholder)
             self._placeholder = None
+
+
+class _Changed(Exception):
+    """The watch cannot be put back as it was (the message says why)."""
+
+
+def _add(fd: int, w: InotifyWatch, path: str) -> None:
+    """Add watch `w` on `path`, which must still name the watched inode."""
+    st = os.lstat(path)
+    if st.st_ino != w.ino:
+        raise _Changed(f"the path names another file now (inode {st.st_ino}, was {w.ino})")
+    # the watched inode itself is a symlink: it was added with IN_DONT_FOLLOW
+    mask = w.mask | (IN_DONT_FOLLOW if stat.S_ISLNK(st.st_mode) else 0)
+    got = inotify_add_watch(fd, path, mask)
+    if got != w.wd:
+        raise _Changed(f"the kernel gave watch descriptor {got}")
 
 
 def _drain(fd: int) -> None:

@@ -21,6 +21,7 @@ from cptimage.records import PageFlags, PosixMq, SysvMsg, SysvMsq, SysvSem, Sysv
 from ..errors import RestoreError
 from ..procfs import sysvipc, write_sysctl
 from ..sys import ipc as I
+from .creds import as_holders
 from .fdbase import O_ACCMODE
 from .model import ImageModel
 from .pstree import Task
@@ -138,8 +139,15 @@ class MessageQueues:
     records = (PosixMq,)
 
     def open(self, model: ImageModel, desc: Any) -> int:
+        """An open of the queue as a process holding it would (creds.py)."""
         flags = (desc.flags & (O_ACCMODE | os.O_NONBLOCK)) | os.O_CLOEXEC
-        return I.mq_open(desc.name, flags)
+        what = f"cannot open the POSIX message queue /{desc.name}"
+        try:
+            return as_holders(
+                model, model.holders_of_file(desc.id), what, lambda: I.mq_open(desc.name, flags)
+            )
+        except OSError as e:
+            raise RestoreError(f"{what}: {e.strerror}") from None
 
     def after_install(self, model: ImageModel, task: Task, local: dict[int, int]) -> None:
         pass

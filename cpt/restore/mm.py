@@ -13,6 +13,7 @@ import mmap
 import os
 import struct
 import threading
+from collections.abc import Callable, Iterable
 
 from cptimage import pagestore
 from cptimage.container import ImageReader
@@ -22,7 +23,6 @@ from .. import procfs as P
 from ..errors import RestoreError
 from ..procfs import Proc
 from ..sys.arch import PAGE_SIZE, SYSCALL_INSN
-from ..sys.files import AT_FDCWD
 from ..sys.ipc import SHM_EXEC, SHM_RDONLY
 from ..sys.mem import (
     MADV_DONTDUMP,
@@ -42,6 +42,7 @@ from ..sys.mem import (
 from ..sys.syscalls import NR
 from ..sys.task import PR_SET_MM, PR_SET_MM_MAP, pack_prctl_mm_map
 from ..trace.scratch import Scratch, free_gap
+from .creds import open_held
 from .model import ImageModel, ProcImage
 from .pstree import Task
 
@@ -61,29 +62,41 @@ _MADVISE = [
 ]
 
 
+Share = Callable[[Iterable[int]], None]
+
+
 def open_in_target(
-    task: Task, model: ImageModel, path: PathObj, flags: int, pidfd_slot: int
+    task: Task,
+    model: ImageModel,
+    path: PathObj,
+    flags: int,
+    pidfd_slot: int,
+    share: Share | None = None,
 ) -> int:
-    """openat() the path inside the task (its fd, to be closed by the caller).  A ghost
-    is the restorer's fd: taken through the inherited pidfd and reopened with `flags`."""
-    sc = task.scratch
-    assert sc is not None
-    t = task.leader
-    local = model.ghost_fds.get(path.id)
-    if local is not None:
-        got = t.syscall_checked(NR.pidfd_getfd, pidfd_slot, local, 0)
-        addr = sc.push_str(P.fd_path("self", got))  # "self": the tracee
-        fd = t.syscall(NR.openat, AT_FDCWD, addr, flags | O_CLOEXEC, 0)
-        t.syscall(NR.close, got)
-    else:
-        addr = sc.push_str(path.path)
-        fd = t.syscall(NR.openat, AT_FDCWD, addr, flags | O_CLOEXEC, 0)
-    if fd < 0:
+    """The file `path` as an fd of the task (to be closed by the caller): opened by the
+    restorer with the task's own credentials (creds.py: a mapping or an executable is a
+    file the process could open itself; a VE's paths resolve inside its root), then
+    taken by the task through the inherited pidfd (pidfd_getfd: the same open file).
+
+    `share`: the pidfd is not the restorer's but that of the user namespace's helper of
+    a VE that contains its root (userns.Donor), which holds the restorer's files under
+    the same numbers: the file is handed to it first (Donor.mirror), else the stub would
+    take whatever the helper has under that number."""
+    what = f"process {task.pid}: cannot open {path.path}"
+    try:
+        local = open_held(model, [task.pid], path, flags | O_CLOEXEC, what)
+    except OSError as e:
         raise RestoreError(
-            f"process {task.pid}: cannot open {path.path} (errno {-fd}); was it changed "
-            f"since the checkpoint?",
-            pid=task.pid,
-        )
+            f"{what} ({e.strerror}); was it changed since the checkpoint?", pid=task.pid
+        ) from None
+    try:
+        if share is not None:
+            share([local])
+        fd = task.leader.syscall(NR.pidfd_getfd, pidfd_slot, local, 0)
+    finally:
+        os.close(local)
+    if fd < 0:
+        raise RestoreError(f"{what}: pidfd_getfd failed (errno {-fd})", pid=task.pid)
     return fd
 
 
@@ -154,14 +167,19 @@ def _written(vmas: list[Vma], runs: list) -> set[int]:
 
 
 def map_vmas(
-    task: Task, model: ImageModel, pidfd_slot: int, files: dict[int, int] | None = None
+    task: Task,
+    model: ImageModel,
+    pidfd_slot: int,
+    share: Share | None = None,
+    files: dict[int, int] | None = None,
 ) -> set[int]:
     """mmap every dumped VMA; returns the indexes given PROT_WRITE for page writing.
 
     Shared memory objects exist in the restorer (shmem.py); their fd is pulled through
-    the stub's inherited pidfd (`pidfd_slot`), mapped, and closed.  So is a packet
-    socket whose rings were mapped: `files` holds the restorer's fd of each description
-    (the socket, with its rings set up again: they come back empty)."""
+    the stub's inherited pidfd (`pidfd_slot`), mapped, and closed; a mapped file is
+    opened as the process (open_in_target, `share`).  So is a packet socket whose rings
+    were mapped: `files` holds the restorer's fd of each description (the socket, with
+    its rings set up again: they come back empty)."""
     t = task.leader
     pi = task.img
     written = _written(pi.vmas, pi.runs)
@@ -197,7 +215,9 @@ def map_vmas(
                 mode = O_RDWR if v.kind == VmaKind.FILE_SHARED and v.prot & PROT_WRITE else O_RDONLY
                 key = (v.file_id, mode)
                 if key not in fds:
-                    fds[key] = open_in_target(task, model, model.path(v.file_id), mode, pidfd_slot)
+                    fds[key] = open_in_target(
+                        task, model, model.path(v.file_id), mode, pidfd_slot, share
+                    )
                 fd, off = fds[key], v.pgoff
             got = t.syscall(NR.mmap, v.start, v.end - v.start, prot, v.flags | MAP_FIXED, fd, off)
             if got != v.start:
@@ -353,7 +373,7 @@ def finish_vmas(task: Task, written: set[int]) -> None:
             t.syscall_checked(NR.mlock, v.start, length)
 
 
-def set_mm(task: Task, model: ImageModel, pidfd_slot: int) -> None:
+def set_mm(task: Task, model: ImageModel, pidfd_slot: int, share: Share | None = None) -> None:
     pi: ProcImage = task.img
     mm = pi.mm
     if mm is None:
@@ -362,7 +382,7 @@ def set_mm(task: Task, model: ImageModel, pidfd_slot: int) -> None:
     sc = task.scratch
     assert sc is not None
     exe_fd = (
-        open_in_target(task, model, model.path(mm.exe_id), O_RDONLY, pidfd_slot)
+        open_in_target(task, model, model.path(mm.exe_id), O_RDONLY, pidfd_slot, share)
         if mm.exe_id
         else -1
     )

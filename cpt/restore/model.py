@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 from cptimage.container import ImageReader
@@ -53,6 +54,8 @@ from cptimage.records import (
     Uts,
     Vma,
 )
+
+from ..sys.files import RESOLVE_IN_ROOT, openat2
 
 
 @dataclasses.dataclass
@@ -137,6 +140,10 @@ class ImageModel:
         # where the restorer reaches the tree's root: "" (its own), or /proc/<init>/root
         # once a VE's root is built
         self.root_prefix = ""
+        self.root_fd: int | None = None  # that root, open (O_PATH), once it is built
+        self.trust = False  # --trust: the operator vouches for the image (creds.py)
+        self._file_pids: dict[int, list[int]] | None = None
+        self._path_pids: dict[int, list[int]] | None = None
         self.ghost_fds: dict[int, int] = {}  # ghost PathObj id -> its fd in the restorer
         self.sock_opts: dict[int, SockOpts] = {}  # by socket description id
         self.unix_bind: dict[int, UnixBind] = {}  # by unix socket description id
@@ -263,6 +270,68 @@ class ImageModel:
 
     def path(self, ident: int) -> PathObj:
         return self.paths[ident]
+
+    def set_root(self, prefix: str) -> None:
+        """The tree's root is the directory `prefix` names (a VE's, /proc/<init>/root):
+        its paths resolve inside it from now on."""
+        self.root_prefix = prefix
+        self.root_fd = os.open(prefix, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        if self.root_fd is not None:
+            os.close(self.root_fd)
+            self.root_fd = None
+
+    def open(self, path: str, flags: int, mode: int = 0) -> int:
+        """Open the tree's absolute `path` as its processes see it: inside a VE's root
+        (openat2 RESOLVE_IN_ROOT from the root's fd: neither ".." nor a symlink leaves it,
+        and no /proc/<init>/root lookup, which needs the right to trace the init), else
+        here."""
+        if self.root_fd is None:
+            return os.open(path, flags, mode)
+        return openat2(self.root_fd, path, flags, mode, RESOLVE_IN_ROOT)
+
+    def open_path(self, p: PathObj, flags: int, mode: int = 0) -> int:
+        """open() of a PathObj; a ghost is the restorer's own fd (/proc/<restorer>/fd/N)."""
+        if p.id in self.ghost_fds:
+            return os.open(p.path, flags, mode)
+        return self.open(p.path, flags, mode)
+
+    # -- who holds what: whose credentials open it (restore/creds.py)
+
+    def holders_of_file(self, ident: int) -> list[int]:
+        """The live processes with an fd of open-file description `ident`, tree order."""
+        if self._file_pids is None:
+            fp: dict[int, list[int]] = {}
+            for pid in self.order:
+                for fd in self.procs[pid].fds:
+                    pids = fp.setdefault(fd.file_id, [])
+                    if pid not in pids:
+                        pids.append(pid)
+            self._file_pids = fp
+        return self._file_pids.get(ident, [])
+
+    def holders_of_path(self, ident: int) -> list[int]:
+        """The live processes that open, map, run or stand in PathObj `ident` (through an
+        open-file description, a VMA, their executable, cwd or root), tree order."""
+        if self._path_pids is None:
+            pp: dict[int, set[int]] = {}
+            for desc in self.files.values():
+                path_id = getattr(desc, "path_id", 0)
+                if path_id:
+                    pp.setdefault(path_id, set()).update(self.holders_of_file(desc.id))
+            for pid in self.order:
+                pi = self.procs[pid]
+                ids = [v.file_id for v in pi.vmas if v.file_id]
+                if pi.mm is not None and pi.mm.exe_id:
+                    ids.append(pi.mm.exe_id)
+                if pi.task is not None:
+                    ids += [i for i in (pi.task.cwd_id, pi.task.root_id) if i]
+                for i in ids:
+                    pp.setdefault(i, set()).add(pid)
+            rank = {pid: n for n, pid in enumerate(self.order)}
+            self._path_pids = {k: sorted(v, key=rank.__getitem__) for k, v in pp.items()}
+        return self._path_pids.get(ident, [])
 
     def host_path(self, p: PathObj) -> str:
         """Where the restorer opens `p`: inside a VE's root through /proc/<init>/root (a

@@ -18,3 +18,9 @@ class RestoreOptions:
     # a VE: called with its init's PID once its namespaces exist, to create what links
     # them to this host (the veth pair, its VE end inside)
     ve_links: Callable[[int], None] | None = None
+    # the operator vouches for the image: its file's owner and mode are not checked, and
+    # its processes may hold credentials above its tree's owner's (restore/trust.py)
+    trust: bool = False
+    # write the restored root's PID (as this host knows it) here, atomically and before
+    # the tree is released; a failure kills the tree (restore fails)
+    pidfile: str | None = None

@@ -1,5 +1,10 @@
 """Pipes and FIFOs: created (or opened behind a holder) once per inode, refilled with the
-pending bytes at their dumped capacity; one description per dumped end."""
+pending bytes at their dumped capacity; one description per dumped end.
+
+A FIFO's descriptions are opened with the credentials of a process holding them
+(creds.py), and its pending bytes are written back through a write end opened the same
+way: the restorer's own holder (O_RDWR, so that no open blocks and the buffer lives while
+the tree is built) never carries data into a FIFO its processes could not write to."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from cptimage.records import Fifo, Pipe
 
 from ..errors import RestoreError
 from ..procfs import fd_path
+from .creds import as_holders, open_held
 from .fdbase import O_ACCMODE, OPEN_IGNORE, SETFL_MASK
 from .model import ImageModel
 from .pstree import Task
@@ -32,14 +38,31 @@ class Pipes:
                 self._refill(model, desc.ino, w)
             r, w = self._pipes[desc.ino]
             return self._claim(w if desc.flags & O_ACCMODE == os.O_WRONLY else r, desc.flags)
-        path = model.host_path(model.path(desc.path_id))
-        if desc.ino not in self._pipes:
-            # O_RDWR never blocks on a FIFO and keeps its buffer alive while we work
-            holder = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-            self._holders.append(holder)
-            self._pipes[desc.ino] = (holder, holder)
-            self._refill(model, desc.ino, holder)
-        fd = os.open(path, (desc.flags & ~OPEN_IGNORE) | os.O_NONBLOCK | os.O_CLOEXEC)
+        p = model.path(desc.path_id)
+        holders = model.holders_of_file(desc.id)
+        where = f"FIFO {p.path}"
+        try:
+            if desc.ino not in self._pipes:
+                # O_RDWR never blocks on a FIFO and keeps its buffer alive while we work
+                holder = model.open_path(p, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+                self._holders.append(holder)
+                self._pipes[desc.ino] = (holder, holder)
+                pd = model.pipe_data.get(desc.ino)
+                if pd is not None and pd.capacity:
+                    fcntl.fcntl(holder, fcntl.F_SETPIPE_SZ, pd.capacity)
+                if pd is not None and pd.data:
+                    w = as_holders(
+                        model, holders, f"cannot refill {where}",
+                        lambda: model.open_path(p, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC),
+                    )  # fmt: skip
+                    try:
+                        self._refill(model, desc.ino, w)
+                    finally:
+                        os.close(w)
+            flags = (desc.flags & ~OPEN_IGNORE) | os.O_NONBLOCK | os.O_CLOEXEC
+            fd = open_held(model, holders, p, flags, f"cannot open {where}")
+        except OSError as e:
+            raise RestoreError(f"cannot open {where}: {e.strerror}") from None
         fcntl.fcntl(fd, fcntl.F_SETFL, desc.flags & SETFL_MASK)
         return fd
 

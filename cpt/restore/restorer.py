@@ -5,7 +5,8 @@
 2. build the tree as stubs with the dumped PIDs, sessions, groups and zombies;
 3. per process: address space, pages, mm fields, fds, task state, signal dispositions,
    rlimits, threads, per-thread state and credentials, pending signals;
-4. registers of every thread, then detach (or freeze in the cgroup, then detach).
+4. registers of every thread, the pidfile (before the tree is released: a failure kills
+   it), then detach (or freeze in the cgroup, then detach).
 
 Any failure kills every task created so far (they are traced with PTRACE_O_EXITKILL too).
 """
@@ -21,6 +22,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 
+from cptimage.atomic import atomic_output
 from cptimage.container import ImageReader
 from cptimage.records import Compression
 
@@ -73,6 +75,7 @@ class Restorer:
         self.proc = proc or Proc()
         self.model = ImageModel(reader)
         self.model.tcp_close = self.opts.tcp_close
+        self.model.trust = self.opts.trust
         # a tree that had its own IPC namespace gets a new one, as any with --ipcns
         self.new_ipc_ns = self.opts.ipcns or self.model.ipc_own
         self.tasks: dict[int, Task] = {}
@@ -146,7 +149,7 @@ class Restorer:
                      *self.model.ghost_fds.values()]
                 )  # fmt: skip
             for task in live:
-                self._process(task, files, slot, image_map)
+                self._process(task, files, slot, image_map, donor)
             if donor is not None:
                 donor.close()
                 donor = None
@@ -156,6 +159,8 @@ class Restorer:
             for task in live:
                 for th in task.img.threads:
                     set_registers(th, task.threads[th.tid])
+            if self.opts.pidfile:  # before the tree is released: a failure kills it
+                write_pidfile(self.opts.pidfile, self.stats.host_pid)
             fault.point("restore:detach")
             if freeze is not None:
                 freeze()
@@ -179,6 +184,7 @@ class Restorer:
             files.close()
             ghosts.close()
             close_objects(self.model)
+            self.model.close()
             if image_map is not None:
                 # a failed page write leaves a view of the map in its traceback: closing
                 # then raises BufferError, which would hide the error; it goes with them
@@ -209,15 +215,24 @@ class Restorer:
         )
 
     def _process(
-        self, task: Task, files: FileRestorer, slot: int, image_map: mmap.mmap | None
+        self,
+        task: Task,
+        files: FileRestorer,
+        slot: int,
+        image_map: mmap.mmap | None,
+        donor: Donor | None = None,
     ) -> None:
         t = task.leader
+        # the stub pulls what is opened for it now (its mappings, its executable) through
+        # the pidfd at `slot`: the donor's, for a VE that contains its root, which must be
+        # handed each such file first
+        share = donor.mirror if donor is not None else None
         with t.session(restore=False):
             take_over(task, self.proc)
-            written = map_vmas(task, self.model, slot, files.local)
+            written = map_vmas(task, self.model, slot, share, files.local)
             self.stats.pages_bytes += write_pages(task, self.reader, image_map)
             finish_vmas(task, written)
-            set_mm(task, self.model, slot)
+            set_mm(task, self.model, slot, share)
             files.install(task, slot)
             restore_task_state(task, self.model)
             restore_sigactions(task)
@@ -250,6 +265,18 @@ class Restorer:
         if first:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(first, 0)  # the root stub is this process's child
+
+
+def write_pidfile(path: str, pid: int) -> None:
+    """`pid` into `path`, atomically (a temporary file renamed over it: a symlink there is
+    replaced, never followed), mode 0644; RestoreError when it cannot be written."""
+    try:
+        with atomic_output(path, mode=0o644) as f:
+            f.write(f"{pid}\n".encode())
+    except OSError as e:
+        raise RestoreError(
+            f"cannot write the pidfile {path}: {e.strerror or e}; the restored tree was killed"
+        ) from None
 
 
 def _free_slot(lowest: int) -> int:

@@ -27,6 +27,13 @@ Order (each step needs the previous ones):
      unread), apply shutdowns, then SO_PASSCRED (an unnamed socket with it would
      autobind on send), the other options (a filter or a peek offset last: they would
      act on the refill) and the file flags.
+
+Every lookup of a socket file (the removal of a stale one, bind, connect, a send to a
+name, moving aside what holds a removed name's path) is made with the credentials of a
+process holding the socket (creds.py), inside a VE's root for a VE: a socket file is
+created only where that process could create it, and owned by it.  Its dumped owner and
+mode are then set through an O_PATH|O_NOFOLLOW fd of the very socket file (never by a
+path that could be a symlink), the owner only when that process could give it.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from __future__ import annotations
 import array
 import contextlib
 import fcntl
+import functools
 import os
 import socket
 import stat
@@ -44,10 +52,10 @@ from typing import Any
 from cptimage.records import ScmFlags, SockState, UnixBindFlags, UnixScm, UnixSocket
 
 from ..errors import RestoreError
-from ..procfs import decode_kdev, pid_exists
+from ..procfs import decode_kdev, fd_path, pid_exists
 from ..sys.net import SO_PASSCRED, SO_RCVBUFFORCE, SO_SNDBUFFORCE, set_int, unix_diag
-from ..sys.ns import in_child
 from . import privilege, sockopts
+from .creds import as_holders, in_root_as_holders
 from .fdbase import SETFL_MASK
 from .model import ImageModel
 from .pstree import Task
@@ -60,20 +68,50 @@ def _show(name: bytes) -> str:
     return "@" + name[1:].decode(errors="replace") if name[:1] == b"\0" else name.decode()
 
 
-def free_path(path: bytes) -> None:
-    """Make room for binding `path`: remove a stale socket file that no socket is bound to;
-    refuse anything else in the way."""
+def free_path(path: bytes, model: ImageModel | None = None) -> None:
+    """Make room for binding `path` (where `model`'s processes see it): remove a stale
+    socket file that no socket is bound to; refuse anything else in the way."""
+    d, name = os.path.split(os.fsdecode(path))
     try:
-        st = os.lstat(path)
+        dfd = model.open(d, _DIR) if model is not None else os.open(d, _DIR)
     except FileNotFoundError:
-        return
-    where = f"cannot bind a unix socket to {path.decode()}"
-    if not stat.S_ISSOCK(st.st_mode):
-        raise RestoreError(f"{where}: a file that is not a socket is in the way")
-    for d in unix_diag().values():
-        if d.vfs and d.vfs[0] == st.st_ino and os.makedev(*decode_kdev(d.vfs[1])) == st.st_dev:
-            raise RestoreError(f"{where}: a live socket (inode {d.ino}) is bound to it")
-    os.unlink(path)
+        return  # bind will say
+    try:
+        try:
+            st = os.lstat(name, dir_fd=dfd)
+        except FileNotFoundError:
+            return
+        where = f"cannot bind a unix socket to {path.decode()}"
+        if not stat.S_ISSOCK(st.st_mode):
+            raise RestoreError(f"{where}: a file that is not a socket is in the way")
+        for diag in unix_diag().values():
+            vfs = diag.vfs
+            if vfs and vfs[0] == st.st_ino and os.makedev(*decode_kdev(vfs[1])) == st.st_dev:
+                raise RestoreError(f"{where}: a live socket (inode {diag.ino}) is bound to it")
+        os.unlink(name, dir_fd=dfd)
+    finally:
+        os.close(dfd)
+
+
+_DIR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def set_owner(path: bytes, uid: int, gid: int, mode: int, model: ImageModel | None = None) -> None:
+    """Give the socket file `path` its dumped owner and mode through an O_PATH|O_NOFOLLOW
+    fd of it: never through a symlink put in its place.  A chown the caller may not make
+    (another owner, for a process that could not give it) is skipped."""
+    flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+    name = os.fsdecode(path)
+    fd = model.open(name, flags) if model is not None else os.open(name, flags)
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise RestoreError(f"{name} is no longer the socket just bound there")
+        via = fd_path("self", fd)  # chown/chmod of an O_PATH fd: through its magic link
+        with contextlib.suppress(PermissionError):
+            os.chown(via, uid, gid)
+        os.chmod(via, mode)
+    finally:
+        os.close(fd)
 
 
 class UnixSockets:
@@ -169,7 +207,7 @@ class UnixSockets:
                 for ino in r.icons:
                     self._connect(self._socks[ino], r, f"the listener {_show(r.name)}")
             for c in self._one_sided(r):
-                self._connect(self._socks[c.ino], r, f"its peer {_show(r.name)}")
+                self._connect(self._socks[c.ino], r, f"its peer {_show(r.name)}", by=c)
         for r in recs:
             if r.peer_ino not in self._by_ino and r.peer_name and r.ino not in self._peer_of:
                 self._connect_outside(r)
@@ -221,53 +259,84 @@ class UnixSockets:
             and c.state != SockState.LISTEN and c.ino not in self._waiting
         ]  # fmt: skip
 
+    def _holders(self, r: UnixSocket) -> list[int]:
+        """The processes whose credentials act for `r` (a socket only in flight: those
+        holding the socket it travels in)."""
+        assert self._model is not None
+        return self._model.holders(r.id)
+
+    def _as(self, r: UnixSocket, what: str, fn: Callable[[], object]) -> object:
+        assert self._model is not None
+        return as_holders(self._model, self._holders(r), what, fn)
+
+    def _seen(self, r: UnixSocket) -> bytes:
+        """The socket file's path as the tree's processes see it (a relative name joined
+        to the directory it was bound in)."""
+        d = self._dir(r)
+        return r.name if r.name.startswith(b"/") or not d else os.fsencode(d) + b"/" + r.name
+
     def _path(self, r: UnixSocket) -> bytes:
         """Where the restorer reaches the socket file of a path name."""
-        d = self._dir(r)
-        path = r.name if r.name.startswith(b"/") or not d else os.fsencode(d) + b"/" + r.name
-        return self._root.encode() + path
+        return self._root.encode() + self._seen(r)
 
-    def _at(self, r: UnixSocket | None, name: bytes, fn: Callable[[], object]) -> None:
-        """Run `fn`, which looks up the path `name`, where the tree's paths resolve: in a
-        child chrooted into a VE's root (a socket keeps the name it was bound with, so the
-        name must be the VE's own), or in the directory a relative name was bound in; here
-        for an abstract name or the host's root."""
-        d = self._dir(r) if r is not None and not name.startswith((b"/", b"\0")) else ""
-        if (self._root or d) and name and name[0] != 0:
-            root = self._root or None
+    def _at(
+        self,
+        r: UnixSocket | None,
+        name: bytes,
+        what: str,
+        fn: Callable[[], object],
+        by: UnixSocket | None = None,
+    ) -> None:
+        """Run `fn`, which looks up the path `name`, as a process holding `by` (else `r`)
+        and where the tree's paths resolve: in a child chrooted into a VE's root (a socket
+        keeps the name it was bound with, so the name must be the VE's own) and in the
+        directory a relative name was bound in; here for an abstract name or the host's
+        root."""
+        model = self._model
+        assert model is not None
+        if not name or name[:1] == b"\0":
+            fn()  # an abstract name: no file, no permission to check
+            return
+        who = by or r
+        holders = self._holders(who) if who is not None else []
+        d = self._dir(r) if r is not None and not name.startswith(b"/") else ""
+        if self._root or d:
 
             def run() -> None:
                 if d:
                     os.chdir(d)
                 fn()
 
-            in_child(run, root=root)
+            in_root_as_holders(model, holders, what, run, self._root)
         else:
-            fn()
+            as_holders(model, holders, what, fn)
 
     def _bind(self, r: UnixSocket) -> None:
         s = self._socks[r.ino]
-        if r.name[0] != 0:
-            free_path(self._path(r))
+        model = self._model
+        assert model is not None
+        what = f"cannot bind a unix socket to {_show(r.name)}"
         try:
-            self._at(r, r.name, lambda: s.bind(r.name))
+            if r.name[0] != 0:
+                self._as(r, what, lambda: free_path(self._seen(r), model))
+            self._at(r, r.name, what, lambda: s.bind(r.name))
+            if r.name[0] != 0:
+                self._as(r, what, lambda: set_owner(self._seen(r), r.fuid, r.fgid, r.fmode, model))
         except OSError as e:
-            raise RestoreError(
-                f"cannot bind a unix socket to {_show(r.name)}: {e.strerror}"
-            ) from None
-        if r.name[0] != 0:
-            os.chown(self._path(r), r.fuid, r.fgid)
-            os.chmod(self._path(r), r.fmode)
+            raise RestoreError(f"{what}: {e.strerror}") from None
 
     def _deleted_name(self, r: UnixSocket, done: set[int], host_pid: Callable[[int], int]) -> None:
-        """A name whose file is gone: bound with the path free, used, removed again."""
+        """A name whose file is gone: bound with the path free, used, removed again (each
+        step on the file system as a process holding the socket)."""
         path = self._path(r)
         aside = path + b".cpt-aside-%d" % os.getpid()
         moved = False
         created: list[bytes] = []
+        what = f"cannot bind a unix socket to {_show(r.name)} (its file was removed since)"
         try:
             if os.path.lexists(path):
-                os.rename(path, aside)  # whatever holds the path now, given back below
+                # whatever holds the path now, given back below
+                self._as(r, what, lambda: os.rename(path, aside))
                 moved = True
             else:
                 parent = os.path.dirname(path)
@@ -275,46 +344,46 @@ class UnixSockets:
                     created.append(parent)
                     parent = os.path.dirname(parent)
                 for dpath in reversed(created):
-                    os.mkdir(dpath, 0o700)
+                    self._as(r, what, functools.partial(os.mkdir, dpath, 0o700))
             s = self._socks[r.ino]
             try:
-                self._at(r, r.name, lambda: s.bind(r.name))
+                self._at(r, r.name, what, lambda: s.bind(r.name))
             except OSError as e:
-                raise RestoreError(
-                    f"cannot bind a unix socket to {_show(r.name)} (its file was removed "
-                    f"since): {e.strerror}"
-                ) from None
+                raise RestoreError(f"{what}: {e.strerror}") from None
             if r.state == SockState.LISTEN:
                 s.listen(r.backlog)
                 for ino in r.icons:
                     self._connect(self._socks[ino], r, f"the listener {_show(r.name)}")
             for c in self._one_sided(r):
-                self._connect(self._socks[c.ino], r, f"its peer {_show(r.name)}")
+                self._connect(self._socks[c.ino], r, f"its peer {_show(r.name)}", by=c)
             self._refill(r, host_pid)
             done.add(r.ino)
-            os.unlink(path)
+            self._as(r, what, lambda: os.unlink(path))
         finally:
             for dpath in created:
-                with contextlib.suppress(OSError):
-                    os.rmdir(dpath)
+                with contextlib.suppress(OSError, RestoreError):
+                    self._as(r, what, functools.partial(os.rmdir, dpath))
             if moved:
-                os.rename(aside, path)
+                self._as(r, what, lambda: os.rename(aside, path))
 
-    def _connect(self, s: socket.socket, to: UnixSocket, what: str) -> None:
+    def _connect(
+        self, s: socket.socket, to: UnixSocket, what: str, by: UnixSocket | None = None
+    ) -> None:
+        """Connect `s` to `to`'s name, as a process holding `by` (else `to`: a client
+        waiting in an accept queue is connected by the listener's holders)."""
+        msg = f"cannot reconnect a unix socket to {what}"
         try:
-            self._at(to, to.name, lambda: s.connect(to.name))
+            self._at(to, to.name, msg, lambda: s.connect(to.name), by=by)
         except OSError as e:
-            raise RestoreError(f"cannot reconnect a unix socket to {what}: {e.strerror}") from None
+            raise RestoreError(f"{msg}: {e.strerror}") from None
 
     def _connect_outside(self, r: UnixSocket) -> None:
         s = self._socks[r.ino]
+        msg = f"cannot reconnect a unix socket to the outside peer {_show(r.peer_name)}"
         try:
-            self._at(None, r.peer_name, lambda: s.connect(r.peer_name))
+            self._at(None, r.peer_name, msg, lambda: s.connect(r.peer_name), by=r)
         except OSError as e:
-            raise RestoreError(
-                f"cannot reconnect a unix socket to the outside peer {_show(r.peer_name)}: "
-                f"{e.strerror}"
-            ) from None
+            raise RestoreError(f"{msg}: {e.strerror}") from None
 
     # ----------------------------------------------------------------- 4. queues
 
@@ -393,7 +462,9 @@ class UnixSockets:
     def _send_to(
         self, r: UnixSocket, s: socket.socket, msg: bytes, anc: list[tuple[int, int, bytes]]
     ) -> None:
-        self._at(r, r.name, lambda: _send_one(s, msg, anc, r.name))
+        """Send `msg` to `r`'s name (its queue), as a process holding `r`."""
+        what = f"unix socket {r.ino}: cannot refill a queued message"
+        self._at(r, r.name, what, lambda: _send_one(s, msg, anc, r.name))
 
     def after_install(self, model: ImageModel, task: Task, local: dict[int, int]) -> None:
         pass

@@ -7,7 +7,7 @@ a child that joined the new mount and PID namespaces, so proc shows the VE's PID
 hostname set, its network configured: the caller's `links(pid)` creates what crosses
 the namespace boundary (the veth pair of a VE, its peer on the host), netns.restore_net
 the rest from the image.  From then on the restorer reaches the VE's files through
-/proc/<init>/root (ImageModel.host_path) and creates sockets and IPC objects with its
+its root (ImageModel.open: openat2 inside the root /proc/<init>/root names) and creates sockets and IPC objects with its
 thread inside the VE's namespaces (cpt.sys.ns.entered).
 """
 
@@ -97,4 +97,4 @@ def build(
     if links is not None:
         links(pid)
     netns.restore_net(pid, model.net)
-    model.root_prefix = root_path(pid)
+    model.set_root(root_path(pid))

@@ -1,7 +1,10 @@
 """Stage undump, and the full restore (restore --undump, restore).
 
-The image is verified first, its checksums and structure then this host
-(open_for_restore), before any process is created.  A full restore needs no cgroup: the
+The dump file is opened once, by restore/trust.py's open_dumpfile (a regular file of
+root's that no one else may write, never through a symlink; --trust waives the owner
+check), and everything after reads that open file: its checksums and structure
+(open_image), then the credentials its processes would get and this host
+(check_restorable), before any process is created.  A full restore needs no cgroup: the
 tree is traced until the moment it is released.  Undump restores it into a freezer
 cgroup, left frozen, and records the stage state for resume or kill; a VE always gets
 its cgroup, and its link comes up when it runs.
@@ -20,30 +23,58 @@ from cptimage.verify import verify
 from .. import fault, interrupts
 from ..errors import CptError, RestoreError
 from ..host.verify import check_host
+from ..restore.model import ImageModel
 from ..restore.options import RestoreOptions
 from ..restore.restorer import Restorer, RestoreStats
+from ..restore.trust import check_credentials, open_dumpfile
 from .store import RESTORING, TreeState
 from .tree import Tree, fails_as
 
 
-def open_for_restore(dumpfile: str, opts: RestoreOptions | None = None) -> ImageReader:
-    """The image, after verify-before-restore: its checksums and structure, then this host.
+def open_image(dumpfile: str, *, trust: bool = False) -> ImageReader:
+    """The image of `dumpfile`, trusted (restore/trust.py) and verified (every checksum,
+    the structure): refuses with the first problems, precisely, before any process is
+    created: a file another user could have written as RestoreError (exit 17), a damaged
+    image (or no image) as ImageError (exit 40)."""
+    f = open_dumpfile(dumpfile, trust=trust)
+    try:
+        problems = verify(f)
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise ImageError(f"{problems[0]}{more}; refusing to restore", path=dumpfile)
+        try:
+            return ImageReader(f, own=True)
+        except ImageError as e:
+            e.msg += "; refusing to restore"
+            raise
+    except BaseException:
+        f.close()
+        raise
 
-    Refuses with the first problems, precisely, before any process is created: a damaged
-    image (or no image) as ImageError (exit 40), a host it cannot run on as RestoreError.
-    """
-    problems = verify(dumpfile)
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise ImageError(f"{problems[0]}{more}; refusing to restore", path=dumpfile)
-    reader = ImageReader(dumpfile)
+
+def check_restorable(reader: ImageReader, opts: RestoreOptions | None = None) -> None:
+    """Refuse, before any process is created, an image whose processes would get
+    credentials above its tree's owner's (unless opts.trust), or that this host cannot
+    restore (RestoreError)."""
     opts = opts or RestoreOptions()
+    check_credentials(ImageModel(reader), trust=opts.trust)
     host = check_host(reader, pids=not opts.pidns, ipcns=opts.ipcns)
     if host:
-        reader.close()
         msgs = "; ".join(p.message for p in host[:3])
         more = f" (and {len(host) - 3} more)" if len(host) > 3 else ""
-        raise RestoreError(f"{dumpfile}: {msgs}{more}; refusing to restore")
+        raise RestoreError(f"{reader.path}: {msgs}{more}; refusing to restore")
+
+
+def open_for_restore(dumpfile: str, opts: RestoreOptions | None = None) -> ImageReader:
+    """The image, after verify-before-restore: the file's trust, its checksums and
+    structure, its credentials, then this host."""
+    opts = opts or RestoreOptions()
+    reader = open_image(dumpfile, trust=opts.trust)
+    try:
+        check_restorable(reader, opts)
+    except BaseException:
+        reader.close()
+        raise
     return reader
 
 

@@ -19,6 +19,7 @@ from ..errors import InvalidValue, UsageError
 from ..procfs import Proc
 from ..restore.options import RestoreOptions
 from ..restore.restorer import RestoreStats
+from ..restore.trust import open_dumpfile
 from ..restore.tty import wait_shell_job
 from .dump import checkpoint, dump
 from .kill import kill
@@ -107,7 +108,7 @@ class TreeStages:
                 raise UsageError(
                     "--pidns, --ipcns and --shell-job belong to a full restore or --undump"
                 )
-            self.pid = _root_of(dumpfile)
+            self.pid = _root_of(dumpfile, trust=opts.trust)
             tree = self.tree()
             with tree.locked():
                 (resume if stage is Stage.RESUME else kill)(tree)
@@ -128,8 +129,15 @@ class TreeStages:
         wait_shell_job(stats.pidns_init or stats.host_pid)
 
 
-def _root_of(dumpfile: str) -> int:
-    """The root PID of the tree a dump file holds (from its header); ImageError (exit
+def _root_of(dumpfile: str, *, trust: bool = False) -> int:
+    """The root PID of the tree a dump file holds (from its header; the file trusted as
+    for a restore: exit 17 for one another user could have written); ImageError (exit
     40) when the file is no image."""
-    with ImageReader(dumpfile) as r:
+    f = open_dumpfile(dumpfile, trust=trust)
+    try:
+        r = ImageReader(f, own=True)
+    except BaseException:
+        f.close()
+        raise
+    with r:
         return r.header.root_pid

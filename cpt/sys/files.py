@@ -1,5 +1,6 @@
 """File-descriptor syscalls the os module lacks or cannot do in place: ioctl on a mutable
-buffer, tee(2), memfd_create with MFD_EXEC, close_range."""
+buffer, tee(2), memfd_create with MFD_EXEC, close_range, openat2 (a path resolved as
+inside a root directory)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,13 @@ F_SEAL_WRITE = 0x8
 
 SPLICE_F_MOVE = 1
 SPLICE_F_NONBLOCK = 2
+
+# openat2's struct open_how.resolve
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
 
 CLOSE_RANGE_UNSHARE = 1 << 1
 CLOSE_RANGE_CLOEXEC = 1 << 2
@@ -72,6 +80,26 @@ def memfd_create(name: str, flags: int = MFD_CLOEXEC) -> int:
 def close_range(first: int, last: int, flags: int = 0) -> None:
     """close_range(2) in this process (CLOSE_RANGE_CLOEXEC marks instead of closing)."""
     checked_syscall(f"close_range({first}, {last})", None, NR.close_range, first, last, flags)
+
+
+def openat2(dirfd: int, path: str, flags: int, mode: int = 0, resolve: int = 0) -> int:
+    """openat2(2): open `path` relative to `dirfd` with the RESOLVE_* rules `resolve`
+    (RESOLVE_IN_ROOT: as if `dirfd` were the root directory, so that neither ".." nor an
+    absolute symlink leaves it).  Returns the new fd; OSError with the errno and path."""
+    if not flags & (os.O_CREAT | O_TMPFILE):
+        mode = 0  # openat2 refuses a mode without O_CREAT or O_TMPFILE (EINVAL)
+    how = (ctypes.c_uint64 * 3)(flags, mode, resolve)
+    cpath = ctypes.create_string_buffer(os.fsencode(path))
+    ret = raw_syscall(
+        NR.openat2, dirfd, ctypes.addressof(cpath), ctypes.addressof(how), ctypes.sizeof(how)
+    )
+    if ret == -1:
+        err = get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return ret
+
+
+O_TMPFILE = getattr(os, "O_TMPFILE", 0o20200000)
 
 
 def shared_anon_file(size: int) -> int:
