@@ -188,7 +188,7 @@ class SnapshotManager:
         took them in: no catalog entry names them); returns their slots."""
         with self.mgr.locked(veid):
             catalog = self.catalog(veid)
-            needed = _snapshots_of(self.hooks.node.default_dumpfile(veid))
+            needed = snapshots_needed_by(self.hooks.node.default_dumpfile(veid))
             slots = [p for p in catalog.orphans() if str(p / FS) not in needed]
             for slot in slots:
                 catalog.sweep(slot)
@@ -258,7 +258,7 @@ class SnapshotManager:
             return snap, pre, False
 
 
-def _snapshots_of(image: str) -> set[str]:
+def snapshots_needed_by(image: str) -> set[str]:
     """The filesystem snapshots the dump file `image` needs for its restore (a dump
     committed by a chkpnt killed before the catalog took its snapshot in)."""
     try:

@@ -67,6 +67,35 @@ def state_of(pid: int) -> str | None:
     return text[text.rindex(")") + 2]
 
 
+ALL_BLOCKED = "fffffffffffbfeff"  # every signal the kernel lets a mask hold
+
+
+def masks(pids: list[int]) -> list[tuple[str, str]]:
+    """(command, whether every signal is blocked) of every thread of `pids`, sorted: what a
+    killed command must leave as it was (a thread left with every signal blocked still
+    counts, but never again answers SIGTERM; a process may be gone).  Not the mask itself:
+    a thread in sigsuspend or sigtimedwait shows a passing one."""
+    out = []
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError, NotADirectoryError):
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                    status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+                    fields = dict(ln.split(":\t", 1) for ln in status.splitlines() if ":\t" in ln)
+                    blocked = fields["SigBlk"].strip() == ALL_BLOCKED
+                    out.append((fields["Name"], "all blocked" if blocked else "its own"))
+    return sorted(out)
+
+
+def cgroup_pids(cgroup: Path) -> list[int]:
+    """Every process of a cgroup tree."""
+    pids: list[int] = []
+    for f in cgroup.rglob("cgroup.procs"):
+        with contextlib.suppress(OSError):
+            pids += [int(x) for x in f.read_text().split()]
+    return pids
+
+
 def frozen(cgroup: Path) -> bool:
     try:
         return (cgroup / "cgroup.freeze").read_text().strip() == "1"
@@ -213,6 +242,7 @@ class TreeTarget:
         """One killed command and what is wrong after it (empty: it held)."""
         with contextlib.suppress(FileNotFoundError):
             self.dump.unlink()
+        before = masks([self.wl.pid])
         with reaping(self.wl):
             shot = shoot(self.args(mode), self.env, self.began, delay, sig)
         problems = [m] if (m := check_message(shot)) else []
@@ -237,6 +267,8 @@ class TreeTarget:
             rc, err = self.cpt("chkpnt", "--pid", str(self.wl.pid), "--resume")
             if rc not in (0, 31):
                 problems.append(f"the next command failed ({rc}): {err.strip()}")
+        if (after := masks([self.wl.pid])) != before:
+            problems.append(f"LOST: signal masks {before} became {after}")
         problems += leftovers(self.run_dir, self.dump_dir, f"pid-{self.wl.pid}")
         return shot, problems
 
@@ -293,6 +325,7 @@ class VeTarget:
     def trial(self, mode: str, sig: int, delay: float) -> tuple[Shot, list[str]]:
         with contextlib.suppress(FileNotFoundError):
             self.dump.unlink()
+        before = masks(cgroup_pids(self.cgroup))
         shot = shoot(self.args(mode), self.node.env, self.began, delay, sig)
         problems = [m] if (m := check_message(shot)) else []
         st = self.status()
@@ -313,6 +346,8 @@ class VeTarget:
                 return shot, [*problems, f"LOST: the VE is {st!r} after `cpt {' '.join(cmd)}`"]
         if not self.going_on():
             problems.append("LOST: the workload in the VE does not go on")
+        if (after := masks(cgroup_pids(self.cgroup))) != before:
+            problems.append(f"LOST: signal masks {before} became {after}")
         if f"dev cpt{self.veid}" not in route_of(self.ip):
             problems.append(f"the VE's address is routed {route_of(self.ip)!r}")
         if shot.killed and shot.sig == signal.SIGKILL:
@@ -333,10 +368,17 @@ def route_of(addr: str) -> str:
 
 
 def orphan_snapshots(root: Path, veid: str) -> list[Path]:
-    from snapshot.catalog import Catalog
+    """Snapshot slots of the VE that no catalog entry names and no committed dump needs
+    (a chkpnt killed between its dump's commit and the catalog's update leaves one the
+    dump needs: `snapshot cleanup --orphans` keeps it while the dump is there)."""
+    from snapshot.catalog import FS, Catalog
+    from snapshot.manager import snapshots_needed_by
 
     d = root / "pool" / "snapshots" / veid
-    return Catalog(veid, d).orphans() if d.is_dir() else []
+    if not d.is_dir():
+        return []
+    needed = snapshots_needed_by(str(root / "dump" / f"Dump.{veid}"))
+    return [p for p in Catalog(veid, d).orphans() if str(p / FS) not in needed]
 
 
 def env_with(**kv: str) -> dict[str, str]:
@@ -347,10 +389,12 @@ __all__ = [
     "Shot",
     "TreeTarget",
     "VeTarget",
+    "cgroup_pids",
     "check_message",
     "env_with",
     "frozen",
     "leftovers",
+    "masks",
     "moments",
     "orphan_snapshots",
     "reference",

@@ -21,9 +21,10 @@ from helpers_proc import Procs, compile_c, proc_state, wait_until
 from cpt.errors import InjectionError, NoSuchProcess
 from cpt.sys import mem, ptrace
 from cpt.sys.syscalls import NR
+from cpt.trace import guard
 from cpt.trace.inject import ALL_SIGNALS, find_vdso_syscall
 from cpt.trace.seize import detach_all, freeze_process
-from cpt.trace.tracee import Tracee
+from cpt.trace.tracee import DEFAULT_OPTIONS, Tracee
 
 PAGE = 4096
 
@@ -133,7 +134,19 @@ def test_single_thread_attach_inject_detach(procs: Procs, bins: dict[str, Path])
         assert t.get_regs() == regs
         assert t.get_sigmask() == mask
         with t.session():
-            assert t.get_sigmask() == ALL_SIGNALS & ~(1 << 8) & ~(1 << 18)
+            # Each injected syscall runs with every signal blocked (the kernel keeps SIGKILL
+            # and SIGSTOP out of any mask)...
+            buf = t.syscall_checked(NR.mmap, 0, PAGE, 3, 0x22, -1, 0)
+            assert t.syscall(NR.rt_sigprocmask, 0, 0, buf, 8) == 0
+            seen = int.from_bytes(t.read_mem(buf, 8), "little")
+            assert seen == ALL_SIGNALS & ~(1 << 8) & ~(1 << 18)
+            assert t.syscall(NR.munmap, buf, PAGE) == 0
+            # ... and between two of them the thread sits at a `syscall; ret` of its libc
+            # with its stack pointer at the sigreturn guard's frame (a tracer killed there
+            # leaves it as it was: test_tracer_killed_inside_a_session_...).
+            between = t.get_regs()
+            assert t.read_mem(between.rip - 2, 3) == b"\x0f\x05\xc3"
+            assert between.rsp < regs.rsp - 128
             assert t.syscall(NR.getpid) == p.pid
         assert t.get_regs() == regs and t.get_sigmask() == mask
     finally:
@@ -204,9 +217,17 @@ def test_syscall_checked_errors(procs: Procs, bins: dict[str, Path]) -> None:
 
 
 @pytest.mark.root
-def test_fatal_signal_during_injection(procs: Procs, bins: dict[str, Path]) -> None:
+@pytest.mark.parametrize("mode", ["plain", "guarded"])
+def test_fatal_signal_during_injection(
+    procs: Procs, bins: dict[str, Path], mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An injected syscall whose instruction faults: InjectionError naming the signal, and
+    nothing of the failed injection remains.  Plain: a thread of ours (traced with
+    EXITKILL, as restore's), at a `syscall` on a page that is not executable; guarded: a
+    workload's thread (guard.py), at a `syscall; ret` on such a page."""
     p, _ = procs.start_ready([str(bins["mt"]), "1"])
-    t = Tracee.attach(p.pid)
+    options = DEFAULT_OPTIONS | (ptrace.PTRACE_O_EXITKILL if mode == "plain" else 0)
+    t = Tracee.attach(p.pid, options=options)
     try:
         regs = t.get_regs()
         mask = t.get_sigmask()
@@ -220,14 +241,22 @@ def test_fatal_signal_during_injection(procs: Procs, bins: dict[str, Path]) -> N
                 -1,
                 0,
             )
-        t.write_mem(page, b"\x0f\x05")
+        t.write_mem(page, b"\x0f\x05\xc3")
         vdso = t.syscall_addr
         t.syscall_addr = page  # `syscall` bytes on a page that is not executable
+        real = guard.find_gadgets(p.pid)
+        assert real is not None
+        monkeypatch.setattr(
+            guard,
+            "find_gadgets",
+            lambda pid: guard.Gadgets(page, real.restorer, real.restorer_bytes),
+        )
         with pytest.raises(InjectionError) as ei:
             t.syscall(NR.getpid)
         assert ei.value.signal == signal.SIGSEGV and ei.value.pid == p.pid
         # Nothing of the failed injection remains.
         assert t.get_regs() == regs and t.get_sigmask() == mask
+        monkeypatch.undo()
         t.syscall_addr = vdso
         assert t.syscall_checked(NR.munmap, page, PAGE) == 0
     finally:
@@ -384,6 +413,7 @@ def _tracer_child(work: Callable[[], None]) -> tuple[int, int]:
     if pid == 0:  # the tracer: its tracees are detached by the kernel when it dies
         try:
             os.close(r)
+            _TOLD[:] = [w]
             work()
             os.write(w, b"k")
             time.sleep(60)
@@ -429,3 +459,101 @@ def test_tracer_killed_after_injecting_leaves_tracee_running(
     time.sleep(0.05)
     assert proc_state(p.pid) in ("S", "R")
     assert _finish(p).startswith(b"PASS")
+
+
+def _sigblk_and_cpus(pid: int) -> dict[int, tuple[str, set[int]]]:
+    """Each thread's blocked mask (but SIGUSR1, which the workload's sigtimedwait takes
+    out of it while it waits) and CPU mask."""
+    out = {}
+    for tid in sorted(int(t) for t in os.listdir(f"/proc/{pid}/task")):
+        status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        blk = next(ln.split()[1] for ln in status.splitlines() if ln.startswith("SigBlk:"))
+        out[tid] = (f"{int(blk, 16) | 1 << (signal.SIGUSR1 - 1):016x}", os.sched_getaffinity(tid))
+    return out
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("how", ["session", "probe", "in-a-syscall"])
+def test_tracer_killed_inside_a_session_leaves_mask_registers_and_cpus(
+    procs: Procs, bins: dict[str, Path], how: str
+) -> None:
+    """SIGKILL of the tracer in the MIDDLE of an injection session (between two of its
+    syscalls, as a killed `cpt chkpnt` in its probe, or while an injected syscall runs):
+    every thread runs on from its own registers with its own signal mask and CPU mask.  The session used to block every
+    signal for its whole length and leave the injected registers between syscalls: the
+    thread then ran on from the injected state and never again received SIGTERM
+    (tests/test_kill.py lost a VE's workload that way)."""
+    p, _ = procs.start_ready([str(bins["mt"]), "2"])
+    # A new thread starts with every signal blocked until glibc's start_thread unblocks them.
+    wait_until(
+        lambda: all(
+            b == f"{1 << (signal.SIGUSR1 - 1):016x}" for b, _ in _sigblk_and_cpus(p.pid).values()
+        ),
+        what="the workers' masks settled",
+    )
+    before = _sigblk_and_cpus(p.pid)
+
+    def work() -> None:
+        tracees = freeze_process(p.pid)
+        if how == "in-a-syscall":
+            with tracees[0].session():
+                tracees[0].syscall(NR.getpid)
+                os.write(_TOLD[0], b"k")  # killed while the next one sleeps in the kernel
+                tracees[0].syscall(NR.poll, 0, 0, 700)
+                time.sleep(60)
+        elif how == "session":
+            with tracees[1].session():
+                tracees[1].syscall(NR.getppid)
+                tracees[0].syscall(NR.getpid)  # and one of another thread, in its own session
+                with tracees[0].session():
+                    tracees[0].syscall(NR.getppid)
+                    _tell_and_wait()
+        else:
+            from cpt.dump import probe as probe_mod
+            from cpt.procfs import Proc
+
+            real = probe_mod.Scratch.map
+
+            def map_then_wait(*a: object, **kw: object) -> object:
+                scratch = real(*a, **kw)  # type: ignore[arg-type]
+                _tell_and_wait()  # killed here: the probe's session is open, one syscall done
+                return scratch
+
+            probe_mod.Scratch.map = map_then_wait  # type: ignore[method-assign]
+            probe_mod.probe(tracees, [(v.start, v.end) for v in Proc().maps(p.pid)])
+
+    tracer, r = _tracer_child(work)
+    try:
+        assert os.read(r, 1) == b"k"
+        if how == "in-a-syscall":
+            time.sleep(0.2)  # well inside the 700 ms the injected poll sleeps
+        os.kill(tracer, signal.SIGKILL)
+        os.waitpid(tracer, 0)
+    finally:
+        os.close(r)
+    wait_until(lambda: proc_state(p.pid) in ("S", "R"), what="the tracee running again")
+    time.sleep(0.8 if how == "in-a-syscall" else 0.05)  # the poll ends, rt_sigreturn
+    assert proc_state(p.pid) in ("S", "R")
+    assert _sigblk_and_cpus(p.pid) == before
+    os.kill(p.pid, signal.SIGUSR2)  # caught by a handler: the mask lets it in
+    line = _finish(p)
+    assert line.startswith(b"PASS") and b"usr2=1" in line, line
+
+
+_TOLD: list[int] = []
+
+
+def _tell_and_wait() -> None:
+    """In the tracer child: tell the parent (on _tracer_child's pipe) and wait to be killed."""
+    os.write(_TOLD[0], b"k")
+    time.sleep(60)
+
+
+def test_a_ve_init_carries_what_the_guard_needs() -> None:
+    """A VE's init is a static program without libc: its code carries the `syscall; ret`
+    and the rt_sigreturn restorer the sigreturn guard injects with, in its text."""
+    from cpt.restore.stub import build_reaper
+
+    elf = build_reaper()
+    assert guard.SYSCALL_RET in elf
+    assert any(seq in elf for seq in guard.RESTORERS)

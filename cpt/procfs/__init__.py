@@ -96,6 +96,7 @@ from .stat import (
     parse_status,
     stat_processor,
     stat_state,
+    status_sigcgt,
     status_tgid,
 )
 from .system import (
@@ -199,6 +200,7 @@ __all__ = [
     "split_deleted",
     "stat_processor",
     "stat_state",
+    "status_sigcgt",
     "status_tgid",
     "sysctl_path",
     "sysvipc",

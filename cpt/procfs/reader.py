@@ -35,6 +35,7 @@ from .stat import (
     parse_status,
     stat_processor,
     stat_state,
+    status_sigcgt,
     status_tgid,
 )
 from .timers import PosixTimer, parse_timers
@@ -165,6 +166,11 @@ class Proc:
         with open(f"{self.root}/thread-self/stat", "rb") as f:
             return stat_processor(f.read())
 
+    def last_cpu(self, tid: int) -> int:
+        """The CPU thread `tid` last ran on (field 39 of <root>/TID/stat)."""
+        with open(f"{self.root}/{tid}/stat", "rb") as f:
+            return stat_processor(f.read())
+
     def tasks(self, pid: int) -> list[int]:
         """TIDs of the thread group, sorted (the leader's tid is the pid)."""
         return self._listdir_ints(pid, "task")
@@ -184,6 +190,10 @@ class Proc:
 
     def stat(self, pid: int, tid: int | None = None) -> ProcStat:
         return parse_stat(self._read(pid, "stat", tid))
+
+    def caught_signals(self, tid: int) -> int:
+        """SigCgt of thread `tid` (only that field of <root>/TID/status)."""
+        return status_sigcgt(self._read(tid, "status"))
 
     def status(self, pid: int, tid: int | None = None) -> ProcStatus:
         return parse_status(self._read(pid, "status", tid))

@@ -20,6 +20,12 @@ def decode_huge_dev(dev: int) -> tuple[int, int]:
     return (dev >> 8) & 0xFFF, (dev & 0xFF) | ((dev >> 12) & 0xFFF00)
 
 
+def status_sigcgt(data: bytes) -> int:
+    """Only the SigCgt: of a status file (cheap: the signals the task catches)."""
+    i = data.index(b"\nSigCgt:") + 8
+    return int(data[i : data.index(b"\n", i)], 16)
+
+
 @dataclass(frozen=True, slots=True)
 class ProcStat:
     """/proc/PID/stat.  Field numbers of proc(5) in the comments."""

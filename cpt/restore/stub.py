@@ -105,6 +105,10 @@ _REAPER = (
     + _CMP_ECHILD
     + bytes([0x75, -(len(_WAIT4) + len(_CMP_ECHILD) + 2) & 0xFF])  # jne: wait4 again
     + bytes.fromhex("b8e700000031ff0f05")  # exit_group(0)
+    # Never run by the reaper: the two sequences an injection's sigreturn guard needs in a
+    # process's own code (cpt/trace/guard.py), which a static program without libc lacks.
+    + bytes.fromhex("0f05c3")  # syscall; ret
+    + bytes.fromhex("48c7c00f0000000f05")  # mov $15, %rax; syscall (rt_sigreturn)
 )
 
 

@@ -135,6 +135,11 @@ def detach(tid: int, sig: int = 0) -> None:
     _ptrace(PTRACE_DETACH, tid, 0, sig)
 
 
+def resume_syscall(tid: int, sig: int = 0) -> None:
+    """PTRACE_SYSCALL: run to the next syscall-entry or -exit stop."""
+    _ptrace(PTRACE_SYSCALL, tid, 0, sig)
+
+
 def singlestep(tid: int, sig: int = 0) -> None:
     """PTRACE_SINGLESTEP."""
     _ptrace(PTRACE_SINGLESTEP, tid, 0, sig)
@@ -391,12 +396,14 @@ class SyscallFrame:
     _HIGH = struct.Struct("<5Q")
     _RAX = struct.Struct("<q")
 
-    __slots__ = ("_in", "_in_iov", "_out", "_out_iov", "tid")
+    __slots__ = ("_base", "_base_iov", "_in", "_in_iov", "_out", "_out_iov", "tid")
 
     def __init__(self, tid: int, base: Regs) -> None:
         self.tid = tid
         self._in = ctypes.create_string_buffer(base.to_bytes(), USER_REGS_SIZE)
         self._in_iov = _Iovec(ctypes.addressof(self._in), USER_REGS_SIZE)
+        self._base = ctypes.create_string_buffer(base.to_bytes(), USER_REGS_SIZE)
+        self._base_iov = _Iovec(ctypes.addressof(self._base), USER_REGS_SIZE)
         self._out = ctypes.create_string_buffer(USER_REGS_SIZE)
         self._out_iov = _Iovec(ctypes.addressof(self._out), USER_REGS_SIZE)
 
@@ -417,6 +424,11 @@ class SyscallFrame:
         self._HIGH.pack_into(self._in, 96, a3 & m, a2 & m, a1 & m, m, rip & m)
         self._in_iov.iov_len = USER_REGS_SIZE
         _ptrace(PTRACE_SETREGSET, self.tid, NT_PRSTATUS, ctypes.addressof(self._in_iov))
+
+    def restore_base(self) -> None:
+        """SETREGSET the base registers again (the thread's own, between injections)."""
+        self._base_iov.iov_len = USER_REGS_SIZE
+        _ptrace(PTRACE_SETREGSET, self.tid, NT_PRSTATUS, ctypes.addressof(self._base_iov))
 
     def result(self) -> int:
         self._out_iov.iov_len = USER_REGS_SIZE

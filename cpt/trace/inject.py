@@ -6,6 +6,8 @@ NT_PRSTATUS and signal mask, block every signal, point rip at a `syscall` instru
 PTRACE_SINGLESTEP, and wait for the single-step SIGTRAP: the kernel reports it at syscall
 exit, before the next instruction is fetched, so rax holds the result. Then put the saved
 registers and mask back. A `session()` saves once, runs many syscalls, restores once.
+A workload's thread, which must outlive a killed tracer, is injected under the sigreturn
+guard instead (guard.py): at a `syscall; ret` of its own code, with PTRACE_SYSCALL.
 
 `Injection` is the injecting half of Tracee (tracee.py), which provides the thread: its
 id, its stop state and its registers.
@@ -13,6 +15,7 @@ id, its stop state and its registers.
 
 from __future__ import annotations
 
+import enum
 import os
 import signal
 import time
@@ -27,6 +30,7 @@ from cpt.sys import ptrace
 from cpt.sys.arch import MAX_ERRNO, SYSCALL_INSN, Regs
 from cpt.sys.syscalls import NR, syscall_name
 
+from . import guard
 from .pinning import Pinned, pin_together
 
 ALL_SIGNALS = (1 << 64) - 1
@@ -48,6 +52,18 @@ CHILD_EVENTS = frozenset(
     {ptrace.PTRACE_EVENT_FORK, ptrace.PTRACE_EVENT_VFORK, ptrace.PTRACE_EVENT_CLONE}
 )
 _NO_RETURN = frozenset({int(NR.exit), int(NR.exit_group)})
+# The stop signal of a syscall-entry or -exit stop under PTRACE_O_TRACESYSGOOD.
+_SYSCALL_STOP = signal.SIGTRAP | 0x80
+
+
+class _Mode(enum.Enum):
+    """How a session injects (_session)."""
+
+    PLAIN = "plain"  # a thread of ours (EXITKILL): blocked for the session, single steps
+    GUARDED = "guarded"  # a workload's thread: the sigreturn guard (guard.py)
+    SETTLE = "settle"  # a workload's thread without the guard: parked between syscalls
+
+
 # The bound on one injected syscall (a frozen or stuck thread never finishes it), and how
 # long its wait spins (yielding the CPU to the thread) before it sleeps between polls.
 INJECT_TIMEOUT = 30.0
@@ -111,6 +127,20 @@ class Injection:
     def set_sigmask(self, mask: int) -> None:
         raise NotImplementedError
 
+    options: int
+
+    def setoptions(self, options: int) -> None:
+        raise NotImplementedError
+
+    def get_xstate(self) -> bytes:
+        raise NotImplementedError
+
+    def read_mem(self, addr: int, size: int) -> bytes:
+        raise NotImplementedError
+
+    def write_mem(self, addr: int, data: bytes | bytearray | memoryview) -> None:
+        raise NotImplementedError
+
     def _mark_dead(self, status: int) -> None:
         raise NotImplementedError
 
@@ -123,6 +153,12 @@ class Injection:
         self._pinned: Pinned | None = None
         self._exec_seen = False
         self._stepped = False  # single-stepped since the thread's last interrupt stop
+        self._mode = _Mode.PLAIN  # of the open session (_session)
+        self._guard_frame: guard.Frame | None = None
+        self._syscall_ret = 0  # guarded: the process's `syscall; ret` the session injects at
+        self._unsettled = False  # an injected syscall whose registers and mask are not back
+        self._mask = 0  # the thread's own mask, saved by the session
+        self._inject_mask = ALL_SIGNALS
 
     @property
     def syscall_addr(self) -> int:
@@ -145,7 +181,18 @@ class Injection:
         in place (restore sets its own at the end).  The registers to restore are
         `session_regs`, which the caller may edit.
 
-        `pin_cpu` runs tracer and tracee on one CPU for the session (pinning.py).
+        A thread that must outlive its tracer (one not traced with PTRACE_O_EXITKILL: a
+        workload being dumped) is injected under the sigreturn guard (guard.py): a tracer
+        killed (SIGKILL) at any moment of the session leaves it exactly as it was, its
+        registers, signal mask, alternate stack and FPU state.  Where the guard cannot be
+        set up, it gets its registers and mask back after each syscall and waits for the
+        next one parked in an interrupt stop (only the instant of a syscall is then
+        exposed).  Unguarded, the thread would run on from the injected registers with
+        every signal blocked for good (found by tests/test_kill.py: a VE's init died of
+        it, and a workload no longer answered SIGTERM).
+
+        `pin_cpu` runs tracer and tracee on one CPU for the session (pinning.py); a thread
+        that must outlive its tracer keeps its own CPU mask (the tracer joins its CPU).
         """
         if self._base is not None:
             yield self
@@ -157,31 +204,56 @@ class Injection:
 
     def _catches_sigtrap(self) -> bool:
         try:
-            return bool(_PROC.status(self.tid).sigcgt >> (signal.SIGTRAP - 1) & 1)
-        except CptError:
+            return bool(_PROC.caught_signals(self.tid) >> (signal.SIGTRAP - 1) & 1)
+        except (CptError, ValueError):
             return False  # gone: the injection will say so
 
     def keep_sigtrap_handler(self) -> None:
         """In a session: the process now catches SIGTRAP (restore installed its handler):
         unblock SIGTRAP so that the following injections keep the handler."""
-        self.set_sigmask(INJECT_MASK)
+        self._inject_mask = INJECT_MASK
+        if self._mode is not _Mode.SETTLE:
+            self.set_sigmask(INJECT_MASK)
+
+    def _outlives_tracer(self) -> bool:
+        """Whether the thread goes on if its tracer dies (not traced with EXITKILL)."""
+        return not self.options & ptrace.PTRACE_O_EXITKILL
 
     def _session(self, restore: bool, pin_cpu: bool) -> Iterator[Self]:
         base = self.get_regs()
         mask = self.get_sigmask()
+        mode = _Mode.PLAIN
         try:
-            self.set_sigmask(INJECT_MASK if self._catches_sigtrap() else ALL_SIGNALS)
-            self._base = base
-            self._frame = ptrace.SyscallFrame(self.tid, base)
+            self._inject_mask = INJECT_MASK if self._catches_sigtrap() else ALL_SIGNALS
+            self._mask = mask
+            self._unsettled = False
             self._exec_seen = False
+            self._base = base
+            if restore and self._outlives_tracer():
+                mode = _Mode.GUARDED if self._guard(base, mask) else _Mode.SETTLE
+            self._mode = mode
+            if mode is not _Mode.SETTLE:
+                self.set_sigmask(self._inject_mask)
+            if mode is _Mode.GUARDED:
+                self._query_altstack()
+            else:
+                self._frame = ptrace.SyscallFrame(self.tid, base)
             if pin_cpu:
-                self._pinned = pin_together(self.tid)
+                self._pinned = pin_together(self.tid, tracee_too=mode is _Mode.PLAIN)
             yield self
         finally:
             self._base = None
             self._frame = None
+            self._mode = _Mode.PLAIN
             try:
-                if restore and not self.dead:
+                if mode is _Mode.GUARDED and not self.dead:
+                    # Parked with the guard's registers, the mask first: whenever the
+                    # tracer dies meanwhile, the frame returns the thread to `base`.
+                    self._park()
+                    self.set_sigmask(mask)
+                    if not self._exec_seen:
+                        self.set_regs(base)
+                elif restore and not self.dead and (mode is _Mode.PLAIN or self._unsettled):
                     # After an injected execve the old registers belong to a gone image.
                     if not self._exec_seen:
                         self.set_regs(base)
@@ -194,15 +266,65 @@ class Injection:
                     pinned, self._pinned = self._pinned, None
                     pinned.undo(tracee_alive=not self.dead)
 
-    def _park(self) -> None:
-        """Move the thread from the single-step trap of its last injected syscall into a
-        PTRACE_EVENT_STOP, once its registers and mask are back.
+    def _guard(self, base: Regs, mask: int) -> bool:
+        """Set up the sigreturn guard (guard.py) for this session; False where it cannot
+        be (no gadgets in the process's code, a stack the frame cannot be written to)."""
+        gadgets = guard.find_gadgets(self.tid)
+        if gadgets is None:
+            return False
+        try:
+            fp = guard.fp_area(self.get_xstate())
+        except OSError:
+            fp = b""
+        frame = guard.build_frame(base, mask, fp, gadgets.restorer, guard.NO_ALTSTACK)
+        if not guard.fits_stack(self.tid, frame, base.rsp):
+            return False
+        try:
+            self.write_mem(frame.addr, frame.data)
+        except OSError:
+            return False
+        if not self.options & ptrace.PTRACE_O_TRACESYSGOOD:
+            self.setoptions(self.options | ptrace.PTRACE_O_TRACESYSGOOD)
+        self._guard_frame = frame
+        self._syscall_ret = gadgets.syscall_ret
+        # From here a resumed thread returns through the frame (rt_sigreturn at once).
+        parked = base.copy()
+        parked.rip = gadgets.restorer
+        parked.rsp = frame.addr + 8
+        parked.orig_rax = -1
+        self.set_regs(parked)
+        guarded = base.copy()
+        guarded.rsp = frame.addr
+        self._frame = ptrace.SyscallFrame(self.tid, guarded)
+        return True
 
-        The trap is a SIGTRAP signal-delivery-stop with the single-step flag still set:
-        if the tracer died there (SIGKILL), the kernel would detach the thread and deliver
-        it that SIGTRAP, which kills it.  From an interrupt stop a tracer's death just lets
-        it run on.  PTRACE_INTERRUPT, then PTRACE_CONT(0) cancels the SIGTRAP and clears
-        the step flag, and the pending interrupt traps before any user instruction runs.
+    def _query_altstack(self) -> None:
+        """The thread's alternate signal stack, into the frame (the provisional frame says
+        there is none: right for nearly every thread, should the tracer die meanwhile)."""
+        frame = self._guard_frame
+        assert frame is not None
+        if self._inject(NR.sigaltstack, (0, frame.altstack_buf)) != 0:
+            return
+        sp, flags, _pad, size = guard.STACK_T.unpack(
+            self.read_mem(frame.altstack_buf, guard.STACK_T.size)
+        )
+        if (sp, flags, size) != guard.NO_ALTSTACK:
+            fixed = frame.with_altstack((sp, flags, size))
+            self.write_mem(frame.addr, fixed.data[: guard.FRAME_HEAD])
+            self._guard_frame = fixed
+
+    def _park(self) -> None:
+        """Move the thread from the stop of its last injected syscall (a single-step trap
+        or, guarded, a syscall-exit stop) into a PTRACE_EVENT_STOP.
+
+        A single-step trap is a SIGTRAP signal-delivery-stop with the single-step flag
+        still set: if the tracer died there (SIGKILL), the kernel would detach the thread
+        and deliver it that SIGTRAP, which kills it.  From an interrupt stop a tracer's
+        death just lets it run on.  PTRACE_INTERRUPT, then PTRACE_CONT(0) cancels the
+        SIGTRAP and clears the step flag, and the pending interrupt traps before any user
+        instruction runs.  Registers set in an interrupt stop also get the kernel's
+        restart of an interrupted syscall when the thread resumes; in a syscall stop they
+        would not.
         """
         if not self._stepped:
             return
@@ -248,13 +370,21 @@ class Injection:
         frame = self._frame
         assert frame is not None
         tid = self.tid
-        rip = self.syscall_addr
+        guarded = self._mode is _Mode.GUARDED
+        # Guarded: at the process's `syscall; ret`, run to the syscall's exit stop; else at
+        # a `syscall` instruction, single-stepped over.
+        rip = self._syscall_ret if guarded else self.syscall_addr
+        resume = ptrace.resume_syscall if guarded else ptrace.singlestep
         frame.load(rip, nr, *args)
         events: list[tuple[int, int]] = []
         self.last_events = events
+        if self._mode is _Mode.SETTLE:
+            self.set_sigmask(self._inject_mask)
+            self._unsettled = True  # until _settle: the session's end puts things back
         self.stopped = False
         self._stepped = True
-        ptrace.singlestep(tid, 0)
+        entered = False  # guarded: the syscall-entry stop was seen
+        resume(tid, 0)
         deadline = time.monotonic() + INJECT_TIMEOUT
         while True:
             status = self._wait_step(nr, deadline)
@@ -272,17 +402,23 @@ class Injection:
             event = ptrace.stop_event(status)
             sig = ptrace.stop_signal(status)
             if event == 0:
-                if sig == signal.SIGTRAP and _is_step_trap(tid):
+                if guarded and sig == _SYSCALL_STOP:
+                    if entered:
+                        break  # the syscall's exit stop
+                    entered = True
+                elif not guarded and sig == signal.SIGTRAP and _is_step_trap(tid):
                     break  # the single-step trap at syscall exit
-                if sig in _FATAL_SIGNALS:
+                elif sig in _FATAL_SIGNALS:
                     raise InjectionError(
                         f"injected {syscall_name(nr)} in pid {tid} at {rip:#x} got "
                         f"{signal.Signals(sig).name}",
                         pid=tid,
                         signal=sig,
                     )
-                # Only SIGSTOP/SIGKILL (and a sent SIGTRAP) get past the mask; keep it for detach().
-                self.pending_signals.append(sig)
+                else:
+                    # Only SIGSTOP/SIGKILL (and a sent SIGTRAP) get past the mask; keep it
+                    # for detach().
+                    self.pending_signals.append(sig)
             elif event in CHILD_EVENTS:
                 # fork/clone events come before the step trap; the message is the new tid.
                 child = ptrace.geteventmsg(tid)
@@ -303,8 +439,21 @@ class Injection:
                 self._syscall_addr = None
             # PTRACE_EVENT_STOP here is a stale interrupt or group-stop trap: step on.
             self.stopped = False
-            ptrace.singlestep(tid, 0)
-        return frame.result()
+            resume(tid, 0)
+        result = frame.result()
+        if self._mode is _Mode.SETTLE:
+            self._settle(frame)
+        return result
+
+    def _settle(self, frame: ptrace.SyscallFrame) -> None:
+        """After one injected syscall of a thread that outlives its tracer: park it in an
+        interrupt stop (still with every signal blocked, so none is delivered meanwhile),
+        then give it its own registers and mask back until the next syscall."""
+        self._park()
+        if not self._exec_seen:
+            frame.restore_base()
+        self.set_sigmask(self._mask)
+        self._unsettled = False
 
     def _wait_step(self, nr: int, deadline: float) -> int:
         """The next wait status of the thread running injected syscall `nr`, waited for

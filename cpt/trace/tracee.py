@@ -8,6 +8,7 @@ injection inject.py's (the Injection mixin); whole processes are seize.py's.
 from __future__ import annotations
 
 import errno
+import os
 import signal
 import time
 
@@ -24,6 +25,7 @@ _SIGKILL = signal.SIGKILL
 
 # Injected syscalls must not be filtered by the target's own seccomp filters.
 DEFAULT_OPTIONS = ptrace.PTRACE_O_SUSPEND_SECCOMP
+_SPIN = 0.001  # how long wait() polls, yielding the CPU, before it sleeps between polls
 _PROC = Proc()
 
 
@@ -97,13 +99,19 @@ class Tracee(Injection):
         if timeout is None:
             _, status = ptrace.waitpid(self.tid, ptrace.WALL)
         else:
-            deadline = time.monotonic() + timeout
+            now = time.monotonic()
+            deadline = now + timeout
+            spin_until = now + _SPIN  # a stop that comes at once (a parked thread) is not slept for
             delay = 0.0002
             while True:
                 got, status = ptrace.waitpid(self.tid, ptrace.WALL | ptrace.WNOHANG)
                 if got:
                     break
-                if time.monotonic() > deadline:
+                now = time.monotonic()
+                if now < spin_until:
+                    os.sched_yield()
+                    continue
+                if now > deadline:
                     raise TimeoutError(
                         f"thread {self.tid} did not stop within {timeout} s "
                         f"(uninterruptible sleep or a cgroup v1 freezer?)"
