@@ -107,6 +107,12 @@ def chkpnt(
     tcp_established: Annotated[
         bool, Option("--tcp-established", help="checkpoint established TCP connections")
     ] = False,
+    tcp_close: Annotated[
+        bool,
+        Option(
+            "--tcp-close", help="connected TCP sockets are saved without state: restored closed"
+        ),
+    ] = False,
     shell_job: Annotated[
         bool, Option("--shell-job", help="the tree was started from this shell")
     ] = False,
@@ -143,6 +149,7 @@ def chkpnt(
         compress=compress,
         ext_unix_sk=ext_unix_sk,
         tcp_established=tcp_established,
+        tcp_close=tcp_close,
         shell_job=shell_job,
         file_locks=file_locks,
         ghost_limit=parse_size(ghost_limit, "--ghost-limit"),
@@ -196,6 +203,10 @@ def restore(
         ),
     ] = False,
     parent_dir: ParentDirOpt = None,
+    tcp_close: Annotated[
+        bool,
+        Option("--tcp-close", help="restore TCP connections closed (for programs that reconnect)"),
+    ] = False,
     trust: TrustOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -211,7 +222,7 @@ def restore(
     # the pidfile gets the PID this host knows the root by (another one inside a --pidns)
     opts = RestoreOptions(
         pidns=pidns, ipcns=ipcns, shell_job=shell_job, rollback_fs=rollback_fs, trust=trust,
-        pidfile=pidfile, parent_dir=parent_dir or "",
+        pidfile=pidfile, parent_dir=parent_dir or "", tcp_close=tcp_close,
     )  # fmt: skip
     stats = stages.restore(stage, dumpfile, opts)
     if stats is None:

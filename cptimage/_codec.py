@@ -3182,6 +3182,393 @@ def MemfdFile(_cls, _items):
     return __init__, __repr__, __eq__, encode, decode
 
 
+_S_SockOpts = _Struct('<L')
+
+
+def SockOpts(_cls, _items):
+    """The record SockOpts (tag 0x05a0, fixed part 4 bytes)."""
+    _new = object.__new__
+    _pack = _S_SockOpts.pack
+    _unpack = _S_SockOpts.unpack
+    _get_fixed = lambda o: (o.file_id,)
+    _get_var = _attrgetter('keys', 'values')
+
+    def __init__(self, file_id=0, keys=_FACTORY, values=_FACTORY):
+        self.file_id = file_id
+        self.keys = [] if keys is _FACTORY else keys
+        self.values = [] if values is _FACTORY else values
+
+    __repr__, __eq__ = _repr_eq(('file_id', 'keys', 'values'))
+
+    def encode(self):
+        vals = _get_fixed(self)
+        try:
+            fixed = _pack(*vals)
+        except (_StructError, TypeError) as e:
+            raise ImageError(f"cannot encode SockOpts: {e}", record="SockOpts") from None
+        ext_fixed, ext_var = getattr(self, "_ext", _NO_EXT)
+        fixed += ext_fixed
+        out = []
+        v = _get_var(self)
+        try:
+            field = "keys"
+            _w_ints(out, v[0], "Q")
+            field = "values"
+            _w_list(out, v[1], _w_blob)
+        except _ENCODE_ERRORS as e:
+            raise ImageError(f"cannot encode field {field}: {e}", record="SockOpts") from None
+        out.append(ext_var)
+        body = b"".join(out)
+        n = len(fixed)
+        size = 8 + n + len(body)
+        if n > 0xFFFF:
+            raise ImageError("fixed part exceeds 65535 bytes", record="SockOpts")
+        return _RHDR(size, 0x05a0, n) + fixed + body + _PADS[size & 7]
+
+    def decode(fixed, var):
+        if len(fixed) == 4:
+            ext_fixed = b""
+        else:
+            fixed, ext_fixed = _fit(fixed, 4)
+        (f_file_id,) = _unpack(fixed)
+        end = len(var)
+        pos = 0
+        if pos < end:
+            f_keys, pos = _r_ints(var, pos, "keys", "SockOpts", 8, "Q")
+        else:
+            # an older minor version: the remaining fields keep their defaults
+            f_keys = []
+        if pos < end:
+            f_values, pos = _r_list(var, pos, "values", "SockOpts", _r_blob)
+        else:
+            # an older minor version: the remaining fields keep their defaults
+            f_values = []
+        o = _new(_cls)
+        o.file_id = f_file_id
+        o.keys = f_keys
+        o.values = f_values
+        if pos < end or ext_fixed:
+            o._ext = (ext_fixed, var[pos:])
+        return o
+
+    return __init__, __repr__, __eq__, encode, decode
+
+
+_S_UnixBind = _Struct('<LL')
+
+
+def UnixBind(_cls, _items):
+    """The record UnixBind (tag 0x05a1, fixed part 8 bytes)."""
+    _new = object.__new__
+    _pack = _S_UnixBind.pack
+    _unpack = _S_UnixBind.unpack
+    _get_fixed = _attrgetter('file_id', 'flags')
+    _get_var = lambda o: (o.dir,)
+
+    def __init__(self, file_id=0, flags=0, dir=_FACTORY):
+        self.file_id = file_id
+        self.flags = flags
+        self.dir = '' if dir is _FACTORY else dir
+
+    __repr__, __eq__ = _repr_eq(('file_id', 'flags', 'dir'))
+
+    def encode(self):
+        vals = _get_fixed(self)
+        try:
+            fixed = _pack(*vals)
+        except (_StructError, TypeError) as e:
+            raise ImageError(f"cannot encode UnixBind: {e}", record="UnixBind") from None
+        ext_fixed, ext_var = getattr(self, "_ext", _NO_EXT)
+        fixed += ext_fixed
+        out = []
+        v = _get_var(self)
+        try:
+            field = "dir"
+            _w_text(out, v[0])
+        except _ENCODE_ERRORS as e:
+            raise ImageError(f"cannot encode field {field}: {e}", record="UnixBind") from None
+        out.append(ext_var)
+        body = b"".join(out)
+        n = len(fixed)
+        size = 8 + n + len(body)
+        if n > 0xFFFF:
+            raise ImageError("fixed part exceeds 65535 bytes", record="UnixBind")
+        return _RHDR(size, 0x05a1, n) + fixed + body + _PADS[size & 7]
+
+    def decode(fixed, var):
+        if len(fixed) == 8:
+            ext_fixed = b""
+        else:
+            fixed, ext_fixed = _fit(fixed, 8)
+        (f_file_id, f_flags,) = _unpack(fixed)
+        end = len(var)
+        pos = 0
+        if pos < end:
+            f_dir, pos = _r_text(var, pos, "dir", "UnixBind")
+        else:
+            # an older minor version: the remaining fields keep their defaults
+            f_dir = ''
+        o = _new(_cls)
+        o.file_id = f_file_id
+        o.flags = f_flags
+        o.dir = f_dir
+        if pos < end or ext_fixed:
+            o._ext = (ext_fixed, var[pos:])
+        return o
+
+    return __init__, __repr__, __eq__, encode, decode
+
+
+_S_UnixScm = _Struct('<LLLLLL')
+
+
+def UnixScm(_cls, _items):
+    """The record UnixScm (tag 0x05a2, fixed part 24 bytes)."""
+    _new = object.__new__
+    _pack = _S_UnixScm.pack
+    _unpack = _S_UnixScm.unpack
+    _get_fixed = _attrgetter('file_id', 'index', 'flags', 'pid', 'uid', 'gid')
+    _get_var = lambda o: (o.fds,)
+
+    def __init__(self, file_id=0, index=0, flags=0, pid=0, uid=0, gid=0, fds=_FACTORY):
+        self.file_id = file_id
+        self.index = index
+        self.flags = flags
+        self.pid = pid
+        self.uid = uid
+        self.gid = gid
+        self.fds = [] if fds is _FACTORY else fds
+
+    __repr__, __eq__ = _repr_eq(('file_id', 'index', 'flags', 'pid', 'uid', 'gid', 'fds'))
+
+    def encode(self):
+        vals = _get_fixed(self)
+        try:
+            fixed = _pack(*vals)
+        except (_StructError, TypeError) as e:
+            raise ImageError(f"cannot encode UnixScm: {e}", record="UnixScm") from None
+        ext_fixed, ext_var = getattr(self, "_ext", _NO_EXT)
+        fixed += ext_fixed
+        out = []
+        v = _get_var(self)
+        try:
+            field = "fds"
+            _w_ints(out, v[0], "I")
+        except _ENCODE_ERRORS as e:
+            raise ImageError(f"cannot encode field {field}: {e}", record="UnixScm") from None
+        out.append(ext_var)
+        body = b"".join(out)
+        n = len(fixed)
+        size = 8 + n + len(body)
+        if n > 0xFFFF:
+            raise ImageError("fixed part exceeds 65535 bytes", record="UnixScm")
+        return _RHDR(size, 0x05a2, n) + fixed + body + _PADS[size & 7]
+
+    def decode(fixed, var):
+        if len(fixed) == 24:
+            ext_fixed = b""
+        else:
+            fixed, ext_fixed = _fit(fixed, 24)
+        (f_file_id, f_index, f_flags, f_pid, f_uid, f_gid,) = _unpack(fixed)
+        end = len(var)
+        pos = 0
+        if pos < end:
+            f_fds, pos = _r_ints(var, pos, "fds", "UnixScm", 4, "I")
+        else:
+            # an older minor version: the remaining fields keep their defaults
+            f_fds = []
+        o = _new(_cls)
+        o.file_id = f_file_id
+        o.index = f_index
+        o.flags = f_flags
+        o.pid = f_pid
+        o.uid = f_uid
+        o.gid = f_gid
+        o.fds = f_fds
+        if pos < end or ext_fixed:
+            o._ext = (ext_fixed, var[pos:])
+        return o
+
+    return __init__, __repr__, __eq__, encode, decode
+
+
+_S_PacketSocket = _Struct('<LLHHlQ')
+
+
+def PacketSocket(_cls, _items):
+    """The record PacketSocket (tag 0x05a3, fixed part 24 bytes)."""
+    _new = object.__new__
+    _pack = _S_PacketSocket.pack
+    _unpack = _S_PacketSocket.unpack
+    _get_fixed = _attrgetter('id', 'flags', 'type', 'proto', 'ifindex', 'ino')
+    _get_var = _attrgetter('ifname', 'rx_ring', 'tx_ring', 'mclist')
+
+    def __init__(self, id=0, flags=0, type=0, proto=0, ifindex=0, ino=0, ifname=_FACTORY, rx_ring=_FACTORY, tx_ring=_FACTORY, mclist=_FACTORY):
+        self.id = id
+        self.flags = flags
+        self.type = type
+        self.proto = proto
+        self.ifindex = ifindex
+        self.ino = ino
+        self.ifname = '' if ifname is _FACTORY else ifname
+        self.rx_ring = [] if rx_ring is _FACTORY else rx_ring
+        self.tx_ring = [] if tx_ring is _FACTORY else tx_ring
+        self.mclist = [] if mclist is _FACTORY else mclist
+
+    __repr__, __eq__ = _repr_eq(('id', 'flags', 'type', 'proto', 'ifindex', 'ino', 'ifname', 'rx_ring', 'tx_ring', 'mclist'))
+
+    def encode(self):
+        vals = _get_fixed(self)
+        try:
+            fixed = _pack(*vals)
+        except (_StructError, TypeError) as e:
+            raise ImageError(f"cannot encode PacketSocket: {e}", record="PacketSocket") from None
+        ext_fixed, ext_var = getattr(self, "_ext", _NO_EXT)
+        fixed += ext_fixed
+        out = []
+        v = _get_var(self)
+        try:
+            field = "ifname"
+            _w_text(out, v[0])
+            field = "rx_ring"
+            _w_ints(out, v[1], "I")
+            field = "tx_ring"
+            _w_ints(out, v[2], "I")
+            field = "mclist"
+            _w_list(out, v[3], _w_blob)
+        except _ENCODE_ERRORS as e:
+            raise ImageError(f"cannot encode field {field}: {e}", record="PacketSocket") from None
+        out.append(ext_var)
+        body = b"".join(out)
+        n = len(fixed)
+        size = 8 + n + len(body)
+        if n > 0xFFFF:
+            raise ImageError("fixed part exceeds 65535 bytes", record="PacketSocket")
+        return _RHDR(size, 0x05a3, n) + fixed + body + _PADS[size & 7]
+
+    def decode(fixed, var):
+        if len(fixed) == 24:
+            ext_fixed = b""
+        else:
+            fixed, ext_fixed = _fit(fixed, 24)
+        (f_id, f_flags, f_type, f_proto, f_ifindex, f_ino,) = _unpack(fixed)
+        end = len(var)
+        pos = 0
+        if pos < end:
+            f_ifname, pos = _r_text(var, pos, "ifname", "PacketSocket")
+        else:
+            # an older minor version: the remaining fields keep their defaults
+            f_ifname = ''
+        if pos < end:
+            f_rx_ring, pos = _r_ints(var, pos, "rx_ring", "PacketSocket", 4, "I")
+        else:
+            # an older minor version: the remaining fields keep their defaults
+            f_rx_ring = []
+        if pos < end:
+            f_tx_ring, pos = _r_ints(var, pos, "tx_ring", "PacketSocket", 4, "I")
+        else:
+            # an older minor version: the remaining fields keep their defaults
+            f_tx_ring = []
+        if pos < end:
+            f_mclist, pos = _r_list(var, pos, "mclist", "PacketSocket", _r_blob)
+        else:
+            # an older minor version: the remaining fields keep their defaults
+            f_mclist = []
+        o = _new(_cls)
+        o.id = f_id
+        o.flags = f_flags
+        o.type = f_type
+        o.proto = f_proto
+        o.ifindex = f_ifindex
+        o.ino = f_ino
+        o.ifname = f_ifname
+        o.rx_ring = f_rx_ring
+        o.tx_ring = f_tx_ring
+        o.mclist = f_mclist
+        if pos < end or ext_fixed:
+            o._ext = (ext_fixed, var[pos:])
+        return o
+
+    return __init__, __repr__, __eq__, encode, decode
+
+
+_S_NetlinkSocket = _Struct('<LLHLLLLQ')
+
+
+def NetlinkSocket(_cls, _items):
+    """The record NetlinkSocket (tag 0x05a4, fixed part 34 bytes)."""
+    _new = object.__new__
+    _pack = _S_NetlinkSocket.pack
+    _unpack = _S_NetlinkSocket.unpack
+    _get_fixed = _attrgetter('id', 'flags', 'type', 'proto', 'portid', 'dst_portid', 'dst_group', 'ino')
+    _get_var = lambda o: (o.groups,)
+
+    def __init__(self, id=0, flags=0, type=0, proto=0, portid=0, dst_portid=0, dst_group=0, ino=0, groups=_FACTORY):
+        self.id = id
+        self.flags = flags
+        self.type = type
+        self.proto = proto
+        self.portid = portid
+        self.dst_portid = dst_portid
+        self.dst_group = dst_group
+        self.ino = ino
+        self.groups = [] if groups is _FACTORY else groups
+
+    __repr__, __eq__ = _repr_eq(('id', 'flags', 'type', 'proto', 'portid', 'dst_portid', 'dst_group', 'ino', 'groups'))
+
+    def encode(self):
+        vals = _get_fixed(self)
+        try:
+            fixed = _pack(*vals)
+        except (_StructError, TypeError) as e:
+            raise ImageError(f"cannot encode NetlinkSocket: {e}", record="NetlinkSocket") from None
+        ext_fixed, ext_var = getattr(self, "_ext", _NO_EXT)
+        fixed += ext_fixed
+        out = []
+        v = _get_var(self)
+        try:
+            field = "groups"
+            _w_ints(out, v[0], "I")
+        except _ENCODE_ERRORS as e:
+            raise ImageError(f"cannot encode field {field}: {e}", record="NetlinkSocket") from None
+        out.append(ext_var)
+        body = b"".join(out)
+        n = len(fixed)
+        size = 8 + n + len(body)
+        if n > 0xFFFF:
+            raise ImageError("fixed part exceeds 65535 bytes", record="NetlinkSocket")
+        return _RHDR(size, 0x05a4, n) + fixed + body + _PADS[size & 7]
+
+    def decode(fixed, var):
+        if len(fixed) == 34:
+            ext_fixed = b""
+        else:
+            fixed, ext_fixed = _fit(fixed, 34)
+        (f_id, f_flags, f_type, f_proto, f_portid, f_dst_portid, f_dst_group, f_ino,) = _unpack(fixed)
+        end = len(var)
+        pos = 0
+        if pos < end:
+            f_groups, pos = _r_ints(var, pos, "groups", "NetlinkSocket", 4, "I")
+        else:
+            # an older minor version: the remaining fields keep their defaults
+            f_groups = []
+        o = _new(_cls)
+        o.id = f_id
+        o.flags = f_flags
+        o.type = f_type
+        o.proto = f_proto
+        o.portid = f_portid
+        o.dst_portid = f_dst_portid
+        o.dst_group = f_dst_group
+        o.ino = f_ino
+        o.groups = f_groups
+        if pos < end or ext_fixed:
+            o._ext = (ext_fixed, var[pos:])
+        return o
+
+    return __init__, __repr__, __eq__, encode, decode
+
+
 _S_Fd = _Struct('<LLLL')
 
 
@@ -4531,6 +4918,11 @@ RECORDS = {
     'FileLock': ('FileLock@0x0510 pid:u32=0 fd:u32=0 file_id:u32=0 kind:u8=0 write:u8=0 start:u64=0 length:u64=0', FileLock),
     'TtyInfo': ('TtyInfo@0x0511 id:u32=0 index:u32=0 sid:u32=0 pgrp:u32=0 locked:u8=0 packet_mode:u8=0 exclusive:u8=0 ws_row:u16=0 ws_col:u16=0 ws_xpixel:u16=0 ws_ypixel:u16=0 termios:blob flags:u32=0 data:blob', TtyInfo),
     'MemfdFile': ('MemfdFile@0x0512 id:u32=0 shmem_id:u32=0 flags:u32=0 pos:u64=0', MemfdFile),
+    'SockOpts': ('SockOpts@0x05a0 file_id:u32=0 keys:u64s values:blobs', SockOpts),
+    'UnixBind': ('UnixBind@0x05a1 file_id:u32=0 flags:u32=0 dir:text', UnixBind),
+    'UnixScm': ('UnixScm@0x05a2 file_id:u32=0 index:u32=0 flags:u32=0 pid:u32=0 uid:u32=0 gid:u32=0 fds:u32s', UnixScm),
+    'PacketSocket': ('PacketSocket@0x05a3 id:u32=0 flags:u32=0 type:u16=0 proto:u16=0 ifindex:i32=0 ino:u64=0 ifname:text rx_ring:u32s tx_ring:u32s mclist:blobs', PacketSocket),
+    'NetlinkSocket': ('NetlinkSocket@0x05a4 id:u32=0 flags:u32=0 type:u16=0 proto:u32=0 portid:u32=0 dst_portid:u32=0 dst_group:u32=0 ino:u64=0 groups:u32s', NetlinkSocket),
     'Fd': ('Fd@0x0601 pid:u32=0 fd:u32=0 file_id:u32=0 flags:u32=0', Fd),
     'SysvShm': ('SysvShm@0x0701 key:i32=0 shmid:i32=0 mode:u32=0 uid:u32=0 gid:u32=0 cuid:u32=0 cgid:u32=0 cpid:u32=0 lpid:u32=0 shmem_id:u32=0 size:u64=0', SysvShm),
     'SysvSem': ('SysvSem@0x0702 key:i32=0 semid:i32=0 mode:u32=0 uid:u32=0 gid:u32=0 cuid:u32=0 cgid:u32=0 values:u32s', SysvSem),

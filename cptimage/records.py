@@ -372,6 +372,7 @@ class VmaKind(enum.IntEnum):
     VVAR = 7
     VVAR_VCLOCK = 8
     VSYSCALL = 9
+    PACKET_RING = 10  # (1.4) the rings of the packet socket description `file_id`
 
 
 class VmFlags(enum.IntFlag):
@@ -746,6 +747,85 @@ class MemfdFile(Record):
     shmem_id: int = u32()
     flags: int = u32()
     pos: int = u64()
+
+
+# --------------------------------------------------------------------------- FILES: sockets (1.4)
+# Format 1.4 adds these socket records in 0x05A0-0x05BF.
+
+
+@record(0x05A0)
+class SockOpts(Record):
+    """Options of a socket description, as getsockopt() returned them: restore sets each
+    back (SPEC.md lists which options a dump records, and when restore sets them)."""
+
+    file_id: int = u32()  # the socket's description
+    keys: list[int] = u64s()  # (level << 32) | optname, in the order restore sets them
+    values: list[bytes] = blobs()  # each option's bytes, as getsockopt() gave them
+
+
+class UnixBindFlags(enum.IntFlag):
+    DELETED = 1 << 0  # the name no longer leads to this socket: its file was removed or replaced
+
+
+@record(0x05A1)
+class UnixBind(Record):
+    """How a unix socket's path name is bound again: where a relative name resolves, and
+    whether its file is to be removed once every connection and message that needs the
+    name is restored."""
+
+    file_id: int = u32()
+    flags: int = u32(flags=UnixBindFlags)
+    dir: str = text()  # a relative name: the directory it resolves in (the binder's cwd)
+
+
+class ScmFlags(enum.IntFlag):
+    CREDS = 1 << 0  # the message carries credentials (SCM_CREDENTIALS): pid, uid, gid
+
+
+@record(0x05A2)
+class UnixScm(Record):
+    """What travels with one queued message of a unix socket besides its bytes."""
+
+    file_id: int = u32()  # the receiving socket's description
+    index: int = u32()  # the message (a stream: the chunk) in its queue, from 0
+    flags: int = u32(flags=ScmFlags)
+    pid: int = u32()  # credentials: the sender's pid as the receiver sees it (0: none)
+    uid: int = u32()
+    gid: int = u32()
+    fds: list[int] = u32s()  # files in flight (SCM_RIGHTS): open-file descriptions, in order
+
+
+@record(0x05A3)
+class PacketSocket(Record):
+    """An AF_PACKET socket (its options are in SockOpts)."""
+
+    id: int = u32()
+    flags: int = u32()
+    type: int = u16()  # SOCK_RAW 3, SOCK_DGRAM 2
+    proto: int = u16()  # the ethertype in network byte order, as socket() and bind() take it
+    ifindex: int = i32()  # the interface it is bound to, 0 if none
+    ino: int = u64()
+    ifname: str = text()  # that interface's name
+    # tpacket_req3 of each ring: block_size block_nr frame_size frame_nr retire_blk_tov
+    # sizeof_priv feature_req_word; empty: no ring
+    rx_ring: list[int] = u32s()
+    tx_ring: list[int] = u32s()
+    mclist: list[bytes] = blobs()  # struct packet_mreq of each membership, once per count
+
+
+@record(0x05A4)
+class NetlinkSocket(Record):
+    """An AF_NETLINK socket (its options are in SockOpts)."""
+
+    id: int = u32()
+    flags: int = u32()
+    type: int = u16()  # SOCK_RAW 3 or SOCK_DGRAM 2
+    proto: int = u32()  # NETLINK_ROUTE 0, NETLINK_GENERIC 16, ...
+    portid: int = u32()  # its bound address, 0 if unbound
+    dst_portid: int = u32()  # connect()ed to, 0 if not
+    dst_group: int = u32()
+    ino: int = u64()
+    groups: list[int] = u32s()  # the multicast groups it is a member of, as a bitmap
 
 
 # --------------------------------------------------------------------------- FDS

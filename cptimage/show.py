@@ -373,7 +373,8 @@ def maps(reader: ImageReader, pid: int) -> list[dict[str, Any]]:
     shmem = {r.id: r for r in reader.records(SectionType.MM) if isinstance(r, ShmemObject)}
     rows = []
     for v in vmas:
-        p = paths.get(v.file_id) if v.file_id else None
+        ring = v.kind == VmaKind.PACKET_RING  # file_id: the packet socket's description
+        p = paths.get(v.file_id) if v.file_id and not ring else None
         obj = shmem.get(v.shmem_id) if v.shmem_id else None
         dev = p.dev if p else 0
         rows.append(
@@ -384,7 +385,10 @@ def maps(reader: ImageReader, pid: int) -> list[dict[str, Any]]:
                 offset=v.pgoff,
                 dev=f"{os.major(dev):02x}:{os.minor(dev):02x}",
                 inode=p.ino if p else (obj.ino if obj else 0),
-                path=_path_text(p) or v.name or (obj.name if obj else ""),
+                path=_path_text(p)
+                or v.name
+                or (obj.name if obj else "")
+                or (f"<packet socket {v.file_id}>" if ring else ""),
                 kind=_enum_name(VmaKind, v.kind),
             )
         )

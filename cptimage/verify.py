@@ -432,6 +432,8 @@ DESCRIPTIONS = (
     "Tty",
     "MemfdFile",
     "PosixMq",
+    "PacketSocket",
+    "NetlinkSocket",
 )
 # (record, field, id space, 0 allowed)
 REFERENCES: list[tuple[str, str, str, bool]] = [
@@ -470,6 +472,9 @@ REFERENCES: list[tuple[str, str, str, bool]] = [
     ("Tty", "tty_id", "tty", True),
     ("Fd", "file_id", "file", False),
     ("FileLock", "file_id", "file", False),
+    ("SockOpts", "file_id", "file", False),
+    ("UnixBind", "file_id", "file", False),
+    ("UnixScm", "file_id", "file", False),
     ("EpollTarget", "epoll_id", "epoll", False),
     ("EpollTarget", "target_id", "file", False),
     ("InotifyWatch", "inotify_id", "inotify", False),
@@ -505,6 +510,13 @@ _MEMBARRIER_BITS = (1 << 2) | (1 << 4) | (1 << 6) | (1 << 8)  # the REGISTER_* c
 _ID_FIELDS = ("uid", "euid", "suid", "fsuid", "gid", "egid", "sgid", "fsgid")
 _MAX_ID_MAP_LINES = 340  # the kernel's limit per map (user_namespaces(7))
 _FILE_KINDS = (R.VmaKind.FILE_PRIVATE, R.VmaKind.FILE_SHARED)
+
+
+def _ring(name: str, field: str, rec: Any) -> bool:
+    """A Vma mapping a packet socket's rings: its file_id names a description, not a path."""
+    return name == "Vma" and field == "file_id" and rec.kind == R.VmaKind.PACKET_RING
+
+
 _SHMEM_KINDS = (R.VmaKind.SHMEM, R.VmaKind.SYSV_SHM)
 _RUN_KINDS = (R.PageFlags.PRESENT, R.PageFlags.PARENT, R.PageFlags.ZERO)
 # what a pre-dump (HeaderFlags.PREDUMP) may hold: its processes, their VMAs and pages
@@ -721,7 +733,7 @@ class _Structure:
             ids = spaces[space]
             for r in self.recs.get(name, []):
                 v = getattr(r.rec, field)
-                if v == 0 and zero_ok:
+                if (v == 0 and zero_ok) or _ring(name, field, r.rec):
                     continue
                 if v not in ids:
                     self.bad(
@@ -1043,6 +1055,8 @@ class _Structure:
             if not self.readable(name, "PathObj"):
                 continue
             for r in self.recs.get(name, []):
+                if _ring(name, field, r.rec):
+                    continue
                 target = paths.get(getattr(r.rec, field))
                 if target is not None and target.rec.kind not in kinds:
                     self.bad(
@@ -1050,6 +1064,12 @@ class _Structure:
                         f"{field} {target.rec.id} is a {_name(R.PathKind, target.rec.kind)}, "
                         f"not a {' or '.join(k.name for k in kinds)}",
                     )
+        if self.readable("Vma", *DESCRIPTIONS):
+            for r in self.recs.get("Vma", []):
+                if r.rec.kind == R.VmaKind.PACKET_RING:
+                    target = spaces["file"].get(r.rec.file_id)
+                    if target is None or not isinstance(target.rec, R.PacketSocket):
+                        self.bad(r, f"file_id {r.rec.file_id} (rings mapped) is no packet socket")
         for name, field, skinds in SHMEM_KINDS:
             if not self.readable(name, "ShmemObject"):
                 continue
@@ -1111,6 +1131,8 @@ class _Structure:
                 self.bad(r, f"fd flags {r.rec.flags:#x}: FD_CLOEXEC is the only one")
         if self.readable(*DESCRIPTIONS, "Fd"):
             used = {r.rec.file_id for r in self.recs.get("Fd", [])}
+            # files in flight: carried in a unix socket's queue, held by no fd
+            used |= {f for r in self.recs.get("UnixScm", []) for f in r.rec.fds}
             for name in DESCRIPTIONS:
                 for r in self.recs.get(name, []):
                     if r.rec.id not in used:

@@ -923,6 +923,8 @@ def _chain_final(out: BinaryIO) -> None:
     base = io.BytesIO()
     _chain_predump(base)
     chain_image(out, 1, base.getvalue(), predump=False, name="chain-predump.img", minor=3)
+
+
 def task_extra_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
     """The tree with format 1.5's per-thread scheduling (ThreadSched: nice, SCHED_IDLE,
     SCHED_FIFO with RESET_ON_FORK) and per-process TaskExtra (login uid, a process stopped
@@ -955,6 +957,69 @@ def task_extra_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
         w.add_section(R.SectionType.MM, tree.mm())
         w.add_section(R.SectionType.FILES, tree.files())
         w.add_section(R.SectionType.FDS, tree.fds())
+
+
+# --------------------------------------------------------------------------- format 1.4
+
+# the record types format 1.4 added (sockets): the 1.0 goldens lack them
+SOCKET_RECORDS_1_4 = ("SockOpts", "UnixBind", "UnixScm", "PacketSocket", "NetlinkSocket")
+
+
+def _socket_records() -> list[Any]:
+    return [
+        R.UnixSocket(
+            id=20, flags=2, type=2, state=R.SockState.ESTABLISHED, ino=9001, name=b"rel.sock",
+            queue=[b"with files", b"plain"], senders=[b"", b""], fmode=0o755,
+        ),
+        R.UnixBind(file_id=20, flags=R.UnixBindFlags.DELETED, dir="/srv/app"),
+        R.UnixScm(
+            file_id=20, index=0, flags=R.ScmFlags.CREDS, pid=100, uid=0, gid=0, fds=[21, 22]
+        ),
+        R.InetSocket(
+            id=21, flags=2, family=2, type=1, proto=6, state=R.SockState.LISTEN, backlog=8,
+            src_port=8080, src_addr=bytes([127, 0, 0, 1]) + bytes(12), ino=9002,
+        ),
+        R.SockOpts(
+            file_id=21,
+            keys=[(1 << 32) | 25, (6 << 32) | 13, (1 << 32) | 26],
+            values=[b"lo", b"reno", bytes.fromhex("80000000000000001600000000000000")],
+        ),
+        R.PacketSocket(
+            id=22, flags=2, type=3, proto=0x0300, ifindex=1, ino=9003, ifname="lo",
+            rx_ring=[65536, 4, 2048, 128, 0, 0, 0],
+            mclist=[bytes.fromhex("0100000001000000") + bytes(8)],
+        ),
+        R.SockOpts(file_id=22, keys=[(263 << 32) | 10], values=[b"\x01\0\0\0"]),
+        R.NetlinkSocket(
+            id=23, flags=2, type=3, proto=0, portid=0x40000064, ino=9004, groups=[0x11, 1]
+        ),
+    ]  # fmt: skip
+
+
+def sockets_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
+    """Format 1.4: the tree plus a unix socket bound to a removed relative name with a
+    message carrying credentials and two files in flight (a TCP listener with options and
+    a packet socket with a ring and a membership, the packet socket also held by an fd and
+    its ring mapped), and a netlink socket."""
+    tree = _Tree(0)
+    extra = _socket_records()
+    ring = R.Vma(
+        pid=100, kind=R.VmaKind.PACKET_RING, prot=3, flags=1,
+        start=0x7F0000100000, end=0x7F0000140000, file_id=22,
+    )  # fmt: skip
+    with ImageWriter(out, header(), minor=minor) as w:
+        w.add_section(R.SectionType.PROCESS, [*tree.process(), owner_record()])
+        w.add_section(R.SectionType.MM, tree.mm(extra=(ring,)))
+        w.add_section(R.SectionType.FILES, tree.files() + extra)
+        w.add_section(
+            R.SectionType.FDS,
+            [
+                *tree.fds(),
+                R.Fd(pid=100, fd=40, file_id=20),
+                R.Fd(pid=100, fd=41, file_id=23),
+                R.Fd(pid=100, fd=42, file_id=22),
+            ],
+        )
         w.add_section(R.SectionType.PAGEMAP, tree.pages(w))
 
 
@@ -1098,6 +1163,7 @@ GOLDENS: dict[str, Callable[[BinaryIO], None]] = {
     "chain-predump": _chain_predump,
     "chain-final": _chain_final,
     "task-extra": lambda out: task_extra_image(out, minor=5),
+    "sockets-1.4": lambda out: sockets_image(out, minor=4),
 }
 
 

@@ -195,9 +195,10 @@ def test_pidfile(workloads, cpt, tmp_path: Path) -> None:
 
 @pytest.fixture
 def socket_holder(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A process holding a netlink socket (not supported), killed by PID afterwards."""
+    """A process holding an MPTCP socket (not supported; netlink sockets now are), killed
+    by PID afterwards."""
     code = (
-        "import socket, sys, time; s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW); "
+        "import socket, sys, time; s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262); "
         "print('ready', flush=True); time.sleep(600)"
     )
     p = subprocess.Popen(

@@ -1,7 +1,7 @@
 """Golden images of every format version (fixtures/images/NAME.img with NAME.json beside
 it): tree, tree-zstd and every-record are of format 1.0, ve-userns of 1.1, tree-owner of
 1.2, chain-predump and chain-final (a pre-dump and the incremental image written on it) of
-1.3, task-extra of 1.5.
+1.3, sockets-1.4 of 1.4, task-extra of 1.5.
 
 The writer's output for them must never change (SPEC.md section 7); their JSON form
 must decode and encode exactly, the older ones with this reader too.  A new format
@@ -65,7 +65,8 @@ def test_goldens_cover_the_format() -> None:
     every = json.loads((GOLDEN / "every-record.json").read_text())
     assert every["version"] == [1, 0]
     every_missing = {"NsCreds", "UserNs", "Owner", "Parent", "ThreadSched", "TaskExtra"}
-    assert samples.missing_record_types(every) == every_missing, "1.1, 1.2, 1.3, 1.5"
+    every_missing |= set(samples.SOCKET_RECORDS_1_4)
+    assert samples.missing_record_types(every) == every_missing, "1.1, 1.2, 1.3, 1.4, 1.5"
     extra = json.loads((GOLDEN / "task-extra.json").read_text())
     assert extra["version"] == [1, 5]
     assert samples.missing_record_types(extra) & {"ThreadSched", "TaskExtra"} == set()
@@ -78,6 +79,13 @@ def test_goldens_cover_the_format() -> None:
     final = json.loads((GOLDEN / "chain-final.json").read_text())
     assert final["version"] == [1, 3]
     assert "Parent" not in samples.missing_record_types(final)
+    sockets = json.loads((GOLDEN / "sockets-1.4.json").read_text())
+    assert sockets["version"] == [1, 4]
+    assert not set(samples.SOCKET_RECORDS_1_4) & samples.missing_record_types(sockets)
+    kinds = {
+        r["kind"] for s in sockets["sections"] for r in s.get("records", []) if r["record"] == "Vma"
+    }
+    assert "PACKET_RING" in kinds, kinds
     zstd = json.loads((GOLDEN / "tree-zstd.json").read_text())
     assert {s["compression"] for s in zstd["sections"]} == {"zstd"}
     tree = json.loads((GOLDEN / "tree.json").read_text())

@@ -105,10 +105,17 @@ def test_rebuild_pairs_listener_and_queues(tmp_path: Path) -> None:
         rec(4, type=1, state=SockState.ESTABLISHED, flags=os.O_RDWR | os.O_NONBLOCK),
         rec(5, type=2, state=SockState.ESTABLISHED, queue=[b"orphan"]),  # its peer was closed
     ]
-    model = fake_model(files={r.id: r for r in recs})
+    model = fake_model(
+        files={r.id: r for r in recs},
+        unix_bind={},
+        unix_scm={},
+        sock_opts={},
+        holders=lambda ident: [1],
+    )
     op = UnixSockets()
     try:
         socks = {r.id: socket.socket(fileno=op.open(model, r)) for r in recs}  # type: ignore[arg-type]
+        op.after_build(model, {}, lambda pid: pid)  # type: ignore[arg-type]
     finally:
         op.close()
     nowait = socket.MSG_DONTWAIT

@@ -52,9 +52,10 @@ C_WORKLOADS += ("eventfds", "epoll", "inotify", "ptimers", "seccomp_tsync", "nov
 C_WORKLOADS += ("pty", "ghost")  # locks (--file-locks) and ttyjob (a shell): tests of their own
 C_WORKLOADS += ("scale", "taskstate")
 PY_WORKLOADS = ("counter.py", "pyscript", "shmem.py", "unixzoo", "sigstate", "procfiles")
-PY_WORKLOADS += ("sigign",)
+PY_WORKLOADS += ("sigign", "sockopts", "unixfid", "pktring")
 ALL_WORKLOADS = C_WORKLOADS + PY_WORKLOADS
-NEEDS_ROOT = frozenset({"procstate", "taskstate"})  # credentials, login uid, SCHED_FIFO
+# credentials, login uid, SCHED_FIFO; raw sockets
+NEEDS_ROOT = frozenset({"procstate", "taskstate", "sockopts", "pktring"})
 
 SABOTAGE_ENV = "CPT_WL_SABOTAGE"
 READY_TIMEOUT = 10.0

@@ -21,6 +21,7 @@ from cptimage.records import (
     Header,
     HeaderFlags,
     Owner,
+    PacketSocket,
     SectionType,
     SourceKind,
     Vma,
@@ -29,12 +30,14 @@ from cptimage.records import (
 )
 
 from .. import fault
+from .. import procfs as P
+from ..errors import UnsupportedError
 from ..procfs import Proc
 from ..sys import host as hostinfo
 from .creds import dump_creds, dump_ns_creds
 from .fds import FdTable
 from .ipc import IpcDumper
-from .mm import dump_mm, dump_vmas
+from .mm import dump_mm, dump_vmas, ring_socket_fd
 from .options import DumpOptions
 from .output import ImageOutput
 from .pages import PageDumper
@@ -224,8 +227,28 @@ class Dumper:
         infos = proc.fdinfos(pid)
         for fd, ft in sorted(proc.fd_targets(pid).items()):
             self.recs[SectionType.FDS].append(self.files.dump_fd(pid, fd, ft, infos[fd]))
+        for v, m in zip(vmas, maps, strict=True):
+            if v.kind == VmaKind.PACKET_RING:
+                v.file_id = self._ring_socket(pid, m)
         if trap is not None:  # the last injection: each one reset it to SIG_DFL
             info.leader.ignore_sigtrap(trap.flags, trap.restorer, trap.mask)
+
+    def _ring_socket(self, pid: int, m: P.Vma) -> int:
+        """The description id of the packet socket whose rings mapping `m` maps (all of
+        them, or refused: a restore maps them again in one piece)."""
+        ident = self.files.ctx.ids[(pid, ring_socket_fd(pid, m))]
+        desc = next(d for d in self.files.descriptions if d.id == ident)
+        where = f"process {pid} mapping {m.start:x}-{m.end:x}"
+        if not isinstance(desc, PacketSocket):
+            raise UnsupportedError(f"{where}: a mapping of {m.path} is not supported", pid=pid)
+        size = sum(r[0] * r[1] for r in (desc.rx_ring, desc.tx_ring) if r)
+        if size != m.end - m.start:
+            raise UnsupportedError(
+                f"{where}: maps {m.end - m.start} bytes of the {size} of the rings of "
+                f"packet socket {desc.ino}; only a mapping of them all is supported",
+                pid=pid,
+            )
+        return ident
 
     def _owner(self) -> list[Owner]:
         """The tree's owner: its root process's credentials, which restore holds every

@@ -33,6 +33,10 @@ class FdContext:
     finish: list[Callable[[], None]] = dataclasses.field(default_factory=list)
     # after the dump, once the tree is killed (True) or runs on (False): sockets in repair
     release: list[Callable[[bool], None]] = dataclasses.field(default_factory=list)
+    # the description of a file held by fd `fd` of THIS process (a file in flight in a
+    # unix socket, received here by a peek): its id, dumped once as any other (the table
+    # sets this)
+    dump_file: Callable[[int], int] | None = None
 
     def where(self, pid: int, fd: int) -> str:
         return f"process {pid} fd {fd}"

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import os
 from typing import Any
 
 from cptimage.records import Fd
 
 from ..errors import UnsupportedError
-from ..procfs import FdInfo, FdKind, FdTarget, fd_path
+from ..procfs import FdInfo, FdKind, FdTarget, Proc, fd_path
 from ..sys.files import MQUEUE_MAGIC, fs_magic
 from ..sys.task import KCMP_FILE, kcmp
 from . import epoll, eventfds, files, inotify, mqueue, pipes, shmem, sockets, tty
@@ -76,6 +77,32 @@ class FdTable:
         # key -> (pid, fd, id) of one fd per description, in kcmp order
         self._groups: dict[tuple[Any, ...], list[tuple[int, int, int]]] = {}
         self._next = 1
+        self.ctx.dump_file = self.dump_own
+
+    def dump_own(self, fd: int) -> int:
+        """The description of fd `fd` of this process (a file in flight in a unix socket,
+        received by a peek): found by kcmp among the tree's, or dumped as any other.  The
+        caller keeps `fd` open until the dump ends (later fds are compared with it)."""
+        pid = os.getpid()
+        proc = Proc()
+        ft = classify(pid, fd, proc.fd_targets(pid)[fd])
+        why = _unsupported(pid, fd, ft, self.ctx.opts)
+        if why:
+            raise UnsupportedError(why.replace(f"process {pid} fd {fd}", "a file in flight"))
+        return self._description(pid, fd, ft, proc.fdinfo(pid, fd))
+
+    def _description(self, pid: int, fd: int, ft: FdTarget, fi: FdInfo) -> int:
+        h = HANDLERS[ft.kind]
+        key = h.key(pid, fd, ft, fi)
+        group = self._groups.setdefault(key, [])
+        ident, where = _find(group, pid, fd)
+        if ident is None:
+            ident = self._next
+            self._next += 1
+            group.insert(where, (pid, fd, ident))
+            self.descriptions.append(h.dump(self.ctx, ident, pid, fd, ft, fi))
+        self.ctx.ids[(pid, fd)] = ident
+        return ident
 
     @property
     def records(self) -> list[Any]:
@@ -89,16 +116,7 @@ class FdTable:
         why = _unsupported(pid, fd, ft, self.ctx.opts)
         if why:
             raise UnsupportedError(why, pid=pid)
-        h = HANDLERS[ft.kind]
-        key = h.key(pid, fd, ft, fi)
-        group = self._groups.setdefault(key, [])
-        ident, where = _find(group, pid, fd)
-        if ident is None:
-            ident = self._next
-            self._next += 1
-            group.insert(where, (pid, fd, ident))
-            self.descriptions.append(h.dump(self.ctx, ident, pid, fd, ft, fi))
-        self.ctx.ids[(pid, fd)] = ident
+        ident = self._description(pid, fd, ft, fi)
         dump_locks(self.ctx, pid, fd, ident, fi)
         return Fd(
             pid=pid, fd=fd, file_id=ident, flags=fcntl.FD_CLOEXEC if fi.flags & O_CLOEXEC else 0

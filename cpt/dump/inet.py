@@ -1,6 +1,11 @@
-"""TCP and UDP sockets (IPv4 and IPv6), read from a duplicate of each (see sockets.py).
+"""TCP, UDP, UDP-Lite and raw sockets (IPv4 and IPv6), read from a duplicate of each
+(see sockets.py); their options are in sockopts.py.
 
-Listening, unconnected and UDP sockets are described by their addresses and options.
+Listening, unconnected, UDP and raw sockets are described by their addresses, shutdown
+state (inet_diag) and options.  A raw socket's peer is read from /proc/net/raw (its
+getpeername fails: it has no port).  With --tcp-close, a connected TCP socket (any state
+from SYN_SENT to CLOSING) is recorded by its addresses only, without repair state: it is
+restored closed.
 An established TCP connection (--tcp-established, full chkpnt only) is read in repair
 mode, after a drop rule stops its peer's packets (cpt/sys/netfilter.py), in `finalize`:
 sequence numbers (TCP_QUEUE_SEQ), both queues (TCP_REPAIR_QUEUE + MSG_PEEK; the send
@@ -26,13 +31,23 @@ from cptimage.records import InetFlags, InetSocket, SockState
 
 from ..errors import CptError, NoSuchProcess, UnsupportedError, ZombieProcess
 from ..procfs import TCP_STATES, FdInfo, FdKind, Proc
-from ..sys import net, netfilter
+from ..sys import net, netfilter, sockopt
+from . import sockopts
 from .eventfds import duplicate_fd
 from .fdbase import FdContext, file_flags
 from .options import DumpOptions
 
 IPPROTO_UDP = 17
 IPPROTO_TCP = 6
+IPPROTO_UDPLITE = 136
+IPPROTO_ICMP = 1
+IPPROTO_ICMPV6 = 58
+UDP_KINDS = (IPPROTO_UDP, IPPROTO_UDPLITE)
+# TCP states a connection can be in while a process holds it (--tcp-close carries them)
+CONNECTED = (
+    SockState.ESTABLISHED, SockState.SYN_SENT, SockState.SYN_RECV, SockState.FIN_WAIT1,
+    SockState.FIN_WAIT2, SockState.CLOSE_WAIT, SockState.LAST_ACK, SockState.CLOSING,
+)  # fmt: skip
 
 
 def conn_of(s: socket.socket) -> netfilter.Conn:
@@ -41,7 +56,15 @@ def conn_of(s: socket.socket) -> netfilter.Conn:
 
 
 def unsupported(where: str, s: socket.socket, opts: DumpOptions) -> str | None:
-    if s.type == socket.SOCK_DGRAM and s.proto == IPPROTO_UDP:
+    if s.type == socket.SOCK_RAW:
+        return None
+    if s.type == socket.SOCK_DGRAM and s.proto in (*UDP_KINDS, IPPROTO_ICMP, IPPROTO_ICMPV6):
+        corked = s.proto in UDP_KINDS and s.getsockopt(socket.IPPROTO_UDP, sockopt.UDP_CORK)
+        if corked and net.ioctl_int(s, net.SIOCOUTQ):
+            return (
+                f"{where}: UDP socket {_local(s)} is corked (UDP_CORK) with a datagram "
+                f"being built; not supported (uncork it or retry)"
+            )
         return None
     if s.type != socket.SOCK_STREAM or s.proto != IPPROTO_TCP:
         return f"{where}: inet socket of type {int(s.type)} protocol {s.proto} is not supported"
@@ -56,12 +79,17 @@ def unsupported(where: str, s: socket.socket, opts: DumpOptions) -> str | None:
     if info.state == SockState.CLOSE:
         return None
     state = TCP_STATES.get(info.state, str(info.state))
+    if opts.tcp_close and info.state in CONNECTED:
+        return None
     if info.state != SockState.ESTABLISHED:
-        return f"{where}: TCP connection {conn_of(s)} in state {state} is not supported"
+        return (
+            f"{where}: TCP connection {_conn(s)} in state {state} is not supported (use "
+            f"--tcp-close to restore it closed)"
+        )
     if not opts.tcp_established:
         return (
             f"{where}: established TCP connection {conn_of(s)}; use --tcp-established to "
-            f"checkpoint it"
+            f"checkpoint it (or --tcp-close to restore it closed)"
         )
     if opts.staged and not opts.net_isolated:
         return (
@@ -72,6 +100,13 @@ def unsupported(where: str, s: socket.socket, opts: DumpOptions) -> str | None:
     if s.getsockopt(socket.SOL_SOCKET, net.SO_PEEK_OFF) != -1:
         return f"{where}: TCP socket uses SO_PEEK_OFF; not supported"
     return None
+
+
+def _conn(s: socket.socket) -> str:
+    try:
+        return str(conn_of(s))
+    except OSError:
+        return _local(s)
 
 
 def _local(s: socket.socket) -> str:
@@ -101,13 +136,24 @@ def _opts(s: socket.socket) -> int:
 
 def dump(ctx: FdContext, ident: int, pid: int, fd: int, s: socket.socket, fi: FdInfo) -> Any:
     tcp = s.type == socket.SOCK_STREAM
+    raw = s.type == socket.SOCK_RAW
     state = net.tcp_info(s).state if tcp else SockState.CLOSE
     local = s.getsockname()
-    remote: tuple[Any, ...] = ("::" if s.family == socket.AF_INET6 else "0.0.0.0", 0)
-    with contextlib.suppress(OSError):  # ENOTCONN
-        remote = s.getpeername()
-        if not tcp:
-            state = SockState.ESTABLISHED  # a connected UDP socket
+    any_ip = "::" if s.family == socket.AF_INET6 else "0.0.0.0"
+    remote: tuple[Any, ...] = (any_ip, 0)
+    if raw:
+        # a raw socket's "port" is its protocol, and getpeername fails on it (no port):
+        # its peer is in /proc/net/raw
+        local = (local[0], 0)
+        peer = _raw_peer(pid, s)
+        if peer is not None and peer != any_ip:
+            remote = (peer, 0)
+            state = SockState.ESTABLISHED
+    else:
+        with contextlib.suppress(OSError):  # ENOTCONN
+            remote = s.getpeername()
+            if not tcp:
+                state = SockState.ESTABLISHED  # a connected UDP socket
     rec = InetSocket(
         id=ident,
         flags=file_flags(fi),
@@ -115,6 +161,7 @@ def dump(ctx: FdContext, ident: int, pid: int, fd: int, s: socket.socket, fi: Fd
         type=s.type,
         proto=s.proto,
         state=SockState(state),
+        shutdown=_shutdown(s, local) if not raw else 0,
         backlog=net.tcp_info(s).sacked if state == SockState.LISTEN else 0,
         src_port=local[1],
         dst_port=remote[1],
@@ -125,11 +172,33 @@ def dump(ctx: FdContext, ident: int, pid: int, fd: int, s: socket.socket, fi: Fd
         rcvbuf=s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
         ino=os.fstat(s.fileno()).st_ino,
     )
+    sockopts.dump(ctx, ident, s, state=state)
+    if tcp and state in CONNECTED and ctx.opts.tcp_close:
+        return rec  # no repair state: restored closed
     if tcp and state == SockState.ESTABLISHED:
         # held open until release(): the socket must die in repair mode
         dup = socket.socket(fileno=os.dup(s.fileno()))  # socket.dup() would clear O_NONBLOCK
         ctx.cache.setdefault("tcp", []).append((rec, dup, conn_of(s)))
     return rec
+
+
+def _raw_peer(pid: int, s: socket.socket) -> str | None:
+    ino = os.fstat(s.fileno()).st_ino
+    table = "raw6" if s.family == socket.AF_INET6 else "raw"
+    found = Proc().inet_sockets(pid, table).get(ino)
+    return found.remote[0] if found is not None else None
+
+
+def _shutdown(s: socket.socket, local: tuple[Any, ...]) -> int:
+    """RCV_SHUTDOWN 1 | SEND_SHUTDOWN 2, from inet_diag (no socket call reads it).  A UDP
+    socket that was never bound is in no table: its shutdown state is not seen (0)."""
+    if s.proto not in (IPPROTO_TCP, *UDP_KINDS) or not local[1]:
+        return 0
+    ino = os.fstat(s.fileno()).st_ino
+    for d in net.inet_diag(s.family, s.proto):
+        if d.ino == ino:
+            return d.shutdown
+    return 0
 
 
 def finalize(ctx: FdContext) -> None:

@@ -52,10 +52,40 @@ def unsupported_vma(
             return ghost.problem(where, link, v.path, ghost_limit, pid, root)
         if v.path.startswith("/dev/"):
             return f"{where}: device mapping {v.path} is not supported"
+        if v.path.startswith("socket:["):
+            return _ring_problem(where, pid, v)
     return None
 
 
+def _ring_problem(where: str, pid: int, v: P.Vma) -> str | None:
+    """A packet socket's rings are mapped again from the restored socket: the mapping
+    must be all of them (one mmap at offset 0) and the socket held by an fd of the
+    process (the mapping alone does not say which socket it was)."""
+    if v.pgoff != 0 or not v.shared:
+        return f"{where}: a partial mapping of {v.path} (a packet socket's rings) is not supported"
+    if v.path not in {t.target for t in P.Proc().fd_targets(pid).values()}:
+        return (
+            f"{where}: the rings of {v.path} are mapped but no fd of the process holds the "
+            f"socket; not supported"
+        )
+    return None
+
+
+def ring_socket_fd(pid: int, v: P.Vma) -> int:
+    """The fd of process `pid` holding the packet socket whose rings `v` maps."""
+    for fd, t in sorted(P.Proc().fd_targets(pid).items()):
+        if t.target == v.path:
+            return fd
+    raise UnsupportedError(
+        _ring_problem(f"process {pid} mapping {v.start:x}-{v.end:x}", pid, v)
+        or f"process {pid}: {v.path} vanished",
+        pid=pid,
+    )
+
+
 def vma_kind(v: P.Vma) -> int:
+    if v.kind is P.VmaKind.FILE and v.path.startswith("socket:["):
+        return VmaKind.PACKET_RING
     if v.kind in _SPECIAL:
         return _SPECIAL[v.kind]
     if v.kind in _ANON:

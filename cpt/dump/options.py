@@ -11,6 +11,7 @@ class DumpOptions:
     compress: bool = False
     ext_unix_sk: bool = False  # unix sockets connected to a peer outside the tree
     tcp_established: bool = False  # established TCP connections (TCP_REPAIR)
+    tcp_close: bool = False  # connected TCP sockets are recorded without state: restored closed
     shell_job: bool = False  # the tree's session/terminal belong to the invoking shell
     file_locks: bool = False  # flock, POSIX and OFD locks
     ghost_limit: int = 1 << 20  # largest deleted-but-open file carried in the image

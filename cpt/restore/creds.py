@@ -143,8 +143,8 @@ def in_root_as_holders(
     model: ImageModel, pids: Sequence[int], what: str, fn: Callable[[], object], root: str
 ) -> None:
     """as_holders for a path that must resolve inside the directory `root` (a VE's root,
-    where a unix socket's name is looked up as the VE sees it): fn() runs in a child
-    chrooted there, which takes the credentials only after the chroot."""
+    where a unix socket's name is looked up as the VE sees it; empty: the host's): fn()
+    runs in a child chrooted there, which takes the credentials only after the chroot."""
     holders = holders_creds(model, pids)
     if not holders:
         raise RestoreError(f"{what}: no process of the image with credentials holds it")
@@ -156,7 +156,7 @@ def in_root_as_holders(
                 fn()
 
         try:
-            in_child(run, root=root)
+            in_child(run, root=root or None)  # "": the host's root
             return
         except PermissionError as e:
             last = e

@@ -12,13 +12,28 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+from collections.abc import Callable
 
 from cptimage.records import RegFile
 
 from ..errors import RestoreError
 from ..procfs.paths import pid_of_path
 from ..sys.syscalls import NR
-from . import epoll, eventfds, files, inet, inotify, ipc, locks, pipes, shmem, sockets, tty
+from . import (
+    epoll,
+    eventfds,
+    files,
+    inet,
+    inotify,
+    ipc,
+    locks,
+    netlink,
+    packet,
+    pipes,
+    shmem,
+    sockets,
+    tty,
+)
 from .fdbase import Opener
 from .model import ImageModel
 from .pstree import Task
@@ -33,6 +48,8 @@ OPENERS: tuple[type, ...] = (
     epoll.Epolls,
     sockets.UnixSockets,
     inet.InetSockets,
+    packet.PacketSockets,
+    netlink.NetlinkSockets,
     tty.Ttys,
     locks.Locks,  # last: see locks.py
 )
@@ -51,6 +68,7 @@ class FileRestorer:
         """Open every description but those of /proc/PID files of the tree's own processes,
         which exist once the tree is built: open_own_proc() opens them then."""
         used = {fd.file_id for pi in self.model.procs.values() for fd in pi.fds}
+        used |= self.model.in_flight()  # carried in a unix socket's queue
         for ident in sorted(used):
             desc = self.model.files.get(ident)
             if desc is None:
@@ -63,6 +81,15 @@ class FileRestorer:
                 self.own_proc[ident] = pid
                 continue
             self.local[ident] = op.open(self.model, desc)
+
+    def after_build(self, host_pid: Callable[[int], int]) -> None:
+        """The tree's processes exist (stubs): openers with an `after_build` (unix sockets:
+        their queues carry files and credentials naming processes) complete their
+        descriptions.  `host_pid` maps a pid of the image to this host's."""
+        for op in self.openers:
+            fin = getattr(op, "after_build", None)
+            if fin is not None:
+                fin(self.model, self.local, host_pid)
 
     def _own_proc_pid(self, desc: object) -> int | None:
         if not isinstance(desc, RegFile):

@@ -167,13 +167,19 @@ def _written(vmas: list[Vma], runs: list) -> set[int]:
 
 
 def map_vmas(
-    task: Task, model: ImageModel, pidfd_slot: int, share: Share | None = None
+    task: Task,
+    model: ImageModel,
+    pidfd_slot: int,
+    share: Share | None = None,
+    files: dict[int, int] | None = None,
 ) -> set[int]:
     """mmap every dumped VMA; returns the indexes given PROT_WRITE for page writing.
 
     Shared memory objects exist in the restorer (shmem.py); their fd is pulled through
     the stub's inherited pidfd (`pidfd_slot`), mapped, and closed; a mapped file is
-    opened as the process (open_in_target, `share`)."""
+    opened as the process (open_in_target, `share`).  So is a packet socket whose rings
+    were mapped: `files` holds the restorer's fd of each description (the socket, with
+    its rings set up again: they come back empty)."""
     t = task.leader
     pi = task.img
     written = _written(pi.vmas, pi.runs)
@@ -193,6 +199,18 @@ def map_vmas(
                     local = model.shmem_fds[v.shmem_id]
                     fds[key] = t.syscall_checked(NR.pidfd_getfd, pidfd_slot, local, 0)
                 fd, off = fds[key], v.pgoff
+            elif v.kind == VmaKind.PACKET_RING:
+                key = (-v.file_id, 1)
+                if key not in fds:
+                    ring = (files or {}).get(v.file_id)
+                    if ring is None:
+                        raise RestoreError(
+                            f"process {task.pid}: the packet socket whose rings were mapped at "
+                            f"{v.start:x} (description {v.file_id}) is not in the image",
+                            pid=task.pid,
+                        )
+                    fds[key] = t.syscall_checked(NR.pidfd_getfd, pidfd_slot, ring, 0)
+                fd = fds[key]
             elif v.kind in (VmaKind.FILE_PRIVATE, VmaKind.FILE_SHARED):
                 mode = O_RDWR if v.kind == VmaKind.FILE_SHARED and v.prot & PROT_WRITE else O_RDONLY
                 key = (v.file_id, mode)

@@ -40,6 +40,7 @@ from cptimage.records import (
     SectionType,
     ShmemObject,
     Sigactions,
+    SockOpts,
     SysvMsg,
     SysvMsq,
     SysvSem,
@@ -49,6 +50,8 @@ from cptimage.records import (
     Thread,
     ThreadSched,
     TtyInfo,
+    UnixBind,
+    UnixScm,
     UserNs,
     Uts,
     Vma,
@@ -148,6 +151,10 @@ class ImageModel:
         self._file_pids: dict[int, list[int]] | None = None
         self._path_pids: dict[int, list[int]] | None = None
         self.ghost_fds: dict[int, int] = {}  # ghost PathObj id -> its fd in the restorer
+        self.sock_opts: dict[int, SockOpts] = {}  # by socket description id
+        self.unix_bind: dict[int, UnixBind] = {}  # by unix socket description id
+        self.unix_scm: dict[int, list[UnixScm]] = {}  # by receiving socket's description id
+        self.tcp_close = False  # restore --tcp-close: TCP connections come back closed
         self._load()
 
     def _load(self) -> None:
@@ -219,6 +226,12 @@ class ImageModel:
                 self.epoll_targets.setdefault(rec.epoll_id, []).append(rec)
             elif isinstance(rec, InotifyWatch):
                 self.inotify_watches.setdefault(rec.inotify_id, []).append(rec)
+            elif isinstance(rec, SockOpts):
+                self.sock_opts[rec.file_id] = rec
+            elif isinstance(rec, UnixBind):
+                self.unix_bind[rec.file_id] = rec
+            elif isinstance(rec, UnixScm):
+                self.unix_scm.setdefault(rec.file_id, []).append(rec)
             elif hasattr(rec, "id"):
                 self.files[rec.id] = rec
         for pi in self.procs.values():
@@ -241,6 +254,25 @@ class ImageModel:
             ids.append(pi.pid)
             ids += [t.tid for t in pi.threads if t.tid != pi.pid]
         return ids
+
+    def in_flight(self) -> set[int]:
+        """Descriptions held by no process, only carried in a unix socket's queue."""
+        return {f for scms in self.unix_scm.values() for m in scms for f in m.fds}
+
+    def holders(self, file_id: int) -> list[int]:
+        """The processes holding a description: by an fd, or (a file in flight) those
+        holding a socket it travels in."""
+        todo, seen = [file_id], {file_id}
+        out: list[int] = []
+        while todo and not out:
+            ids, todo = todo, []
+            for i in ids:
+                out += [pi.pid for pi in self.procs.values() if any(f.file_id == i for f in pi.fds)]
+                for sid, scms in self.unix_scm.items():
+                    if sid not in seen and any(i in m.fds for m in scms):
+                        seen.add(sid)
+                        todo.append(sid)
+        return sorted(set(out))
 
     def path(self, ident: int) -> PathObj:
         return self.paths[ident]

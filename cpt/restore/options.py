@@ -11,6 +11,7 @@ class RestoreOptions:
     pidns: bool = False  # a new PID namespace: the tree keeps its PIDs inside it
     ipcns: bool = False  # a new IPC namespace: SysV/POSIX IPC objects keep their ids
     shell_job: bool = False  # attach the tree to the invoking shell's terminal
+    tcp_close: bool = False  # TCP connections are restored closed (their peers reconnect)
     # a VE whose private area changed since the dump: roll it back to the dump's
     # filesystem snapshot first (the live contents are kept as a snapshot)
     rollback_fs: bool = False

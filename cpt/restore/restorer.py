@@ -74,6 +74,7 @@ class Restorer:
         self.opts = opts or RestoreOptions()
         self.proc = proc or Proc()
         self.model = ImageModel(reader)
+        self.model.tcp_close = self.opts.tcp_close
         self.model.trust = self.opts.trust
         # a tree that had its own IPC namespace gets a new one, as any with --ipcns
         self.new_ipc_ns = self.opts.ipcns or self.model.ipc_own
@@ -132,6 +133,8 @@ class Restorer:
                     self.tasks = builder.tasks
                     builder.build()
                     files.open_own_proc({p: t.host_pid for p, t in self.tasks.items()})
+                    # queued messages name the tree's processes: they exist now
+                    files.after_build(self._host_pid)
             if builder.external_session:
                 self.stats.warnings.append(
                     f"the root's process group {self.model.procs[self.model.root].proc.pgid} "
@@ -198,6 +201,11 @@ class Restorer:
         st.tasks_s, st.memory_s, st.total_s = t1 - t0, t2 - t1, time.perf_counter() - t0
         return st
 
+    def _host_pid(self, pid: int) -> int:
+        """A pid of the image as this host sees it (differs under --pidns)."""
+        task = self.tasks.get(pid)
+        return task.host_pid if task is not None else pid
+
     def _map_image(self) -> mmap.mmap | None:
         """The whole image, mapped and populated, when its pages are stored uncompressed."""
         if any(s.compression != Compression.NONE for s in self.reader.page_blocks()):
@@ -226,7 +234,7 @@ class Restorer:
         share = donor.mirror if donor is not None else None
         with t.session(restore=False):
             take_over(task, self.proc)
-            written = map_vmas(task, self.model, slot, share)
+            written = map_vmas(task, self.model, slot, share, files.local)
             self.stats.pages_bytes += write_pages(task, self.reader, image_map)
             finish_vmas(task, written)
             set_mm(task, self.model, slot, share)

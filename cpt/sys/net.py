@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import fcntl
+import os
 import socket
 import struct
 
@@ -51,6 +52,10 @@ TCP_REPAIR_WINDOW_FMT = struct.Struct("<5I")  # snd_wl1 snd_wnd max_window rcv_w
 # sock_diag (include/uapi/linux/sock_diag.h, unix_diag.h)
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
+SOCK_DESTROY = 21
+NLM_F_ACK = 0x4
+DIAG_TIMEOUT = 10.0  # the kernel answers at once; this long means something is wrong
+IPPROTO_UDPLITE = 136
 NLM_F_REQUEST = 0x1
 NLM_F_DUMP = 0x300
 NLMSG_ERROR = 2
@@ -131,21 +136,26 @@ def _unix_diag_msg(buf: bytes, off: int, end: int) -> UnixDiag:
     )
 
 
-def unix_diag(ino: int | None = None) -> dict[int, UnixDiag]:
-    """Unix sockets of this process's network namespace, by inode: every one, or the one
-    with inode `ino` (empty if it does not exist)."""
-    flags = NLM_F_REQUEST | (NLM_F_DUMP if ino is None else 0)
-    req = _UNIX_DIAG_REQ.pack(
-        socket.AF_UNIX, 0, 0, 0xFFFFFFFF, ino or 0, _SHOW_ALL, ~0 & 0xFFFFFFFF, ~0 & 0xFFFFFFFF
-    )
-    msg = _NLMSGHDR.pack(_NLMSGHDR.size + len(req), SOCK_DIAG_BY_FAMILY, flags, 1, 0) + req
-    out: dict[int, UnixDiag] = {}
+def _sock_diag(
+    req: bytes, dump: bool, what: str, msg_type: int = SOCK_DIAG_BY_FAMILY
+) -> list[bytes]:
+    """One sock_diag request (a family's request struct): the payload of every answer
+    message (its struct and attributes).  ENOENT (nothing matches) is an empty list."""
+    flags = NLM_F_REQUEST | (NLM_F_DUMP if dump else 0)
+    if msg_type == SOCK_DESTROY:
+        flags |= NLM_F_ACK
+    msg = _NLMSGHDR.pack(_NLMSGHDR.size + len(req), msg_type, flags, 1, 0) + req
+    out: list[bytes] = []
     with socket.socket(
         socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG
     ) as nl:
+        nl.settimeout(DIAG_TIMEOUT)
         nl.sendto(msg, (0, 0))
         while True:
-            buf = nl.recv(1 << 20)
+            try:
+                buf = nl.recv(1 << 20)
+            except TimeoutError:
+                raise OSError(errno.ETIMEDOUT, f"sock_diag({what}): no answer") from None
             off = 0
             while off + _NLMSGHDR.size <= len(buf):
                 ln, typ, _fl, _seq, _pid = _NLMSGHDR.unpack_from(buf, off)
@@ -155,12 +165,205 @@ def unix_diag(ino: int | None = None) -> dict[int, UnixDiag]:
                     err = -struct.unpack_from("<i", buf, off + _NLMSGHDR.size)[0]
                     if err in (0, errno.ENOENT):
                         return out
-                    raise OSError(err, f"sock_diag(unix): {errno.errorcode.get(err, err)}")
-                d = _unix_diag_msg(buf, off + _NLMSGHDR.size, off + ln)
-                out[d.ino] = d
+                    raise OSError(err, f"sock_diag({what}): {os.strerror(err)}")
+                out.append(buf[off + _NLMSGHDR.size : off + ln])
                 off += (ln + 3) & ~3
-            if ino is not None:
+            if not dump:
                 return out
+
+
+def unix_diag(ino: int | None = None) -> dict[int, UnixDiag]:
+    """Unix sockets of this process's network namespace, by inode: every one, or the one
+    with inode `ino` (empty if it does not exist)."""
+    req = _UNIX_DIAG_REQ.pack(
+        socket.AF_UNIX, 0, 0, 0xFFFFFFFF, ino or 0, _SHOW_ALL, ~0 & 0xFFFFFFFF, ~0 & 0xFFFFFFFF
+    )
+    out: dict[int, UnixDiag] = {}
+    for m in _sock_diag(req, ino is None, "unix"):
+        d = _unix_diag_msg(m, 0, len(m))
+        out[d.ino] = d
+    return out
+
+
+# inet_diag (include/uapi/linux/inet_diag.h): TCP, UDP, UDP-Lite and raw sockets
+INET_DIAG_SHUTDOWN = 8
+INET_DIAG_REQ_PROTOCOL = 3
+_INET_DIAG_REQ = struct.Struct("<BBBBI")  # family protocol ext raw_protocol states; + sockid
+_INET_SOCKID = struct.Struct(">HH16s16s")  # sport dport src dst (network order) + if, cookie
+_INET_SOCKID_TAIL = struct.Struct("<I8s")
+_INET_DIAG_MSG = struct.Struct("<BBBB")  # family state timer retrans; + sockid + 5 u32
+_INET_DIAG_MSG_TAIL = struct.Struct("<5I")  # expires rqueue wqueue uid inode
+IPPROTO_RAW = 255
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InetDiag:
+    """One TCP/UDP/UDP-Lite/raw socket as inet_diag reports it."""
+
+    family: int
+    protocol: int
+    state: int
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    ino: int
+    shutdown: int  # RCV_SHUTDOWN 1 | SEND_SHUTDOWN 2
+    sockid: bytes  # the whole inet_diag_sockid, cookie included (for SOCK_DESTROY)
+
+
+def _inet_ip(family: int, raw: bytes) -> str:
+    return socket.inet_ntop(family, raw[:4] if family == socket.AF_INET else raw)
+
+
+def inet_diag(family: int, protocol: int, states: int = 0xFFFFFFFF) -> list[InetDiag]:
+    """Every socket of `family` and `protocol` (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE;
+    any other: every raw socket) in this process's network namespace whose state is in
+    the `states` mask (1 << state).  An unbound UDP socket is in no table: not listed."""
+    raw = protocol not in (socket.IPPROTO_TCP, socket.IPPROTO_UDP, IPPROTO_UDPLITE)
+    # a dump of raw sockets lists every raw protocol (the raw_protocol byte filters only a
+    # lookup of one socket): ours are picked by inode
+    req = _INET_DIAG_REQ.pack(family, IPPROTO_RAW if raw else protocol, 0, 0, states) + bytes(48)
+    out = []
+    for m in _sock_diag(req, True, f"inet {family}/{protocol}"):
+        fam, state, _t, _r = _INET_DIAG_MSG.unpack_from(m, 0)
+        sport, dport, src, dst = _INET_SOCKID.unpack_from(m, 4)
+        *_, ino = _INET_DIAG_MSG_TAIL.unpack_from(m, 4 + 48)
+        a = _attrs(m, 4 + 48 + 20, len(m))
+        out.append(
+            InetDiag(
+                family=fam,
+                protocol=protocol,
+                state=state,
+                src=_inet_ip(fam, src),
+                sport=sport,
+                dst=_inet_ip(fam, dst),
+                dport=dport,
+                ino=ino,
+                shutdown=a[INET_DIAG_SHUTDOWN][0] if INET_DIAG_SHUTDOWN in a else 0,
+                sockid=m[4 : 4 + 48],
+            )
+        )
+    return out
+
+
+def inet_destroy(d: InetDiag) -> None:
+    """Close one TCP socket the way `ss -K` does (SOCK_DESTROY): it ends without a packet
+    for a TIME_WAIT one.  Needs CAP_NET_ADMIN."""
+    req = _INET_DIAG_REQ.pack(d.family, d.protocol, 0, 0, 0xFFFFFFFF) + d.sockid
+    _sock_diag(req, False, "destroy", SOCK_DESTROY)
+
+
+# packet_diag (include/uapi/linux/packet_diag.h)
+PACKET_SHOW_INFO = 0x01
+PACKET_SHOW_MCLIST = 0x02
+PACKET_SHOW_RING_CFG = 0x04
+PACKET_SHOW_FANOUT = 0x08
+PACKET_SHOW_FILTER = 0x20
+PACKET_DIAG_INFO = 0
+PACKET_DIAG_MCLIST = 1
+PACKET_DIAG_RX_RING = 2
+PACKET_DIAG_TX_RING = 3
+PACKET_DIAG_FANOUT = 4
+PDI_RUNNING = 0x1
+_PACKET_DIAG_REQ = struct.Struct("<BBHIIII")  # family protocol pad ino show cookie[2]
+_PACKET_DIAG_MSG = struct.Struct("<BBHIII")  # family type num ino cookie[2]
+_PACKET_DIAG_INFO = struct.Struct("<6I")  # index version reserve copy_thresh tstamp flags
+_PACKET_DIAG_MCLIST = struct.Struct("<IIHH32s")  # index count type alen addr[MAX_ADDR_LEN]
+_PACKET_DIAG_RING = struct.Struct("<7I")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PacketDiag:
+    ino: int
+    type: int  # SOCK_RAW 3, SOCK_DGRAM 2
+    proto: int  # the ethertype, host order
+    ifindex: int
+    version: int  # TPACKET_V1 0, V2 1, V3 2
+    reserve: int
+    copy_thresh: int
+    flags: int  # PDI_*
+    mclist: tuple[tuple[int, int, int, bytes], ...]  # (ifindex, count, type, address)
+    rx_ring: tuple[int, ...]  # the 7 ring parameters, empty: none
+    tx_ring: tuple[int, ...]
+    fanout: int | None
+
+
+def packet_diag() -> dict[int, PacketDiag]:
+    """Every packet socket of this process's network namespace, by inode."""
+    show = PACKET_SHOW_INFO | PACKET_SHOW_MCLIST | PACKET_SHOW_RING_CFG | PACKET_SHOW_FANOUT
+    req = _PACKET_DIAG_REQ.pack(socket.AF_PACKET, 0, 0, 0, show, 0, 0)
+    out = {}
+    for m in _sock_diag(req, True, "packet"):
+        _f, typ, num, ino, _c0, _c1 = _PACKET_DIAG_MSG.unpack_from(m, 0)
+        a = _attrs(m, _PACKET_DIAG_MSG.size, len(m))
+        index = version = reserve = thresh = flags = 0
+        if PACKET_DIAG_INFO in a:
+            index, version, reserve, thresh, _ts, flags = _PACKET_DIAG_INFO.unpack_from(
+                a[PACKET_DIAG_INFO]
+            )
+        mc = a.get(PACKET_DIAG_MCLIST, b"")
+        mclist = []
+        for off in range(0, len(mc) - _PACKET_DIAG_MCLIST.size + 1, _PACKET_DIAG_MCLIST.size):
+            i, count, t, alen, addr = _PACKET_DIAG_MCLIST.unpack_from(mc, off)
+            mclist.append((i, count, t, addr[:alen]))
+        rings = [
+            _PACKET_DIAG_RING.unpack(a[k][: _PACKET_DIAG_RING.size]) if k in a else ()
+            for k in (PACKET_DIAG_RX_RING, PACKET_DIAG_TX_RING)
+        ]
+        fan = a.get(PACKET_DIAG_FANOUT)
+        out[ino] = PacketDiag(
+            ino=ino, type=typ, proto=num, ifindex=index, version=version, reserve=reserve,
+            copy_thresh=thresh, flags=flags, mclist=tuple(mclist), rx_ring=tuple(rings[0]),
+            tx_ring=tuple(rings[1]),
+            fanout=struct.unpack("<I", fan[:4])[0] if fan else None,
+        )  # fmt: skip
+    return out
+
+
+# netlink_diag (include/uapi/linux/netlink_diag.h)
+NDIAG_PROTO_ALL = 255
+NDIAG_SHOW_GROUPS = 0x02
+NDIAG_SHOW_FLAGS = 0x08
+NETLINK_DIAG_GROUPS = 1
+NETLINK_DIAG_FLAGS = 4
+_NETLINK_DIAG_REQ = struct.Struct("<BBHIIII")  # family protocol pad ino show cookie[2]
+_NETLINK_DIAG_MSG = struct.Struct("<BBBBIIIIII")  # family type proto state portid dst_portid
+#                                                  dst_group ino cookie[2]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NetlinkDiag:
+    ino: int
+    type: int
+    protocol: int
+    state: int  # NETLINK_CONNECTED 1
+    portid: int
+    dst_portid: int
+    dst_group: int
+    groups: tuple[int, ...]  # the membership bitmap, 32 groups per word
+    flags: int  # NDIAG_FLAG_*
+
+
+def netlink_diag() -> dict[int, NetlinkDiag]:
+    """Every netlink socket of this process's network namespace, by inode."""
+    req = _NETLINK_DIAG_REQ.pack(
+        socket.AF_NETLINK, NDIAG_PROTO_ALL, 0, 0, NDIAG_SHOW_GROUPS | NDIAG_SHOW_FLAGS, 0, 0
+    )
+    out = {}
+    for m in _sock_diag(req, True, "netlink"):
+        _f, typ, proto, state, portid, dport, dgroup, ino, _c0, _c1 = _NETLINK_DIAG_MSG.unpack_from(
+            m, 0
+        )
+        a = _attrs(m, _NETLINK_DIAG_MSG.size, len(m))
+        g = a.get(NETLINK_DIAG_GROUPS, b"")
+        fl = a.get(NETLINK_DIAG_FLAGS)
+        out[ino] = NetlinkDiag(
+            ino=ino, type=typ, protocol=proto, state=state, portid=portid, dst_portid=dport,
+            dst_group=dgroup, groups=struct.unpack(f"<{len(g) // 4}I", g[: len(g) // 4 * 4]),
+            flags=struct.unpack("<I", fl[:4])[0] if fl else 0,
+        )  # fmt: skip
+    return out
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
