@@ -14,7 +14,6 @@ from helpers_procfs import (
     PID,
     WD,
     ZOO,
-    best_ms,
     sigbit,
     vma_at,
 )
@@ -267,19 +266,12 @@ def test_parse_fdinfo_synthetic_lines() -> None:
         parse_fdinfo(b"flags:\t02\n")
 
 
-def test_parse_fdinfo_10k_under_50ms(zoo: Proc) -> None:
-    def raw(fd: int) -> bytes:
-        return (FIX / "zoo" / str(PID) / "fdinfo" / str(fd)).read_bytes()
-
-    # what a big process holds: files, pipes and sockets (the 4-line fast path + scm_fds)
-    common = [raw(0), raw(FD["deleted"]), raw(FD["tcp_accepted"]), raw(FD["sp0"])] * 2_500
-    ms = best_ms(lambda: [parse_fdinfo(d) for d in common])
-    # every kind the zoo holds, in equal shares: epoll, inotify, locks, bpf, ... cost more
+def test_parse_fdinfo_10k(zoo: Proc) -> None:
+    """10,000 fdinfo files of every kind the zoo holds parse as each does alone (their
+    speed: bench/procfs_bench.py)."""
     fds = [fd for fd, _ in zoo.fds(PID)]
-    mix = [raw(fd) for fd in fds] * (10_000 // len(fds) + 1)
-    ms_mix = best_ms(lambda: [parse_fdinfo(d) for d in mix[:10_000]])
-    print(
-        f"\nparse_fdinfo x 10,000: {ms:.1f} ms (files/pipes/sockets), {ms_mix:.1f} ms (zoo's mix)"
-    )
-    assert ms < 50
-    assert ms_mix < 150
+    raws = {fd: (FIX / "zoo" / str(PID) / "fdinfo" / str(fd)).read_bytes() for fd in fds}
+    one = {fd: parse_fdinfo(raws[fd]) for fd in fds}
+    order = (fds * (10_000 // len(fds) + 1))[:10_000]
+    got = [parse_fdinfo(raws[fd]) for fd in order]
+    assert got == [one[fd] for fd in order]

@@ -13,7 +13,6 @@ from helpers_procfs import (
     PID,
     WD,
     ZOO,
-    best_ms,
     vma_at,
 )
 
@@ -160,13 +159,14 @@ def _synthetic_maps(n: int) -> bytes:
     return b"\n".join(out) + b"\n"
 
 
-def test_parse_maps_10k_lines_under_50ms() -> None:
+def test_parse_maps_10k_lines() -> None:
+    """10,000 lines parse, each as alone (their speed: bench/procfs_bench.py)."""
     data = _synthetic_maps(10_000)
     maps = parse_maps(data)
     assert len(maps) == 10_000 and maps[3].path == ZOO["exe"] and maps[4].path == ""
-    ms = best_ms(lambda: parse_maps(data))
-    print(f"\nparse_maps, 10,000 lines: {ms:.1f} ms")
-    assert ms < 50
+    lines = data.splitlines(keepends=True)
+    for i in (0, 1, 2, 4_999, 9_999):
+        assert parse_maps(lines[i]) == [maps[i]]
 
 
 # --------------------------------------------------------------------------------- smaps
