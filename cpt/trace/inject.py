@@ -388,10 +388,13 @@ class Injection:
         last injection into a process that ignored it: each earlier injection's forced
         trap reset it to SIG_DFL.  The struct goes below the thread's stack pointer (past
         the red zone; the bytes there are put back), as a scratch mapping would need
-        injections of its own."""
+        injections of its own.  Under the sigreturn guard, whose frame lies there, it goes
+        in the frame's siginfo, which rt_sigreturn never reads."""
         with self.session():
             memory = self.memory
-            addr = (self.session_regs.rsp - 4096) & ~63
+            frame = self._guard_frame if self._mode is _Mode.GUARDED else None
+            below = (self.session_regs.rsp - 4096) & ~63
+            addr = frame.altstack_buf if frame is not None else below
             act = SIGACTION.pack(SIG_IGN, flags, restorer, mask)
             saved = memory.read(addr, len(act))
             memory.write(addr, act)
