@@ -19,7 +19,15 @@ import time
 from pathlib import Path
 
 import pytest
-from workloads import Workload, kill_tree, make_subreaper, reaping, workloads_fixture  # noqa: F401
+from workloads import (  # noqa: F401
+    Workload,
+    checkpoint,
+    kill_tree,
+    make_subreaper,
+    reaping,
+    restore,
+    workloads_fixture,
+)
 
 from cpt.restore.ghost import recreate
 from cptimage.container import ImageReader
@@ -35,18 +43,6 @@ pytestmark = [
 
 def pids_exist(pids: set[int]) -> list[int]:
     return [p for p in pids if os.path.exists(f"/proc/{p}")]
-
-
-def checkpoint(cpt, wl: Workload, img: Path, *extra: object) -> None:  # type: ignore[no-untyped-def]
-    with reaping(wl):
-        rc, _, err = cpt("chkpnt", "--pid", wl.pid, "--dumpfile", img, *extra)
-    assert rc == 0, err
-
-
-def restore(cpt, wl: Workload, img: Path) -> None:  # type: ignore[no-untyped-def]
-    rc, _, err = cpt("restore", "--dumpfile", img)
-    assert rc == 0, err
-    wl.refresh()
 
 
 def records(img: Path, cls: type) -> list:  # type: ignore[type-arg]

@@ -20,10 +20,12 @@ from pathlib import Path
 import pytest
 from workloads import (  # noqa: F401
     Workload,
+    checkpoint,
     kill_tree,
     make_subreaper,
     proc_info,
     reaping,
+    restore,
     workloads_fixture,
 )
 
@@ -36,18 +38,6 @@ pytestmark = [
         os.geteuid() != 0, reason="checkpoint/restore needs root (ptrace, clone3 set_tid)"
     ),
 ]
-
-
-def checkpoint(cpt, wl: Workload, img: Path, *extra: object) -> None:  # type: ignore[no-untyped-def]
-    with reaping(wl):
-        rc, _, err = cpt("chkpnt", "--pid", wl.pid, "--dumpfile", img, *extra)
-    assert rc == 0, err
-
-
-def restore(cpt, wl: Workload, img: Path) -> None:  # type: ignore[no-untyped-def]
-    rc, _, err = cpt("restore", "--dumpfile", img)
-    assert rc == 0, err
-    wl.refresh()
 
 
 def process_records(img: Path, cls: type) -> list:  # type: ignore[type-arg]

@@ -648,6 +648,20 @@ def workloads_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Work
         pool.cleanup()
 
 
+def checkpoint(cpt, wl: Workload, img: Path, *extra: object) -> None:  # type: ignore[no-untyped-def]
+    """`cpt chkpnt --pid` of the workload into `img` (the real command); it must succeed."""
+    with reaping(wl):
+        rc, _, err = cpt("chkpnt", "--pid", wl.pid, "--dumpfile", img, *extra)
+    assert rc == 0, err
+
+
+def restore(cpt, wl: Workload, img: Path) -> None:  # type: ignore[no-untyped-def]
+    """`cpt restore --dumpfile img` of the workload; it must succeed."""
+    rc, _, err = cpt("restore", "--dumpfile", img)
+    assert rc == 0, err
+    wl.refresh()
+
+
 __all__ = [
     "ALL_WORKLOADS",
     "C_WORKLOADS",
@@ -658,6 +672,7 @@ __all__ = [
     "WorkloadError",
     "Workloads",
     "build",
+    "checkpoint",
     "cmdline",
     "command",
     "descendants",
@@ -667,6 +682,7 @@ __all__ = [
     "proc_info",
     "process_table",
     "reaping",
+    "restore",
     "source",
     "start",
     "workloads_fixture",
