@@ -232,7 +232,7 @@ class VEManager:
         run = RunState(veid)
         if run.runtime() is not None:
             raise AlreadyRunning(f"VE {veid} is already running")
-        run.forget_ended()
+        run.forget_ended(cfg.ip)
         if not boot and os.path.lexists(self.node.default_dumpfile(veid)):
             self.stages(veid).restore_locked(Stage.RESTORE, trust=trust)
             rt = self.runtime(veid)
@@ -310,8 +310,9 @@ class VEManager:
             fz.create()
             fz.add([init])
             host_if = net.setup_host(cfg.veid, cfg.ip, init)
+            gw = net.gateway_here(cfg.ip)
             with entered(init, ("net",)):  # this thread, in the VE's network namespace
-                net.setup_inside(cfg.ip)
+                net.setup_inside(cfg.ip, gw)
             os.write(go_w, b"go")
             os.close(go_w)
             status = _read_all(st_r, BOOT_TIMEOUT)
@@ -319,6 +320,7 @@ class VEManager:
                 raise SystemError_(
                     f"VE {cfg.veid} failed to start: {status.decode(errors='replace') or 'no answer'}"
                 )
+            net.announce(cfg.ip)  # its LAN learns it is here (if it is on one)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.close(go_w)
@@ -351,7 +353,7 @@ class VEManager:
         run = RunState(veid)
         rt = run.runtime()
         if rt is None:
-            run.forget_ended()
+            run.forget_ended(cfg.ip)
             raise NotRunning(f"VE {veid} is not running")
         fz = run.freezer()
         if fz.freeze_requested():
@@ -373,7 +375,7 @@ class VEManager:
             cfg = self.config(veid)
             if run.runtime() is not None:
                 raise AlreadyRunning(f"VE {veid} is running: stop it before destroying it")
-            run.forget_ended()
+            run.forget_ended(cfg.ip)
             self.snapshots.destroyed(veid)
             if os.path.exists(cfg.private):
                 backend_for(cfg.private).delete_area(cfg.private)
