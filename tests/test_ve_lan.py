@@ -158,3 +158,53 @@ def test_announce_sends_an_unsolicited_neighbour_advertisement(nodes: Cluster) -
     p = a.run([sys.executable, "-c", "from ve.net import announce; "
                "print(announce('198.19.1.1/24'))"])  # fmt: skip
     assert p.stdout.strip() == "None", p.stderr
+
+
+def test_the_uplink_is_given_back_when_its_last_ve_leaves(nodes: Cluster) -> None:
+    a = nodes.a
+    addrs = {"103": nodes.addr(13), "104": nodes.addr(14)}
+    before = lan_state(a, addrs["103"])
+    for veid, addr in addrs.items():
+        rc, _, err = a.cpt("ve", "create", veid, "--privileged", "--ip", f"{addr}/24", "--",
+                           "/usr/bin/python3", "-c", SERVER)  # fmt: skip
+        assert rc == 0, err
+        rc, _, err = a.cpt("ve", "start", veid)
+        assert rc == 0, err
+    rc, _, err = a.cpt("ve", "stop", "103")
+    assert rc == 0, err
+    still = lan_state(a, addrs["104"])
+    assert still["proxy"][:3] == [addrs["104"], "dev", "eth0"] and still["uplink forwarding"] == "1"
+    assert lan_state(a, addrs["103"])["proxy"] == []
+    assert nodes.client.echo(addrs["104"], PORT, b"104") == b"104"
+    assert not nodes.client.ping(addrs["103"], timeout=0.5)
+    rc, _, err = a.cpt("ve", "stop", "104")
+    assert rc == 0, err
+    left(a, addrs["104"], before)
+    assert not (a.root / "run" / "uplink-eth0.json").exists()
+
+
+def test_a_node_setting_names_the_uplink(nodes: Cluster) -> None:
+    a = nodes.a
+    addr = nodes.addr(15)
+    # a second interface on the same subnet: by subnet alone eth0 (the first) is chosen
+    a.sh(f"ip link add side0 type veth peer name side1 && ip addr add {nodes.addr(200)}/24 "
+         "dev side0 && ip link set side0 up && ip link set side1 up")  # fmt: skip
+    (a.root / "node.toml").write_text('uplink = "side0"\n')
+    rc, _, err = a.cpt("ve", "create", "105", "--privileged", "--ip", f"{addr}/24", "--",
+                       "/bin/sh", "-c", "sleep 1000")  # fmt: skip
+    assert rc == 0, err
+    rc, _, err = a.cpt("ve", "start", "105")
+    assert rc == 0, err
+    assert a.sh(f"ip neigh show proxy {addr}").split()[:3] == [addr, "dev", "side0"]
+    assert a.sysctl("ipv4/conf/side0/forwarding") == "1"
+    assert a.sysctl("ipv4/conf/eth0/forwarding") == "0"
+    rc, _, err = a.cpt("ve", "stop", "105")
+    assert rc == 0, err
+    assert a.sysctl("ipv4/conf/side0/forwarding") == "0"
+    (a.root / "node.toml").write_text('uplink = "nosuch0"\n')
+    rc, _, err = a.cpt("ve", "start", "105")
+    assert rc == 21, (rc, err)  # exit 21: an invalid value, named with its file
+    assert "nosuch0" in err and "node.toml" in err and len(err.strip().splitlines()) == 1, err
+    assert "stopped" in a.cpt("ve", "status", "105")[1]
+    assert a.sh(f"ip link show {host_ifname('105', a.tag)} 2>&1 || true").count("state UP") == 0
+    (a.root / "node.toml").unlink()

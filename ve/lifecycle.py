@@ -309,10 +309,9 @@ class VEManager:
         try:
             fz.create()
             fz.add([init])
-            host_if = net.setup_host(cfg.veid, cfg.ip, init)
-            gw = net.gateway_here(cfg.ip)
+            host = net.setup_host(cfg.veid, cfg.ip, init)
             with entered(init, ("net",)):  # this thread, in the VE's network namespace
-                net.setup_inside(cfg.ip, gw)
+                net.setup_inside(cfg.ip, host.gateway)
             os.write(go_w, b"go")
             os.close(go_w)
             status = _read_all(st_r, BOOT_TIMEOUT)
@@ -320,7 +319,8 @@ class VEManager:
                 raise SystemError_(
                     f"VE {cfg.veid} failed to start: {status.decode(errors='replace') or 'no answer'}"
                 )
-            net.announce(cfg.ip)  # its LAN learns it is here (if it is on one)
+            if host.uplink is not None:  # its LAN learns it is here
+                net.announce(cfg.ip, via=host.uplink)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.close(go_w)
@@ -329,7 +329,7 @@ class VEManager:
             raise
         finally:
             os.close(st_r)
-        return run.record(init, host_if)
+        return run.record(init, host.ifname)
 
     def _map_ids(self, cfg: VEConfig, mid: int, ask_r: int, ans_w: int, fz: Freezer) -> None:
         """The middle process made its user namespace: put it in the VE's cgroup (before

@@ -33,20 +33,23 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
+import fcntl
 import hashlib
 import ipaddress
 import json
 import os
 import socket
 import struct
+import time
 import tomllib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cpt import interrupts
-from cpt.errors import InvalidValue, SystemError_
+from cpt.errors import InvalidValue, LockedError, SystemError_
 from cpt.procfs.system import read_sysctl, write_sysctl
-from cpt.stages.store import DEFAULT_ROOT, node_tag, run_path
+from cpt.stages.store import DEFAULT_ROOT, node_tag, run_dir, run_path
 from cptimage.atomic import atomic_output
 from cptimage.errors import quote
 
@@ -64,6 +67,7 @@ NUD_PERMANENT = 0x80
 NTF_PROXY = 0x08
 # what cpt turns on on an uplink, and gives back once no VE uses it
 UPLINK_SYSCTLS = ("ipv4/conf/{}/forwarding", "ipv4/neigh/{}/proxy_delay")
+UPLINK_LOCK_TIMEOUT = 10.0
 UPLINK_VALUES = {"ipv4/conf/{}/forwarding": "1", "ipv4/neigh/{}/proxy_delay": "0"}
 
 
@@ -115,27 +119,34 @@ def _uplink(ipr: IPRoute, ip: str) -> Uplink | None:
         return None
     addr = ipaddress.ip_interface(ip).ip
     family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
-    names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
     wanted = uplink_setting()
-    if wanted and wanted not in names.values():
+    windex = ipr.link_lookup(ifname=wanted) if wanted else []
+    if wanted and not windex:
         raise InvalidValue(
             f"the node setting uplink = {quote(wanted)} ({NODE_SETTINGS}) names no interface "
             f"of this node; correct it"
         )
     for a in sorted(ipr.get_addr(family=family), key=lambda a: a["index"]):
-        name = names.get(a["index"], "")
         local = a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")
-        if not local or name == "lo":
+        if not local or ipaddress.ip_address(local).is_loopback:
             continue
         if wanted:
-            if name == wanted:
-                return Uplink(name, a["index"], local)
+            if a["index"] == windex[0]:
+                return Uplink(wanted, a["index"], local)
             continue
         if a["prefixlen"] >= addr.max_prefixlen - 1 or ipaddress.ip_address(local) == addr:
             continue  # a /32 or /31 (a veth's gateway) is no LAN
         if addr in ipaddress.ip_network(f"{local}/{a['prefixlen']}", strict=False):
-            return Uplink(name, a["index"], local)
+            return Uplink(_ifname(ipr, a), a["index"], local)
     return None
+
+
+def _ifname(ipr: IPRoute, a: Any) -> str:
+    """The interface name of address message `a` (IPv4 carries it; else one link get)."""
+    label = a.get_attr("IFA_LABEL")
+    if label:
+        return str(label)
+    return str(ipr.link("get", index=a["index"])[0].get_attr("IFLA_IFNAME"))
 
 
 def uplink(ip: str) -> Uplink | None:
@@ -154,11 +165,6 @@ def gateway(ip: str, up: Uplink | None = None) -> str:
     hosts = iface.network.hosts()
     first = next(hosts)
     return str(next(hosts) if first == iface.ip else first)
-
-
-def gateway_here(ip: str) -> str:
-    """gateway(ip) with this node's uplink of `ip` (what setup_inside is given)."""
-    return gateway(ip, uplink(ip)) if ip else ""
 
 
 @contextlib.contextmanager
@@ -184,40 +190,54 @@ def _sysctl(name: str, value: str) -> None:
         raise SystemError_(f"cannot set sysctl {name.replace('/', '.')}: {e}") from e
 
 
-def setup_host(veid: str, ip: str, init_pid: int, *, up: bool = True) -> str:
+@dataclasses.dataclass(frozen=True)
+class HostSide:
+    """What setup_host made: the host end's name, the VE's gateway, the uplink (if any)."""
+
+    ifname: str
+    gateway: str
+    uplink: Uplink | None
+
+
+def setup_host(veid: str, ip: str, init_pid: int, *, up: bool = True) -> HostSide:
     """Create the pair with its VE end in the network namespace of `init_pid`; set up the
-    host end; returns the host interface's name.  With `up` False (a restore) the host
-    end stays down and the blackhole route holds the address until the VE resumes."""
+    host end (with `up`, the VE answers at once: route_to_ve).  With `up` False (a
+    restore) the host end stays down and the blackhole route holds the address until the
+    VE resumes.  One netlink socket for all of it (each costs about a millisecond)."""
     from pyroute2.netlink.exceptions import NetlinkError
 
     name = host_ifname(veid)
     with _iproute() as ipr:
         try:
-            if ipr.link_lookup(ifname=name):
-                ipr.link("del", ifname=name)  # a leftover of a VE that died
             upl = _uplink(ipr, ip)
-            ipr.link(
-                "add", ifname=name, kind="veth", peer={"ifname": VE_IFNAME, "net_ns_pid": init_pid}
-            )
-            idx = ipr.link_lookup(ifname=name)[0]
+            peer = {"ifname": VE_IFNAME, "net_ns_pid": init_pid}
+            try:
+                ipr.link("add", ifname=name, kind="veth", peer=peer)
+            except NetlinkError as e:
+                if e.code != errno.EEXIST:
+                    raise
+                ipr.link("del", ifname=name)  # a leftover of a VE that died
+                ipr.link("add", ifname=name, kind="veth", peer=peer)
+            idx = ipr.link("get", ifname=name)[0]["index"]
+            gw = gateway(ip, upl) if ip else ""
             if ip:
-                ipr.addr("add", index=idx, address=gateway(ip, upl), prefixlen=32)
+                ipr.addr("add", index=idx, address=gw, prefixlen=32)
             if upl is not None:  # it forwards the VE's packets to its LAN, answers its ARP
                 _sysctl(f"net/ipv4/conf/{name}/forwarding", "1")
                 _sysctl(f"net/ipv4/conf/{name}/proxy_arp", "1")
                 _sysctl(f"net/ipv4/neigh/{name}/proxy_delay", "0")
+            if up:
+                ipr.link("set", index=idx, state="up")
+                _serve(ipr, idx, ip, upl)
         except NetlinkError as e:
             raise _err(f"network of VE {veid} ({name})", e) from e
-    if up:
-        set_host_link(veid, True)
-        route_to_ve(veid, ip)
-    return name
+    return HostSide(name, gw, upl)
 
 
 def setup_inside(ip: str, gw: str) -> None:
     """In the VE's network namespace (the calling thread is there: cpt.sys.ns.entered):
-    loopback and eth0 up, the address, the gateway route (`gw`: gateway_here(ip), asked
-    in the host's namespace)."""
+    loopback and eth0 up, the address, the gateway route (`gw`: setup_host's, which
+    asked the host's namespace)."""
     with _iproute() as ipr:
         lo = ipr.link_lookup(ifname="lo")[0]
         ipr.link("set", index=lo, state="up")
@@ -249,27 +269,60 @@ def host_link_up(veid: str) -> bool | None:
         return bool(link["flags"] & 1)  # IFF_UP
 
 
-def route_to_ve(veid: str, ip: str) -> None:
+def route_to_ve(veid: str, ip: str) -> Uplink | None:
     """The VE's address reaches it again (replacing the blackhole), and, on a LAN of
-    the node, its uplink answers for it and forwards to it."""
+    the node, its uplink answers for it and forwards to it; returns that uplink."""
     from pyroute2.netlink.exceptions import NetlinkError
 
     if not ip:
-        return
+        return None
     with _iproute() as ipr:
         found = ipr.link_lookup(ifname=host_ifname(veid))
         if not found:
             raise SystemError_(f"VE {veid} has no host interface {host_ifname(veid)}")
         upl = _uplink(ipr, ip)
-        src = upl.address if upl is not None else gateway(ip)
         try:
-            ipr.route("replace", dst=f"{_addr(ip)}/32", oif=found[0], prefsrc=src, priority=0)
-            if upl is not None:
-                _uplink_on(upl)
-                ipr.neigh("replace", dst=_addr(ip), ifindex=upl.index, flags=NTF_PROXY,
-                          state=NUD_PERMANENT)  # fmt: skip
+            _serve(ipr, found[0], ip, upl)
         except NetlinkError as e:
             raise _err(f"network of VE {veid} on {upl.ifname if upl else 'this host'}", e) from e
+    return upl
+
+
+def _serve(ipr: IPRoute, idx: int, ip: str, upl: Uplink | None) -> None:
+    """The route to the VE through its veth (index `idx`); on a LAN, the uplink's proxy
+    entry for its address and the uplink's forwarding."""
+    if not ip:
+        return
+    src = upl.address if upl is not None else gateway(ip)
+    ipr.route("replace", dst=f"{_addr(ip)}/32", oif=idx, prefsrc=src, priority=0)
+    if upl is not None:
+        with _uplinks_locked():
+            _uplink_on(upl)
+            ipr.neigh("replace", dst=_addr(ip), ifindex=upl.index, flags=NTF_PROXY,
+                      state=NUD_PERMANENT)  # fmt: skip
+
+
+@contextlib.contextmanager
+def _uplinks_locked() -> Iterator[None]:
+    """One cpt command at a time turns uplinks on or gives them back (a VE starting while
+    another stops must not find the uplink given back under its new proxy entry)."""
+    fd = os.open(run_path("uplinks", ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + UPLINK_LOCK_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise LockedError(
+                        f"the node's uplinks ({run_path('uplinks', '.lock')}) stay locked by "
+                        f"another cpt command; retry when it ends"
+                    ) from None
+                time.sleep(0.005)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _uplink_record(ifname: str) -> str:
@@ -277,8 +330,8 @@ def _uplink_record(ifname: str) -> str:
 
 
 def _uplink_on(upl: Uplink) -> None:
-    """Forwarding (and an immediate proxy answer) on the uplink, the values it had kept
-    in the run directory by the first VE that needs them."""
+    """Forwarding and immediate proxy answers (no random delay) on the uplink; the first
+    VE that needs them keeps the uplink's own values in the run directory."""
     keys = [k.format(upl.ifname) for k in UPLINK_SYSCTLS]
     want = {k.format(upl.ifname): v for k, v in UPLINK_VALUES.items()}
     now = {k: read_sysctl(f"net/{k}") for k in keys}
@@ -292,21 +345,29 @@ def _uplink_on(upl: Uplink) -> None:
         _sysctl(f"net/{k}", want[k])
 
 
-def _uplink_off_if_unused(ipr: IPRoute, upl: Uplink) -> None:
-    """Give the uplink its own values back once no proxy entry is left on it."""
-    if any(n["ifindex"] == upl.index for n in _proxies(ipr)):
-        return
-    path = _uplink_record(upl.ifname)
-    try:
-        with open(path) as f:
-            before = json.load(f)
-    except (FileNotFoundError, ValueError):
-        return  # they were so before cpt: they stay
-    for k, v in before.items():
-        with contextlib.suppress(SystemError_):  # the uplink went meanwhile
-            _sysctl(f"net/{k}", str(v))
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+def _give_back_uplinks(ipr: IPRoute) -> None:
+    """Give every uplink cpt turned on (a record in the run directory) its own values
+    back once no proxy entry is left on it; what was so before cpt stays."""
+    used = {n["ifindex"] for n in _proxies(ipr)}
+    prefix, suffix = "uplink-", ".json"
+    for name in os.listdir(run_dir()):
+        if not (name.startswith(prefix) and name.endswith(suffix)):
+            continue
+        ifname = name[len(prefix) : -len(suffix)]
+        found = ipr.link_lookup(ifname=ifname)
+        if found and found[0] in used:
+            continue
+        path = _uplink_record(ifname)
+        try:
+            with open(path) as f:
+                before = json.load(f)
+        except (FileNotFoundError, ValueError):
+            before = {}  # a damaged record: the values stay as they are
+        for k, v in before.items():
+            if found and k in {x.format(ifname) for x in UPLINK_SYSCTLS}:
+                _sysctl(f"net/{k}", str(v))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def _proxies(ipr: IPRoute) -> list[dict[str, object]]:
@@ -328,13 +389,12 @@ def _withdraw(ipr: IPRoute, ip: str) -> None:
     from pyroute2.netlink.exceptions import NetlinkError
 
     addr = _addr(ip)
-    for n in _proxies(ipr):
-        if n["dst"] == addr:
-            with contextlib.suppress(NetlinkError):
-                ipr.neigh("del", dst=addr, ifindex=n["ifindex"], flags=NTF_PROXY)
-    upl = _uplink(ipr, ip)
-    if upl is not None:
-        _uplink_off_if_unused(ipr, upl)
+    with _uplinks_locked():
+        for n in _proxies(ipr):
+            if n["dst"] == addr:
+                with contextlib.suppress(NetlinkError):
+                    ipr.neigh("del", dst=addr, ifindex=n["ifindex"], flags=NTF_PROXY)
+        _give_back_uplinks(ipr)
 
 
 def blackhole(ip: str) -> None:
@@ -402,49 +462,42 @@ def answers(ip: str) -> list[str]:
 # -- telling the LAN where an address is
 
 
-def announce(ip: str, count: int = 1) -> str | None:
+def announce(ip: str, count: int = 1, *, via: Uplink | None = None) -> str | None:
     """Tell the LAN of VE address `ip` that it is reached through this node now: a
     gratuitous ARP (IPv4: a broadcast ARP request for the address from itself, with the
     uplink's MAC, which the proxy answers come from) or an unsolicited neighbour
     advertisement (IPv6: to all nodes, Override set, the uplink's link-layer address),
-    sent `count` times from the uplink.  Peers that had the address in their neighbour
-    table take the new MAC at once, before any traffic.  Returns the uplink's name; None
-    (nothing sent) when the address is on no LAN of this node.  Call it once the VE
-    answers here (after its resume)."""
+    sent `count` times from the uplink (`via`: the uplink, when the caller has it; else
+    it is looked up).  Peers that had the address in their neighbour table take the new
+    MAC at once, before any traffic.  Returns the uplink's name; None (nothing sent)
+    when the address is on no LAN of this node.  Call it once the VE answers here
+    (after its resume)."""
     if not ip:
         return None
-    upl = uplink(ip)
+    upl = via or uplink(ip)
     if upl is None:
         return None
     addr = ipaddress.ip_address(_addr(ip))
     try:
-        mac = bytes.fromhex(_read_mac(upl.ifname).replace(":", ""))
-        for _ in range(count):
-            if addr.version == 4:
-                _send_garp(upl, addr.packed, mac)
-            else:
-                _send_na(upl, addr.packed, mac)
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+            s.bind((upl.ifname, 0))
+            mac = s.getsockname()[4]  # the uplink's hardware address
+            for _ in range(count):
+                if addr.version == 4:
+                    _send_garp(s, addr.packed, mac)
+                else:
+                    _send_na(upl, addr.packed, mac)
     except OSError as e:
         raise SystemError_(f"cannot announce {addr} on {upl.ifname}: {e.strerror}") from e
     return upl.ifname
 
 
-def _read_mac(ifname: str) -> str:
-    with _iproute() as ipr:
-        found = ipr.link_lookup(ifname=ifname)
-        if not found:
-            raise SystemError_(f"the uplink {ifname} is gone")
-        return str(ipr.get_links(found[0])[0].get_attr("IFLA_ADDRESS"))
-
-
-def _send_garp(upl: Uplink, addr: bytes, mac: bytes) -> None:
-    bcast = b"\xff" * 6
-    frame = bcast + mac + struct.pack("!H", 0x0806)  # Ethernet: to all, ARP
+def _send_garp(s: socket.socket, addr: bytes, mac: bytes) -> None:
+    """On `s` (a packet socket bound to the uplink)."""
+    frame = b"\xff" * 6 + mac + struct.pack("!H", 0x0806)  # Ethernet: to all, ARP
     # ARP request: Ethernet/IPv4, sender = target = the address (RFC 5227 announcement)
     frame += struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + addr + b"\0" * 6 + addr
-    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
-        s.bind((upl.ifname, 0))
-        s.send(frame)
+    s.send(frame)
 
 
 def _send_na(upl: Uplink, addr: bytes, mac: bytes) -> None:

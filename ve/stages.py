@@ -65,8 +65,9 @@ class VeLink:
 
     def up(self) -> None:
         net.set_host_link(self.cfg.veid, True)
-        net.route_to_ve(self.cfg.veid, self.cfg.ip)
-        net.announce(self.cfg.ip)  # its LAN learns it is here (restored from elsewhere)
+        upl = net.route_to_ve(self.cfg.veid, self.cfg.ip)
+        if upl is not None:  # its LAN learns it is here (restored from elsewhere)
+            net.announce(self.cfg.ip, via=upl)
 
     def is_up(self) -> bool:
         return net.host_link_up(self.cfg.veid) is not False
