@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from nodes import Cluster, NodeNs
@@ -208,3 +209,55 @@ def test_a_node_setting_names_the_uplink(nodes: Cluster) -> None:
     assert "stopped" in a.cpt("ve", "status", "105")[1]
     assert a.sh(f"ip link show {host_ifname('105', a.tag)} 2>&1 || true").count("state UP") == 0
     (a.root / "node.toml").unlink()
+
+
+def test_a_ve_moved_between_two_node_roots_of_one_machine_keeps_its_id_range(
+    nodes: Cluster,
+) -> None:
+    """Issue 12: its registration is handed over (IdRegistry.take_over on the arriving
+    node), never released and taken again; the source's destroy releases nothing."""
+    import tomllib
+
+    from ve.idmap import IdRegistry
+
+    a, b = nodes.a, nodes.b
+    addr = nodes.addr(16)
+    rc, _, err = a.cpt("ve", "create", "106", "--ip", f"{addr}/24", "--",
+                       "/usr/bin/python3", "-c", SERVER)  # fmt: skip
+    assert rc == 0, err
+    cfg = tomllib.loads((a.root / "ve" / "106.toml").read_text())
+    base = cfg["id_base"]
+    assert base >= 100000
+    assert a.cpt("ve", "start", "106")[0] == 0
+    rc, _, err = a.cpt("ve", "exec", "106", "--", "/bin/sh", "-c", "echo mine > /root/mine")
+    assert rc == 0, err
+    assert a.cpt("ve", "stop", "106")[0] == 0
+    # the move by hand: the area (its owners are the VE's range) and the config
+    rc, _, err = b.cpt("pool", "init")
+    assert rc == 0, err
+    src, dst = Path(cfg["private"]), b.root / "pool" / "private" / "106"
+    b.sh(
+        f"mkdir -p -m 700 {dst.parent} && btrfs subvolume create {dst} >/dev/null && "
+        f"cp -a {src}/. {dst}/"
+    )
+    (b.root / "ve").mkdir(exist_ok=True)
+    (b.root / "ve" / "106.toml").write_text(
+        (a.root / "ve" / "106.toml").read_text().replace(str(src), str(dst))
+    )
+    rc, _, err = b.cpt("ve", "start", "106")
+    assert rc == 21 and "registered on this machine for node root" in err, (rc, err)
+    ids = IdRegistry(str(nodes.tmp / "ids"))
+    assert ids.take_over("106", str(b.root), base) == str(a.root)
+    rc, _, err = b.cpt("ve", "start", "106")
+    assert rc == 0, err
+    assert nodes.client.echo(addr, PORT, b"moved") == b"moved"
+    assert (dst / "root" / "mine").stat().st_uid == base, "the area still the VE's range's"
+    rc, out, _ = b.cpt("ve", "exec", "106", "--", "/bin/sh", "-c", "cat /root/mine; id -u")
+    assert rc == 0 and out.split() == ["mine", "0"], out
+    rc, _, err = a.cpt("ve", "start", "106")  # the source may not start it any more
+    assert rc == 21 and str(b.root) in err, (rc, err)
+    rc, _, err = a.cpt("ve", "destroy", "106")
+    assert rc == 0, err
+    h = ids.holders()["106"]
+    assert (h.root, h.base) == (str(b.root), base), "the source's destroy released nothing"
+    assert b.cpt("ve", "stop", "106")[0] == 0
