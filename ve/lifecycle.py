@@ -320,7 +320,7 @@ class VEManager:
                     f"VE {cfg.veid} failed to start: {status.decode(errors='replace') or 'no answer'}"
                 )
             if host.uplink is not None:  # its LAN learns it is here
-                net.announce(cfg.ip, via=host.uplink)
+                net.announce_soon(cfg.ip, host.uplink)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.close(go_w)

@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import fcntl
 import hashlib
 import ipaddress
 import json
@@ -49,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 from cpt import interrupts
 from cpt.errors import InvalidValue, LockedError, SystemError_
 from cpt.procfs.system import read_sysctl, write_sysctl
-from cpt.stages.store import DEFAULT_ROOT, node_tag, run_dir, run_path
+from cpt.stages.store import DEFAULT_ROOT, locked, node_tag, run_dir, run_path
 from cptimage.atomic import atomic_output
 from cptimage.errors import quote
 
@@ -306,23 +305,17 @@ def _serve(ipr: IPRoute, idx: int, ip: str, upl: Uplink | None) -> None:
 def _uplinks_locked() -> Iterator[None]:
     """One cpt command at a time turns uplinks on or gives them back (a VE starting while
     another stops must not find the uplink given back under its new proxy entry)."""
-    fd = os.open(run_path("uplinks", ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        deadline = time.monotonic() + UPLINK_LOCK_TIMEOUT
+    deadline = time.monotonic() + UPLINK_LOCK_TIMEOUT
+    with contextlib.ExitStack() as held:
         while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            try:  # cpt's object lock: its file goes with it
+                held.enter_context(locked("uplinks", "the node's uplinks"))
                 break
-            except BlockingIOError:
+            except LockedError:
                 if time.monotonic() > deadline:
-                    raise LockedError(
-                        f"the node's uplinks ({run_path('uplinks', '.lock')}) stay locked by "
-                        f"another cpt command; retry when it ends"
-                    ) from None
+                    raise
                 time.sleep(0.005)
         yield
-    finally:
-        os.close(fd)
 
 
 def _uplink_record(ifname: str) -> str:
@@ -345,15 +338,21 @@ def _uplink_on(upl: Uplink) -> None:
         _sysctl(f"net/{k}", want[k])
 
 
+def _uplink_records() -> list[str]:
+    """The uplinks whose own values cpt keeps in the run directory."""
+    prefix, suffix = "uplink-", ".json"
+    return [
+        n[len(prefix) : -len(suffix)]
+        for n in os.listdir(run_dir())
+        if n.startswith(prefix) and n.endswith(suffix)
+    ]
+
+
 def _give_back_uplinks(ipr: IPRoute) -> None:
     """Give every uplink cpt turned on (a record in the run directory) its own values
     back once no proxy entry is left on it; what was so before cpt stays."""
     used = {n["ifindex"] for n in _proxies(ipr)}
-    prefix, suffix = "uplink-", ".json"
-    for name in os.listdir(run_dir()):
-        if not (name.startswith(prefix) and name.endswith(suffix)):
-            continue
-        ifname = name[len(prefix) : -len(suffix)]
+    for ifname in _uplink_records():
         found = ipr.link_lookup(ifname=ifname)
         if found and found[0] in used:
             continue
@@ -389,6 +388,8 @@ def _withdraw(ipr: IPRoute, ip: str) -> None:
     from pyroute2.netlink.exceptions import NetlinkError
 
     addr = _addr(ip)
+    if not any(n["dst"] == addr for n in _proxies(ipr)) and not _uplink_records():
+        return  # nothing of it on a LAN here (a VE off any LAN: no lock, no file)
     with _uplinks_locked():
         for n in _proxies(ipr):
             if n["dst"] == addr:
@@ -490,6 +491,18 @@ def announce(ip: str, count: int = 1, *, via: Uplink | None = None) -> str | Non
     except OSError as e:
         raise SystemError_(f"cannot announce {addr} on {upl.ifname}: {e.strerror}") from e
     return upl.ifname
+
+
+def announce_soon(ip: str, via: Uplink) -> bool:
+    """announce() once the VE answers here (start, resume), as a hint: the address is
+    served through the proxy entry either way, and a peer that missed the announcement
+    learns it by its next ARP request; a VE is not failed for a send that failed (an
+    uplink without carrier).  Returns whether it was sent."""
+    try:
+        announce(ip, via=via)
+    except SystemError_:
+        return False
+    return True
 
 
 def _send_garp(s: socket.socket, addr: bytes, mac: bytes) -> None:

@@ -9,9 +9,9 @@ store that owns its runtime facts.
                                   on a node root other than the default (cgroup_name:
                                   the run directory is the node's, cgroups the machine's)
 
-`<run>` is cpt.stages.store.run_dir(), and every path in it run_path()'s.  Every file
-and cgroup is named by `object_name` and `cgroup_name`; every question about a VE's runtime (is it
-running, is it frozen, was it undumped) is asked of `RunState`.
+`<run>` is cpt.stages.store.run_dir(), and every path in it run_path()'s.  Every file is
+named by `object_name`, every cgroup by `cgroup_name`; every question about a VE's
+runtime (is it running, is it frozen, was it undumped) is asked of `RunState`.
 """
 
 from __future__ import annotations

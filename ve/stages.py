@@ -67,7 +67,7 @@ class VeLink:
         net.set_host_link(self.cfg.veid, True)
         upl = net.route_to_ve(self.cfg.veid, self.cfg.ip)
         if upl is not None:  # its LAN learns it is here (restored from elsewhere)
-            net.announce(self.cfg.ip, via=upl)
+            net.announce_soon(self.cfg.ip, upl)
 
     def is_up(self) -> bool:
         return net.host_link_up(self.cfg.veid) is not False
