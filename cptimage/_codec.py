@@ -3182,6 +3182,118 @@ def MemfdFile(_cls, _items):
     return __init__, __repr__, __eq__, encode, decode
 
 
+_S_PidFd = _Struct('<LLl')
+
+
+def PidFd(_cls, _items):
+    """The record PidFd (tag 0x0513, fixed part 12 bytes)."""
+    _new = object.__new__
+    _pack = _S_PidFd.pack
+    _unpack = _S_PidFd.unpack
+    _get_fixed = _attrgetter('id', 'flags', 'pid')
+
+    def __init__(self, id=0, flags=0, pid=0):
+        self.id = id
+        self.flags = flags
+        self.pid = pid
+
+    __repr__, __eq__ = _repr_eq(('id', 'flags', 'pid'))
+
+    def encode(self):
+        vals = _get_fixed(self)
+        try:
+            fixed = _pack(*vals)
+        except (_StructError, TypeError) as e:
+            raise ImageError(f"cannot encode PidFd: {e}", record="PidFd") from None
+        ext_fixed, ext_var = getattr(self, "_ext", _NO_EXT)
+        fixed += ext_fixed
+        out = []
+        out.append(ext_var)
+        body = b"".join(out)
+        n = len(fixed)
+        size = 8 + n + len(body)
+        if n > 0xFFFF:
+            raise ImageError("fixed part exceeds 65535 bytes", record="PidFd")
+        return _RHDR(size, 0x0513, n) + fixed + body + _PADS[size & 7]
+
+    def decode(fixed, var):
+        if len(fixed) == 12:
+            ext_fixed = b""
+        else:
+            fixed, ext_fixed = _fit(fixed, 12)
+        (f_id, f_flags, f_pid,) = _unpack(fixed)
+        end = len(var)
+        pos = 0
+        o = _new(_cls)
+        o.id = f_id
+        o.flags = f_flags
+        o.pid = f_pid
+        if pos < end or ext_fixed:
+            o._ext = (ext_fixed, var[pos:])
+        return o
+
+    return __init__, __repr__, __eq__, encode, decode
+
+
+_S_FileOwner = _Struct('<LLLBLL')
+
+
+def FileOwner(_cls, _items):
+    """The record FileOwner (tag 0x0514, fixed part 21 bytes)."""
+    _new = object.__new__
+    _pack = _S_FileOwner.pack
+    _unpack = _S_FileOwner.unpack
+    _get_fixed = _attrgetter('file_id', 'pid', 'fd', 'owner_type', 'owner', 'signum')
+
+    def __init__(self, file_id=0, pid=0, fd=0, owner_type=0, owner=0, signum=0):
+        self.file_id = file_id
+        self.pid = pid
+        self.fd = fd
+        self.owner_type = owner_type
+        self.owner = owner
+        self.signum = signum
+
+    __repr__, __eq__ = _repr_eq(('file_id', 'pid', 'fd', 'owner_type', 'owner', 'signum'))
+
+    def encode(self):
+        vals = _get_fixed(self)
+        try:
+            fixed = _pack(*vals)
+        except (_StructError, TypeError) as e:
+            raise ImageError(f"cannot encode FileOwner: {e}", record="FileOwner") from None
+        ext_fixed, ext_var = getattr(self, "_ext", _NO_EXT)
+        fixed += ext_fixed
+        out = []
+        out.append(ext_var)
+        body = b"".join(out)
+        n = len(fixed)
+        size = 8 + n + len(body)
+        if n > 0xFFFF:
+            raise ImageError("fixed part exceeds 65535 bytes", record="FileOwner")
+        return _RHDR(size, 0x0514, n) + fixed + body + _PADS[size & 7]
+
+    def decode(fixed, var):
+        if len(fixed) == 21:
+            ext_fixed = b""
+        else:
+            fixed, ext_fixed = _fit(fixed, 21)
+        (f_file_id, f_pid, f_fd, f_owner_type, f_owner, f_signum,) = _unpack(fixed)
+        end = len(var)
+        pos = 0
+        o = _new(_cls)
+        o.file_id = f_file_id
+        o.pid = f_pid
+        o.fd = f_fd
+        o.owner_type = f_owner_type
+        o.owner = f_owner
+        o.signum = f_signum
+        if pos < end or ext_fixed:
+            o._ext = (ext_fixed, var[pos:])
+        return o
+
+    return __init__, __repr__, __eq__, encode, decode
+
+
 _S_SockOpts = _Struct('<L')
 
 
@@ -4918,6 +5030,8 @@ RECORDS = {
     'FileLock': ('FileLock@0x0510 pid:u32=0 fd:u32=0 file_id:u32=0 kind:u8=0 write:u8=0 start:u64=0 length:u64=0', FileLock),
     'TtyInfo': ('TtyInfo@0x0511 id:u32=0 index:u32=0 sid:u32=0 pgrp:u32=0 locked:u8=0 packet_mode:u8=0 exclusive:u8=0 ws_row:u16=0 ws_col:u16=0 ws_xpixel:u16=0 ws_ypixel:u16=0 termios:blob flags:u32=0 data:blob', TtyInfo),
     'MemfdFile': ('MemfdFile@0x0512 id:u32=0 shmem_id:u32=0 flags:u32=0 pos:u64=0', MemfdFile),
+    'PidFd': ('PidFd@0x0513 id:u32=0 flags:u32=0 pid:i32=0', PidFd),
+    'FileOwner': ('FileOwner@0x0514 file_id:u32=0 pid:u32=0 fd:u32=0 owner_type:u8=0 owner:u32=0 signum:u32=0', FileOwner),
     'SockOpts': ('SockOpts@0x05a0 file_id:u32=0 keys:u64s values:blobs', SockOpts),
     'UnixBind': ('UnixBind@0x05a1 file_id:u32=0 flags:u32=0 dir:text', UnixBind),
     'UnixScm': ('UnixScm@0x05a2 file_id:u32=0 index:u32=0 flags:u32=0 pid:u32=0 uid:u32=0 gid:u32=0 fds:u32s', UnixScm),

@@ -434,6 +434,7 @@ DESCRIPTIONS = (
     "PosixMq",
     "PacketSocket",
     "NetlinkSocket",
+    "PidFd",
 )
 # (record, field, id space, 0 allowed)
 REFERENCES: list[tuple[str, str, str, bool]] = [
@@ -457,6 +458,7 @@ REFERENCES: list[tuple[str, str, str, bool]] = [
             "ThreadSched",
             "TaskExtra",
             "Owner",
+            "FileOwner",
         )
     ),
     ("SeccompFilter", "tid", "tid", True),
@@ -472,6 +474,7 @@ REFERENCES: list[tuple[str, str, str, bool]] = [
     ("Tty", "tty_id", "tty", True),
     ("Fd", "file_id", "file", False),
     ("FileLock", "file_id", "file", False),
+    ("FileOwner", "file_id", "file", False),
     ("SockOpts", "file_id", "file", False),
     ("UnixBind", "file_id", "file", False),
     ("UnixScm", "file_id", "file", False),
@@ -1137,15 +1140,25 @@ class _Structure:
                 for r in self.recs.get(name, []):
                     if r.rec.id not in used:
                         self.bad(r, f"open-file description {r.rec.id} is in no fd table")
-        if self.readable("Fd", "FileLock"):
+        if self.readable("Fd", "FileLock", "FileOwner"):
             fds = {(r.rec.pid, r.rec.fd): r.rec.file_id for r in self.recs.get("Fd", [])}
-            for r in self.recs.get("FileLock", []):
+            for r in self.recs.get("FileLock", []) + self.recs.get("FileOwner", []):
                 lk = r.rec
                 got = fds.get((lk.pid, lk.fd))
                 if got is None:
                     self.bad(r, f"fd {lk.fd} of process {lk.pid} is not in the image")
                 elif got != lk.file_id:
                     self.bad(r, f"fd {lk.fd} of process {lk.pid} is description {got}")
+        self._unique_per("FileOwner", lambda o: o.file_id, "description {} has two owners")
+        for r in self.recs.get("FileOwner", []):
+            if r.rec.signum > NSIG:
+                self.bad(r, f"signum {r.rec.signum} is no signal")
+        if self.readable("PidFd", "Process", "Thread"):
+            tids = {r.rec.tid for r in self.recs.get("Thread", [])}
+            tids |= {r.rec.pid for r in self.recs.get("Process", [])}  # zombies have no Thread
+            for r in self.recs.get("PidFd", []):
+                if r.rec.pid != -1 and r.rec.pid not in tids:
+                    self.bad(r, f"pid {r.rec.pid} is no process or thread of the image")
         self._pipes()
         for r in self.recs.get("UnixSocket", []):
             if r.rec.type not in SOCK_TYPES_UNIX:

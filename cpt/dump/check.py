@@ -14,6 +14,7 @@ from .fds import unsupported_fd
 from .locks import unsupported_locks
 from .mm import unsupported_vma
 from .options import DumpOptions
+from .pidfds import unsupported_pidfds
 from .pstree import TaskInfo, check_sessions
 from .sockets import unsupported_sockets
 from .timers import unsupported_timers
@@ -68,6 +69,7 @@ def precheck(tree: dict[int, TaskInfo], root: int, proc: Proc, opts: DumpOptions
         except NoSuchProcess:
             continue
     problems += unsupported_sockets(tree, proc, opts)
+    problems += unsupported_pidfds(tree, proc)
     problems += tty_problems(tree, root, proc, opts)
     problems += namespace_problems(tree, root, proc)
     if opts.ve_id:

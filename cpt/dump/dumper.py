@@ -100,6 +100,7 @@ class Dumper:
         self.files = FdTable(self.paths, opts)
         self.shmem = ShmemTable()
         self.files.ctx.cache["shmem"] = self.shmem
+        self.files.ctx.cache["tree"] = tree  # whose pidfds and fd owners can be carried
         dump_ttys(self.files.ctx, tree, root, proc)
         self.ipc = IpcDumper(root, proc, self.shmem)
         self.vmas: dict[int, list[Vma]] = {}
