@@ -1870,6 +1870,59 @@ def ShmemObject(_cls, _items):
     return __init__, __repr__, __eq__, encode, decode
 
 
+_S_GuardRegion = _Struct('<LQQ')
+
+
+def GuardRegion(_cls, _items):
+    """The record GuardRegion (tag 0x0204, fixed part 20 bytes)."""
+    _new = object.__new__
+    _pack = _S_GuardRegion.pack
+    _unpack = _S_GuardRegion.unpack
+    _get_fixed = _attrgetter('pid', 'start', 'end')
+
+    def __init__(self, pid=0, start=0, end=0):
+        self.pid = pid
+        self.start = start
+        self.end = end
+
+    __repr__, __eq__ = _repr_eq(('pid', 'start', 'end'))
+
+    def encode(self):
+        vals = _get_fixed(self)
+        try:
+            fixed = _pack(*vals)
+        except (_StructError, TypeError) as e:
+            raise ImageError(f"cannot encode GuardRegion: {e}", record="GuardRegion") from None
+        ext_fixed, ext_var = getattr(self, "_ext", _NO_EXT)
+        fixed += ext_fixed
+        out = []
+        out.append(ext_var)
+        body = b"".join(out)
+        n = len(fixed)
+        size = 8 + n + len(body)
+        if n > 0xFFFF:
+            raise ImageError("fixed part exceeds 65535 bytes", record="GuardRegion")
+        return _RHDR(size, 0x0204, n) + fixed + body + _PADS[size & 7]
+
+    def decode(fixed, var):
+        if len(fixed) == 20:
+            ext_fixed = b""
+        else:
+            fixed, ext_fixed = _fit(fixed, 20)
+        (f_pid, f_start, f_end,) = _unpack(fixed)
+        end = len(var)
+        pos = 0
+        o = _new(_cls)
+        o.pid = f_pid
+        o.start = f_start
+        o.end = f_end
+        if pos < end or ext_fixed:
+            o._ext = (ext_fixed, var[pos:])
+        return o
+
+    return __init__, __repr__, __eq__, encode, decode
+
+
 _S_PagemapRun = _Struct('<BBLQQQ')
 
 
@@ -5011,6 +5064,7 @@ RECORDS = {
     'Mm': ('Mm@0x0201 pid:u32=0 exe_id:u32=0 flags:u32=0 start_code:u64=0 end_code:u64=0 start_data:u64=0 end_data:u64=0 start_brk:u64=0 brk:u64=0 start_stack:u64=0 arg_start:u64=0 arg_end:u64=0 env_start:u64=0 env_end:u64=0 auxv:u64s', Mm),
     'Vma': ('Vma@0x0202 pid:u32=0 kind:u8=0 prot:u8=0 flags:u32=0 start:u64=0 end:u64=0 pgoff:u64=0 vmflags:u64=0 file_id:u32=0 shmem_id:u32=0 name:text', Vma),
     'ShmemObject': ('ShmemObject@0x0203 id:u32=0 kind:u8=0 seals:u32=0 flags:u32=0 size:u64=0 ino:u64=0 name:text', ShmemObject),
+    'GuardRegion': ('GuardRegion@0x0204 pid:u32=0 start:u64=0 end:u64=0', GuardRegion),
     'PagemapRun': ('PagemapRun@0x0301 owner_kind:u8=0 flags:u8=0 owner:u32=0 vaddr:u64=0 nr_pages:u64=0 data_offset:u64=0', PagemapRun),
     'PathObj': ('PathObj@0x0501 id:u32=0 kind:u8=0 flags:u32=0 mode:u32=0 uid:u32=0 gid:u32=0 nlink:u32=0 mnt_id:u32=0 size:u64=0 mtime_ns:u64=0 ino:u64=0 dev:u64=0 rdev:u64=0 path:text contents:blob', PathObj),
     'RegFile': ('RegFile@0x0502 id:u32=0 path_id:u32=0 flags:u32=0 fown_pid:i32=0 fown_signum:u32=0 pos:u64=0', RegFile),

@@ -1,7 +1,7 @@
 """Every record type of image format 1.6 (1.0; NsCreds and UserNs since 1.1, a VE's user
 namespace; Owner since 1.2; the CHAIN section with its Parent record and the PREDUMP
 header flag since 1.3: incremental images; socket records 1.4; ThreadSched and TaskExtra
-1.5; PidFd, FileOwner and LockKind.LEASE 1.6).  Declarations only: no logic lives here.
+1.5; PidFd, FileOwner, GuardRegion and LockKind.LEASE 1.6).  Declarations only: no logic lives here.
 
 A record's tag is u16; its high byte is the section type that holds it (0x00 = the
 container itself).  Retired tags stay in RETIRED_TAGS forever so a number is never
@@ -374,6 +374,7 @@ class VmaKind(enum.IntEnum):
     VVAR_VCLOCK = 8
     VSYSCALL = 9
     PACKET_RING = 10  # (1.4) the rings of the packet socket description `file_id`
+    AIO_RING = 11  # (1.6) an AIO context's ring (io_setup); its id is `start`
 
 
 class VmFlags(enum.IntFlag):
@@ -412,6 +413,16 @@ class ShmemKind(enum.IntEnum):
     SHARED_ANON = 1
     MEMFD = 2
     SYSV = 3
+
+
+@record(0x0204)
+class GuardRegion(Record):
+    """Pages of a process's mapping made guard pages (MADV_GUARD_INSTALL; format 1.6): no
+    data, every access faults.  Restore installs them again once the pages are written."""
+
+    pid: int = u32()
+    start: int = u64()
+    end: int = u64()
 
 
 @record(0x0203)

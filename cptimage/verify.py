@@ -459,6 +459,7 @@ REFERENCES: list[tuple[str, str, str, bool]] = [
             "TaskExtra",
             "Owner",
             "FileOwner",
+            "GuardRegion",
         )
     ),
     ("SeccompFilter", "tid", "tid", True),
@@ -742,6 +743,20 @@ class _Structure:
                     self.bad(
                         r, f"{field} {v} refers to no {_NOUNS.get(space, SPACES[space][0][0])}"
                     )
+
+    def _guards(self) -> None:
+        """A GuardRegion: page-aligned, not empty, inside one private Vma of its process."""
+        if not self.readable("GuardRegion", "Vma"):
+            return
+        vmas: dict[int, list[Any]] = defaultdict(list)
+        for r in self.recs.get("Vma", []):
+            vmas[r.rec.pid].append(r.rec)
+        for r in self.recs.get("GuardRegion", []):
+            g = r.rec
+            if g.start % self.ps or g.end % self.ps or g.start >= g.end:
+                self.bad(r, f"guard region {g.start:#x}-{g.end:#x} is not whole pages")
+            elif not any(v.start <= g.start and g.end <= v.end for v in vmas[g.pid]):
+                self.bad(r, f"guard region {g.start:#x}-{g.end:#x} is in no mapping of its process")
 
     def _unique_per(self, name: str, key: Callable[[Any], Any], message: str) -> None:
         seen: set[Any] = set()
@@ -1149,6 +1164,7 @@ class _Structure:
                     self.bad(r, f"fd {lk.fd} of process {lk.pid} is not in the image")
                 elif got != lk.file_id:
                     self.bad(r, f"fd {lk.fd} of process {lk.pid} is description {got}")
+        self._guards()
         self._unique_per("FileOwner", lambda o: o.file_id, "description {} has two owners")
         for r in self.recs.get("FileOwner", []):
             if r.rec.signum > NSIG:

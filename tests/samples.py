@@ -1026,14 +1026,15 @@ def sockets_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
 # --------------------------------------------------------------------------- format 1.6
 
 # the record types format 1.6 added (pidfds, fd owners): the older goldens lack them
-FD_RECORDS_1_6 = ("PidFd", "FileOwner")
+FD_RECORDS_1_6 = ("PidFd", "FileOwner", "GuardRegion")
 
 
 def fds_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
     """Format 1.6: the tree with pidfds (of process 101, shared by two fds; of thread 102,
     non-blocking; of a process reaped before the dump), a pipe with O_ASYNC whose signals go
-    to process 100 as SIGRTMIN+1, the socket's to the group 100, and a read lease on the
-    log file (LockKind.LEASE)."""
+    to process 100 as SIGRTMIN+1, the socket's to the group 100, a read lease on the log
+    file (LockKind.LEASE), a guard page in the heap of process 101 and an AIO ring of
+    process 103 (VmaKind.AIO_RING)."""
     tree = _Tree(0)
     extra = [
         R.PidFd(id=20, flags=0o2, pid=101),
@@ -1043,9 +1044,19 @@ def fds_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
         R.FileOwner(file_id=5, pid=101, fd=5, owner_type=R.OwnerType.PGRP, owner=100),
         R.FileLock(pid=103, fd=3, file_id=4, kind=R.LockKind.LEASE),
     ]
+    aio = R.Vma(
+        pid=103, kind=R.VmaKind.AIO_RING, prot=3, flags=1,
+        start=0x7F0000200000, end=0x7F0000202000, vmflags=R.VmFlags.DONTFORK,
+    )  # fmt: skip
     with ImageWriter(out, header(), minor=minor) as w:
         w.add_section(R.SectionType.PROCESS, [*tree.process(), owner_record()])
-        w.add_section(R.SectionType.MM, tree.mm())
+        w.add_section(
+            R.SectionType.MM,
+            [
+                *tree.mm(extra=(aio,)),
+                R.GuardRegion(pid=101, start=0x406000, end=0x407000),
+            ],
+        )
         w.add_section(R.SectionType.FILES, tree.files() + extra)
         w.add_section(
             R.SectionType.FDS,

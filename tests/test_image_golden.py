@@ -75,6 +75,11 @@ def test_goldens_cover_the_format() -> None:
         if r["record"] == "FileLock" and r["kind"] == "LEASE"
     ]  # fmt: skip
     assert leases, "a lease (LockKind 4, format 1.6)"
+    rings = [
+        r for s in fds["sections"] for r in s.get("records", [])
+        if r["record"] == "Vma" and r["kind"] == "AIO_RING"
+    ]  # fmt: skip
+    assert rings, "an AIO ring (VmaKind 11, format 1.6)"
     extra = json.loads((GOLDEN / "task-extra.json").read_text())
     assert extra["version"] == [1, 5]
     assert samples.missing_record_types(extra) & {"ThreadSched", "TaskExtra"} == set()

@@ -40,7 +40,7 @@ from .ipc import IpcDumper
 from .mm import dump_mm, dump_vmas, ring_socket_fd
 from .options import DumpOptions
 from .output import ImageOutput
-from .pages import PageDumper
+from .pages import PageDumper, guard_regions
 from .paths import PathTable
 from .probe import probe
 from .pstree import TaskInfo, process_record
@@ -224,6 +224,7 @@ class Dumper:
             dump_mm(pid, proc.stat(pid), proc.auxv(pid), pr, self.paths)
         )
         self.recs[SectionType.MM] += vmas
+        self.recs[SectionType.MM] += guard_regions(pid, vmas)
         self.vmas[pid] = vmas
         infos = proc.fdinfos(pid)
         for fd, ft in sorted(proc.fd_targets(pid).items()):

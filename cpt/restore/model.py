@@ -13,6 +13,7 @@ from cptimage.records import (
     Fd,
     FileLock,
     FileOwner,
+    GuardRegion,
     Header,
     HeaderFlags,
     InotifyWatch,
@@ -83,6 +84,7 @@ class ProcImage:
     timers: list[PosixTimer] = dataclasses.field(default_factory=list)
     mm: Mm | None = None
     vmas: list[Vma] = dataclasses.field(default_factory=list)
+    guards: list[GuardRegion] = dataclasses.field(default_factory=list)
     runs: list[PagemapRun] = dataclasses.field(default_factory=list)
     fds: list[Fd] = dataclasses.field(default_factory=list)
     children: list[int] = dataclasses.field(default_factory=list)
@@ -113,6 +115,7 @@ _LISTS = {
     PendingSignal: "pending",
     PosixTimer: "timers",
     Vma: "vmas",
+    GuardRegion: "guards",
     Fd: "fds",
 }
 
