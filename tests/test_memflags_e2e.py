@@ -77,3 +77,19 @@ def test_memflags_leave_running(workloads, cpt, tmp_path: Path) -> None:
     assert len(guards(tmp_path / "memflags.img")) == 2
     with reaping(wl):
         assert wl.finish() == "PASS"
+
+
+def test_memflags_run_from_a_memfd(workloads, cpt, tmp_path: Path) -> None:
+    """A process started by exec of a memfd (fexecve): its exe and its code are the memfd's
+    after restore as before (the workload checks /proc/self/exe and where its code is)."""
+    wl = workloads.start("memflags", env={"CPT_WL_MEMFD_EXEC": "1"})
+    wl.wait_counter()
+    exe = os.readlink(f"/proc/{wl.pid}/exe")
+    assert exe == "/memfd:memflags (deleted)", exe
+    img = tmp_path / "memflags.img"
+    checkpoint(cpt, wl, img)
+    restore(cpt, wl, img)
+    assert os.readlink(f"/proc/{wl.pid}/exe") == exe
+    wl.wait_counter()
+    with reaping(wl):
+        assert wl.finish() == "PASS"
