@@ -1,7 +1,7 @@
 """Every record type of image format 1.6 (1.0; NsCreds and UserNs since 1.1, a VE's user
 namespace; Owner since 1.2; the CHAIN section with its Parent record and the PREDUMP
 header flag since 1.3: incremental images; socket records 1.4; ThreadSched and TaskExtra
-1.5; PidFd, FileOwner, GuardRegion and LockKind.LEASE 1.6).  Declarations only: no logic lives here.
+1.5; PidFd, FileOwner, GuardRegion, SeccompStrict, VmaKind.AIO_RING and LockKind.LEASE 1.6).  Declarations only: no logic lives here.
 
 A record's tag is u16; its high byte is the section type that holds it (0x00 = the
 container itself).  Retired tags stay in RETIRED_TAGS forever so a number is never
@@ -335,6 +335,16 @@ class TaskExtra(Record):
     loginuid: int = u32(0xFFFFFFFF)
     stop_signal: int = u32()
     membarrier: int = u32()
+
+
+@record(0x01C2)
+class SeccompStrict(Record):
+    """A thread in strict seccomp mode (SECCOMP_MODE_STRICT; format 1.6): only read, write,
+    _exit and sigreturn.  Restore enters the mode again in that thread; the injected calls
+    after it run with seccomp suspended for the tracer."""
+
+    pid: int = u32()
+    tid: int = u32()
 
 
 # --------------------------------------------------------------------------- MM

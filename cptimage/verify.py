@@ -449,6 +449,7 @@ REFERENCES: list[tuple[str, str, str, bool]] = [
             "Itimers",
             "PosixTimer",
             "SeccompFilter",
+            "SeccompStrict",
             "PendingSignal",
             "Mm",
             "Vma",
@@ -1035,12 +1036,17 @@ class _Structure:
             ("ThreadSched", "tid"),
             ("PendingSignal", "tid"),
             ("SeccompFilter", "tid"),
+            ("SeccompStrict", "tid"),
             ("PosixTimer", "notify_tid"),
         ):
             for r in self.recs.get(name, []):
                 tid = getattr(r.rec, field)
                 if tid and r.rec.pid in tids and tid not in tids[r.rec.pid]:
                     self.bad(r, f"{field} {tid} is not a thread of process {r.rec.pid}")
+        filtered = {(r.rec.pid, r.rec.tid) for r in self.recs.get("SeccompFilter", [])}
+        for r in self.recs.get("SeccompStrict", []):
+            if (r.rec.pid, r.rec.tid) in filtered:
+                self.bad(r, f"thread {r.rec.tid} has seccomp filters and strict mode")
         for r in self.recs.get("PendingSignal", []):
             if not 1 <= r.rec.signo <= NSIG:
                 self.bad(r, f"signo {r.rec.signo} is no signal")

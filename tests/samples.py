@@ -1025,16 +1025,16 @@ def sockets_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
 
 # --------------------------------------------------------------------------- format 1.6
 
-# the record types format 1.6 added (pidfds, fd owners): the older goldens lack them
-FD_RECORDS_1_6 = ("PidFd", "FileOwner", "GuardRegion")
+# the record types format 1.6 added: the older goldens lack them
+RECORDS_1_6 = ("PidFd", "FileOwner", "GuardRegion", "SeccompStrict")
 
 
 def fds_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
     """Format 1.6: the tree with pidfds (of process 101, shared by two fds; of thread 102,
     non-blocking; of a process reaped before the dump), a pipe with O_ASYNC whose signals go
     to process 100 as SIGRTMIN+1, the socket's to the group 100, a read lease on the log
-    file (LockKind.LEASE), a guard page in the heap of process 101 and an AIO ring of
-    process 103 (VmaKind.AIO_RING)."""
+    file (LockKind.LEASE), a guard page in the heap of process 101, an AIO ring of
+    process 103 (VmaKind.AIO_RING) and thread 102 in strict seccomp mode."""
     tree = _Tree(0)
     extra = [
         R.PidFd(id=20, flags=0o2, pid=101),
@@ -1049,7 +1049,10 @@ def fds_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
         start=0x7F0000200000, end=0x7F0000202000, vmflags=R.VmFlags.DONTFORK,
     )  # fmt: skip
     with ImageWriter(out, header(), minor=minor) as w:
-        w.add_section(R.SectionType.PROCESS, [*tree.process(), owner_record()])
+        w.add_section(
+            R.SectionType.PROCESS,
+            [*tree.process(), owner_record(), R.SeccompStrict(pid=101, tid=102)],
+        )
         w.add_section(
             R.SectionType.MM,
             [

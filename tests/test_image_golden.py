@@ -65,11 +65,11 @@ def test_goldens_cover_the_format() -> None:
     every = json.loads((GOLDEN / "every-record.json").read_text())
     assert every["version"] == [1, 0]
     every_missing = {"NsCreds", "UserNs", "Owner", "Parent", "ThreadSched", "TaskExtra"}
-    every_missing |= set(samples.SOCKET_RECORDS_1_4) | set(samples.FD_RECORDS_1_6)
+    every_missing |= set(samples.SOCKET_RECORDS_1_4) | set(samples.RECORDS_1_6)
     assert samples.missing_record_types(every) == every_missing, "1.1 ... 1.6"
     fds = json.loads((GOLDEN / "fds-1.6.json").read_text())
     assert fds["version"] == [1, 6]
-    assert not set(samples.FD_RECORDS_1_6) & samples.missing_record_types(fds)
+    assert not set(samples.RECORDS_1_6) & samples.missing_record_types(fds)
     leases = [
         r for s in fds["sections"] for r in s.get("records", [])
         if r["record"] == "FileLock" and r["kind"] == "LEASE"

@@ -573,6 +573,15 @@ _MOUNT = dict(mnt_id=1, parent_id=0, mountpoint="/", root="/", fstype="ext4")
         (_add(F, R.FileLock(pid=10, fd=0, file_id=1, kind=9)), "kind=9 is not a known LockKind"),
         (_add(F, R.FileOwner(file_id=1, pid=10, fd=5, owner=10)), "fd 5 of process 10 is not in"),
         (_add(F, R.FileOwner(file_id=1, pid=10, fd=0, signum=70)), "signum 70 is no signal"),
+        (_add(P, R.SeccompStrict(pid=10, tid=99)), "tid 99 is not a thread of process 10"),
+        (
+            _add(
+                P,
+                R.SeccompFilter(pid=10, tid=10, program=bytes(8)),
+                R.SeccompStrict(pid=10, tid=10),
+            ),
+            "thread 10 has seccomp filters and strict mode",
+        ),
         (_add(M, R.GuardRegion(pid=10, start=0x1000, end=0x1800)), "is not whole pages"),
         (_add(M, R.GuardRegion(pid=10, start=0x8000, end=0x9000)), "is in no mapping of its"),
         (_add(M, R.GuardRegion(pid=12, start=0x1000, end=0x2000)), "pid 12"),

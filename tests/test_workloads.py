@@ -194,6 +194,7 @@ SABOTAGE = [
     ("memflags", "lock", "locked: VmFlags lack 'lo'"),
     ("memflags", "wipe", "wipeonfork: the forked child reads bytes that are not zero"),
     ("aio", "ctx", "context a: [aio] mapping of 0 bytes"),
+    ("strict", "echo", "echo 3 from thread S is 'e', want 'f'"),
 ]
 
 

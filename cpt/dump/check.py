@@ -27,8 +27,6 @@ def unsupported_process(pid: int, proc: Proc, opts: DumpOptions) -> list[str]:
     status = proc.status(pid)
     if status.tracer_pid and status.tracer_pid != os.getpid():
         out.append(f"process {pid} is traced by process {status.tracer_pid} (a debugger?)")
-    if status.seccomp == 1:
-        out.append(f"process {pid} runs in strict seccomp mode, which cannot be restored")
     out += unsupported_timers(pid, proc)
     out += unsupported_locks(pid, proc, opts)
     for fd, ft in proc.fd_targets(pid).items():

@@ -217,7 +217,7 @@ class Dumper:
         rec.append(dump_itimers(pid, pr))
         rec += dump_sched(pid, info.tracees)
         rec.append(dump_task_extra(pid, info.tracees, pr, proc))
-        rec += dump_seccomp(pid, info.tracees, status.seccomp)
+        rec += dump_seccomp(pid, info.tracees, status.seccomp, proc)
         rec += dump_pending(pid, info.tracees)
         rec += dump_timers(pid, info.tracees, proc, [(v.start, v.end) for v in maps])
         self.recs[SectionType.MM].append(

@@ -41,6 +41,7 @@ from cptimage.records import (
     ProcessState,
     Rlimits,
     SeccompFilter,
+    SeccompStrict,
     SectionType,
     ShmemObject,
     Sigactions,
@@ -80,6 +81,7 @@ class ProcImage:
     extra: TaskExtra | None = None
     sched: list[ThreadSched] = dataclasses.field(default_factory=list)
     seccomp: list[SeccompFilter] = dataclasses.field(default_factory=list)
+    strict: list[SeccompStrict] = dataclasses.field(default_factory=list)  # threads
     pending: list[PendingSignal] = dataclasses.field(default_factory=list)
     timers: list[PosixTimer] = dataclasses.field(default_factory=list)
     mm: Mm | None = None
@@ -112,6 +114,7 @@ _LISTS = {
     Thread: "threads",
     ThreadSched: "sched",
     SeccompFilter: "seccomp",
+    SeccompStrict: "strict",
     PendingSignal: "pending",
     PosixTimer: "timers",
     Vma: "vmas",
