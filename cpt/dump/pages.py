@@ -111,7 +111,13 @@ def guard_regions(pid: int, vmas: list[Vma]) -> list[GuardRegion]:
         )
     finally:
         os.close(fd)
-    return [GuardRegion(pid=pid, start=s, end=e) for s, e, _ in found]
+    out = []
+    for s, e, _ in found:  # adjacent regions come merged: one record per mapping
+        for v in span:
+            lo, hi = max(s, v.start), min(e, v.end)
+            if lo < hi:
+                out.append(GuardRegion(pid=pid, start=lo, end=hi))
+    return out
 
 
 def dumpable(v: Vma) -> bool:
