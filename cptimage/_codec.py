@@ -1627,6 +1627,57 @@ def TaskExtra(_cls, _items):
     return __init__, __repr__, __eq__, encode, decode
 
 
+_S_SeccompStrict = _Struct('<LL')
+
+
+def SeccompStrict(_cls, _items):
+    """The record SeccompStrict (tag 0x01c2, fixed part 8 bytes)."""
+    _new = object.__new__
+    _pack = _S_SeccompStrict.pack
+    _unpack = _S_SeccompStrict.unpack
+    _get_fixed = _attrgetter('pid', 'tid')
+
+    def __init__(self, pid=0, tid=0):
+        self.pid = pid
+        self.tid = tid
+
+    __repr__, __eq__ = _repr_eq(('pid', 'tid'))
+
+    def encode(self):
+        vals = _get_fixed(self)
+        try:
+            fixed = _pack(*vals)
+        except (_StructError, TypeError) as e:
+            raise ImageError(f"cannot encode SeccompStrict: {e}", record="SeccompStrict") from None
+        ext_fixed, ext_var = getattr(self, "_ext", _NO_EXT)
+        fixed += ext_fixed
+        out = []
+        out.append(ext_var)
+        body = b"".join(out)
+        n = len(fixed)
+        size = 8 + n + len(body)
+        if n > 0xFFFF:
+            raise ImageError("fixed part exceeds 65535 bytes", record="SeccompStrict")
+        return _RHDR(size, 0x01c2, n) + fixed + body + _PADS[size & 7]
+
+    def decode(fixed, var):
+        if len(fixed) == 8:
+            ext_fixed = b""
+        else:
+            fixed, ext_fixed = _fit(fixed, 8)
+        (f_pid, f_tid,) = _unpack(fixed)
+        end = len(var)
+        pos = 0
+        o = _new(_cls)
+        o.pid = f_pid
+        o.tid = f_tid
+        if pos < end or ext_fixed:
+            o._ext = (ext_fixed, var[pos:])
+        return o
+
+    return __init__, __repr__, __eq__, encode, decode
+
+
 _S_Mm = _Struct('<LLLQQQQQQQQQQQ')
 
 
@@ -1863,6 +1914,59 @@ def ShmemObject(_cls, _items):
         o.size = f_size
         o.ino = f_ino
         o.name = f_name
+        if pos < end or ext_fixed:
+            o._ext = (ext_fixed, var[pos:])
+        return o
+
+    return __init__, __repr__, __eq__, encode, decode
+
+
+_S_GuardRegion = _Struct('<LQQ')
+
+
+def GuardRegion(_cls, _items):
+    """The record GuardRegion (tag 0x0204, fixed part 20 bytes)."""
+    _new = object.__new__
+    _pack = _S_GuardRegion.pack
+    _unpack = _S_GuardRegion.unpack
+    _get_fixed = _attrgetter('pid', 'start', 'end')
+
+    def __init__(self, pid=0, start=0, end=0):
+        self.pid = pid
+        self.start = start
+        self.end = end
+
+    __repr__, __eq__ = _repr_eq(('pid', 'start', 'end'))
+
+    def encode(self):
+        vals = _get_fixed(self)
+        try:
+            fixed = _pack(*vals)
+        except (_StructError, TypeError) as e:
+            raise ImageError(f"cannot encode GuardRegion: {e}", record="GuardRegion") from None
+        ext_fixed, ext_var = getattr(self, "_ext", _NO_EXT)
+        fixed += ext_fixed
+        out = []
+        out.append(ext_var)
+        body = b"".join(out)
+        n = len(fixed)
+        size = 8 + n + len(body)
+        if n > 0xFFFF:
+            raise ImageError("fixed part exceeds 65535 bytes", record="GuardRegion")
+        return _RHDR(size, 0x0204, n) + fixed + body + _PADS[size & 7]
+
+    def decode(fixed, var):
+        if len(fixed) == 20:
+            ext_fixed = b""
+        else:
+            fixed, ext_fixed = _fit(fixed, 20)
+        (f_pid, f_start, f_end,) = _unpack(fixed)
+        end = len(var)
+        pos = 0
+        o = _new(_cls)
+        o.pid = f_pid
+        o.start = f_start
+        o.end = f_end
         if pos < end or ext_fixed:
             o._ext = (ext_fixed, var[pos:])
         return o
@@ -3175,6 +3279,118 @@ def MemfdFile(_cls, _items):
         o.shmem_id = f_shmem_id
         o.flags = f_flags
         o.pos = f_pos
+        if pos < end or ext_fixed:
+            o._ext = (ext_fixed, var[pos:])
+        return o
+
+    return __init__, __repr__, __eq__, encode, decode
+
+
+_S_PidFd = _Struct('<LLl')
+
+
+def PidFd(_cls, _items):
+    """The record PidFd (tag 0x0513, fixed part 12 bytes)."""
+    _new = object.__new__
+    _pack = _S_PidFd.pack
+    _unpack = _S_PidFd.unpack
+    _get_fixed = _attrgetter('id', 'flags', 'pid')
+
+    def __init__(self, id=0, flags=0, pid=0):
+        self.id = id
+        self.flags = flags
+        self.pid = pid
+
+    __repr__, __eq__ = _repr_eq(('id', 'flags', 'pid'))
+
+    def encode(self):
+        vals = _get_fixed(self)
+        try:
+            fixed = _pack(*vals)
+        except (_StructError, TypeError) as e:
+            raise ImageError(f"cannot encode PidFd: {e}", record="PidFd") from None
+        ext_fixed, ext_var = getattr(self, "_ext", _NO_EXT)
+        fixed += ext_fixed
+        out = []
+        out.append(ext_var)
+        body = b"".join(out)
+        n = len(fixed)
+        size = 8 + n + len(body)
+        if n > 0xFFFF:
+            raise ImageError("fixed part exceeds 65535 bytes", record="PidFd")
+        return _RHDR(size, 0x0513, n) + fixed + body + _PADS[size & 7]
+
+    def decode(fixed, var):
+        if len(fixed) == 12:
+            ext_fixed = b""
+        else:
+            fixed, ext_fixed = _fit(fixed, 12)
+        (f_id, f_flags, f_pid,) = _unpack(fixed)
+        end = len(var)
+        pos = 0
+        o = _new(_cls)
+        o.id = f_id
+        o.flags = f_flags
+        o.pid = f_pid
+        if pos < end or ext_fixed:
+            o._ext = (ext_fixed, var[pos:])
+        return o
+
+    return __init__, __repr__, __eq__, encode, decode
+
+
+_S_FileOwner = _Struct('<LLLBLL')
+
+
+def FileOwner(_cls, _items):
+    """The record FileOwner (tag 0x0514, fixed part 21 bytes)."""
+    _new = object.__new__
+    _pack = _S_FileOwner.pack
+    _unpack = _S_FileOwner.unpack
+    _get_fixed = _attrgetter('file_id', 'pid', 'fd', 'owner_type', 'owner', 'signum')
+
+    def __init__(self, file_id=0, pid=0, fd=0, owner_type=0, owner=0, signum=0):
+        self.file_id = file_id
+        self.pid = pid
+        self.fd = fd
+        self.owner_type = owner_type
+        self.owner = owner
+        self.signum = signum
+
+    __repr__, __eq__ = _repr_eq(('file_id', 'pid', 'fd', 'owner_type', 'owner', 'signum'))
+
+    def encode(self):
+        vals = _get_fixed(self)
+        try:
+            fixed = _pack(*vals)
+        except (_StructError, TypeError) as e:
+            raise ImageError(f"cannot encode FileOwner: {e}", record="FileOwner") from None
+        ext_fixed, ext_var = getattr(self, "_ext", _NO_EXT)
+        fixed += ext_fixed
+        out = []
+        out.append(ext_var)
+        body = b"".join(out)
+        n = len(fixed)
+        size = 8 + n + len(body)
+        if n > 0xFFFF:
+            raise ImageError("fixed part exceeds 65535 bytes", record="FileOwner")
+        return _RHDR(size, 0x0514, n) + fixed + body + _PADS[size & 7]
+
+    def decode(fixed, var):
+        if len(fixed) == 21:
+            ext_fixed = b""
+        else:
+            fixed, ext_fixed = _fit(fixed, 21)
+        (f_file_id, f_pid, f_fd, f_owner_type, f_owner, f_signum,) = _unpack(fixed)
+        end = len(var)
+        pos = 0
+        o = _new(_cls)
+        o.file_id = f_file_id
+        o.pid = f_pid
+        o.fd = f_fd
+        o.owner_type = f_owner_type
+        o.owner = f_owner
+        o.signum = f_signum
         if pos < end or ext_fixed:
             o._ext = (ext_fixed, var[pos:])
         return o
@@ -4896,9 +5112,11 @@ RECORDS = {
     'Owner': ('Owner@0x010c pid:u32=0 uid:u32=0 euid:u32=0 suid:u32=0 fsuid:u32=0 gid:u32=0 egid:u32=0 sgid:u32=0 fsgid:u32=0 cap_inh:u64=0 cap_prm:u64=0 cap_eff:u64=0 cap_bnd:u64=0 cap_amb:u64=0 securebits:u32=0 no_new_privs:u8=0 groups:u32s', Owner),
     'ThreadSched': ('ThreadSched@0x01c0 pid:u32=0 tid:u32=0 policy:u32=0 flags:u32=0 nice:i32=0 priority:u32=0 runtime_ns:u64=0 deadline_ns:u64=0 period_ns:u64=0', ThreadSched),
     'TaskExtra': ('TaskExtra@0x01c1 pid:u32=0 loginuid:u32=4294967295 stop_signal:u32=0 membarrier:u32=0', TaskExtra),
+    'SeccompStrict': ('SeccompStrict@0x01c2 pid:u32=0 tid:u32=0', SeccompStrict),
     'Mm': ('Mm@0x0201 pid:u32=0 exe_id:u32=0 flags:u32=0 start_code:u64=0 end_code:u64=0 start_data:u64=0 end_data:u64=0 start_brk:u64=0 brk:u64=0 start_stack:u64=0 arg_start:u64=0 arg_end:u64=0 env_start:u64=0 env_end:u64=0 auxv:u64s', Mm),
     'Vma': ('Vma@0x0202 pid:u32=0 kind:u8=0 prot:u8=0 flags:u32=0 start:u64=0 end:u64=0 pgoff:u64=0 vmflags:u64=0 file_id:u32=0 shmem_id:u32=0 name:text', Vma),
     'ShmemObject': ('ShmemObject@0x0203 id:u32=0 kind:u8=0 seals:u32=0 flags:u32=0 size:u64=0 ino:u64=0 name:text', ShmemObject),
+    'GuardRegion': ('GuardRegion@0x0204 pid:u32=0 start:u64=0 end:u64=0', GuardRegion),
     'PagemapRun': ('PagemapRun@0x0301 owner_kind:u8=0 flags:u8=0 owner:u32=0 vaddr:u64=0 nr_pages:u64=0 data_offset:u64=0', PagemapRun),
     'PathObj': ('PathObj@0x0501 id:u32=0 kind:u8=0 flags:u32=0 mode:u32=0 uid:u32=0 gid:u32=0 nlink:u32=0 mnt_id:u32=0 size:u64=0 mtime_ns:u64=0 ino:u64=0 dev:u64=0 rdev:u64=0 path:text contents:blob', PathObj),
     'RegFile': ('RegFile@0x0502 id:u32=0 path_id:u32=0 flags:u32=0 fown_pid:i32=0 fown_signum:u32=0 pos:u64=0', RegFile),
@@ -4918,6 +5136,8 @@ RECORDS = {
     'FileLock': ('FileLock@0x0510 pid:u32=0 fd:u32=0 file_id:u32=0 kind:u8=0 write:u8=0 start:u64=0 length:u64=0', FileLock),
     'TtyInfo': ('TtyInfo@0x0511 id:u32=0 index:u32=0 sid:u32=0 pgrp:u32=0 locked:u8=0 packet_mode:u8=0 exclusive:u8=0 ws_row:u16=0 ws_col:u16=0 ws_xpixel:u16=0 ws_ypixel:u16=0 termios:blob flags:u32=0 data:blob', TtyInfo),
     'MemfdFile': ('MemfdFile@0x0512 id:u32=0 shmem_id:u32=0 flags:u32=0 pos:u64=0', MemfdFile),
+    'PidFd': ('PidFd@0x0513 id:u32=0 flags:u32=0 pid:i32=0', PidFd),
+    'FileOwner': ('FileOwner@0x0514 file_id:u32=0 pid:u32=0 fd:u32=0 owner_type:u8=0 owner:u32=0 signum:u32=0', FileOwner),
     'SockOpts': ('SockOpts@0x05a0 file_id:u32=0 keys:u64s values:blobs', SockOpts),
     'UnixBind': ('UnixBind@0x05a1 file_id:u32=0 flags:u32=0 dir:text', UnixBind),
     'UnixScm': ('UnixScm@0x05a2 file_id:u32=0 index:u32=0 flags:u32=0 pid:u32=0 uid:u32=0 gid:u32=0 fds:u32s', UnixScm),

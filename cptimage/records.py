@@ -1,6 +1,7 @@
-"""Every record type of image format 1.3 (1.0; NsCreds and UserNs since 1.1, a VE's user
+"""Every record type of image format 1.6 (1.0; NsCreds and UserNs since 1.1, a VE's user
 namespace; Owner since 1.2; the CHAIN section with its Parent record and the PREDUMP
-header flag since 1.3: incremental images).  Declarations only: no logic lives here.
+header flag since 1.3: incremental images; socket records 1.4; ThreadSched and TaskExtra
+1.5; PidFd, FileOwner, GuardRegion, SeccompStrict, VmaKind.AIO_RING and LockKind.LEASE 1.6).  Declarations only: no logic lives here.
 
 A record's tag is u16; its high byte is the section type that holds it (0x00 = the
 container itself).  Retired tags stay in RETIRED_TAGS forever so a number is never
@@ -336,6 +337,16 @@ class TaskExtra(Record):
     membarrier: int = u32()
 
 
+@record(0x01C2)
+class SeccompStrict(Record):
+    """A thread in strict seccomp mode (SECCOMP_MODE_STRICT; format 1.6): only read, write,
+    _exit and sigreturn.  Restore enters the mode again in that thread; the injected calls
+    after it run with seccomp suspended for the tracer."""
+
+    pid: int = u32()
+    tid: int = u32()
+
+
 # --------------------------------------------------------------------------- MM
 
 
@@ -373,6 +384,7 @@ class VmaKind(enum.IntEnum):
     VVAR_VCLOCK = 8
     VSYSCALL = 9
     PACKET_RING = 10  # (1.4) the rings of the packet socket description `file_id`
+    AIO_RING = 11  # (1.6) an AIO context's ring (io_setup); its id is `start`
 
 
 class VmFlags(enum.IntFlag):
@@ -411,6 +423,16 @@ class ShmemKind(enum.IntEnum):
     SHARED_ANON = 1
     MEMFD = 2
     SYSV = 3
+
+
+@record(0x0204)
+class GuardRegion(Record):
+    """Pages of a process's mapping made guard pages (MADV_GUARD_INSTALL; format 1.6): no
+    data, every access faults.  Restore installs them again once the pages are written."""
+
+    pid: int = u32()
+    start: int = u64()
+    end: int = u64()
 
 
 @record(0x0203)
@@ -702,6 +724,7 @@ class LockKind(enum.IntEnum):
     FLOCK = 1
     POSIX = 2
     OFD = 3
+    LEASE = 4  # 1.6: F_SETLEASE (write: a write lease), owned by the description
 
 
 @record(0x0510)
@@ -747,6 +770,38 @@ class MemfdFile(Record):
     shmem_id: int = u32()
     flags: int = u32()
     pos: int = u64()
+
+
+# --------------------------------------------------------------------------- FILES: 1.6
+
+
+@record(0x0513)
+class PidFd(Record):
+    """An open-file description of a pidfd (format 1.6)."""
+
+    id: int = u32()
+    flags: int = u32()  # file flags: O_NONBLOCK (PIDFD_NONBLOCK), O_EXCL (PIDFD_THREAD)
+    pid: int = i32()  # the process (a thread with PIDFD_THREAD) it refers to; -1: reaped
+
+
+class OwnerType(enum.IntEnum):
+    TID = 0  # F_OWNER_TID
+    PID = 1  # F_OWNER_PID
+    PGRP = 2  # F_OWNER_PGRP
+
+
+@record(0x0514)
+class FileOwner(Record):
+    """Who gets a description's signals (format 1.6): F_SETOWN_EX and F_SETSIG, set again
+    by the process `pid` through its fd `fd` (which also makes that fd the si_fd of SIGIO
+    when the description has O_ASYNC)."""
+
+    file_id: int = u32()
+    pid: int = u32()
+    fd: int = u32()
+    owner_type: int = u8(enum=OwnerType)
+    owner: int = u32()  # the thread, process or group; 0: no owner
+    signum: int = u32()  # F_SETSIG; 0: SIGIO
 
 
 # --------------------------------------------------------------------------- FILES: sockets (1.4)

@@ -434,6 +434,7 @@ DESCRIPTIONS = (
     "PosixMq",
     "PacketSocket",
     "NetlinkSocket",
+    "PidFd",
 )
 # (record, field, id space, 0 allowed)
 REFERENCES: list[tuple[str, str, str, bool]] = [
@@ -448,6 +449,7 @@ REFERENCES: list[tuple[str, str, str, bool]] = [
             "Itimers",
             "PosixTimer",
             "SeccompFilter",
+            "SeccompStrict",
             "PendingSignal",
             "Mm",
             "Vma",
@@ -457,6 +459,8 @@ REFERENCES: list[tuple[str, str, str, bool]] = [
             "ThreadSched",
             "TaskExtra",
             "Owner",
+            "FileOwner",
+            "GuardRegion",
         )
     ),
     ("SeccompFilter", "tid", "tid", True),
@@ -472,6 +476,7 @@ REFERENCES: list[tuple[str, str, str, bool]] = [
     ("Tty", "tty_id", "tty", True),
     ("Fd", "file_id", "file", False),
     ("FileLock", "file_id", "file", False),
+    ("FileOwner", "file_id", "file", False),
     ("SockOpts", "file_id", "file", False),
     ("UnixBind", "file_id", "file", False),
     ("UnixScm", "file_id", "file", False),
@@ -739,6 +744,20 @@ class _Structure:
                     self.bad(
                         r, f"{field} {v} refers to no {_NOUNS.get(space, SPACES[space][0][0])}"
                     )
+
+    def _guards(self) -> None:
+        """A GuardRegion: page-aligned, not empty, inside one private Vma of its process."""
+        if not self.readable("GuardRegion", "Vma"):
+            return
+        vmas: dict[int, list[Any]] = defaultdict(list)
+        for r in self.recs.get("Vma", []):
+            vmas[r.rec.pid].append(r.rec)
+        for r in self.recs.get("GuardRegion", []):
+            g = r.rec
+            if g.start % self.ps or g.end % self.ps or g.start >= g.end:
+                self.bad(r, f"guard region {g.start:#x}-{g.end:#x} is not whole pages")
+            elif not any(v.start <= g.start and g.end <= v.end for v in vmas[g.pid]):
+                self.bad(r, f"guard region {g.start:#x}-{g.end:#x} is in no mapping of its process")
 
     def _unique_per(self, name: str, key: Callable[[Any], Any], message: str) -> None:
         seen: set[Any] = set()
@@ -1017,12 +1036,17 @@ class _Structure:
             ("ThreadSched", "tid"),
             ("PendingSignal", "tid"),
             ("SeccompFilter", "tid"),
+            ("SeccompStrict", "tid"),
             ("PosixTimer", "notify_tid"),
         ):
             for r in self.recs.get(name, []):
                 tid = getattr(r.rec, field)
                 if tid and r.rec.pid in tids and tid not in tids[r.rec.pid]:
                     self.bad(r, f"{field} {tid} is not a thread of process {r.rec.pid}")
+        filtered = {(r.rec.pid, r.rec.tid) for r in self.recs.get("SeccompFilter", [])}
+        for r in self.recs.get("SeccompStrict", []):
+            if (r.rec.pid, r.rec.tid) in filtered:
+                self.bad(r, f"thread {r.rec.tid} has seccomp filters and strict mode")
         for r in self.recs.get("PendingSignal", []):
             if not 1 <= r.rec.signo <= NSIG:
                 self.bad(r, f"signo {r.rec.signo} is no signal")
@@ -1137,15 +1161,26 @@ class _Structure:
                 for r in self.recs.get(name, []):
                     if r.rec.id not in used:
                         self.bad(r, f"open-file description {r.rec.id} is in no fd table")
-        if self.readable("Fd", "FileLock"):
+        if self.readable("Fd", "FileLock", "FileOwner"):
             fds = {(r.rec.pid, r.rec.fd): r.rec.file_id for r in self.recs.get("Fd", [])}
-            for r in self.recs.get("FileLock", []):
+            for r in self.recs.get("FileLock", []) + self.recs.get("FileOwner", []):
                 lk = r.rec
                 got = fds.get((lk.pid, lk.fd))
                 if got is None:
                     self.bad(r, f"fd {lk.fd} of process {lk.pid} is not in the image")
                 elif got != lk.file_id:
                     self.bad(r, f"fd {lk.fd} of process {lk.pid} is description {got}")
+        self._guards()
+        self._unique_per("FileOwner", lambda o: o.file_id, "description {} has two owners")
+        for r in self.recs.get("FileOwner", []):
+            if r.rec.signum > NSIG:
+                self.bad(r, f"signum {r.rec.signum} is no signal")
+        if self.readable("PidFd", "Process", "Thread"):
+            tids = {r.rec.tid for r in self.recs.get("Thread", [])}
+            tids |= {r.rec.pid for r in self.recs.get("Process", [])}  # zombies have no Thread
+            for r in self.recs.get("PidFd", []):
+                if r.rec.pid != -1 and r.rec.pid not in tids:
+                    self.bad(r, f"pid {r.rec.pid} is no process or thread of the image")
         self._pipes()
         for r in self.recs.get("UnixSocket", []):
             if r.rec.type not in SOCK_TYPES_UNIX:

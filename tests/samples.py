@@ -1023,6 +1023,57 @@ def sockets_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
         w.add_section(R.SectionType.PAGEMAP, tree.pages(w))
 
 
+# --------------------------------------------------------------------------- format 1.6
+
+# the record types format 1.6 added: the older goldens lack them
+RECORDS_1_6 = ("PidFd", "FileOwner", "GuardRegion", "SeccompStrict")
+
+
+def fds_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
+    """Format 1.6: the tree with pidfds (of process 101, shared by two fds; of thread 102,
+    non-blocking; of a process reaped before the dump), a pipe with O_ASYNC whose signals go
+    to process 100 as SIGRTMIN+1, the socket's to the group 100, a read lease on the log
+    file (LockKind.LEASE), a guard page in the heap of process 101, an AIO ring of
+    process 103 (VmaKind.AIO_RING) and thread 102 in strict seccomp mode."""
+    tree = _Tree(0)
+    extra = [
+        R.PidFd(id=20, flags=0o2, pid=101),
+        R.PidFd(id=21, flags=0o2 | 0o4000 | 0o200, pid=102),
+        R.PidFd(id=22, flags=0o2, pid=-1),
+        R.FileOwner(file_id=3, pid=100, fd=4, owner_type=R.OwnerType.PID, owner=100, signum=35),
+        R.FileOwner(file_id=5, pid=101, fd=5, owner_type=R.OwnerType.PGRP, owner=100),
+        R.FileLock(pid=103, fd=3, file_id=4, kind=R.LockKind.LEASE),
+    ]
+    aio = R.Vma(
+        pid=103, kind=R.VmaKind.AIO_RING, prot=3, flags=1,
+        start=0x7F0000200000, end=0x7F0000202000, vmflags=R.VmFlags.DONTFORK,
+    )  # fmt: skip
+    with ImageWriter(out, header(), minor=minor) as w:
+        w.add_section(
+            R.SectionType.PROCESS,
+            [*tree.process(), owner_record(), R.SeccompStrict(pid=101, tid=102)],
+        )
+        w.add_section(
+            R.SectionType.MM,
+            [
+                *tree.mm(extra=(aio,)),
+                R.GuardRegion(pid=101, start=0x406000, end=0x407000),
+            ],
+        )
+        w.add_section(R.SectionType.FILES, tree.files() + extra)
+        w.add_section(
+            R.SectionType.FDS,
+            [
+                *tree.fds(),
+                R.Fd(pid=100, fd=10, file_id=20),
+                R.Fd(pid=100, fd=11, file_id=20, flags=1),
+                R.Fd(pid=101, fd=10, file_id=21, flags=1),
+                R.Fd(pid=103, fd=10, file_id=22),
+            ],
+        )
+        w.add_section(R.SectionType.PAGEMAP, tree.pages(w))
+
+
 # --------------------------------------------------------------------------- benchmarks
 
 
@@ -1164,6 +1215,7 @@ GOLDENS: dict[str, Callable[[BinaryIO], None]] = {
     "chain-final": _chain_final,
     "task-extra": lambda out: task_extra_image(out, minor=5),
     "sockets-1.4": lambda out: sockets_image(out, minor=4),
+    "fds-1.6": lambda out: fds_image(out, minor=6),
 }
 
 

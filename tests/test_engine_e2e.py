@@ -237,7 +237,10 @@ def test_unsupported_fd_is_refused_and_tree_untouched(cpt, socket_holder, tmp_pa
 @pytest.mark.parametrize(
     ("code", "expect"),
     [
-        ("import os, time; p = os.pidfd_open(os.getpid()); time.sleep(600)", "pidfd"),
+        (
+            "import os, time; p = os.pidfd_open(1); time.sleep(600)",
+            "a pidfd of process 1, which is outside the tree",
+        ),
         (
             "import ctypes, time; u = ctypes.CDLL(None).syscall(323, 0); time.sleep(600)",
             "userfaultfd",

@@ -245,16 +245,21 @@ def test_locks_refused_without_flag(workloads, cpt, tmp_path: Path) -> None:
         assert wl.finish() == "PASS", "refused before anything was frozen: nothing changed"
 
 
-def test_lease_refused(cpt, tmp_path: Path) -> None:
+def test_lease_being_broken_refused(cpt, tmp_path: Path) -> None:
+    """A lease another open is breaking cannot be carried (the open waits for it): refused,
+    naming it; the holder runs on.  A lease at rest is carried (tests/test_fdowner_e2e.py)."""
     code = (
-        "import fcntl; open(d + '/lease.dat', 'w').close(); "
-        "fd = os.open(d + '/lease.dat', os.O_RDONLY); fcntl.fcntl(fd, fcntl.F_SETLEASE, 0)"
-    )  # F_RDLCK
+        "import fcntl, signal; signal.signal(signal.SIGIO, signal.SIG_IGN); "
+        "open(d + '/lease.dat', 'w').close(); "
+        "fd = os.open(d + '/lease.dat', os.O_RDONLY); fcntl.fcntl(fd, fcntl.F_SETLEASE, 1)"
+    )  # F_WRLCK
     p = _holder(tmp_path, code)
     try:
+        with pytest.raises(BlockingIOError):  # starts the break, does not wait for it
+            os.open(tmp_path / "lease.dat", os.O_RDONLY | os.O_NONBLOCK)
         rc, _, err = cpt("chkpnt", "--pid", p.pid, "--dumpfile", tmp_path / "x.img", "--file-locks")
         assert rc == 16, err
-        assert f"process {p.pid} fd 3: holds a lease (READ) on {tmp_path}/lease.dat" in err, err
+        assert f"process {p.pid} fd 3: holds a lease on {tmp_path}/lease.dat being broken" in err
         assert p.poll() is None
     finally:
         kill_tree(p.pid)

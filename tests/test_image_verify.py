@@ -570,6 +570,30 @@ _MOUNT = dict(mnt_id=1, parent_id=0, mountpoint="/", root="/", fstype="ext4")
         (_set(D, 0, fd=2**31), "is beyond any fd table"),
         (_set(D, 0, flags=2), "FD_CLOEXEC is the only one"),
         (_add(F, R.FileLock(pid=10, fd=5, file_id=1, kind=1)), "fd 5 of process 10 is not in"),
+        (_add(F, R.FileLock(pid=10, fd=0, file_id=1, kind=9)), "kind=9 is not a known LockKind"),
+        (_add(F, R.FileOwner(file_id=1, pid=10, fd=5, owner=10)), "fd 5 of process 10 is not in"),
+        (_add(F, R.FileOwner(file_id=1, pid=10, fd=0, signum=70)), "signum 70 is no signal"),
+        (_add(P, R.SeccompStrict(pid=10, tid=99)), "tid 99 is not a thread of process 10"),
+        (
+            _add(
+                P,
+                R.SeccompFilter(pid=10, tid=10, program=bytes(8)),
+                R.SeccompStrict(pid=10, tid=10),
+            ),
+            "thread 10 has seccomp filters and strict mode",
+        ),
+        (_add(M, R.GuardRegion(pid=10, start=0x1000, end=0x1800)), "is not whole pages"),
+        (_add(M, R.GuardRegion(pid=10, start=0x8000, end=0x9000)), "is in no mapping of its"),
+        (_add(M, R.GuardRegion(pid=12, start=0x1000, end=0x2000)), "pid 12"),
+        (_add(F, *[R.FileOwner(file_id=1, pid=10, fd=0)] * 2), "description 1 has two owners"),
+        (
+            _add(F, R.FileOwner(file_id=1, pid=10, fd=0, owner_type=7)),
+            "owner_type=7 is not a known OwnerType",
+        ),
+        (
+            _both(_add(F, R.PidFd(id=6, pid=12)), _add(D, R.Fd(pid=10, fd=6, file_id=6))),
+            "pid 12 is no process or thread of the image",
+        ),
         (_both(_add(F, *_PIPE[:1]), _add(D, *_PIPE[1:])), "pipe inode 77 has no PipeData"),
         (_add(F, R.PipeData(ino=78)), "pipe inode 78 is no Pipe's or Fifo's"),
         (

@@ -190,6 +190,11 @@ SABOTAGE = [
     ("taskstate", "subreaper", "child_subreaper 0, want 1"),
     ("taskstate", "pdeathsig", "P did not report"),
     ("taskstate", "stopped", "is not stopped"),
+    ("memflags", "guard", "guard page 1: pagemap 0, guard bit clear"),
+    ("memflags", "lock", "locked: VmFlags lack 'lo'"),
+    ("memflags", "wipe", "wipeonfork: the forked child reads bytes that are not zero"),
+    ("aio", "ctx", "context a: [aio] mapping of 0 bytes"),
+    ("strict", "echo", "echo 3 from thread S is 'e', want 'f'"),
 ]
 
 

@@ -49,8 +49,8 @@ PYTHON_FLAGS = ("-E", "-s", "-B")  # no PYTHON* env, no user site, no .pyc in th
 
 C_WORKLOADS = ("counter", "tree", "threads", "memory", "files", "procstate", "restart", "sysvipc")
 C_WORKLOADS += ("eventfds", "epoll", "inotify", "ptimers", "seccomp_tsync", "novdso")
-C_WORKLOADS += ("pty", "ghost")  # locks (--file-locks) and ttyjob (a shell): tests of their own
-C_WORKLOADS += ("scale", "taskstate")
+C_WORKLOADS += ("pty", "ghost")  # locks, fdowner (--file-locks), ttyjob (a shell): own tests
+C_WORKLOADS += ("scale", "taskstate", "memflags", "aio", "strict")
 PY_WORKLOADS = ("counter.py", "pyscript", "shmem.py", "unixzoo", "sigstate", "procfiles")
 PY_WORKLOADS += ("sigign", "sockopts", "unixfid", "pktring")
 ALL_WORKLOADS = C_WORKLOADS + PY_WORKLOADS

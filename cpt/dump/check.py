@@ -14,6 +14,7 @@ from .fds import unsupported_fd
 from .locks import unsupported_locks
 from .mm import unsupported_vma
 from .options import DumpOptions
+from .pidfds import unsupported_pidfds
 from .pstree import TaskInfo, check_sessions
 from .sockets import unsupported_sockets
 from .timers import unsupported_timers
@@ -26,8 +27,6 @@ def unsupported_process(pid: int, proc: Proc, opts: DumpOptions) -> list[str]:
     status = proc.status(pid)
     if status.tracer_pid and status.tracer_pid != os.getpid():
         out.append(f"process {pid} is traced by process {status.tracer_pid} (a debugger?)")
-    if status.seccomp == 1:
-        out.append(f"process {pid} runs in strict seccomp mode, which cannot be restored")
     out += unsupported_timers(pid, proc)
     out += unsupported_locks(pid, proc, opts)
     for fd, ft in proc.fd_targets(pid).items():
@@ -68,6 +67,7 @@ def precheck(tree: dict[int, TaskInfo], root: int, proc: Proc, opts: DumpOptions
         except NoSuchProcess:
             continue
     problems += unsupported_sockets(tree, proc, opts)
+    problems += unsupported_pidfds(tree, proc)
     problems += tty_problems(tree, root, proc, opts)
     problems += namespace_problems(tree, root, proc)
     if opts.ve_id:

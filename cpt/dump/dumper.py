@@ -40,7 +40,7 @@ from .ipc import IpcDumper
 from .mm import dump_mm, dump_vmas, ring_socket_fd
 from .options import DumpOptions
 from .output import ImageOutput
-from .pages import PageDumper
+from .pages import PageDumper, guard_regions
 from .paths import PathTable
 from .probe import probe
 from .pstree import TaskInfo, process_record
@@ -100,6 +100,7 @@ class Dumper:
         self.files = FdTable(self.paths, opts)
         self.shmem = ShmemTable()
         self.files.ctx.cache["shmem"] = self.shmem
+        self.files.ctx.cache["tree"] = tree  # whose pidfds and fd owners can be carried
         dump_ttys(self.files.ctx, tree, root, proc)
         self.ipc = IpcDumper(root, proc, self.shmem)
         self.vmas: dict[int, list[Vma]] = {}
@@ -216,13 +217,14 @@ class Dumper:
         rec.append(dump_itimers(pid, pr))
         rec += dump_sched(pid, info.tracees)
         rec.append(dump_task_extra(pid, info.tracees, pr, proc))
-        rec += dump_seccomp(pid, info.tracees, status.seccomp)
+        rec += dump_seccomp(pid, info.tracees, status.seccomp, proc)
         rec += dump_pending(pid, info.tracees)
         rec += dump_timers(pid, info.tracees, proc, [(v.start, v.end) for v in maps])
         self.recs[SectionType.MM].append(
             dump_mm(pid, proc.stat(pid), proc.auxv(pid), pr, self.paths)
         )
         self.recs[SectionType.MM] += vmas
+        self.recs[SectionType.MM] += guard_regions(pid, vmas)
         self.vmas[pid] = vmas
         infos = proc.fdinfos(pid)
         for fd, ft in sorted(proc.fd_targets(pid).items()):

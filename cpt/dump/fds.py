@@ -22,10 +22,11 @@ from ..errors import UnsupportedError
 from ..procfs import FdInfo, FdKind, FdTarget, Proc, fd_path
 from ..sys.files import MQUEUE_MAGIC, fs_magic
 from ..sys.task import KCMP_FILE, kcmp
-from . import epoll, eventfds, files, inotify, mqueue, pipes, shmem, sockets, tty
+from . import epoll, eventfds, files, inotify, mqueue, pidfds, pipes, shmem, sockets, tty
 from .fdbase import O_CLOEXEC, FdContext, Handler
 from .locks import dump_locks
 from .options import DumpOptions
+from .owners import dump_owner, wants_owner
 from .paths import PathTable
 
 KCMP_LESS, KCMP_GREATER = 1, 2  # kcmp(2): the first description orders before / after
@@ -42,6 +43,7 @@ for _h in (
     inotify.HANDLER,
     sockets.HANDLER,
     tty.HANDLER,
+    pidfds.HANDLER,
 ):
     for _k in _h.kinds:
         HANDLERS[_k] = _h
@@ -116,8 +118,11 @@ class FdTable:
         why = _unsupported(pid, fd, ft, self.ctx.opts)
         if why:
             raise UnsupportedError(why, pid=pid)
+        known = len(self.descriptions)
         ident = self._description(pid, fd, ft, fi)
         dump_locks(self.ctx, pid, fd, ident, fi)
+        if len(self.descriptions) > known and wants_owner(ft, fi):
+            dump_owner(self.ctx, pid, fd, ident)
         return Fd(
             pid=pid, fd=fd, file_id=ident, flags=fcntl.FD_CLOEXEC if fi.flags & O_CLOEXEC else 0
         )

@@ -5,7 +5,9 @@ fdinfo shows a lock on the fd whose open file took it, and only in its owner: a 
 in the process that holds it, a flock or OFD lock (owned by the open-file description) in
 every process holding that description, so those are recorded once per description.
 Waiters (a blocked F_SETLKW) hold nothing: their interrupted call restarts after restore.
-Without --file-locks a tree holding a lock is refused; leases are refused always.
+Leases (F_SETLEASE, format 1.6) likewise, owned by the description; a lease being broken
+(a conflicting open is waiting for it) is refused.  Without --file-locks a tree holding a
+lock or a lease is refused.
 """
 
 from __future__ import annotations
@@ -20,18 +22,23 @@ from ..procfs import FdInfo, Proc, fd_path
 from .fdbase import FdContext
 from .options import DumpOptions
 
-_KINDS = {"FLOCK": LockKind.FLOCK, "POSIX": LockKind.POSIX, "OFDLCK": LockKind.OFD}
-_NAMES = {"FLOCK": "flock", "POSIX": "POSIX", "OFDLCK": "OFD"}
+_KINDS = {
+    "FLOCK": LockKind.FLOCK, "POSIX": LockKind.POSIX, "OFDLCK": LockKind.OFD, "LEASE": LockKind.LEASE,
+}  # fmt: skip
+_NAMES = {"FLOCK": "flock", "POSIX": "POSIX", "OFDLCK": "OFD", "LEASE": "lease"}
 
 
 def describe(lk: P.FileLock, path: str) -> str:
+    if lk.kind == "LEASE":
+        return f"a {lk.access.lower()} lease on {path}"
     what = f"{_NAMES.get(lk.kind, lk.kind)} {lk.access.lower()} lock"
     end = "EOF" if lk.end is None else str(lk.end)
     return f"a {what} on {path} bytes {lk.start}-{end}"
 
 
 def lock_problem(pid: int, fd: int, lk: P.FileLock, opts: DumpOptions) -> str | None:
-    if lk.kind in _KINDS and opts.file_locks:
+    breaking = lk.kind == "LEASE" and (lk.mode != "ACTIVE" or lk.access not in ("READ", "WRITE"))
+    if lk.kind in _KINDS and opts.file_locks and not breaking:
         return None
     where = f"process {pid} fd {fd}"
     try:
@@ -40,6 +47,11 @@ def lock_problem(pid: int, fd: int, lk: P.FileLock, opts: DumpOptions) -> str | 
         path = f"inode {lk.ino}"
     if lk.kind not in _KINDS:
         return f"{where}: holds a {lk.kind.lower()} ({lk.access}) on {path}; not supported"
+    if breaking:
+        return (
+            f"{where}: holds a lease on {path} being broken ({lk.mode} {lk.access}): a "
+            "conflicting open waits for it; retry once the holder has given it up"
+        )
     return f"{where}: holds {describe(lk, path)}: checkpoint with --file-locks"
 
 

@@ -8,7 +8,8 @@ when the writer has a page area (the file's page cache, sized from `estimate` an
 in before the freeze: then the copy is all the frozen window pays for), else into one
 reused, pre-faulted 16 MiB buffer that is then written out.  Pages the target cannot read
 (PROT_NONE, or VMAs without PROT_READ) come through /proc/PID/mem, which reads with
-FOLL_FORCE.
+FOLL_FORCE.  Guard regions (MADV_GUARD_INSTALL: no data, every access faults; PAGEMAP_SCAN
+reports them as swapped) are left out of the pages and recorded as GuardRegion records.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 from collections.abc import Iterable
 
 from cptimage.container import ImageWriter
-from cptimage.records import OwnerKind, PageFlags, PagemapRun, Vma, VmaKind, VmFlags
+from cptimage.records import GuardRegion, OwnerKind, PageFlags, PagemapRun, Vma, VmaKind, VmFlags
 
 from ..errors import CptError
 from ..procfs import Proc, mem_path, open_mem, open_pagemap
@@ -26,16 +27,25 @@ from ..sys.arch import PAGE_SIZE
 from ..sys.mem import (
     MAP_SHARED,
     PAGE_IS_FILE,
+    PAGE_IS_GUARD,
     PAGE_IS_PFNZERO,
     PAGE_IS_PRESENT,
     PAGE_IS_SWAPPED,
     MemoryFault,
+    guard_category,
     pagemap_scan,
     process_vm_readv,
 )
 
 BUF_SIZE = 16 << 20
-_SKIP = PAGE_IS_FILE | PAGE_IS_PFNZERO
+_NO_DATA = PAGE_IS_FILE | PAGE_IS_PFNZERO
+
+
+def _skip() -> int:
+    """Pages that hold nothing to save: file pages, the zero page, guard pages."""
+    return _NO_DATA | guard_category()
+
+
 _WANT = PAGE_IS_PRESENT | PAGE_IS_SWAPPED
 _buf: mmap.mmap | None = None
 
@@ -69,8 +79,8 @@ def estimate(pids: Iterable[int], proc: Proc | None = None) -> int:
                 fd,
                 maps[0].start,
                 maps[-1].end,
-                category_mask=_SKIP,
-                category_inverted=_SKIP,
+                category_mask=_skip(),
+                category_inverted=_skip(),
                 category_anyof_mask=_WANT,
                 return_mask=_WANT,
                 pid=pid,
@@ -81,6 +91,33 @@ def estimate(pids: Iterable[int], proc: Proc | None = None) -> int:
         finally:
             os.close(fd)
     return total
+
+
+def guard_regions(pid: int, vmas: list[Vma]) -> list[GuardRegion]:
+    """The guard regions of `pid` (format 1.6): one PAGEMAP_SCAN for PAGE_IS_GUARD over
+    its address space.  A kernel without the category (before 6.15) has none to report."""
+    span = [v for v in vmas if v.kind != VmaKind.VSYSCALL]
+    if not span or not guard_category():
+        return []
+    fd = open_pagemap(pid)
+    try:
+        found = pagemap_scan(
+            fd,
+            span[0].start,
+            span[-1].end,
+            category_anyof_mask=PAGE_IS_GUARD,
+            return_mask=PAGE_IS_GUARD,
+            pid=pid,
+        )
+    finally:
+        os.close(fd)
+    out = []
+    for s, e, _ in found:  # adjacent regions come merged: one record per mapping
+        for v in span:
+            lo, hi = max(s, v.start), min(e, v.end)
+            if lo < hi:
+                out.append(GuardRegion(pid=pid, start=lo, end=hi))
+    return out
 
 
 def dumpable(v: Vma) -> bool:
@@ -104,8 +141,8 @@ def page_ranges(pid: int, vmas: list[Vma]) -> list[tuple[int, int, int]]:
             fd,
             keep[0][1].start,
             keep[-1][1].end,
-            category_mask=_SKIP,
-            category_inverted=_SKIP,
+            category_mask=_skip(),
+            category_inverted=_skip(),
             category_anyof_mask=_WANT,
             return_mask=_WANT,
             pid=pid,

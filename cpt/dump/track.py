@@ -61,6 +61,7 @@ from ..sys.mem import (
     PAGE_IS_WPALLOWED,
     PAGE_IS_WRITTEN,
     PM_SCAN_WP_MATCHING,
+    guard_category,
     pagemap_scan,
 )
 from ..sys.syscalls import NR
@@ -71,7 +72,14 @@ from ..trace.tracee import Tracee
 from .pstree import TaskInfo, collect_tree
 from .ranges import Range, intersect, normalize, union
 
-_SKIP = PAGE_IS_FILE | PAGE_IS_PFNZERO
+_NO_DATA = PAGE_IS_FILE | PAGE_IS_PFNZERO
+
+
+def _skip() -> int:
+    """Pages that hold nothing to save: file pages, the zero page, guard pages."""
+    return _NO_DATA | guard_category()
+
+
 _WANT = PAGE_IS_PRESENT | PAGE_IS_SWAPPED
 _PRIVATE_KINDS = frozenset(
     {P.VmaKind.ANON, P.VmaKind.ANON_NAMED, P.VmaKind.HEAP, P.VmaKind.STACK, P.VmaKind.FILE}
@@ -300,8 +308,8 @@ class Tracker:
                     s,
                     e,
                     flags=PM_SCAN_WP_MATCHING,
-                    category_mask=_SKIP,
-                    category_inverted=_SKIP,
+                    category_mask=_skip(),
+                    category_inverted=_skip(),
                     category_anyof_mask=_WANT,
                     return_mask=PAGE_IS_WRITTEN,
                     pid=pid,
@@ -398,8 +406,8 @@ def _present(pagemap: int, start: int, end: int, pid: int) -> list[Range]:
             pagemap,
             start,
             end,
-            category_mask=_SKIP,
-            category_inverted=_SKIP,
+            category_mask=_skip(),
+            category_inverted=_skip(),
             category_anyof_mask=_WANT,
             return_mask=_WANT,
             pid=pid,

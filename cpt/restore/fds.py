@@ -14,7 +14,7 @@ import fcntl
 import os
 from collections.abc import Callable
 
-from cptimage.records import RegFile
+from cptimage.records import Fd, PidFd, RegFile
 
 from ..errors import RestoreError
 from ..procfs.paths import pid_of_path
@@ -28,7 +28,9 @@ from . import (
     ipc,
     locks,
     netlink,
+    owners,
     packet,
+    pidfds,
     pipes,
     shmem,
     sockets,
@@ -51,7 +53,9 @@ OPENERS: tuple[type, ...] = (
     packet.PacketSockets,
     netlink.NetlinkSockets,
     tty.Ttys,
-    locks.Locks,  # last: see locks.py
+    pidfds.PidFds,
+    locks.Locks,  # see locks.py: nothing after it closes fds
+    owners.Owners,  # after the leases (taking one makes its taker the owner)
 )
 
 
@@ -61,12 +65,17 @@ class FileRestorer:
         self.local: dict[int, int] = {}  # description id -> fd in this process
         self.openers: list[Opener] = [cls() for cls in OPENERS]
         self._by_type = {rt: op for op in self.openers for rt in op.records}
-        # description id -> PID, for the /proc/PID files of the tree's own processes
+        # description id -> PID, for the /proc/PID files of the tree's own processes and
+        # the pidfds
         self.own_proc: dict[int, int] = {}
+        # pidfds of threads other than a leader: opened once their process has its threads
+        # (install_late), the fds that hold them installed then
+        self.late: set[int] = set()
+        self._pending: dict[int, list[Fd]] = {}  # pid -> its fds of `late` descriptions
 
     def open_all(self) -> None:
-        """Open every description but those of /proc/PID files of the tree's own processes,
-        which exist once the tree is built: open_own_proc() opens them then."""
+        """Open every description but those of /proc/PID files of the tree's own processes
+        and pidfds, which exist once the tree is built: open_own_proc() opens them then."""
         used = {fd.file_id for pi in self.model.procs.values() for fd in pi.fds}
         used |= self.model.in_flight()  # carried in a unix socket's queue
         for ident in sorted(used):
@@ -76,7 +85,7 @@ class FileRestorer:
             op = self._by_type.get(type(desc))
             if op is None:
                 raise RestoreError(f"cannot restore a {type(desc).__name__} yet")
-            pid = self._own_proc_pid(desc)
+            pid = desc.pid if isinstance(desc, PidFd) else self._own_proc_pid(desc)
             if pid is not None:
                 self.own_proc[ident] = pid
                 continue
@@ -103,6 +112,14 @@ class FileRestorer:
         /proc shows the copy under another PID: refused rather than opening the original's."""
         for ident, pid in self.own_proc.items():
             desc = self.model.files[ident]
+            if isinstance(desc, PidFd):
+                if pid != pidfds.REAPED and pid not in self.model.procs:
+                    self.late.add(ident)  # a thread: it does not exist yet
+                    continue
+                op = self._by_type[PidFd]
+                assert isinstance(op, pidfds.PidFds)
+                self.local[ident] = op.open_built(desc, lambda p: host_pids.get(p, p))
+                continue
             if not self.model.root_prefix and host_pids.get(pid, pid) != pid:
                 raise RestoreError(
                     f"{self.model.path(desc.path_id).path}: a file of the tree's own process in "
@@ -118,17 +135,47 @@ class FileRestorer:
             call(NR.close_range, 0, pidfd_slot - 1, 0)
         call(NR.close_range, pidfd_slot + 1, 0xFFFFFFFF, 0)
         for fd in task.img.fds:
-            src = self.local[fd.file_id]
-            got = call(NR.pidfd_getfd, pidfd_slot, src, 0)
-            cloexec = fd.flags & fcntl.FD_CLOEXEC
-            if got != fd.fd:
-                call(NR.dup3, got, fd.fd, os.O_CLOEXEC if cloexec else 0)
-                call(NR.close, got)
-            elif not cloexec:
-                call(NR.fcntl, got, fcntl.F_SETFD, 0)  # pidfd_getfd always sets FD_CLOEXEC
-        call(NR.close, pidfd_slot)
+            if fd.file_id in self.late:
+                self._pending.setdefault(task.pid, []).append(fd)
+                continue
+            self._pull(task, pidfd_slot, fd)
+        if task.pid not in self._pending:
+            call(NR.close, pidfd_slot)
         for op in self.openers:
             op.after_install(self.model, task, self.local)
+
+    def _pull(self, task: Task, pidfd_slot: int, fd: Fd) -> None:
+        call = task.leader.syscall_checked
+        got = call(NR.pidfd_getfd, pidfd_slot, self.local[fd.file_id], 0)
+        cloexec = fd.flags & fcntl.FD_CLOEXEC
+        if got != fd.fd:
+            call(NR.dup3, got, fd.fd, os.O_CLOEXEC if cloexec else 0)
+            call(NR.close, got)
+        elif not cloexec:
+            call(NR.fcntl, got, fcntl.F_SETFD, 0)  # pidfd_getfd always sets FD_CLOEXEC
+
+    def install_late(self, task: Task, pidfd_slot: int, host_tid: Callable[[int], int]) -> None:
+        """The task's threads exist: its pidfds of threads, then the inherited pidfd closed.
+        A thread of a process restored later does not exist yet: refused."""
+        pending = self._pending.pop(task.pid, None)
+        if pending is None:
+            return
+        op = self._by_type[PidFd]
+        assert isinstance(op, pidfds.PidFds)
+        for fd in pending:
+            if fd.file_id not in self.local:
+                desc = self.model.files[fd.file_id]
+                try:
+                    self.local[fd.file_id] = op.open_built(desc, host_tid)
+                except RestoreError:
+                    raise RestoreError(
+                        f"process {task.pid} fd {fd.fd}: a pidfd of thread {desc.pid}, which "
+                        "does not exist yet (a thread of a process restored after it): not "
+                        "supported",
+                        pid=task.pid,
+                    ) from None
+            self._pull(task, pidfd_slot, fd)
+        task.leader.syscall_checked(NR.close, pidfd_slot)
 
     def finish(self) -> None:
         """The whole tree is restored and about to run: openers with a `finish` (TCP

@@ -27,6 +27,7 @@ from ..sys.ipc import SHM_EXEC, SHM_RDONLY
 from ..sys.mem import (
     MADV_DONTDUMP,
     MADV_DONTFORK,
+    MADV_GUARD_INSTALL,
     MADV_HUGEPAGE,
     MADV_MERGEABLE,
     MADV_NOHUGEPAGE,
@@ -186,7 +187,7 @@ def map_vmas(
     fds: dict[tuple[int, int], int] = {}
     try:
         for i, v in enumerate(pi.vmas):
-            if v.kind in _SPECIAL:
+            if v.kind in _SPECIAL or v.kind == VmaKind.AIO_RING:
                 continue
             prot = v.prot | (PROT_WRITE if i in written else 0)
             fd, off = -1, 0
@@ -231,7 +232,56 @@ def map_vmas(
     finally:
         for fd in fds.values():
             t.syscall(NR.close, fd)
+    for v in pi.vmas:  # once every other mapping is in place: io_setup maps anywhere free
+        if v.kind == VmaKind.AIO_RING:
+            _aio_ring(task, v)
     return written
+
+
+AIO_RING_HEADER = 32  # struct aio_ring
+IO_EVENT = 32  # struct io_event
+
+
+def _aio_ring(task: Task, v: Vma) -> None:
+    """A new AIO context whose ring is as large as the dumped one, moved (mremap, which the
+    kernel follows: the context's id becomes the new address) to where that ring was.
+    The ring comes back empty (the dump refuses one holding unreaped events).  io_setup
+    sizes a ring from the request count doubled (at least 4 a CPU), plus 2, rounded up to
+    pages: asking for (events - 2) / 2 gives the same pages when this host has no more
+    CPUs than the dump's."""
+    t = task.leader
+    sc = task.scratch
+    assert sc is not None
+    size = v.end - v.start
+    events = (size - AIO_RING_HEADER) // IO_EVENT
+    where = f"process {task.pid}: the AIO ring at {v.start:x}-{v.end:x}"
+    ctx_p = sc.push(bytes(8))
+    try:
+        ret = t.syscall(NR.io_setup, (events - 2) // 2, ctx_p)
+        if ret < 0:
+            raise RestoreError(
+                f"{where}: io_setup failed ({os.strerror(-ret)}; see the sysctl fs.aio-max-nr)",
+                pid=task.pid,
+            )
+        (ctx,) = struct.unpack("<Q", t.read_mem(ctx_p, 8))
+        (nr,) = struct.unpack("<I", t.read_mem(ctx + 4, 4))
+        if nr != events:
+            t.syscall(NR.io_destroy, ctx)
+            raise RestoreError(
+                f"{where}: a new ring holds {nr} events, the dumped one {events} (io_setup "
+                "sizes rings by the CPU count: this host has more CPUs than the dump's)",
+                pid=task.pid,
+            )
+        if ctx != v.start:
+            got = t.syscall(NR.mremap, ctx, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, v.start)
+            if got != v.start:
+                t.syscall(NR.io_destroy, ctx)
+                raise RestoreError(
+                    f"{where}: mremap of the new ring failed (errno {-got if got < 0 else 0})",
+                    pid=task.pid,
+                )
+    finally:
+        sc.reset()
 
 
 PARALLEL_MIN = 64 << 20  # below this, a second thread costs more than it saves
@@ -358,10 +408,13 @@ def _write_parallel(
 
 
 def finish_vmas(task: Task, written: set[int]) -> None:
-    """Put back the protections PROT_WRITE was added to; apply madvise and mlock."""
+    """Install the guard regions; put back the protections PROT_WRITE was added to; apply
+    madvise and mlock."""
     t = task.leader
+    for g in task.img.guards:
+        t.syscall_checked(NR.madvise, g.start, g.end - g.start, MADV_GUARD_INSTALL)
     for i, v in enumerate(task.img.vmas):
-        if v.kind in _SPECIAL:
+        if v.kind in _SPECIAL or v.kind == VmaKind.AIO_RING:
             continue
         length = v.end - v.start
         if i in written and not v.prot & PROT_WRITE:

@@ -12,6 +12,8 @@ from cptimage.records import (
     EpollTarget,
     Fd,
     FileLock,
+    FileOwner,
+    GuardRegion,
     Header,
     HeaderFlags,
     InotifyWatch,
@@ -26,9 +28,11 @@ from cptimage.records import (
     NsCreds,
     NsKind,
     OwnerKind,
+    OwnerType,
     PagemapRun,
     PathObj,
     PendingSignal,
+    PidFd,
     PipeData,
     PosixMq,
     PosixMqMsg,
@@ -37,6 +41,7 @@ from cptimage.records import (
     ProcessState,
     Rlimits,
     SeccompFilter,
+    SeccompStrict,
     SectionType,
     ShmemObject,
     Sigactions,
@@ -76,10 +81,12 @@ class ProcImage:
     extra: TaskExtra | None = None
     sched: list[ThreadSched] = dataclasses.field(default_factory=list)
     seccomp: list[SeccompFilter] = dataclasses.field(default_factory=list)
+    strict: list[SeccompStrict] = dataclasses.field(default_factory=list)  # threads
     pending: list[PendingSignal] = dataclasses.field(default_factory=list)
     timers: list[PosixTimer] = dataclasses.field(default_factory=list)
     mm: Mm | None = None
     vmas: list[Vma] = dataclasses.field(default_factory=list)
+    guards: list[GuardRegion] = dataclasses.field(default_factory=list)
     runs: list[PagemapRun] = dataclasses.field(default_factory=list)
     fds: list[Fd] = dataclasses.field(default_factory=list)
     children: list[int] = dataclasses.field(default_factory=list)
@@ -107,9 +114,11 @@ _LISTS = {
     Thread: "threads",
     ThreadSched: "sched",
     SeccompFilter: "seccomp",
+    SeccompStrict: "strict",
     PendingSignal: "pending",
     PosixTimer: "timers",
     Vma: "vmas",
+    GuardRegion: "guards",
     Fd: "fds",
 }
 
@@ -124,6 +133,7 @@ class ImageModel:
         self.pipe_data: dict[int, PipeData] = {}
         self.ttys: dict[int, TtyInfo] = {}  # terminals, by TtyInfo id (their own id space)
         self.locks: list[FileLock] = []
+        self.owners: list[FileOwner] = []  # F_SETOWN_EX/F_SETSIG of descriptions
         self.epoll_targets: dict[int, list[EpollTarget]] = {}  # by epoll id
         self.inotify_watches: dict[int, list[InotifyWatch]] = {}  # by inotify id
         self.shmem: dict[int, ShmemObject] = {}
@@ -222,6 +232,8 @@ class ImageModel:
                 self.ttys[rec.id] = rec
             elif isinstance(rec, FileLock):
                 self.locks.append(rec)
+            elif isinstance(rec, FileOwner):
+                self.owners.append(rec)
             elif isinstance(rec, EpollTarget):
                 self.epoll_targets.setdefault(rec.epoll_id, []).append(rec)
             elif isinstance(rec, InotifyWatch):
@@ -393,6 +405,15 @@ class _NsView:
                 changes["owner"] = self._pid(rec.owner)
         elif isinstance(rec, TtyInfo):
             changes = dict(sid=self._pid(rec.sid), pgrp=self._pid(rec.pgrp))
+        elif isinstance(rec, PidFd):
+            changes["pid"] = self.pids.get(rec.pid, self.tids.get(rec.pid, rec.pid))
+        elif isinstance(rec, FileOwner):
+            owner = rec.owner
+            if rec.owner_type == OwnerType.TID:
+                owner = self.tids.get(owner, self.pids.get(owner, owner))
+            else:
+                owner = self._pid(owner)
+            changes = dict(pid=self._pid(rec.pid), owner=owner)
         else:
             if hasattr(rec, "pid"):
                 changes["pid"] = self._pid(rec.pid)

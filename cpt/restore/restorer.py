@@ -243,6 +243,7 @@ class Restorer:
             restore_sigactions(task)
             restore_outside(task)
             create_threads(task)
+            files.install_late(task, slot, self._host_pid)  # pidfds of its threads
             restore_timers(task)  # SIGEV_THREAD_ID names a thread; before creds drop
             for th in task.img.threads:
                 setup_thread(task, th, task.threads[th.tid])

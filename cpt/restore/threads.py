@@ -24,9 +24,11 @@ from ..sys.task import (
     PR_SET_KEEPCAPS,
     PR_SET_NAME,
     PR_SET_NO_NEW_PRIVS,
+    PR_SET_SECCOMP,
     PR_SET_SECUREBITS,
     SECCOMP_FILTER_FLAG_LOG,
     SECCOMP_FILTER_FLAG_SPEC_ALLOW,
+    SECCOMP_MODE_STRICT,
     SECCOMP_SET_MODE_FILTER,
 )
 from ..trace.tracee import Tracee
@@ -88,6 +90,9 @@ def _seccomp(task: Task, th: Thread, tr: Tracee) -> None:
         # per thread, oldest first: TSYNC and NEW_LISTENER make no sense here
         flags = f.flags & (SECCOMP_FILTER_FLAG_LOG | SECCOMP_FILTER_FLAG_SPEC_ALLOW)
         tr.syscall_checked(NR.seccomp, SECCOMP_SET_MODE_FILTER, flags, fprog)
+    if any(s.tid == th.tid for s in task.img.strict):
+        # the injected calls after this one pass: the tracer suspends seccomp
+        tr.syscall_checked(NR.prctl, PR_SET_SECCOMP, SECCOMP_MODE_STRICT, 0, 0, 0)
 
 
 def _creds(task: Task, tr: Tracee) -> None:

@@ -1,12 +1,14 @@
 """File-descriptor syscalls the os module lacks or cannot do in place: ioctl on a mutable
 buffer, tee(2), memfd_create with MFD_EXEC, close_range, openat2 (a path resolved as
-inside a root directory)."""
+inside a root directory), a description's owner (F_GETOWN_EX, F_GETSIG)."""
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
+import struct
 
 from cpt.procfs import map_files_path
 from cpt.sys._libc import PinnedBuffer, checked_syscall, errno_error, get_errno, raw_syscall
@@ -131,3 +133,25 @@ def fs_magic(path: str) -> int:
         f"statfs({path})", None, NR.statfs, ctypes.addressof(cpath), ctypes.addressof(buf)
     )
     return int.from_bytes(buf.raw[:8], "little")
+
+
+# fcntl(2): a description's owner and signal
+F_SETSIG = 10
+F_GETSIG = 11
+F_SETOWN_EX = 15
+F_GETOWN_EX = 16
+F_SETLEASE = 1024
+F_GETLEASE = 1025
+O_ASYNC = 0o20000  # FASYNC
+_OWNER_EX = struct.Struct("<ii")  # struct f_owner_ex: type, pid
+
+
+def get_owner(fd: int) -> tuple[int, int, int]:
+    """(F_OWNER_* type, pid, F_GETSIG signal) of the description of `fd`."""
+    kind, pid = _OWNER_EX.unpack(fcntl.fcntl(fd, F_GETOWN_EX, bytes(_OWNER_EX.size)))
+    return kind, pid, fcntl.fcntl(fd, F_GETSIG)
+
+
+def pack_owner(kind: int, pid: int) -> bytes:
+    """The struct f_owner_ex F_SETOWN_EX takes."""
+    return _OWNER_EX.pack(kind, pid)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import os
 import struct
 import threading
@@ -70,6 +71,7 @@ MADV_COLD = 20
 MADV_PAGEOUT = 21
 MADV_POPULATE_READ = 22
 MADV_POPULATE_WRITE = 23
+MADV_GUARD_INSTALL = 102  # 6.13: accesses to these pages fault (no VMA of their own)
 
 # PAGEMAP_SCAN (include/uapi/linux/fs.h, kernel 6.7+).
 PAGEMAP_SCAN = 0xC0606610
@@ -81,6 +83,7 @@ PAGE_IS_SWAPPED = 1 << 4
 PAGE_IS_PFNZERO = 1 << 5
 PAGE_IS_HUGE = 1 << 6
 PAGE_IS_SOFT_DIRTY = 1 << 7
+PAGE_IS_GUARD = 1 << 8  # 6.15: a guard region's page (MADV_GUARD_INSTALL)
 CLEAR_REFS_SOFT_DIRTY = 4  # what to write to /proc/PID/clear_refs (fs/proc/task_mmu.c)
 PM_SCAN_WP_MATCHING = 1 << 0
 PM_SCAN_CHECK_WPASYNC = 1 << 1
@@ -324,3 +327,20 @@ def soft_dirty_works() -> bool:
     finally:
         os.close(fd)
     return bool(entry >> 55 & 1)
+
+
+@functools.cache
+def guard_category() -> int:
+    """PAGE_IS_GUARD if this kernel's PAGEMAP_SCAN knows it (6.15), else 0 (an unknown
+    category is EINVAL).  Probed once, on this process's own pagemap."""
+    fd = open_pagemap(os.getpid())
+    try:
+        here = _scan.vec_addr & ~(4095)
+        pagemap_scan(fd, here, here + 4096, category_mask=PAGE_IS_GUARD)
+    except OSError as e:
+        if e.errno == errno.EINVAL:
+            return 0
+        raise
+    finally:
+        os.close(fd)
+    return PAGE_IS_GUARD

@@ -1,0 +1,95 @@
+"""End to end: guard regions (format 1.6 record GuardRegion), mlock and madvise flags,
+through the `cpt chkpnt --pid` / `cpt restore` commands.
+
+fixtures/workloads/memflags.c checks itself after restore (pagemap's guard bit and a failing
+read of each guard page, VmFlags of every region, VmLck, the bytes of every page, and a
+child forked after restore: no DONTFORK region, zeros in the WIPEONFORK one).  A guard page
+used to fail the dump with EIO (PAGEMAP_SCAN reports it as swapped; reading it faults).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from workloads import checkpoint, reaping, restore, workloads_fixture  # noqa: F401
+
+from cptimage.container import ImageReader
+from cptimage.records import GuardRegion, SectionType
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(
+        os.geteuid() != 0, reason="checkpoint/restore needs root (ptrace, clone3 set_tid)"
+    ),
+]
+
+
+def guards(img: Path) -> list[GuardRegion]:
+    with ImageReader(str(img)) as r:
+        return [x for x in r.records(SectionType.MM) if isinstance(x, GuardRegion)]
+
+
+def test_memflags_checkpoint_restore(workloads, cpt, tmp_path: Path) -> None:
+    wl = workloads.start("memflags")
+    wl.wait_counter()
+    img = tmp_path / "memflags.img"
+    checkpoint(cpt, wl, img)
+    got = guards(img)
+    assert len(got) == 2 and all(g.end - g.start == 4096 and g.pid == wl.pid for g in got), got
+    assert got[1].start - got[0].start == 2 * 4096, "pages 1 and 3 of one region"
+    rc, out, err = cpt("image", "verify", img)
+    assert rc == 0, out + err
+    restore(cpt, wl, img)
+    wl.wait_counter()
+    with reaping(wl):
+        assert wl.finish() == "PASS"
+
+
+@pytest.mark.parametrize(
+    ("item", "reason"),
+    [
+        ("guard", "guard page 1: pagemap 0, guard bit clear"),
+        ("wipe", "wipeonfork: the forked child reads bytes that are not zero"),
+    ],
+)
+def test_memflags_sabotage_after_restore(
+    workloads, cpt, tmp_path: Path, item: str, reason: str
+) -> None:
+    """The checks still bite on a restored tree."""
+    wl = workloads.start("memflags", sabotage=item)
+    wl.wait_counter()
+    img = tmp_path / "memflags.img"
+    checkpoint(cpt, wl, img)
+    restore(cpt, wl, img)
+    wl.wait_counter()
+    with reaping(wl):
+        verdict = wl.finish()
+    assert verdict.startswith("FAIL: ") and reason in verdict, verdict
+
+
+def test_memflags_leave_running(workloads, cpt, tmp_path: Path) -> None:
+    """A dump that lets the tree run leaves its guard pages, locks and flags as they were."""
+    wl = workloads.start("memflags")
+    wl.wait_counter()
+    checkpoint(cpt, wl, tmp_path / "memflags.img", "--leave-running")
+    assert len(guards(tmp_path / "memflags.img")) == 2
+    with reaping(wl):
+        assert wl.finish() == "PASS"
+
+
+def test_memflags_run_from_a_memfd(workloads, cpt, tmp_path: Path) -> None:
+    """A process started by exec of a memfd (fexecve): its exe and its code are the memfd's
+    after restore as before (the workload checks /proc/self/exe and where its code is)."""
+    wl = workloads.start("memflags", env={"CPT_WL_MEMFD_EXEC": "1"})
+    wl.wait_counter()
+    exe = os.readlink(f"/proc/{wl.pid}/exe")
+    assert exe == "/memfd:memflags (deleted)", exe
+    img = tmp_path / "memflags.img"
+    checkpoint(cpt, wl, img)
+    restore(cpt, wl, img)
+    assert os.readlink(f"/proc/{wl.pid}/exe") == exe
+    wl.wait_counter()
+    with reaping(wl):
+        assert wl.finish() == "PASS"
