@@ -29,6 +29,11 @@ TREE: dict[str, str] = {
 }
 
 HELP = "Checkpoint/restore of Linux process trees and containers."
+# Help and usage errors in click's plain format, not rich's panels: rendering them with
+# rich imports typer.rich_utils (rich.markdown with markdown-it, rich.traceback with
+# pygments), ~80 ms of the ~150 a `cpt --help` took (issue 13: help at most the
+# interpreter's start + 60 ms).  The words are the same.
+PLAIN: dict[str, Any] = {"rich_markup_mode": None}
 
 
 def root_options(
@@ -64,6 +69,7 @@ def build() -> Any:
         no_args_is_help=True,
         pretty_exceptions_show_locals=False,
         add_completion=False,
+        **PLAIN,
     )
     for name in TREE:
         found = node(name)

@@ -264,7 +264,9 @@ def typer_group(group: Group) -> Any:
     """A Group as a typer.Typer (imports typer)."""
     import typer
 
-    app = typer.Typer(**group.kwargs)
+    from .app import PLAIN
+
+    app = typer.Typer(**{**PLAIN, **group.kwargs})
     for cmd in group.commands.values():
         app.command(cmd.name, **cmd.kwargs)(typer_command(cmd.func))
     return app

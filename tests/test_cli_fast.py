@@ -262,3 +262,16 @@ def test_help_and_errors_do_import_typer() -> None:
     """The check above can fail: help goes through typer."""
     assert "typer" in _modules(_run(["--help"]))
     assert "typer" in _modules(_run(["chkpnt", "--bogus"]))
+
+
+def test_help_is_plain_and_imports_no_rich() -> None:
+    """`cpt --help` in click's plain format: rich's panels would import typer.rich_utils
+    (rich.markdown, markdown-it, rich.traceback, pygments), about half its time."""
+    mods = _modules(_run(["--help"]))
+    assert not _under(mods, ("rich", "typer.rich_utils", "markdown_it", "pygments"))
+    p = subprocess.run(
+        [sys.executable, "-c", _run(["--help"])], cwd=REPO, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    for name in ("chkpnt", "restore", "check", "image", "ve", "pool", "snapshot", "--root"):
+        assert name in p.stdout, p.stdout
