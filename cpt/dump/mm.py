@@ -50,8 +50,8 @@ class VmFlagsAhead:
     now.  A mapping created, moved, resized, split or merged, its protection changed, or
     memory (un)locked since shows in either; what does not is a madvise() that changes
     only the flags of a whole mapping (MADV_DONTFORK, DONTDUMP, HUGEPAGE, ...) in the
-    few milliseconds between the read and the freeze: the image has the flags of the
-    read (a pre-copy dump's pages are of several moments too, the last one exact).
+    few milliseconds between the read and the freeze: the image then has the flags as
+    they were read (a known gap, the price of a freeze that does not grow with memory).
     """
 
     def __init__(self, proc: P.Proc) -> None:
