@@ -30,7 +30,8 @@ from .paths import PathTable
 
 KCMP_LESS, KCMP_GREATER = 1, 2  # kcmp(2): the first description orders before / after
 # the handler of each kind of open file: (its module, the handler's name there), imported
-# at the first fd of that kind (a tree without sockets does not import the socket code)
+# at the first fd of that kind (a tree without sockets does not import the socket code);
+# the precheck before a freeze meets every kind the tree has, so none is imported in it
 HANDLER_OF: dict[FdKind, tuple[str, str]] = {
     FdKind.FILE: ("files", "HANDLER"),
     FdKind.PIPE: ("pipes", "HANDLER"),
