@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from .params import Group, Option
+from .params import PLAIN, Group, Option
 
 # name -> "module" (a group: the module's `app`) or "module:function" (a command); in the
 # order of `cpt --help`
@@ -29,11 +29,6 @@ TREE: dict[str, str] = {
 }
 
 HELP = "Checkpoint/restore of Linux process trees and containers."
-# Help and usage errors in click's plain format, not rich's panels: rendering them with
-# rich imports typer.rich_utils (rich.markdown with markdown-it, rich.traceback with
-# pygments), ~80 ms of the ~150 a `cpt --help` took (issue 13: help at most the
-# interpreter's start + 60 ms).  The words are the same.
-PLAIN: dict[str, Any] = {"rich_markup_mode": None}
 
 
 def root_options(
