@@ -20,8 +20,7 @@ per second, each page checked against its generation at the end).
 Everything runs in this process through the library (TreeStages, Tracker): no interpreter
 start-up is timed.  Needs root; prints a note and exits 0 otherwise.
 
-    python bench/incr_bench.py [--sizes 256,1024] [--rounds 3] [--parts freeze,overhead,chain]
-                               [--json FILE]
+    python bench/incr_bench.py [--sizes 256,1024] [--rounds 3] [--json FILE]
 """
 
 from __future__ import annotations
@@ -185,10 +184,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="256,1024")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--parts", default="freeze,overhead,chain")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
-    parts = set(a.parts.split(","))
     if os.geteuid() != 0:
         print("incr_bench: needs root (ptrace); skipped")
         return 0
@@ -196,25 +193,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="incr-bench-", dir="/var/tmp") as d:
         tmp = Path(d)
         os.environ.setdefault("CPT_RUN_DIR", str(tmp / "run"))
-        if "freeze" in parts:
-            out["freeze"] = [freeze(int(s), a.rounds, tmp) for s in a.sizes.split(",")]
-        if "overhead" in parts:
-            out["overhead"] = overhead(tmp)
-        if "chain" in parts:
-            out["chain"] = chain(tmp)
-    if a.json:
-        Path(a.json).write_text(json.dumps(out, indent=1))
-    if "freeze" in out:
-        _print_freeze(out["freeze"])
-    if "overhead" in out:
-        _print_overhead(out["overhead"])
-    if "chain" in out:
-        _print_chain(out["chain"])
-    return 0
-
-
-def _print_freeze(fr: list[dict[str, Any]]) -> None:
+        out["freeze"] = [freeze(int(s), a.rounds, tmp) for s in a.sizes.split(",")]
+        out["overhead"] = overhead(tmp)
+        out["chain"] = chain(tmp)
     print("freeze (writer 1,000 pages/s): leave-running frozen vs full copy")
+    fr = out["freeze"]
     for f in fr:
         target = max(0.1 * f["full_copy_s"], 0.030)
         ok = "PASS" if f["leave_running_frozen_s"] <= target else "MISS"
@@ -233,23 +216,22 @@ def _print_freeze(fr: list[dict[str, Any]]) -> None:
         print(
             f"  sizes within {spread * 100:.0f}% (target 20%): {'PASS' if spread <= 0.2 else 'MISS'}"
         )
-
-
-def _print_overhead(ov: dict[str, Any]) -> None:
+    ov = out["overhead"]
     print(
         f"overhead: {ov['pages_per_s_untracked']:.0f} pages/s untracked, "
         f"{ov['pages_per_s_tracked']:.0f} tracked (a round every 100 ms, median "
         f"{ov['round_s_median'] * 1000:.1f} ms): ratio {ov['ratio']:.2f}  ({ov['workload']})"
     )
-
-
-def _print_chain(ch: dict[str, Any]) -> None:
+    ch = out["chain"]
     print(
         f"chain: {ch['images']} pre-dumps of {ch['rss'] >> 20} MiB RSS, dirty set "
         f"{ch['dirty_set_bytes'] >> 10} KiB/round: {ch['bytes_on_disk'] >> 20} MiB on disk, "
         f"limit {int(ch['limit']) >> 20} MiB: "
         f"{'PASS' if ch['bytes_on_disk'] <= ch['limit'] else 'MISS'}  ({ch['workload']})"
     )
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=1))
+    return 0
 
 
 if __name__ == "__main__":

@@ -322,9 +322,9 @@ def test_every_parent_of_a_chain_is_trusted(tmp_path: Path) -> None:
 def test_leave_running_dump_keeps_the_flags_of_every_mapping(
     workloads, cpt, tmp_path: Path
 ) -> None:
-    """A leave-running dump reads VmFlags before the freeze (mm.VmFlagsAhead): the memory
-    workload's MADV_DONTFORK/DONTDUMP/HUGEPAGE/NOHUGEPAGE regions and its MAP_GROWSDOWN
-    mapping come back with exactly their flags (its self-check), restored from that image."""
+    """The memory workload's MADV_DONTFORK/DONTDUMP/HUGEPAGE/NOHUGEPAGE regions and its
+    MAP_GROWSDOWN mapping come back with exactly their flags (its self-check), restored from
+    a leave-running image (whose flags are read in the freeze, after its live rounds)."""
     wl = workloads.start("memory")
     wl.wait_counter()
     img = tmp_path / "lr.img"
@@ -334,38 +334,3 @@ def test_leave_running_dump_keeps_the_flags_of_every_mapping(
         _ok(cpt("chkpnt", "--pid", wl.pid, "--dumpfile", tmp_path / "kill.img"))
     _rewind_files(img, wl)
     _restore_passes(cpt, wl, img)
-
-
-def test_vmflags_read_ahead_are_checked_in_the_window(workloads) -> None:
-    """The flags read before the freeze serve only while the maps and VmLck are the same."""
-    import dataclasses
-
-    from cpt.dump.mm import VmFlagsAhead
-    from cpt.procfs import Proc
-
-    wl = workloads.start("dirtylog", "4")
-    cmd = open(wl.dir / "cmd", "w", buffering=1)  # noqa: SIM115
-    out = open(wl.dir / "out")  # noqa: SIM115
-    try:
-        assert out.readline().split()[0] == "k"
-        proc = Proc()
-        ahead = VmFlagsAhead(proc)
-        ahead.read([wl.pid])
-        kept = ahead.seen[wl.pid][1]
-        status = proc.status(wl.pid)
-        assert ahead.get(wl.pid, proc.maps(wl.pid), status) is kept
-        # VmLck changed (mlock since): read again
-        locked = dict(status.vm_kb, VmLck=status.vm_kb.get("VmLck", 0) + 4)
-        again = ahead.get(wl.pid, proc.maps(wl.pid), dataclasses.replace(status, vm_kb=locked))
-        assert again is not kept and again == kept
-        # a new mapping: read again, and it is there
-        cmd.write("m 16\n")
-        while not out.readline().startswith("."):
-            pass
-        maps = proc.maps(wl.pid)
-        fresh = ahead.get(wl.pid, maps, proc.status(wl.pid))
-        assert fresh is not kept
-        assert set(fresh) == {(v.start, v.end) for v in maps}
-    finally:
-        cmd.close()
-        out.close()

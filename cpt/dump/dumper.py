@@ -37,7 +37,7 @@ from ..sys import host as hostinfo
 from .creds import dump_creds, dump_ns_creds
 from .fds import FdTable
 from .ipc import IpcDumper
-from .mm import VmFlagsAhead, dump_mm, dump_vmas, ring_socket_fd
+from .mm import dump_mm, dump_vmas, ring_socket_fd
 from .options import DumpOptions
 from .output import ImageOutput
 from .pages import PageDumper
@@ -87,14 +87,11 @@ class Dumper:
         opts: DumpOptions,
         proc: Proc,
         extra: list[Any] | None = None,
-        vmflags: VmFlagsAhead | None = None,
     ) -> None:
         """`extra`: records made outside the engine in the same frozen window (a VE's
-        filesystem snapshot), written into the sections their tags name.  `vmflags`: the
-        VmFlags read before the freeze (mm.VmFlagsAhead), else read in the window."""
+        filesystem snapshot), written into the sections their tags name."""
         self.tree = tree
         self.extra = list(extra or [])
-        self.vmflags = vmflags
         self.root = root
         self.opts = opts
         self.proc = proc
@@ -201,8 +198,9 @@ class Dumper:
         pid, proc = info.pid, self.proc
         status = proc.status(pid)
         maps = proc.maps(pid)
-        codes = self.vmflags.get(pid, maps, status) if self.vmflags else proc.smaps_vmflags(pid)
-        vmas = dump_vmas(pid, maps, codes, self.paths, self.shmem, self.ipc.ns_ino)
+        vmas = dump_vmas(
+            pid, maps, proc.smaps_vmflags(pid), self.paths, self.shmem, self.ipc.ns_ino
+        )
         pr = probe(info.tracees, [(v.start, v.end) for v in maps])
         trap = ignored_sigtrap(status.sigign, pr)
         rec = self.recs[SectionType.PROCESS]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from cptimage.records import Mm, MmFlags, Vma, VmaKind, VmFlags
 
 from .. import procfs as P
-from ..errors import CptError, UnsupportedError
+from ..errors import UnsupportedError
 from ..sys.mem import MAP_ANONYMOUS, MAP_GROWSDOWN, MAP_NORESERVE, MAP_PRIVATE, MAP_SHARED
 from . import ghost
 from .paths import PathTable
@@ -35,45 +35,6 @@ _SPECIAL = {
     P.VmaKind.VSYSCALL: VmaKind.VSYSCALL,
 }
 _ANON = (P.VmaKind.ANON, P.VmaKind.ANON_NAMED, P.VmaKind.HEAP, P.VmaKind.STACK)
-
-VmFlagCodes = dict[tuple[int, int], frozenset[str]]
-
-
-class VmFlagsAhead:
-    """The VmFlags of processes read before the freeze, for a dump whose frozen window
-    should not grow with memory size: /proc/PID/smaps walks every present page (about
-    9 ms per GiB here), /proc/PID/maps does not.
-
-    `read(pids)` before the freeze keeps each process's maps (read before and after its
-    smaps, the same both times) with the flags and its VmLck; `get` in the frozen window
-    gives the flags kept when the maps read there and VmLck are the same, else reads smaps
-    now.  A mapping created, moved, resized, split or merged, its protection changed, or
-    memory (un)locked since shows in either; what does not is a madvise() that changes
-    only the flags of a whole mapping (MADV_DONTFORK, DONTDUMP, HUGEPAGE, ...) in the
-    few milliseconds between the read and the freeze: the image then has the flags as
-    they were read (a known gap, the price of a freeze that does not grow with memory).
-    """
-
-    def __init__(self, proc: P.Proc) -> None:
-        self.proc = proc
-        self.seen: dict[int, tuple[list[P.Vma], VmFlagCodes, int]] = {}
-
-    def read(self, pids: list[int]) -> None:
-        for pid in pids:
-            try:
-                maps = self.proc.maps(pid)
-                codes = self.proc.smaps_vmflags(pid)
-                locked = self.proc.status(pid).vm_kb.get("VmLck", 0)
-                if self.proc.maps(pid) == maps:
-                    self.seen[pid] = (maps, codes, locked)
-            except (CptError, OSError):
-                self.seen.pop(pid, None)  # gone, or a zombie: the dump decides
-
-    def get(self, pid: int, maps: list[P.Vma], status: P.ProcStatus) -> VmFlagCodes:
-        seen = self.seen.get(pid)
-        if seen is not None and seen[0] == maps and seen[2] == status.vm_kb.get("VmLck", 0):
-            return seen[1]
-        return self.proc.smaps_vmflags(pid)
 
 
 def unsupported_vma(
@@ -139,7 +100,7 @@ def vma_kind(v: P.Vma) -> int:
 def dump_vmas(
     pid: int,
     maps: list[P.Vma],
-    vmflags: VmFlagCodes,
+    vmflags: dict[tuple[int, int], frozenset[str]],
     paths: PathTable,
     shmem: ShmemTable,
     ipc_ns: int,

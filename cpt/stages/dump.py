@@ -273,8 +273,7 @@ def _dump_seized(
     dumper: Dumper | None = None
     try:
         with tree.inside():
-            vmflags = inc.vmflags if inc is not None else None
-            dumper = Dumper(procs, tree.root, opts, tree.proc, extra, vmflags)
+            dumper = Dumper(procs, tree.root, opts, tree.proc, extra)
             if inc is not None and inc.tracker is not None:
                 stats = dumper.run(out, **inc.dumper_args(procs, dumper))
                 stats.pages_bytes = inc.pages_bytes

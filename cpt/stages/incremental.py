@@ -28,7 +28,6 @@ from cptimage.records import Header, HeaderFlags, Vma
 
 from ..dump.dumper import Dumper, DumpStats, build_header, prepare_dump
 from ..dump.incremental import Rounds, parent_ranges, write_predump
-from ..dump.mm import VmFlagsAhead
 from ..dump.options import DumpOptions
 from ..dump.output import ImageOutput
 from ..dump.pstree import TaskInfo
@@ -121,8 +120,8 @@ def predump(
 
 class Incremental:
     """The incremental side of one dump of `tree` (see the module text): `take` and `open`
-    before the freeze, then `vmflags` and `dumper_args` for the Dumper of the frozen
-    window, `done` after the image is written."""
+    before the freeze, then `dumper_args` for Dumper.run in the frozen window, `done`
+    after the image is written."""
 
     def __init__(
         self,
@@ -146,7 +145,6 @@ class Incremental:
         self.extra: list[Any] = []  # the Parent record, for Dumper's extra records
         self.base: Chain | None = None
         self.dumpfile = ""
-        self.vmflags: VmFlagsAhead | None = None  # read after the live rounds
 
     def take(self, *, frozen: bool) -> None:
         """Take the tracking (from the holder, relative to the parent) or, for live
@@ -188,9 +186,6 @@ class Incremental:
             )
             self.rounds = self._rounds(self.writer)
             self.rounds.precopy()
-            # smaps walks every present page: read it now, only checked in the window
-            self.vmflags = VmFlagsAhead(self.tree.proc)
-            self.vmflags.read(sorted(self.rounds.last))
 
     def _rounds(self, writer: ImageWriter) -> Rounds:
         assert self.tracker is not None
