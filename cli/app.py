@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from .params import Group, Option
+from .params import PLAIN, Group, Option
 
 # name -> "module" (a group: the module's `app`) or "module:function" (a command); in the
 # order of `cpt --help`
@@ -64,6 +64,7 @@ def build() -> Any:
         no_args_is_help=True,
         pretty_exceptions_show_locals=False,
         add_completion=False,
+        **PLAIN,
     )
     for name in TREE:
         found = node(name)

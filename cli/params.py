@@ -260,11 +260,18 @@ def typer_command(func: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+# Help and usage errors in click's plain format, not rich's panels: rendering them with
+# rich imports typer.rich_utils (rich.markdown with markdown-it, rich.traceback with
+# pygments), ~80 ms of the ~150 a `cpt --help` took (issue 13: help at most the
+# interpreter's start + 60 ms).  The words are the same.
+PLAIN: dict[str, Any] = {"rich_markup_mode": None}
+
+
 def typer_group(group: Group) -> Any:
     """A Group as a typer.Typer (imports typer)."""
     import typer
 
-    app = typer.Typer(**group.kwargs)
+    app = typer.Typer(**{**PLAIN, **group.kwargs})
     for cmd in group.commands.values():
         app.command(cmd.name, **cmd.kwargs)(typer_command(cmd.func))
     return app

@@ -317,3 +317,20 @@ def test_every_parent_of_a_chain_is_trusted(tmp_path: Path) -> None:
         open_image(paths[-1])
     with open_image(paths[-1], trust=True) as r:
         assert r.header.uuid == samples.chain_uuid(2)
+
+
+def test_leave_running_dump_keeps_the_flags_of_every_mapping(
+    workloads, cpt, tmp_path: Path
+) -> None:
+    """The memory workload's MADV_DONTFORK/DONTDUMP/HUGEPAGE/NOHUGEPAGE regions and its
+    MAP_GROWSDOWN mapping come back with exactly their flags (its self-check), restored from
+    a leave-running image (whose flags are read in the freeze, after its live rounds)."""
+    wl = workloads.start("memory")
+    wl.wait_counter()
+    img = tmp_path / "lr.img"
+    _, err = _ok(cpt("chkpnt", "--pid", wl.pid, "--leave-running", "--dumpfile", img))
+    assert "notice" not in err, err
+    with reaping(wl):
+        _ok(cpt("chkpnt", "--pid", wl.pid, "--dumpfile", tmp_path / "kill.img"))
+    _rewind_files(img, wl)
+    _restore_passes(cpt, wl, img)

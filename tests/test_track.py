@@ -295,3 +295,60 @@ def test_random_mix(dirtylog: Dirtylog) -> None:
                 # pages of a region unmapped since (u) are not present any more
                 missed = intersect(missed, rounds[pid].present)
                 assert not missed, f"round {i}: process {pid} missed {missed[:5]}"
+
+
+@pytest.mark.parametrize("name", ["memory", "counter.py"])
+def test_present_pages_are_the_dump_selection(workloads, name: str) -> None:  # type: ignore[no-untyped-def]
+    """A round's present pages are exactly the pages a full dump selects (present or
+    swapped, not page cache, not the zero page) in the mappings it tracks, though the scan
+    of anonymous mappings does not ask the kernel about page cache (cpt/dump/track.py,
+    Span): private file mappings with COW'd pages (memory), a Python's libraries."""
+    import signal
+
+    from cpt.dump.track import tracked_vma
+    from cpt.procfs import Proc, open_pagemap
+    from cpt.sys.mem import (
+        PAGE_IS_FILE,
+        PAGE_IS_PFNZERO,
+        PAGE_IS_PRESENT,
+        PAGE_IS_SWAPPED,
+        pagemap_scan,
+    )
+
+    wl = workloads.start(name)
+    wl.wait_counter()
+    os.kill(wl.pid, signal.SIGSTOP)  # still, so that both looks see the same pages
+    try:
+        with Tracker(wl.pid) as tr:
+            _round(tr)
+            present = _round(tr)[wl.pid].present
+        skip, want = PAGE_IS_FILE | PAGE_IS_PFNZERO, PAGE_IS_PRESENT | PAGE_IS_SWAPPED
+        fd = open_pagemap(wl.pid)
+        try:
+            expect = normalize(
+                [
+                    (s, e)
+                    for v in Proc().maps(wl.pid)
+                    if tracked_vma(v)
+                    for s, e, _ in pagemap_scan(
+                        fd,
+                        v.start,
+                        v.end,
+                        category_mask=skip,
+                        category_inverted=skip,
+                        category_anyof_mask=want,
+                        return_mask=want,
+                    )
+                ]
+            )
+        finally:
+            os.close(fd)
+    finally:
+        os.kill(wl.pid, signal.SIGCONT)
+    assert total(expect) > 0
+    assert present == expect, (
+        f"round: {total(present) // PAGE} pages, dump selection: {total(expect) // PAGE}; "
+        f"only in the round: {subtract(present, expect)[:5]}, "
+        f"only in the selection: {subtract(expect, present)[:5]}"
+    )
+    assert wl.finish() == "PASS"

@@ -6,13 +6,14 @@ kcmp(KCMP_FILE), so a file opened before fork keeps one shared offset after rest
 kcmp orders descriptions (by their kernel addresses, obfuscated), so the descriptions of
 one key are kept sorted and an fd is placed by binary search: 10,000 descriptions of one
 file cost ~14 comparisons each, not up to 10,000 (as CRIU's rbtree of files).  Each kind
-of open file has its handler module, listed in HANDLERS.
+of open file has its handler module, listed in HANDLER_OF.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fcntl
+import importlib
 import os
 from typing import Any
 
@@ -22,7 +23,6 @@ from ..errors import UnsupportedError
 from ..procfs import FdInfo, FdKind, FdTarget, Proc, fd_path
 from ..sys.files import MQUEUE_MAGIC, fs_magic
 from ..sys.task import KCMP_FILE, kcmp
-from . import epoll, eventfds, files, inotify, mqueue, pidfds, pipes, shmem, sockets, tty
 from .fdbase import O_CLOEXEC, FdContext, Handler
 from .locks import dump_locks
 from .options import DumpOptions
@@ -30,23 +30,35 @@ from .owners import dump_owner, wants_owner
 from .paths import PathTable
 
 KCMP_LESS, KCMP_GREATER = 1, 2  # kcmp(2): the first description orders before / after
-HANDLERS: dict[FdKind, Handler] = {}
-for _h in (
-    files.HANDLER,
-    pipes.HANDLER,
-    shmem.HANDLER,
-    mqueue.HANDLER,
-    eventfds.EVENTFD,
-    eventfds.SIGNALFD,
-    eventfds.TIMERFD,
-    epoll.HANDLER,
-    inotify.HANDLER,
-    sockets.HANDLER,
-    tty.HANDLER,
-    pidfds.HANDLER,
-):
-    for _k in _h.kinds:
-        HANDLERS[_k] = _h
+# the handler of each kind of open file: (its module, the handler's name there), imported
+# at the first fd of that kind (a tree without sockets does not import the socket code);
+# the precheck before a freeze meets every kind the tree has, so none is imported in it
+HANDLER_OF: dict[FdKind, tuple[str, str]] = {
+    FdKind.FILE: ("files", "HANDLER"),
+    FdKind.PIPE: ("pipes", "HANDLER"),
+    FdKind.MEMFD: ("shmem", "HANDLER"),
+    FdKind.MQUEUE: ("mqueue", "HANDLER"),
+    FdKind.EVENTFD: ("eventfds", "EVENTFD"),
+    FdKind.SIGNALFD: ("eventfds", "SIGNALFD"),
+    FdKind.TIMERFD: ("eventfds", "TIMERFD"),
+    FdKind.EPOLL: ("epoll", "HANDLER"),
+    FdKind.INOTIFY: ("inotify", "HANDLER"),
+    FdKind.SOCKET: ("sockets", "HANDLER"),
+    FdKind.PTS: ("tty", "HANDLER"),
+    FdKind.PTMX: ("tty", "HANDLER"),
+    FdKind.PIDFD: ("pidfds", "HANDLER"),
+}
+
+
+def handler(kind: FdKind) -> Handler | None:
+    """The handler of fds of `kind` (None: not supported)."""
+    where = HANDLER_OF.get(kind)
+    if where is None:
+        return None
+    module, name = where
+    h: Handler = getattr(importlib.import_module(f"{__package__}.{module}"), name)
+    assert kind in h.kinds, (kind, module, name)
+    return h
 
 
 def classify(pid: int, fd: int, ft: FdTarget) -> FdTarget:
@@ -66,7 +78,7 @@ def unsupported_fd(pid: int, fd: int, ft: FdTarget, opts: DumpOptions) -> str | 
 
 
 def _unsupported(pid: int, fd: int, ft: FdTarget, opts: DumpOptions) -> str | None:
-    h = HANDLERS.get(ft.kind)
+    h = handler(ft.kind)
     if h is None:
         return f"process {pid} fd {fd}: {ft.kind.value} ({ft.target}) is not supported yet"
     return h.unsupported(pid, fd, ft, opts)
@@ -94,7 +106,8 @@ class FdTable:
         return self._description(pid, fd, ft, proc.fdinfo(pid, fd))
 
     def _description(self, pid: int, fd: int, ft: FdTarget, fi: FdInfo) -> int:
-        h = HANDLERS[ft.kind]
+        h = handler(ft.kind)
+        assert h is not None  # _unsupported said so before
         key = h.key(pid, fd, ft, fi)
         group = self._groups.setdefault(key, [])
         ident, where = _find(group, pid, fd)

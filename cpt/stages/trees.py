@@ -10,26 +10,22 @@ freezer and lock (used only while restoring) are then its own.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-from cptimage.container import ImageReader
-
-from ..dump.dumper import DumpStats
-from ..dump.options import DumpOptions
 from ..errors import InvalidValue, UsageError
-from ..procfs import Proc
-from ..restore.options import RestoreOptions
-from ..restore.restorer import RestoreStats
-from ..restore.trust import open_dumpfile
-from ..restore.tty import wait_shell_job
-from .dump import checkpoint, dump
-from .incremental import closing_stage, predump
-from .kill import kill
-from .restore import open_for_restore, restore
-from .resume import resume
 from .stage import Stage, check_chkpnt_options, check_dumpfile, check_stage
-from .store import TreeState
-from .suspend import suspend
-from .tree import Tree, tree_name
+
+if TYPE_CHECKING:
+    from ..dump.dumper import DumpStats
+    from ..dump.options import DumpOptions
+    from ..procfs import Proc
+    from ..restore.options import RestoreOptions
+    from ..restore.restorer import RestoreStats
+    from .store import TreeState
+    from .tree import Tree
+
+# Each command imports only its side of the engine (a chkpnt no restorer, a restore no
+# dumper): the modules are imported in the methods that use them (issue 13, start-up).
 
 PID_MAX_LIMIT = 1 << 22  # the kernel's ceiling on pid_max (64-bit): no PID is above it
 
@@ -62,6 +58,8 @@ class TreeStages:
         return default_dumpfile(self.pid)
 
     def tree(self, name: str | None = None) -> Tree:
+        from .tree import Tree
+
         if self.pid is None:
             raise UsageError("which tree? give its PID, or the dump file that holds it")
         return Tree(self.pid, self.proc, name=name)
@@ -72,6 +70,13 @@ class TreeStages:
     def chkpnt(
         self, stage: Stage, dumpfile: str | None = None, opts: DumpOptions | None = None
     ) -> DumpStats | None:
+        from ..dump.options import DumpOptions
+        from .dump import checkpoint, dump
+        from .incremental import closing_stage, predump
+        from .kill import kill
+        from .resume import resume
+        from .suspend import suspend
+
         check_stage(stage, "chkpnt")
         check_dumpfile(dumpfile)
         opts = opts or DumpOptions()
@@ -103,6 +108,12 @@ class TreeStages:
     def restore(
         self, stage: Stage, dumpfile: str | None = None, opts: RestoreOptions | None = None
     ) -> RestoreStats | None:
+        from ..restore.options import RestoreOptions
+        from .kill import kill
+        from .restore import open_for_restore, restore
+        from .resume import resume
+        from .tree import tree_name
+
         check_stage(stage, "restore")
         check_dumpfile(dumpfile)
         opts = opts or RestoreOptions()
@@ -133,6 +144,8 @@ class TreeStages:
     def wait_shell_job(self, stats: RestoreStats) -> None:
         """After a full restore with shell_job: wait until the tree's root exits (its PID
         namespace's init, our child, under pidns)."""
+        from ..restore.tty import wait_shell_job
+
         wait_shell_job(stats.pidns_init or stats.host_pid)
 
 
@@ -140,6 +153,10 @@ def _root_of(dumpfile: str, *, trust: bool = False) -> int:
     """The root PID of the tree a dump file holds (from its header; the file trusted as
     for a restore: exit 17 for one another user could have written); ImageError (exit
     40) when the file is no image."""
+    from cptimage.container import ImageReader
+
+    from ..restore.trust import open_dumpfile
+
     f = open_dumpfile(dumpfile, trust=trust)
     try:
         r = ImageReader(f, own=True)
