@@ -17,6 +17,10 @@ cpt at an exact moment).  Unset in normal use: one environment lookup per point.
     restore:freezer   an undump (or a VE's restore) journalled, its freezer not made yet
     restore:memory    every address space rebuilt
     restore:detach    the whole tree restored, still traced
+    migrate:restore   a migration's destination about to restore the VE it received
+    migrate:send      a migration's source, the VE frozen, its image about to be sent
+    migrate:other-kernel  (a condition, not a point) a migration's destination takes
+                      the source's kernel for another (its pre-flight refuses: exit 17)
 """
 
 from __future__ import annotations
@@ -41,7 +45,15 @@ POINTS = (
     "restore:freezer",
     "restore:memory",
     "restore:detach",
+    "migrate:restore",
+    "migrate:send",
 )
+
+
+def active(name: str) -> bool:
+    """Is the condition `name` injected (CPT_FAULT names it)?"""
+    spec = os.environ.get("CPT_FAULT")
+    return bool(spec) and name in spec.split(",")
 
 
 class InjectedFault(CptError):

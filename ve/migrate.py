@@ -1,0 +1,570 @@
+"""`cpt migrate [--online] HOST VEID`: move a VE to another node (vzmigrate's flow, see
+REFERENCE.md), its destination side being ve/agent.py behind `ssh HOST cpt node serve
+--stdio` (ve/proto.py).
+
+    1  lock the VE here (a VE locked by another cpt command: exit 9, said to be the lock)
+    2  pre-flight, before any freeze: the destination reachable and speaking our
+       protocol (4), VEID free there (9), its addresses free there (9), its kernel and
+       CPU (17, 18), room in its pool (6), the template and bound host directories (6);
+       --dry-run stops here
+    3  filesystem sync while the VE runs: btrfs send of a read-only snapshot group of
+       the private area (nested subvolumes too), received into the destination's pool
+    4  online (--noiter: stop-and-copy): suspend, dump (the area snapshotted in the same
+       freeze), the snapshot sent incrementally (-p) and the image sent; the destination
+       undumps and resumes; only after it acknowledged is the VE killed here.
+       offline: the VE is stopped, the area sent incrementally, the VE started there
+    5  clean up here: the private area and the VE's snapshots go (--remove-area no keeps
+       them), the config is kept as VEID.toml.migrated
+
+Any failure before the destination resumed undoes both sides: the destination undoes
+what its journal lists (at once, or as the next session for the VE begins), and the VE
+runs on here (resumed if it was suspended).  A failure after the restore request was sent
+asks the destination (a new connection) whether the VE runs there before deciding which
+copy lives.  Exit codes are vzmigrate's (SPEC.md section 12).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cpt import fault, interrupts
+from cpt.dump.options import DumpOptions
+from cpt.errors import CodedError, CptError, InvalidValue, UsageError
+from cpt.stages.kill import kill
+from cpt.stages.resume import resume
+from cpt.stages.suspend import suspend
+from cpt.sys import host as hostinfo
+from storage import backend_for, transfer
+
+from . import proto
+from .agent import machine
+from .config import VEConfig, check_veid
+from .fssnap import FsCapture
+from .lifecycle import VEManager
+from .runtime import RunState
+from .stages import ve_dump_options
+
+# vzmigrate's exit codes
+VE_STOPPED = 2
+CONNECT = 4
+COPY = 6
+RESTORE = 7
+CHECKPOINT = 8
+EXISTS = 9
+IMAGE_VERSION = 17
+CPU = 18
+CODES: dict[int, str] = {
+    VE_STOPPED: "the VE is not running (an online migration needs it running)",
+    CONNECT: "cannot connect to the destination, or it speaks another protocol version",
+    COPY: "copying to the destination failed (its pool too small, a copy cut off, the VE's "
+    "template or a bound host directory missing there)",
+    RESTORE: "restore on the destination failed; the VE runs on here",
+    CHECKPOINT: "checkpoint on the source failed; the VE runs on here",
+    EXISTS: "the VE (its id, private area or address) exists on the destination, or the VE "
+    "is locked here by another cpt command",
+    IMAGE_VERSION: "the destination's kernel cannot restore the VE's image",
+    CPU: "the destination's CPU lacks features the VE uses",
+}
+KIND_CODES = {
+    "exists": EXISTS,
+    "address": EXISTS,
+    "kernel": IMAGE_VERSION,
+    "cpu": CPU,
+    "space": COPY,
+    "missing": COPY,
+    "copy": COPY,
+    "restore": RESTORE,
+}
+HELLO_TIMEOUT = 30.0
+STEP_TIMEOUT = 120.0  # the longest wait for one answer of the destination
+RESTORE_TIMEOUT = 300.0
+
+
+class MigrateError(CodedError):
+    """A migration failed: `code` is vzmigrate's exit code, `stage` where it failed."""
+
+    def __init__(self, code: int, stage: str, msg: str) -> None:
+        super().__init__(code, f"migrate: {stage}: {msg}")
+        self.stage = stage
+
+
+@dataclasses.dataclass
+class MigrateOptions:
+    online: bool = False
+    noiter: bool = False  # stop-and-copy
+    dry_run: bool = False
+    remove_area: bool = True
+    keep_dst: bool = False
+    ssh_opts: str = ""
+
+
+@dataclasses.dataclass
+class Report:
+    """What a migration did and how long each step took (seconds)."""
+
+    veid: str
+    host: str
+    mode: str = ""
+    steps: dict[str, float] = dataclasses.field(default_factory=dict)
+    bytes_fs: int = 0
+    bytes_image: int = 0
+    frozen_s: float = 0.0
+    restore_s: float = 0.0
+    init_pid: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# -- the transport
+
+
+def split_host(host: str) -> tuple[str, str]:
+    """[user@]host[:port] -> (destination, port or "")."""
+    if not host or host.startswith("-") or any(c.isspace() for c in host):
+        raise InvalidValue(f"HOST {host!r}: use [user@]host[:port]")
+    name, port = host, ""
+    if host.count(":") == 1:
+        name, port = host.split(":")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise InvalidValue(f"HOST {host!r}: the port is 1-65535")
+    return name, port
+
+
+def command(host: str, ssh_opts: str) -> tuple[list[str], dict[str, str]]:
+    """The command that reaches the destination's agent, and its environment.  Tests may
+    set CPT_MIGRATE_TRANSPORT=local: HOST is then another node root of this machine."""
+    if os.environ.get("CPT_MIGRATE_TRANSPORT") == "local":
+        env = dict(os.environ, CPT_ROOT=os.path.abspath(host))
+        env.pop("CPT_MIGRATE_TRANSPORT")
+        env.pop("CPT_RUN_DIR", None)  # the run directory of the node root given
+        env.pop("CPT_FAULT", None)  # the source's; the destination's is CPT_MIGRATE_DST_FAULT
+        if os.environ.get("CPT_MIGRATE_DST_FAULT"):
+            env["CPT_FAULT"] = os.environ["CPT_MIGRATE_DST_FAULT"]
+        return [sys.executable, "-m", "cli.main", "node", "serve", "--stdio"], env
+    name, port = split_host(host)
+    try:
+        opts = shlex.split(ssh_opts)
+    except ValueError as e:
+        raise InvalidValue(f"--ssh-opts {ssh_opts!r}: {e}") from None
+    argv = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", *opts]
+    if port:
+        argv += ["-p", port]
+    return [*argv, "--", name, "cpt", "node", "serve", "--stdio"], dict(os.environ)
+
+
+class Connection:
+    """The pipe to the destination's agent (a child: ssh, or the local transport)."""
+
+    def __init__(self, host: str, ssh_opts: str) -> None:
+        argv, env = command(host, ssh_opts)
+        self.host = host
+        self.err = tempfile.TemporaryFile()
+        try:
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err, env=env,
+                cwd=_repo_dir() if env.get("CPT_ROOT") and argv[0] == sys.executable else None,
+            )  # fmt: skip
+        except OSError as e:
+            raise MigrateError(CONNECT, "connect", f"cannot run {argv[0]}: {e.strerror}") from None
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.chan = proto.Channel(self.proc.stdout.fileno(), self.proc.stdin.fileno())
+
+    def why(self) -> str:
+        """The last line the transport said on stderr (ssh's reason), if any."""
+        self.err.seek(0)
+        lines = [x for x in self.err.read().decode(errors="replace").splitlines() if x.strip()]
+        return lines[-1].strip() if lines else ""
+
+    def close(self, timeout: float = 10.0) -> None:
+        for f in (self.proc.stdin, self.proc.stdout):
+            with contextlib.suppress(OSError):
+                if f is not None:
+                    f.close()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.err.close()
+
+    def cut(self) -> None:
+        """End the transport at once (its agent sees the pipe close)."""
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+        self.close()
+
+
+def _repo_dir() -> str:
+    return str(Path(__file__).resolve().parent.parent)
+
+
+# -- the flow
+
+
+class Migration:
+    def __init__(
+        self,
+        manager: VEManager,
+        host: str,
+        veid: str,
+        opts: MigrateOptions,
+        say: Callable[[str], None] = lambda s: None,
+    ) -> None:
+        self.manager = manager
+        self.node = manager.node
+        self.host = host
+        self.veid = check_veid(veid)
+        self.opts = opts
+        self.say = say
+        self.mid = uuid.uuid4().hex
+        self.report = Report(veid=veid, host=host)
+        self.conn: Connection | None = None
+        self.snaps: list[Path] = []  # sent snapshots, oldest first
+        self.restore_sent = False
+
+    # -- helpers
+
+    def _fail(self, code: int, stage: str, msg: str) -> MigrateError:
+        return MigrateError(code, stage, msg)
+
+    def _call(self, stage: str, op: str, timeout: float = STEP_TIMEOUT, **fields: Any) -> dict[str, Any]:
+        assert self.conn is not None
+        try:
+            return self.conn.chan.call(op, timeout, **fields)
+        except proto.Remote as e:
+            raise self._fail(KIND_CODES.get(e.kind, COPY if stage == "copy" else CONNECT), stage, str(e)) from None
+        except proto.ProtocolError as e:
+            raise self._lost(stage, e) from None
+
+    def _lost(self, stage: str, e: Exception) -> MigrateError:
+        why = self.conn.why() if self.conn is not None else ""
+        code = {"connect": CONNECT, "pre-flight": CONNECT, "restore": RESTORE}.get(stage, COPY)
+        return self._fail(code, stage, f"the destination {self.host}: {e}" + (f" ({why})" if why else ""))
+
+    def _step(self, name: str, t0: float) -> None:
+        self.report.steps[name] = self.report.steps.get(name, 0.0) + time.perf_counter() - t0
+
+    # -- run
+
+    def run(self) -> Report:
+        node = self.node
+        run = RunState(self.veid)
+        with run.locked():
+            path = node.config_path(self.veid)
+            if not os.path.exists(path):
+                if os.path.exists(node.migrated_path(self.veid)):
+                    raise InvalidValue(f"VE {self.veid} migrated away from this node")
+                raise InvalidValue(f"VE {self.veid} does not exist (no {path})")
+            cfg = node.config(self.veid)
+            self.manager.stages(self.veid).repair_locked(cfg)
+            status = self.manager.status(self.veid)
+            running = status == "running"
+            if status not in ("running", "stopped"):
+                raise self._fail(VE_STOPPED, "pre-flight", f"VE {self.veid} is {status}: resume or stop it first")
+            if self.opts.online and not running:
+                raise self._fail(
+                    VE_STOPPED, "pre-flight",
+                    f"VE {self.veid} is not running; migrate it offline (without --online)",
+                )  # fmt: skip
+            self.report.mode = "offline" if not self.opts.online else "stop-and-copy"
+            self._connect()
+            try:
+                self._preflight(cfg)
+                if self.opts.dry_run:
+                    self._bye()
+                    return self.report
+                self._flow(cfg, running)
+            except BaseException:
+                self._abort()
+                raise
+            finally:
+                self._drop_snapshots()
+                if self.conn is not None:
+                    self.conn.close()
+            self._cleanup(cfg)
+        return self.report
+
+    def _connect(self) -> None:
+        t0 = time.perf_counter()
+        self.conn = Connection(self.host, self.opts.ssh_opts)
+        try:
+            got = self.conn.chan.call("hello", HELLO_TIMEOUT, proto_version=proto.PROTOCOL)
+        except (proto.ProtocolError, proto.Remote) as e:
+            why = self.conn.why()
+            self.conn.cut()
+            self.conn = None
+            raise self._fail(
+                CONNECT, "connect", f"cannot reach cpt on {self.host}: {why or e}"
+            ) from None
+        if got.get("proto") != proto.PROTOCOL:
+            self._bye()
+            raise self._fail(
+                CONNECT, "connect",
+                f"{self.host} speaks migration protocol {got.get('proto')}, this cpt "
+                f"{proto.PROTOCOL}: install the same cpt there",
+            )  # fmt: skip
+        self.remote_root = str(got.get("root", ""))
+        self._step("connect", t0)
+
+    def _bye(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(proto.ProtocolError, proto.Remote):
+                self.conn.chan.call("bye", 10.0)
+            self.conn.close()
+            self.conn = None
+
+    def _preflight(self, cfg: VEConfig) -> None:
+        t0 = time.perf_counter()
+        from cpt.host.verify import host_xcr0  # the engine: here only
+
+        arch, release, version = hostinfo.kernel()
+        platform = dict(
+            arch=arch, release=release, version=version, vdso=hostinfo.vdso_digest(),
+            cpu_flags=hostinfo.isa_flags(), xcr0=host_xcr0(),
+        )  # fmt: skip
+        config = dataclasses.asdict(cfg)
+        config.pop("private")
+        try:
+            need = backend_for(cfg.private).size(cfg.private)
+        except (CptError, OSError):
+            need = 0
+        self._call(
+            "pre-flight", "preflight", veid=self.veid, mid=self.mid, config=config, need=need,
+            platform=platform, source_root=self.node.root, source_machine=machine(),
+            binds=[], dry_run=self.opts.dry_run,
+        )  # fmt: skip
+        self._step("preflight", t0)
+
+    def _snapshot(self) -> Path:
+        """A read-only snapshot group of the area (while it runs: sync #1)."""
+        d = Path(self.node.migrate_dir(self.veid))
+        d.mkdir(parents=True, exist_ok=True)
+        dest = d / f"s{len(self.snaps)}-{self.mid[:8]}"
+        backend = backend_for(self.manager.config(self.veid).private)
+        backend.sync(self.manager.config(self.veid).private)
+        backend.snapshot(self.manager.config(self.veid).private, dest)
+        self.snaps.append(dest)
+        return dest
+
+    def _send_fs(self, snap: Path, parent: Path | None) -> None:
+        assert self.conn is not None
+        for part, sub, base in transfer.parts(snap, parent):
+            tx = transfer.sender(sub, base)
+            assert tx.stdout is not None
+            try:
+                n = self.conn.chan.send_stream("recv_fs", tx.stdout.fileno(), part=part)
+            except proto.ProtocolError as e:
+                tx.kill()
+                tx.wait()
+                raise self._lost("copy", e) from None
+            err = tx.stderr.read().decode(errors="replace").strip() if tx.stderr else ""
+            rc = tx.wait()
+            self.report.bytes_fs += n
+            if rc != 0:
+                with contextlib.suppress(proto.ProtocolError, proto.Remote):
+                    self.conn.chan.answer("recv_fs", STEP_TIMEOUT)
+                raise self._fail(COPY, "copy", f"btrfs send of {sub}: {err or f'exit {rc}'}")
+            try:
+                self.conn.chan.answer("recv_fs", STEP_TIMEOUT)
+            except proto.Remote as e:
+                raise self._fail(KIND_CODES.get(e.kind, COPY), "copy", str(e)) from None
+            except proto.ProtocolError as e:
+                raise self._lost("copy", e) from None
+
+    def _flow(self, cfg: VEConfig, running: bool) -> None:
+        t0 = time.perf_counter()
+        s1 = self._snapshot()
+        self._send_fs(s1, None)
+        self._step("fs_sync", t0)
+        if self.opts.online:
+            self._switch_over(cfg, s1)
+        else:
+            self._offline(cfg, s1, running)
+
+    def _offline(self, cfg: VEConfig, s1: Path, running: bool) -> None:
+        t0 = time.perf_counter()
+        if running:
+            self.manager.stop_locked(self.veid)
+        self._step("stop", t0)
+        t0 = time.perf_counter()
+        s2 = self._snapshot()
+        self._send_fs(s2, s1)
+        self._call("copy", "area")
+        self._step("fs_sync_2", t0)
+        if running:
+            t0 = time.perf_counter()
+            self.restore_sent = True
+            got = self._call("restore", "start", RESTORE_TIMEOUT)
+            self.report.init_pid = int(got.get("init_pid", 0))
+            self._step("start", t0)
+        self._commit()
+
+    def _switch_over(self, cfg: VEConfig, s1: Path) -> None:
+        stages = self.manager.stages(self.veid)
+        rt = RunState(self.veid).runtime()
+        assert rt is not None
+        opts = ve_dump_options(DumpOptions())
+        d = Path(self.node.migrate_dir(self.veid))
+        s2 = d / f"s{len(self.snaps)}-{self.mid[:8]}"
+        image = str(d / f"Dump-{self.mid[:8]}")
+        frozen_at = time.perf_counter()
+        try:
+            suspend(stages.tree(cfg, rt.init_pid, FsCapture(self.veid, cfg.private, "")), opts)
+        except CptError as e:
+            raise self._fail(CHECKPOINT, "suspend", str(e)) from None
+        self._step("suspend", frozen_at)
+        try:
+            t0 = time.perf_counter()
+            try:
+                stages.dump_with_fs(
+                    cfg, rt.init_pid, image, opts, staged=True, dest=s2, keep=lambda c: None
+                )
+            except CptError as e:
+                raise self._fail(CHECKPOINT, "dump", str(e)) from None
+            self.snaps.append(s2)
+            self._step("dump", t0)
+            t0 = time.perf_counter()
+            fault.point("migrate:send")
+            self._send_fs(s2, s1)
+            self._call("copy", "area")
+            self._step("fs_sync_frozen", t0)
+            t0 = time.perf_counter()
+            assert self.conn is not None
+            fd = os.open(image, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                self.report.bytes_image = self.conn.chan.send_stream("recv_image", fd)
+            except proto.ProtocolError as e:
+                raise self._lost("copy", e) from None
+            finally:
+                os.close(fd)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(image)
+            try:
+                self.conn.chan.answer("recv_image", STEP_TIMEOUT)
+            except proto.Remote as e:
+                raise self._fail(KIND_CODES.get(e.kind, COPY), "copy", str(e)) from None
+            except proto.ProtocolError as e:
+                raise self._lost("copy", e) from None
+            self._step("transfer", t0)
+            t0 = time.perf_counter()
+            self.restore_sent = True
+            got = self._call("restore", "restore", RESTORE_TIMEOUT)
+            self.report.init_pid = int(got.get("init_pid", 0))
+            self.report.restore_s = float(got.get("restore_s", 0.0))
+            self._step("restore", t0)
+        except BaseException as e:
+            if not self._resumed_there(e):
+                self._resume_here(cfg, rt.init_pid)
+                raise
+        self.report.frozen_s = time.perf_counter() - frozen_at
+        # the destination runs it: the copy here dies, silently (its peers are there now)
+        interrupts.no_return()
+        kill(stages.tree(cfg, rt.init_pid))
+        stages.stopped(cfg)
+        self._commit()
+
+    def _resumed_there(self, e: BaseException) -> bool:
+        """After a failure: does the VE run on the destination (the restore request went
+        out, its answer did not come back)?  Asked over a new connection."""
+        if not self.restore_sent or (isinstance(e, MigrateError) and e.code == RESTORE and "restore of VE" in str(e)):
+            return False
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline:
+            try:
+                conn = Connection(self.host, self.opts.ssh_opts)
+            except MigrateError:
+                time.sleep(1.0)
+                continue
+            try:
+                conn.chan.call("hello", HELLO_TIMEOUT, proto_version=proto.PROTOCOL)
+                got = conn.chan.call("status", STEP_TIMEOUT, veid=self.veid, mid=self.mid)
+                return got.get("state") == "resumed"
+            except (proto.ProtocolError, proto.Remote):
+                time.sleep(1.0)
+            finally:
+                conn.close()
+        raise self._fail(
+            RESTORE, "restore",
+            f"the destination {self.host} cannot be asked whether VE {self.veid} runs there; "
+            f"the VE is left suspended here: check there, then `cpt chkpnt {self.veid} --resume` "
+            f"here if it does not run there",
+        ) from e  # fmt: skip
+
+    def _resume_here(self, cfg: VEConfig, init_pid: int) -> None:
+        stages = self.manager.stages(self.veid)
+        with interrupts.deferred():
+            resume(stages.tree(cfg, init_pid))
+
+    def _commit(self) -> None:
+        if self.conn is None:
+            return
+        with contextlib.suppress(proto.ProtocolError, proto.Remote):
+            self.conn.chan.call("commit", STEP_TIMEOUT)
+
+    def _abort(self) -> None:
+        """Undo the destination's part (unless --keep-dst), on this session if it is
+        still up, else on a new one."""
+        if self.opts.keep_dst:
+            return
+        if self.conn is not None:
+            try:
+                self.conn.chan.call("abort", STEP_TIMEOUT)
+                return
+            except (proto.ProtocolError, proto.Remote):
+                self.conn.cut()
+                self.conn = None
+        # the session is gone: its agent undoes what it did as it ends; a killed one's
+        # journal is undone by a new session's `abort`
+        with contextlib.suppress(MigrateError, proto.ProtocolError, proto.Remote):
+            conn = Connection(self.host, self.opts.ssh_opts)
+            try:
+                conn.chan.call("hello", HELLO_TIMEOUT, proto_version=proto.PROTOCOL)
+                conn.chan.call("abort", STEP_TIMEOUT, veid=self.veid)
+            finally:
+                conn.close()
+
+    def _drop_snapshots(self) -> None:
+        for snap in reversed(self.snaps):
+            with contextlib.suppress(CptError, OSError):
+                backend_for(snap.parent).delete_snapshot(snap)
+        self.snaps = []
+        with contextlib.suppress(OSError):
+            os.rmdir(self.node.migrate_dir(self.veid))
+
+    def _cleanup(self, cfg: VEConfig) -> None:
+        """The VE lives on the destination: here its config is kept as .migrated, its
+        private area and snapshots go (unless --remove-area no)."""
+        node = self.node
+        with interrupts.deferred():
+            if self.opts.remove_area:
+                self.manager.snapshots.destroyed(self.veid)
+                if os.path.exists(cfg.private):
+                    backend_for(cfg.private).delete_area(cfg.private)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(node.default_dumpfile(self.veid))
+            os.replace(node.config_path(self.veid), node.migrated_path(self.veid))
+
+
+def migrate(
+    manager: VEManager, host: str, veid: str, opts: MigrateOptions,
+    say: Callable[[str], None] = lambda s: None,
+) -> Report:  # fmt: skip
+    if opts.noiter and not opts.online:
+        raise UsageError("--noiter is for --online migrations")
+    split_host(host) if os.environ.get("CPT_MIGRATE_TRANSPORT") != "local" else None
+    return Migration(manager, host, veid, opts, say).run()
+
+
+__all__ = ["CODES", "MigrateError", "MigrateOptions", "Report", "migrate"]
