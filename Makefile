@@ -5,7 +5,7 @@ SHELL      := /bin/bash
 PYTHON     ?= python3
 VENV       := .venv
 PY         := $(VENV)/bin/python
-APT_PKGS   := btrfs-progs libbtrfsutil-dev gcc busybox-static nftables iproute2
+APT_PKGS   := btrfs-progs libbtrfsutil-dev gcc busybox-static nftables iproute2 openssh-server openssh-client
 STAMP      := $(VENV)/.installed
 # the project's packages (pyproject.toml [tool.setuptools] packages, top level)
 PKGS       := cptimage cpt storage ve snapshot cli

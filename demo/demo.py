@@ -36,9 +36,11 @@ sys.path.insert(0, str(REPO))
 
 from cpt.errors import CptError  # noqa: E402
 from cpt.procfs import Proc  # noqa: E402
+from cpt.stages.store import node_tag  # noqa: E402
+from cpt.sys.cgroup import Freezer  # noqa: E402
 from cpt.sys.task import set_child_subreaper  # noqa: E402
 from storage import pool  # noqa: E402
-from ve.runtime import RunState  # noqa: E402
+from ve.runtime import cgroup_name  # noqa: E402
 
 WORKLOADS = REPO / "fixtures" / "workloads"
 CPT = [sys.executable, "-m", "cli.main"]
@@ -221,7 +223,8 @@ class Demo:
         """The VE's processes as it sees them (NSpid), read from this host."""
         out = []
         proc = Proc()
-        for pid in Path(RunState(VEID).freezer().path, "cgroup.procs").read_text().split():
+        cg = Freezer(cgroup_name(VEID, node_tag(str(self.root)))).path
+        for pid in Path(cg, "cgroup.procs").read_text().split():
             with contextlib.suppress(OSError, CptError):
                 nspid = proc.status(int(pid)).nspid[-1]
                 comm = proc.comm(int(pid)).strip()

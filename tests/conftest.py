@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from cptcli import CptRunner
 from helpers_procfs import FIX as PROC_FIXTURES
+from nodes import Cluster, cluster
 from ve_node import Node, node_at
 
 from cpt.procfs import Proc
@@ -42,3 +43,11 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
 def zoo() -> Proc:
     """The /proc layer on the captured tree fixtures/proc/zoo (tests/helpers_procfs.py)."""
     return Proc(str(PROC_FIXTURES / "zoo"))
+
+
+@pytest.fixture
+def nodes() -> Iterator[Cluster]:
+    """Nodes A and B (network namespaces with their own node root and sshd) and a client
+    on one test LAN (tests/nodes.py); all of it removed afterwards."""
+    with cluster() as c:
+        yield c

@@ -284,7 +284,7 @@ class VeTarget:
         self.wl_dir = wl_dir
         self.dump = node.root / "dump" / f"Dump.{veid}"
         self.run_dir = node.root / "run"
-        self.cgroup = CGROUP2 / "cpt" / f"ve-{veid}"
+        self.cgroup = node.cgroup(veid)
 
     def args(self, mode: str) -> list[str]:
         return ["chkpnt", self.veid, *(["--leave-running"] if mode == "leave-running" else [])]
@@ -348,7 +348,7 @@ class VeTarget:
             problems.append("LOST: the workload in the VE does not go on")
         if (after := masks(cgroup_pids(self.cgroup))) != before:
             problems.append(f"LOST: signal masks {before} became {after}")
-        if f"dev cpt{self.veid}" not in route_of(self.ip):
+        if f"dev {self.node.ifname(self.veid)}" not in route_of(self.ip):
             problems.append(f"the VE's address is routed {route_of(self.ip)!r}")
         if shot.killed and shot.sig == signal.SIGKILL:
             self.node.cpt("chkpnt", self.veid, "--resume")  # the next command sweeps its lock

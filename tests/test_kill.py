@@ -305,7 +305,7 @@ def test_ve_fault_points_leave_it_running_and_nothing_behind(node) -> None:
                 problems.append(f"status {target.status()!r} after the repair")
             if not target.going_on():
                 problems.append("the workload does not go on")
-            if f"dev cpt{veid}" not in (r := route_of(ip.split("/")[0])):
+            if f"dev {node.ifname(veid)}" not in (r := route_of(ip.split("/")[0])):
                 problems.append(f"the address is routed {r!r}")
             if target.dump.exists():
                 problems.append("a dump file was left")

@@ -12,7 +12,6 @@ import json
 import os
 import socket
 import time
-from pathlib import Path
 
 import pytest
 from ve_node import Node, route
@@ -31,7 +30,7 @@ def test_lifecycle_host_template(node: Node) -> None:
     rc, out, err = node.cpt("ve", "start", "201")
     assert rc == 0, err
     assert node.cpt("ve", "status", "201")[1].strip() == "VE 201 running"
-    assert "dev cpt201" in route("198.18.21.2")
+    assert f"dev {node.ifname('201')}" in route("198.18.21.2")
     rc, out, _ = node.cpt(
         "ve", "exec", "201", "--", "/bin/sh", "-c",
         "hostname; cat /proc/1/cmdline; echo; readlink /proc/self/ns/pid; ls -a /; exit 5",
@@ -52,7 +51,7 @@ def test_lifecycle_host_template(node: Node) -> None:
     assert node.cpt("ve", "stop", "201")[0] == 0
     assert node.cpt("ve", "stop", "201")[0] == 31
     assert route("198.18.21.2").startswith("blackhole")
-    assert not Path("/sys/fs/cgroup/unified/cpt/ve-201").exists()
+    assert not node.cgroup("201").exists()
     assert node.cpt("ve", "destroy", "201")[0] == 0
     node.created.remove("201")
     assert route("198.18.21.2") == ""

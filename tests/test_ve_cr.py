@@ -47,16 +47,14 @@ def status(node: Node, veid: str) -> str:
     return node.cpt("ve", "status", veid)[1].split()[-1]
 
 
-def cgroup(veid: str) -> Path:
-    from ve.runtime import RunState
-
-    return Path(RunState(veid).freezer().path)
+def cgroup(node: Node, veid: str) -> Path:
+    return node.cgroup(veid)
 
 
-def ve_pids(veid: str) -> dict[int, str]:
+def ve_pids(node: Node, veid: str) -> dict[int, str]:
     """In-VE PID -> comm of every process of the running VE (from the host)."""
     out = {}
-    for host_pid in (cgroup(veid) / "cgroup.procs").read_text().split():
+    for host_pid in (cgroup(node, veid) / "cgroup.procs").read_text().split():
         try:
             status = Path(f"/proc/{host_pid}/status").read_text()
             comm = Path(f"/proc/{host_pid}/comm").read_text().strip()
@@ -115,8 +113,11 @@ def test_tcp_connection_survives_staged_chkpnt_and_restore(node: Node) -> None:
         rc, out, err = node.cpt("chkpnt", "301", "--kill")
         assert rc == 0, err
         assert status(node, "301") == "suspended", "a dump file waits: vzctl says suspended"
-        assert not cgroup("301").exists()
-        assert "cpt301" not in subprocess.run(["ip", "link"], capture_output=True, text=True).stdout
+        assert not cgroup(node, "301").exists()
+        assert (
+            node.ifname("301")
+            not in subprocess.run(["ip", "link"], capture_output=True, text=True).stdout
+        )
         assert route("198.18.31.2").startswith("blackhole"), "held while dumped"
         rc, out, err = node.cpt("image", "show", dumpfile)
         assert rc == 0 and "VE 301" in out, out
@@ -124,7 +125,7 @@ def test_tcp_connection_survives_staged_chkpnt_and_restore(node: Node) -> None:
         assert rc == 0, err
         assert status(node, "301") == "running"
         assert not dumpfile.exists(), "a full restore removes the default dump file"
-        assert "dev cpt301" in route("198.18.31.2")
+        assert f"dev {node.ifname('301')}" in route("198.18.31.2")
         # everything sent so far comes back, in order, on the same connection
         c.settimeout(60)
         while len(received) < len(sent):
@@ -175,7 +176,7 @@ def test_multiprocess_ve_keeps_its_pids_and_state(node: Node) -> None:
     assert node.cpt("ve", "start", "302")[0] == 0
     c_dir, py_dir = private / "root" / "c", private / "root" / "py"
     c_pid, py_pid = _ready(c_dir / "ready"), _ready(py_dir / "ready")
-    before = ve_pids("302")
+    before = ve_pids(node, "302")
     assert before[1] == "init" and before[c_pid] == "counter" and c_pid != py_pid
     assert len(before) == 4, before  # init, sh, counter, python
     rc, out, err = node.cpt("chkpnt", "302")
@@ -186,7 +187,7 @@ def test_multiprocess_ve_keeps_its_pids_and_state(node: Node) -> None:
     assert (_count(c_dir), _count(py_dir)) == counted, "nothing runs while dumped"
     rc, out, err = node.cpt("restore", "302")
     assert rc == 0, err
-    assert ve_pids("302") == before, "the same in-VE PIDs"
+    assert ve_pids(node, "302") == before, "the same in-VE PIDs"
     deadline = time.monotonic() + 10
     while _count(c_dir) <= counted[0] or _count(py_dir) <= counted[1]:
         assert time.monotonic() < deadline, "the counters did not go on"
@@ -210,7 +211,7 @@ def test_multiprocess_ve_keeps_its_pids_and_state(node: Node) -> None:
         time.sleep(0.05)
     assert route("198.18.32.2").startswith("blackhole")
     assert node.cpt("ve", "stop", "302")[0] == 31
-    assert not cgroup("302").exists(), "what the ended VE left is cleared"
+    assert not cgroup(node, "302").exists(), "what the ended VE left is cleared"
 
 
 def _log(wl: Path) -> str:
@@ -238,7 +239,7 @@ def test_refusals_and_a_failed_dump_resumes_the_ve(node: Node) -> None:
         assert p.stderr.count("\n") == 1, p.stderr
         assert status(node, "303") == "running"
         assert not (node.root / "dump" / "Dump.303").exists()
-        assert "dev cpt303" in route("198.18.33.2")
+        assert f"dev {node.ifname('303')}" in route("198.18.33.2")
         assert echo(c, b"still there") == b"still there"
         # a stage out of order
         rc, _, err = node.cpt("chkpnt", "303", "--dump")
@@ -278,7 +279,7 @@ def test_nothing_is_left_behind(node: Node) -> None:
     """After the tests above: no veth, no cgroup, no stray mount of a VE remains."""
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     for veid in ("301", "302", "303"):
-        assert f"cpt{veid}" not in links
-        assert not cgroup(veid).exists()
+        assert node.ifname(veid) not in links
+        assert not cgroup(node, veid).exists()
     with open("/proc/self/mountinfo") as f:
         assert "/private/30" not in f.read()

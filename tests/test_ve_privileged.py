@@ -36,7 +36,7 @@ def test_privileged_lifecycle(node: Node) -> None:
     lines = out.split("\n")
     assert lines[0] == "0" and lines[1].split() == ["0", "0", "4294967295"]
     assert lines[2].split() == ["Seccomp:", "0"] and lines[3] == "ve1301"
-    assert "dev cpt1301" in route("198.18.130.2")
+    assert f"dev {node.ifname('1301')}" in route("198.18.130.2")
     assert node.cpt("ve", "stop", "1301", "--timeout", "1")[0] == 0
     assert node.cpt("ve", "status", "1301")[1].strip() == "VE 1301 stopped (privileged)"
 

@@ -30,6 +30,21 @@ class Node:
         )  # fmt: skip
         return p.returncode, p.stdout, p.stderr
 
+    def cgroup(self, veid: str) -> Path:
+        """The VE's freezer cgroup on this node (its name carries the node's tag)."""
+        from cpt.stages.store import node_tag
+        from cpt.sys.cgroup import CPT_CGROUP, cgroup2_mount
+        from ve.runtime import cgroup_name
+
+        return Path(cgroup2_mount(), CPT_CGROUP, cgroup_name(veid, node_tag(str(self.root))))
+
+    def ifname(self, veid: str) -> str:
+        """The host end of the VE's veth on this node."""
+        from cpt.stages.store import node_tag
+        from ve.net import host_ifname
+
+        return host_ifname(veid, node_tag(str(self.root)))
+
     def create(self, veid: str, *args: str) -> None:
         rc, _, err = self.cpt("ve", "create", veid, *args)
         assert rc == 0, err

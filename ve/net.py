@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from cpt import interrupts
 from cpt.errors import SystemError_
+from cpt.stages.store import node_tag
 
 # pyroute2 is imported where it is used (see cpt/dump/netns.py): importing the package
 # loads all of it, which every cpt command would pay at start-up.
@@ -34,11 +35,15 @@ HOLD_METRIC = 1_000_000  # the blackhole's: any route through the veth (metric 0
 LINK_LOCAL_GATEWAY = "169.254.0.1"
 
 
-def host_ifname(veid: str) -> str:
-    name = f"cpt{veid}"
+def host_ifname(veid: str, tag: str | None = None) -> str:
+    """The host end of the VE's veth: cpt<VEID> on the default node root, c<tag>.<VEID> on
+    another (`tag`: node_tag(), CPT_ROOT's by default: two node roots sharing a network
+    namespace never share a name), a digest where that is longer than IFNAMSIZ - 1."""
+    tag = node_tag() if tag is None else tag
+    name = f"c{tag[:6]}.{veid}" if tag else f"cpt{veid}"
     if len(name) <= 15:  # IFNAMSIZ - 1
         return name
-    return "cpt" + hashlib.sha256(veid.encode()).hexdigest()[:12]
+    return ("c" if tag else "cpt") + hashlib.sha256((tag + veid).encode()).hexdigest()[:12]
 
 
 def gateway(ip: str) -> str:

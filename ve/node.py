@@ -20,12 +20,11 @@ import os
 import stat
 
 from cpt.errors import InvalidValue
+from cpt.stages.store import DEFAULT_ROOT
 from cptimage.errors import quote
 from storage import pool
 
 from .config import VEConfig, check_veid
-
-DEFAULT_ROOT = "/var/lib/cpt"
 
 
 class Node:

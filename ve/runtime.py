@@ -5,10 +5,12 @@ store that owns its runtime facts.
     <run>/ve-<VEID>.json          the stage state of its frozen tree (cpt.stages.store's
                                   StateStore: read and dropped through it, never parsed here)
     <run>/ve-<VEID>.lock          its lock (cpt.stages.store.locked)
-    <cgroup2>/cpt/ve-<VEID>       its freezer cgroup (cpt/sys/cgroup.py)
+    <cgroup2>/cpt/ve-<VEID>       its freezer cgroup (cpt/sys/cgroup.py); ve-<VEID>@<tag>
+                                  on a node root other than the default (cgroup_name:
+                                  the run directory is the node's, cgroups the machine's)
 
 `<run>` is cpt.stages.store.run_dir(), and every path in it run_path()'s.  Every file
-and cgroup is named by `object_name`; every question about a VE's runtime (is it
+and cgroup is named by `object_name` and `cgroup_name`; every question about a VE's runtime (is it
 running, is it frozen, was it undumped) is asked of `RunState`.
 """
 
@@ -22,7 +24,7 @@ from collections.abc import Iterator
 
 from cpt.errors import NoSuchProcess
 from cpt.procfs import Proc
-from cpt.stages.store import StateStore, TreeState, locked, run_path
+from cpt.stages.store import StateStore, TreeState, locked, node_tag, run_path
 from cpt.stages.tree import InFreeze, Link, Tree
 from cpt.sys.cgroup import Freezer
 from cptimage.atomic import atomic_output
@@ -32,8 +34,16 @@ from .config import check_veid
 
 
 def object_name(veid: str) -> str:
-    """The name of a VE's freezer cgroup, lock and state files: ve-<VEID>."""
+    """The name of a VE's lock and state files (in its node's run directory): ve-<VEID>."""
     return f"ve-{veid}"
+
+
+def cgroup_name(veid: str, tag: str | None = None) -> str:
+    """The name of a VE's freezer cgroup: ve-<VEID> on the default node root,
+    ve-<VEID>@<tag> on another (`tag`: node_tag(), CPT_ROOT's by default): cgroups are
+    machine-wide, and the same VEID on two node roots of one machine is two VEs."""
+    tag = node_tag() if tag is None else tag
+    return f"ve-{veid}@{tag}" if tag else f"ve-{veid}"
 
 
 @dataclasses.dataclass
@@ -62,13 +72,14 @@ class RunState:
             yield
 
     def freezer(self) -> Freezer:
-        return Freezer(self.name)
+        return Freezer(cgroup_name(self.veid))
 
     def tree(
         self, init_pid: int = 0, *, link: Link | None = None, in_freeze: InFreeze | None = None
     ) -> Tree:
         """The VE's processes as the stages see them (init_pid 0: to be restored)."""
-        return Tree(init_pid, name=self.name, ve_id=self.veid, link=link, in_freeze=in_freeze)
+        return Tree(init_pid, name=self.name, ve_id=self.veid, cgroup=cgroup_name(self.veid),
+                    link=link, in_freeze=in_freeze)  # fmt: skip
 
     def stage_state(self) -> StateStore:
         """The stage state of the VE's frozen tree (suspended, or undumped)."""

@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -27,6 +28,20 @@ from collections.abc import Iterator
 from cptimage.atomic import atomic_output
 
 from ..errors import LockedError
+
+DEFAULT_ROOT = "/var/lib/cpt"  # the node root when neither --root nor CPT_ROOT is given
+
+
+def node_tag(root: str | None = None) -> str:
+    """What makes the machine-global names of a node root's objects its own (their
+    cgroups, host interfaces): '' for the default root, else 8 hex digits of the root's
+    path.  Two node roots on one machine share one kernel, so one cgroup tree and, when
+    they share a network namespace, one set of interface names; `root` None: CPT_ROOT's
+    (as run_dir)."""
+    root = os.path.abspath(root or os.environ.get("CPT_ROOT") or DEFAULT_ROOT)
+    if root == DEFAULT_ROOT:
+        return ""
+    return hashlib.sha256(root.encode()).hexdigest()[:8]
 
 
 def run_dir() -> str:

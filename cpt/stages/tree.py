@@ -97,9 +97,12 @@ class Tree:
         *,
         name: str | None = None,
         ve_id: str = "",
+        cgroup: str | None = None,
         link: Link | None = None,
         in_freeze: InFreeze | None = None,
     ) -> None:
+        """`name` names its lock and state files (in the run directory), `cgroup` its
+        freezer cgroup (machine-wide: a VE's carries its node's tag), `name` by default."""
         if ve_id and not name:
             raise ValueError("a VE's tree is named by the VE layer (ve/runtime.py)")
         self.root = root
@@ -109,7 +112,7 @@ class Tree:
         self.in_freeze = in_freeze
         self.name = name or tree_name(root)
         self.label = f"VE {ve_id}" if ve_id else f"tree {root}"
-        self.freezer = Freezer(self.name)
+        self.freezer = Freezer(cgroup or self.name)
         self.store = StateStore(self.name)
         self.frozen_at = 0.0  # when this command froze the tree (full checkpoints)
         self.repaired: str | None = None  # the journal state repair() found, if any
