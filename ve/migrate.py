@@ -158,7 +158,11 @@ def command(host: str, ssh_opts: str) -> tuple[list[str], dict[str, str]]:
         opts = shlex.split(ssh_opts)
     except ValueError as e:
         raise InvalidValue(f"--ssh-opts {ssh_opts!r}: {e}") from None
-    argv = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", *opts]
+    # a cut connection is noticed within 15 s (ssh's keepalives), never waited on forever
+    argv = [
+        "ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=5",
+        "-o", "ServerAliveCountMax=3", *opts,
+    ]  # fmt: skip
     if port:
         argv += ["-p", port]
     return [*argv, "--", name, "cpt", "node", "serve", "--stdio"], dict(os.environ)
