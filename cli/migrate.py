@@ -13,7 +13,9 @@ from .params import Argument, Option
 
 
 def migrate(
-    host: Annotated[str, Argument(metavar="HOST", help="the destination: host, user@host, host:port")],
+    host: Annotated[
+        str, Argument(metavar="HOST", help="the destination: host, user@host, host:port")
+    ],
     veid: Annotated[str, Argument(metavar="VEID", help="the VE's id")],
     online: Annotated[
         bool, Option("--online", help="live: the VE runs on, frozen only for the switch-over")
@@ -21,9 +23,7 @@ def migrate(
     noiter: Annotated[
         bool, Option("--noiter", help="online without pre-copy: plain stop-and-copy")
     ] = False,
-    dry_run: Annotated[
-        bool, Option("--dry-run", help="stop after the pre-flight checks")
-    ] = False,
+    dry_run: Annotated[bool, Option("--dry-run", help="stop after the pre-flight checks")] = False,
     remove_area: Annotated[
         str, Option("--remove-area", help="yes: remove the private area here after; no: keep it")
     ] = "yes",

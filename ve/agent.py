@@ -15,8 +15,9 @@ this node's root (CPT_ROOT, else the default): no path or command comes from the
     restore      undump and resume the VE; replies once it runs
     start        boot it (an offline migration of a running VE)
     commit       the source let it go: the journal goes, the migration is over
-    abort        everything done here is undone
-    status       what a migration of this VE left here (the source asks after a cut)
+    abort        everything this session did is undone
+    settle       after a cut, in a new session: once the old one ended, what it left is
+                 said ("resumed": the VE runs here) or undone
 
 Everything done is journalled (<run>/migrate-<VEID>.json) before it is done, with its
 undo.  A session that ends (the pipe closed, the agent killed) before `restore` replied
@@ -41,7 +42,7 @@ from cpt import fault
 from cpt.errors import CptError, LockedError
 from cpt.stages.store import run_path
 from cptimage.atomic import atomic_output
-from storage import backend_for, transfer
+from storage import transfer
 
 from . import net, proto
 from .config import VEConfig, check_veid
@@ -52,6 +53,7 @@ from .runtime import RunState
 
 RECV_TIMEOUT = 120.0  # the longest wait for the source's next frame
 RUN_TIMEOUT = 600.0  # an idle session ends
+SETTLE_TIMEOUT = 120.0  # how long `settle` waits for an earlier session to end
 
 
 def machine() -> str:
@@ -140,10 +142,7 @@ def _undo_one(node: Node, veid: str, kind: str, args: list[Any]) -> None:
             os.rmdir(args[0])
     elif kind == "dir":
         shutil.rmtree(args[0], ignore_errors=True)
-    elif kind == "file":
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(args[0])
-    elif kind == "config":
+    elif kind == "file" or kind == "config":
         with contextlib.suppress(FileNotFoundError):
             os.unlink(args[0])
     elif kind == "address":
@@ -169,6 +168,7 @@ class Agent:
         self.pieces: dict[str, Path] = {}  # path in the area -> received snapshot
         self.image = ""
         self.handover: tuple[str, str] | None = None
+        self.keep = False  # --keep-dst: a session that ends unfinished is not undone
 
     # -- the session
 
@@ -211,7 +211,7 @@ class Agent:
     def finish(self) -> None:
         """The session ends: what it did is undone unless the VE was resumed here."""
         j = self.journal
-        if j is not None and j.undo and j.state != "resumed":
+        if j is not None and j.undo and j.state != "resumed" and not self.keep:
             undo(self.node, j)
         if self.lock is not None:
             self.lock.close()
@@ -230,15 +230,30 @@ class Agent:
     def op_bye(self) -> None:
         return None
 
-    def op_status(self, veid: str, mid: str = "") -> dict[str, Any]:
-        """What a migration `mid` of VE `veid` left here: "resumed" (it runs here), or
-        "none"; takes nothing, locks nothing."""
+    def op_settle(self, veid: str, mid: str, keep: bool = False) -> dict[str, Any]:
+        """A new session after the source lost the old one: wait (bounded) for that one to
+        end (it holds the VE's lock), then say what migration `mid` left here: "resumed"
+        (the VE runs here), else it is undone ("undone"; with `keep`, --keep-dst: left
+        as it is, "kept") or there was nothing ("none")."""
         check_veid(veid)
-        j = Journal(veid)
-        if j.load() and j.state == "resumed" and (not mid or j.mid == mid):
-            alive = RunState(veid).runtime() is not None
-            return dict(state="resumed" if alive else "ended")
-        return dict(state="none")
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while True:
+            try:
+                with RunState(veid).locked():
+                    j = Journal(veid)
+                    if not j.load() or j.mid != mid:
+                        return dict(state="none")
+                    if j.state == "resumed" and RunState(veid).runtime() is not None:
+                        return dict(state="resumed")
+                    if keep:
+                        return dict(state="kept")
+                    return dict(state="undone", failed=undo(self.node, j))
+            except LockedError:
+                if time.monotonic() > deadline:
+                    raise Refused(
+                        "failed", f"VE {veid} stays locked on the destination by another session"
+                    ) from None
+                time.sleep(0.2)
 
     def op_preflight(
         self,
@@ -251,6 +266,7 @@ class Agent:
         source_machine: str,
         binds: list[str],
         dry_run: bool = False,
+        keep: bool = False,
     ) -> dict[str, Any]:
         if self.journal is not None:
             raise Refused("usage", "one VE per session")
@@ -260,7 +276,9 @@ class Agent:
             self.lock.enter_context(RunState(veid).locked())
         except LockedError:
             self.lock = None
-            raise Refused("exists", f"VE {veid} is locked on the destination by a cpt command")
+            raise Refused(
+                "exists", f"VE {veid} is locked on the destination by a cpt command"
+            ) from None
         j = Journal(veid)
         if j.load():  # what a dead session left
             if j.state == "resumed" and RunState(veid).runtime() is not None:
@@ -271,6 +289,7 @@ class Agent:
         if dry_run:
             return dict(area=cfg.private)
         self.cfg = cfg
+        self.keep = keep
         j = Journal(veid)
         j.mid, j.source = mid, source_root
         j.save()
@@ -416,9 +435,25 @@ class Agent:
         self.node.make_dump_dir()
         path = os.path.join(self.node.migrate_dir(j.veid), "Dump")
         j.add("file", path)
-        with open(path, "wb", opener=lambda p, fl: os.open(p, fl, 0o600)) as f:
-            n = self.chan.recv_stream(f.write, RECV_TIMEOUT)
-            f.flush()
+        failed: list[OSError] = []
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+
+        def sink(data: bytes) -> None:
+            view = memoryview(data)
+            while view and not failed:  # after a failure the stream is read to its end
+                try:
+                    view = view[os.write(fd, view) :]
+                except OSError as e:
+                    failed.append(e)
+
+        try:
+            n = self.chan.recv_stream(sink, RECV_TIMEOUT)
+        finally:
+            os.close(fd)
+        if failed:
+            raise Refused(
+                "copy", f"writing VE {j.veid}'s image on the destination: {failed[0].strerror}"
+            )
         self.image = path
         return dict(bytes=n)
 
@@ -467,36 +502,36 @@ class Agent:
         j.save()
         return dict(init_pid=rt.init_pid)
 
-    def op_commit(self) -> dict[str, Any]:
-        """The source let the VE go: the received snapshots go, the journal with them."""
-        j = self._need()
-        for part in self.pieces.values():
-            with contextlib.suppress(CptError, OSError):
-                transfer.delete(part)
-        shutil.rmtree(self.node.migrate_dir(j.veid), ignore_errors=True)
+    def op_commit(self, veid: str = "", mid: str = "") -> dict[str, Any]:
+        """The source let the VE go: the received snapshots go, the journal with them (of
+        this session, or, in a new one, of migration `mid` of VE `veid`)."""
+        j = self.journal
+        if j is None:
+            if not veid:
+                raise Refused("usage", "commit of no migration")
+            j = Journal(check_veid(veid))
+            if not j.load() or j.mid != mid or j.state != "resumed":
+                raise Refused("failed", f"no migration {mid} of VE {veid} resumed here")
+        else:
+            for part in self.pieces.values():
+                with contextlib.suppress(CptError, OSError):
+                    transfer.delete(part)
+        top = Path(self.node.migrate_dir(j.veid))
+        if top.is_dir():
+            for d in sorted(top.iterdir()):
+                for sub in d.iterdir() if d.is_dir() else ():
+                    with contextlib.suppress(CptError, OSError):
+                        transfer.delete(sub)
+        shutil.rmtree(top, ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.node.migrated_path(j.veid))  # it left here once
         j.drop()
         self.journal = None
         return {}
 
-    def op_abort(self, veid: str = "") -> dict[str, Any]:
-        """Undo what this session did, or (`veid`, a new session) what an earlier one
-        left, unless the VE was resumed here."""
+    def op_abort(self) -> dict[str, Any]:
+        """Undo what this session did, unless the VE was resumed here."""
         j = self.journal
-        if j is None and veid:
-            check_veid(veid)
-            try:
-                with RunState(veid).locked():
-                    j = Journal(veid)
-                    if not j.load():
-                        return dict(state="none")
-                    if j.state == "resumed":
-                        return dict(state="resumed")
-                    failed = undo(self.node, j)
-                    return dict(state="undone", failed=failed)
-            except LockedError:
-                raise Refused("failed", f"VE {veid} is locked on the destination") from None
         if j is None:
             return dict(state="none")
         if j.state == "resumed":
@@ -541,9 +576,9 @@ def address_taken(node: Node, veid: str, ip: str) -> str:
 
 def _addresses() -> list[tuple[str, str]]:
     """(interface, address) of every address of this network namespace."""
-    from pyroute2 import IPRoute  # noqa: PLC0415 - loads all of pyroute2: here only
+    from pyroute2 import IPRoute
 
-    from cpt import interrupts  # noqa: PLC0415
+    from cpt import interrupts
 
     out = []
     with interrupts.deferred(), IPRoute() as ipr:

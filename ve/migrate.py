@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import shlex
 import subprocess
@@ -43,8 +44,10 @@ from cpt.dump.options import DumpOptions
 from cpt.errors import CodedError, CptError, InvalidValue, UsageError
 from cpt.stages.kill import kill
 from cpt.stages.resume import resume
+from cpt.stages.store import run_path
 from cpt.stages.suspend import suspend
 from cpt.sys import host as hostinfo
+from cptimage.atomic import atomic_output
 from storage import backend_for, transfer
 
 from . import proto
@@ -89,14 +92,16 @@ KIND_CODES = {
 HELLO_TIMEOUT = 30.0
 STEP_TIMEOUT = 120.0  # the longest wait for one answer of the destination
 RESTORE_TIMEOUT = 300.0
+SETTLE_TIMEOUT = 150.0  # asking the destination after a cut (it waits for its old session)
 
 
 class MigrateError(CodedError):
     """A migration failed: `code` is vzmigrate's exit code, `stage` where it failed."""
 
-    def __init__(self, code: int, stage: str, msg: str) -> None:
+    def __init__(self, code: int, stage: str, msg: str, *, answered: bool = False) -> None:
         super().__init__(code, f"migrate: {stage}: {msg}")
         self.stage = stage
+        self.answered = answered  # the destination answered (the error is its own)
 
 
 @dataclasses.dataclass
@@ -174,7 +179,7 @@ class Connection:
     def __init__(self, host: str, ssh_opts: str) -> None:
         argv, env = command(host, ssh_opts)
         self.host = host
-        self.err = tempfile.TemporaryFile()
+        self.err = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
         try:
             self.proc = subprocess.Popen(
                 argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err, env=env,
@@ -237,25 +242,32 @@ class Migration:
         self.conn: Connection | None = None
         self.snaps: list[Path] = []  # sent snapshots, oldest first
         self.restore_sent = False
+        self.commit_later = False
+        self.outgoing = Outgoing(self.veid)
 
     # -- helpers
 
     def _fail(self, code: int, stage: str, msg: str) -> MigrateError:
         return MigrateError(code, stage, msg)
 
-    def _call(self, stage: str, op: str, timeout: float = STEP_TIMEOUT, **fields: Any) -> dict[str, Any]:
+    def _call(
+        self, stage: str, op: str, timeout: float = STEP_TIMEOUT, **fields: Any
+    ) -> dict[str, Any]:
         assert self.conn is not None
         try:
             return self.conn.chan.call(op, timeout, **fields)
         except proto.Remote as e:
-            raise self._fail(KIND_CODES.get(e.kind, COPY if stage == "copy" else CONNECT), stage, str(e)) from None
+            code = KIND_CODES.get(e.kind, COPY if stage == "copy" else CONNECT)
+            raise MigrateError(code, stage, str(e), answered=True) from None
         except proto.ProtocolError as e:
             raise self._lost(stage, e) from None
 
     def _lost(self, stage: str, e: Exception) -> MigrateError:
         why = self.conn.why() if self.conn is not None else ""
         code = {"connect": CONNECT, "pre-flight": CONNECT, "restore": RESTORE}.get(stage, COPY)
-        return self._fail(code, stage, f"the destination {self.host}: {e}" + (f" ({why})" if why else ""))
+        return self._fail(
+            code, stage, f"the destination {self.host}: {e}" + (f" ({why})" if why else "")
+        )
 
     def _step(self, name: str, t0: float) -> None:
         self.report.steps[name] = self.report.steps.get(name, 0.0) + time.perf_counter() - t0
@@ -272,11 +284,15 @@ class Migration:
                     raise InvalidValue(f"VE {self.veid} migrated away from this node")
                 raise InvalidValue(f"VE {self.veid} does not exist (no {path})")
             cfg = node.config(self.veid)
+            if self.outgoing.load():
+                return self._settle_interrupted(cfg)
             self.manager.stages(self.veid).repair_locked(cfg)
             status = self.manager.status(self.veid)
             running = status == "running"
             if status not in ("running", "stopped"):
-                raise self._fail(VE_STOPPED, "pre-flight", f"VE {self.veid} is {status}: resume or stop it first")
+                raise self._fail(
+                    VE_STOPPED, "pre-flight", f"VE {self.veid} is {status}: resume or stop it first"
+                )
             if self.opts.online and not running:
                 raise self._fail(
                     VE_STOPPED, "pre-flight",
@@ -299,6 +315,47 @@ class Migration:
                     self.conn.close()
             self._cleanup(cfg)
         return self.report
+
+    def _settle_interrupted(self, cfg: VEConfig) -> Report:
+        """A migration killed after its restore request went out left the VE suspended
+        here: ask the destination which copy lives, and finish or undo it."""
+        host, mid = self.outgoing.host, self.outgoing.mid
+        if host != self.host:
+            raise self._fail(
+                EXISTS, "pre-flight",
+                f"VE {self.veid} is being migrated to {host}: run `cpt migrate {host} "
+                f"{self.veid}` to settle that first",
+            )  # fmt: skip
+        self.mid = mid
+        rt = RunState(self.veid).runtime()
+        top = Path(self.node.migrate_dir(self.veid))
+        self.snaps = sorted(
+            p for p in top.iterdir() if p.is_dir() and not p.name.endswith(".nested")
+        )
+        state = self._ask("settle", veid=self.veid, mid=mid, keep=False)
+        if state is None:
+            raise self._fail(
+                RESTORE, "settle",
+                f"the destination {host} cannot be asked whether VE {self.veid} runs there; "
+                f"the VE stays suspended here: retry",
+            )  # fmt: skip
+        self.report.mode = "settled"
+        if state == "resumed":
+            if rt is not None:
+                self._let_go(cfg, rt.init_pid)
+            self._drop_snapshots()
+            self._cleanup(cfg)
+            self.outgoing.drop()
+            return self.report
+        if rt is not None:
+            self._resume_here(cfg, rt.init_pid)
+        self._drop_snapshots()
+        self.outgoing.drop()
+        raise self._fail(
+            RESTORE, "settle",
+            f"the interrupted migration of VE {self.veid} to {host} did not resume it there; "
+            f"undone there, the VE runs here",
+        )  # fmt: skip
 
     def _connect(self) -> None:
         t0 = time.perf_counter()
@@ -344,10 +401,11 @@ class Migration:
             need = backend_for(cfg.private).size(cfg.private)
         except (CptError, OSError):
             need = 0
+        need += memory_of(self.veid)  # its image
         self._call(
             "pre-flight", "preflight", veid=self.veid, mid=self.mid, config=config, need=need,
             platform=platform, source_root=self.node.root, source_machine=machine(),
-            binds=[], dry_run=self.opts.dry_run,
+            binds=[], dry_run=self.opts.dry_run, keep=self.opts.keep_dst,
         )  # fmt: skip
         self._step("preflight", t0)
 
@@ -463,28 +521,59 @@ class Migration:
                 raise self._lost("copy", e) from None
             self._step("transfer", t0)
             t0 = time.perf_counter()
+            self.outgoing.save(self.host, self.mid)  # from here the VE may run there
             self.restore_sent = True
             got = self._call("restore", "restore", RESTORE_TIMEOUT)
             self.report.init_pid = int(got.get("init_pid", 0))
             self.report.restore_s = float(got.get("restore_s", 0.0))
             self._step("restore", t0)
         except BaseException as e:
-            if not self._resumed_there(e):
+            if not self._settled_there(e):
                 self._resume_here(cfg, rt.init_pid)
+                self.outgoing.drop()
                 raise
+            self.say(f"cpt: {e}; VE {self.veid} runs on {self.host} all the same")
         self.report.frozen_s = time.perf_counter() - frozen_at
-        # the destination runs it: the copy here dies, silently (its peers are there now)
-        interrupts.no_return()
-        kill(stages.tree(cfg, rt.init_pid))
-        stages.stopped(cfg)
-        self._commit()
+        fault.point("migrate:resumed")
+        self._let_go(cfg, rt.init_pid)
 
-    def _resumed_there(self, e: BaseException) -> bool:
-        """After a failure: does the VE run on the destination (the restore request went
-        out, its answer did not come back)?  Asked over a new connection."""
-        if not self.restore_sent or (isinstance(e, MigrateError) and e.code == RESTORE and "restore of VE" in str(e)):
+    def _let_go(self, cfg: VEConfig, init_pid: int) -> None:
+        """The destination runs the VE: the copy here dies, silently (its peers are there
+        now); the destination is told to commit."""
+        stages = self.manager.stages(self.veid)
+        interrupts.no_return()
+        with interrupts.deferred():
+            kill(stages.tree(cfg, init_pid))
+            stages.stopped(cfg)
+        self._commit()
+        self.outgoing.drop()
+
+    def _settled_there(self, e: BaseException) -> bool:
+        """After a failure of the switch-over: does the VE run on the destination?  Only
+        when the restore request went out and its answer did not come back is that in
+        doubt: a new session asks the destination, which first waits for the old one to
+        end, then says "resumed" or undoes what it left.  Unknown: MigrateError (7), the
+        VE left suspended here."""
+        if not self.restore_sent or (isinstance(e, MigrateError) and e.answered):
             return False
-        deadline = time.monotonic() + 30.0
+        if self.conn is not None:
+            self.conn.cut()
+            self.conn = None
+        state = self._ask("settle", veid=self.veid, mid=self.mid, keep=self.opts.keep_dst)
+        if state is None:
+            raise self._fail(
+                RESTORE, "restore",
+                f"the destination {self.host} cannot be asked whether VE {self.veid} runs "
+                f"there; the VE is left suspended here: run `cpt migrate {self.host} "
+                f"{self.veid}` again to settle it",
+            ) from e  # fmt: skip
+        if state == "resumed":
+            self.commit_later = True
+        return state == "resumed"
+
+    def _ask(self, op: str, **fields: Any) -> str | None:
+        """`op` on a new session (retried for SETTLE_TIMEOUT s): its answer's state."""
+        deadline = time.monotonic() + SETTLE_TIMEOUT
         while time.monotonic() < deadline:
             try:
                 conn = Connection(self.host, self.opts.ssh_opts)
@@ -493,18 +582,14 @@ class Migration:
                 continue
             try:
                 conn.chan.call("hello", HELLO_TIMEOUT, proto_version=proto.PROTOCOL)
-                got = conn.chan.call("status", STEP_TIMEOUT, veid=self.veid, mid=self.mid)
-                return got.get("state") == "resumed"
-            except (proto.ProtocolError, proto.Remote):
+                return str(conn.chan.call(op, SETTLE_TIMEOUT, **fields).get("state"))
+            except proto.Remote:
+                return None
+            except proto.ProtocolError:
                 time.sleep(1.0)
             finally:
                 conn.close()
-        raise self._fail(
-            RESTORE, "restore",
-            f"the destination {self.host} cannot be asked whether VE {self.veid} runs there; "
-            f"the VE is left suspended here: check there, then `cpt chkpnt {self.veid} --resume` "
-            f"here if it does not run there",
-        ) from e  # fmt: skip
+        return None
 
     def _resume_here(self, cfg: VEConfig, init_pid: int) -> None:
         stages = self.manager.stages(self.veid)
@@ -512,32 +597,25 @@ class Migration:
             resume(stages.tree(cfg, init_pid))
 
     def _commit(self) -> None:
-        if self.conn is None:
-            return
-        with contextlib.suppress(proto.ProtocolError, proto.Remote):
-            self.conn.chan.call("commit", STEP_TIMEOUT)
+        """The destination drops its journal (on this session, or a new one)."""
+        if self.conn is not None:
+            with contextlib.suppress(proto.ProtocolError, proto.Remote):
+                self.conn.chan.call("commit", STEP_TIMEOUT)
+                return
+        self._ask("commit", veid=self.veid, mid=self.mid)
 
     def _abort(self) -> None:
         """Undo the destination's part (unless --keep-dst), on this session if it is
-        still up, else on a new one."""
-        if self.opts.keep_dst:
-            return
+        still up, else on a new one (which waits for the old one to end)."""
         if self.conn is not None:
             try:
-                self.conn.chan.call("abort", STEP_TIMEOUT)
+                if not self.opts.keep_dst:
+                    self.conn.chan.call("abort", STEP_TIMEOUT)
                 return
             except (proto.ProtocolError, proto.Remote):
                 self.conn.cut()
                 self.conn = None
-        # the session is gone: its agent undoes what it did as it ends; a killed one's
-        # journal is undone by a new session's `abort`
-        with contextlib.suppress(MigrateError, proto.ProtocolError, proto.Remote):
-            conn = Connection(self.host, self.opts.ssh_opts)
-            try:
-                conn.chan.call("hello", HELLO_TIMEOUT, proto_version=proto.PROTOCOL)
-                conn.chan.call("abort", STEP_TIMEOUT, veid=self.veid)
-            finally:
-                conn.close()
+        self._ask("settle", veid=self.veid, mid=self.mid, keep=self.opts.keep_dst)
 
     def _drop_snapshots(self) -> None:
         for snap in reversed(self.snaps):
@@ -559,6 +637,47 @@ class Migration:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(node.default_dumpfile(self.veid))
             os.replace(node.config_path(self.veid), node.migrated_path(self.veid))
+
+
+def memory_of(veid: str) -> int:
+    """The resident memory of the VE's processes (what its image holds, about)."""
+    from cpt.procfs import Proc
+
+    proc, total = Proc(), 0
+    for pid in RunState(veid).freezer().procs():
+        with contextlib.suppress(CptError):
+            total += proc.stat(pid).rss * os.sysconf("SC_PAGE_SIZE")
+    return total
+
+
+class Outgoing:
+    """<run>/migrate-out-<VEID>.json: a migration of the VE whose restore request went
+    out (its destination and id), until it is settled: a migration killed in between is
+    settled by the next `cpt migrate` of the VE, never resumed here on a guess."""
+
+    def __init__(self, veid: str) -> None:
+        self.path = run_path(f"migrate-out-{veid}", ".json")
+        self.host = ""
+        self.mid = ""
+
+    def load(self) -> bool:
+        try:
+            with open(self.path) as f:
+                doc = json.load(f)
+        except FileNotFoundError:
+            return False
+        except ValueError:
+            doc = {}
+        self.host, self.mid = str(doc.get("host", "")), str(doc.get("mid", ""))
+        return True
+
+    def save(self, host: str, mid: str) -> None:
+        with atomic_output(self.path, mode=0o600) as f:
+            f.write(json.dumps(dict(host=host, mid=mid)).encode())
+
+    def drop(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
 
 
 def migrate(

@@ -82,11 +82,11 @@ class Channel:
 
     # -- writing
 
-    def send(self, kind: int, op: str, payload: bytes | memoryview = b"", **fields: Any) -> None:
+    def send(self, frame: int, op: str, payload: bytes | memoryview = b"", **fields: Any) -> None:
         header = json.dumps({"op": op, **fields}, separators=(",", ":")).encode()
         if len(header) > MAX_HEADER or len(payload) > MAX_PAYLOAD:
             raise ProtocolError(f"a {op} message too large to send")
-        self._write(_FRAME.pack(MAGIC, kind, len(header), len(payload)) + header)
+        self._write(_FRAME.pack(MAGIC, frame, len(header), len(payload)) + header)
         if payload:
             self._write(payload)
 

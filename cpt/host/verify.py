@@ -60,7 +60,9 @@ def platform_problems(
     out: list[Problem] = []
     arch, release, version = hostinfo.kernel()
     if image_arch != arch:
-        out.append(_problem("kernel", f"the image is for {shorten(image_arch)}, this host is {arch}"))
+        out.append(
+            _problem("kernel", f"the image is for {shorten(image_arch)}, this host is {arch}")
+        )
     if (image_release, image_version) != (release, version):
         out.append(
             _problem(
@@ -81,8 +83,7 @@ def platform_problems(
         out.append(
             _problem(
                 "cpu",
-                f"the image's XSAVE features {xcr0:#x} are not all enabled here "
-                f"({host_xcr0():#x})",
+                f"the image's XSAVE features {xcr0:#x} are not all enabled here ({host_xcr0():#x})",
             )
         )
     return out

@@ -35,7 +35,7 @@ def _moved(path: str, old: str, new: str) -> str | None:
 class Relocated(ImageReader):
     """The records of `base` as they are on this node (see the module text)."""
 
-    def __init__(self, base: ImageReader, old: str, new: str, snapshot: str) -> None:  # noqa: D107
+    def __init__(self, base: ImageReader, old: str, new: str, snapshot: str) -> None:
         self.__dict__.update(base.__dict__)  # the same open file, index and sections
         self._old, self._new, self._snapshot = old, new, snapshot
         self._mounts: list[Mount] | None = None
@@ -67,9 +67,7 @@ class Relocated(ImageReader):
         if p.flags & PathFlags.GHOST:
             return p
         if self._mounts is None:
-            self._mounts = [
-                r for r in self.records(SectionType.NAMESPACES) if isinstance(r, Mount)
-            ]
+            self._mounts = [r for r in self.records(SectionType.NAMESPACES) if isinstance(r, Mount)]
         where = vemounts.host_path(self._mounts, p.path)
         if where is None or _moved(where, self._new, self._new) is None:
             return p  # not in the moved area (a host directory bound in, a recreated fs)
