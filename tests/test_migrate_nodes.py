@@ -400,3 +400,42 @@ def _comm(pid: int) -> str:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return ""
+
+
+def test_online_precopy_sends_memory_while_it_runs(nodes: Cluster) -> None:
+    """--online (pre-copy): passes while the VE runs, then only what is left frozen; the
+    counter goes on over there, in the same in-VE process."""
+    a, b = nodes.a, nodes.b
+    counter_ve(nodes, "231")
+    before = ve_pids(a, "231")
+    rc, out, err = migrate(a, b, "231", "--online", "--json")
+    assert rc == 0, f"{out}{err}"
+    rep = json.loads(out)
+    assert rep["mode"] == "pre-copy" and len(rep["passes"]) >= 2, rep
+    assert rep["bytes_final"] < rep["passes"][0]["bytes"], rep
+    assert rep["bytes_image"] <= 3 * rep["memory"] + (1 << 20), rep
+    only_on(b, a, "231")
+    assert ve_pids(b, "231") == before
+    ok(b, "ve", "stop", "231")
+
+
+def ve_pids(node: NodeNs, veid: str) -> set[int]:
+    """The VE's long-lived processes as the VE sees them (the last NSpid of each; the
+    counter's `sleep` and `mv` come and go)."""
+    init = _init(node, veid)
+    ns = os.readlink(f"/proc/{init}/ns/pid")
+    out = set()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if os.readlink(d / "ns" / "pid") != ns:
+                continue
+            if (d / "comm").read_text().strip() in ("sleep", "mv"):
+                continue
+            for line in (d / "status").read_text().splitlines():
+                if line.startswith("NSpid:"):
+                    out.add(int(line.split()[-1]))
+        except OSError:
+            continue
+    return out

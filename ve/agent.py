@@ -32,6 +32,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -53,14 +54,18 @@ from .runtime import RunState
 
 RECV_TIMEOUT = 120.0  # the longest wait for the source's next frame
 RUN_TIMEOUT = 600.0  # an idle session ends
-SETTLE_TIMEOUT = 120.0  # how long `settle` waits for an earlier session to end
+SETTLE_TIMEOUT = 120.0
+IMAGE_NAME = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9-]{0,63}"
+)  # how long `settle` waits for an earlier session to end
 
 
 def machine() -> str:
     """This machine (its boot): two node roots of one machine share ids and a kernel."""
+    from cpt.procfs import read_sysctl  # the engine's /proc layer
+
     try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
+        return read_sysctl("kernel.random.boot_id").strip()
     except OSError:
         return ""
 
@@ -430,10 +435,13 @@ class Agent:
             net.blackhole(cfg.ip)
         return {}
 
-    def op_recv_image(self) -> dict[str, Any]:
+    def op_recv_image(self, name: str = "Dump") -> dict[str, Any]:
+        """An image (DATA frames), kept under `name` (a plain file name: pre-dumps and
+        the final dump keep their names, by which the final one's chain finds them)."""
         j = self._need()
-        self.node.make_dump_dir()
-        path = os.path.join(self.node.migrate_dir(j.veid), "Dump")
+        if not IMAGE_NAME.fullmatch(name):
+            raise Refused("usage", f"image name {name!r}: letters, digits, '-' only")
+        path = os.path.join(self.node.migrate_dir(j.veid), name)
         j.add("file", path)
         failed: list[OSError] = []
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
