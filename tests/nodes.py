@@ -137,6 +137,32 @@ class Netns:
                      timeout=timeout + 10)  # fmt: skip
         return p.returncode == 0
 
+    def echo(self, addr: str, port: int, data: bytes, timeout: float = 5.0) -> bytes | None:
+        """Send `data` to a TCP echo server at addr:port from here (retried until
+        `timeout`): what came back, None if no connection was accepted."""
+        code = (
+            "import socket,sys,time\n"
+            "end = time.monotonic() + float(sys.argv[4])\n"
+            "while True:\n"
+            " try:\n"
+            "  c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1)\n"
+            "  break\n"
+            " except OSError:\n"
+            "  if time.monotonic() > end: sys.exit(3)\n"
+            "  time.sleep(0.05)\n"
+            "c.sendall(bytes.fromhex(sys.argv[3])); c.shutdown(socket.SHUT_WR)\n"
+            "got = b''\n"
+            "while (b := c.recv(65536)): got += b\n"
+            "sys.stdout.write(got.hex())\n"
+        )
+        p = self.run([sys.executable, "-c", code, addr, str(port), data.hex(), str(timeout)],
+                     timeout=timeout + 10)  # fmt: skip
+        return bytes.fromhex(p.stdout.strip()) if p.returncode == 0 else None
+
+    def sysctl(self, name: str) -> str:
+        """net.* sysctl `name` (a path under /proc/sys/net) of this namespace."""
+        return self.sh(f"cat /proc/sys/net/{name}").strip()
+
     def inode(self) -> int:
         return os.stat(self.path).st_ino
 
@@ -358,7 +384,9 @@ def cluster(net: int | None = None) -> Iterator[Cluster]:
             port = f"p{host}"
             lan.sh(f"ip link add {port} type veth peer name eth0 netns {ns.path}")
             lan.sh(f"ip link set {port} master br0 && ip link set {port} up")
-            ns.sh(
+            ns.sh(  # and no forwarding at all: cpt turns it on per interface where needed
+                "echo 0 > /proc/sys/net/ipv4/ip_forward && "
+                "echo 0 > /proc/sys/net/ipv6/conf/all/forwarding && "
                 f"ip link set lo up && ip addr add 198.18.{net}.{host}/24 dev eth0 && "
                 f"ip addr add 2001:2:0:{net:x}::{host:x}/64 dev eth0 nodad && ip link set eth0 up"
             )

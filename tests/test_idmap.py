@@ -202,3 +202,28 @@ def test_concurrent_creates_get_distinct_ranges(
     assert bases == [FIRST_ID + i * ID_COUNT for i in range(12)]
     assert {h.veid: h.base for h in reg.holders().values()} == got
     assert len(lines(reg, "subuid")) == len(lines(reg, "subgid")) == 12
+
+
+def test_take_over_moves_the_registration_and_gives_it_back(
+    reg: IdRegistry, tmp_path: Path
+) -> None:
+    n1, n2 = node(tmp_path, "n1", "101"), node(tmp_path, "n2", "101")
+    a = reg.allocate("101", n1)
+    reg.commit("101", n1)
+    with pytest.raises(IdRangeError, match="registered on this machine for node root"):
+        reg.ensure("101", n2, a)  # what a plain start on the destination says
+    with pytest.raises(IdRangeError, match=f"registered on this machine for node root {n1}"):
+        reg.take_over("101", n2, a + ID_COUNT)  # another range: not the same VE
+    assert reg.take_over("101", n2, a) == n1
+    assert (reg.holders()["101"].root, reg.holders()["101"].base) == (n2, a)
+    assert reg.check("101", n2, a) is None and reg.check("101", n1, a) is not None
+    assert reg.take_over("101", n2, a) is None, "already here: nothing moves"
+    reg.release("101", n1)
+    assert reg.holders()["101"].root == n2, "the source's destroy releases nothing"
+    reg.hand_over("101", n2, n1)  # a failed move gives it back
+    assert reg.holders()["101"].root == n1
+    b = reg.allocate("102", n1)
+    reg.commit("102", n1)
+    assert b == a + ID_COUNT, "the range was never free meanwhile"
+    assert reg.take_over("103", n2, b + ID_COUNT) is None  # a VE new to this machine
+    assert reg.holders()["103"].root == n2

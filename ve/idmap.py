@@ -16,8 +16,8 @@ A range is taken by `ve create` (allocate, then commit once the config is saved)
 given back by `ve destroy` (release).  A range whose VE's config is gone (a test killed
 before its cleanup, a node root removed by hand) and whose creating process is not
 running is reclaimed by the next allocation.  A VE that moves to another node root of
-this machine keeps its range: its registration is handed over (hand_over), never
-released and taken again.  Restore and start check that the range of the VE is its own
+this machine keeps its range: its registration is handed over (take_over on the
+destination, hand_over back if the move fails), never released and taken again.  Restore and start check that the range of the VE is its own
 here (check / ensure), and a migration's pre-flight asks the same of the destination.
 Tests point CPT_IDMAP_DIR at a scratch directory: never at the machine's /etc.
 """
@@ -304,6 +304,30 @@ class IdRegistry:
             if veid not in holders:
                 holders[veid] = Holder(veid=veid, root=root, base=base, count=count)
                 self._save(holders)
+
+    def take_over(self, veid: str, root: str, base: int, count: int = ID_COUNT) -> str | None:
+        """The destination's side of a move on this machine: VE `veid` arrives on node root
+        `root` with ids base.. (its config's).  Registered for another node root with that
+        very range, it is the same VE (VEIDs are machine-wide): its registration is
+        handed over to `root`, never released and taken again.  Free, it is registered
+        (ensure).  Returns the node root it came from (None: it was not registered here),
+        which a failed move gives back with hand_over(veid, root, that).  IdRangeError
+        naming the holder when the range or the VEID is another VE's."""
+        root = os.path.abspath(root)
+        with self._locked():
+            holders = self._holders()
+            self._reclaim(holders)
+            h = holders.get(veid)
+            if h is not None and h.root != root and (h.base, h.count) == (base, count):
+                why = self._conflict(holders, veid, base, count)
+                if why:
+                    raise IdRangeError(f"VE {veid}: ids {range_text(base, count)}: {why}")
+                came_from = h.root
+                h.root, h.pending = root, None
+                self._save(holders)
+                return came_from
+        self.ensure(veid, root, base, count)
+        return None
 
     def hand_over(self, veid: str, from_root: str, to_root: str) -> None:
         """VE `veid` moves from node root `from_root` to `to_root` on this machine: its range

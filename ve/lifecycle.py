@@ -250,7 +250,7 @@ class VEManager:
         run = RunState(veid)
         if run.runtime() is not None:
             raise AlreadyRunning(f"VE {veid} is already running")
-        run.forget_ended()
+        run.forget_ended(cfg.ip)
         if not boot and os.path.lexists(self.node.default_dumpfile(veid)):
             self.stages(veid).restore_locked(Stage.RESTORE, trust=trust)
             rt = self.runtime(veid)
@@ -327,9 +327,9 @@ class VEManager:
         try:
             fz.create()
             fz.add([init])
-            host_if = net.setup_host(cfg.veid, cfg.ip, init)
+            host = net.setup_host(cfg.veid, cfg.ip, init)
             with entered(init, ("net",)):  # this thread, in the VE's network namespace
-                net.setup_inside(cfg.ip)
+                net.setup_inside(cfg.ip, host.gateway)
             os.write(go_w, b"go")
             os.close(go_w)
             status = _read_all(st_r, BOOT_TIMEOUT)
@@ -337,6 +337,8 @@ class VEManager:
                 raise SystemError_(
                     f"VE {cfg.veid} failed to start: {status.decode(errors='replace') or 'no answer'}"
                 )
+            if host.uplink is not None:  # its LAN learns it is here
+                net.announce(cfg.ip, via=host.uplink)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.close(go_w)
@@ -345,7 +347,7 @@ class VEManager:
             raise
         finally:
             os.close(st_r)
-        return run.record(init, host_if)
+        return run.record(init, host.ifname)
 
     def _map_ids(self, cfg: VEConfig, mid: int, ask_r: int, ans_w: int, fz: Freezer) -> None:
         """The middle process made its user namespace: put it in the VE's cgroup (before
@@ -369,7 +371,7 @@ class VEManager:
         run = RunState(veid)
         rt = run.runtime()
         if rt is None:
-            run.forget_ended()
+            run.forget_ended(cfg.ip)
             raise NotRunning(f"VE {veid} is not running")
         fz = run.freezer()
         if fz.freeze_requested():
@@ -391,7 +393,7 @@ class VEManager:
             cfg = self.config(veid)
             if run.runtime() is not None:
                 raise AlreadyRunning(f"VE {veid} is running: stop it before destroying it")
-            run.forget_ended()
+            run.forget_ended(cfg.ip)
             self.snapshots.destroyed(veid)
             if os.path.exists(cfg.private):
                 backend_for(cfg.private).delete_area(cfg.private)

@@ -135,10 +135,11 @@ class RunState:
         fz.kill_all()
         fz.remove(timeout=10.0)
 
-    def forget_ended(self) -> None:
+    def forget_ended(self, ip: str = "") -> None:
         """Clear what a VE that ended by itself (its init exited) left: its cgroup, veth,
-        runtime facts and state file.  Its address is held all along (net.HOLD_METRIC).
-        Called with the VE's lock held."""
+        runtime facts and state file, and (`ip`: its address) the uplink's answers for
+        it.  Its address is held all along (net.HOLD_METRIC).  Called with the VE's lock
+        held."""
         if not self.recorded() or self.runtime() is not None:
             return
         fz = self.freezer()
@@ -146,6 +147,7 @@ class RunState:
             fz.thaw()
         self.kill_all()
         net.remove_host_link(self.veid)
+        net.blackhole(ip)
         self.clear()
 
 

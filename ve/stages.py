@@ -67,7 +67,9 @@ class VeLink:
 
     def up(self) -> None:
         net.set_host_link(self.cfg.veid, True)
-        net.route_to_ve(self.cfg.veid, self.cfg.ip)
+        upl = net.route_to_ve(self.cfg.veid, self.cfg.ip)
+        if upl is not None:  # its LAN learns it is here (restored from elsewhere)
+            net.announce(self.cfg.ip, via=upl)
 
     def is_up(self) -> bool:
         return net.host_link_up(self.cfg.veid) is not False
@@ -121,7 +123,7 @@ class VeStages:
             repaired = self.repair_locked(cfg)
             rt = run.runtime()
             if rt is None:
-                run.forget_ended()
+                run.forget_ended(cfg.ip)
                 raise NotRunning(f"VE {self.veid} is not running")
             if stage is Stage.RESUME and repaired in RUNS_AGAIN:
                 return None  # the repair of a killed cpt's suspend resumed it
@@ -263,7 +265,7 @@ class VeStages:
             return None
         if rt is not None:
             raise AlreadyRunning(f"VE {veid} is running: its restore is refused")
-        run.forget_ended()
+        run.forget_ended(cfg.ip)
         path = self.dumpfile(dumpfile)
         # a damaged image: ImageError, exit 40 (a pre-dump too); an incremental one flattened
         reader = open_image(path, trust=trust, parent_dir=parent_dir)
