@@ -172,7 +172,6 @@ class Agent:
         self.lock: contextlib.ExitStack | None = None
         self.pieces: dict[str, Path] = {}  # path in the area -> received snapshot
         self.image = ""
-        self.handover: tuple[str, str] | None = None
         self.keep = False  # --keep-dst: a session that ends unfinished is not undone
 
     # -- the session
@@ -349,25 +348,24 @@ class Agent:
         if cfg.template == "busybox" and not shutil.which("busybox"):
             raise Refused("missing", f"the template {cfg.template} of VE {veid} is missing")
         if not cfg.privileged:
-            self.handover = self._check_ids(cfg, source_root, source_machine)
+            self._check_ids(cfg, source_root, source_machine)
         return cfg
 
-    def _check_ids(self, cfg: VEConfig, source_root: str, source_machine: str) -> tuple[str, str]:
+    def _check_ids(self, cfg: VEConfig, source_root: str, source_machine: str) -> None:
         """The VE's id range must be free here; on the same machine the source's node root
-        holds it, and it is handed over (returns (from, to); ("", "") otherwise)."""
+        may hold it (the restore takes it over)."""
         reg = IdRegistry()
         holder = reg.holders().get(cfg.veid)
         same = source_machine == machine() and holder is not None
         if same and holder is not None and holder.root == os.path.abspath(source_root):
             if holder.base != cfg.id_base:
                 raise Refused("exists", f"VE {cfg.veid} holds other ids on this machine")
-            return (holder.root, self.node.root)
+            return
         why = reg.check(cfg.veid, self.node.root, cfg.id_base, ID_COUNT)
         if why:
             raise Refused(
                 "exists", f"VE {cfg.veid}'s ids {range_text(cfg.id_base)} on the destination: {why}"
             )
-        return ("", "")
 
     def op_recv_fs(self, part: str) -> dict[str, Any]:
         """Receive one subvolume of the area's snapshot group (DATA frames follow)."""
@@ -466,17 +464,18 @@ class Agent:
         return dict(bytes=n)
 
     def _ids(self) -> None:
+        """The VE's id range is its own here: taken over from the source's node root on
+        the same machine (ve/idmap.py take_over), else registered; journalled."""
         j = self._need()
         cfg = self.cfg
         assert cfg is not None
         if cfg.privileged or any(u[0] in ("handover", "ids") for u in j.undo):
             return
-        if self.handover and self.handover[0]:
-            j.add("handover", *self.handover)
-            IdRegistry().hand_over(cfg.veid, *self.handover)
+        came_from = IdRegistry().take_over(cfg.veid, self.node.root, cfg.id_base)
+        if came_from:
+            j.add("handover", came_from, self.node.root)
         else:
             j.add("ids")
-            IdRegistry().ensure(cfg.veid, self.node.root, cfg.id_base)
 
     def op_restore(self) -> dict[str, Any]:
         j = self._need()
@@ -579,6 +578,8 @@ def address_taken(node: Node, veid: str, ip: str) -> str:
     for name, held in _addresses():
         if ipaddress.ip_address(held) == addr:
             return f"{addr} is held by interface {name} of the destination"
+    for name in net.answers(ip):
+        return f"{addr} is answered for (proxy ARP) by interface {name} of the destination"
     return ""
 
 

@@ -55,6 +55,7 @@ from .agent import machine
 from .config import VEConfig, check_veid
 from .fssnap import FsCapture
 from .lifecycle import VEManager
+from .rootfs import HOST_DIRS
 from .runtime import RunState
 from .stages import ve_dump_options
 
@@ -421,7 +422,7 @@ class Migration:
         self._call(
             "pre-flight", "preflight", veid=self.veid, mid=self.mid, config=config, need=need,
             platform=platform, source_root=self.node.root, source_machine=machine(),
-            binds=[], dry_run=self.opts.dry_run, keep=self.opts.keep_dst,
+            binds=host_binds(cfg), dry_run=self.opts.dry_run, keep=self.opts.keep_dst,
         )  # fmt: skip
         self._step("preflight", t0)
 
@@ -757,6 +758,14 @@ class Migration:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(node.default_dumpfile(self.veid))
             os.replace(node.config_path(self.veid), node.migrated_path(self.veid))
+
+
+def host_binds(cfg: VEConfig) -> list[str]:
+    """The host directories bound into the VE (a `host` VE: the host's /usr, /lib...):
+    the destination must have them."""
+    if cfg.template != "host":
+        return []
+    return [f"/{d}" for d in HOST_DIRS if os.path.isdir(f"/{d}") and not os.path.islink(f"/{d}")]
 
 
 def memory_of(veid: str) -> int:
