@@ -255,7 +255,7 @@ class Migration:
         self.conn: Connection | None = None
         self.snaps: list[Path] = []  # sent snapshots, oldest first
         self.restore_sent = False
-        self.commit_later = False
+        self.in_doubt = False  # the destination could not be asked: touch nothing there
         self.outgoing = Outgoing(self.veid)
         self.images: list[str] = []  # pre-dumps written here
 
@@ -668,14 +668,13 @@ class Migration:
             self.conn = None
         state = self._ask("settle", veid=self.veid, mid=self.mid, keep=self.opts.keep_dst)
         if state is None:
+            self.in_doubt = True
             raise self._fail(
                 RESTORE, "restore",
                 f"the destination {self.host} cannot be asked whether VE {self.veid} runs "
                 f"there; the VE is left suspended here: run `cpt migrate {self.host} "
                 f"{self.veid}` again to settle it",
             ) from e  # fmt: skip
-        if state == "resumed":
-            self.commit_later = True
         return state == "resumed"
 
     def _ask(self, op: str, **fields: Any) -> str | None:
@@ -724,6 +723,8 @@ class Migration:
     def _abort(self) -> None:
         """Undo the destination's part (unless --keep-dst), on this session if it is
         still up, else on a new one (which waits for the old one to end)."""
+        if self.in_doubt:
+            return
         if self.conn is not None:
             try:
                 if not self.opts.keep_dst:

@@ -310,7 +310,7 @@ class VeStages:
         run = RunState(veid)
         if run.runtime() is not None:
             raise AlreadyRunning(f"VE {veid} is running here: its restore is refused")
-        run.forget_ended()
+        run.forget_ended(cfg.ip)
         base = open_image(path, parent_dir=parent_dir)
         try:
             h = base.header
