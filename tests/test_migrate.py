@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cptcli import CPT, REPO
 from ve_node import Node, node_at
 
 pytestmark = [
@@ -143,3 +144,43 @@ def test_offline_migration_moves_a_running_ve_and_its_area(nodes: tuple[Node, No
     assert (barea / "srv" / "nested.txt").read_text() == "nested subvolume\n"
     got = subprocess.run(["btrfs", "subvolume", "show", str(barea / "srv")], capture_output=True)
     assert got.returncode == 0, "the nested subvolume came as a subvolume"
+
+
+def test_remove_area_no_keeps_the_area_here(nodes: tuple[Node, Node]) -> None:
+    a, b = nodes
+    area = counter_ve(a, "m2", "198.19.61.3/32")
+    rc, _, err = a.cpt("migrate", b.root, "m2", "--remove-area", "no")
+    assert rc == 0, err
+    b.created.append("m2")
+    a.created.remove("m2")
+    assert status(a, "m2") == "migrated" and status(b, "m2") == "stopped"
+    assert (area / "root" / "data").exists(), "--remove-area no keeps the private area"
+    assert (private(b, "m2") / "root" / "data").read_bytes() == (
+        area / "root" / "data"
+    ).read_bytes()
+    subprocess.run(["btrfs", "-q", "subvolume", "delete", "-R", str(area)], check=False)
+
+
+def test_keep_dst_leaves_a_failed_destination_for_inspection(nodes: tuple[Node, Node]) -> None:
+    a, b = nodes
+    counter_ve(a, "m3", "198.19.61.4/32")
+    ok(a, "ve", "start", "m3")
+    env = dict(a.env, CPT_MIGRATE_DST_FAULT="restore:memory")
+    p = subprocess.run(
+        [*CPT, "migrate", "--online", "--noiter", "--keep-dst", str(b.root), "m3"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert p.returncode == 7, p.stderr
+    assert status(a, "m3") == "running"
+    ticks(private(a, "m3"))
+    assert (b.root / "run" / "migrate-m3.json").exists(), "the journal kept"
+    assert private(b, "m3").exists(), "the received area kept"
+    assert status(b, "m3") == "stopped", "kept, never running"
+    # the next migration's pre-flight undoes what was kept, then moves it
+    rc, _, err = a.cpt("migrate", "--online", "--noiter", b.root, "m3")
+    assert rc == 0, err
+    b.created.append("m3")
+    a.created.remove("m3")
+    assert status(b, "m3") == "running"
+    gone_from(a, "m3")
+    ok(b, "ve", "stop", "m3")

@@ -536,7 +536,6 @@ class Migration:
         parent = ""
         sent = 0
         best = None  # the smallest pass so far, and when
-        started = time.perf_counter()
         prev_s = 0.0
         for k in range(1, MAX_PASSES + 1):
             path = str(d / f"P{k}-{self.mid[:8]}")
@@ -570,9 +569,9 @@ class Migration:
             self.report.predicted_s = predicted
             if k > 1 and predicted <= budget:
                 return parent
-            if best is None or size < best[0] * 0.9:
+            if best is None or size < best[0] * 0.9:  # progress: the dirty set shrank
                 best = (size, k, time.perf_counter())
-            stalled = k - best[1] >= 3 or (time.perf_counter() - started > 5.0 and k > 1)
+            stalled = k - best[1] >= 3 or time.perf_counter() - best[2] > 5.0
             if stalled or sent + left > 3 * mem:
                 if self.opts.force:
                     self.say("cpt: pre-copy did not converge; switching over (--force)")
