@@ -408,7 +408,7 @@ def test_online_precopy_sends_memory_while_it_runs(nodes: Cluster) -> None:
     a, b = nodes.a, nodes.b
     counter_ve(nodes, "231")
     before = ve_pids(a, "231")
-    rc, out, err = migrate(a, b, "231", "--online", "--json")
+    rc, out, err = migrate(a, b, "231", "--online", "--max-downtime", "2000", "--json")
     assert rc == 0, f"{out}{err}"
     rep = json.loads(out)
     assert rep["mode"] == "pre-copy" and len(rep["passes"]) >= 2, rep
@@ -484,7 +484,7 @@ def test_a_streaming_tcp_ve_goes_a_to_b_to_a(nodes: Cluster, tmp_path: Path) -> 
         pids = ve_pids(a, "241")
         files = digest(area(a, "241"))
         c0 = count(a, "241")
-        rc, out, err = migrate(a, b, "241", "--online", "-t")
+        rc, out, err = migrate(a, b, "241", "--online", "--max-downtime", "2000", "-t")
         assert rc == 0, f"A -> B: {out}{err}"
         only_on(b, a, "241")
         assert count(b, "241") > c0
@@ -492,8 +492,8 @@ def test_a_streaming_tcp_ve_goes_a_to_b_to_a(nodes: Cluster, tmp_path: Path) -> 
         assert digest(area(b, "241")) == files
         time.sleep(1.0)
         c1 = count(b, "241")
-        rc, out2, err = b.cpt("migrate", "--online", "-t", a.host(), "241", "--ssh-opts",
-                              b.ssh_opts())  # fmt: skip
+        rc, out2, err = b.cpt("migrate", "--online", "--max-downtime", "2000", "-t", a.host(),
+                              "241", "--ssh-opts", b.ssh_opts())  # fmt: skip
         assert rc == 0, f"B -> A: {out2}{err}"
         only_on(a, b, "241")
         assert count(a, "241") > c1
@@ -512,3 +512,14 @@ def test_a_streaming_tcp_ve_goes_a_to_b_to_a(nodes: Cluster, tmp_path: Path) -> 
     assert got["sent"] > 200 and got["echoed"] == got["sent"], got
     print(f"A->B:\n{out}B->A:\n{out2}longest pause the client saw: {got['max_gap_s']:.3f} s")
     ok(a, "ve", "stop", "241")
+
+
+def test_precopy_that_cannot_fit_aborts_and_the_ve_runs_on(nodes: Cluster) -> None:
+    """A budget no switch-over can meet: the pre-copy stops making progress and aborts
+    (8) without ever freezing the VE; --force would switch over all the same."""
+    a, b = nodes.a, nodes.b
+    counter_ve(nodes, "232")
+    rc, _, err = migrate(a, b, "232", "--online", "--max-downtime", "1")
+    assert rc == 8, err
+    assert "pre-copy" in err and "--max-downtime 1 ms" in err, err
+    only_on(a, b, "232")

@@ -96,10 +96,12 @@ RESTORE_TIMEOUT = 300.0
 SETTLE_TIMEOUT = 150.0
 MAX_PASSES = 30
 PAGE = 4096
-# the final step's fixed cost, and the destination's restore rate (the whole image is
-# restored after the freeze: ENGINE-NOTES, 0.56 ms per MiB), for the prediction
-FIXED_S = 0.08
-RESTORE_BPS = 1.8e9  # asking the destination after a cut (it waits for its old session)
+# the final step's fixed cost, and the destination's restore rate after the freeze, for
+# the prediction: measured by bench/migrate_bench.py here (256 MiB and 1 GiB VEs over
+# ssh): about 150-250 ms outside the restore, and the restore of a pre-copied VE, whose
+# image is a chain the restore flattens first (it copies every page), at 115-140 MB/s
+FIXED_S = 0.15
+RESTORE_BPS = 1.3e8  # asking the destination after a cut (it waits for its old session)
 
 
 class MigrateError(CodedError):
