@@ -26,6 +26,8 @@ TREE: dict[str, str] = {
     "ve": "ve",
     "pool": "pool",
     "snapshot": "snapshot",
+    "migrate": "migrate:migrate",
+    "node": "node",
 }
 
 HELP = "Checkpoint/restore of Linux process trees and containers."

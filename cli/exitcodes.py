@@ -60,6 +60,8 @@ ERRORS: tuple[tuple[type[BaseException], int], ...] = (
 
 def code_for(exc: BaseException) -> int | None:
     """The documented exit code of an error, or None if it is not a known error (a bug)."""
+    if isinstance(exc, E.CodedError):
+        return exc.code
     for cls, code in ERRORS:
         if isinstance(exc, cls):
             return code

@@ -73,6 +73,14 @@ class RestoreError(CptError):
     """Restore failed (vzctl exit 17); nothing of the tree was left alive."""
 
 
+class CodedError(CptError):
+    """An error whose exit code is its own (`code`): `cpt migrate`'s, vzmigrate's table."""
+
+    def __init__(self, code: int, msg: str) -> None:
+        super().__init__(msg)
+        self.code = code
+
+
 class LockedError(CptError):
     """Another cpt command holds the lock (vzctl exit 9)."""
 

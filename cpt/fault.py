@@ -1,8 +1,9 @@
-"""Fault injection for tests, like CRIU's CRIU_FAULT: CPT_FAULT=<point>[:stall][,...].
+"""Fault injection for tests, like CRIU's CRIU_FAULT: CPT_FAULT=<point>[:stall|:delay][,...].
 
 At a named point the engine raises (a failure half-way, whose rollback tests then check)
 or, with `:stall`, announces itself on stderr and sleeps until killed (so a test can kill
-cpt at an exact moment).  Unset in normal use: one environment lookup per point.
+cpt at an exact moment), or, with `:delay`, sleeps DELAY seconds and goes on (so a test
+can cut something under it).  Unset in normal use: one environment lookup per point.
 
     suspend:freezer   suspend journalled, nothing frozen yet
     suspend:state     the tree frozen (a VE: its link down), its stage state not final yet
@@ -17,6 +18,12 @@ cpt at an exact moment).  Unset in normal use: one environment lookup per point.
     restore:freezer   an undump (or a VE's restore) journalled, its freezer not made yet
     restore:memory    every address space rebuilt
     restore:detach    the whole tree restored, still traced
+    migrate:restore   a migration's destination about to restore the VE it received
+    migrate:send      a migration's source, the VE frozen, its image about to be sent
+    migrate:resumed   a migration's source: the destination said the VE runs there, the
+                      copy here is not killed yet
+    migrate:other-kernel  (a condition, not a point) a migration's destination takes
+                      the source's kernel for another (its pre-flight refuses: exit 17)
 """
 
 from __future__ import annotations
@@ -41,7 +48,18 @@ POINTS = (
     "restore:freezer",
     "restore:memory",
     "restore:detach",
+    "migrate:restore",
+    "migrate:send",
+    "migrate:resumed",
 )
+
+
+def active(name: str) -> bool:
+    """Is the condition `name` injected (CPT_FAULT names it)?"""
+    return name in os.environ.get("CPT_FAULT", "").split(",")
+
+
+DELAY = 4.0  # seconds of a `:delay`
 
 
 class InjectedFault(CptError):
@@ -54,9 +72,15 @@ def point(name: str) -> None:
     if not spec:
         return
     for item in spec.split(","):
-        where, _, action = item.rpartition(":") if item.endswith(":stall") else (item, "", "")
+        where, _, action = (
+            item.rpartition(":") if item.endswith((":stall", ":delay")) else (item, "", "")
+        )
         if where != name:
             continue
+        if action == "delay":  # a slow step: the test acts meanwhile, then it goes on
+            print(f"cpt: fault injection: delayed at {name}", file=sys.stderr, flush=True)
+            time.sleep(DELAY)
+            return
         if action == "stall":
             print(f"cpt: fault injection: stalled at {name}", file=sys.stderr, flush=True)
             while True:

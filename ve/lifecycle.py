@@ -174,7 +174,10 @@ class VEManager:
         what a killed cpt command left is said after it (frozen or cut off without a
         stage state, a stage half-done), with the command that repairs it.  A dump file
         waits only if a restore would read it (cpt.restore.trust): a file planted by a
-        user at the default path does not make a stopped VE suspended."""
+        user at the default path does not make a stopped VE suspended.  A VE that
+        migrated to another node (its config kept as VEID.toml.migrated) is "migrated"."""
+        if self.migrated(veid):
+            return "migrated"
         self.config(veid)
         rt = self.runtime(veid)
         if rt is not None:
@@ -202,8 +205,22 @@ class VEManager:
 
         return "suspended" if waiting(self.node.default_dumpfile(veid)) else "stopped"
 
+    def migrated(self, veid: str) -> bool:
+        """Did the VE migrate away from this node (only its .migrated config is left)?"""
+        check_veid(veid)
+        return not os.path.exists(self.node.config_path(veid)) and os.path.exists(
+            self.node.migrated_path(veid)
+        )
+
     def info(self, veid: str) -> dict[str, Any]:
         """What `ve status --json` and `ve list --json` say of a VE."""
+        if self.migrated(veid):
+            cfg = VEConfig.load(self.node.migrated_path(veid))
+            return dict(
+                veid=veid, status="migrated", ip=cfg.ip, hostname=cfg.hostname,
+                template=cfg.template, init_pid=None, privileged=cfg.privileged,
+                ids=None if cfg.privileged else range_text(cfg.id_base, ID_COUNT),
+            )  # fmt: skip
         cfg = self.config(veid)
         rt = self.runtime(veid)
         return dict(
@@ -214,7 +231,8 @@ class VEManager:
         )  # fmt: skip
 
     def list_ves(self) -> list[dict[str, Any]]:
-        return [self.info(veid) for veid in self.node.veids()]
+        ids = sorted({*self.node.veids(), *self.node.migrated_veids()})
+        return [self.info(veid) for veid in ids]
 
     # -- start and stop
 

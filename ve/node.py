@@ -3,6 +3,8 @@
     <root>/ve/<VEID>.toml          configs
     <root>/pool/private/<VEID>     private areas (subvolumes of the node's btrfs)
     <root>/pool/snapshots/<VEID>   snapshots of a VE and their catalog (snapshot/catalog.py)
+    <root>/pool/migrate/<VEID>     snapshots a migration sends or receives (ve/migrate.py)
+    <root>/ve/<VEID>.toml.migrated the config of a VE that migrated to another node
     <root>/dump/Dump.<VEID>        dump files (the default root uses /var/tmp/Dump.<VEID>,
                                    as the OpenVZ documentation gives it)
 pool/private, pool/snapshots and dump are root's alone (0700, as OpenVZ's /vz/private):
@@ -53,6 +55,16 @@ class Node:
             return []
         return sorted(n[: -len(".toml")] for n in names if n.endswith(".toml"))
 
+    def migrated_veids(self) -> list[str]:
+        """The VEs that migrated away from this node (only their .migrated config left)."""
+        try:
+            names = os.listdir(self.ve_dir)
+        except FileNotFoundError:
+            return []
+        here = set(self.veids())
+        out = (n[: -len(".toml.migrated")] for n in names if n.endswith(".toml.migrated"))
+        return sorted(v for v in out if v not in here)
+
     def default_dumpfile(self, veid: str) -> str:
         if self.root == DEFAULT_ROOT:
             return f"/var/tmp/Dump.{veid}"
@@ -72,6 +84,15 @@ class Node:
         """Where snapshot/ keeps a VE's snapshots and their catalog: beside the private
         areas, on the same filesystem (a btrfs snapshot cannot leave it)."""
         return os.path.join(self._pool_dir("snapshots"), veid)
+
+    def migrate_dir(self, veid: str) -> str:
+        """Where a migration keeps a VE's snapshots (sent from here, or received here):
+        in the pool, as the private areas they are made of and into."""
+        return os.path.join(self._pool_dir("migrate"), veid)
+
+    def migrated_path(self, veid: str) -> str:
+        """The config of a VE that migrated away (`cpt migrate` keeps it, as vzmigrate)."""
+        return self.config_path(veid) + ".migrated"
 
     def _pool_dir(self, name: str) -> str:
         """The pool's directory `name`, there and root's alone (0700)."""

@@ -31,6 +31,7 @@ from cpt.dump.dumper import DumpStats
 from cpt.dump.options import DumpOptions
 from cpt.errors import AlreadyRunning, NotRunning, RestoreError, UsageError
 from cpt.restore.options import RestoreOptions
+from cpt.restore.relocate import relocate
 from cpt.restore.restorer import RestoreStats
 from cpt.stages.dump import checkpoint, dump
 from cpt.stages.incremental import closing_stage, predump
@@ -43,6 +44,7 @@ from cpt.stages.suspend import suspend
 from cpt.stages.tree import RUNS_AGAIN, Tree
 from cptimage.container import ImageReader
 from cptimage.records import FsSnapshot, IdMap, Mount, SectionType, SourceKind, UserNs
+from storage import transfer
 
 from . import fssnap, net
 from .config import VEConfig
@@ -141,7 +143,7 @@ class VeStages:
                 return self.dump_with_fs(cfg, rt.init_pid, path, opts, staged=stage is Stage.DUMP)
             elif stage is Stage.KILL:
                 kill(self.tree(cfg, rt.init_pid))
-                self._stopped(cfg)
+                self.stopped(cfg)
                 closing_stage(self.tree(cfg, rt.init_pid), killed=True)
             else:
                 resume(self.tree(cfg, rt.init_pid))
@@ -171,7 +173,7 @@ class VeStages:
             return st.state
         found = self.tree(cfg, rt.init_pid).repair()
         if found == KILLING:
-            self._stopped(cfg)
+            self.stopped(cfg)
         return found
 
     def dump_with_fs(
@@ -194,7 +196,7 @@ class VeStages:
         tree = self.tree(cfg, init_pid, capture)
         stats = dump(tree, path, opts) if staged else checkpoint(tree, path, opts)
         if not staged and not opts.leave_running:
-            self._stopped(cfg)
+            self.stopped(cfg)
         stats.fs_snapshot_s = capture.took_s
         if keep is None:
             self.snapshots.dumped(cfg.veid, path, capture)
@@ -202,7 +204,7 @@ class VeStages:
             keep(capture)
         return stats
 
-    def _stopped(self, cfg: VEConfig) -> None:
+    def stopped(self, cfg: VEConfig) -> None:
         """The VE's processes are gone: its runtime facts and its veth go (the network
         namespace may outlive them a moment); the blackhole route stays."""
         net.blackhole(cfg.ip)
@@ -259,7 +261,7 @@ class VeStages:
                 resume(tree)
             else:
                 kill(tree)
-                self._stopped(cfg)
+                self.stopped(cfg)
             return None
         if rt is not None:
             raise AlreadyRunning(f"VE {veid} is running: its restore is refused")
@@ -294,7 +296,55 @@ class VeStages:
             self.snapshots.spent(veid, path)
         return stats
 
-    def _check_image(self, path: str, reader: ImageReader, cfg: VEConfig) -> list[FsSnapshot]:
+    def restore_received(
+        self, path: str, snapshot: str, *, parent_dir: str = "", undump: bool = False
+    ) -> RestoreStats:
+        """With the VE's lock held: restore the image `path` a migration brought to this
+        node (ve/agent.py), whose private area came as the received read-only snapshot
+        `snapshot` and was made the VE's area from it.  The proof that the area is the
+        one the image was dumped with is the snapshot's received UUID: the UUID of the
+        source's snapshot the image records.  The image is restored relocated to this
+        node's area (cpt.restore.relocate); `undump`: left frozen, link down."""
+        veid = self.veid
+        cfg = self.node.config(veid)
+        run = RunState(veid)
+        if run.runtime() is not None:
+            raise AlreadyRunning(f"VE {veid} is running here: its restore is refused")
+        run.forget_ended(cfg.ip)
+        base = open_image(path, parent_dir=parent_dir)
+        try:
+            h = base.header
+            if h.source_kind != SourceKind.VE or h.source_id != veid:
+                raise RestoreError(f"{path} is not an image of VE {veid}")
+            recs = [x for x in base.records(SectionType.FSSNAP) if isinstance(x, FsSnapshot)]
+            if len(recs) != 1:
+                raise RestoreError(f"{path}: {len(recs)} filesystem snapshots, not one")
+            got = transfer.received_uuid(Path(snapshot))
+            if got != recs[0].uuid:
+                raise RestoreError(
+                    f"the private area received ({snapshot}) is not the snapshot VE {veid} "
+                    f"was dumped with; refusing to restore"
+                )
+            reader = relocate(base, recs[0].subvolume, cfg.private, snapshot)
+        except BaseException:
+            base.close()
+            raise
+        with reader:
+            self._check_ids(cfg, path, reader)
+            self._check_image(path, reader, cfg, snapshots=os.path.dirname(snapshot))
+
+            def links(pid: int) -> None:
+                net.setup_host(veid, cfg.ip, pid, up=False)
+
+            opts = RestoreOptions(ve_links=links)
+            check_restorable(reader, opts)
+            stats = restore(self.tree(cfg, 0), reader, opts, undump=undump)
+        run.record(stats.host_pid, net.host_ifname(veid))
+        return stats
+
+    def _check_image(
+        self, path: str, reader: ImageReader, cfg: VEConfig, *, snapshots: str = ""
+    ) -> list[FsSnapshot]:
         """The image must stand on this VE's configured private area: its root mount is
         that area, and it carries the filesystem proof (FsSnapshot) of that area, whose
         snapshots are this VE's in the node's pool (those are the paths a rollback
@@ -315,7 +365,7 @@ class VeStages:
                 f"area {cfg.private} of VE {veid} cannot be proven to be the one it was dumped "
                 f"with; refusing to restore"
             )
-        place = os.path.realpath(self.node.snapshots_dir(veid))
+        place = os.path.realpath(snapshots or self.node.snapshots_dir(veid))
         out = []
         for rec in recs:
             if rec.ve_id != veid or os.path.realpath(rec.subvolume) != area:

@@ -47,38 +47,55 @@ def host_xcr0() -> int:
         kill_and_reap(t.pid)
 
 
-def check_host(reader: ImageReader, *, pids: bool = True, ipcns: bool = False) -> list[Problem]:
-    """Problems of restoring the image here: `pids=False` for a new PID namespace,
-    `ipcns=True` for a new IPC namespace (where no id can be taken)."""
-    h = reader.header
+def platform_problems(
+    image_arch: str,
+    image_release: str,
+    image_version: str,
+    vdso_digest: int,
+    cpu_flags: list[str] | tuple[str, ...],
+    xcr0: int,
+) -> list[Problem]:
+    """Whether this host's kernel and CPU take an image of these facts (its header's, or
+    a migration source's before any image exists): "kernel" and "cpu" problems."""
     out: list[Problem] = []
     arch, release, version = hostinfo.kernel()
-    if h.arch != arch:
-        out.append(_problem("kernel", f"the image is for {shorten(h.arch)}, this host is {arch}"))
-    if (h.kernel_release, h.kernel_version) != (release, version):
+    if image_arch != arch:
+        out.append(
+            _problem("kernel", f"the image is for {shorten(image_arch)}, this host is {arch}")
+        )
+    if (image_release, image_version) != (release, version):
         out.append(
             _problem(
                 "kernel",
-                f"the image was dumped on kernel {shorten(h.kernel_release)} "
-                f"({shorten(h.kernel_version)}); this "
+                f"the image was dumped on kernel {shorten(image_release)} "
+                f"({shorten(image_version)}); this "
                 f"host runs {release} ({version}): the same kernel is needed (vDSO, layout)",
             )
         )
-    elif h.vdso_digest and h.vdso_digest != hostinfo.vdso_digest():
+    elif vdso_digest and vdso_digest != hostinfo.vdso_digest():
         out.append(_problem("kernel", "this kernel's vDSO differs from the image's"))
-    missing = sorted(set(h.cpu_flags) - hostinfo.cpu_flags())
+    missing = sorted(set(cpu_flags) - hostinfo.cpu_flags())
     if missing:
         out.append(
             _problem("cpu", f"this CPU lacks {shorten(', '.join(missing))}, which the image uses")
         )
-    if h.xcr0 and h.xcr0 & ~host_xcr0():
+    if xcr0 and xcr0 & ~host_xcr0():
         out.append(
             _problem(
                 "cpu",
-                f"the image's XSAVE features {h.xcr0:#x} are not all enabled here "
-                f"({host_xcr0():#x})",
+                f"the image's XSAVE features {xcr0:#x} are not all enabled here ({host_xcr0():#x})",
             )
         )
+    return out
+
+
+def check_host(reader: ImageReader, *, pids: bool = True, ipcns: bool = False) -> list[Problem]:
+    """Problems of restoring the image here: `pids=False` for a new PID namespace,
+    `ipcns=True` for a new IPC namespace (where no id can be taken)."""
+    h = reader.header
+    out = platform_problems(
+        h.arch, h.kernel_release, h.kernel_version, h.vdso_digest, h.cpu_flags, h.xcr0
+    )
     model = ImageModel(reader)
     if model.ve:
         return out + _ve_problems(model)
