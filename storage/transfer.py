@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 from pathlib import Path
 
 import btrfsutil
 
+from cpt.sys import runner
 from storage.btrfs import _call, _group, nested_subvolumes
 from storage.errors import FsError
 
@@ -39,18 +39,15 @@ def parts(snapshot: Path, parent: Path | None = None) -> list[tuple[str, Path, P
     return out
 
 
-def sender(snapshot: Path, parent: Path | None = None) -> subprocess.Popen[bytes]:
+def sender(snapshot: Path, parent: Path | None = None) -> runner.Stream:
     """`btrfs send` of `snapshot` (incremental on `parent`), its stream on stdout."""
     argv = ["btrfs", "send", "-q", *(["-p", str(parent)] if parent else []), str(snapshot)]
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return runner.stream(argv)
 
 
-def receiver(directory: Path) -> subprocess.Popen[bytes]:
+def receiver(directory: Path) -> runner.Stream:
     """`btrfs receive` into `directory`, its stream on stdin."""
-    argv = ["btrfs", "receive", "-q", str(directory)]
-    return subprocess.Popen(
-        argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    return runner.stream(["btrfs", "receive", "-q", str(directory)], stdin=True)
 
 
 def received(directory: Path) -> Path:

@@ -27,6 +27,7 @@ DEFAULT_TIMEOUT = 120.0
 _REAP_TIMEOUT = 5.0
 
 Argv = Sequence[str | os.PathLike[str]]
+Stream = subprocess.Popen[bytes]  # a tool started by stream()
 
 
 def run(
@@ -66,6 +67,29 @@ def run(
     if check and proc.returncode != 0:
         raise _failure(result)
     return result
+
+
+def stream(argv: Argv, *, stdin: bool = False) -> Stream:
+    """Start `argv` for a stream: its stdout a pipe (with `stdin`, its stdin a pipe and its
+    stdout discarded), stderr a pipe, in C locale and its own process group, logged.  The
+    caller feeds or drains it and waits for it with a bound (a missing tool raises
+    CommandError here)."""
+    args = [os.fspath(a) for a in argv]
+    cmd = shlex.join(args)
+    log.debug("stream: %s", cmd)
+    try:
+        return subprocess.Popen(
+            args,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL if stdin else subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "LC_ALL": "C"},
+            start_new_session=True,
+        )
+    except OSError as e:
+        raise CommandError(
+            f"cannot run {cmd}: {e.strerror}", argv=args, returncode=None, stderr=str(e)
+        ) from None
 
 
 def _failure(result: subprocess.CompletedProcess[bytes]) -> CommandError:
