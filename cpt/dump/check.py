@@ -66,12 +66,31 @@ def precheck(tree: dict[int, TaskInfo], root: int, proc: Proc, opts: DumpOptions
             problems += unsupported_process(info.pid, proc, opts)
         except NoSuchProcess:
             continue
-    problems += unsupported_sockets(tree, proc, opts)
-    problems += unsupported_pidfds(tree, proc)
-    problems += tty_problems(tree, root, proc, opts)
-    problems += namespace_problems(tree, root, proc)
+    tree = dict(tree)
+    for _ in range(len(tree) + 1):
+        try:
+            problems += _tree_problems(tree, root, proc, opts)
+            break
+        except NoSuchProcess as e:
+            # the tree runs: a process that exited (or became a zombie) since it was listed
+            # is left out and the checks run again; the dump lists the tree again frozen
+            if e.pid == root or e.pid not in tree:
+                raise
+            del tree[e.pid]
     if opts.ve_id:
         problems += ve_problems(root)
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise UnsupportedError("; ".join(problems[:3]) + more, pid=root)
+
+
+def _tree_problems(
+    tree: dict[int, TaskInfo], root: int, proc: Proc, opts: DumpOptions
+) -> list[str]:
+    """The checks that look at the tree as a whole (sockets and pidfds pair processes)."""
+    return [
+        *unsupported_sockets(tree, proc, opts),
+        *unsupported_pidfds(tree, proc),
+        *tty_problems(tree, root, proc, opts),
+        *namespace_problems(tree, root, proc),
+    ]

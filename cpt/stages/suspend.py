@@ -73,7 +73,7 @@ def _suspend_ve(tree: Tree, opts: DumpOptions, then: str) -> TreeState:
     link (frozen first: nothing inside notices the link go down)."""
     if not tree.freezer.exists():
         raise NotRunning(f"{tree.label} has no cgroup {tree.freezer.path}", pid=tree.root)
-    _strangers(tree, tree.live_tree())
+    _strangers(tree)
     with tree.inside():
         precheck(tree.live_tree(), tree.root, tree.proc, opts)
     if tree.in_freeze is not None:
@@ -118,9 +118,15 @@ def _refuse_frozen(tree: Tree, procs: dict[int, TaskInfo]) -> None:
     )
 
 
-def _strangers(tree: Tree, procs: dict[int, TaskInfo]) -> None:
-    """Refuse processes in a VE's cgroup that are not in its init's tree."""
-    extra = sorted(set(tree.freezer.procs()) - set(procs))
+def _strangers(tree: Tree, procs: dict[int, TaskInfo] | None = None) -> None:
+    """Refuse processes in a VE's cgroup that are not in its init's tree (`procs`: the
+    frozen tree; None: the live one, listed after the cgroup's members, so that a child
+    forked meanwhile is in both, and a member that exited since is no stranger)."""
+    members = tree.freezer.procs()
+    if procs is None:
+        procs = tree.live_tree()
+        members = [p for p in members if tree.proc.exists(p)]
+    extra = sorted(set(members) - set(procs))
     if extra:
         who = ", ".join(f"{p} ({comm_of(p)})" for p in extra[:3])
         raise DumpError(
