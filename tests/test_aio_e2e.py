@@ -13,9 +13,8 @@ import os
 from pathlib import Path
 
 import pytest
-from workloads import checkpoint, reaping, restore, workloads_fixture  # noqa: F401
+from workloads import checkpoint, image_records, reaping, restore, workloads_fixture  # noqa: F401
 
-from cptimage.container import ImageReader
 from cptimage.records import SectionType, Vma, VmaKind
 
 pytestmark = [
@@ -27,12 +26,7 @@ pytestmark = [
 
 
 def aio_rings(img: Path) -> list[Vma]:
-    with ImageReader(str(img)) as r:
-        return [
-            x
-            for x in r.records(SectionType.MM)
-            if isinstance(x, Vma) and x.kind == VmaKind.AIO_RING
-        ]
+    return [x for x in image_records(img, SectionType.MM, Vma) if x.kind == VmaKind.AIO_RING]
 
 
 def test_aio_checkpoint_restore(workloads, cpt, tmp_path: Path) -> None:

@@ -17,13 +17,14 @@ from pathlib import Path
 import pytest
 from workloads import (  # noqa: F401
     checkpoint,
+    image_records,
     kill_tree,
     reaping,
     restore,
+    verdict_after_restore,
     workloads_fixture,
 )
 
-from cptimage.container import ImageReader
 from cptimage.records import FileLock, FileOwner, LockKind, OwnerType, PidFd, SectionType
 
 pytestmark = [
@@ -35,8 +36,7 @@ pytestmark = [
 
 
 def files_records(img: Path, cls: type) -> list:  # type: ignore[type-arg]
-    with ImageReader(str(img)) as r:
-        return [x for x in r.records(SectionType.FILES) if isinstance(x, cls)]
+    return image_records(img, SectionType.FILES, cls)
 
 
 def children(pid: int) -> list[int]:
@@ -82,15 +82,7 @@ def test_fdowner_checkpoint_restore(workloads, cpt, tmp_path: Path) -> None:
     ],
 )
 def test_fdowner_sabotage_after_restore(workloads, cpt, tmp_path: Path, item: str, reason: str):  # type: ignore[no-untyped-def]
-    """The checks still bite on a restored tree."""
-    wl = workloads.start("fdowner", sabotage=item)
-    wl.wait_counter()
-    img = tmp_path / "fdowner.img"
-    checkpoint(cpt, wl, img, "--file-locks")
-    restore(cpt, wl, img)
-    wl.wait_counter()
-    with reaping(wl):
-        verdict = wl.finish()
+    verdict = verdict_after_restore(workloads, cpt, tmp_path, "fdowner", item, "--file-locks")
     assert verdict.startswith("FAIL: ") and reason in verdict, verdict
 
 

@@ -22,6 +22,7 @@ import pytest
 from workloads import (  # noqa: F401
     Workload,
     checkpoint,
+    image_records,
     kill_tree,
     make_subreaper,
     reaping,
@@ -30,7 +31,6 @@ from workloads import (  # noqa: F401
 )
 
 from cpt.restore.ghost import recreate
-from cptimage.container import ImageReader
 from cptimage.records import FileLock, LockKind, PathFlags, PathKind, PathObj, SectionType
 
 pytestmark = [
@@ -46,8 +46,7 @@ def pids_exist(pids: set[int]) -> list[int]:
 
 
 def records(img: Path, cls: type) -> list:  # type: ignore[type-arg]
-    with ImageReader(str(img)) as r:
-        return [x for x in r.records(SectionType.FILES) if isinstance(x, cls)]
+    return image_records(img, SectionType.FILES, cls)
 
 
 # --------------------------------------------------------------------------- deleted files

@@ -13,9 +13,15 @@ import os
 from pathlib import Path
 
 import pytest
-from workloads import checkpoint, reaping, restore, workloads_fixture  # noqa: F401
+from workloads import (  # noqa: F401
+    checkpoint,
+    image_records,
+    reaping,
+    restore,
+    verdict_after_restore,
+    workloads_fixture,
+)
 
-from cptimage.container import ImageReader
 from cptimage.records import GuardRegion, SectionType
 
 pytestmark = [
@@ -27,8 +33,7 @@ pytestmark = [
 
 
 def guards(img: Path) -> list[GuardRegion]:
-    with ImageReader(str(img)) as r:
-        return [x for x in r.records(SectionType.MM) if isinstance(x, GuardRegion)]
+    return image_records(img, SectionType.MM, GuardRegion)
 
 
 def test_memflags_checkpoint_restore(workloads, cpt, tmp_path: Path) -> None:
@@ -57,15 +62,7 @@ def test_memflags_checkpoint_restore(workloads, cpt, tmp_path: Path) -> None:
 def test_memflags_sabotage_after_restore(
     workloads, cpt, tmp_path: Path, item: str, reason: str
 ) -> None:
-    """The checks still bite on a restored tree."""
-    wl = workloads.start("memflags", sabotage=item)
-    wl.wait_counter()
-    img = tmp_path / "memflags.img"
-    checkpoint(cpt, wl, img)
-    restore(cpt, wl, img)
-    wl.wait_counter()
-    with reaping(wl):
-        verdict = wl.finish()
+    verdict = verdict_after_restore(workloads, cpt, tmp_path, "memflags", item)
     assert verdict.startswith("FAIL: ") and reason in verdict, verdict
 
 

@@ -21,15 +21,16 @@ import pytest
 from workloads import (  # noqa: F401
     Workload,
     checkpoint,
+    image_records,
     kill_tree,
     make_subreaper,
     proc_info,
     reaping,
     restore,
+    verdict_after_restore,
     workloads_fixture,
 )
 
-from cptimage.container import ImageReader
 from cptimage.records import SectionType, Sigactions, TaskExtra, ThreadSched
 
 pytestmark = [
@@ -41,8 +42,7 @@ pytestmark = [
 
 
 def process_records(img: Path, cls: type) -> list:  # type: ignore[type-arg]
-    with ImageReader(str(img)) as r:
-        return [x for x in r.records(SectionType.PROCESS) if isinstance(x, cls)]
+    return image_records(img, SectionType.PROCESS, cls)
 
 
 def wait_for(what: str, cond: Callable[[], bool], timeout: float = 30.0) -> None:
@@ -101,15 +101,7 @@ def test_taskstate_checkpoint_restore(workloads, cpt, tmp_path: Path) -> None:
 def test_taskstate_sabotage_after_restore(
     workloads, cpt, tmp_path: Path, item: str, reason: str
 ) -> None:
-    """The checks still bite on a restored tree."""
-    wl = workloads.start("taskstate", sabotage=item)
-    wl.wait_counter()
-    img = tmp_path / "taskstate.img"
-    checkpoint(cpt, wl, img)
-    restore(cpt, wl, img)
-    wl.wait_counter()
-    with reaping(wl):
-        verdict = wl.finish()
+    verdict = verdict_after_restore(workloads, cpt, tmp_path, "taskstate", item)
     assert verdict.startswith("FAIL: ") and reason in verdict, verdict
 
 
@@ -186,8 +178,7 @@ def test_ignored_sigtrap_survives_dump_and_restore(workloads, cpt, tmp_path: Pat
     wl.wait_counter()
     img = tmp_path / "sigign.img"
     checkpoint(cpt, wl, img)
-    with ImageReader(str(img)) as r:
-        (sa,) = [x for x in r.records(SectionType.PROCESS) if isinstance(x, Sigactions)]
+    (sa,) = process_records(img, Sigactions)
     (trap,) = [a for a in sa.actions if a.signo == signal.SIGTRAP]
     assert trap.handler == 1, "SIG_IGN in the image"
     restore(cpt, wl, img)

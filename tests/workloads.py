@@ -662,6 +662,30 @@ def restore(cpt, wl: Workload, img: Path) -> None:  # type: ignore[no-untyped-de
     wl.refresh()
 
 
+def image_records(img: Path, section: int, cls: type) -> list:  # type: ignore[type-arg]
+    """The records of type `cls` in section `section` of image `img`."""
+    from cptimage.container import ImageReader
+
+    with ImageReader(str(img)) as r:
+        return [x for x in r.records(section) if isinstance(x, cls)]
+
+
+def verdict_after_restore(  # type: ignore[no-untyped-def]
+    workloads, cpt, tmp_path: Path, name: str, item: str, *extra: object
+) -> str:
+    """Workload `name` started with its check `item` sabotaged, checkpointed (with `extra`
+    options), restored: its verdict, which must be a FAIL naming the check (the checks
+    still bite on a restored tree)."""
+    wl = workloads.start(name, sabotage=item)
+    wl.wait_counter()
+    img = tmp_path / f"{name}.img"
+    checkpoint(cpt, wl, img, *extra)
+    restore(cpt, wl, img)
+    wl.wait_counter()
+    with reaping(wl):
+        return wl.finish()
+
+
 __all__ = [
     "ALL_WORKLOADS",
     "C_WORKLOADS",
@@ -677,6 +701,7 @@ __all__ = [
     "command",
     "descendants",
     "describe",
+    "image_records",
     "kill_tree",
     "make_subreaper",
     "proc_info",
@@ -685,5 +710,6 @@ __all__ = [
     "restore",
     "source",
     "start",
+    "verdict_after_restore",
     "workloads_fixture",
 ]
