@@ -93,7 +93,7 @@ KIND_CODES = {
 HELLO_TIMEOUT = 30.0
 STEP_TIMEOUT = 120.0  # the longest wait for one answer of the destination
 RESTORE_TIMEOUT = 300.0
-SETTLE_TIMEOUT = 150.0
+SETTLE_TIMEOUT = 150.0  # asking the destination after a cut (it waits for its old session)
 MAX_PASSES = 30
 PAGE = 4096
 # the final step's fixed cost, and the destination's restore rate after the freeze, for
@@ -101,7 +101,7 @@ PAGE = 4096
 # ssh): about 150-250 ms outside the restore, and the restore of a pre-copied VE, whose
 # image is a chain the restore flattens first (it copies every page), at 115-140 MB/s
 FIXED_S = 0.15
-RESTORE_BPS = 1.3e8  # asking the destination after a cut (it waits for its old session)
+RESTORE_BPS = 1.3e8
 
 
 class MigrateError(CodedError):
