@@ -20,6 +20,7 @@ import time
 import uuid
 from pathlib import Path
 
+from cpt import interrupts
 from cpt.errors import CommandError
 from cptimage.records import FsSnapshot
 from storage import backend_for
@@ -57,7 +58,8 @@ class FsCapture:
 
     def take(self) -> list[FsSnapshot]:
         t0 = time.perf_counter()
-        self.info = self.backend.snapshot(self.area, self.dest)
+        with interrupts.deferred():  # made and known together: discard() can find it
+            self.info = self.backend.snapshot(self.area, self.dest)
         self.took_s = time.perf_counter() - t0
         return [record(self.veid, self.area, self.info)]
 

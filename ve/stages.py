@@ -199,7 +199,8 @@ class VeStages:
             self.stopped(cfg)
         stats.fs_snapshot_s = capture.took_s
         if keep is None:
-            self.snapshots.dumped(cfg.veid, path, capture)
+            with interrupts.deferred():  # the catalog takes the new snapshot in and forgets
+                self.snapshots.dumped(cfg.veid, path, capture)  # the old: never half-done
         else:
             keep(capture)
         return stats
