@@ -96,10 +96,15 @@ class Rounds:
         t0 = time.perf_counter()
         got = self.tracker.round()
         n = 0
-        for pid, pr in got.items():
+        for pid, pr in list(got.items()):
             if pr.whole:
                 self._forget(pid)  # its earlier copies are of another mm
-            n += self.copies.copy(pid, pr.dirty) // PAGE_SIZE
+            try:
+                n += self.copies.copy(pid, pr.dirty) // PAGE_SIZE
+            except NoSuchProcess:  # exited while copied (a shell's short-lived child)
+                del got[pid]
+                self._forget(pid)
+                self.tracker.untrack(pid)
         self.last = got
         self.stats.append(RoundStat(n, time.perf_counter() - t0))
         return n

@@ -51,7 +51,7 @@ from collections.abc import Callable
 from .. import fault
 from .. import procfs as P
 from ..errors import CptError, InjectionError, NoSuchProcess
-from ..procfs import Proc, open_pagemap
+from ..procfs import Proc
 from ..sys.anonfd import UFFD_USER_MODE_ONLY
 from ..sys.mem import (
     PAGE_IS_FILE,
@@ -294,7 +294,7 @@ class Tracker:
         pid = pt.pid
         maps = self.proc.maps(pid)
         spans, shared = _spans(maps)
-        fd = open_pagemap(pid)
+        fd = self.proc.pagemap_fd(pid)
         try:
             fresh = self._register_new(pt, fd, maps, spans)
             present: list[Range] = []
@@ -422,7 +422,7 @@ def scan_untracked(pid: int, proc: Proc) -> ProcessRound:
     """A process without tracking: every private page present is dirty."""
     maps = proc.maps(pid)
     spans, shared = _spans(maps)
-    fd = open_pagemap(pid)
+    fd = proc.pagemap_fd(pid)
     try:
         present = normalize([r for s, e, k in spans for r in _present(fd, s, e, k, pid)])
     finally:

@@ -208,6 +208,12 @@ class Proc:
         live ``tid`` when the thread-group leader has exited before its threads."""
         return parse_maps(self._read_seq(pid, "maps", tid))
 
+    def pagemap_fd(self, pid: int) -> int:
+        """An O_RDONLY fd on PID's pagemap (os.close it); NoSuchProcess if it went."""
+        path = self._path(pid, "pagemap")
+        with self._errors(pid, path):
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
     def smaps_vmflags(
         self, pid: int, tid: int | None = None
     ) -> dict[tuple[int, int], frozenset[str]]:

@@ -35,7 +35,9 @@ def errno_error(err: int, what: str, pid: int | None = None) -> Exception:
     """An exception for a failed call `what` on `pid`.
 
     ESRCH on a task that no longer exists (or is a zombie) becomes NoSuchProcess/ZombieProcess;
-    ptrace's ESRCH on a live task means "not a stopped tracee of this thread" and stays OSError.
+    ptrace's ESRCH on a live task means "not a stopped tracee of this thread" and stays OSError;
+    any other call's ESRCH on a task still listed means it is exiting (its mm is gone, as
+    process_vm_readv finds it before /proc does): NoSuchProcess.
     """
     if err == errno.ESRCH and pid is not None:
         from cpt.procfs import Proc  # here: every system call module imports this one
@@ -45,6 +47,9 @@ def errno_error(err: int, what: str, pid: int | None = None) -> Exception:
             return NoSuchProcess(pid, f"{what}: process {pid} does not exist")
         if state == "Z":
             return ZombieProcess(pid, f"{what}: process {pid} is a zombie")
+        if not what.startswith("ptrace"):
+            # its memory (or the rest of it) went before its /proc entry: it is exiting
+            return NoSuchProcess(pid, f"{what}: process {pid} is exiting")
         return OSError(
             err, f"{what}: pid {pid} is not a stopped tracee of this thread ({os.strerror(err)})"
         )
