@@ -9,10 +9,12 @@ can cut something under it).  Unset in normal use: one environment lookup per po
     suspend:state     the tree frozen (a VE: its link down), its stage state not final yet
     ve:link-down      a VE frozen, its link about to go down
     ve:fs-snapshot    a VE frozen, its private area about to be snapshotted
+    ve:fs-snapshot-made  the snapshot just made, the step that made it not yet left
     dump:seize        the tree about to be seized (ptrace)
     dump:pages        state dumped, pages not yet
     dump:fsync        the image written, not yet durable
     dump:rename       the image durable, not yet at its name (the commit)
+    dump:published    a leave-running or staged dump at its name, the command not done
     ve:link-up        a VE thawed, its link about to come up (resume, a failed dump)
     kill:signal       kill journalled, nothing killed yet
     restore:freezer   an undump (or a VE's restore) journalled, its freezer not made yet
@@ -39,10 +41,12 @@ POINTS = (
     "suspend:state",
     "ve:link-down",
     "ve:fs-snapshot",
+    "ve:fs-snapshot-made",
     "dump:seize",
     "dump:pages",
     "dump:fsync",
     "dump:rename",
+    "dump:published",
     "ve:link-up",
     "kill:signal",
     "restore:freezer",

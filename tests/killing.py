@@ -381,6 +381,13 @@ def orphan_snapshots(root: Path, veid: str) -> list[Path]:
     return [p for p in Catalog(veid, d).orphans() if str(p / FS) not in needed]
 
 
+def snapshot_of(root: Path, veid: str, dump: Path) -> bool:
+    """Does the VE's catalog name a snapshot that goes with the dump file `dump`?"""
+    from snapshot.catalog import Catalog
+
+    return Catalog(veid, root / "pool" / "snapshots" / veid).by_image(str(dump)) is not None
+
+
 def env_with(**kv: str) -> dict[str, str]:
     return dict(os.environ, **kv)
 
@@ -400,6 +407,7 @@ __all__ = [
     "reference",
     "route_of",
     "shoot",
+    "snapshot_of",
     "state_of",
     "tracer_of",
 ]

@@ -27,6 +27,7 @@ from killing import (
     moments,
     orphan_snapshots,
     route_of,
+    snapshot_of,
     state_of,
     tracer_of,
 )
@@ -314,6 +315,38 @@ def test_ve_fault_points_leave_it_running_and_nothing_behind(node) -> None:
             problems += leftovers(target.run_dir, target.dump.parent, f"ve-{veid}-none")
             if problems:
                 failures.append(f"{point} ({how}): " + "; ".join(problems))
+    # SIGTERM just after the snapshot is made (held until its step ends, then unwound)
+    # and just after a leave-running dump is published (the command stops, the dump and
+    # its snapshot stay, recorded): no orphan either way, without any cleanup
+    for point in ("ve:fs-snapshot-made", "dump:published"):
+        with contextlib.suppress(FileNotFoundError):
+            target.dump.unlink()
+        env = dict(node.env, CPT_FAULT=f"{point}:delay")
+        p = subprocess.Popen(
+            [*CPT, *target.args("leave-running")], cwd=REPO, env=env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        assert p.stderr is not None
+        line = p.stderr.readline()
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=60)
+        problems = [] if "delayed at" in line else [f"never delayed: {line} {err}"]
+        if p.returncode == 0:
+            problems.append("the SIGTERM'd command succeeded")
+        if target.status() != "running" or not target.going_on():
+            problems.append(f"status {target.status()!r}")
+        problems += [f"orphan {o}" for o in orphan_snapshots(node.root, veid)]
+        if point == "dump:published":
+            if not target.dump.exists():
+                problems.append("the published dump went")
+            elif not snapshot_of(node.root, veid, target.dump):
+                problems.append("the published dump's snapshot is not in the catalog")
+        elif target.dump.exists():
+            problems.append("a dump file was left")
+        problems += leftovers(target.run_dir, target.dump.parent, f"ve-{veid}-none")
+        if problems:
+            failures.append(f"{point} (SIGTERM): " + "; ".join(problems))
     assert not failures, "\n".join(failures)
     pid = int((wl_dir / "ready").read_text())
     assert node.cpt("ve", "exec", veid, "--", "/bin/kill", "-TERM", str(pid))[0] == 0

@@ -20,7 +20,7 @@ import time
 import uuid
 from pathlib import Path
 
-from cpt import interrupts
+from cpt import fault, interrupts
 from cpt.errors import CommandError
 from cptimage.records import FsSnapshot
 from storage import backend_for
@@ -60,6 +60,7 @@ class FsCapture:
         t0 = time.perf_counter()
         with interrupts.deferred():  # made and known together: discard() can find it
             self.info = self.backend.snapshot(self.area, self.dest)
+            fault.point("ve:fs-snapshot-made")
         self.took_s = time.perf_counter() - t0
         return [record(self.veid, self.area, self.info)]
 

@@ -194,15 +194,26 @@ class VeStages:
             dest = self.snapshots.place(cfg.veid)
         capture = FsCapture(cfg.veid, cfg.private, dest)
         tree = self.tree(cfg, init_pid, capture)
-        stats = dump(tree, path, opts) if staged else checkpoint(tree, path, opts)
+
+        def kept() -> None:
+            if keep is None:
+                with interrupts.deferred():  # the catalog takes the new snapshot in and
+                    self.snapshots.dumped(cfg.veid, path, capture)  # forgets the old at once
+            else:
+                keep(capture)
+
+        try:
+            stats = dump(tree, path, opts) if staged else checkpoint(tree, path, opts)
+        except BaseException:
+            if capture.info is not None:
+                # a failed dump discards its snapshot: one still here went with a dump
+                # published before the signal that stops this command came
+                kept()
+            raise
         if not staged and not opts.leave_running:
             self.stopped(cfg)
         stats.fs_snapshot_s = capture.took_s
-        if keep is None:
-            with interrupts.deferred():  # the catalog takes the new snapshot in and forgets
-                self.snapshots.dumped(cfg.veid, path, capture)  # the old: never half-done
-        else:
-            keep(capture)
+        kept()
         return stats
 
     def stopped(self, cfg: VEConfig) -> None:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from cptimage.atomic import AtomicFile
 from cptimage.container import PageArea
 
+from .. import interrupts
 from ..procfs import Proc
 from ..sys.arch import PAGE_SIZE
 from ..sys.mem import populate_write
@@ -42,6 +43,7 @@ class ImageOutput:
         self.area: PageArea | None = None
         self.reserve_s = 0.0  # sizing and faulting in the page area, before the freeze
         self.stats: DumpStats | None = None  # the dump's, told how long the fsync took
+        self.published = False  # at the dump file's name: the dump is done
 
     @property
     def file(self) -> BinaryIO:
@@ -92,7 +94,9 @@ class ImageOutput:
     def publish(self) -> None:
         """Give the durable image the dump file's name (the point of no return of a kill)."""
         t0 = time.perf_counter()
-        self.atomic.publish()
+        with interrupts.deferred():  # at its name and known to be: a signal comes after
+            self.atomic.publish()
+            self.published = True
         if self.stats is not None:
             self.stats.sync_s += time.perf_counter() - t0
 

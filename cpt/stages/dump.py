@@ -194,6 +194,9 @@ def _dump_frozen(
             fault.point("ve:fs-snapshot")
         extra = tree.in_freeze.take() if tree.in_freeze is not None else []
     except BaseException:
+        # a signal held while the snapshot was made is raised as take() returns: it goes
+        if tree.in_freeze is not None:
+            tree.in_freeze.discard()
         out.abort()
         raise
     try:
@@ -216,7 +219,9 @@ def _dump_frozen(
             tree, procs, out, opts, after=after, extra=extra, origins=origins, inc=inc
         )
     except BaseException:
-        if tree.in_freeze is not None:
+        # what the freeze made goes with a failed dump; a dump published before the
+        # signal that stops the command keeps it (the caller's to record)
+        if tree.in_freeze is not None and not out.published:
             tree.in_freeze.discard()
         raise
 
@@ -325,6 +330,7 @@ def _dump_seized(
             out.sync()
             fault.point("dump:rename")
             out.publish()
+            fault.point("dump:published")
         except BaseException:
             out.abort()
             raise
