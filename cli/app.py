@@ -93,6 +93,7 @@ def build_one(name: str) -> Any:
     app = typer.Typer(add_completion=False, **PLAIN)
     if isinstance(found, Group):  # added as build() does (a group of one stays a group)
         app.add_typer(typer_group(found), name=name)
-        return get_command(app).commands[name]
+        group: Any = get_command(app)  # a click Group: the app has a group
+        return group.commands[name]
     app.command(name)(typer_command(found))  # a lone command is the app's command
     return get_command(app)
