@@ -11,7 +11,6 @@ import socket
 import sys
 import threading
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -379,6 +378,15 @@ class Dumper:
         return build_header(self.opts, self.root, first.xstate, flags=flags)
 
 
+def uuid4() -> bytes:
+    """A random (version 4) UUID's 16 bytes, as uuid.uuid4().bytes gives them (the uuid
+    module imports platform: ~3 ms of a chkpnt's start)."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40  # version 4
+    b[8] = (b[8] & 0x3F) | 0x80  # variant RFC 4122
+    return bytes(b)
+
+
 def build_header(
     opts: DumpOptions, root: int, xstate: bytes, flags: int = 0, parent_uuid: bytes = b""
 ) -> Header:
@@ -396,7 +404,7 @@ def build_header(
         xstate_size=len(xstate),
         source_kind=SourceKind.VE if opts.ve_id else SourceKind.PID,
         root_pid=root,
-        uuid=uuid.uuid4().bytes,
+        uuid=uuid4(),
         parent_uuid=parent_uuid or bytes(16),
         vdso_digest=hostinfo.vdso_digest(),
         arch=arch,
