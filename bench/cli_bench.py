@@ -9,8 +9,9 @@ figure is the median of --rounds rounds, with the spread (min-max) and the worst
 against the median.
 
   start-up      `python -c pass` from the venv (the interpreter's own start), and the wall
-                time and `python -X importtime` of `cpt --help`, `cpt ve status VEID`
-                (a VE that does not exist), `cpt image show` (the 16 MiB image), and of
+                time and `python -X importtime` of `cpt --help`, `cpt chkpnt --help`,
+                `cpt ve status VEID` (a VE that does not exist), `cpt image show` (the
+                16 MiB image), and of
                 `cpt chkpnt` and `cpt restore` failing at once on a missing process or
                 file (what the two commands cost before any engine work)
   workloads     fixtures/workloads/counter.c with 0, 16, 256, 1024 MiB of touched memory
@@ -238,6 +239,7 @@ def startup(cpt: Cpt, image16: Path | None, rounds: int, tmp: Path) -> dict[str,
     """Interpreter start, and the commands that (nearly) do nothing but start."""
     commands: dict[str, list[str]] = {
         "cpt --help": ["--help"],
+        "cpt chkpnt --help": ["chkpnt", "--help"],
         "cpt ve status": ["ve", "status", "4242424"],
         "cpt chkpnt (no such pid)": ["chkpnt", "--pid", "999999999", "--dumpfile", str(tmp / "x")],
         "cpt restore (no such file)": ["restore", "--dumpfile", str(tmp / "missing.img")],

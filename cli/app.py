@@ -77,3 +77,23 @@ def build() -> Any:
             app.command(name)(typer_command(found))
     app.callback()(typer_command(root_options))
     return app
+
+
+def build_one(name: str) -> Any:
+    """The click command of the root's command or group `name` alone, as build()'s app
+    has it (imports typer and that command's module only), or None."""
+    import typer
+    from typer.main import get_command
+
+    from .params import typer_command, typer_group
+
+    found = node(name)
+    if found is None:
+        return None
+    app = typer.Typer(add_completion=False, **PLAIN)
+    if isinstance(found, Group):  # added as build() does (a group of one stays a group)
+        app.add_typer(typer_group(found), name=name)
+        group: Any = get_command(app)  # a click Group: the app has a group
+        return group.commands[name]
+    app.command(name)(typer_command(found))  # a lone command is the app's command
+    return get_command(app)

@@ -28,8 +28,6 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO, NamedTuple
 
-import zstandard
-
 from . import records as R
 from .container import (
     FORMAT_MINOR,
@@ -208,6 +206,8 @@ class _Verifier:
     def _pages(self, info: SectionInfo, chunk: memoryview) -> None:
         if info.compression != R.Compression.ZSTD:
             return
+        import zstandard  # (and platform: for compressed pages only)
+
         if self._zstd is None or self._zstd[0] != info.offset:
             self._zstd = (info.offset, zstandard.ZstdDecompressor().decompressobj())
             self._zstd_out, self._zstd_error = 0, ""

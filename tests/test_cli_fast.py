@@ -21,7 +21,7 @@ from typer.main import get_command
 
 from cli import app as tree
 from cli import params
-from cli.main import fast_call, run
+from cli.main import fast_call, help_call, run
 
 try:  # typer >= 0.16 vendors click
     from typer._click import exceptions as click_exc
@@ -275,3 +275,27 @@ def test_help_is_plain_and_imports_no_rich() -> None:
     )  # fmt: skip
     for name in ("chkpnt", "restore", "check", "image", "ve", "pool", "snapshot", "--root"):
         assert name in p.stdout, p.stdout
+
+
+def test_each_commands_help_prints_alike_either_way(capsys: pytest.CaptureFixture[str]) -> None:
+    """`cpt NAME [SUB] --help` through help_call (a click command of NAME alone) prints
+    what the whole typer app prints, with the same exit code, for every command and group."""
+    lines = [[name] for name in tree.TREE] + [c.split() for c in COMMANDS if " " in c]
+    for args in [[*a, "--help"] for a in lines] + [["ve", "nosuch", "--help"]]:
+        if args[-2] != "nosuch":
+            assert help_call(args) is not None, args
+        code = run(args)
+        fast = capsys.readouterr()
+        assert code == run(args, fast=False), args
+        assert fast == capsys.readouterr(), args
+        assert fast.out.startswith(f"Usage: cpt {' '.join(args[:-1])} ") or code, args
+
+
+def test_a_commands_help_imports_no_pydantic_and_no_other_command() -> None:
+    """Through the whole app typer coerces the root's --root (None) with a pydantic
+    TypeAdapter first: importing pydantic was half the time of `cpt chkpnt --help`."""
+    mods = _modules(_run(["chkpnt", "--help"]))
+    assert "typer" in mods and "cli.cr" in mods  # it did print the help
+    assert not _under(mods, ("pydantic", "cli.ve", "cli.snapshot", "cli.migrate", "rich"))
+    mods = _modules(_run(["ve", "status", "--help"]))
+    assert "cli.ve" in mods and not _under(mods, ("pydantic", "cli.cr"))

@@ -22,7 +22,11 @@ from workloads import (  # noqa: F401
     workloads_fixture,
 )
 
-from cptimage.records import GuardRegion, SectionType
+from cpt.dump import dumper, pages
+from cpt.dump.options import DumpOptions
+from cpt.stages.stage import Stage
+from cpt.stages.trees import TreeStages
+from cptimage.records import GuardRegion, SectionType, Vma, VmFlags
 
 pytestmark = [
     pytest.mark.root,
@@ -88,5 +92,44 @@ def test_memflags_run_from_a_memfd(workloads, cpt, tmp_path: Path) -> None:
     restore(cpt, wl, img)
     assert os.readlink(f"/proc/{wl.pid}/exe") == exe
     wl.wait_counter()
+    with reaping(wl):
+        assert wl.finish() == "PASS"
+
+
+def test_memflags_read_on_the_second_thread(
+    workloads, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The VmFlags and guard regions a dump reads on its second thread (DumpReads: a
+    process with AHEAD_BYTES of memory, here any) are those it reads in line, in a full
+    dump (the pages chosen by them) and in a leave-running one (the last round scanning
+    meanwhile); the guard regions found by scanning only the mappings smaps marks "gu"
+    are those a scan of the whole address space finds; the tree runs on unharmed."""
+    monkeypatch.setenv("CPT_RUN_DIR", str(tmp_path / "run"))
+    wl = workloads.start("memflags")
+    wl.wait_counter()
+    st = TreeStages(wl.pid)
+    got = {}
+    runs = [("staged", 0), ("leave-running", 0), ("in line", 1 << 62), ("whole span", 1 << 62)]
+    for name, ahead in runs:
+        monkeypatch.setattr(dumper, "AHEAD_BYTES", ahead)
+        if name == "whole span":
+            monkeypatch.setattr(pages, "guard_vmflag", lambda: False)
+        img = tmp_path / f"{name}.img"
+        if name == "staged":
+            st.chkpnt(Stage.SUSPEND)
+            st.chkpnt(Stage.DUMP, str(img), DumpOptions())
+            st.chkpnt(Stage.RESUME)
+        else:
+            st.chkpnt(Stage.CHKPNT, str(img), DumpOptions(leave_running=True))
+        vmas = image_records(img, SectionType.MM, Vma)
+        got[name] = (
+            [(v.start, v.end, v.vmflags, v.flags) for v in vmas],
+            [(g.start, g.end) for g in guards(img)],
+        )
+    assert got["staged"] == got["in line"] == got["leave-running"] == got["whole span"]
+    flags = [f for _, _, f, _ in got["in line"][0]]
+    for bit in (VmFlags.WIPEONFORK, VmFlags.DONTFORK, VmFlags.LOCKED):
+        assert any(f & bit for f in flags), bit
+    assert len(got["in line"][1]) == 2
     with reaping(wl):
         assert wl.finish() == "PASS"

@@ -635,3 +635,13 @@ def test_host_path(dumped: DumpedVE) -> None:
 def test_restore_error_is_restore_error() -> None:
     with pytest.raises(RestoreError, match="no mount table"):
         build([], {})
+
+
+def test_the_tar_types_a_tmpfs_may_hold_are_tarfiles() -> None:
+    """restore/mounts.py spells them out so that a restore imports tarfile only to read a
+    tmpfs's data."""
+    from cpt.restore import mounts as rm
+
+    names = ("REGTYPE", "AREGTYPE", "DIRTYPE", "SYMTYPE", "LNKTYPE", "CHRTYPE", "BLKTYPE")
+    assert {getattr(tarfile, n) for n in (*names, "FIFOTYPE")} == rm._TAR_TYPES
+    assert tarfile.DIRTYPE == rm._DIRTYPE

@@ -8,8 +8,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import sys
+import threading
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -34,10 +35,12 @@ from .. import procfs as P
 from ..errors import UnsupportedError
 from ..procfs import Proc
 from ..sys import host as hostinfo
+from ..sys.arch import PAGE_SIZE
+from ..sys.mem import guard_vmflag
 from .creds import dump_creds, dump_ns_creds
 from .fds import FdTable
 from .ipc import IpcDumper
-from .mm import dump_mm, dump_vmas, ring_socket_fd
+from .mm import apply_vmflags, dump_mm, dump_vmas, ring_socket_fd, vmflag_codes
 from .options import DumpOptions
 from .output import ImageOutput
 from .pages import PageDumper, guard_regions
@@ -71,12 +74,108 @@ class DumpStats:
     fs_snapshot_s: float = 0.0  # a VE's filesystem snapshot, inside the frozen window
 
 
+# a process with at least this much resident memory has its smaps and guard regions
+# read on the second thread (DumpReads); a smaller one in line (a thread's hand-over
+# costs more than the read)
+AHEAD_BYTES = 32 << 20
+SWITCH_INTERVAL = 0.0005  # the GIL's, while the second thread reads (seconds)
+
+
+class _Read:
+    def __init__(self, pid: int, vmas: list[Vma]) -> None:
+        self.pid = pid
+        self.vmas = vmas
+        self.done = threading.Event()
+        self.codes: list[frozenset[str]] = []  # VmFlags codes, one set per mapping
+        self.guards: list[Any] = []
+        self.error: BaseException | None = None
+
+
+class DumpReads:
+    """The two reads of the frozen window whose cost grows with a process's memory,
+    done on a second thread while this one goes on with the rest of the window: its
+    smaps (for VmFlags; the kernel walks the page tables for the Rss beside them, ~9 ms
+    per GiB) and its guard regions (a PAGEMAP_SCAN of the mappings that may hold them,
+    pages.guard_regions: of the whole address space on a kernel that does not say which).
+    The tree is stopped, so they read the frozen moment as in line.  Both take the mm's
+    lock for reading: a process's reads are started after its probe, whose scratch
+    mapping takes it for writing (a later writer waits for them; nothing is missed, only
+    serialized)."""
+
+    def __init__(self, proc: Proc) -> None:
+        self.proc = proc
+        self.reads: dict[int, _Read] = {}
+        self._lock = threading.Lock()
+        self._queue: list[_Read] = []
+        self._wake = threading.Semaphore(0)
+        self._thread: threading.Thread | None = None
+        self._interval = 0.0
+
+    def start(self, pid: int, vmas: list[Vma], rss: int) -> None:
+        """Read `pid`'s (its mappings `vmas`): on the second thread from AHEAD_BYTES of
+        resident memory on, else now."""
+        r = self.reads[pid] = _Read(pid, vmas)
+        if rss < AHEAD_BYTES:
+            self._run(r)
+            return
+        if self._thread is None:
+            # the reads need the GIL back after each read() (smaps comes ~4 KiB a call):
+            # with the default 5 ms switch interval they would wait for this thread's
+            # Python work; shorter while both run
+            self._interval = sys.getswitchinterval()
+            sys.setswitchinterval(min(self._interval, SWITCH_INTERVAL))
+            self._thread = threading.Thread(target=self._worker, name="cpt-dump-reads")
+            self._thread.start()
+        with self._lock:
+            self._queue.append(r)
+        self._wake.release()
+
+    def take(self, pid: int) -> _Read:
+        """`pid`'s reads, once done, its VmFlags set in its vmas; raises what they did."""
+        r = self.reads.pop(pid)
+        r.done.wait()
+        if r.error is not None:
+            raise r.error
+        apply_vmflags(r.vmas, r.codes)
+        return r
+
+    def close(self) -> None:
+        """End the second thread (after the reads queued so far: each is bounded)."""
+        if self._thread is not None:
+            with self._lock:
+                self._queue.append(None)  # type: ignore[arg-type]
+            self._wake.release()
+            self._thread.join()
+            self._thread = None
+            sys.setswitchinterval(self._interval)
+
+    def _worker(self) -> None:
+        while True:
+            self._wake.acquire()
+            with self._lock:
+                r = self._queue.pop(0)
+            if r is None:
+                return
+            self._run(r)
+
+    def _run(self, r: _Read) -> None:
+        try:
+            r.codes = vmflag_codes(r.vmas, self.proc.smaps_vmflags(r.pid))
+            r.guards = guard_regions(r.pid, r.vmas, r.codes)
+        except BaseException as e:  # handed to take()
+            r.error = e
+        finally:
+            r.done.set()
+
+
 def prepare_dump() -> None:
     """Pay the one-time costs of a process's first dump before the tree is frozen rather
     than inside the frozen window: the host facts of the header (vDSO digest, CPU flags:
-    ~2 ms).  Each is cached.  (The page area or buffer: ImageOutput.reserve.)"""
+    ~2 ms), whether smaps says which mappings may hold guard regions (~1.5 ms).  Each
+    is cached.  (The page area or buffer: ImageOutput.reserve.)"""
     hostinfo.vdso_digest()
     hostinfo.isa_flags()
+    guard_vmflag()
 
 
 class Dumper:
@@ -108,6 +207,8 @@ class Dumper:
         self.writer: ImageWriter | None = None
         self.others: list[Any] = []  # records beside the processes', collected by run()
         self.later_runs: list[Callable[[], list[Any]]] = []  # runs made by finish()
+        self.reads = DumpReads(proc)
+        self.mm: dict[int, list[Any]] = {}  # a process's Mm and Vmas, until its reads are in
         # a VE that contains its root: its ids as the VE sees them go into the image too
         self.userns = dump_userns(root, proc) if opts.ve_id else None
 
@@ -128,35 +229,43 @@ class Dumper:
         incremental one)."""
         t0 = time.perf_counter()
         out.stats = self.stats
-        for info in self.tree.values():
-            self.recs[SectionType.PROCESS].append(process_record(info))
-            if not info.zombie:
-                self._process(info)
-        attached = {
-            v.shmem_id for vs in self.vmas.values() for v in vs if v.kind == VmaKind.SYSV_SHM
-        }
-        self.ipc.dump({self.shmem.sysv_id(i) for i in attached})
-        if self.opts.ve_id:
-            self.recs[SectionType.NAMESPACES] += dump_namespaces(self.root, self.proc, self.userns)
-        else:
-            self.recs[SectionType.PROCESS] += self._owner()
-        t1 = time.perf_counter()
-        fault.point("dump:pages")
         try:
+            for info in self.tree.values():
+                self.recs[SectionType.PROCESS].append(process_record(info))
+                if not info.zombie:
+                    self._process(info)
+            attached = {
+                v.shmem_id for vs in self.vmas.values() for v in vs if v.kind == VmaKind.SYSV_SHM
+            }
+            self.ipc.dump({self.shmem.sysv_id(i) for i in attached})
+            if self.opts.ve_id:
+                self.recs[SectionType.NAMESPACES] += dump_namespaces(
+                    self.root, self.proc, self.userns
+                )
+            else:
+                self.recs[SectionType.PROCESS] += self._owner()
+            t1 = time.perf_counter()
+            fault.point("dump:pages")
             if writer is None:
                 h = self._header()
                 h = header(h) if header is not None else h
                 writer = ImageWriter(out.file, h, compress_pages=self.opts.compress, area=out.area)
             self.writer = writer
-            for pid, vmas in self.vmas.items():
-                if pages is not None:
+            if pages is not None:
+                # the last round scans while the reads may still run: they need the VmFlags
+                # only in finish()
+                for pid, vmas in self.vmas.items():
                     self.later_runs.append(pages(pid, vmas, writer))
-                    continue
-                pd = PageDumper(pid, writer)
-                self.recs[SectionType.PAGEMAP] += pd.dump(vmas)
-                self.stats.pages_bytes += pd.bytes
+                self._take_reads()
+            else:
+                self._take_reads()  # which pages are dumped depends on the VmFlags
+                for pid, vmas in self.vmas.items():
+                    pd = PageDumper(pid, writer)
+                    self.recs[SectionType.PAGEMAP] += pd.dump(vmas)
+                    self.stats.pages_bytes += pd.bytes
             self.recs[SectionType.PAGEMAP] += self.shmem.dump_pages(writer)
         finally:
+            self.reads.close()
             self.ipc.close()
         # what needs the tree still stopped (the TCP repair state: FdTable.records runs
         # the fds' finish steps) is collected here, not in finish(), which may come
@@ -170,6 +279,13 @@ class Dumper:
         self.stats.state_s = t1 - t0
         self.stats.pages_s = t2 - t1
         return self.stats
+
+    def _take_reads(self) -> None:
+        """Each process's smaps and guard regions (DumpReads) into its records, and its
+        MM records into their section, in the order of the processes."""
+        for pid in self.vmas:
+            mm = self.mm.pop(pid)
+            self.recs[SectionType.MM] += mm + self.reads.take(pid).guards
 
     def finish(self) -> DumpStats:
         """The records, the page area's headers and checksums, the index and the trailer:
@@ -199,10 +315,10 @@ class Dumper:
         pid, proc = info.pid, self.proc
         status = proc.status(pid)
         maps = proc.maps(pid)
-        vmas = dump_vmas(
-            pid, maps, proc.smaps_vmflags(pid), self.paths, self.shmem, self.ipc.ns_ino
-        )
+        vmas = dump_vmas(pid, maps, None, self.paths, self.shmem, self.ipc.ns_ino)
         pr = probe(info.tracees, [(v.start, v.end) for v in maps])
+        stat = proc.stat(pid)
+        self.reads.start(pid, vmas, stat.rss * PAGE_SIZE)  # after the probe's scratch
         trap = ignored_sigtrap(status.sigign, pr)
         rec = self.recs[SectionType.PROCESS]
         threads = [dump_thread(pid, t, pr, proc) for t in info.tracees]
@@ -220,11 +336,7 @@ class Dumper:
         rec += dump_seccomp(pid, info.tracees, status.seccomp, proc)
         rec += dump_pending(pid, info.tracees)
         rec += dump_timers(pid, info.tracees, proc, [(v.start, v.end) for v in maps])
-        self.recs[SectionType.MM].append(
-            dump_mm(pid, proc.stat(pid), proc.auxv(pid), pr, self.paths)
-        )
-        self.recs[SectionType.MM] += vmas
-        self.recs[SectionType.MM] += guard_regions(pid, vmas)
+        self.mm[pid] = [dump_mm(pid, stat, proc.auxv(pid), pr, self.paths), *vmas]
         self.vmas[pid] = vmas
         infos = proc.fdinfos(pid)
         for fd, ft in sorted(proc.fd_targets(pid).items()):
@@ -266,6 +378,15 @@ class Dumper:
         return build_header(self.opts, self.root, first.xstate, flags=flags)
 
 
+def uuid4() -> bytes:
+    """A random (version 4) UUID's 16 bytes, as uuid.uuid4().bytes gives them (the uuid
+    module imports platform: ~3 ms of a chkpnt's start)."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40  # version 4
+    b[8] = (b[8] & 0x3F) | 0x80  # variant RFC 4122
+    return bytes(b)
+
+
 def build_header(
     opts: DumpOptions, root: int, xstate: bytes, flags: int = 0, parent_uuid: bytes = b""
 ) -> Header:
@@ -283,7 +404,7 @@ def build_header(
         xstate_size=len(xstate),
         source_kind=SourceKind.VE if opts.ve_id else SourceKind.PID,
         root_pid=root,
-        uuid=uuid.uuid4().bytes,
+        uuid=uuid4(),
         parent_uuid=parent_uuid or bytes(16),
         vdso_digest=hostinfo.vdso_digest(),
         arch=arch,

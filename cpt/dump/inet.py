@@ -25,17 +25,20 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cptimage.records import InetFlags, InetSocket, SockState
 
 from ..errors import CptError, NoSuchProcess, UnsupportedError, ZombieProcess
 from ..procfs import TCP_STATES, FdInfo, FdKind, Proc
-from ..sys import net, netfilter, sockopt
+from ..sys import net, sockopt
 from . import sockopts
 from .eventfds import duplicate_fd
 from .fdbase import FdContext, file_flags
 from .options import DumpOptions
+
+if TYPE_CHECKING:
+    from ..sys import netfilter
 
 IPPROTO_UDP = 17
 IPPROTO_TCP = 6
@@ -51,6 +54,8 @@ CONNECTED = (
 
 
 def conn_of(s: socket.socket) -> netfilter.Conn:
+    from ..sys import netfilter  # (nft, subprocess, logging: for TCP connections only)
+
     local, remote = s.getsockname(), s.getpeername()
     return netfilter.Conn(local[0], local[1], remote[0], remote[1])
 
@@ -207,6 +212,8 @@ def finalize(ctx: FdContext) -> None:
     if not conns:
         return
     if not ctx.opts.net_isolated:  # a suspended VE's link is down: nothing reaches it
+        from ..sys import netfilter
+
         netfilter.drop([c for _, _, c in conns])
         ctx.cache["tcp_rules"] = [c for _, _, c in conns]
     repaired = ctx.cache.setdefault("tcp_repaired", [])
@@ -263,6 +270,8 @@ def release(ctx: FdContext, killed: bool) -> None:
                     net.tcp_repair(s, False)
                     reuse = 1 if rec.opts & InetFlags.REUSEADDR else 0
                     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, reuse)
+            from ..sys import netfilter
+
             netfilter.undrop(rules)
     finally:
         for _, s, _ in conns:

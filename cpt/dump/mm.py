@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import struct
 
 from cptimage.records import Mm, MmFlags, Vma, VmaKind, VmFlags
@@ -140,11 +141,13 @@ def vma_kind(v: P.Vma) -> int:
 def dump_vmas(
     pid: int,
     maps: list[P.Vma],
-    vmflags: dict[tuple[int, int], frozenset[str]],
+    vmflags: dict[tuple[int, int], frozenset[str]] | None,
     paths: PathTable,
     shmem: ShmemTable,
     ipc_ns: int,
 ) -> list[Vma]:
+    """The Vma records of `maps`; their VmFlags from `vmflags` (smaps), or later through
+    apply_vmflags (None: the dump reads smaps on another thread, DumpReads)."""
     out = []
     file_ids: dict[tuple[str, int, int, int], int] = {}
     for v in maps:
@@ -152,10 +155,6 @@ def dump_vmas(
         if why:
             raise UnsupportedError(why, pid=pid)
         kind = vma_kind(v)
-        codes = vmflags.get((v.start, v.end), frozenset())
-        vf = 0
-        for code in codes:
-            vf |= _VMFLAGS.get(code, 0)
         prot = (1 if v.read else 0) | (2 if v.write else 0) | (4 if v.exec else 0)
         flags = MAP_SHARED if v.shared else MAP_PRIVATE
         file_id = shmem_id = 0
@@ -168,10 +167,6 @@ def dump_vmas(
             file_id = file_ids.get(key, 0)
             if not file_id:
                 file_id = file_ids[key] = paths.add_link(pid, f"map_files/{v.start:x}-{v.end:x}")
-        if vf & VmFlags.GROWSDOWN:
-            flags |= MAP_GROWSDOWN
-        if vf & VmFlags.NORESERVE:
-            flags |= MAP_NORESERVE
         out.append(
             Vma(
                 pid=pid,
@@ -181,13 +176,50 @@ def dump_vmas(
                 start=v.start,
                 end=v.end,
                 pgoff=v.pgoff,
-                vmflags=vf,
+                vmflags=0,
                 file_id=file_id,
                 shmem_id=shmem_id,
                 name=v.path if v.path.startswith("[") else "",
             )
         )
+    if vmflags is not None:
+        apply_vmflags(out, vmflag_codes(out, vmflags))
     return out
+
+
+def vmflag_codes(
+    vmas: list[Vma], vmflags: dict[tuple[int, int], frozenset[str]]
+) -> list[frozenset[str]]:
+    """The VmFlags codes of each of `vmas`, from smaps read in the same freeze.  A
+    mapping smaps does not list by its own range is looked up in the entry that contains
+    it: registering a new mapping for write tracking in the freeze may merge it with a
+    neighbour, which the kernel does only when their flags are the same."""
+    out = []
+    starts: list[tuple[int, int]] | None = None
+    for v in vmas:
+        codes = vmflags.get((v.start, v.end))
+        if codes is None:
+            if starts is None:
+                starts = sorted(vmflags)
+            i = bisect.bisect_right(starts, (v.start, 1 << 64)) - 1
+            inside = i >= 0 and starts[i][0] <= v.start and v.end <= starts[i][1]
+            codes = vmflags[starts[i]] if inside else frozenset()
+        out.append(codes)
+    return out
+
+
+def apply_vmflags(vmas: list[Vma], codes: list[frozenset[str]]) -> None:
+    """Set the VmFlags of `vmas` from their codes (vmflag_codes), and the MAP_GROWSDOWN
+    and MAP_NORESERVE they imply."""
+    for v, cs in zip(vmas, codes, strict=True):
+        vf = 0
+        for code in cs:
+            vf |= _VMFLAGS.get(code, 0)
+        v.vmflags = vf
+        if vf & VmFlags.GROWSDOWN:
+            v.flags |= MAP_GROWSDOWN
+        if vf & VmFlags.NORESERVE:
+            v.flags |= MAP_NORESERVE
 
 
 def dump_mm(

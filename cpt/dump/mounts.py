@@ -45,7 +45,6 @@ import os
 import socket
 import stat
 import struct
-import tarfile
 
 from cptimage.records import Mount, MountData
 
@@ -458,6 +457,8 @@ def tar_tree(top: str, limit: int, name: str = "") -> bytes:
     """The files of the filesystem mounted at `top` (no other filesystem: submounts are
     skipped by st_dev) as a pax tar stream; "." is `top` itself.  UnsupportedError past
     `limit` bytes of file data, naming the mount `name` (default: `top`)."""
+    import tarfile  # (and decimal, bz2, lzma: for a VE's recreated mounts only)
+
     shown = name or top
     dev = os.lstat(top).st_dev
     buf = io.BytesIO()

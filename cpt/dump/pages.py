@@ -33,9 +33,11 @@ from ..sys.mem import (
     PAGE_IS_SWAPPED,
     MemoryFault,
     guard_category,
+    guard_vmflag,
     pagemap_scan,
     process_vm_readv,
 )
+from .ranges import normalize
 
 BUF_SIZE = 16 << 20
 _NO_DATA = PAGE_IS_FILE | PAGE_IS_PFNZERO
@@ -93,22 +95,37 @@ def estimate(pids: Iterable[int], proc: Proc | None = None) -> int:
     return total
 
 
-def guard_regions(pid: int, vmas: list[Vma]) -> list[GuardRegion]:
-    """The guard regions of `pid` (format 1.6): one PAGEMAP_SCAN for PAGE_IS_GUARD over
-    its address space.  A kernel without the category (before 6.15) has none to report."""
+def guard_regions(
+    pid: int, vmas: list[Vma], codes: list[frozenset[str]] | None = None
+) -> list[GuardRegion]:
+    """The guard regions of `pid` (format 1.6): a PAGEMAP_SCAN for PAGE_IS_GUARD over
+    its address space, or, given each mapping's VmFlags codes (smaps) on a kernel that
+    marks the mappings that may hold guard regions ("gu": guard_vmflag), over those
+    alone (none: no scan; the page tables of the others are not walked).  A kernel
+    without the category (before 6.15) has none to report."""
     span = [v for v in vmas if v.kind != VmaKind.VSYSCALL]
     if not span or not guard_category():
         return []
+    ranges = [(span[0].start, span[-1].end)]
+    if codes is not None and guard_vmflag():
+        flagged = [(v.start, v.end) for v, c in zip(vmas, codes, strict=True) if "gu" in c]
+        ranges = normalize(flagged)
+        if not ranges:
+            return []
     fd = open_pagemap(pid)
     try:
-        found = pagemap_scan(
-            fd,
-            span[0].start,
-            span[-1].end,
-            category_anyof_mask=PAGE_IS_GUARD,
-            return_mask=PAGE_IS_GUARD,
-            pid=pid,
-        )
+        found = [
+            hit
+            for lo, hi in ranges
+            for hit in pagemap_scan(
+                fd,
+                lo,
+                hi,
+                category_anyof_mask=PAGE_IS_GUARD,
+                return_mask=PAGE_IS_GUARD,
+                pid=pid,
+            )
+        ]
     finally:
         os.close(fd)
     out = []

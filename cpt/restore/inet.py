@@ -34,17 +34,20 @@ import fcntl
 import os
 import socket
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cptimage.records import InetFlags, InetSocket, SockState
 
 from ..errors import RestoreError
-from ..sys import net, netfilter, sockopt
+from ..sys import net, sockopt
 from ..sys.sockopt import CAP_NET_RAW
 from . import privilege, sockopts
 from .fdbase import SETFL_MASK
 from .model import ImageModel
 from .pstree import Task
+
+if TYPE_CHECKING:
+    from ..sys import netfilter
 
 IP_FREEBIND = 15
 TCP_CONNECTED = (
@@ -58,6 +61,8 @@ def _ip(family: int, raw: bytes) -> str:
 
 
 def conn_of(r: InetSocket) -> netfilter.Conn:
+    from ..sys import netfilter  # (nft, subprocess, logging: for TCP connections only)
+
     return netfilter.Conn(
         _ip(r.family, r.src_addr), r.src_port, _ip(r.family, r.dst_addr), r.dst_port
     )
@@ -262,6 +267,8 @@ class InetSockets:
         self._close_repair()
         self._closed.clear()
         if conns:
+            from ..sys import netfilter
+
             netfilter.undrop(conns)
 
     def after_install(self, model: ImageModel, task: Task, local: dict[int, int]) -> None:

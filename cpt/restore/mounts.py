@@ -35,9 +35,7 @@ import io
 import os
 import posixpath
 import stat
-import tarfile
-from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING
 
 from cptimage.records import Mount
 
@@ -59,25 +57,19 @@ from ..sys.ns import (
     umount2,
 )
 
+if TYPE_CHECKING:
+    import tarfile
+
 __all__ = ["build", "build_host_side", "host_path", "host_side", "problems"]
 
 # superblock flags shown among mountinfo's super options (show_sb_opts)
 _SB_FLAGS = {"sync": MS_SYNCHRONOUS, "dirsync": MS_DIRSYNC, "lazytime": MS_LAZYTIME}
 
-_TAR_TYPES = frozenset(
-    {
-        tarfile.REGTYPE,
-        tarfile.AREGTYPE,
-        tarfile.DIRTYPE,
-        tarfile.SYMTYPE,
-        tarfile.LNKTYPE,
-        tarfile.CHRTYPE,
-        tarfile.BLKTYPE,
-        tarfile.FIFOTYPE,
-    }
-)
-# Python >= 3.11.4 / 3.12: extraction filters
-_TAR_FILTER: Any = getattr(tarfile, "tar_filter", None)
+# the tar entry types a tmpfs's data may hold (tarfile's REGTYPE, AREGTYPE, DIRTYPE,
+# SYMTYPE, LNKTYPE, CHRTYPE, BLKTYPE, FIFOTYPE): tarfile itself (with bz2, lzma,
+# decimal) is imported only to read such data
+_DIRTYPE = b"5"
+_TAR_TYPES = frozenset({b"0", b"\0", _DIRTYPE, b"2", b"1", b"3", b"4", b"6"})
 
 
 def problems(mounts: list[Mount]) -> list[str]:
@@ -183,6 +175,8 @@ def host_side(mounts: list[Mount], data: dict[int, bytes]) -> set[int]:
 def _has_devices(blob: bytes | None) -> bool:
     if not blob:
         return False
+    import tarfile
+
     try:
         with tarfile.open(fileobj=io.BytesIO(blob), mode="r:") as tf:
             return any(ti.ischr() or ti.isblk() for ti in tf.getmembers())
@@ -391,12 +385,14 @@ def _devtext(dev: int) -> str:
 def _extract(m: Mount, blob: bytes) -> None:
     """The tar stream `blob` into the cwd (the fresh tmpfs), with modes, owners and
     nanosecond mtimes as dumped."""
+    import tarfile
+
     try:
         with tarfile.open(fileobj=io.BytesIO(blob), mode="r:") as tf:
             tf.errorlevel = 2  # every failure (chown, utime...) is an error
             members = tf.getmembers()
             _check_members(m, members)
-            if _TAR_FILTER is not None:
+            if getattr(tarfile, "tar_filter", None) is not None:  # 3.11.4: extraction filters
                 tf.extractall(".", members, numeric_owner=True, filter=_keep_mode)
             else:
                 tf.extractall(".", members, numeric_owner=True)
@@ -413,7 +409,9 @@ def _keep_mode(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
     """tarfile's "tar" filter (no absolute names, nothing outside the destination) without
     its clearing of set-id, sticky and group/other-write bits: /tmp is 1777, /dev/null
     0666 in a VE."""
-    new = _TAR_FILTER(member, dest)
+    import tarfile
+
+    new = tarfile.tar_filter(member, dest)
     if new is None:
         return None
     out: tarfile.TarInfo = new.replace(mode=member.mode, deep=False)
@@ -435,7 +433,7 @@ def _check_members(m: Mount, members: list[tarfile.TarInfo]) -> None:
         parts = norm.split("/")
         for i in range(1, len(parts)):
             parent = "/".join(parts[:i])
-            if kinds.get(parent) not in (None, tarfile.DIRTYPE):
+            if kinds.get(parent) not in (None, _DIRTYPE):
                 raise bad(ti, f"a path through {parent}, not a directory")
         return norm
 
@@ -447,7 +445,7 @@ def _check_members(m: Mount, members: list[tarfile.TarInfo]) -> None:
             raise bad(ti, "a second entry of that name")
         if ti.islnk():
             target = check_path(ti, ti.linkname)
-            if kinds.get(target) in (None, tarfile.DIRTYPE):
+            if kinds.get(target) in (None, _DIRTYPE):
                 raise bad(ti, "a hard link to no earlier file")
         kinds[name] = ti.type
 
@@ -456,6 +454,8 @@ def _mtime_ns(ti: tarfile.TarInfo) -> int | None:
     text = ti.pax_headers.get("mtime")
     if text is None:
         return None
+    from decimal import Decimal, InvalidOperation
+
     try:
         return int(Decimal(text) * 10**9)
     except (InvalidOperation, ValueError):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Callable
 from typing import BinaryIO
 
@@ -122,6 +121,8 @@ def _flat_chain(
         n = len(report.problems)
         more = f" (and {n - 1} more)" if n > 1 else ""
         raise ImageError(f"{report.problems[0]}{more}; refusing to restore", path=dumpfile)
+    import tempfile  # (shutil, bz2, lzma, random: for chains only)
+
     where = os.path.dirname(os.path.abspath(dumpfile))
     try:
         tmp = tempfile.TemporaryFile(dir=where if os.access(where, os.W_OK) else None)  # noqa: SIM115

@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
-import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -41,6 +40,8 @@ def node_tag(root: str | None = None) -> str:
     root = os.path.abspath(root or os.environ.get("CPT_ROOT") or DEFAULT_ROOT)
     if root == DEFAULT_ROOT:
         return ""
+    import hashlib  # (OpenSSL's: ~3 ms, for another node root only)
+
     return hashlib.sha256(root.encode()).hexdigest()[:8]
 
 

@@ -109,9 +109,7 @@ class TreeStages:
         self, stage: Stage, dumpfile: str | None = None, opts: RestoreOptions | None = None
     ) -> RestoreStats | None:
         from ..restore.options import RestoreOptions
-        from .kill import kill
         from .restore import open_for_restore, restore
-        from .resume import resume
         from .tree import tree_name
 
         check_stage(stage, "restore")
@@ -126,6 +124,10 @@ class TreeStages:
                 raise UsageError(
                     "--pidns, --ipcns and --shell-job belong to a full restore or --undump"
                 )
+            # (the kill stage imports the dump side's socket code: not for a restore)
+            from .kill import kill
+            from .resume import resume
+
             self.pid = _root_of(dumpfile, trust=opts.trust)
             tree = self.tree()
             with tree.locked():

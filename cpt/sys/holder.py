@@ -17,7 +17,6 @@ import contextlib
 import os
 import select
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -60,6 +59,8 @@ _PROC = Proc()
 def spawn(watch: int, fds: Sequence[int], label: str = "") -> tuple[int, int]:
     """A holder of `fds` (at the same numbers) that lives until process `watch` exits.
     Returns its (pid, starttime).  Raises NoSuchProcess if `watch` is gone already."""
+    import subprocess  # (a holder is started by a pre-dump only)
+
     pidfd = pidfd_open(watch)
     r, w = os.pipe()
     try:

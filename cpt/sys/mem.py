@@ -17,7 +17,7 @@ import threading
 from collections.abc import Sequence
 from itertools import chain
 
-from cpt.procfs import clear_refs, open_pagemap
+from cpt.procfs import Proc, clear_refs, open_pagemap
 from cpt.sys._libc import PinnedBuffer, errno_error, get_errno, raw_syscall
 from cpt.sys.arch import PAGE_SHIFT
 from cpt.sys.syscalls import NR
@@ -344,3 +344,24 @@ def guard_category() -> int:
     finally:
         os.close(fd)
     return PAGE_IS_GUARD
+
+
+@functools.cache
+def guard_vmflag() -> bool:
+    """Whether this kernel marks a mapping that may hold guard regions with the VmFlags
+    code "gu" in smaps (VM_MAYBE_GUARD, 6.19 and backports): set by MADV_GUARD_INSTALL,
+    kept by a merge (a sticky flag) and copied on fork, so that a mapping without it
+    holds none.  Probed once, on a guard page of this process's own."""
+    if not guard_category():
+        return False
+    import mmap
+
+    m = mmap.mmap(-1, 1 << PAGE_SHIFT)
+    try:
+        with PinnedBuffer(m, True) as pb:
+            if raw_syscall(_NR_MADVISE, pb.address, pb.length, MADV_GUARD_INSTALL) == -1:
+                return False
+            codes = Proc().smaps_vmflags(os.getpid()).get((pb.address, pb.address + pb.length))
+        return codes is not None and "gu" in codes
+    finally:
+        m.close()
