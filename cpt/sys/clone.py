@@ -16,6 +16,7 @@ import signal
 import struct
 from collections.abc import Callable, Sequence
 
+from cpt.procfs import Proc
 from cpt.sys._libc import errno_error, get_errno, raw_syscall
 from cpt.sys.mem import PROT_EXEC, PROT_READ
 from cpt.sys.syscalls import NR
@@ -219,7 +220,7 @@ def _tid_address() -> int | None:
 
 
 def _single_threaded() -> bool:
-    return len(os.listdir("/proc/self/task")) == 1
+    return len(Proc().tasks(os.getpid())) == 1
 
 
 def fork_into_cgroup(cgroup_dir: str) -> int | None:
