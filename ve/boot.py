@@ -2,12 +2,12 @@
 namespaces, forked from `cpt ve start`.
 
 It builds the VE's mounts, pivot_roots into the private area and sets the hostname while
-the host sets up the VE's cgroup and network (the veth pair, and from the host, inside the
-VE's network namespace: its address and routes), waits until the host is done, forks the
-configured command, and then execs the VE's init (a static reaper): no Python stays resident in a
-VE, and nothing here imports a module after it leaves the host's files (or, in a VE that
-contains its root, after it became the VE's root, who may not read them).  A failure is
-reported on the status pipe and the process exits.
+the host sets up the VE's network (the veth pair, and from the host, inside the VE's
+network namespace: its address and routes), waits until the host is done, forks the
+configured command, and then execs the VE's init (a static reaper): no Python stays
+resident in a VE, and nothing here imports a module after it leaves the host's files (or,
+in a VE that contains its root, after it became the VE's root, who may not read them).  A
+failure is reported on the status pipe and the process exits.
 
 A VE that contains its root (not privileged) is made in this order by the process that
 forks its init (`contain`), because the order is what makes it safe:

@@ -197,9 +197,8 @@ def clone3_execve(
 # the kernel write the child's tid there (CLONE_CHILD_SETTID).  Offset of `tid` on x86_64
 # since glibc 2.26; checked against gettid() before every use (_tid_address).
 _PTHREAD_TID_OFFSET = 0x2D0
-_py = ctypes.PyDLL(
-    None, use_errno=True
-)  # calls through it keep the GIL: nothing runs between the halves
+# calls through PyDLL keep the GIL: no other Python thread runs between the halves
+_py = ctypes.PyDLL(None, use_errno=True)
 _py_syscall = _py.syscall
 _py_syscall.restype = ctypes.c_long
 _py_syscall.argtypes = [ctypes.c_long, ctypes.c_void_p, ctypes.c_size_t]
