@@ -108,10 +108,13 @@ class AtomicFile:
     workload first, or kills it only once the file is durable and published.
     """
 
-    def __init__(self, path: str | os.PathLike[str], mode: int = 0o600) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], mode: int = 0o600, *, durable: bool = True
+    ) -> None:
         self.target = os.fspath(path)
         check_target(self.target)
         self.mode = mode
+        self.durable = durable  # False: no fsync (a file that means nothing after a crash)
         self.directory = os.path.dirname(os.path.abspath(self.target))
         self.base = os.path.basename(self.target)
         sweep(self.target)
@@ -145,7 +148,8 @@ class AtomicFile:
             self.file.flush()
             if self.mode != 0o600:
                 os.fchmod(self.file.fileno(), self.mode)
-            os.fsync(self.file.fileno())
+            if self.durable:
+                os.fsync(self.file.fileno())
         except BaseException:
             self.abort()
             raise
@@ -158,7 +162,8 @@ class AtomicFile:
             os.rename(tmp, self.base, src_dir_fd=self._dir, dst_dir_fd=self._dir)
             self.tmp = None
             self.file.close()
-            os.fsync(self._dir)
+            if self.durable:
+                os.fsync(self._dir)
         finally:
             self.abort()
 
@@ -193,14 +198,18 @@ class AtomicFile:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str], mode: int = 0o600) -> Iterator[BinaryIO]:
-    """A binary file that appears at ``path`` only once it is complete and durable."""
+def atomic_output(
+    path: str | os.PathLike[str], mode: int = 0o600, *, durable: bool = True
+) -> Iterator[BinaryIO]:
+    """A binary file that appears at ``path`` only once it is complete and durable
+    (`durable` False: complete, not synced: for a file that describes running processes,
+    which a crash makes stale anyway)."""
     if os.fspath(path) == STDOUT:
         out = sys.stdout.buffer
         yield out
         out.flush()
         return
-    af = AtomicFile(path, mode)
+    af = AtomicFile(path, mode, durable=durable)
     try:
         yield af.file
     except BaseException:

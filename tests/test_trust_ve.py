@@ -11,6 +11,7 @@ import os
 import shutil
 import stat
 import subprocess
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -225,3 +226,51 @@ def test_a_ve_image_must_stand_on_the_ve_private_area(node: Node) -> None:
     assert rc == 0, err
     assert status(node, "313") == "running" and not dump.exists()
     assert node.cpt("ve", "stop", "313", "--timeout", "2")[0] == 0
+
+
+def test_a_file_a_ve_root_may_not_open_is_refused_at_restore(node: Node) -> None:
+    """A VE that contains its root: its shell holds /root/mine (its root's file); the
+    image is edited to name /root/secret instead (a file of the host's root, 0600, in the
+    same area: nobody's inside, which the VE's root may not open), with its inode, size
+    and mtime.  The restore opens files in the VE's user namespace, as the process would:
+    refused (17, Permission denied), nothing runs, the file is never opened for writing;
+    the unedited image restores."""
+    node.create(
+        "314", "--ip", "198.18.44.2/24", "--", "/bin/sh", "-c", "exec 3<>/root/mine; " + LOOP
+    )
+    base = tomllib.loads((node.root / "ve" / "314.toml").read_text())["id_base"]
+    area = node.root / "pool" / "private" / "314" / "root"
+    mine, secret = area / "mine", area / "secret"
+    mine.write_text("the VE's root's\n")
+    os.chown(mine, base, base)
+    secret.write_text("the host root's secret\n")
+    secret.chmod(0o600)
+    os.chown(secret, 0, 0)
+    assert node.cpt("ve", "start", "314")[0] == 0
+    # the premise, from inside: the kernel refuses the VE's root
+    rc, _, err = node.cpt("ve", "exec", "314", "/bin/sh", "-c", "exec 4<>/root/secret")
+    assert rc != 0 and "Permission denied" in err, (rc, err)
+    rc, _, err = node.cpt("chkpnt", "314")
+    assert rc == 0, err
+    dump = node.root / "dump" / "Dump.314"
+    original = dump.read_bytes()
+    doc = jsonio.decode(dump)
+    paths = [r for s in doc["sections"] for r in s.get("records", [])
+             if r["record"] == "PathObj" and r["path"] == "/root/mine"]  # fmt: skip
+    assert len(paths) == 1, paths
+    st = secret.stat()
+    paths[0].update(path="/root/secret", mode=st.st_mode, uid=st.st_uid, gid=st.st_gid,
+                    size=st.st_size, mtime_ns=st.st_mtime_ns, ino=st.st_ino, dev=st.st_dev)  # fmt: skip
+    with open(dump, "wb") as f:
+        jsonio.encode(doc, f)
+    dump.chmod(0o600)
+    rc, _, err = node.cpt("restore", "314", timeout=60)
+    assert rc == 17 and "/root/secret" in err and "Permission denied" in err, (rc, err)
+    assert status(node, "314") == "suspended", "nothing runs; the dump file waits"
+    assert secret.read_text() == "the host root's secret\n"
+    dump.write_bytes(original)
+    dump.chmod(0o600)
+    rc, _, err = node.cpt("restore", "314", timeout=60)
+    assert rc == 0, err
+    assert status(node, "314") == "running"
+    assert node.cpt("ve", "stop", "314", "--timeout", "2")[0] == 0

@@ -118,3 +118,19 @@ def test_bad_input_is_one_line(node: Node) -> None:
     assert rc == 21 and "--ip" in err
     rc, _, err = node.cpt("ve", "start", "nosuchve")
     assert rc == 21 and "does not exist" in err
+
+
+def test_a_ve_whose_own_side_fails_says_why_and_leaves_nothing(node: Node) -> None:
+    """The init builds its mounts while the host sets up the cgroup and network: a VE of
+    each kind whose area lost its /proc mountpoint fails to start (exit 3) with the
+    init's reason, and leaves no process, cgroup or veth; its address stays held."""
+    for veid, ip, kind in (("207", "198.18.27.2", ()), ("208", "198.18.28.2", ("--privileged",))):
+        node.create(veid, "--ip", f"{ip}/24", *kind, "--", "/bin/sh", "-c", "sleep 1000")
+        os.rmdir(node.root / "pool" / "private" / veid / "proc")
+        rc, _, err = node.cpt("ve", "start", veid)
+        assert rc == 3 and f"VE {veid} failed to start" in err and "proc" in err, (rc, err)
+        assert err.count("\n") == 1, err
+        assert node.cpt("ve", "status", veid)[1].startswith(f"VE {veid} stopped")
+        assert not node.cgroup(veid).exists()
+        assert not os.path.exists(f"/sys/class/net/{node.ifname(veid)}")
+        assert route(ip).startswith("blackhole")

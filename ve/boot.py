@@ -1,13 +1,13 @@
 """What runs inside a starting VE: PID 1 of fresh PID, mount, UTS, IPC and network
 namespaces, forked from `cpt ve start`.
 
-It waits until the host has set up the VE's cgroup and network (the veth pair, and from
-the host, inside the VE's network namespace: its address and routes), builds the VE's
-mounts, pivot_roots into the private area, sets the hostname, forks the configured
-command, and then execs the VE's init (a static reaper): no Python stays resident in a
-VE, and nothing here imports a module after it leaves the host's files (or, in a VE that
-contains its root, after it became the VE's root, who may not read them).  A failure is
-reported on the status pipe and the process exits.
+It builds the VE's mounts, pivot_roots into the private area and sets the hostname while
+the host sets up the VE's network (the veth pair, and from the host, inside the VE's
+network namespace: its address and routes), waits until the host is done, forks the
+configured command, and then execs the VE's init (a static reaper): no Python stays
+resident in a VE, and nothing here imports a module after it leaves the host's files (or,
+in a VE that contains its root, after it became the VE's root, who may not read them).  A
+failure is reported on the status pipe and the process exits.
 
 A VE that contains its root (not privileged) is made in this order by the process that
 forks its init (`contain`), because the order is what makes it safe:
@@ -83,10 +83,9 @@ ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "
 def boot(cfg: VEConfig, go_fd: int, status_fd: int) -> None:
     """Never returns: execs the VE's init, or exits 1 after reporting a failure."""
     try:
-        if os.read(go_fd, 16) != b"go":
-            os._exit(1)  # the host side failed: it cleans up
-        os.close(go_fd)
         os.setsid()  # the VE's own session and group (1 inside), not the starting shell's
+        # its own side first, while the host sets up its cgroup and network: nothing of
+        # it needs them, and nothing of the VE runs before the host's word
         if cfg.privileged:
             build_mounts(cfg.private, cfg.template)
             enter_root(cfg.private)
@@ -96,6 +95,9 @@ def boot(cfg: VEConfig, go_fd: int, status_fd: int) -> None:
         socket.sethostname(cfg.hostname)
         if not cfg.privileged:
             seccomp.apply()  # every process of the VE descends from here: all have it
+        if os.read(go_fd, 16) != b"go":
+            os._exit(1)  # the host side failed: it cleans up
+        os.close(go_fd)
         if cfg.command:
             start_command(cfg.command)
         os.write(status_fd, b"ok")

@@ -21,6 +21,7 @@ from cpt.errors import AlreadyRunning, CptError, InvalidValue, NotRunning, Syste
 from cpt.procfs import IdMapping, format_id_map, write_id_maps
 from cpt.stages.stage import Stage
 from cpt.sys.cgroup import Freezer
+from cpt.sys.clone import fork_into_cgroup
 from cpt.sys.ns import VE_NAMESPACES, entered, join, unshare
 from storage import backend_for
 
@@ -271,9 +272,13 @@ class VEManager:
         pid_r, pid_w = os.pipe()
         ask_r, ask_w = os.pipe()  # middle -> host: the user namespace exists
         ans_r, ans_w = os.pipe()  # host -> middle: its maps are written
+        fz.create()  # the middle starts in it (contained: before its cgroup namespace)
         if not cfg.privileged:
-            fz.create()  # the middle joins it before it makes the cgroup namespace
-        mid = os.fork()
+            seccomp.program()  # computed once, here: the middle and the init inherit it
+        mid = fork_into_cgroup(fz.path)
+        moved = mid is not None  # else the host moves it (_map_ids) or the init (below)
+        if mid is None:
+            mid = os.fork()
         if mid == 0:  # in the middle: new namespaces, then their PID 1
             try:
                 for fd in (go_w, st_r, pid_r, ask_r, ans_w):
@@ -287,7 +292,6 @@ class VEManager:
                 if cfg.privileged:
                     unshare(VE_NAMESPACES)
                 else:
-                    seccomp.program()  # computed now, while this is the host's root
                     contain(cfg, ask_host)
                 g = os.fork()
                 if g == 0:
@@ -302,7 +306,7 @@ class VEManager:
             os.close(fd)
         try:
             if not cfg.privileged:
-                self._map_ids(cfg, mid, ask_r, ans_w, fz)
+                self._map_ids(cfg, mid, ask_r, ans_w, None if moved else fz)
         except BaseException:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(mid, signal.SIGKILL)
@@ -319,18 +323,18 @@ class VEManager:
         if not got or got.startswith(b"E"):
             os.close(go_w)
             os.close(st_r)
-            if not cfg.privileged:
-                run.kill_all()
+            run.kill_all()
             why = got[1:].decode(errors="replace") if got else "no answer"
             raise SystemError_(f"VE {cfg.veid}: could not create its namespaces: {why}")
         init = int(got)
         try:
-            fz.create()
-            fz.add([init])
+            if not moved and cfg.privileged:  # a contained VE's middle was moved: its init too
+                fz.add([init])
             host = net.setup_host(cfg.veid, cfg.ip, init)
             with entered(init, ("net",)):  # this thread, in the VE's network namespace
                 net.setup_inside(cfg.ip, host.gateway)
-            os.write(go_w, b"go")
+            with contextlib.suppress(BrokenPipeError):  # it failed: its word says why
+                os.write(go_w, b"go")
             os.close(go_w)
             status = _read_all(st_r, BOOT_TIMEOUT)
             if status != b"ok":
@@ -339,22 +343,31 @@ class VEManager:
                 )
             if host.uplink is not None:  # its LAN learns it is here
                 net.announce_soon(cfg.ip, host.uplink)
-        except BaseException:
+        except BaseException as e:
             with contextlib.suppress(OSError):
                 os.close(go_w)
             run.kill_all()
             net.blackhole(cfg.ip)
+            # the init works on its side meanwhile: if it failed first, say why (after
+            # its own word was read, nothing is left to read)
+            said = _read_all(st_r, 1.0) if isinstance(e, Exception) else b""
+            if said:
+                raise SystemError_(
+                    f"VE {cfg.veid} failed to start: {said.decode(errors='replace')}"
+                ) from e
             raise
         finally:
             os.close(st_r)
         return run.record(init, host.ifname)
 
-    def _map_ids(self, cfg: VEConfig, mid: int, ask_r: int, ans_w: int, fz: Freezer) -> None:
-        """The middle process made its user namespace: put it in the VE's cgroup (before
-        it makes the cgroup namespace, which is rooted where it is), write the maps."""
+    def _map_ids(self, cfg: VEConfig, mid: int, ask_r: int, ans_w: int, fz: Freezer | None) -> None:
+        """The middle process made its user namespace: put it in the VE's cgroup `fz`
+        unless it started there (before it makes the cgroup namespace, which is rooted
+        where it is), write the maps."""
         if _read_all(ask_r, BOOT_TIMEOUT, 1) != b"u":
             return  # it failed before: its error comes on the pid pipe
-        fz.add([mid])
+        if fz is not None:
+            fz.add([mid])
         idmap = format_id_map([IdMapping(0, cfg.id_base, ID_COUNT)])
         write_id_maps(mid, idmap, idmap, "allow")
         os.write(ans_w, b"g")

@@ -104,7 +104,8 @@ class RunState:
     def record(self, init_pid: int, host_if: str) -> Runtime:
         """The VE runs with `init_pid` as its init: write its facts."""
         rt = Runtime(init_pid=init_pid, host_if=host_if, starttime=Proc().stat(init_pid).starttime)
-        with atomic_output(self.path, mode=0o644) as f:
+        # not synced: after a crash no process of it runs, and runtime() says so anyway
+        with atomic_output(self.path, mode=0o644, durable=False) as f:
             f.write(json.dumps(dataclasses.asdict(rt)).encode())
         return rt
 

@@ -21,6 +21,14 @@ that opened a file before giving up its privileges (a daemon's log) holds one it
 not open now: only with --trust (the operator vouches for the image) is such a file
 opened as the restorer, and then only if it is that very file.  The
 credentials a tree's processes may hold at all are trust.py's business.
+
+In a VE that contains its root, the restorer's thread would carry its capabilities over
+the HOST into such an open (the VE's root has every capability, in its own namespace
+only): there open_held's files (files, FIFOs, mapped files, executables) are opened by
+the helper in the VE's user namespace instead (model.ns_opener, userns.Donor.open), with
+the process's ids as the VE sees them.  Not yet so: unix socket files, inotify watches
+and POSIX queues (as_holders, in_root_as_holders), still made by the restorer's thread
+with the process's host ids and capabilities.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
-from cptimage.records import Creds, PathObj
+from cptimage.records import Creds, NsCreds, PathObj
 
 from ..errors import RestoreError
 from ..procfs import fd_path
@@ -95,7 +103,13 @@ def open_held(model: ImageModel, pids: Sequence[int], p: PathObj, flags: int, wh
     then checks their right to the file itself.  With --trust, as the restorer when none
     of them may, if it is that very file (a process that opened it before giving up its
     privileges)."""
+    opener = model.ns_opener if p.id not in model.ghost_fds else None
+    root = model.root_fd
     try:
+        if opener is not None and root is not None:
+            return _in_ns(
+                model, pids, what, lambda ids, caps: opener.open(root, p.path, flags, ids, caps)
+            )
         return as_holders(model, pids, what, lambda: model.open_path(p, flags))
     except RestoreError as e:
         refused = e
@@ -104,6 +118,10 @@ def open_held(model: ImageModel, pids: Sequence[int], p: PathObj, flags: int, wh
     reached = _reach(model, p)
     if reached is not None:
         try:
+            if opener is not None:
+                return _in_ns(
+                    model, pids, what, lambda ids, caps: opener.open(reached, "", flags, ids, caps)
+                )
             return as_holders(model, pids, what, lambda: os.open(fd_path("self", reached), flags))
         except RestoreError as e:
             refused = e
@@ -123,6 +141,30 @@ def open_held(model: ImageModel, pids: Sequence[int], p: PathObj, flags: int, wh
             f"names (device {st.st_dev}, inode {st.st_ino}; the image: {p.dev}, {p.ino})"
         )
     return fd
+
+
+def _in_ns(
+    model: ImageModel, pids: Sequence[int], what: str, fn: Callable[[NsCreds, int], int]
+) -> int:
+    """as_holders in the VE's user namespace: fn(ids inside it, effective capabilities)
+    for the first of `pids` it permits."""
+    holders = holders_creds(model, pids)
+    if not holders:
+        raise RestoreError(f"{what}: no process of the image with credentials holds it")
+    last: PermissionError | None = None
+    for pid, c in holders:
+        ids = model.procs[pid].ns_creds
+        if ids is None:
+            raise RestoreError(
+                f"{what}: process {pid} has no ids inside the VE's user namespace (NsCreds): "
+                f"the image is damaged"
+            )
+        try:
+            return fn(ids, c.cap_eff)
+        except PermissionError as e:
+            last = e
+    assert last is not None
+    raise _refused(what, holders, last)
 
 
 def _reach(model: ImageModel, p: PathObj) -> int | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+from typing import Any, Protocol
 
 from cptimage.container import ImageReader
 from cptimage.records import (
@@ -63,6 +63,12 @@ from cptimage.records import (
 )
 
 from ..sys.files import RESOLVE_IN_ROOT, openat2
+
+
+class NsOpener(Protocol):
+    """Opens a file as a process of a user namespace would (userns.Donor)."""
+
+    def open(self, ref: int, path: str, flags: int, ids: NsCreds, cap_eff: int) -> int: ...
 
 
 @dataclasses.dataclass
@@ -157,6 +163,8 @@ class ImageModel:
         # once a VE's root is built
         self.root_prefix = ""
         self.root_fd: int | None = None  # that root, open (O_PATH), once it is built
+        # a VE that contains its root: who opens its files (userns.Donor), while it lives
+        self.ns_opener: NsOpener | None = None
         self.trust = False  # --trust: the operator vouches for the image (creds.py)
         self._file_pids: dict[int, list[int]] | None = None
         self._path_pids: dict[int, list[int]] | None = None

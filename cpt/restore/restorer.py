@@ -103,6 +103,7 @@ class Restorer:
                 if self.model.ve:
                     # the VE's init first: its namespaces and root hold everything else
                     ve_init, donor = spawn_init(self.model, on_spawn, self.opts.ve_links, slot)
+                    self.model.ns_opener = donor  # its files, opened in its user namespace
                     self._ve_init = ve_init
                     inside = entered(ve_init.pid, ("ipc", "net"))
                 elif self.new_ipc_ns:
@@ -151,6 +152,7 @@ class Restorer:
             for task in live:
                 self._process(task, files, slot, image_map, donor)
             if donor is not None:
+                self.model.ns_opener = None
                 donor.close()
                 donor = None
             ipc.release()
@@ -181,6 +183,7 @@ class Restorer:
             if ns is not None:
                 ns.destroy()
             if donor is not None:
+                self.model.ns_opener = None
                 donor.close()
             if isinstance(e, CptError) or not isinstance(e, OSError) or os.environ.get("CPT_DEBUG"):
                 raise

@@ -56,7 +56,7 @@ def spawn_init(
     else:
         t = spawn_stub(options=STUB_OPTIONS, flags=VE_NAMESPACES)
     try:
-        if on_spawn is not None:
+        if on_spawn is not None and donor is None:  # the donor's stub started in its cgroup
             on_spawn(t.pid)
         build(model, t.pid, links, made)
     except BaseException:

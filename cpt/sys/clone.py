@@ -16,6 +16,7 @@ import signal
 import struct
 from collections.abc import Callable, Sequence
 
+from cpt.procfs import Proc
 from cpt.sys._libc import errno_error, get_errno, raw_syscall
 from cpt.sys.mem import PROT_EXEC, PROT_READ
 from cpt.sys.syscalls import NR
@@ -188,3 +189,78 @@ def clone3_execve(
             -ret, f"clone3{want} to exec {path_b.decode(errors='replace')}: {os.strerror(-ret)}"
         )
     return ret
+
+
+# -- fork() into a cgroup
+
+# glibc keeps the thread's kernel tid in its struct pthread (THREAD_SELF); its fork() has
+# the kernel write the child's tid there (CLONE_CHILD_SETTID).  Offset of `tid` on x86_64
+# since glibc 2.26; checked against gettid() before every use (_tid_address).
+_PTHREAD_TID_OFFSET = 0x2D0
+# calls through PyDLL keep the GIL: no other Python thread runs between the halves
+_py = ctypes.PyDLL(None, use_errno=True)
+_py_syscall = _py.syscall
+_py_syscall.restype = ctypes.c_long
+_py_syscall.argtypes = [ctypes.c_long, ctypes.c_void_p, ctypes.c_size_t]
+_pthread_self = _py.pthread_self
+_pthread_self.restype = ctypes.c_void_p
+_pthread_self.argtypes = []
+
+
+def _tid_address() -> int | None:
+    """The address of this thread's tid in glibc's struct pthread, if it is where this
+    module expects it (it holds gettid()); None otherwise."""
+    addr = int(_pthread_self() or 0) + _PTHREAD_TID_OFFSET
+    if addr == _PTHREAD_TID_OFFSET:
+        return None
+    if ctypes.c_int32.from_address(addr).value != raw_syscall(NR.gettid):
+        return None
+    return addr
+
+
+def _single_threaded() -> bool:
+    return len(Proc().tasks(os.getpid())) == 1
+
+
+def fork_into_cgroup(cgroup_dir: str) -> int | None:
+    """os.fork(), the child starting in the cgroup v2 directory `cgroup_dir`
+    (clone3 CLONE_INTO_CGROUP): no write to cgroup.procs afterwards, which takes the
+    kernel's global threadgroup lock for writing (the first move into a cgroup costs a
+    whole RCU grace period, ~10 ms).  Returns 0 in the child and its pid in the parent,
+    as os.fork; None (nothing done) where it cannot be done as safely as os.fork: another
+    thread runs in this process, or glibc's thread block is not as expected (the caller
+    then forks and moves the child itself).
+
+    It is os.fork's own sequence with clone3 in the middle: Python's before-fork step
+    (its import lock, os.register_at_fork hooks), the raw clone3 with the GIL held,
+    Python's after-fork steps in each half.  What glibc's fork() adds for a process of
+    one thread is the child's tid in its thread block, which CLONE_CHILD_SETTID writes
+    there as glibc's own fork does (CLONE_CHILD_CLEARTID too)."""
+    if not _single_threaded():
+        return None
+    tid_addr = _tid_address()
+    if tid_addr is None:
+        return None
+    fd = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        args = ctypes.create_string_buffer(
+            pack_clone_args(
+                flags=CLONE_INTO_CGROUP | CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID,
+                exit_signal=signal.SIGCHLD,
+                child_tid=tid_addr,
+                cgroup=fd,
+            ),
+            CLONE_ARGS_SIZE,
+        )
+        ctypes.pythonapi.PyOS_BeforeFork()
+        ret = int(_py_syscall(NR.clone3, ctypes.addressof(args), CLONE_ARGS_SIZE))
+        if ret == 0:
+            ctypes.pythonapi.PyOS_AfterFork_Child()
+            return 0
+        err = get_errno() if ret < 0 else 0
+        ctypes.pythonapi.PyOS_AfterFork_Parent()
+        if ret < 0:
+            raise errno_error(err, f"clone3 into cgroup {cgroup_dir}")
+        return ret
+    finally:
+        os.close(fd)

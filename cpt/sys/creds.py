@@ -86,8 +86,10 @@ def acting_as(uid: int, gid: int, groups: Sequence[int], cap_eff: int) -> Iterat
     if (uid, gid, sorted(groups), cap_eff & prm) == (old_uid, old_gid, sorted(old_groups), eff):
         yield  # already so (root restoring root's processes): nothing to switch
         return
+    regroup = sorted(groups) != sorted(old_groups)  # (a user namespace may deny setgroups)
     try:
-        set_thread_groups(groups)
+        if regroup:
+            set_thread_groups(groups)
         setfsgid(gid)
         setfsuid(uid)
         if (fsuid(), fsgid()) != (uid, gid):
@@ -98,7 +100,8 @@ def acting_as(uid: int, gid: int, groups: Sequence[int], cap_eff: int) -> Iterat
         capset(eff, prm, inh)  # CAP_SETUID and CAP_SETGID back first
         setfsuid(old_uid)
         setfsgid(old_gid)
-        set_thread_groups(old_groups)
+        if regroup:
+            set_thread_groups(old_groups)
         capset(eff, prm, inh)  # exact again after the kernel's fs-capability fixups
         if (fsuid(), fsgid()) != (old_uid, old_gid):
             raise OSError(0, f"cannot return to fsuid {old_uid} / fsgid {old_gid}")
