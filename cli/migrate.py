@@ -73,6 +73,9 @@ def migrate(
             )
         for name, secs in rep.steps.items():
             print(f"  {name:16} {secs * 1000:9.1f} ms")
+            if name == "restore":
+                for part, psecs in rep.restore_detail.items():
+                    print(f"    {part.removesuffix('_s'):14} {psecs * 1000:9.1f} ms (destination)")
         if rep.frozen_s:
             print(f"  {'total frozen':16} {rep.frozen_s * 1000:9.1f} ms")
         if rep.predicted_s:

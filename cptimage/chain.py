@@ -144,6 +144,7 @@ class Chain:
         self.paths: list[str] = []
         self._runs: list[dict[Owner, list[PagemapRun]] | None] = []
         self._own_first = not isinstance(source, ImageReader)
+        self._own_parents = True
         try:
             first = opener(source) if isinstance(source, str) else source
             self._add(first, first.path or "-")
@@ -175,6 +176,17 @@ class Chain:
             self.close()
             raise
 
+    @classmethod
+    def of(cls, readers: list[ImageReader]) -> Chain:
+        """The chain of images already opened and checked (newest first, each the parent
+        of the one before): closing it closes none of them."""
+        self = cls.__new__(cls)
+        self.readers = list(readers)
+        self.paths = [r.path or "-" for r in readers]
+        self._runs = [None] * len(readers)
+        self._own_first = self._own_parents = False
+        return self
+
     def _add(self, reader: ImageReader, path: str) -> None:
         self.readers.append(reader)
         self.paths.append(path)
@@ -186,7 +198,7 @@ class Chain:
 
     def close(self) -> None:
         for i, r in enumerate(self.readers):
-            if i or self._own_first:
+            if (i and self._own_parents) or (not i and self._own_first):
                 r.close()
         self.readers.clear()
 

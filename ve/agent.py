@@ -495,7 +495,16 @@ class Agent:
         took = time.perf_counter() - t0
         with contextlib.suppress(CptError, OSError):
             os.unlink(self.image)
-        return dict(init_pid=stats.host_pid, restore_s=took)
+        engine = stats.tasks_s + stats.memory_s
+        detail = dict(
+            checks_s=took - stats.total_s,  # opening and verifying the image, the VE's checks
+            tasks_s=stats.tasks_s,
+            memory_s=stats.memory_s,
+            state_s=stats.total_s - engine,  # registers, files, release
+        )
+        return dict(
+            init_pid=stats.host_pid, restore_s=took, pages_bytes=stats.pages_bytes, detail=detail
+        )
 
     def op_start(self) -> dict[str, Any]:
         j = self._need()

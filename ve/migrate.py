@@ -137,6 +137,7 @@ class Report:
     bytes_image: int = 0
     frozen_s: float = 0.0
     restore_s: float = 0.0
+    restore_detail: dict[str, float] = dataclasses.field(default_factory=dict)  # its parts
     init_pid: int = 0
     passes: list[dict[str, float]] = dataclasses.field(default_factory=list)
     predicted_s: float = 0.0  # the frozen time predicted before the switch-over
@@ -633,6 +634,9 @@ class Migration:
             got = self._call("restore", "restore", RESTORE_TIMEOUT)
             self.report.init_pid = int(got.get("init_pid", 0))
             self.report.restore_s = float(got.get("restore_s", 0.0))
+            self.report.restore_detail = {
+                k: float(v) for k, v in dict(got.get("detail") or {}).items()
+            }
             self._step("restore", t0)
         except BaseException as e:
             if not self._settled_there(e):
