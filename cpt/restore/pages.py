@@ -19,7 +19,9 @@ from typing import Any, NamedTuple
 from cptimage.chain import Chain
 from cptimage.container import ImageReader
 from cptimage.pagestore import DEFAULT_CHUNK
-from cptimage.records import Compression, PageFlags
+from cptimage.records import Compression, OwnerKind, PageFlags
+
+from ..errors import RestoreError
 
 
 class FilePiece(NamedTuple):
@@ -34,8 +36,11 @@ class FilePiece(NamedTuple):
 class PageSource:
     """The page data of an image (and of its chain's images below it, if any)."""
 
-    def __init__(self, reader: ImageReader) -> None:
+    def __init__(self, reader: ImageReader, raw_pids: dict[int, int] | None = None) -> None:
+        """`raw_pids`: the image's own pid of each process the model renamed (a VE's
+        processes go by their pid in its namespace; the chain's runs by the image's)."""
         self.readers = [reader, *reader.below]
+        self.raw_pids = raw_pids or {}
         self.chain = Chain.of(self.readers) if len(self.readers) > 1 else None
         self.maps: list[mmap.mmap | None] = [None] * len(self.readers)
         self.mapped = all(
@@ -99,6 +104,10 @@ class PageSource:
                 if r.flags & PageFlags.PRESENT:
                     yield 0, r.vaddr, r.data_offset, r.nr_pages * page
             return
+        if owner_kind == OwnerKind.PROCESS:
+            owner = self.raw_pids.get(owner, owner)
+        if (owner_kind, owner) not in self.chain.runs(0):
+            raise RestoreError(f"the pages of {owner} are not in the image {self.chain.paths[0]}")
         for p in self.chain.pieces(owner_kind, owner):
             if p.level >= 0:
                 page = self.readers[p.level].header.page_size

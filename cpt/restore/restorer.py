@@ -91,7 +91,7 @@ class Restorer:
         t0 = time.perf_counter()
         files = FileRestorer(self.model)
         ghosts = Ghosts(self.model)
-        pages = PageSource(self.reader)
+        pages = PageSource(self.reader, self.model.image_pids)
         ns: PidNamespace | None = None
         ve_init: Tracee | None = None
         donor: Donor | None = None
