@@ -34,13 +34,22 @@ from .store import RESTORING, TreeState
 from .tree import Tree, fails_as
 
 
-def open_image(dumpfile: str, *, trust: bool = False, parent_dir: str = "") -> ImageReader:
+def open_image(
+    dumpfile: str,
+    *,
+    trust: bool = False,
+    parent_dir: str = "",
+    verified: dict[str, BinaryIO] | None = None,
+) -> ImageReader:
     """The image of `dumpfile`, trusted (restore/trust.py) and verified (every checksum,
     the structure): refuses with the first problems, precisely, before any process is
     created: a file another user could have written as RestoreError (exit 17), a damaged
     image (or no image) as ImageError (exit 40).  An incremental image comes with its
     chain, open in place (each parent trusted and verified the same way; `parent_dir`:
-    where the parents are, if not next to it); a pre-dump is refused (exit 40)."""
+    where the parents are, if not next to it); a pre-dump is refused (exit 40).
+    `verified`: parents already verified and open, by normalized path (a migration's
+    pre-dumps, checked as they arrived while the VE still ran): used as they are, only
+    their links checked."""
     f = open_dumpfile(dumpfile, trust=trust)
     try:
         problems = verify(f)
@@ -57,7 +66,7 @@ def open_image(dumpfile: str, *, trust: bool = False, parent_dir: str = "") -> I
         raise
     if not reader.header.flags & (HeaderFlags.INCREMENTAL | HeaderFlags.PREDUMP):
         return reader
-    return _open_chain(reader, dumpfile, parent_dir or None, trust)
+    return _open_chain(reader, dumpfile, parent_dir or None, trust, verified or {})
 
 
 def check_restorable(reader: ImageReader, opts: RestoreOptions | None = None) -> None:
@@ -108,6 +117,7 @@ def _open_chain(
     dumpfile: str,
     parent_dir: str | None,
     trust: bool,
+    verified: dict[str, BinaryIO],
 ) -> ImageReader:
     """An incremental image (`top`, open) with its chain, restored in place: every link
     checked and every image trusted and verified first (a broken chain is refused before
@@ -117,23 +127,35 @@ def _open_chain(
     refuse_predump(dumpfile, top.header)
     opened: dict[str, BinaryIO] = {}
 
+    def again(f: BinaryIO, path: str) -> BinaryIO:
+        """A second handle on the open file `f`, named `path` (a chain finds a parent's
+        parent next to it)."""
+        g = os.fdopen(os.dup(f.fileno()), "rb")
+        g.raw.name = path  # type: ignore[attr-defined]
+        return g
+
     def held(path: str) -> BinaryIO:
         f = opened.get(path)
         if f is None:
-            f = opened[path] = open_dumpfile(path, trust=trust)
+            if os.path.normpath(path) in verified:
+                f = opened[path] = again(verified[os.path.normpath(path)], path)
+            else:
+                f = opened[path] = open_dumpfile(path, trust=trust)
         return f
 
     def open_file(path: str) -> BinaryIO:
         # verify_chain closes what it is given: it gets a second handle on the same open
         # file, which stays for the restore
-        return os.fdopen(os.dup(held(path).fileno()), "rb")
+        return again(held(path), path)
 
     def opener(path: str) -> ImageReader:
         held(path)
         return ImageReader(opened.pop(path), own=True)
 
     try:
-        report = verify_chain(top.f, parent_dir, open_file=open_file, name=dumpfile)
+        report = verify_chain(
+            top.f, parent_dir, open_file=open_file, name=dumpfile, verified=set(verified)
+        )
         if report.problems:
             n = len(report.problems)
             more = f" (and {n - 1} more)" if n > 1 else ""
