@@ -126,6 +126,11 @@ def main() -> int:
                 f"{m['predicted_s'] * 1000:>10.0f} {m['restore_s'] * 1000:>10.0f} "
                 f"{m['bytes_image'] / mem:>9.2f} {len(m['passes']):>6}"
             )
+            frozen = ("suspend", "dump", "fs_sync_frozen", "transfer", "restore")
+            parts = [f"{k} {m['steps'][k] * 1000:.0f}" for k in frozen if k in m["steps"]]
+            parts += [f"{k.removesuffix('_s')} {v * 1000:.0f}"
+                      for k, v in m.get("restore_detail", {}).items()]  # fmt: skip
+            print(f"{'':>20} frozen, ms: {', '.join(parts)}")
         cl = r["client"]
         print(f"      client: {cl['echoed']}/{cl['sent']} records echoed, longest pause "
               f"{cl['max_gap_s'] * 1000:.0f} ms, error: {cl['error'] or 'none'}")  # fmt: skip

@@ -73,8 +73,17 @@ def migrate(
             )
         for name, secs in rep.steps.items():
             print(f"  {name:16} {secs * 1000:9.1f} ms")
+            if name == "restore":
+                for part, psecs in rep.restore_detail.items():
+                    print(f"    {part.removesuffix('_s'):14} {psecs * 1000:9.1f} ms (destination)")
         if rep.frozen_s:
             print(f"  {'total frozen':16} {rep.frozen_s * 1000:9.1f} ms")
         if rep.predicted_s:
-            print(f"  {'predicted':16} {rep.predicted_s * 1000:9.1f} ms")
+            terms = ", ".join(
+                f"{k.removesuffix('_s').replace('_', ' ')} {v * 1000:.0f}"
+                for k, v in rep.prediction.items()
+            )
+            print(f"  {'predicted':16} {rep.predicted_s * 1000:9.1f} ms ({terms})")
+        if rep.write_bps:
+            print(f"  destination writes memory at {rep.write_bps / 1e6:.0f} MB/s")
         print(f"  bytes: filesystem {rep.bytes_fs}, memory {rep.bytes_image}")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import bisect
 import os
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, BinaryIO, NamedTuple
 
 from .container import ImageReader, ImageWriter
@@ -144,6 +144,7 @@ class Chain:
         self.paths: list[str] = []
         self._runs: list[dict[Owner, list[PagemapRun]] | None] = []
         self._own_first = not isinstance(source, ImageReader)
+        self._own_parents = True
         try:
             first = opener(source) if isinstance(source, str) else source
             self._add(first, first.path or "-")
@@ -175,6 +176,17 @@ class Chain:
             self.close()
             raise
 
+    @classmethod
+    def of(cls, readers: list[ImageReader]) -> Chain:
+        """The chain of images already opened and checked (newest first, each the parent
+        of the one before): closing it closes none of them."""
+        self = cls.__new__(cls)
+        self.readers = list(readers)
+        self.paths = [r.path or "-" for r in readers]
+        self._runs = [None] * len(readers)
+        self._own_first = self._own_parents = False
+        return self
+
     def _add(self, reader: ImageReader, path: str) -> None:
         self.readers.append(reader)
         self.paths.append(path)
@@ -186,7 +198,7 @@ class Chain:
 
     def close(self) -> None:
         for i, r in enumerate(self.readers):
-            if i or self._own_first:
+            if (i and self._own_parents) or (not i and self._own_first):
                 r.close()
         self.readers.clear()
 
@@ -438,13 +450,17 @@ def verify_chain(
     chunk_size: int = 1 << 20,
     open_file: Callable[[str], BinaryIO] | None = None,
     name: str | None = None,
+    verified: Collection[str] = (),
 ) -> Any:
     """`verify` of an image and of every parent below it, and of every link: the parent
     is there, is the one the child names (UUID, size, digest), and holds every page the
     child's PARENT runs leave to it.  Returns the newest image's Report with every
     problem found in the chain (a parent's own problems prefixed with its path).
     `open_file` opens each parent (once: what is checked is what is read; a restore's
-    trust check); `name`: the path of a `source` given as an open file."""
+    trust check); `name`: the path of a `source` given as an open file; `verified`: the
+    paths (normalized) of parents whose own bytes were verified already, as `open_file`
+    gives them (a migration's pre-dumps, verified as they arrived): only their links and
+    the pages their children leave to them are checked."""
     from .verify import Problem, verify_report
 
     if not isinstance(source, (str, os.PathLike)) and source.seekable():
@@ -486,7 +502,10 @@ def verify_chain(
             seen.add(parent.uuid)
             if f is not None:
                 f.seek(0)
-            below = verify_report(where if f is None else f, chunk_size=chunk_size)
+            if os.path.normpath(where) in verified:
+                below = _checked_report(reader)
+            else:
+                below = verify_report(where if f is None else f, chunk_size=chunk_size)
             for p in below.problems:
                 report.problems.append(Problem("chain", "", None, f"parent {where}: {p}"))
             if below.problems:
@@ -499,6 +518,19 @@ def verify_chain(
                 f.close()
         rep, child = below, where
     return report
+
+
+def _checked_report(reader: ImageReader) -> Any:
+    """The Report of an image verified before: no problems, its header, its Parent
+    record and PARENT runs (as verify_report gives them)."""
+    from .verify import Report
+
+    runs = [
+        r
+        for r in reader.records(SectionType.PAGEMAP)
+        if isinstance(r, PagemapRun) and r.flags == PageFlags.PARENT
+    ]
+    return Report([], [], reader.header, parent_record(reader), runs)
 
 
 def _coverage(

@@ -786,6 +786,9 @@ class ImageReader:
         """`source`: a path (opened and closed here) or a seekable binary file, which
         `own` makes the reader close with itself."""
         self.warnings: list[str] = []
+        # an incremental image opened with its chain: its parents, newest first (opened,
+        # checked and closed by whoever opened the chain; closed with this reader)
+        self.below: list[ImageReader] = []
         if isinstance(source, (str, os.PathLike)):
             self.path: str | None = os.fspath(source)
             self.f: BinaryIO = open_regular(self.path)  # closed in close()
@@ -893,6 +896,8 @@ class ImageReader:
             raise
 
     def close(self) -> None:
+        for parent in getattr(self, "below", ()):
+            parent.close()
         if getattr(self, "_own", False):
             self.f.close()
 

@@ -310,13 +310,63 @@ def test_every_parent_of_a_chain_is_trusted(tmp_path: Path) -> None:
     paths = samples.write_chain(str(tmp_path), 3)
     for p in paths:
         os.chmod(p, 0o600)
-    with open_image(paths[-1]) as r:  # the chain, flattened: a full image of its memory
-        assert not r.header.flags & HeaderFlags.INCREMENTAL
+    with open_image(paths[-1]) as r:  # the chain, open in place: its two parents below it
+        assert r.header.flags & HeaderFlags.INCREMENTAL
+        assert [p.header.uuid for p in r.below] == [samples.chain_uuid(1), samples.chain_uuid(0)]
     os.chmod(paths[0], 0o666)
     with pytest.raises(RestoreError, match=f"{paths[0]} .*writable by its group or others"):
         open_image(paths[-1])
     with open_image(paths[-1], trust=True) as r:
         assert r.header.uuid == samples.chain_uuid(2)
+
+
+def test_a_chain_is_restored_in_place(tmp_path: Path) -> None:
+    """A restore reads an incremental image's pages from the images of its chain in place
+    (no flattened copy): each page from the newest image holding it, a page a later image
+    discarded (ZERO) not at all.  A chain of 5 where each level rewrote and discarded
+    other pages comes out byte for byte as the memory it describes, mapped or read in
+    chunks (compressed pages)."""
+    import samples
+
+    from cpt.restore.pages import PageSource
+    from cpt.stages.restore import open_image
+    from cptimage.records import OwnerKind
+
+    paths = samples.write_chain(str(tmp_path), 5)
+    for p in paths:
+        os.chmod(p, 0o600)
+    want = samples.chain_memory(5)
+    with open_image(paths[-1]) as r:
+        assert os.fstat(r.f.fileno()).st_ino == os.stat(paths[-1]).st_ino  # the file itself
+        assert [os.fstat(p.f.fileno()).st_ino for p in r.below] == [
+            os.stat(p).st_ino for p in reversed(paths[:-1])
+        ]
+        runs = sorted(
+            (x for x in r.records(SectionType.PAGEMAP) if x.owner == 100), key=lambda x: x.vaddr
+        )
+        for mapped in (True, False):
+            pages = PageSource(r)
+            got = bytearray(len(want))
+            if mapped:
+                pages.map()
+                pieces = pages.pieces(OwnerKind.PROCESS, 100, runs)
+                assert pieces is not None
+                assert {p.level for p in pieces} == {0, 1, 2, 3, 4}
+                views = pages.views()
+                for addr, n, level, off in pieces:
+                    view = views[level]
+                    assert view is not None
+                    at = addr - samples.CHAIN_START
+                    got[at : at + n] = view[off : off + n]
+                for v in views:
+                    assert v is not None
+                    v.release()
+            else:
+                for addr, data in pages.chunks(OwnerKind.PROCESS, 100, runs):
+                    at = addr - samples.CHAIN_START
+                    got[at : at + len(data)] = data
+            pages.close()
+            assert bytes(got) == want, f"mapped={mapped}"
 
 
 def test_leave_running_dump_keeps_the_flags_of_every_mapping(

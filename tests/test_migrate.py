@@ -158,6 +158,11 @@ def test_remove_area_no_keeps_the_area_here(nodes: tuple[Node, Node]) -> None:
     assert (private(b, "m2") / "root" / "data").read_bytes() == (
         area / "root" / "data"
     ).read_bytes()
+    # back onto the node that kept the area: refused, saying what to remove (9)
+    rc, _, err = b.cpt("migrate", a.root, "m2")
+    assert rc == 9, err
+    assert f"{area} was kept" in err and "--remove-area no" in err and "remove it" in err, err
+    assert status(b, "m2") == "stopped"
     subprocess.run(["btrfs", "-q", "subvolume", "delete", "-R", str(area)], check=False)
 
 

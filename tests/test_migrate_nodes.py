@@ -275,6 +275,13 @@ def test_destination_restore_failing_resumes_the_source(nodes: Cluster) -> None:
     assert rc == 7, err
     one_line(err, "restore")
     only_on(a, b, "221")
+    # a pre-dump is verified as it arrives, while the VE runs: one that came damaged
+    # ends the migration there (6), the VE never frozen
+    remote_fault(nodes, "migrate:damaged-predump")
+    rc, _, err = migrate(a, b, "221", "--online", "--max-downtime", "2000")
+    assert rc == 6, err
+    one_line(err, "pre-dump P1-", "came damaged")
+    only_on(a, b, "221")
 
 
 def test_destination_pool_full_while_copying(nodes: Cluster) -> None:

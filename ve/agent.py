@@ -37,7 +37,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from cpt import fault
 from cpt.errors import CptError, LockedError
@@ -172,6 +172,7 @@ class Agent:
         self.lock: contextlib.ExitStack | None = None
         self.pieces: dict[str, Path] = {}  # path in the area -> received snapshot
         self.image = ""
+        self.verified: dict[str, BinaryIO] = {}  # pre-dumps verified as they came, open
         self.keep = False  # --keep-dst: a session that ends unfinished is not undone
 
     # -- the session
@@ -214,6 +215,7 @@ class Agent:
 
     def finish(self) -> None:
         """The session ends: what it did is undone unless the VE was resumed here."""
+        self._drop_verified()
         j = self.journal
         if j is not None and j.undo and j.state != "resumed" and not self.keep:
             undo(self.node, j)
@@ -298,7 +300,19 @@ class Agent:
         j.mid, j.source = mid, source_root
         j.save()
         self.journal = j
-        return dict(area=cfg.private)
+        return dict(area=cfg.private, write_bps=self._warm_up(veid))
+
+    def _warm_up(self, veid: str) -> float:
+        """Before any freeze: load the restore engine (not in the frozen time) and measure
+        how fast this node writes restored memory (the source's prediction of the frozen
+        time uses it)."""
+        from cpt.sys.mem import page_write_rate  # the engine: here only
+
+        self.manager.stages(veid)  # imports the restore (ve/stages.py)
+        try:
+            return max(page_write_rate() for _ in range(2))
+        except OSError:
+            return 0.0
 
     def _check(
         self,
@@ -319,6 +333,13 @@ class Agent:
         except (TypeError, CptError) as e:
             raise Refused("usage", f"the VE's configuration: {e}") from None
         if os.path.lexists(private):
+            if os.path.exists(node.migrated_path(veid)):
+                raise Refused(
+                    "exists",
+                    f"VE {veid}'s private area {private} was kept on the destination when the "
+                    f"VE migrated away from it (--remove-area no): remove it there (btrfs "
+                    f"subvolume delete -R {private}) to migrate the VE back",
+                )
             raise Refused("exists", f"VE {veid}'s private area {private} exists on the destination")
         if cfg.ip:
             why = address_taken(node, veid, cfg.ip)
@@ -460,8 +481,56 @@ class Agent:
             raise Refused(
                 "copy", f"writing VE {j.veid}'s image on the destination: {failed[0].strerror}"
             )
+        if self._predump(path):
+            return dict(bytes=n)
         self.image = path
         return dict(bytes=n)
+
+    def _predump(self, path: str) -> bool:
+        """A pre-dump is verified as it arrives, while the VE still runs on the source
+        (its bytes and structure), and kept open: the restore after the freeze checks only
+        its link to the image written on it (UUID, size, digest).  False for another image
+        (the final one, verified by the restore)."""
+        from cpt.restore.trust import open_dumpfile  # the engine: here only
+        from cptimage.container import ImageReader
+        from cptimage.records import HeaderFlags
+        from cptimage.verify import verify
+
+        j = self._need()
+        if fault.active("migrate:damaged-predump"):  # a byte of what came changed on disk
+            with open(path, "r+b") as w:
+                w.seek(os.path.getsize(path) // 2)
+                b = w.read(1)
+                w.seek(-1, os.SEEK_CUR)
+                w.write(bytes([b[0] ^ 0xFF]))
+        f = open_dumpfile(path)
+        try:
+            with ImageReader(f) as r:
+                predump = bool(r.header.flags & HeaderFlags.PREDUMP)
+            if not predump:
+                f.close()
+                return False
+            f.seek(0)
+            problems = verify(f)
+        except CptError as e:
+            f.close()
+            raise Refused("copy", f"VE {j.veid}'s pre-dump {os.path.basename(path)}: {e}") from None
+        except BaseException:
+            f.close()
+            raise
+        if problems:
+            f.close()
+            raise Refused(
+                "copy",
+                f"VE {j.veid}'s pre-dump {os.path.basename(path)} came damaged: {problems[0]}",
+            )
+        self.verified[os.path.normpath(path)] = f
+        return True
+
+    def _drop_verified(self) -> None:
+        for f in self.verified.values():
+            f.close()
+        self.verified.clear()
 
     def _ids(self) -> None:
         """The VE's id range is its own here: taken over from the source's node root on
@@ -487,15 +556,27 @@ class Agent:
         try:
             fault.point("migrate:restore")
             stages = self.manager.stages(j.veid)
-            stats = stages.restore_received(self.image, str(self.pieces[transfer.AREA]))
+            stats = stages.restore_received(
+                self.image, str(self.pieces[transfer.AREA]), verified=self.verified
+            )
         except CptError as e:
             raise Refused("restore", f"restore of VE {j.veid} on the destination: {e}") from None
         j.state = "resumed"
         j.save()
         took = time.perf_counter() - t0
+        self._drop_verified()
         with contextlib.suppress(CptError, OSError):
             os.unlink(self.image)
-        return dict(init_pid=stats.host_pid, restore_s=took)
+        engine = stats.tasks_s + stats.memory_s
+        detail = dict(
+            checks_s=took - stats.total_s,  # opening and verifying the image, the VE's checks
+            tasks_s=stats.tasks_s,
+            memory_s=stats.memory_s,
+            state_s=stats.total_s - engine,  # registers, files, release
+        )
+        return dict(
+            init_pid=stats.host_pid, restore_s=took, pages_bytes=stats.pages_bytes, detail=detail
+        )
 
     def op_start(self) -> dict[str, Any]:
         j = self._need()

@@ -96,12 +96,16 @@ RESTORE_TIMEOUT = 300.0
 SETTLE_TIMEOUT = 150.0  # asking the destination after a cut (it waits for its old session)
 MAX_PASSES = 30
 PAGE = 4096
-# the final step's fixed cost, and the destination's restore rate after the freeze, for
-# the prediction: measured by bench/migrate_bench.py here (256 MiB and 1 GiB VEs over
-# ssh): about 150-250 ms outside the restore, and the restore of a pre-copied VE, whose
-# image is a chain the restore flattens first (it copies every page), at 115-140 MB/s
+# The prediction of the frozen time (after each pre-copy pass) adds up: the pages left
+# to send at the rate measured in the pass; the filesystem sync, as long as the one
+# measured while the VE ran; the destination's writing of the VE's whole memory at the
+# rate its agent measured at the pre-flight (mem.page_write_rate); and FIXED_S, the part
+# no step of a run measures before the freeze: suspend, the final dump's non-memory
+# state, the area made there, the restore's checks, processes and state, the round
+# trips (bench/migrate_bench.py here: about 0.15 s for its echo VE).  RESTORE_BPS: the
+# write rate of a destination that did not say (an older agent).
 FIXED_S = 0.15
-RESTORE_BPS = 1.3e8
+RESTORE_BPS = 1.0e9
 
 
 class MigrateError(CodedError):
@@ -137,9 +141,12 @@ class Report:
     bytes_image: int = 0
     frozen_s: float = 0.0
     restore_s: float = 0.0
+    restore_detail: dict[str, float] = dataclasses.field(default_factory=dict)  # its parts
     init_pid: int = 0
     passes: list[dict[str, float]] = dataclasses.field(default_factory=list)
     predicted_s: float = 0.0  # the frozen time predicted before the switch-over
+    prediction: dict[str, float] = dataclasses.field(default_factory=dict)  # its terms
+    write_bps: float = 0.0  # the destination's memory write rate (its pre-flight)
     bytes_final: int = 0  # of them, the final dump's (sent frozen)
     memory: int = 0  # the VE's resident memory at the start
 
@@ -260,6 +267,8 @@ class Migration:
         self.in_doubt = False  # the destination could not be asked: touch nothing there
         self.outgoing = Outgoing(self.veid)
         self.images: list[str] = []  # pre-dumps written here
+        self.fs_base: Path | None = None  # the newest snapshot the destination has
+        self.fs_s = 0.0  # how long a filesystem sync took while the VE ran
 
     # -- helpers
 
@@ -421,11 +430,12 @@ class Migration:
         except (CptError, OSError):
             need = 0
         need += memory_of(self.veid)  # its image
-        self._call(
+        got = self._call(
             "pre-flight", "preflight", veid=self.veid, mid=self.mid, config=config, need=need,
             platform=platform, source_root=self.node.root, source_machine=machine(),
             binds=host_binds(cfg), dry_run=self.opts.dry_run, keep=self.opts.keep_dst,
         )  # fmt: skip
+        self.report.write_bps = float(got.get("write_bps") or 0.0)
         self._step("preflight", t0)
 
     def _snapshot(self) -> Path:
@@ -468,6 +478,7 @@ class Migration:
         t0 = time.perf_counter()
         s1 = self._snapshot()
         self._send_fs(s1, None)
+        self.fs_base = s1
         self._step("fs_sync", t0)
         if self.opts.online and not self.opts.noiter:
             try:
@@ -475,7 +486,7 @@ class Migration:
             except BaseException:
                 self._end_tracking(cfg)
                 raise
-            self._switch_over(cfg, s1, parent)
+            self._switch_over(cfg, self.fs_base, parent)
         elif self.opts.online:
             self._switch_over(cfg, s1)
         else:
@@ -556,9 +567,25 @@ class Migration:
             pass_s = t2 - t0
             rate = (t2 - t0) and size / max(t2 - t0, 1e-6)  # bytes/s through dump and send
             dirty = size / prev_s if prev_s else 0.0  # written per second in the last pass
+            if k == 1:
+                # the area synced again while the VE runs: the sync in the freeze sends
+                # only what changed since, and this one says how long such a sync takes
+                t3 = time.perf_counter()
+                snap = self._snapshot()
+                self._send_fs(snap, self.fs_base)
+                self.fs_base = snap
+                self.fs_s = time.perf_counter() - t3
+                self._step("fs_sync", t3)
+                pass_s += self.fs_s  # the next pass holds what was written meanwhile too
             # at the freeze, what was written during this pass is left, plus the fixed cost
             left = dirty * pass_s if k > 1 else size
-            predicted = FIXED_S + mem / RESTORE_BPS + left / max(rate, 1.0)
+            terms = dict(
+                fixed_s=FIXED_S, fs_sync_s=self.fs_s,
+                memory_s=mem / (self.report.write_bps or RESTORE_BPS),
+                final_pages_s=left / max(rate, 1.0),
+            )  # fmt: skip
+            predicted = sum(terms.values())
+            self.report.prediction = terms
             self.report.passes.append(dict(
                 n=k, bytes=size, pages=stats.pages_bytes // PAGE, pass_s=pass_s,
                 dump_s=t1 - t0, send_s=t2 - t1, dirty_bps=dirty, predicted_s=predicted,
@@ -633,6 +660,9 @@ class Migration:
             got = self._call("restore", "restore", RESTORE_TIMEOUT)
             self.report.init_pid = int(got.get("init_pid", 0))
             self.report.restore_s = float(got.get("restore_s", 0.0))
+            self.report.restore_detail = {
+                k: float(v) for k, v in dict(got.get("detail") or {}).items()
+            }
             self._step("restore", t0)
         except BaseException as e:
             if not self._settled_there(e):

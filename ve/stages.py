@@ -25,6 +25,7 @@ import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from cpt import interrupts
 from cpt.dump.dumper import DumpStats
@@ -309,21 +310,28 @@ class VeStages:
         return stats
 
     def restore_received(
-        self, path: str, snapshot: str, *, parent_dir: str = "", undump: bool = False
+        self,
+        path: str,
+        snapshot: str,
+        *,
+        parent_dir: str = "",
+        undump: bool = False,
+        verified: dict[str, BinaryIO] | None = None,
     ) -> RestoreStats:
         """With the VE's lock held: restore the image `path` a migration brought to this
         node (ve/agent.py), whose private area came as the received read-only snapshot
         `snapshot` and was made the VE's area from it.  The proof that the area is the
         one the image was dumped with is the snapshot's received UUID: the UUID of the
         source's snapshot the image records.  The image is restored relocated to this
-        node's area (cpt.restore.relocate); `undump`: left frozen, link down."""
+        node's area (cpt.restore.relocate); `undump`: left frozen, link down;
+        `verified`: the images of its chain verified as they arrived, open (by path)."""
         veid = self.veid
         cfg = self.node.config(veid)
         run = RunState(veid)
         if run.runtime() is not None:
             raise AlreadyRunning(f"VE {veid} is running here: its restore is refused")
         run.forget_ended(cfg.ip)
-        base = open_image(path, parent_dir=parent_dir)
+        base = open_image(path, parent_dir=parent_dir, verified=verified)
         try:
             h = base.header
             if h.source_kind != SourceKind.VE or h.source_id != veid:

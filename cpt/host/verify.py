@@ -108,7 +108,7 @@ def check_host(reader: ImageReader, *, pids: bool = True, ipcns: bool = False) -
                 )
             )
     if not (ipcns or model.ipc_own):
-        for conflict in IpcObjects(model, reader, None).conflicts():
+        for conflict in IpcObjects(model).conflicts():
             out.append(_problem("ipc", conflict))
     own = _tree_ids(model)
     for p in model.paths.values():

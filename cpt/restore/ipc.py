@@ -10,13 +10,10 @@ chosen through the sysctls kernel.{shm,sem,msg}_next_id of the namespace.
 from __future__ import annotations
 
 import contextlib
-import mmap
 import os
 from typing import Any
 
-from cptimage import pagestore
-from cptimage.container import ImageReader
-from cptimage.records import PageFlags, PosixMq, SysvMsg, SysvMsq, SysvSem, SysvShm
+from cptimage.records import OwnerKind, PosixMq, SysvMsg, SysvMsq, SysvSem, SysvShm
 
 from ..errors import RestoreError
 from ..procfs import sysvipc, write_sysctl
@@ -24,6 +21,7 @@ from ..sys import ipc as I
 from .creds import as_holders
 from .fdbase import O_ACCMODE
 from .model import ImageModel
+from .pages import PageSource, has_data
 from .pstree import Task
 
 
@@ -32,10 +30,10 @@ def _next_id(kind: str, ident: int) -> None:
 
 
 class IpcObjects:
-    def __init__(self, model: ImageModel, reader: ImageReader, image_map: mmap.mmap | None) -> None:
+    def __init__(self, model: ImageModel, pages: PageSource | None = None) -> None:
+        """`pages`: where the segments' pages come from (a restore; none for conflicts)."""
         self.model = model
-        self.reader = reader
-        self.image_map = image_map
+        self.pages = pages
         self._held: list[I.ShmAttachment] = []  # keeps SHM_DEST segments alive until attached
 
     def conflicts(self) -> list[str]:
@@ -78,10 +76,9 @@ class IpcObjects:
             raise RestoreError(f"SysV shm {seg.shmid} came back as {got}")
         I.shm_set(got, seg.uid, seg.gid, seg.mode)
         att = I.ShmAttachment(got, seg.size, readonly=False)
-        runs = [
-            r for r in self.model.shmem_runs.get(seg.shmem_id, []) if r.flags & PageFlags.PRESENT
-        ]
-        for _run, off, data in pagestore.iter_run_data(self.reader, runs):
+        runs = [r for r in self.model.shmem_runs.get(seg.shmem_id, []) if has_data(r)]
+        assert self.pages is not None
+        for off, data in self.pages.chunks(OwnerKind.SHMEM, seg.shmem_id, runs):
             n = min(len(data), seg.size - off)
             att.view[off : off + n] = data[:n]
         if seg.mode & I.SHM_DEST:

@@ -9,15 +9,12 @@ madvise flags are put back; one PR_SET_MM_MAP sets the mm fields, auxv and exe.
 
 from __future__ import annotations
 
-import mmap
 import os
 import struct
 import threading
 from collections.abc import Callable, Iterable
 
-from cptimage import pagestore
-from cptimage.container import ImageReader
-from cptimage.records import PageFlags, PathObj, Vma, VmaKind, VmFlags
+from cptimage.records import OwnerKind, PathObj, Vma, VmaKind, VmFlags
 
 from .. import procfs as P
 from ..errors import RestoreError
@@ -45,6 +42,7 @@ from ..sys.task import PR_SET_MM, PR_SET_MM_MAP, pack_prctl_mm_map
 from ..trace.scratch import Scratch, free_gap
 from .creds import open_held
 from .model import ImageModel, ProcImage
+from .pages import PageSource, has_data
 from .pstree import Task
 
 O_RDONLY, O_RDWR, O_CLOEXEC = 0, 2, 0o2000000
@@ -154,11 +152,11 @@ def _move_vdso(task: Task, stub_trio: list[P.Vma], occupied: list[tuple[int, int
 
 
 def _written(vmas: list[Vma], runs: list) -> set[int]:
-    """Indexes of the VMAs that PRESENT runs write into."""
+    """Indexes of the VMAs that runs with data (here or in a parent) write into."""
     out = set()
     i = 0
     for r in runs:
-        if not r.flags & PageFlags.PRESENT:
+        if not has_data(r):
             continue
         while i < len(vmas) and vmas[i].end <= r.vaddr:
             i += 1
@@ -315,65 +313,69 @@ def _attach_sysv(task: Task, model: ImageModel, v: Vma, index: int) -> None:
         t.syscall_checked(NR.mprotect, w.start, w.end - w.start, w.prot)
 
 
-def write_pages(task: Task, reader: ImageReader, image_map: mmap.mmap | None) -> int:
-    """Copy the task's PRESENT pages from the image into it; returns the bytes written.
+def write_pages(task: Task, pages: PageSource) -> int:
+    """Copy the task's pages with data (from the image, or from the newest image of its
+    chain holding them) into it; returns the bytes written.
 
     The cost is the target's page faults (allocating and zeroing fresh pages), which
     scale across CPUs: large address spaces are written by two threads at once.
     """
-    runs = [r for r in task.img.runs if r.flags & PageFlags.PRESENT]
+    runs = [r for r in task.img.runs if has_data(r)]
     if not runs:
         return 0
     pid = task.host_pid
-    pieces = pagestore.file_pieces(reader, runs) if image_map is not None else None
+    pieces = pages.pieces(OwnerKind.PROCESS, task.pid, runs)
     if pieces is None:
         total = 0
-        for _run, addr, data in pagestore.iter_run_data(reader, runs):
+        for addr, data in pages.chunks(OwnerKind.PROCESS, task.pid, runs):
             process_vm_writev(pid, data, [(addr, len(data))])
             total += len(data)
         return total
-    assert image_map is not None
-    # pieces contiguous in the file go out in one call, whatever their addresses
-    jobs: list[tuple[int, int, list[tuple[int, int]]]] = []
+    # pieces contiguous in one file go out in one call, whatever their addresses
+    jobs: list[Job] = []
     i = 0
     while i < len(pieces):
-        start = end = pieces[i][2]
+        level = pieces[i].level
+        start = end = pieces[i].offset
         remote = []
-        while i < len(pieces) and pieces[i][2] == end:
-            addr, n, off = pieces[i]
+        while i < len(pieces) and pieces[i].level == level and pieces[i].offset == end:
+            addr, n, _, off = pieces[i]
             remote.append((addr, n))
             end = off + n
             i += 1
-        jobs.append((start, end, remote))
-    total = sum(e - s for s, e, _ in jobs)
-    view = memoryview(image_map)
+        jobs.append((level, start, end, remote))
+    total = sum(e - s for _, s, e, _ in jobs)
+    views = pages.views()
     try:
         if total < PARALLEL_MIN or (os.cpu_count() or 1) < 2:
-            _write_jobs(pid, view, jobs)
+            _write_jobs(pid, views, jobs)
         else:
-            _write_parallel(pid, view, jobs, total)
+            _write_parallel(pid, views, jobs, total)
     finally:
-        view.release()
+        for v in views:
+            if v is not None:
+                v.release()
     return total
 
 
-def _write_jobs(
-    pid: int, view: memoryview, jobs: list[tuple[int, int, list[tuple[int, int]]]]
-) -> None:
-    for start, end, remote in jobs:
+Job = tuple[int, int, int, list[tuple[int, int]]]  # image level, file start, end, ranges
+
+
+def _write_jobs(pid: int, views: list[memoryview | None], jobs: list[Job]) -> None:
+    for level, start, end, remote in jobs:
+        view = views[level]
+        assert view is not None
         process_vm_writev(pid, view[start:end], remote)
 
 
-def _write_parallel(
-    pid: int, view: memoryview, jobs: list[tuple[int, int, list[tuple[int, int]]]], total: int
-) -> None:
+def _write_parallel(pid: int, views: list[memoryview | None], jobs: list[Job], total: int) -> None:
     """Split the jobs (at range boundaries) in two halves by bytes; write both at once."""
-    halves: list[list[tuple[int, int, list[tuple[int, int]]]]] = [[], []]
+    halves: list[list[Job]] = [[], []]
     half = total // 2
     done = 0
-    for start, end, remote in jobs:
+    for level, start, end, remote in jobs:
         if done >= half or not remote:
-            halves[1].append((start, end, remote))
+            halves[1].append((level, start, end, remote))
             done += end - start
             continue
         # cut this job where the first half ends
@@ -388,14 +390,14 @@ def _write_parallel(
                 rest.insert(0, (addr + take, n - take))
             off += take
             done += take
-        halves[0].append((start, off, first))
+        halves[0].append((level, start, off, first))
         if rest:
-            halves[1].append((off, end, rest))
+            halves[1].append((level, off, end, rest))
     errors: list[BaseException] = []
 
-    def run(part: list[tuple[int, int, list[tuple[int, int]]]]) -> None:
+    def run(part: list[Job]) -> None:
         try:
-            _write_jobs(pid, view, part)
+            _write_jobs(pid, views, part)
         except BaseException as e:  # re-raised in the caller's thread
             errors.append(e)
 

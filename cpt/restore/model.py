@@ -173,12 +173,15 @@ class ImageModel:
         self.unix_bind: dict[int, UnixBind] = {}  # by unix socket description id
         self.unix_scm: dict[int, list[UnixScm]] = {}  # by receiving socket's description id
         self.tcp_close = False  # restore --tcp-close: TCP connections come back closed
+        self.image_pids: dict[int, int] = {}  # a VE's pid -> the image's (its records')
         self._load()
 
     def _load(self) -> None:
         r = self.reader
         view = _NsView(r) if self.ve else None
         records = view.records if view else r.records
+        if view is not None:
+            self.image_pids = {ve: image for image, ve in view.pids.items()}
         for rec in records(SectionType.PROCESS):
             if isinstance(rec, Process):
                 self.procs[rec.pid] = ProcImage(rec)

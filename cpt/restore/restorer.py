@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import mmap
 import os
 import resource
 import signal
@@ -24,7 +23,6 @@ from collections.abc import Callable, Iterator
 
 from cptimage.atomic import atomic_output
 from cptimage.container import ImageReader
-from cptimage.records import Compression
 
 from .. import fault
 from ..errors import CptError, NoSuchProcess, RestoreError, os_error_text
@@ -40,6 +38,7 @@ from .ipc import IpcObjects
 from .mm import finish_vmas, map_vmas, set_mm, take_over, write_pages
 from .model import ImageModel
 from .options import RestoreOptions
+from .pages import PageSource
 from .pidns import PidNamespace
 from .pstree import Task, TreeBuilder
 from .shmem import close_objects, create_objects
@@ -92,7 +91,7 @@ class Restorer:
         t0 = time.perf_counter()
         files = FileRestorer(self.model)
         ghosts = Ghosts(self.model)
-        image_map = None
+        pages = PageSource(self.reader, self.model.image_pids)
         ns: PidNamespace | None = None
         ve_init: Tracee | None = None
         donor: Donor | None = None
@@ -115,9 +114,9 @@ class Restorer:
                 with inside:
                     ghosts.create()
                     on_session = prepare_ttys(self.model, self.opts, files.openers)
-                    image_map = self._map_image()
-                    create_objects(self.model, self.reader, image_map)
-                    ipc = IpcObjects(self.model, self.reader, image_map)
+                    pages.map()
+                    create_objects(self.model, pages)
+                    ipc = IpcObjects(self.model, pages)
                     ipc.create()
                     files.open_all()
                     if self.opts.pidns and ve_init is None:
@@ -150,7 +149,7 @@ class Restorer:
                      *self.model.ghost_fds.values()]
                 )  # fmt: skip
             for task in live:
-                self._process(task, files, slot, image_map, donor)
+                self._process(task, files, slot, pages, donor)
             if donor is not None:
                 self.model.ns_opener = None
                 donor.close()
@@ -193,11 +192,7 @@ class Restorer:
             ghosts.close()
             close_objects(self.model)
             self.model.close()
-            if image_map is not None:
-                # a failed page write leaves a view of the map in its traceback: closing
-                # then raises BufferError, which would hide the error; it goes with them
-                with contextlib.suppress(BufferError):
-                    image_map.close()
+            pages.close()
         st = self.stats
         st.processes = len(self.model.procs)
         st.threads = sum(len(p.threads) for p in self.model.procs.values())
@@ -209,25 +204,12 @@ class Restorer:
         task = self.tasks.get(pid)
         return task.host_pid if task is not None else pid
 
-    def _map_image(self) -> mmap.mmap | None:
-        """The whole image, mapped and populated, when its pages are stored uncompressed."""
-        if any(s.compression != Compression.NONE for s in self.reader.page_blocks()):
-            return None
-        if not self.reader.page_blocks():
-            return None
-        return mmap.mmap(
-            self.reader.f.fileno(),
-            0,
-            flags=mmap.MAP_SHARED | mmap.MAP_POPULATE,
-            prot=mmap.PROT_READ,
-        )
-
     def _process(
         self,
         task: Task,
         files: FileRestorer,
         slot: int,
-        image_map: mmap.mmap | None,
+        pages: PageSource,
         donor: Donor | None = None,
     ) -> None:
         t = task.leader
@@ -238,7 +220,7 @@ class Restorer:
         with t.session(restore=False):
             take_over(task, self.proc)
             written = map_vmas(task, self.model, slot, share, files.local)
-            self.stats.pages_bytes += write_pages(task, self.reader, image_map)
+            self.stats.pages_bytes += write_pages(task, pages)
             finish_vmas(task, written)
             set_mm(task, self.model, slot, share)
             files.install(task, slot)

@@ -10,23 +10,21 @@ mapping, in any process, is of the same object: shared as before.
 from __future__ import annotations
 
 import fcntl
-import mmap
 import os
 from typing import Any
 
-from cptimage import pagestore
-from cptimage.container import ImageReader
-from cptimage.records import MemfdFile, PageFlags, ShmemKind
+from cptimage.records import MemfdFile, OwnerKind, ShmemKind
 
 from ..errors import RestoreError
 from ..procfs import fd_path
 from ..sys.files import F_ADD_SEALS, MFD_ALLOW_SEALING, MFD_CLOEXEC, memfd_create, shared_anon_file
 from .fdbase import O_ACCMODE, SETFL_MASK
 from .model import ImageModel
+from .pages import PageSource, has_data
 from .pstree import Task
 
 
-def create_objects(model: ImageModel, reader: ImageReader, image_map: mmap.mmap | None) -> None:
+def create_objects(model: ImageModel, pages: PageSource) -> None:
     """Create every shared memory object of the image in this process (model.shmem_fds)."""
     for obj in model.shmem.values():
         if obj.kind == ShmemKind.SYSV:
@@ -39,32 +37,32 @@ def create_objects(model: ImageModel, reader: ImageReader, image_map: mmap.mmap 
         else:
             raise RestoreError(f"shared memory object {obj.id}: kind {obj.kind} not supported")
         model.shmem_fds[obj.id] = fd
-        _fill(fd, obj.size, model.shmem_runs.get(obj.id, []), reader, image_map)
+        _fill(fd, obj.id, obj.size, model.shmem_runs.get(obj.id, []), pages)
         if obj.seals:
             # the same seals, as the dump saw them (F_SEAL_SEAL last: it forbids the rest)
             fcntl.fcntl(fd, F_ADD_SEALS, obj.seals)
 
 
-def _fill(
-    fd: int, size: int, runs: list[Any], reader: ImageReader, image_map: mmap.mmap | None
-) -> None:
+def _fill(fd: int, ident: int, size: int, runs: list[Any], pages: PageSource) -> None:
     """Write the object's pages; the last page is cut at the object's size (a write past it
     would grow the object)."""
-    runs = [r for r in runs if r.flags & PageFlags.PRESENT]
-    pieces = pagestore.file_pieces(reader, runs) if image_map is not None else None
+    runs = [r for r in runs if has_data(r)]
+    pieces = pages.pieces(OwnerKind.SHMEM, ident, runs)
     if pieces is None:
-        for _run, offset, data in pagestore.iter_run_data(reader, runs):
+        for offset, data in pages.chunks(OwnerKind.SHMEM, ident, runs):
             os.pwrite(fd, data[: max(0, size - offset)], offset)
         return
-    assert image_map is not None
-    view = memoryview(image_map)
+    views = pages.views()
     try:
-        for offset, n, file_off in pieces:
+        for offset, n, level, file_off in pieces:
             n = min(n, size - offset)
-            if n > 0:
+            view = views[level]
+            if n > 0 and view is not None:
                 os.pwrite(fd, view[file_off : file_off + n], offset)
     finally:
-        view.release()
+        for v in views:
+            if v is not None:
+                v.release()
 
 
 def close_objects(model: ImageModel) -> None:

@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable
 from typing import BinaryIO
 
-from cptimage.chain import Chain, flatten, verify_chain
+from cptimage.chain import Chain, verify_chain
 from cptimage.container import ImageReader
 from cptimage.errors import ImageError
 from cptimage.records import Header, HeaderFlags
@@ -34,13 +34,22 @@ from .store import RESTORING, TreeState
 from .tree import Tree, fails_as
 
 
-def open_image(dumpfile: str, *, trust: bool = False, parent_dir: str = "") -> ImageReader:
+def open_image(
+    dumpfile: str,
+    *,
+    trust: bool = False,
+    parent_dir: str = "",
+    verified: dict[str, BinaryIO] | None = None,
+) -> ImageReader:
     """The image of `dumpfile`, trusted (restore/trust.py) and verified (every checksum,
     the structure): refuses with the first problems, precisely, before any process is
     created: a file another user could have written as RestoreError (exit 17), a damaged
     image (or no image) as ImageError (exit 40).  An incremental image comes with its
-    chain, flattened (each parent trusted and verified the same way; `parent_dir`: where
-    the parents are, if not next to it); a pre-dump is refused (exit 40)."""
+    chain, open in place (each parent trusted and verified the same way; `parent_dir`:
+    where the parents are, if not next to it); a pre-dump is refused (exit 40).
+    `verified`: parents already verified and open, by normalized path (a migration's
+    pre-dumps, checked as they arrived while the VE still ran): used as they are, only
+    their links checked."""
     f = open_dumpfile(dumpfile, trust=trust)
     try:
         problems = verify(f)
@@ -57,8 +66,7 @@ def open_image(dumpfile: str, *, trust: bool = False, parent_dir: str = "") -> I
         raise
     if not reader.header.flags & (HeaderFlags.INCREMENTAL | HeaderFlags.PREDUMP):
         return reader
-    with reader:
-        return _flat_chain(reader, dumpfile, parent_dir or None, trust)
+    return _open_chain(reader, dumpfile, parent_dir or None, trust, verified or {})
 
 
 def check_restorable(reader: ImageReader, opts: RestoreOptions | None = None) -> None:
@@ -104,44 +112,66 @@ def refuse_predump(dumpfile: str, header: Header | None = None) -> None:
         )
 
 
-def _flat_chain(
-    top: ImageReader, dumpfile: str, parent_dir: str | None, trust: bool
+def _open_chain(
+    top: ImageReader,
+    dumpfile: str,
+    parent_dir: str | None,
+    trust: bool,
+    verified: dict[str, BinaryIO],
 ) -> ImageReader:
-    """An incremental image (`top`, open) with its chain, as one image: every link checked
-    and every image trusted and verified first (a broken chain is refused before anything
-    is touched), then flattened into an unlinked temporary file: each page from the newest
-    image holding it."""
+    """An incremental image (`top`, open) with its chain, restored in place: every link
+    checked and every image trusted and verified first (a broken chain is refused before
+    anything is touched), each file opened once (what is checked is what is read); the
+    parents stay open in the reader's `below` (restore/pages.py takes each page from the
+    newest image holding it: nothing is copied)."""
     refuse_predump(dumpfile, top.header)
+    opened: dict[str, BinaryIO] = {}
+
+    def again(f: BinaryIO, path: str) -> BinaryIO:
+        """A second handle on the open file `f`, named `path` (a chain finds a parent's
+        parent next to it)."""
+        g = os.fdopen(os.dup(f.fileno()), "rb")
+        g.raw.name = path  # type: ignore[attr-defined]
+        return g
+
+    def held(path: str) -> BinaryIO:
+        f = opened.get(path)
+        if f is None:
+            if os.path.normpath(path) in verified:
+                f = opened[path] = again(verified[os.path.normpath(path)], path)
+            else:
+                f = opened[path] = open_dumpfile(path, trust=trust)
+        return f
 
     def open_file(path: str) -> BinaryIO:
-        return open_dumpfile(path, trust=trust)
+        # verify_chain closes what it is given: it gets a second handle on the same open
+        # file, which stays for the restore
+        return again(held(path), path)
 
-    report = verify_chain(top.f, parent_dir, open_file=open_file, name=dumpfile)
-    if report.problems:
-        n = len(report.problems)
-        more = f" (and {n - 1} more)" if n > 1 else ""
-        raise ImageError(f"{report.problems[0]}{more}; refusing to restore", path=dumpfile)
-    import tempfile  # (shutil, bz2, lzma, random: for chains only)
+    def opener(path: str) -> ImageReader:
+        held(path)
+        return ImageReader(opened.pop(path), own=True)
 
-    where = os.path.dirname(os.path.abspath(dumpfile))
     try:
-        tmp = tempfile.TemporaryFile(dir=where if os.access(where, os.W_OK) else None)  # noqa: SIM115
-    except OSError:
-        tmp = tempfile.TemporaryFile()  # noqa: SIM115 - the reader closes it
-    try:
-        with Chain(top, parent_dir, opener=lambda p: ImageReader(open_file(p), own=True)) as chain:
-            flatten(chain, tmp)
-        tmp.flush()
-        tmp.seek(0)
-        reader = ImageReader(tmp)
-        reader._own = True  # closing the reader closes (and so frees) the temporary file
-        return reader
-    except ImageError as e:
-        tmp.close()
-        raise ImageError(f"{e}; refusing to restore") from None
+        report = verify_chain(
+            top.f, parent_dir, open_file=open_file, name=dumpfile, verified=set(verified)
+        )
+        if report.problems:
+            n = len(report.problems)
+            more = f" (and {n - 1} more)" if n > 1 else ""
+            raise ImageError(f"{report.problems[0]}{more}; refusing to restore", path=dumpfile)
+        try:
+            chain = Chain(top, parent_dir, opener=opener)
+        except ImageError as e:
+            raise ImageError(f"{e}; refusing to restore") from None
     except BaseException:
-        tmp.close()
+        top.close()
         raise
+    finally:
+        for f in opened.values():
+            f.close()
+    top.below = chain.readers[1:]
+    return top
 
 
 @fails_as(RestoreError, "restore")
