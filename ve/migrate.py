@@ -102,9 +102,10 @@ PAGE = 4096
 # rate its agent measured at the pre-flight (mem.page_write_rate); and FIXED_S, the part
 # no step of a run measures before the freeze: suspend, the final dump's non-memory
 # state, the area made there, the restore's checks, processes and state, the round
-# trips (bench/migrate_bench.py here: about 0.15 s for its echo VE).  RESTORE_BPS: the
+# trips (bench/migrate_bench.py here, 256 MiB echo VE: suspend 42 ms, final dump 103,
+# restore checks 78, processes 106, state 17: about 0.35 s).  RESTORE_BPS: the
 # write rate of a destination that did not say (an older agent).
-FIXED_S = 0.15
+FIXED_S = 0.35
 RESTORE_BPS = 1.0e9
 
 
