@@ -352,6 +352,8 @@ class SeccompStrict(Record):
 
 class MmFlags(enum.IntFlag):
     THP_DISABLE = 1 << 0
+    LOCK_FUTURE = 1 << 1  # (1.7) mlockall(MCL_FUTURE): mappings made later are locked
+    LOCK_ONFAULT = 1 << 2  # (1.7) with MCL_ONFAULT: locked as they fault in
 
 
 @record(0x0201)

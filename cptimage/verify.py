@@ -848,25 +848,49 @@ class _Structure:
 
     def _sessions(self, procs: dict[int, _Rec], root: Any) -> None:
         """Restore makes sessions by setsid() in their leader and groups by setpgid(): a
-        session or group led from outside the tree can only be the root's own."""
+        session or group led from outside the tree is the root's own or (format 1.7) one
+        whose leader had exited, rebuilt with a temporary leader: a group's members are of
+        one session, a session's members whose parent is in another session share that
+        parent (the temporary leader forks them with CLONE_PARENT)."""
+        dead_sessions: dict[int, set[int]] = defaultdict(set)
+        dead_groups: dict[int, set[int]] = defaultdict(set)
+        tids = {r.rec.tid for r in self.recs.get("Thread", [])}
         for r in procs.values():
             p = r.rec
             for what, ident, outside in (
                 ("session", p.sid, root.sid),
                 ("process group", p.pgid, root.pgid),
             ):
-                if ident not in procs and ident != outside:
+                if ident in procs or ident == outside:
+                    continue
+                if self.v.minor < 7:
                     self.bad(
                         r,
                         f"{what} {ident} has its leader neither in the tree nor is it the "
                         f"root's own ({outside})",
                     )
+                elif ident in tids:
+                    self.bad(r, f"{what} {ident} has no leader but thread {ident} has its id")
+                elif what == "process group":
+                    dead_groups[ident].add(p.sid)
+                elif p.ppid in procs and procs[p.ppid].rec.sid != p.sid:
+                    dead_sessions[ident].add(p.ppid)
             leader = procs.get(p.pgid)
             if leader is not None and leader.rec.sid != p.sid:
                 self.bad(
                     r,
                     f"process group {p.pgid} is led by a process of session {leader.rec.sid}, "
                     f"not of its session {p.sid}",
+                )
+        for pgid, sids in sorted(dead_groups.items()):
+            if len(sids) > 1:
+                self.v.add("PROCESS", f"process group {pgid} spans sessions {sorted(sids)}")
+        for sid, parents in sorted(dead_sessions.items()):
+            if len(parents) > 1:
+                self.v.add(
+                    "PROCESS",
+                    f"session {sid}, whose leader had exited, has members of parents "
+                    f"{sorted(parents)} outside it: restore can rebuild only one",
                 )
 
     def _complete(self) -> None:
@@ -948,6 +972,11 @@ class _Structure:
         for f in (*(p for pair in MM_PAIRS for p in pair), "start_stack"):
             if getattr(m, f) >= TASK_SIZE_MAX:
                 self.bad(r, f"{f} {getattr(m, f):#x} is beyond the user address space")
+        lock = m.flags & (R.MmFlags.LOCK_FUTURE | R.MmFlags.LOCK_ONFAULT)
+        if lock and self.v.minor < 7:
+            self.bad(r, f"flags {m.flags:#x}: LOCK_FUTURE and LOCK_ONFAULT are of format 1.7")
+        if lock == R.MmFlags.LOCK_ONFAULT:
+            self.bad(r, f"flags {m.flags:#x}: LOCK_ONFAULT without LOCK_FUTURE")
         aux = m.auxv
         if aux and (len(aux) % 2 or aux[-2:] != [0, 0]):
             self.bad(r, f"auxv holds {len(aux)} words, not (type, value) pairs ending in AT_NULL")

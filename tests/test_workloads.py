@@ -195,6 +195,8 @@ SABOTAGE = [
     ("memflags", "wipe", "wipeonfork: the forked child reads bytes that are not zero"),
     ("aio", "ctx", "context a: [aio] mapping of 0 bytes"),
     ("strict", "echo", "echo 3 from thread S is 'e', want 'f'"),
+    ("leaders", "pgid", "P pgid is"),
+    ("leaders", "mlock", "not locked: MCL_FUTURE lost"),
 ]
 
 

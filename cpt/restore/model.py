@@ -265,7 +265,19 @@ class ImageModel:
         for pi in self.procs.values():
             ids.append(pi.pid)
             ids += [t.tid for t in pi.threads if t.tid != pi.pid]
-        return ids
+        return ids + sorted(self.dead_leaders())
+
+    def dead_leaders(self) -> set[int]:
+        """Sessions and groups whose leader had exited (the root's own outside ones
+        excepted): restore makes a temporary leader with that PID."""
+        root = self.procs[self.root].proc
+        out = set()
+        for pi in self.procs.values():
+            if pi.proc.sid not in self.procs and pi.proc.sid != root.sid:
+                out.add(pi.proc.sid)
+            if pi.proc.pgid not in self.procs and pi.proc.pgid != root.pgid:
+                out.add(pi.proc.pgid)
+        return out
 
     def in_flight(self) -> set[int]:
         """Descriptions held by no process, only carried in a unix socket's queue."""

@@ -141,6 +141,9 @@ class Ttys:
                     _foreground(self.terminal[0], task.host_pid)
             elif task.pid == info.sid and info.pgrp != task.img.proc.pgid:
                 self._set_pgrp(model, task, info)
+            elif info.sid not in model.procs and task.img.proc.sid == info.sid:
+                # its session leader had exited: any member may set the foreground group
+                self._set_pgrp(model, task, info)
 
     def _set_pgrp(self, model: ImageModel, task: Task, info: TtyInfo) -> None:
         sc = task.scratch
