@@ -347,6 +347,20 @@ class SeccompStrict(Record):
     tid: int = u32()
 
 
+class ShareFlags(enum.IntFlag):
+    FILES = 1 << 0  # CLONE_FILES: the parent's fd table
+    FS = 1 << 1  # CLONE_FS: the parent's cwd, root and umask
+
+
+@record(0x01C3)
+class TaskShares(Record):
+    """What a process shares with its parent (format 1.7): its fd table (CLONE_FILES),
+    its fs struct (CLONE_FS).  Restore clones it from its parent with those flags."""
+
+    pid: int = u32()
+    flags: int = u32(flags=ShareFlags)
+
+
 # --------------------------------------------------------------------------- MM
 
 

@@ -508,6 +508,7 @@ _NOUNS = {"pid": "process", "tid": "thread", "file": "open-file description"}
 # at most one of these per process
 PER_PROCESS = (
     "Creds", "Rlimits", "Sigactions", "TaskState", "Itimers", "Mm", "NsCreds", "TaskExtra",
+    "TaskShares",
 )  # fmt: skip
 _SCHED_POLICIES = (0, 1, 2, 3, 5, 6)  # NORMAL, FIFO, RR, BATCH, IDLE, DEADLINE
 _STOP_SIGNALS = (0, 19, 20, 21, 22)  # none, SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU
@@ -672,6 +673,7 @@ class _Structure:
         self._owner()
         if self.readable("Process"):
             self._tree()
+            self._shares()
         if self.readable("Process", "Thread"):
             self._threads()
             self._thread_ids()
@@ -845,6 +847,23 @@ class _Structure:
             )
 
     # -- processes
+
+    def _shares(self) -> None:
+        """TaskShares (1.7): a live process sharing what it shares with a live parent."""
+        procs = {r.rec.pid: r.rec for r in self.recs.get("Process", [])}
+        for r in self.recs.get("TaskShares", []):
+            s = r.rec
+            if self.v.minor < 7:
+                self.bad(r, "TaskShares is of format 1.7")
+            if not s.flags:
+                self.bad(r, "flags 0: it shares nothing")
+            p = procs.get(s.pid)
+            if p is None or p.state != R.ProcessState.ALIVE:
+                self.bad(r, f"process {s.pid} is not a live process of the image")
+                continue
+            parent = procs.get(p.ppid)
+            if parent is None or parent.state != R.ProcessState.ALIVE:
+                self.bad(r, f"process {s.pid} shares with its parent {p.ppid}, no live process")
 
     def _sessions(self, procs: dict[int, _Rec], root: Any) -> None:
         """Restore makes sessions by setsid() in their leader and groups by setpgid(): a

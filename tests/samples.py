@@ -1055,7 +1055,9 @@ def fds_image(
     )  # fmt: skip
     procs = [*tree.process(), owner_record(), R.SeccompStrict(pid=101, tid=102)]
     mm = [*tree.mm(extra=(aio,)), R.GuardRegion(pid=101, start=0x406000, end=0x407000)]
-    tweak(procs + mm)
+    both = procs + mm
+    tweak(both)
+    procs += both[len(procs) + len(mm) :]  # records the tweak added (PROCESS ones)
     with ImageWriter(out, header(), minor=minor) as w:
         w.add_section(R.SectionType.PROCESS, procs)
         w.add_section(R.SectionType.MM, mm)
@@ -1076,11 +1078,16 @@ def fds_image(
 # --------------------------------------------------------------------------- format 1.7
 
 
-def lock_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
+# the record types format 1.7 added
+RECORDS_1_7 = ("TaskShares",)
+
+
+def proc_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
     """Format 1.7: the tree of fds-1.6 (every record of 1.6) where process 101 called
     mlockall(MCL_FUTURE) and 103 mlockall(MCL_FUTURE | MCL_ONFAULT) (Mm LOCK_FUTURE,
-    LOCK_ONFAULT), and 103 is in process group 99, whose leader had exited (no record
-    names it: restore makes a temporary leader)."""
+    LOCK_ONFAULT), 103 is in process group 99, whose leader had exited (no record names
+    it: restore makes a temporary leader), 101 shares its parent's fd table and fs struct
+    and 103 its fd table (TaskShares)."""
 
     def tweak(records: list[Any]) -> None:
         for r in records:
@@ -1090,6 +1097,10 @@ def lock_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
                 r.flags = R.MmFlags.LOCK_FUTURE | R.MmFlags.LOCK_ONFAULT
             elif isinstance(r, R.Process) and r.pid == 103:
                 r.pgid, r.nspgid = 99, [99, 0]
+        records += [
+            R.TaskShares(pid=101, flags=R.ShareFlags.FILES | R.ShareFlags.FS),
+            R.TaskShares(pid=103, flags=R.ShareFlags.FILES),
+        ]
 
     fds_image(out, minor=minor, tweak=tweak)
 
@@ -1236,7 +1247,7 @@ GOLDENS: dict[str, Callable[[BinaryIO], None]] = {
     "task-extra": lambda out: task_extra_image(out, minor=5),
     "sockets-1.4": lambda out: sockets_image(out, minor=4),
     "fds-1.6": lambda out: fds_image(out, minor=6),
-    "lock-1.7": lambda out: lock_image(out, minor=7),
+    "proc-1.7": lambda out: proc_image(out, minor=7),
 }
 
 

@@ -197,6 +197,8 @@ SABOTAGE = [
     ("strict", "echo", "echo 3 from thread S is 'e', want 'f'"),
     ("leaders", "pgid", "P pgid is"),
     ("leaders", "mlock", "not locked: MCL_FUTURE lost"),
+    ("shares", "files", "that C opened on c.dat is not in the root's table"),
+    ("shares", "fs", "C: cwd and umask are"),
 ]
 
 

@@ -51,6 +51,7 @@ from cptimage.records import (
     SysvSem,
     SysvShm,
     TaskExtra,
+    TaskShares,
     TaskState,
     Thread,
     ThreadSched,
@@ -79,6 +80,7 @@ class ProcImage:
     task: TaskState | None = None
     itimers: Itimers | None = None
     extra: TaskExtra | None = None
+    shares: TaskShares | None = None  # its parent's fd table or fs struct (1.7)
     sched: list[ThreadSched] = dataclasses.field(default_factory=list)
     seccomp: list[SeccompFilter] = dataclasses.field(default_factory=list)
     strict: list[SeccompStrict] = dataclasses.field(default_factory=list)  # threads
@@ -108,6 +110,7 @@ _PER_PROCESS = {
     TaskState: "task",
     Itimers: "itimers",
     TaskExtra: "extra",
+    TaskShares: "shares",
     Mm: "mm",
 }
 _LISTS = {

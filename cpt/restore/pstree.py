@@ -20,10 +20,11 @@ import errno
 import signal
 from collections.abc import Callable
 
-from cptimage.records import Process
+from cptimage.records import Process, ShareFlags
 
 from ..errors import NoSuchProcess, RestoreError
 from ..procfs import Proc
+from ..sys.clone import CLONE_FILES, CLONE_FS
 from ..sys.syscalls import NR
 from ..sys.task import PR_SET_NAME, SIGACTION
 from ..trace.scratch import Scratch
@@ -153,10 +154,15 @@ class TreeBuilder:
     def _fork(self, parent: Task, pid: int, via: Tracee | None = None) -> None:
         """Fork process `pid` as a child of `parent`: by it, or `via` a temporary session
         leader that `parent` forked (CLONE_PARENT)."""
+        img = self.model.procs[pid]
+        share = 0
+        if img.shares is not None and not img.zombie:
+            share |= CLONE_FILES if img.shares.flags & ShareFlags.FILES else 0
+            share |= CLONE_FS if img.shares.flags & ShareFlags.FS else 0
         if via is None:
-            child = clone_stub(parent.leader, self._cscratch, set_tid=[pid])
+            child = clone_stub(parent.leader, self._cscratch, set_tid=[pid], share=share)
         else:
-            child = clone_stub(via, self._cscratch, set_tid=[pid], sibling=True)
+            child = clone_stub(via, self._cscratch, set_tid=[pid], sibling=True, share=share)
         task = Task(self.model.procs[pid], child, {pid: child})
         self.tasks[pid] = task
         self._populate(task)

@@ -249,6 +249,7 @@ def clone_stub(
     child_tid: int = 0,
     timeout: float = 5.0,
     sibling: bool = False,
+    share: int = 0,
 ) -> Tracee:
     """Make the stub `parent` clone3 a child process (or, with `thread`, a thread) with
     the exact ids `set_tid`, by injection; returns the new task, stopped and attached.
@@ -260,6 +261,7 @@ def clone_stub(
     With `sibling`, the child is the parent's sibling (CLONE_PARENT: its parent is the
     stub's parent, its session and group the stub's); clone3 then wants exit signal 0 (the
     child takes the stub's, SIGCHLD) and the kernel reports a clone event (TRACECLONE).
+    `share`: CLONE_FILES and CLONE_FS, for a child sharing its parent's.
     """
     tids = list(set_tid or [])
     clone_event = thread or sibling
@@ -270,6 +272,7 @@ def clone_stub(
             f"{'TRACECLONE' if clone_event else 'TRACEFORK'}: the child would escape"
         )
     flags = CLONE_THREAD_FLAGS if thread else CLONE_PARENT if sibling else 0
+    flags |= share
     if child_tid:
         flags |= CLONE_CHILD_CLEARTID
     args = pack_clone_args(
