@@ -820,6 +820,18 @@ class FileOwner(Record):
     signum: int = u32()  # F_SETSIG; 0: SIGIO
 
 
+@record(0x0515)
+class PtyState(Record):
+    """A pty's slave side (format 1.7): the owner and mode of /dev/pts/N, and the input the
+    master wrote that the slave has not read yet (whole lines and a partial one)."""
+
+    tty_id: int = u32()
+    uid: int = u32()
+    gid: int = u32()
+    mode: int = u32()
+    input: bytes = blob()
+
+
 # --------------------------------------------------------------------------- FILES: sockets (1.4)
 # Format 1.4 adds these socket records in 0x05A0-0x05BF.
 

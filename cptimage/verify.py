@@ -1186,6 +1186,11 @@ class _Structure:
                 self.bad(r, f"a ghost of {p.size} bytes holds {len(p.contents)}")
             if p.contents and not ghost:
                 self.bad(r, "contents in a path that is not a GHOST")
+            if ghost and p.kind != R.PathKind.REG:
+                if p.kind not in (R.PathKind.DIR, R.PathKind.FIFO) or self.v.minor < 7:
+                    self.bad(r, f"a GHOST of kind {_name(R.PathKind, p.kind)}")
+                elif p.size:
+                    self.bad(r, f"a removed {_name(R.PathKind, p.kind)} of {p.size} bytes")
             if p.mtime_ns >= 1 << 63:
                 self.bad(r, f"mtime_ns {p.mtime_ns} is beyond any time (a signed 64-bit count)")
         for name in DESCRIPTIONS:

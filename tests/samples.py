@@ -1055,13 +1055,17 @@ def fds_image(
     )  # fmt: skip
     procs = [*tree.process(), owner_record(), R.SeccompStrict(pid=101, tid=102)]
     mm = [*tree.mm(extra=(aio,)), R.GuardRegion(pid=101, start=0x406000, end=0x407000)]
-    both = procs + mm
-    tweak(both)
-    procs += both[len(procs) + len(mm) :]  # records the tweak added (PROCESS ones)
+    files = tree.files() + extra
+    every = procs + mm + files
+    tweak(every)
+    for rec in every[len(procs) + len(mm) + len(files) :]:  # records the tweak added
+        {R.SectionType.PROCESS: procs, R.SectionType.FILES: files}[
+            R.section_of_tag(rec.TAG)
+        ].append(rec)
     with ImageWriter(out, header(), minor=minor) as w:
         w.add_section(R.SectionType.PROCESS, procs)
         w.add_section(R.SectionType.MM, mm)
-        w.add_section(R.SectionType.FILES, tree.files() + extra)
+        w.add_section(R.SectionType.FILES, files)
         w.add_section(
             R.SectionType.FDS,
             [
@@ -1079,7 +1083,7 @@ def fds_image(
 
 
 # the record types format 1.7 added
-RECORDS_1_7 = ("TaskShares",)
+RECORDS_1_7 = ("TaskShares", "PtyState")
 
 
 def proc_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
@@ -1087,7 +1091,8 @@ def proc_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
     mlockall(MCL_FUTURE) and 103 mlockall(MCL_FUTURE | MCL_ONFAULT) (Mm LOCK_FUTURE,
     LOCK_ONFAULT), 103 is in process group 99, whose leader had exited (no record names
     it: restore makes a temporary leader), 101 shares its parent's fd table and fs struct
-    and 103 its fd table (TaskShares)."""
+    and 103 its fd table (TaskShares), pty 0's slave has queued input, owner and mode
+    (PtyState), and the cwd of 100 is a removed directory (a ghost of kind DIR)."""
 
     def tweak(records: list[Any]) -> None:
         for r in records:
@@ -1097,10 +1102,18 @@ def proc_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
                 r.flags = R.MmFlags.LOCK_FUTURE | R.MmFlags.LOCK_ONFAULT
             elif isinstance(r, R.Process) and r.pid == 103:
                 r.pgid, r.nspgid = 99, [99, 0]
+            elif isinstance(r, R.TaskState) and r.pid == 100:
+                r.cwd_id = 9
         records += [
             R.TaskShares(pid=101, flags=R.ShareFlags.FILES | R.ShareFlags.FS),
             R.TaskShares(pid=103, flags=R.ShareFlags.FILES),
-        ]
+            R.PtyState(tty_id=1, uid=1000, gid=5, mode=0o620, input=b"ls -l\nhalf"),
+            R.PathObj(
+                id=9, kind=R.PathKind.DIR, flags=R.PathFlags.DELETED | R.PathFlags.GHOST,
+                mode=0o40750, uid=1000, gid=1000, mnt_id=21, ino=9, dev=0x801,
+                path="/home/user/gone",
+            ),
+        ]  # fmt: skip
 
     fds_image(out, minor=minor, tweak=tweak)
 

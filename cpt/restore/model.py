@@ -39,6 +39,7 @@ from cptimage.records import (
     PosixTimer,
     Process,
     ProcessState,
+    PtyState,
     Rlimits,
     SeccompFilter,
     SeccompStrict,
@@ -135,6 +136,7 @@ class ImageModel:
         self.files: dict[int, Any] = {}  # open-file descriptions by id
         self.pipe_data: dict[int, PipeData] = {}
         self.ttys: dict[int, TtyInfo] = {}  # terminals, by TtyInfo id (their own id space)
+        self.pty_states: dict[int, PtyState] = {}  # by TtyInfo id (1.7)
         self.locks: list[FileLock] = []
         self.owners: list[FileOwner] = []  # F_SETOWN_EX/F_SETSIG of descriptions
         self.epoll_targets: dict[int, list[EpollTarget]] = {}  # by epoll id
@@ -233,6 +235,8 @@ class ImageModel:
                 self.pipe_data[rec.ino] = rec
             elif isinstance(rec, TtyInfo):
                 self.ttys[rec.id] = rec
+            elif isinstance(rec, PtyState):
+                self.pty_states[rec.tty_id] = rec
             elif isinstance(rec, FileLock):
                 self.locks.append(rec)
             elif isinstance(rec, FileOwner):

@@ -159,20 +159,26 @@ class TreeBuilder:
         if img.shares is not None and not img.zombie:
             share |= CLONE_FILES if img.shares.flags & ShareFlags.FILES else 0
             share |= CLONE_FS if img.shares.flags & ShareFlags.FS else 0
+        if via is not None and share:
+            raise RestoreError(
+                f"process {pid}: shares its parent's fd table or fs struct and is in a "
+                f"session whose leader had exited: not supported",
+                pid=pid,
+            )
         if via is None:
             child = clone_stub(parent.leader, self._cscratch, set_tid=[pid], share=share)
         else:
-            child = clone_stub(via, self._cscratch, set_tid=[pid], sibling=True, share=share)
+            child = clone_stub(via, self._cscratch, set_tid=[pid], sibling=True)
         task = Task(self.model.procs[pid], child, {pid: child})
         self.tasks[pid] = task
         self._populate(task)
 
     def _groups(self) -> None:
         root = self.model.root
-        for pgid in sorted(self._dead - set(self._helpers)):
+        members = {t.img.proc.pgid: t for t in reversed(self.tasks.values())}
+        for pgid in sorted(self._dead & set(members) - set(self._helpers)):
             # a group whose leader had exited: a temporary leader forked by a member
-            member = next(t for t in self.tasks.values() if t.img.proc.pgid == pgid)
-            self._helper(member, pgid).syscall_checked(NR.setpgid, 0, 0)
+            self._helper(members[pgid], pgid).syscall_checked(NR.setpgid, 0, 0)
         # group leaders first, so the groups others join exist
         order = sorted(self.tasks.values(), key=lambda t: t.img.proc.pgid != t.pid)
         for task in order:
