@@ -11,6 +11,7 @@ checked: exit code, the pid and the terminal named, the tree left running.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import select
@@ -319,7 +320,12 @@ def test_pty_queued_bytes_owner_and_mode(cpt, tmp_path: Path) -> None:
         slave = os.stat(f"/proc/{p.pid}/fd/{s}")
         assert (slave.st_uid, slave.st_gid, slave.st_mode & 0o7777) == (1234, 5, 0o620)
         sfd = os.open(f"/proc/{p.pid}/fd/{s}", os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
-        mfd = os.open(f"/proc/{p.pid}/fd/{m}", os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+        # the master itself (a reopened /dev/ptmx would be a new pty): pidfd_getfd
+        pidfd = os.pidfd_open(p.pid)
+        mfd = ctypes.CDLL(None, use_errno=True).syscall(438, pidfd, m, 0)
+        os.close(pidfd)
+        assert mfd >= 0, os.strerror(ctypes.get_errno())
+        os.set_blocking(mfd, False)
         try:
             assert os.read(sfd, 100) == b"line one\n", "a whole line, canonical mode"
             attrs = termios.tcgetattr(sfd)
