@@ -1678,6 +1678,57 @@ def SeccompStrict(_cls, _items):
     return __init__, __repr__, __eq__, encode, decode
 
 
+_S_TaskShares = _Struct('<LL')
+
+
+def TaskShares(_cls, _items):
+    """The record TaskShares (tag 0x01c3, fixed part 8 bytes)."""
+    _new = object.__new__
+    _pack = _S_TaskShares.pack
+    _unpack = _S_TaskShares.unpack
+    _get_fixed = _attrgetter('pid', 'flags')
+
+    def __init__(self, pid=0, flags=0):
+        self.pid = pid
+        self.flags = flags
+
+    __repr__, __eq__ = _repr_eq(('pid', 'flags'))
+
+    def encode(self):
+        vals = _get_fixed(self)
+        try:
+            fixed = _pack(*vals)
+        except (_StructError, TypeError) as e:
+            raise ImageError(f"cannot encode TaskShares: {e}", record="TaskShares") from None
+        ext_fixed, ext_var = getattr(self, "_ext", _NO_EXT)
+        fixed += ext_fixed
+        out = []
+        out.append(ext_var)
+        body = b"".join(out)
+        n = len(fixed)
+        size = 8 + n + len(body)
+        if n > 0xFFFF:
+            raise ImageError("fixed part exceeds 65535 bytes", record="TaskShares")
+        return _RHDR(size, 0x01c3, n) + fixed + body + _PADS[size & 7]
+
+    def decode(fixed, var):
+        if len(fixed) == 8:
+            ext_fixed = b""
+        else:
+            fixed, ext_fixed = _fit(fixed, 8)
+        (f_pid, f_flags,) = _unpack(fixed)
+        end = len(var)
+        pos = 0
+        o = _new(_cls)
+        o.pid = f_pid
+        o.flags = f_flags
+        if pos < end or ext_fixed:
+            o._ext = (ext_fixed, var[pos:])
+        return o
+
+    return __init__, __repr__, __eq__, encode, decode
+
+
 _S_Mm = _Struct('<LLLQQQQQQQQQQQ')
 
 
@@ -3391,6 +3442,75 @@ def FileOwner(_cls, _items):
         o.owner_type = f_owner_type
         o.owner = f_owner
         o.signum = f_signum
+        if pos < end or ext_fixed:
+            o._ext = (ext_fixed, var[pos:])
+        return o
+
+    return __init__, __repr__, __eq__, encode, decode
+
+
+_S_PtyState = _Struct('<LLLL')
+
+
+def PtyState(_cls, _items):
+    """The record PtyState (tag 0x0515, fixed part 16 bytes)."""
+    _new = object.__new__
+    _pack = _S_PtyState.pack
+    _unpack = _S_PtyState.unpack
+    _get_fixed = _attrgetter('tty_id', 'uid', 'gid', 'mode')
+    _get_var = lambda o: (o.input,)
+
+    def __init__(self, tty_id=0, uid=0, gid=0, mode=0, input=_FACTORY):
+        self.tty_id = tty_id
+        self.uid = uid
+        self.gid = gid
+        self.mode = mode
+        self.input = b'' if input is _FACTORY else input
+
+    __repr__, __eq__ = _repr_eq(('tty_id', 'uid', 'gid', 'mode', 'input'))
+
+    def encode(self):
+        vals = _get_fixed(self)
+        try:
+            fixed = _pack(*vals)
+        except (_StructError, TypeError) as e:
+            raise ImageError(f"cannot encode PtyState: {e}", record="PtyState") from None
+        ext_fixed, ext_var = getattr(self, "_ext", _NO_EXT)
+        fixed += ext_fixed
+        out = []
+        v = _get_var(self)
+        try:
+            field = "input"
+            _w_blob(out, v[0])
+        except _ENCODE_ERRORS as e:
+            raise ImageError(f"cannot encode field {field}: {e}", record="PtyState") from None
+        out.append(ext_var)
+        body = b"".join(out)
+        n = len(fixed)
+        size = 8 + n + len(body)
+        if n > 0xFFFF:
+            raise ImageError("fixed part exceeds 65535 bytes", record="PtyState")
+        return _RHDR(size, 0x0515, n) + fixed + body + _PADS[size & 7]
+
+    def decode(fixed, var):
+        if len(fixed) == 16:
+            ext_fixed = b""
+        else:
+            fixed, ext_fixed = _fit(fixed, 16)
+        (f_tty_id, f_uid, f_gid, f_mode,) = _unpack(fixed)
+        end = len(var)
+        pos = 0
+        if pos < end:
+            f_input, pos = _r_blob(var, pos, "input", "PtyState")
+        else:
+            # an older minor version: the remaining fields keep their defaults
+            f_input = b''
+        o = _new(_cls)
+        o.tty_id = f_tty_id
+        o.uid = f_uid
+        o.gid = f_gid
+        o.mode = f_mode
+        o.input = f_input
         if pos < end or ext_fixed:
             o._ext = (ext_fixed, var[pos:])
         return o
@@ -5113,6 +5233,7 @@ RECORDS = {
     'ThreadSched': ('ThreadSched@0x01c0 pid:u32=0 tid:u32=0 policy:u32=0 flags:u32=0 nice:i32=0 priority:u32=0 runtime_ns:u64=0 deadline_ns:u64=0 period_ns:u64=0', ThreadSched),
     'TaskExtra': ('TaskExtra@0x01c1 pid:u32=0 loginuid:u32=4294967295 stop_signal:u32=0 membarrier:u32=0', TaskExtra),
     'SeccompStrict': ('SeccompStrict@0x01c2 pid:u32=0 tid:u32=0', SeccompStrict),
+    'TaskShares': ('TaskShares@0x01c3 pid:u32=0 flags:u32=0', TaskShares),
     'Mm': ('Mm@0x0201 pid:u32=0 exe_id:u32=0 flags:u32=0 start_code:u64=0 end_code:u64=0 start_data:u64=0 end_data:u64=0 start_brk:u64=0 brk:u64=0 start_stack:u64=0 arg_start:u64=0 arg_end:u64=0 env_start:u64=0 env_end:u64=0 auxv:u64s', Mm),
     'Vma': ('Vma@0x0202 pid:u32=0 kind:u8=0 prot:u8=0 flags:u32=0 start:u64=0 end:u64=0 pgoff:u64=0 vmflags:u64=0 file_id:u32=0 shmem_id:u32=0 name:text', Vma),
     'ShmemObject': ('ShmemObject@0x0203 id:u32=0 kind:u8=0 seals:u32=0 flags:u32=0 size:u64=0 ino:u64=0 name:text', ShmemObject),
@@ -5138,6 +5259,7 @@ RECORDS = {
     'MemfdFile': ('MemfdFile@0x0512 id:u32=0 shmem_id:u32=0 flags:u32=0 pos:u64=0', MemfdFile),
     'PidFd': ('PidFd@0x0513 id:u32=0 flags:u32=0 pid:i32=0', PidFd),
     'FileOwner': ('FileOwner@0x0514 file_id:u32=0 pid:u32=0 fd:u32=0 owner_type:u8=0 owner:u32=0 signum:u32=0', FileOwner),
+    'PtyState': ('PtyState@0x0515 tty_id:u32=0 uid:u32=0 gid:u32=0 mode:u32=0 input:blob', PtyState),
     'SockOpts': ('SockOpts@0x05a0 file_id:u32=0 keys:u64s values:blobs', SockOpts),
     'UnixBind': ('UnixBind@0x05a1 file_id:u32=0 flags:u32=0 dir:text', UnixBind),
     'UnixScm': ('UnixScm@0x05a2 file_id:u32=0 index:u32=0 flags:u32=0 pid:u32=0 uid:u32=0 gid:u32=0 fds:u32s', UnixScm),

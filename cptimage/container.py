@@ -48,7 +48,7 @@ SECT_MAGIC = _codec.SECTION_HEADER_MAGIC
 END_MAGIC = _codec.TRAILER_MAGIC
 FORMAT_MAJOR = 1
 # 1.1: user namespaces; 1.2: owner; 1.3: chains; 1.4: socket records; 1.5: task state
-FORMAT_MINOR = 6
+FORMAT_MINOR = 7
 
 # Version of each section's payload layout in format 1.x.
 SECTION_VERSIONS: dict[int, int] = {t: 1 for t in SectionType}

@@ -347,11 +347,27 @@ class SeccompStrict(Record):
     tid: int = u32()
 
 
+class ShareFlags(enum.IntFlag):
+    FILES = 1 << 0  # CLONE_FILES: the parent's fd table
+    FS = 1 << 1  # CLONE_FS: the parent's cwd, root and umask
+
+
+@record(0x01C3)
+class TaskShares(Record):
+    """What a process shares with its parent (format 1.7): its fd table (CLONE_FILES),
+    its fs struct (CLONE_FS).  Restore clones it from its parent with those flags."""
+
+    pid: int = u32()
+    flags: int = u32(flags=ShareFlags)
+
+
 # --------------------------------------------------------------------------- MM
 
 
 class MmFlags(enum.IntFlag):
     THP_DISABLE = 1 << 0
+    LOCK_FUTURE = 1 << 1  # (1.7) mlockall(MCL_FUTURE): mappings made later are locked
+    LOCK_ONFAULT = 1 << 2  # (1.7) with MCL_ONFAULT: locked as they fault in
 
 
 @record(0x0201)
@@ -802,6 +818,18 @@ class FileOwner(Record):
     owner_type: int = u8(enum=OwnerType)
     owner: int = u32()  # the thread, process or group; 0: no owner
     signum: int = u32()  # F_SETSIG; 0: SIGIO
+
+
+@record(0x0515)
+class PtyState(Record):
+    """A pty's slave side (format 1.7): the owner and mode of /dev/pts/N, and the input the
+    master wrote that the slave has not read yet (whole lines and a partial one)."""
+
+    tty_id: int = u32()
+    uid: int = u32()
+    gid: int = u32()
+    mode: int = u32()
+    input: bytes = blob()
 
 
 # --------------------------------------------------------------------------- FILES: sockets (1.4)

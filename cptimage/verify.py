@@ -508,6 +508,7 @@ _NOUNS = {"pid": "process", "tid": "thread", "file": "open-file description"}
 # at most one of these per process
 PER_PROCESS = (
     "Creds", "Rlimits", "Sigactions", "TaskState", "Itimers", "Mm", "NsCreds", "TaskExtra",
+    "TaskShares",
 )  # fmt: skip
 _SCHED_POLICIES = (0, 1, 2, 3, 5, 6)  # NORMAL, FIFO, RR, BATCH, IDLE, DEADLINE
 _STOP_SIGNALS = (0, 19, 20, 21, 22)  # none, SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU
@@ -672,6 +673,7 @@ class _Structure:
         self._owner()
         if self.readable("Process"):
             self._tree()
+            self._shares()
         if self.readable("Process", "Thread"):
             self._threads()
             self._thread_ids()
@@ -846,27 +848,68 @@ class _Structure:
 
     # -- processes
 
+    def _shares(self) -> None:
+        """TaskShares (1.7): a live process sharing what it shares with a live parent."""
+        procs = {r.rec.pid: r.rec for r in self.recs.get("Process", [])}
+        for r in self.recs.get("TaskShares", []):
+            s = r.rec
+            if self.v.minor < 7:
+                self.bad(r, "TaskShares is of format 1.7")
+            if not s.flags:
+                self.bad(r, "flags 0: it shares nothing")
+            p = procs.get(s.pid)
+            if p is None or p.state != R.ProcessState.ALIVE:
+                self.bad(r, f"process {s.pid} is not a live process of the image")
+                continue
+            parent = procs.get(p.ppid)
+            if parent is None or parent.state != R.ProcessState.ALIVE:
+                self.bad(r, f"process {s.pid} shares with its parent {p.ppid}, no live process")
+
     def _sessions(self, procs: dict[int, _Rec], root: Any) -> None:
         """Restore makes sessions by setsid() in their leader and groups by setpgid(): a
-        session or group led from outside the tree can only be the root's own."""
+        session or group led from outside the tree is the root's own or (format 1.7) one
+        whose leader had exited, rebuilt with a temporary leader: a group's members are of
+        one session, a session's members whose parent is in another session share that
+        parent (the temporary leader forks them with CLONE_PARENT)."""
+        dead_sessions: dict[int, set[int]] = defaultdict(set)
+        dead_groups: dict[int, set[int]] = defaultdict(set)
+        tids = {r.rec.tid for r in self.recs.get("Thread", [])}
         for r in procs.values():
             p = r.rec
             for what, ident, outside in (
                 ("session", p.sid, root.sid),
                 ("process group", p.pgid, root.pgid),
             ):
-                if ident not in procs and ident != outside:
+                if ident in procs or ident == outside:
+                    continue
+                if self.v.minor < 7:
                     self.bad(
                         r,
                         f"{what} {ident} has its leader neither in the tree nor is it the "
                         f"root's own ({outside})",
                     )
+                elif ident in tids:
+                    self.bad(r, f"{what} {ident} has no leader but thread {ident} has its id")
+                elif what == "process group":
+                    dead_groups[ident].add(p.sid)
+                elif p.ppid in procs and procs[p.ppid].rec.sid != p.sid:
+                    dead_sessions[ident].add(p.ppid)
             leader = procs.get(p.pgid)
             if leader is not None and leader.rec.sid != p.sid:
                 self.bad(
                     r,
                     f"process group {p.pgid} is led by a process of session {leader.rec.sid}, "
                     f"not of its session {p.sid}",
+                )
+        for pgid, sids in sorted(dead_groups.items()):
+            if len(sids) > 1:
+                self.v.add("PROCESS", f"process group {pgid} spans sessions {sorted(sids)}")
+        for sid, parents in sorted(dead_sessions.items()):
+            if len(parents) > 1:
+                self.v.add(
+                    "PROCESS",
+                    f"session {sid}, whose leader had exited, has members of parents "
+                    f"{sorted(parents)} outside it: restore can rebuild only one",
                 )
 
     def _complete(self) -> None:
@@ -948,6 +991,11 @@ class _Structure:
         for f in (*(p for pair in MM_PAIRS for p in pair), "start_stack"):
             if getattr(m, f) >= TASK_SIZE_MAX:
                 self.bad(r, f"{f} {getattr(m, f):#x} is beyond the user address space")
+        lock = m.flags & (R.MmFlags.LOCK_FUTURE | R.MmFlags.LOCK_ONFAULT)
+        if lock and self.v.minor < 7:
+            self.bad(r, f"flags {m.flags:#x}: LOCK_FUTURE and LOCK_ONFAULT are of format 1.7")
+        if lock == R.MmFlags.LOCK_ONFAULT:
+            self.bad(r, f"flags {m.flags:#x}: LOCK_ONFAULT without LOCK_FUTURE")
         aux = m.auxv
         if aux and (len(aux) % 2 or aux[-2:] != [0, 0]):
             self.bad(r, f"auxv holds {len(aux)} words, not (type, value) pairs ending in AT_NULL")
@@ -1138,6 +1186,11 @@ class _Structure:
                 self.bad(r, f"a ghost of {p.size} bytes holds {len(p.contents)}")
             if p.contents and not ghost:
                 self.bad(r, "contents in a path that is not a GHOST")
+            if ghost and p.kind != R.PathKind.REG:
+                if p.kind not in (R.PathKind.DIR, R.PathKind.FIFO) or self.v.minor < 7:
+                    self.bad(r, f"a GHOST of kind {_name(R.PathKind, p.kind)}")
+                elif p.size:
+                    self.bad(r, f"a removed {_name(R.PathKind, p.kind)} of {p.size} bytes")
             if p.mtime_ns >= 1 << 63:
                 self.bad(r, f"mtime_ns {p.mtime_ns} is beyond any time (a signed 64-bit count)")
         for name in DESCRIPTIONS:

@@ -1029,7 +1029,12 @@ def sockets_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
 RECORDS_1_6 = ("PidFd", "FileOwner", "GuardRegion", "SeccompStrict")
 
 
-def fds_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
+def fds_image(
+    out: BinaryIO,
+    *,
+    minor: int = FORMAT_MINOR,
+    tweak: Callable[[list[Any]], None] = lambda records: None,
+) -> None:
     """Format 1.6: the tree with pidfds (of process 101, shared by two fds; of thread 102,
     non-blocking; of a process reaped before the dump), a pipe with O_ASYNC whose signals go
     to process 100 as SIGRTMIN+1, the socket's to the group 100, a read lease on the log
@@ -1048,19 +1053,19 @@ def fds_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
         pid=103, kind=R.VmaKind.AIO_RING, prot=3, flags=1,
         start=0x7F0000200000, end=0x7F0000202000, vmflags=R.VmFlags.DONTFORK,
     )  # fmt: skip
+    procs = [*tree.process(), owner_record(), R.SeccompStrict(pid=101, tid=102)]
+    mm = [*tree.mm(extra=(aio,)), R.GuardRegion(pid=101, start=0x406000, end=0x407000)]
+    files = tree.files() + extra
+    every = procs + mm + files
+    tweak(every)
+    for rec in every[len(procs) + len(mm) + len(files) :]:  # records the tweak added
+        {R.SectionType.PROCESS: procs, R.SectionType.FILES: files}[
+            R.section_of_tag(rec.TAG)
+        ].append(rec)
     with ImageWriter(out, header(), minor=minor) as w:
-        w.add_section(
-            R.SectionType.PROCESS,
-            [*tree.process(), owner_record(), R.SeccompStrict(pid=101, tid=102)],
-        )
-        w.add_section(
-            R.SectionType.MM,
-            [
-                *tree.mm(extra=(aio,)),
-                R.GuardRegion(pid=101, start=0x406000, end=0x407000),
-            ],
-        )
-        w.add_section(R.SectionType.FILES, tree.files() + extra)
+        w.add_section(R.SectionType.PROCESS, procs)
+        w.add_section(R.SectionType.MM, mm)
+        w.add_section(R.SectionType.FILES, files)
         w.add_section(
             R.SectionType.FDS,
             [
@@ -1072,6 +1077,45 @@ def fds_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
             ],
         )
         w.add_section(R.SectionType.PAGEMAP, tree.pages(w))
+
+
+# --------------------------------------------------------------------------- format 1.7
+
+
+# the record types format 1.7 added
+RECORDS_1_7 = ("TaskShares", "PtyState")
+
+
+def proc_image(out: BinaryIO, *, minor: int = FORMAT_MINOR) -> None:
+    """Format 1.7: the tree of fds-1.6 (every record of 1.6) where process 101 called
+    mlockall(MCL_FUTURE) and 103 mlockall(MCL_FUTURE | MCL_ONFAULT) (Mm LOCK_FUTURE,
+    LOCK_ONFAULT), 103 is in process group 99, whose leader had exited (no record names
+    it: restore makes a temporary leader), 101 shares its parent's fd table and fs struct
+    and 103 its fd table (TaskShares), pty 0's slave has queued input, owner and mode
+    (PtyState), and the cwd of 100 is a removed directory (a ghost of kind DIR)."""
+
+    def tweak(records: list[Any]) -> None:
+        for r in records:
+            if isinstance(r, R.Mm) and r.pid == 101:
+                r.flags = R.MmFlags.LOCK_FUTURE
+            elif isinstance(r, R.Mm) and r.pid == 103:
+                r.flags = R.MmFlags.LOCK_FUTURE | R.MmFlags.LOCK_ONFAULT
+            elif isinstance(r, R.Process) and r.pid == 103:
+                r.pgid, r.nspgid = 99, [99, 0]
+            elif isinstance(r, R.TaskState) and r.pid == 100:
+                r.cwd_id = 9
+        records += [
+            R.TaskShares(pid=101, flags=R.ShareFlags.FILES | R.ShareFlags.FS),
+            R.TaskShares(pid=103, flags=R.ShareFlags.FILES),
+            R.PtyState(tty_id=1, uid=1000, gid=5, mode=0o620, input=b"ls -l\nhalf"),
+            R.PathObj(
+                id=9, kind=R.PathKind.DIR, flags=R.PathFlags.DELETED | R.PathFlags.GHOST,
+                mode=0o40750, uid=1000, gid=1000, mnt_id=21, ino=9, dev=0x801,
+                path="/home/user/gone",
+            ),
+        ]  # fmt: skip
+
+    fds_image(out, minor=minor, tweak=tweak)
 
 
 # --------------------------------------------------------------------------- benchmarks
@@ -1216,6 +1260,7 @@ GOLDENS: dict[str, Callable[[BinaryIO], None]] = {
     "task-extra": lambda out: task_extra_image(out, minor=5),
     "sockets-1.4": lambda out: sockets_image(out, minor=4),
     "fds-1.6": lambda out: fds_image(out, minor=6),
+    "proc-1.7": lambda out: proc_image(out, minor=7),
 }
 
 

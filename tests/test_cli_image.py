@@ -165,7 +165,7 @@ def test_no_arguments_shows_help_and_exits_20(capsys: pytest.CaptureFixture[str]
 
 def test_newer_version_is_41(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = _run(capsys, "image", "show", _newer(tmp_path))
-    assert code == 41 and "is newer than this cpt reads (1.6): upgrade cpt" in err
+    assert code == 41 and "is newer than this cpt reads (1.7): upgrade cpt" in err
 
 
 def test_bad_json_is_40(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -181,7 +181,7 @@ def test_newer_major_is_refused_with_the_message(tmp_path: Path) -> None:
     struct.pack_into("<HH", raw, 8, 2, 3)
     with pytest.raises(
         ImageVersionError,
-        match=r"image format 2\.3 is newer than this cpt reads \(1\.6\): upgrade cpt",
+        match=r"image format 2\.3 is newer than this cpt reads \(1\.7\): upgrade cpt",
     ):
         ImageReader(_write(tmp_path, bytes(raw)))
 

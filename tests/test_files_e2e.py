@@ -182,12 +182,12 @@ def _holder(tmp_path: Path, code: str) -> subprocess.Popen[bytes]:
             "/a/x was removed but its inode still has 1 other link(s)",
         ),
         (
-            "fd = os.open(d, os.O_RDONLY); os.mkdir(d + '/gone'); "
-            "g = os.open(d + '/gone', os.O_RDONLY); os.rmdir(d + '/gone')",
-            "/gone is a deleted non-regular file",
+            "os.mknod(d + '/null', 0o20666, os.makedev(1, 3)); "
+            "g = os.open(d + '/null', os.O_RDWR); os.unlink(d + '/null')",
+            "/null is a deleted device node (not a regular file)",
         ),
     ],
-    ids=["removed-link-elsewhere", "deleted-directory"],
+    ids=["removed-link-elsewhere", "deleted-device-node"],
 )
 def test_unreachable_file_refused(cpt, tmp_path: Path, code: str, reason: str) -> None:
     p = _holder(tmp_path, code)

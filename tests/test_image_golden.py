@@ -1,7 +1,7 @@
 """Golden images of every format version (fixtures/images/NAME.img with NAME.json beside
 it): tree, tree-zstd and every-record are of format 1.0, ve-userns of 1.1, tree-owner of
 1.2, chain-predump and chain-final (a pre-dump and the incremental image written on it) of
-1.3, sockets-1.4 of 1.4, task-extra of 1.5, fds-1.6 of 1.6.
+1.3, sockets-1.4 of 1.4, task-extra of 1.5, fds-1.6 of 1.6, proc-1.7 of 1.7.
 
 The writer's output for them must never change (SPEC.md section 7); their JSON form
 must decode and encode exactly, the older ones with this reader too.  A new format
@@ -66,7 +66,8 @@ def test_goldens_cover_the_format() -> None:
     assert every["version"] == [1, 0]
     every_missing = {"NsCreds", "UserNs", "Owner", "Parent", "ThreadSched", "TaskExtra"}
     every_missing |= set(samples.SOCKET_RECORDS_1_4) | set(samples.RECORDS_1_6)
-    assert samples.missing_record_types(every) == every_missing, "1.1 ... 1.6"
+    every_missing |= set(samples.RECORDS_1_7)
+    assert samples.missing_record_types(every) == every_missing, "1.1 ... 1.7"
     fds = json.loads((GOLDEN / "fds-1.6.json").read_text())
     assert fds["version"] == [1, 6]
     assert not set(samples.RECORDS_1_6) & samples.missing_record_types(fds)
@@ -80,6 +81,13 @@ def test_goldens_cover_the_format() -> None:
         if r["record"] == "Vma" and r["kind"] == "AIO_RING"
     ]  # fmt: skip
     assert rings, "an AIO ring (VmaKind 11, format 1.6)"
+    lock = json.loads((GOLDEN / "proc-1.7.json").read_text())
+    assert not set(samples.RECORDS_1_7) & samples.missing_record_types(lock)
+    assert lock["version"] == [1, 7]
+    mm_flags = {
+        r["flags"] for s in lock["sections"] for r in s.get("records", []) if r["record"] == "Mm"
+    }
+    assert mm_flags == {0, 2, 6}, "LOCK_FUTURE, with LOCK_ONFAULT (MmFlags, format 1.7)"
     extra = json.loads((GOLDEN / "task-extra.json").read_text())
     assert extra["version"] == [1, 5]
     assert samples.missing_record_types(extra) & {"ThreadSched", "TaskExtra"} == set()

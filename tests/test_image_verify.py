@@ -485,8 +485,9 @@ _MOUNT = dict(mnt_id=1, parent_id=0, mountpoint="/", root="/", fstype="ext4")
         (lambda r: r[P].clear(), "the image holds no process"),
         (_set(P, 0, state=ZOMBIE), "the root of the tree is a zombie"),
         (_set(P, 0, state=ZOMBIE), "its parent 10 is a zombie"),
-        (_set(P, 1, sid=99), "session 99 has its leader neither in the tree"),
-        (_set(P, 1, pgid=99), "process group 99 has its leader neither"),
+        # a session or group whose leader exited (1.7) is rebuilt, not under a thread's id
+        (_both(_set(P, 1, sid=99), _set(P, 3, tid=99)), "session 99 has no leader but thread 99"),
+        (_both(_set(P, 1, pgid=99), _set(P, 3, tid=99)), "group 99 has no leader but thread"),
         (_both(_set(P, 1, pgid=11, sid=11), _set(P, 0, pgid=11)), "process group 11 is led by"),
         # each live process is complete
         (_del(P, 3), "process 11 has no Thread"),

@@ -11,12 +11,14 @@ checked: exit code, the pid and the terminal named, the tree left running.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import select
 import signal
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +29,7 @@ from cptcli import CPT, REPO
 from workloads import (  # noqa: F401
     build,
     descendants,
+    image_records,
     kill_tree,
     make_subreaper,
     reaping,
@@ -271,25 +274,68 @@ def start_holder(
     return p
 
 
-@pytest.mark.parametrize(
-    ("setup", "reason"),
-    [
-        ("m, s = os.openpty(); os.write(m, b'abc\\n')", "holds 4 bytes of input not read yet"),
-        (
-            "m, s = os.openpty(); fcntl.ioctl(m, termios.TIOCPKT, b'\\1\\0\\0\\0'); "
-            "os.write(s, b'x')",
-            "packet mode with output not read yet",
-        ),
-    ],
-    ids=["unread-input", "packet-mode-output"],
-)
-def test_pty_pending_data_refused(cpt, tmp_path: Path, setup: str, reason: str) -> None:
+def test_pty_pending_output_in_packet_mode_refused(cpt, tmp_path: Path) -> None:
+    setup = (
+        "m, s = os.openpty(); fcntl.ioctl(m, termios.TIOCPKT, b'\\1\\0\\0\\0'); os.write(s, b'x')"
+    )
     p = start_holder(tmp_path, setup)
     try:
         rc, _, err = cpt("chkpnt", "--pid", p.pid, "--dumpfile", tmp_path / "x.img")
         assert rc == 16, err
-        assert reason in err and f"process {p.pid}" in err, err
+        assert "packet mode with output not read yet" in err and f"process {p.pid}" in err, err
         assert p.poll() is None and not (tmp_path / "x.img").exists()
+    finally:
+        kill_tree(p.pid)
+
+
+_QUEUED = (
+    "m, s = os.openpty(); os.fchown(s, 1234, 5); os.fchmod(s, 0o620); "
+    "a = termios.tcgetattr(s); a[3] &= ~termios.ECHO; termios.tcsetattr(s, termios.TCSANOW, a); "
+    "os.write(m, b'line one\\nhalf a li'); os.write(s, b'out bytes'); "
+    "open(os.path.join(d, 'fds'), 'w').write(f'{m} {s}')"
+)
+
+
+def test_pty_queued_bytes_owner_and_mode(cpt, tmp_path: Path) -> None:
+    """A pty with input the slave has not read (a whole line and a partial one, canonical
+    mode) and output the master has not read, its slave chown'ed and chmod'ed: after a
+    checkpoint (which must leave the queues as they were when the tree runs on: checked by
+    a leave-running dump first) and a restore, the bytes read back in both directions and
+    the slave's owner and mode are as before (format 1.7 PtyState)."""
+    from cptimage.records import PtyState, SectionType
+
+    p = start_holder(tmp_path, _QUEUED)
+    try:
+        m, s = (int(x) for x in (tmp_path / "fds").read_text().split())
+        img = tmp_path / "q.img"
+        rc, _, err = cpt("chkpnt", "--pid", p.pid, "--leave-running", "--dumpfile", img)
+        assert rc == 0, err
+        rc, _, err = cpt("chkpnt", "--pid", p.pid, "--dumpfile", img)
+        assert rc == 0, err
+        p.wait(timeout=30)
+        (st,) = image_records(img, SectionType.FILES, PtyState)
+        assert (st.uid, st.gid, st.mode, st.input) == (1234, 5, 0o620, b"line one\nhalf a li")
+        rc, _, err = cpt("restore", "--dumpfile", img)
+        assert rc == 0, err
+        slave = os.stat(f"/proc/{p.pid}/fd/{s}")
+        assert (slave.st_uid, slave.st_gid, slave.st_mode & 0o7777) == (1234, 5, 0o620)
+        sfd = os.open(f"/proc/{p.pid}/fd/{s}", os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+        # the master itself (a reopened /dev/ptmx would be a new pty): pidfd_getfd
+        pidfd = os.pidfd_open(p.pid)
+        mfd = ctypes.CDLL(None, use_errno=True).syscall(438, pidfd, m, 0)
+        os.close(pidfd)
+        assert mfd >= 0, os.strerror(ctypes.get_errno())
+        os.set_blocking(mfd, False)
+        try:
+            assert os.read(sfd, 100) == b"line one\n", "a whole line, canonical mode"
+            attrs = termios.tcgetattr(sfd)
+            attrs[3] &= ~termios.ICANON
+            termios.tcsetattr(sfd, termios.TCSANOW, attrs)
+            assert os.read(sfd, 100) == b"half a li", "the partial line after it"
+            assert os.read(mfd, 100) == b"out bytes", "the slave's unread output"
+        finally:
+            os.close(sfd)
+            os.close(mfd)
     finally:
         kill_tree(p.pid)
 

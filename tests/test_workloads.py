@@ -148,6 +148,7 @@ SABOTAGE = [
     ("novdso", "maps", "the special mappings are"),
     ("seccomp_tsync", "thread", "thread 1: uname() failed with errno 777"),
     ("procfiles", "offset", "stat is at offset 0, expected 10"),
+    ("procfiles", "ns", "the net namespace fd"),
     ("sigstate", "trap", "the SIGTRAP handler ran 0 times"),
     ("sigstate", "zombie", "is not a reapable zombie"),
     ("sigign", "ignore", "SIGTRAP is not ignored"),
@@ -195,6 +196,12 @@ SABOTAGE = [
     ("memflags", "wipe", "wipeonfork: the forked child reads bytes that are not zero"),
     ("aio", "ctx", "context a: [aio] mapping of 0 bytes"),
     ("strict", "echo", "echo 3 from thread S is 'e', want 'f'"),
+    ("leaders", "pgid", "P pgid is"),
+    ("leaders", "mlock", "not locked: MCL_FUTURE lost"),
+    ("shares", "files", "that C opened on c.dat is not in the root's table"),
+    ("shares", "fs", "C: cwd and umask are"),
+    ("removed", "fifo", "fifo: 299 bytes pending, want 300"),
+    ("removed", "dir", "dir: mode 040700"),
 ]
 
 

@@ -16,6 +16,7 @@ from .mm import unsupported_vma
 from .options import DumpOptions
 from .pidfds import unsupported_pidfds
 from .pstree import TaskInfo, check_sessions
+from .shares import sharing_problems
 from .sockets import unsupported_sockets
 from .timers import unsupported_timers
 from .tty import tty_problems
@@ -93,4 +94,5 @@ def _tree_problems(
         *unsupported_pidfds(tree, proc),
         *tty_problems(tree, root, proc, opts),
         *namespace_problems(tree, root, proc),
+        *sharing_problems(tree),
     ]

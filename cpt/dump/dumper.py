@@ -48,6 +48,7 @@ from .paths import PathTable
 from .probe import probe
 from .pstree import TaskInfo, process_record
 from .seccomp import dump_seccomp
+from .shares import dump_shares
 from .shmem import ShmemTable
 from .signals import dump_pending, dump_sigactions, ignored_sigtrap
 from .task import dump_itimers, dump_rlimits, dump_sched, dump_task_extra, dump_task_state
@@ -333,6 +334,7 @@ class Dumper:
         rec.append(dump_itimers(pid, pr))
         rec += dump_sched(pid, info.tracees)
         rec.append(dump_task_extra(pid, info.tracees, pr, proc))
+        rec += dump_shares(info, self.tree)
         rec += dump_seccomp(pid, info.tracees, status.seccomp, proc)
         rec += dump_pending(pid, info.tracees)
         rec += dump_timers(pid, info.tracees, proc, [(v.start, v.end) for v in maps])

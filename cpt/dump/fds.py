@@ -47,6 +47,7 @@ HANDLER_OF: dict[FdKind, tuple[str, str]] = {
     FdKind.PTS: ("tty", "HANDLER"),
     FdKind.PTMX: ("tty", "HANDLER"),
     FdKind.PIDFD: ("pidfds", "HANDLER"),
+    FdKind.NSFS: ("nsfs", "HANDLER"),
 }
 
 

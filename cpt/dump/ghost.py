@@ -25,8 +25,11 @@ def problem(what: str, link: str, path: str, limit: int, pid: int, root: str = "
         return f"{what}: cannot stat {path}: {e.strerror}"
     if st.st_nlink:
         return None if other_name(pid, path, st, root) else unfound_link(what, path, st.st_nlink)
+    if stat.S_ISDIR(st.st_mode) or stat.S_ISFIFO(st.st_mode):
+        return None  # recreated empty (a removed directory is; a FIFO's data is the pipe's)
     if not stat.S_ISREG(st.st_mode):
-        return f"{what}: {path} is a deleted non-regular file; not supported"
+        kind = "device node" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "file"
+        return f"{what}: {path} is a deleted {kind} (not a regular file); not supported"
     if st.st_size > limit:
         return (
             f"{what}: {path} is a deleted file of {st.st_size} bytes, above --ghost-limit "

@@ -232,7 +232,7 @@ def dump_mm(
     return Mm(
         pid=pid,
         exe_id=paths.add_link(pid, "exe"),
-        flags=MmFlags.THP_DISABLE if probe.thp_disable else 0,
+        flags=(MmFlags.THP_DISABLE if probe.thp_disable else 0) | probe.lock_future,
         start_code=st.start_code,
         end_code=st.end_code,
         start_data=st.start_data,

@@ -66,7 +66,13 @@ class PathTable:
         return ident
 
     def _record(
-        self, path: str, st: os.stat_result, mnt_id: int, flags: int, contents: bytes = b""
+        self,
+        path: str,
+        st: os.stat_result,
+        mnt_id: int,
+        flags: int,
+        contents: bytes = b"",
+        size: int | None = None,
     ) -> int:
         ident = len(self.records) + 1
         self.records.append(
@@ -79,7 +85,7 @@ class PathTable:
                 gid=st.st_gid,
                 nlink=st.st_nlink,
                 mnt_id=mnt_id,
-                size=st.st_size,
+                size=st.st_size if size is None else size,
                 mtime_ns=st.st_mtime_ns,
                 ino=st.st_ino,
                 dev=st.st_dev,
@@ -109,9 +115,12 @@ class PathTable:
             raise UnsupportedError(why)
         key = (st.st_dev, st.st_ino)
         if key not in self._ghosts:
-            data = ghost.contents(link, st.st_size)
             flags = PathFlags.DELETED | PathFlags.GHOST
-            self._ghosts[key] = self._record(path, st, mnt_id, flags, data)
+            if stat.S_ISREG(st.st_mode):
+                data = ghost.contents(link, st.st_size)
+                self._ghosts[key] = self._record(path, st, mnt_id, flags, data)
+            else:  # a removed directory or FIFO (1.7): recreated empty
+                self._ghosts[key] = self._record(path, st, mnt_id, flags, size=0)
         return self._ghosts[key]
 
     def add_link(self, pid: int, name: str) -> int:

@@ -1,6 +1,8 @@
 """State only the process itself can tell: read by injected syscalls, in one session.
 
 Sigactions, the current brk, itimers, securebits and a few prctl values per process;
+whether mlockall(MCL_FUTURE) is in effect (no call reads it: the scratch mapping itself
+shows it, counted in VmLck, and populated unless MCL_ONFAULT);
 clear_child_tid and the signal alternate stack per thread.  About 70 syscalls per process,
 their result buffers in a scratch mapping that is unmapped before the pages are read.
 """
@@ -12,8 +14,10 @@ import signal
 import struct
 from collections.abc import Iterable
 
-from cptimage.records import Sigaction
+from cptimage.records import MmFlags, Sigaction
 
+from ..procfs import Proc
+from ..sys.arch import PAGE_SIZE
 from ..sys.syscalls import NR
 from ..sys.task import (
     ITIMERVAL,
@@ -54,6 +58,7 @@ class Probe:
     dumpable: int
     thp_disable: int
     membarrier: int  # MEMBARRIER_CMD_REGISTER_* bits of the process's mm
+    lock_future: MmFlags  # LOCK_FUTURE, LOCK_ONFAULT or nothing
     threads: dict[int, ThreadProbe]
 
 
@@ -64,11 +69,21 @@ def _usec(sec: int, usec: int) -> int:
 def probe(tracees: list[Tracee], occupied: Iterable[tuple[int, int]]) -> Probe:
     """Run the probe in a stopped process; `tracees` are its threads, the leader first."""
     leader = tracees[0]
+    proc = Proc()
     with leader.session():
+        locked_kb = proc.status(leader.pid).vm_kb.get("VmLck", 0)
         scratch = Scratch.map(leader, occupied)
         try:
             call = leader.syscall_checked
             buf = scratch.addr
+            future = MmFlags(0)
+            if proc.status(leader.pid).vm_kb.get("VmLck", 0) - locked_kb >= scratch.size >> 10:
+                # the new mapping was locked: mlockall(MCL_FUTURE); not populated at mmap
+                # (its last page, never touched, is not resident): MCL_ONFAULT too
+                call(NR.mincore, buf + scratch.size - PAGE_SIZE, PAGE_SIZE, buf + 8)
+                future = MmFlags.LOCK_FUTURE
+                if not scratch.get(8, 1)[0] & 1:
+                    future |= MmFlags.LOCK_ONFAULT
             actions = []
             for sig in SIGNALS:
                 call(NR.rt_sigaction, sig, 0, buf, 8)
@@ -109,5 +124,6 @@ def probe(tracees: list[Tracee], occupied: Iterable[tuple[int, int]]) -> Probe:
         dumpable=dumpable,
         thp_disable=thp,
         membarrier=barrier & MEMBARRIER_REGISTRATIONS,
+        lock_future=future,
         threads=threads,
     )

@@ -106,24 +106,21 @@ def check_sessions(tree: dict[int, TaskInfo], root: int) -> None:
 
     Restore recreates sessions by setsid() in the leader and inheritance at fork, and
     groups by setpgid() once every process exists.  A session or group whose leader is not
-    in the tree can only be the root's own, inherited from outside (a shell job).
+    in the tree is either the root's own, inherited from outside (a shell job), or one
+    whose leader exited: restore makes a temporary leader with its PID (as CRIU does).  A
+    session's temporary leader forks, with CLONE_PARENT, the members whose parent is in
+    another session, so they must share one parent.
     """
     rootinfo = tree[root]
+    heads: dict[int, set[int]] = {}  # a session whose leader exited -> its members' parents
     for info in tree.values():
-        for what, ident in (("session", info.sid), ("process group", info.pgid)):
-            if ident in tree:
-                continue
-            outside = rootinfo.sid if what == "session" else rootinfo.pgid
-            if ident != outside:
-                raise DumpError(
-                    f"process {info.pid} is in {what} {ident}, whose leader is neither in the "
-                    f"tree nor the tree's own outside {what}: restore cannot rebuild it",
-                    pid=info.pid,
-                )
         if info.pid == root:
             continue
         parent = tree.get(info.ppid)
         if parent is None or info.sid == parent.sid or info.sid == info.pid:
+            continue
+        if info.sid not in tree and info.sid != rootinfo.sid:
+            heads.setdefault(info.sid, set()).add(parent.pid)
             continue
         grand = tree.get(parent.ppid)
         parent_old_sid = grand.sid if grand else rootinfo.sid
@@ -132,4 +129,12 @@ def check_sessions(tree: dict[int, TaskInfo], root: int) -> None:
                 f"process {info.pid} is in session {info.sid}, neither its own nor its "
                 f"parent's ({parent.sid}): restore cannot rebuild it",
                 pid=info.pid,
+            )
+    for sid, parents in sorted(heads.items()):
+        if len(parents) > 1:
+            raise DumpError(
+                f"session {sid}, whose leader exited, has members whose parents "
+                f"{sorted(parents)} are outside it: restore can rebuild such a session "
+                f"only when they share one parent",
+                pid=min(parents),
             )

@@ -10,10 +10,11 @@ A terminal whose master is outside the tree is the invoking shell's (a shell job
 --shell-job it is recorded as EXTERNAL (restore gives the tree the restorer's terminal),
 without it the tree is refused.  Also refused, before freezing and again while dumping:
 a session of the tree controlled by a terminal whose master is outside, a controlling
-terminal that is not a pty, a pty of another devpts instance, input a slave has not read
-yet (canonical mode shows only complete lines: a half-typed line is not seen and is
-lost), and unread output of a master in packet mode.  A pty whose slave only processes
-outside the tree hold is dumped from its master: restore does not reattach them.
+terminal that is not a pty, a pty of another devpts instance, and unread output of a
+master in packet mode.  A pty's slave side is dumped as a PtyState (1.7): the owner and
+mode of /dev/pts/N and the input the slave has not read (whole lines and a partial
+one).  A pty whose slave only processes outside the tree hold is dumped from its master:
+restore does not reattach them.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from cptimage.records import Tty, TtyFlags, TtyInfo, TtyKind
+from cptimage.records import PtyState, Tty, TtyFlags, TtyInfo, TtyKind
 
 from ..errors import NoSuchProcess, UnsupportedError
 from ..procfs import FdInfo, FdKind, FdTarget, Proc, PtyMasterInfo, fd_path
@@ -67,7 +68,7 @@ class TtyTable:
         self.opts = opts
         self.ptys: dict[int, _Pty] = {}
         self.problems: list[str] = []
-        self.records: list[TtyInfo] = []
+        self.records: list[TtyInfo | PtyState] = []
         self._ids: dict[int, int] = {}  # pty index -> TtyInfo id
         sid = tree[root].sid
         self.outside = sid if sid not in tree else 0  # the shell's session, if any
@@ -127,14 +128,6 @@ class TtyTable:
                     f"process {pid}: its controlling terminal {name} (master in the tree) "
                     f"belongs to session {sid}, whose leader is outside the tree; not supported"
                 )
-        for pid, fd in pty.slaves[:1]:
-            with _grab(pid, fd) as f:
-                n = T.pending_input(f)
-            if n:
-                self.problems.append(
-                    f"process {pid} fd {fd}: {name} holds {n} bytes of input not read yet; "
-                    f"not supported: checkpoint once the program has read them"
-                )
         mpid, mfd = pty.master
         with _grab(mpid, mfd) as m:
             if T.packet_mode(m) and T.pending_input(m):
@@ -171,15 +164,17 @@ class TtyTable:
 
     # -- the dump (the tree is frozen)
 
-    def dump(self) -> list[TtyInfo]:
-        """One TtyInfo per terminal; raises when a problem was found."""
+    def dump(self) -> list[TtyInfo | PtyState]:
+        """One TtyInfo per terminal, a PtyState per pty; raises when a problem was found."""
         if self.problems:
             raise UnsupportedError(self.problems[0])
         for index, pty in sorted(self.ptys.items()):
-            ident = len(self.records) + 1
+            ident = len(self._ids) + 1
             self._ids[index] = ident
-            rec = _internal(ident, pty) if pty.master else self._external(ident, pty)
-            self.records.append(rec)
+            if pty.master:
+                self.records += _internal(ident, pty)
+            else:
+                self.records.append(self._external(ident, pty))
         return self.records
 
     def tty_id(self, index: int) -> int:
@@ -196,7 +191,7 @@ class TtyTable:
         return rec
 
 
-def _internal(ident: int, pty: _Pty) -> TtyInfo:
+def _internal(ident: int, pty: _Pty) -> list[TtyInfo | PtyState]:
     assert pty.master is not None
     sid = next(iter(pty.sessions), 0)
     with _grab(*pty.master) as m:
@@ -210,10 +205,23 @@ def _internal(ident: int, pty: _Pty) -> TtyInfo:
         )
         _settings(rec, m)
         rec.data = _unread_output(m)
+        out: list[TtyInfo | PtyState] = [rec]
+        if not rec.locked:  # a locked pty's slave cannot be opened: nothing to say of it
+            peer = T.open_pty_peer(m, os.O_RDONLY | os.O_NONBLOCK)
+            try:
+                st = os.fstat(peer)
+            finally:
+                os.close(peer)
+            out.append(
+                PtyState(
+                    tty_id=ident, uid=st.st_uid, gid=st.st_gid, mode=st.st_mode & 0o7777,
+                    input=T.take_slave_input(m),
+                )
+            )  # fmt: skip
     if pty.slaves:
         with _grab(*pty.slaves[0]) as s:
             rec.exclusive = int(T.exclusive(s))
-    return rec
+    return out
 
 
 def _settings(rec: TtyInfo, fd: int) -> None:

@@ -14,7 +14,7 @@ import fcntl
 import os
 from collections.abc import Callable
 
-from cptimage.records import Fd, PidFd, RegFile
+from cptimage.records import Fd, PidFd, RegFile, ShareFlags
 
 from ..errors import RestoreError
 from ..procfs.paths import pid_of_path
@@ -37,7 +37,7 @@ from . import (
     tty,
 )
 from .fdbase import Opener
-from .model import ImageModel
+from .model import ImageModel, ProcImage
 from .pstree import Task
 
 OPENERS: tuple[type, ...] = (
@@ -72,6 +72,14 @@ class FileRestorer:
         # (install_late), the fds that hold them installed then
         self.late: set[int] = set()
         self._pending: dict[int, list[Fd]] = {}  # pid -> its fds of `late` descriptions
+        # processes sharing one fd table (CLONE_FILES with a parent): the inherited pidfd
+        # stays open in it until the last of them, in restore order, is restored
+        owner: dict[int, int] = {}
+        for pid in model.order:
+            pi = model.procs[pid]
+            owner[pid] = owner.get(pi.proc.ppid, pid) if _shares_table(pi) else pid
+        last = {o: p for p, o in owner.items()}  # the last in order wins
+        self._keep_slot = {p for p, o in owner.items() if last[o] != p}
 
     def open_all(self) -> None:
         """Open every description but those of /proc/PID files of the tree's own processes
@@ -128,9 +136,16 @@ class FileRestorer:
             self.local[ident] = self._by_type[type(desc)].open(self.model, desc)
 
     def install(self, task: Task, pidfd_slot: int) -> None:
-        """Give the task exactly its dumped fd table; closes the inherited pidfd last."""
+        """Give the task exactly its dumped fd table; closes the inherited pidfd last.  A
+        process sharing its parent's table (CLONE_FILES) has it already."""
         t = task.leader
         call = t.syscall_checked
+        if _shares_table(task.img):
+            if task.pid not in self._keep_slot:
+                call(NR.close, pidfd_slot)
+            for op in self.openers:
+                op.after_install(self.model, task, self.local)
+            return
         if pidfd_slot > 0:
             call(NR.close_range, 0, pidfd_slot - 1, 0)
         call(NR.close_range, pidfd_slot + 1, 0xFFFFFFFF, 0)
@@ -139,7 +154,7 @@ class FileRestorer:
                 self._pending.setdefault(task.pid, []).append(fd)
                 continue
             self._pull(task, pidfd_slot, fd)
-        if task.pid not in self._pending:
+        if task.pid not in self._pending and task.pid not in self._keep_slot:
             call(NR.close, pidfd_slot)
         for op in self.openers:
             op.after_install(self.model, task, self.local)
@@ -175,7 +190,8 @@ class FileRestorer:
                         pid=task.pid,
                     ) from None
             self._pull(task, pidfd_slot, fd)
-        task.leader.syscall_checked(NR.close, pidfd_slot)
+        if task.pid not in self._keep_slot:
+            task.leader.syscall_checked(NR.close, pidfd_slot)
 
     def finish(self) -> None:
         """The whole tree is restored and about to run: openers with a `finish` (TCP
@@ -196,3 +212,7 @@ class FileRestorer:
 
 def max_fd(model: ImageModel) -> int:
     return max((fd.fd for pi in model.procs.values() for fd in pi.fds), default=2)
+
+
+def _shares_table(pi: ProcImage) -> bool:
+    return pi.shares is not None and bool(pi.shares.flags & ShareFlags.FILES)

@@ -25,7 +25,7 @@ import os
 import stat
 import tempfile
 
-from cptimage.records import PathFlags, PathObj
+from cptimage.records import PathFlags, PathKind, PathObj
 
 from ..errors import RestoreError
 from ..procfs import fd_path
@@ -62,7 +62,24 @@ class Ghosts:
 def recreate(p: PathObj, model: ImageModel | None = None) -> int:
     """The ghost `p` as a new unlinked file near its path (where `model`'s processes see
     it; this host's root without one); returns a read-only fd of it.  Its owner and mode
-    are set on the fd (never through a path), after it is reopened read-only."""
+    are set on the fd (never through a path), after it is reopened read-only.  A removed
+    directory or FIFO (1.7) is made empty, opened and removed the same way."""
+    if p.kind in (PathKind.DIR, PathKind.FIFO):
+        try:
+            fd = _removed_node(p, model)
+        except PermissionError:
+            raise
+        except OSError as e:
+            raise RestoreError(f"cannot recreate the removed {p.path}: {e.strerror}") from None
+        try:
+            with contextlib.suppress(PermissionError):
+                os.fchown(fd, p.uid, p.gid)
+            os.fchmod(fd, stat.S_IMODE(p.mode))
+            os.utime(fd, ns=(p.mtime_ns, p.mtime_ns))
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
     try:
         fd = _unlinked(p.path, model)
     except PermissionError:
@@ -85,6 +102,47 @@ def recreate(p: PathObj, model: ImageModel | None = None) -> int:
         return ro
     finally:
         os.close(fd)
+
+
+def _removed_node(p: PathObj, model: ImageModel | None) -> int:
+    """An empty directory or FIFO made near `p.path` (under that name when free, else a
+    temporary one there or in the temporary directory), opened and removed again."""
+    d, name = os.path.split(p.path)
+    is_dir = p.kind == PathKind.DIR
+    # O_RDWR never blocks on a FIFO; a directory opens read-only
+    flags = (os.O_RDONLY | os.O_DIRECTORY if is_dir else os.O_RDWR | os.O_NONBLOCK) | os.O_CLOEXEC
+    for i, directory in enumerate((d, tempfile.gettempdir())):
+        try:
+            if i == 0 and model is not None:
+                dfd = model.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            else:
+                dfd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            for n in (
+                name if i == 0 else None,
+                *(f".{name}.cpt{os.getpid()}.{k}" for k in range(8)),
+            ):
+                if not n:
+                    continue
+                try:
+                    if is_dir:
+                        os.mkdir(n, 0o700, dir_fd=dfd)
+                    else:
+                        os.mkfifo(n, 0o600, dir_fd=dfd)
+                except OSError:
+                    continue  # taken, or not writable: another name or place
+                try:
+                    return os.open(n, flags, dir_fd=dfd)
+                finally:
+                    if is_dir:
+                        os.rmdir(n, dir_fd=dfd)
+                    else:
+                        os.unlink(n, dir_fd=dfd)
+        finally:
+            os.close(dfd)
+    raise OSError(errno.ENOENT, "no directory to recreate it in")
 
 
 def _unlinked(path: str, model: ImageModel | None) -> int:

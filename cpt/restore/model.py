@@ -39,6 +39,7 @@ from cptimage.records import (
     PosixTimer,
     Process,
     ProcessState,
+    PtyState,
     Rlimits,
     SeccompFilter,
     SeccompStrict,
@@ -51,6 +52,7 @@ from cptimage.records import (
     SysvSem,
     SysvShm,
     TaskExtra,
+    TaskShares,
     TaskState,
     Thread,
     ThreadSched,
@@ -85,6 +87,7 @@ class ProcImage:
     task: TaskState | None = None
     itimers: Itimers | None = None
     extra: TaskExtra | None = None
+    shares: TaskShares | None = None  # its parent's fd table or fs struct (1.7)
     sched: list[ThreadSched] = dataclasses.field(default_factory=list)
     seccomp: list[SeccompFilter] = dataclasses.field(default_factory=list)
     strict: list[SeccompStrict] = dataclasses.field(default_factory=list)  # threads
@@ -114,6 +117,7 @@ _PER_PROCESS = {
     TaskState: "task",
     Itimers: "itimers",
     TaskExtra: "extra",
+    TaskShares: "shares",
     Mm: "mm",
 }
 _LISTS = {
@@ -138,6 +142,7 @@ class ImageModel:
         self.files: dict[int, Any] = {}  # open-file descriptions by id
         self.pipe_data: dict[int, PipeData] = {}
         self.ttys: dict[int, TtyInfo] = {}  # terminals, by TtyInfo id (their own id space)
+        self.pty_states: dict[int, PtyState] = {}  # by TtyInfo id (1.7)
         self.locks: list[FileLock] = []
         self.owners: list[FileOwner] = []  # F_SETOWN_EX/F_SETSIG of descriptions
         self.epoll_targets: dict[int, list[EpollTarget]] = {}  # by epoll id
@@ -241,6 +246,8 @@ class ImageModel:
                 self.pipe_data[rec.ino] = rec
             elif isinstance(rec, TtyInfo):
                 self.ttys[rec.id] = rec
+            elif isinstance(rec, PtyState):
+                self.pty_states[rec.tty_id] = rec
             elif isinstance(rec, FileLock):
                 self.locks.append(rec)
             elif isinstance(rec, FileOwner):
@@ -276,7 +283,19 @@ class ImageModel:
         for pi in self.procs.values():
             ids.append(pi.pid)
             ids += [t.tid for t in pi.threads if t.tid != pi.pid]
-        return ids
+        return ids + sorted(self.dead_leaders())
+
+    def dead_leaders(self) -> set[int]:
+        """Sessions and groups whose leader had exited (the root's own outside ones
+        excepted): restore makes a temporary leader with that PID."""
+        root = self.procs[self.root].proc
+        out = set()
+        for pi in self.procs.values():
+            if pi.proc.sid not in self.procs and pi.proc.sid != root.sid:
+                out.add(pi.proc.sid)
+            if pi.proc.pgid not in self.procs and pi.proc.pgid != root.pgid:
+                out.add(pi.proc.pgid)
+        return out
 
     def in_flight(self) -> set[int]:
         """Descriptions held by no process, only carried in a unix socket's queue."""

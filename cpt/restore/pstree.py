@@ -5,16 +5,26 @@ cloned by its parent's stub through an injected clone3(set_tid), so parentage is
 Sessions come from setsid() in their leader and inheritance at fork: a child that kept its
 parent's old session is forked before the parent's setsid().  Groups are joined with
 setpgid() once every process exists, leaders first.  Zombies then exit with their status.
+
+A session or group whose leader had exited gets a temporary leader with its PID, as in
+CRIU: a session's is forked by the parent of its members (they share one, the dump
+checks), calls setsid() and forks them with CLONE_PARENT (their parent is then its
+parent, their session its); a group's is forked by a member and calls setpgid(0, 0).  Once
+the members joined their groups the temporary leaders exit and are reaped by their parent.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import signal
 from collections.abc import Callable
 
+from cptimage.records import Process, ShareFlags
+
 from ..errors import NoSuchProcess, RestoreError
 from ..procfs import Proc
+from ..sys.clone import CLONE_FILES, CLONE_FS
 from ..sys.syscalls import NR
 from ..sys.task import PR_SET_NAME, SIGACTION
 from ..trace.scratch import Scratch
@@ -23,6 +33,7 @@ from .model import ImageModel, ProcImage
 from .stub import STUB_OPTIONS, clone_stub, spawn_stub
 
 SIG_DFL = 0
+WALL = 0x40000000
 RLIMIT_CORE = 4
 
 
@@ -69,6 +80,8 @@ class TreeBuilder:
         self.root = root
         self._cscratch: int = 0  # creation scratch, inherited by every forked stub
         self.external_session = False
+        self._dead = model.dead_leaders()
+        self._helpers: dict[int, tuple[Tracee, Task]] = {}  # temporary leader: (it, parent)
 
     def build(self) -> dict[int, Task]:
         root = self.model.procs[self.model.root]
@@ -86,8 +99,11 @@ class TreeBuilder:
             occupied = [(v.start, v.end) for v in Proc().maps(leader.pid)]
             sc = Scratch.map(leader, occupied, size=1 << 16)
             self._cscratch = sc.addr
-        self._populate(task)
-        self._groups()
+        try:
+            self._populate(task)
+            self._groups()
+        finally:
+            self._end_helpers()
         self._zombies()
         return self.tasks
 
@@ -96,26 +112,73 @@ class TreeBuilder:
         pi = task.img
         procs = self.model.procs
         kids = sorted(pi.children)
+        heads: dict[int, list[int]] = {}  # a session whose leader exited -> its members here
+        for c in kids:
+            sid = procs[c].proc.sid
+            if sid in self._dead and sid != pi.proc.sid:
+                heads.setdefault(sid, []).append(c)
+        own = [c for c in kids if not any(c in m for m in heads.values())]
         leader = pi.proc.sid == pi.pid
-        early = [c for c in kids if leader and procs[c].proc.sid not in (pi.pid, c)]
+        early = [c for c in own if leader and procs[c].proc.sid not in (pi.pid, c)]
         for c in early:
             self._fork(task, c)
         if leader:
             task.leader.syscall_checked(NR.setsid)
         if self.on_session is not None and (leader or pi.pid == self.model.root):
             self.on_session(task, self._cscratch)
-        for c in kids:
+        for c in own:
             if c not in early:
                 self._fork(task, c)
+        for sid, members in sorted(heads.items()):
+            helper = self._helper(task, sid)
+            helper.syscall_checked(NR.setsid)
+            if self.on_session is not None:  # its controlling terminal, if it had one
+                fake = Process(pid=sid, ppid=pi.pid, pgid=sid, sid=sid)
+                self.on_session(Task(ProcImage(fake), helper, {sid: helper}), self._cscratch)
+            for c in members:
+                self._fork(task, c, via=helper)
 
-    def _fork(self, parent: Task, pid: int) -> None:
-        child = clone_stub(parent.leader, self._cscratch, set_tid=[pid])
+    def _helper(self, parent: Task, pid: int) -> Tracee:
+        """A temporary leader with PID `pid`, forked by `parent`."""
+        try:
+            helper = clone_stub(parent.leader, self._cscratch, set_tid=[pid])
+        except RestoreError as e:
+            raise RestoreError(
+                f"cannot create the temporary leader {pid} of a session or group whose "
+                f"leader had exited: {e}",
+                pid=pid,
+            ) from e
+        self._helpers[pid] = (helper, parent)
+        return helper
+
+    def _fork(self, parent: Task, pid: int, via: Tracee | None = None) -> None:
+        """Fork process `pid` as a child of `parent`: by it, or `via` a temporary session
+        leader that `parent` forked (CLONE_PARENT)."""
+        img = self.model.procs[pid]
+        share = 0
+        if img.shares is not None and not img.zombie:
+            share |= CLONE_FILES if img.shares.flags & ShareFlags.FILES else 0
+            share |= CLONE_FS if img.shares.flags & ShareFlags.FS else 0
+        if via is not None and share:
+            raise RestoreError(
+                f"process {pid}: shares its parent's fd table or fs struct and is in a "
+                f"session whose leader had exited: not supported",
+                pid=pid,
+            )
+        if via is None:
+            child = clone_stub(parent.leader, self._cscratch, set_tid=[pid], share=share)
+        else:
+            child = clone_stub(via, self._cscratch, set_tid=[pid], sibling=True)
         task = Task(self.model.procs[pid], child, {pid: child})
         self.tasks[pid] = task
         self._populate(task)
 
     def _groups(self) -> None:
         root = self.model.root
+        members = {t.img.proc.pgid: t for t in reversed(self.tasks.values())}
+        for pgid in sorted(self._dead & set(members) - set(self._helpers)):
+            # a group whose leader had exited: a temporary leader forked by a member
+            self._helper(members[pgid], pgid).syscall_checked(NR.setpgid, 0, 0)
         # group leaders first, so the groups others join exist
         order = sorted(self.tasks.values(), key=lambda t: t.img.proc.pgid != t.pid)
         for task in order:
@@ -131,6 +194,26 @@ class TreeBuilder:
                 raise RestoreError(
                     f"process {task.pid}: setpgid to group {want} failed (errno {-ret})",
                     pid=task.pid,
+                )
+
+    def _end_helpers(self) -> None:
+        """The temporary leaders exit (their members have joined) and their parents reap
+        them, so that only the session or group ID stays."""
+        for pid, (helper, parent) in list(self._helpers.items()):
+            del self._helpers[pid]
+            if helper.dead:
+                continue
+            with helper.session():
+                helper.syscall(NR.exit_group, 0)
+            _wait_dead(helper, pid)
+            helper.close()
+            if parent.leader.dead:
+                continue  # a failed restore kills the tree
+            ret = parent.leader.syscall(NR.wait4, pid, 0, WALL, 0)
+            if ret != pid and ret != -errno.ECHILD:
+                raise RestoreError(
+                    f"process {parent.pid}: cannot reap the temporary leader {pid} (errno {-ret})",
+                    pid=parent.pid,
                 )
 
     def _zombies(self) -> None:

@@ -27,6 +27,7 @@ from cpt.sys import ptrace
 from cpt.sys.clone import (
     CLONE_ARGS_SIZE,
     CLONE_CHILD_CLEARTID,
+    CLONE_PARENT,
     CLONE_THREAD_FLAGS,
     clone3_execve,
     pack_clone_args,
@@ -247,6 +248,8 @@ def clone_stub(
     thread: bool = False,
     child_tid: int = 0,
     timeout: float = 5.0,
+    sibling: bool = False,
+    share: int = 0,
 ) -> Tracee:
     """Make the stub `parent` clone3 a child process (or, with `thread`, a thread) with
     the exact ids `set_tid`, by injection; returns the new task, stopped and attached.
@@ -255,20 +258,26 @@ def clone_stub(
     struct clone_args and the set_tid array. The parent must be traced with TRACEFORK (or
     TRACECLONE for a thread). A thread gets no stack of its own: fine for stubs, which never
     touch the stack. With `child_tid`, the thread gets CLONE_CHILD_CLEARTID at that address.
+    With `sibling`, the child is the parent's sibling (CLONE_PARENT: its parent is the
+    stub's parent, its session and group the stub's); clone3 then wants exit signal 0 (the
+    child takes the stub's, SIGCHLD) and the kernel reports a clone event (TRACECLONE).
+    `share`: CLONE_FILES and CLONE_FS, for a child sharing its parent's.
     """
     tids = list(set_tid or [])
-    need = ptrace.PTRACE_O_TRACECLONE if thread else ptrace.PTRACE_O_TRACEFORK
+    clone_event = thread or sibling
+    need = ptrace.PTRACE_O_TRACECLONE if clone_event else ptrace.PTRACE_O_TRACEFORK
     if not parent.options & need:
         raise ValueError(
             f"pid {parent.tid} is not traced with "
-            f"{'TRACECLONE' if thread else 'TRACEFORK'}: the child would escape"
+            f"{'TRACECLONE' if clone_event else 'TRACEFORK'}: the child would escape"
         )
-    flags = CLONE_THREAD_FLAGS if thread else 0
+    flags = CLONE_THREAD_FLAGS if thread else CLONE_PARENT if sibling else 0
+    flags |= share
     if child_tid:
         flags |= CLONE_CHILD_CLEARTID
     args = pack_clone_args(
         flags=flags,
-        exit_signal=0 if thread else signal.SIGCHLD,
+        exit_signal=0 if clone_event else signal.SIGCHLD,
         set_tid=scratch + CLONE_ARGS_SIZE if tids else 0,
         set_tid_size=len(tids),
         child_tid=child_tid,

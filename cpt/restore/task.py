@@ -8,6 +8,8 @@ import os
 import resource
 import signal
 
+from cptimage.records import MmFlags
+
 from ..errors import NoSuchProcess, RestoreError
 from ..procfs import Proc, pid_dir, write_pid_file
 from ..sys.syscalls import NR
@@ -52,8 +54,17 @@ def restore_task_state(task: Task, model: ImageModel) -> None:
     if ts.child_subreaper:
         call(NR.prctl, PR_SET_CHILD_SUBREAPER, 1)
     mm = task.img.mm
-    if mm is not None and mm.flags & 1:
+    if mm is not None and mm.flags & MmFlags.THP_DISABLE:
         call(NR.prctl, PR_SET_THP_DISABLE, 1, 0, 0, 0)
+    if mm is not None and mm.flags & MmFlags.LOCK_FUTURE:
+        # only the mm's default for later mappings (the existing ones are locked or not
+        # as each was); before the credentials drop, under the rlimits of the restorer
+        how = MCL_FUTURE | (MCL_ONFAULT if mm.flags & MmFlags.LOCK_ONFAULT else 0)
+        if (err := t.syscall(NR.mlockall, how)) < 0:
+            raise RestoreError(
+                f"process {task.pid}: mlockall(MCL_FUTURE) failed ({os.strerror(-err)})",
+                pid=task.pid,
+            )
     it = task.img.itimers
     if it is not None:
         for which, (interval, value) in enumerate(
@@ -75,6 +86,7 @@ def restore_task_state(task: Task, model: ImageModel) -> None:
 
 
 O_WRONLY = 0o1
+MCL_FUTURE, MCL_ONFAULT = 2, 4
 
 
 def _restore_extra(task: Task, model: ImageModel) -> None:

@@ -29,7 +29,7 @@ import signal
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from cptimage.records import Tty, TtyFlags, TtyInfo, TtyKind
+from cptimage.records import PtyState, Tty, TtyFlags, TtyInfo, TtyKind
 
 from ..errors import RestoreError
 from ..sys import tty as T
@@ -60,6 +60,7 @@ class Ttys:
 
     def __init__(self) -> None:
         self.infos: dict[int, TtyInfo] = {}
+        self.states: dict[int, PtyState] = {}
         self._ptys: dict[int, _Pty] = {}  # TtyInfo id -> restored pty
         self.terminal: tuple[int, str] | None = None  # the restorer's own (shell job)
         self._groups: set[int] = set()  # process groups of the tree
@@ -69,6 +70,7 @@ class Ttys:
     def prepare(self, model: ImageModel, opts: RestoreOptions) -> None:
         """Read the image's terminals; a shell job needs --shell-job and a terminal here."""
         self.infos = model.ttys
+        self.states = model.pty_states
         self._groups = {p.proc.pgid for p in model.procs.values()}
         external = [i for i in self.infos.values() if i.flags & TtyFlags.EXTERNAL]
         if not external:
@@ -106,6 +108,15 @@ class Ttys:
         if info.packet_mode:
             T.set_packet_mode(m, True)
         T.push_input(m, info.data)
+        state = self.states.get(info.id)
+        if state is not None:  # the slave's owner, mode and unread input (1.7)
+            s = T.open_pty_peer(m, os.O_RDWR | os.O_NONBLOCK)
+            try:
+                os.fchown(s, state.uid, state.gid)
+                os.fchmod(s, state.mode & 0o7777)
+                T.put_slave_input(m, s, T.get_termios2(m), state.input)
+            finally:
+                os.close(s)
         return pty
 
     # -- while the tree is built: sessions, before their leaders fork
@@ -140,6 +151,9 @@ class Ttys:
                 if task.pid == info.pgrp and self.terminal is not None:
                     _foreground(self.terminal[0], task.host_pid)
             elif task.pid == info.sid and info.pgrp != task.img.proc.pgid:
+                self._set_pgrp(model, task, info)
+            elif info.sid not in model.procs and task.img.proc.sid == info.sid:
+                # its session leader had exited: any member may set the foreground group
                 self._set_pgrp(model, task, info)
 
     def _set_pgrp(self, model: ImageModel, task: Task, info: TtyInfo) -> None:

@@ -125,3 +125,49 @@ def open_pty_peer(master: int, flags: int) -> int:
     """A new open file of the master's slave (TIOCGPTPEER: no path lookup, never the
     caller's controlling terminal thanks to O_NOCTTY)."""
     return ioctl(master, TIOCGPTPEER, flags | os.O_NOCTTY | os.O_CLOEXEC)
+
+
+# termios2: c_iflag at 0, c_lflag at 12 (u32 each)
+_IFLAGS_TRANSLATE = 0o100 | 0o200 | 0o400 | 0o1000 | 0o40  # INLCR IGNCR ICRNL IUCLC ISTRIP
+_ISIG, _ICANON, _ECHO, _ECHONL = 0o1, 0o2, 0o10, 0o100
+
+
+def _with_flags(termios: bytes, iflag_clear: int, lflag_clear: int) -> bytes:
+    i = int.from_bytes(termios[0:4], "little") & ~iflag_clear
+    lf = int.from_bytes(termios[12:16], "little") & ~lflag_clear
+    return i.to_bytes(4, "little") + termios[4:12] + lf.to_bytes(4, "little") + termios[16:]
+
+
+def take_slave_input(master: int) -> bytes:
+    """The input the master wrote that the slave has not read, whole lines and a partial
+    one (the slave switched to non-canonical mode for the read, then back): read, then put
+    back as typed (TIOCSTI into the slave with echo, signals and input translation off, so
+    they are neither echoed nor acted on twice), so the tree finds it unchanged."""
+    saved = get_termios2(master)  # a master's termios ioctls act on its slave
+    slave = open_pty_peer(master, os.O_RDWR | os.O_NONBLOCK)
+    try:
+        set_termios2(master, _with_flags(saved, 0, _ICANON))
+        chunks = []
+        while (n := pending_input(slave)) > 0:
+            b = os.read(slave, n)
+            if not b:
+                break
+            chunks.append(b)
+        data = b"".join(chunks)
+        put_slave_input(master, slave, saved, data)
+        return data
+    finally:
+        set_termios2(master, saved)
+        os.close(slave)
+
+
+def put_slave_input(master: int, slave: int, termios: bytes, data: bytes) -> None:
+    """Queue `data` as the slave's unread input, processed as the line discipline of
+    `termios` would (lines) but neither echoed, translated nor turned into signals; the
+    termios is `termios` afterwards."""
+    if data:
+        set_termios2(master, _with_flags(termios, _IFLAGS_TRANSLATE, _ISIG | _ECHO | _ECHONL))
+        try:
+            push_input(slave, data)
+        finally:
+            set_termios2(master, termios)
