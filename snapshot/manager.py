@@ -230,13 +230,22 @@ class SnapshotManager:
 
     def orphans(self, veid: str) -> list[Path]:
         """Remove the orphan snapshots of the VE (taken by a dump killed before the catalog
-        took them in: no catalog entry names them); returns their slots."""
+        took them in: no catalog entry names them); returns their slots.  The one its dump
+        file needs (that dump was committed) is taken in as that dump's, as the killed
+        command would have: its earlier snapshot goes, as after any dump."""
         with self.mgr.locked(veid):
             catalog = self.catalog(veid)
-            needed = snapshots_needed_by(self.hooks.node.default_dumpfile(veid))
-            slots = [p for p in catalog.orphans() if str(p / FS) not in needed]
-            for slot in slots:
-                catalog.sweep(slot)
+            dump = self.hooks.node.default_dumpfile(veid)
+            needed = snapshots_needed_by(dump)
+            slots = []
+            for slot in catalog.orphans():
+                if str(slot / FS) not in needed:
+                    catalog.sweep(slot)
+                    slots.append(slot)
+                    continue
+                capture = fssnap.FsCapture(veid, self.mgr.config(veid).private, slot / FS)
+                capture.info = capture.backend.info(slot / FS)
+                self.hooks.dumped(veid, dump, capture)
             return slots
 
     def cleanup(self, veid: str, policy: Policy, *, now: float | None = None) -> list[Snap]:
