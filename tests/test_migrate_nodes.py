@@ -491,6 +491,7 @@ def test_a_streaming_tcp_ve_goes_a_to_b_to_a(nodes: Cluster, tmp_path: Path) -> 
     stop, verdict = tmp_path / "stop", tmp_path / "verdict.json"
     streamer = client.popen([sys.executable, REPO / "tests" / "stream_client.py", addr, "7",
                              stop, verdict])  # fmt: skip
+    out = out2 = ""
     try:
         time.sleep(1.0)
         pids = ve_pids(a, "241")
@@ -520,8 +521,13 @@ def test_a_streaming_tcp_ve_goes_a_to_b_to_a(nodes: Cluster, tmp_path: Path) -> 
             if streamer.poll() is None:
                 streamer.kill()
     got = json.loads(verdict.read_text())
-    assert got["error"] == "", got
-    assert got["sent"] > 200 and got["echoed"] == got["sent"], got
+
+    def where() -> str:  # what a failure shows: the two reports, the nodes' proxies and routes
+        nets = "".join(f"{n.name}: {n.sh('ip neigh show proxy; ip route')}" for n in (a, b))
+        return f"{got}\nA->B:\n{out}B->A:\n{out2}{nets}"
+
+    assert got["error"] == "", where()
+    assert got["sent"] > 200 and got["echoed"] == got["sent"], where()
     print(f"A->B:\n{out}B->A:\n{out2}longest pause the client saw: {got['max_gap_s']:.3f} s")
     ok(a, "ve", "stop", "241")
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 from cptcli import CPT, REPO
+from killing import state_of
 from workloads import (  # noqa: F401
     build,
     descendants,
@@ -98,6 +99,16 @@ def reaping_pids(pids: set[int]) -> Iterator[None]:
     finally:
         stop.set()
         t.join()
+        # a last pass: one that became our zombie after the loop's last turn (the command
+        # returned as soon as the tree was dead) is reaped too, and its PID free
+        deadline = time.monotonic() + 5
+        for p in pids:
+            while state_of(p) == "Z" and time.monotonic() < deadline:
+                try:
+                    os.waitpid(p, os.WNOHANG)
+                except ChildProcessError:
+                    break  # not ours to reap
+                time.sleep(0.005)
 
 
 def slave_fd_link(pid: int) -> str:
